@@ -1,0 +1,181 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Golden evaluation of an IR graph with the device's numerics.
+
+Every op is computed by :mod:`simulator.kernels` (hence by :mod:`simulator.numerics`),
+so evaluating the compiled graph gives bit for bit what the simulated device gives
+for the compiled program. Before the passes it is an fp32 reference of the ONNX
+graph; constant folding uses it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+from compiler.errors import UnsupportedOpError
+from compiler.ir import Node, Op, inputs_of, node, topo_order
+from simulator import kernels
+from simulator.kernels import ConvGeometry
+from simulator.numerics import FP32, Format, Rounding
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How the matrix unit rounds: the format, the rounding mode and its seed."""
+
+    fmt: Format = FP32
+    rounding: Rounding = Rounding.NEAREST_EVEN
+    seed: int = 0
+
+
+def conv_geometry(n: Node, in_shape: tuple[int, ...], kernel: tuple[int, int]) -> ConvGeometry:
+    """Resolve ONNX Conv/pool attributes (auto_pad included) to explicit geometry."""
+    strides = tuple(n.attr("strides", (1, 1)))
+    dil = tuple(n.attr("dilations", (1, 1)))
+    pads = tuple(n.attr("pads", (0, 0, 0, 0)))
+    auto = n.attr("auto_pad", "NOTSET")
+    if len(kernel) != 2 or len(in_shape) != 4:
+        raise UnsupportedOpError(f"unsupported {n.op.value} on a {len(in_shape)}-D tensor "
+                                 f"(node '{n.origin[0] if n.origin else '?'}'): only 2-D")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        full = []
+        for i in range(2):
+            out = -(-in_shape[2 + i] // strides[i])
+            eff = (kernel[i] - 1) * dil[i] + 1
+            full.append(max((out - 1) * strides[i] + eff - in_shape[2 + i], 0))
+        lo = [p // 2 if auto == "SAME_UPPER" else p - p // 2 for p in full]
+        pads = (lo[0], lo[1], full[0] - lo[0], full[1] - lo[1])
+    elif auto == "VALID":
+        pads = (0, 0, 0, 0)
+    return ConvGeometry(tuple(kernel), strides, pads, dil, int(n.attr("group", 1)))
+
+
+def conv_weight_rows(w: np.ndarray) -> np.ndarray:
+    """ONNX ``[O, C/g, KH, KW]`` -> the matrix unit's ``[O, KH*KW*C/g]`` (channel fastest)."""
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
+
+
+def _conv(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    x, w = args[0], args[1]
+    geom = conv_geometry(n, x.shape, w.shape[2:])
+    bias = args[2] if len(args) > 2 else None
+    return kernels.conv2d(x, conv_weight_rows(w), bias, geom, FP32)
+
+
+def _gemm(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    a, b = args[0], args[1]
+    a = a.T if n.attr("transA", 0) else a
+    b = b.T if n.attr("transB", 0) else b
+    y = np.float32(n.attr("alpha", 1.0)) * np.matmul(a, b)
+    if len(args) > 2:
+        y = y + np.float32(n.attr("beta", 1.0)) * args[2]
+    return y.astype(np.float32)
+
+
+def _batchnorm(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    x, scale, bias, mean, var = args
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    k = (scale / np.sqrt(var + np.float32(n.attr("epsilon", 1e-5)))).astype(np.float32)
+    return (x * k.reshape(shape) + (bias - mean * k).reshape(shape)).astype(np.float32)
+
+
+def _pool(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    x = args[0]
+    geom = conv_geometry(n, x.shape, tuple(n.attr("kernel_shape")))
+    ceil = bool(n.attr("ceil_mode", 0))
+    if n.op == Op.MAXPOOL:
+        return kernels.maxpool(x, geom, ceil)
+    return kernels.avgpool(x, geom, ceil, bool(n.attr("count_include_pad", 0)))
+
+
+def _reshape(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    return args[0].reshape(n.shape)
+
+
+def _softmax(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    x = args[0]
+    axis = n.attr("axis", -1)
+    axis = axis + x.ndim if axis < 0 else axis
+    if n.attr("opset", 13) < 13:  # opset < 13 coerces to 2-D at `axis`
+        flat = x.reshape(int(np.prod(x.shape[:axis])), -1)
+        return kernels.softmax(flat, -1).reshape(x.shape)
+    return kernels.softmax(x, axis)
+
+
+def _npu_conv(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    geom = ConvGeometry(n.attr("kernel"), n.attr("strides"), n.attr("pads"),
+                        n.attr("dilations"), n.attr("groups"))
+    res = args[3] if len(args) > 3 else None
+    return kernels.conv2d(args[0], args[1], args[2], geom, ctx.fmt, res, n.attr("relu"),
+                          ctx.rounding, ctx.seed)
+
+
+def _npu_dense(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    res = args[3] if len(args) > 3 else None
+    return kernels.dense(args[0], args[1], args[2], ctx.fmt, res, n.attr("relu"),
+                         ctx.rounding, ctx.seed)
+
+
+def _const_of_shape(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    value = n.attr("value")
+    fill = np.asarray(value).reshape(-1)[0] if value is not None else np.float32(0)
+    return np.full(tuple(int(d) for d in args[0]), fill, dtype=np.asarray(fill).dtype)
+
+
+def _add(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    out = args[0]
+    for a in args[1:]:
+        out = kernels.add(out, a)
+    return kernels.relu(out) if n.attr("relu") else out
+
+
+OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
+    Op.CONSTANT_OF_SHAPE: _const_of_shape,
+    Op.IDENTITY: lambda n, a, c: a[0],
+    Op.DROPOUT: lambda n, a, c: a[0],
+    Op.RESHAPE: _reshape,
+    Op.FLATTEN: _reshape,
+    Op.CONV: _conv,
+    Op.GEMM: _gemm,
+    Op.MATMUL: lambda n, a, c: np.matmul(a[0], a[1]).astype(np.float32),
+    Op.BATCHNORM: _batchnorm,
+    Op.RELU: lambda n, a, c: kernels.relu(a[0]),
+    Op.ADD: _add,
+    Op.SUM: _add,
+    Op.MAXPOOL: _pool,
+    Op.AVGPOOL: _pool,
+    Op.GLOBAL_AVGPOOL: lambda n, a, c: kernels.global_avgpool(a[0]),
+    Op.SOFTMAX: _softmax,
+    Op.NPU_CONV: _npu_conv,
+    Op.NPU_DENSE: _npu_dense,
+}
+
+
+def evaluate_node(g: nx.DiGraph, name: str, values: dict,
+                  ctx: Numerics = Numerics()) -> np.ndarray:
+    n = node(g, name)
+    args = [values[i] for i in inputs_of(g, name)]
+    return OPS[n.op](n, args, ctx)
+
+
+def evaluate(g: nx.DiGraph, inputs: dict[str, np.ndarray], ctx: Numerics = Numerics(),
+             keep_all: bool = False) -> dict:
+    """Evaluate ``g`` on ``inputs`` with the matrix unit's numerics ``ctx``.
+
+    Returns the graph outputs (or, with ``keep_all``, every value by name).
+    """
+    values: dict[str, np.ndarray] = {}
+    for name in topo_order(g):
+        n = node(g, name)
+        if n.op == Op.INPUT:
+            values[name] = np.asarray(inputs[name], dtype=np.float32)
+        elif n.op == Op.CONST:
+            values[name] = n.value
+        else:
+            values[name] = evaluate_node(g, name, values, ctx)
+    if keep_all:
+        return values
+    return {o: values[o] for o in g.graph["outputs"]}

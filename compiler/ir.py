@@ -1,0 +1,165 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The graph IR: a networkx DiGraph with one typed, frozen node per value.
+
+A graph node is keyed by the name of the tensor it produces and carries a
+:class:`Node` under the ``"node"`` attribute; an edge ``u -> v`` with attribute
+``index=i`` says that ``u`` is input ``i`` of ``v``. Graph-level attributes:
+``inputs`` (names of the model inputs, in order), ``outputs`` (names of the model
+outputs, in order) and ``name``. Passes never mutate a :class:`Node`; they make a
+new one and :func:`set_node` it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+
+class Op(str, Enum):
+    """Every op kind the IR knows."""
+
+    # graph boundary and constants
+    INPUT = "Input"
+    CONST = "Const"
+    # foldable generators and layout-only ops (no device work)
+    CONSTANT_OF_SHAPE = "ConstantOfShape"
+    IDENTITY = "Identity"
+    DROPOUT = "Dropout"
+    RESHAPE = "Reshape"
+    FLATTEN = "Flatten"
+    # matrix unit: reductions over the native dimension
+    CONV = "Conv"
+    GEMM = "Gemm"
+    MATMUL = "MatMul"
+    BATCHNORM = "BatchNormalization"
+    # vector unit: element-wise and windowed ops
+    RELU = "Relu"
+    ADD = "Add"
+    SUM = "Sum"
+    MAXPOOL = "MaxPool"
+    AVGPOOL = "AveragePool"
+    GLOBAL_AVGPOOL = "GlobalAveragePool"
+    SOFTMAX = "Softmax"
+    # device compound ops, made by the passes: one matrix-unit pass with its epilogue
+    NPU_CONV = "NpuConv"
+    """inputs: x, weight [O, KH*KW*C/groups], bias [O], (residual); attrs: geometry, relu"""
+    NPU_DENSE = "NpuDense"
+    """inputs: x [..., K], weight [O, K], bias [O], (residual); attrs: relu"""
+
+
+ONNX_OPS = {op.value: op for op in Op
+            if op not in (Op.INPUT, Op.CONST, Op.NPU_CONV, Op.NPU_DENSE)}
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One value of the graph: the op that makes it, its attributes, shape and dtype.
+
+    ``attrs`` is a sorted tuple of ``(name, value)`` pairs; ``value`` holds the
+    array of a ``Const`` (a float32 ndarray, or a ``BfpTensor`` once quantized).
+    ``origin`` names the ONNX nodes this node stands for after fusion.
+    """
+
+    op: Op
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    attrs: tuple[tuple[str, Any], ...] = ()
+    value: Any = None
+    origin: tuple[str, ...] = field(default=())
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        for key, val in self.attrs:
+            if key == name:
+                return val
+        return default
+
+    def with_attrs(self, **changes: Any) -> Node:
+        merged = dict(self.attrs)
+        merged.update(changes)
+        return Node(self.op, self.shape, self.dtype, tuple(sorted(merged.items())),
+                    self.value, self.origin)
+
+
+def make_attrs(**kwargs: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(kwargs.items()))
+
+
+class IRError(ValueError):
+    """An IR that breaks an invariant."""
+
+
+def node(g: nx.DiGraph, name: str) -> Node:
+    return g.nodes[name]["node"]
+
+
+def set_node(g: nx.DiGraph, name: str, n: Node) -> None:
+    g.nodes[name]["node"] = n
+
+
+def add_node(g: nx.DiGraph, name: str, n: Node, inputs: list[str] | tuple[str, ...] = ()) -> None:
+    g.add_node(name, node=n)
+    for i, src in enumerate(inputs):
+        g.add_edge(src, name, index=i)
+
+
+def inputs_of(g: nx.DiGraph, name: str) -> list[str]:
+    """The producers of ``name``'s inputs, in input order."""
+    preds = sorted(g.in_edges(name, data="index"), key=lambda e: e[2])
+    return [src for src, _, _ in preds]
+
+
+def consumers(g: nx.DiGraph, name: str) -> list[str]:
+    return sorted(g.successors(name))
+
+
+def const_value(g: nx.DiGraph, name: str) -> np.ndarray | None:
+    n = node(g, name)
+    return n.value if n.op == Op.CONST else None
+
+
+def replace_uses(g: nx.DiGraph, old: str, new: str) -> None:
+    """Make every consumer of ``old`` (and the graph outputs) use ``new`` instead."""
+    for _, dst, idx in list(g.out_edges(old, data="index")):
+        g.remove_edge(old, dst)
+        g.add_edge(new, dst, index=idx)
+    g.graph["outputs"] = [new if o == old else o for o in g.graph["outputs"]]
+
+
+def remove_dead(g: nx.DiGraph) -> None:
+    """Drop every node that no graph output depends on."""
+    live = set(g.graph["outputs"])
+    for out in g.graph["outputs"]:
+        live |= nx.ancestors(g, out)
+    live |= set(g.graph["inputs"])
+    g.remove_nodes_from([n for n in list(g.nodes) if n not in live])
+
+
+def topo_order(g: nx.DiGraph) -> list[str]:
+    """A deterministic topological order (ties broken by name)."""
+    return list(nx.lexicographical_topological_sort(g))
+
+
+def verify(g: nx.DiGraph) -> None:
+    """Check the IR's invariants; raise :class:`IRError` naming the first broken one."""
+    if not nx.is_directed_acyclic_graph(g):
+        raise IRError("graph has a cycle")
+    for name in g.graph["inputs"] + g.graph["outputs"]:
+        if name not in g:
+            raise IRError(f"graph boundary value '{name}' is not in the graph")
+    for name, data in g.nodes(data=True):
+        n = data.get("node")
+        if not isinstance(n, Node):
+            raise IRError(f"value '{name}' carries no Node")
+        if any(not isinstance(d, int) or d < 0 for d in n.shape):
+            raise IRError(f"value '{name}' has an unknown or bad shape {n.shape}")
+        idx = sorted(i for _, _, i in g.in_edges(name, data="index"))
+        if idx != list(range(len(idx))):
+            raise IRError(f"value '{name}' has input indices {idx}, expected 0..{len(idx) - 1}")
+        if n.op in (Op.INPUT, Op.CONST) and idx:
+            raise IRError(f"{n.op.value} '{name}' has inputs")
+        if n.op == Op.CONST and n.value is None:
+            raise IRError(f"constant '{name}' has no value")

@@ -1,0 +1,234 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Lowering and emission: the optimized graph -> instructions, memory plan, weight image.
+
+DRAM holds three regions, each 64-byte aligned: the weight image (packed BFP, or
+fp32 in fp32 mode), the constant image (fp32 biases and operands) and the
+activation arena. Arena buffers are reused once their value is dead (first fit);
+Reshape, Flatten and Identity alias their input's buffer and cost nothing.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+from compiler.errors import UnsupportedOpError
+from compiler.interpret import conv_geometry
+from compiler.ir import Node, Op, inputs_of, node, topo_order
+from compiler.options import CompileOptions
+from simulator import isa
+from simulator.isa import PoolMode
+from simulator.numerics import BfpTensor, pack
+from simulator.program import ALIGN, Program, TensorDesc
+
+ALIAS_OPS = (Op.RESHAPE, Op.FLATTEN, Op.IDENTITY)
+DEVICE_OPS = (Op.NPU_CONV, Op.NPU_DENSE, Op.ADD, Op.RELU, Op.MAXPOOL, Op.AVGPOOL,
+              Op.GLOBAL_AVGPOOL, Op.SOFTMAX) + ALIAS_OPS
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _label(name: str, n: Node) -> str:
+    return n.origin[0] if n.origin else name
+
+
+def check_supported(g: nx.DiGraph) -> None:
+    """Refuse, by name, the first op the device cannot run."""
+    for name in topo_order(g):
+        n = node(g, name)
+        if n.op in (Op.INPUT, Op.CONST):
+            continue
+        where = f"(node '{_label(name, n)}')"
+        if n.op not in DEVICE_OPS:
+            raise UnsupportedOpError(f"unsupported op {n.op.value} {where}: the device cannot "
+                                     "run it in this form")
+        srcs = [node(g, s) for s in inputs_of(g, name)]
+        if n.op == Op.ADD and any(s.shape != n.shape for s in srcs):
+            raise UnsupportedOpError(f"unsupported op Add with broadcasting {where}")
+        if n.op == Op.SOFTMAX and n.attr("axis") not in (-1, len(n.shape) - 1) \
+                and not (n.attr("opset", 13) < 13 and n.attr("axis") == len(n.shape) - 1):
+            raise UnsupportedOpError(f"unsupported op Softmax over a non-last axis {where}")
+        if n.op in (Op.MAXPOOL, Op.AVGPOOL) and tuple(n.attr("dilations", (1, 1))) != (1, 1):
+            raise UnsupportedOpError(f"unsupported op {n.op.value} with dilations {where}")
+        if n.op in (Op.NPU_CONV, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL) \
+                and len(srcs[0].shape) != 4:
+            raise UnsupportedOpError(f"unsupported op {n.op.value} on a "
+                                     f"{len(srcs[0].shape)}-D tensor {where}")
+        if srcs[0].dtype != "float32":
+            raise UnsupportedOpError(f"unsupported op {n.op.value} on non-float data {where}")
+
+
+class _Arena:
+    """First-fit allocator of the activation arena."""
+
+    def __init__(self) -> None:
+        self.free: list[tuple[int, int]] = []
+        self.top = 0
+
+    def alloc(self, size: int) -> int:
+        size = _align(size)
+        for i, (off, length) in enumerate(self.free):
+            if length >= size:
+                self.free[i:i + 1] = [(off + size, length - size)] if length > size else []
+                return off
+        off, self.top = self.top, self.top + size
+        return off
+
+    def release(self, off: int, size: int) -> None:
+        self.free.append((off, _align(size)))
+        self.free.sort()
+        merged: list[tuple[int, int]] = []
+        for o, s in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + s)
+            else:
+                merged.append((o, s))
+        self.free = merged
+
+
+def _nbytes(n: Node) -> int:
+    return int(np.prod(n.shape, dtype=np.int64)) * 4
+
+
+def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
+    """Turn an optimized graph into a :class:`Program` for ``opts.device``."""
+    check_supported(g)
+    order = topo_order(g)
+    outputs = g.graph["outputs"]
+
+    # --- weight and constant images ---
+    weights, consts = bytearray(), bytearray()
+    weight_descs: list[TensorDesc] = []
+    const_addr: dict[str, tuple[str, int]] = {}
+    for v in order:
+        n = node(g, v)
+        if n.op not in (Op.NPU_CONV, Op.NPU_DENSE):
+            continue
+        wname = inputs_of(g, v)[1]
+        if wname in const_addr:
+            continue
+        w = node(g, wname).value
+        blob = pack(w) if isinstance(w, BfpTensor) else np.ascontiguousarray(
+            w, np.float32).tobytes()
+        const_addr[wname] = ("weights", len(weights))
+        weight_descs.append(TensorDesc(wname, tuple(node(g, wname).shape),
+                                       w.fmt.name if isinstance(w, BfpTensor) else "float32",
+                                       len(weights), len(blob)))
+        weights += blob + b"\0" * (_align(len(blob)) - len(blob))
+    for v in order:
+        n = node(g, v)
+        if n.op == Op.CONST and v not in const_addr and any(True for _ in g.successors(v)):
+            const_addr[v] = ("constants", len(consts))
+            blob = np.ascontiguousarray(n.value, np.float32).tobytes()
+            consts += blob + b"\0" * (_align(len(blob)) - len(blob))
+    wbase, cbase = 0, _align(len(weights))
+    abase = cbase + _align(len(consts))
+
+    # --- activation arena: liveness, aliases, first-fit reuse ---
+    root: dict[str, str] = {}
+    for v in order:
+        n = node(g, v)
+        if n.op in ALIAS_OPS:
+            root[v] = root[inputs_of(g, v)[0]]
+        elif n.op != Op.CONST:
+            root[v] = v
+    last_use: dict[str, int] = {}
+    for i, v in enumerate(order):
+        if v in root:
+            last_use[root[v]] = max(last_use.get(root[v], i), i)
+        for s in inputs_of(g, v):
+            if s in root:
+                last_use[root[s]] = i
+    for o in outputs:
+        last_use[root[o]] = len(order)
+    arena, offset = _Arena(), {}
+    for i, v in enumerate(order):
+        if root.get(v) == v:
+            offset[v] = arena.alloc(_nbytes(node(g, v)))
+        for s in {root[s] for s in inputs_of(g, v) if s in root}:
+            if last_use[s] == i and s not in (root[o] for o in outputs):
+                arena.release(offset[s], _nbytes(node(g, s)))
+
+    def addr(v: str) -> int:
+        if v in const_addr:
+            region, off = const_addr[v]
+            return (wbase if region == "weights" else cbase) + off
+        return abase + offset[root[v]]
+
+    # --- instructions ---
+    pinned = int(len(weights) <= opts.device.weight_buffer_kib * 1024)
+    instrs: list[isa.Instruction] = []
+    layers: list[dict] = []
+
+    def emit(instr: isa.Instruction, v: str, op: str) -> None:
+        instrs.append(instr)
+        layers.append({"name": v, "op": op, "nodes": list(node(g, v).origin) if v else []})
+
+    inputs = tuple(TensorDesc(v, node(g, v).shape, "float32", addr(v), _nbytes(node(g, v)))
+                   for v in g.graph["inputs"])
+    for i, t in enumerate(inputs):
+        emit(isa.VRd(i, t.addr, t.nbytes), t.name, "HostToDevice")
+    for v in order:
+        n = node(g, v)
+        if n.op in (Op.INPUT, Op.CONST) or n.op in ALIAS_OPS:
+            continue
+        srcs = inputs_of(g, v)
+        emit(_instruction(g, v, n, srcs, addr, pinned), v,
+             _op_label(n, n.op in (Op.NPU_CONV, Op.NPU_DENSE) and len(srcs) > 3))
+    outs = tuple(TensorDesc(v, node(g, v).shape, "float32", addr(v), _nbytes(node(g, v)))
+                 for v in outputs)
+    for i, t in enumerate(outs):
+        emit(isa.VWr(i, t.addr, t.nbytes), t.name, "DeviceToHost")
+    instrs.append(isa.EndChain())
+    layers.append({"name": "", "op": "EndChain", "nodes": []})
+    mmap = {"weights": (wbase, len(weights)), "constants": (cbase, len(consts)),
+            "activations": (abase, arena.top)}
+    return Program(opts.device, tuple(instrs), bytes(weights), bytes(consts), inputs, outs,
+                   tuple(weight_descs), tuple(layers), mmap,
+                   {"model": name, "rounding": opts.rounding.value, "seed": opts.seed,
+                    "weights_pinned": bool(pinned)})
+
+
+def _op_label(n: Node, residual: bool) -> str:
+    base = {Op.NPU_CONV: "Conv", Op.NPU_DENSE: "Dense"}.get(n.op, n.op.value)
+    return base + ("+Add" if residual else "") + ("+Relu" if n.attr("relu") else "")
+
+
+def _instruction(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr, pinned: int):
+    x = node(g, srcs[0])
+    if n.op in (Op.NPU_CONV, Op.NPU_DENSE):
+        res = len(srcs) > 3
+        common = dict(src=addr(srcs[0]), dst=addr(v), weights=addr(srcs[1]), bias=addr(srcs[2]),
+                      residual=addr(srcs[3]) if res else 0, relu=int(bool(n.attr("relu"))),
+                      has_residual=int(res), pinned=pinned)
+        if n.op == Op.NPU_DENSE:
+            rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+            return isa.MvMul(**common, batch=rows, channels=x.shape[-1], height=1, width=1,
+                             out_channels=n.shape[-1], groups=1, kernel_h=1, kernel_w=1,
+                             stride_h=1, stride_w=1, pad_top=0, pad_left=0, pad_bottom=0,
+                             pad_right=0, dilation_h=1, dilation_w=1)
+        pads = n.attr("pads")
+        return isa.MvMul(**common, batch=x.shape[0], channels=x.shape[1], height=x.shape[2],
+                         width=x.shape[3], out_channels=n.shape[1], groups=n.attr("groups"),
+                         kernel_h=n.attr("kernel")[0], kernel_w=n.attr("kernel")[1],
+                         stride_h=n.attr("strides")[0], stride_w=n.attr("strides")[1],
+                         pad_top=pads[0], pad_left=pads[1], pad_bottom=pads[2],
+                         pad_right=pads[3], dilation_h=n.attr("dilations")[0],
+                         dilation_w=n.attr("dilations")[1])
+    length = int(np.prod(n.shape, dtype=np.int64))
+    if n.op == Op.ADD:
+        return isa.VvAdd(addr(srcs[0]), addr(srcs[1]), addr(v), length, int(bool(n.attr("relu"))))
+    if n.op == Op.RELU:
+        return isa.VRelu(addr(srcs[0]), addr(v), length)
+    if n.op == Op.SOFTMAX:
+        return isa.VSoftmax(addr(srcs[0]), addr(v), length // n.shape[-1], n.shape[-1])
+    b, c, h, w = x.shape
+    if n.op == Op.GLOBAL_AVGPOOL:
+        return isa.VPool(addr(srcs[0]), addr(v), PoolMode.GLOBAL_AVG, b, c, h, w, h, w, 1, 1,
+                         0, 0, 0, 0, 0, 0)
+    geom = conv_geometry(n, x.shape, tuple(n.attr("kernel_shape")))
+    mode = PoolMode.MAX if n.op == Op.MAXPOOL else PoolMode.AVG
+    return isa.VPool(addr(srcs[0]), addr(v), mode, b, c, h, w, *geom.kernel, *geom.strides,
+                     *geom.pads, int(n.attr("ceil_mode", 0)), int(n.attr("count_include_pad", 0)))

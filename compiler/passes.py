@@ -1,0 +1,205 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Graph passes. Each is a plain function ``(graph, options) -> graph`` on a copy.
+
+The order they run in is listed once, in :mod:`compiler.pipeline`.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+from compiler.errors import CompileError
+from compiler.interpret import conv_geometry, conv_weight_rows, evaluate_node
+from compiler.ir import (Node, Op, add_node, consumers, inputs_of, make_attrs, node,
+                         remove_dead, replace_uses, set_node, topo_order)
+from compiler.options import CompileOptions
+from simulator.numerics import quantize
+
+
+def _const(g: nx.DiGraph, name: str, value: np.ndarray) -> str:
+    value = np.ascontiguousarray(value)
+    add_node(g, name, Node(Op.CONST, tuple(value.shape), str(value.dtype), value=value))
+    return name
+
+
+def _is_const(g: nx.DiGraph, name: str) -> bool:
+    return node(g, name).op == Op.CONST
+
+
+def _rewire(g: nx.DiGraph, name: str, new: Node, inputs: list[str]) -> None:
+    """Give value ``name`` a new node and new inputs, keeping its consumers."""
+    for src in list(g.predecessors(name)):
+        g.remove_edge(src, name)
+    set_node(g, name, new)
+    for i, src in enumerate(inputs):
+        g.add_edge(src, name, index=i)
+
+
+def _sole_consumer(g: nx.DiGraph, name: str, user: str) -> bool:
+    return consumers(g, name) == [user] and name not in g.graph["outputs"]
+
+
+def fold_constants(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
+    """Evaluate every node whose inputs are all constants (``ConstantOfShape`` weights too)."""
+    g = g.copy()
+    values: dict[str, np.ndarray] = {}
+    for name in topo_order(g):
+        n = node(g, name)
+        if n.op == Op.CONST:
+            values[name] = n.value
+            continue
+        srcs = inputs_of(g, name)
+        if n.op == Op.INPUT or not srcs or not all(_is_const(g, s) for s in srcs):
+            continue
+        value = np.asarray(evaluate_node(g, name, values))
+        values[name] = value
+        _rewire(g, name, Node(Op.CONST, tuple(value.shape), str(value.dtype), value=value,
+                              origin=n.origin), [])
+    remove_dead(g)
+    return g
+
+
+def remove_identities(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
+    """Drop Identity and (inference-mode) Dropout, unless they name a graph output."""
+    g = g.copy()
+    for name in topo_order(g):
+        if node(g, name).op in (Op.IDENTITY, Op.DROPOUT) and name not in g.graph["outputs"]:
+            replace_uses(g, name, inputs_of(g, name)[0])
+    remove_dead(g)
+    return g
+
+
+def fold_batchnorm(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
+    """Fold an inference BatchNormalization into the Conv that feeds it."""
+    g = g.copy()
+    for name in topo_order(g):
+        bn = node(g, name)
+        if bn.op != Op.BATCHNORM:
+            continue
+        src, *params = inputs_of(g, name)
+        conv = node(g, src)
+        conv_in = inputs_of(g, src)
+        if conv.op != Op.CONV or not _sole_consumer(g, src, name) \
+                or not all(_is_const(g, p) for p in params + conv_in[1:]):
+            continue
+        scale, shift, mean, var = (node(g, p).value.astype(np.float64) for p in params)
+        k = scale / np.sqrt(var + bn.attr("epsilon", 1e-5))
+        w = node(g, conv_in[1]).value.astype(np.float64)
+        b = node(g, conv_in[2]).value.astype(np.float64) if len(conv_in) > 2 else 0.0
+        wf = _const(g, f"{name}.weight", (w * k[:, None, None, None]).astype(np.float32))
+        bf = _const(g, f"{name}.bias", ((b - mean) * k + shift).astype(np.float32))
+        new = Node(Op.CONV, bn.shape, bn.dtype, conv.attrs, origin=conv.origin + bn.origin)
+        _rewire(g, name, new, [conv_in[0], wf, bf])
+    remove_dead(g)
+    return g
+
+
+def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
+    """Conv/Gemm/MatMul with constant weights -> NpuConv/NpuDense; Sum -> Adds."""
+    g = g.copy()
+    for name in topo_order(g):
+        n = node(g, name)
+        srcs = inputs_of(g, name)
+        if n.op == Op.CONV and all(_is_const(g, s) for s in srcs[1:]):
+            w = node(g, srcs[1]).value
+            geom = conv_geometry(n, node(g, srcs[0]).shape, w.shape[2:])
+            bias = node(g, srcs[2]).value if len(srcs) > 2 else np.zeros(w.shape[0], np.float32)
+            attrs = make_attrs(kernel=geom.kernel, strides=geom.strides, pads=geom.pads,
+                               dilations=geom.dilations, groups=geom.groups, relu=False)
+            wn = _const(g, f"{name}.w", conv_weight_rows(w))
+            bn = _const(g, f"{name}.b", bias.astype(np.float32))
+            _rewire(g, name, Node(Op.NPU_CONV, n.shape, n.dtype, attrs, origin=n.origin),
+                    [srcs[0], wn, bn])
+        elif n.op in (Op.GEMM, Op.MATMUL) and len(srcs) >= 2 and _is_const(g, srcs[1]) \
+                and not n.attr("transA", 0):
+            _dense(g, name, n, srcs)
+        elif n.op == Op.SUM and len(srcs) != 2:
+            _split_sum(g, name, n, srcs)
+        elif n.op == Op.SUM:
+            _rewire(g, name, Node(Op.ADD, n.shape, n.dtype, n.attrs, origin=n.origin), srcs)
+    remove_dead(g)
+    return g
+
+
+def _dense(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
+    b = node(g, srcs[1]).value
+    w = (b if n.attr("transB", 0) else b.T) * np.float32(n.attr("alpha", 1.0))
+    bias = np.zeros(w.shape[0], np.float32)
+    if len(srcs) > 2:
+        c = node(g, srcs[2]).value if _is_const(g, srcs[2]) else None
+        if c is None or c.size not in (1, w.shape[0]) or c.ndim > 2:
+            raise CompileError(f"Gemm '{n.origin[0]}': only a constant per-column C is supported")
+        bias = bias + np.float32(n.attr("beta", 1.0)) * c.reshape(-1).astype(np.float32)
+    wn = _const(g, f"{name}.w", np.ascontiguousarray(w, dtype=np.float32))
+    bn = _const(g, f"{name}.b", bias.astype(np.float32))
+    _rewire(g, name, Node(Op.NPU_DENSE, n.shape, n.dtype, make_attrs(relu=False),
+                          origin=n.origin), [srcs[0], wn, bn])
+
+
+def _split_sum(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
+    if len(srcs) == 1:
+        _rewire(g, name, Node(Op.IDENTITY, n.shape, n.dtype, origin=n.origin), srcs)
+        return
+    acc = srcs[0]
+    for i, s in enumerate(srcs[1:-1]):
+        part = f"{name}.partial{i}"
+        add_node(g, part, Node(Op.ADD, n.shape, n.dtype, origin=n.origin), [acc, s])
+        acc = part
+    _rewire(g, name, Node(Op.ADD, n.shape, n.dtype, origin=n.origin), [acc, srcs[-1]])
+
+
+def fuse_residual(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
+    """Add(matrix-op, x) -> the matrix op with ``x`` as its residual input (the epilogue adds)."""
+    g = g.copy()
+    for name in topo_order(g):
+        n = node(g, name)
+        if n.op != Op.ADD or n.attr("relu"):
+            continue
+        srcs = inputs_of(g, name)
+        for i in (0, 1):
+            src, other = srcs[i], srcs[1 - i]
+            p = node(g, src)
+            if p.op in (Op.NPU_CONV, Op.NPU_DENSE) and not p.attr("relu") \
+                    and len(inputs_of(g, src)) == 3 and _sole_consumer(g, src, name) \
+                    and node(g, other).shape == n.shape == p.shape and src != other:
+                new = Node(p.op, n.shape, n.dtype, p.attrs, origin=p.origin + n.origin)
+                _rewire(g, name, new, inputs_of(g, src) + [other])
+                g.remove_node(src)
+                break
+    return g
+
+
+def fuse_relu(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
+    """Relu after a matrix op or an add becomes that op's epilogue."""
+    g = g.copy()
+    for name in topo_order(g):
+        n = node(g, name)
+        if n.op != Op.RELU:
+            continue
+        src = inputs_of(g, name)[0]
+        p = node(g, src)
+        if p.op in (Op.NPU_CONV, Op.NPU_DENSE, Op.ADD) and not p.attr("relu") \
+                and _sole_consumer(g, src, name):
+            new = p.with_attrs(relu=True)
+            new = Node(new.op, n.shape, n.dtype, new.attrs, origin=p.origin + n.origin)
+            _rewire(g, name, new, inputs_of(g, src))
+            g.remove_node(src)
+    return g
+
+
+def quantize_weights(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
+    """Quantize every matrix-unit weight to the target format with the golden quantizer."""
+    g = g.copy()
+    fmt = opts.format
+    if fmt.is_fp32:
+        return g
+    for name in topo_order(g):
+        if node(g, name).op not in (Op.NPU_CONV, Op.NPU_DENSE):
+            continue
+        wname = inputs_of(g, name)[1]
+        w = node(g, wname)
+        if isinstance(w.value, np.ndarray):
+            q = quantize(w.value.astype(np.float32), fmt, opts.rounding, opts.seed)
+            set_node(g, wname, Node(Op.CONST, w.shape, fmt.name, value=q, origin=w.origin))
+    return g

@@ -1,0 +1,36 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The pass pipeline, in order. ``run_passes(..., stop_after=NAME)`` stops after any pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import networkx as nx
+
+from compiler import passes
+from compiler.errors import CompileError
+from compiler.ir import verify
+from compiler.options import CompileOptions
+
+PIPELINE: tuple[tuple[str, Callable[[nx.DiGraph, CompileOptions], nx.DiGraph]], ...] = (
+    ("fold_constants", passes.fold_constants),
+    ("remove_identities", passes.remove_identities),
+    ("fold_batchnorm", passes.fold_batchnorm),
+    ("canonicalize", passes.canonicalize),
+    ("fuse_residual", passes.fuse_residual),
+    ("fuse_relu", passes.fuse_relu),
+    ("quantize_weights", passes.quantize_weights),
+)
+PASS_NAMES = tuple(name for name, _ in PIPELINE)
+
+
+def run_passes(g: nx.DiGraph, opts: CompileOptions, stop_after: str | None = None) -> nx.DiGraph:
+    """Run the pipeline on ``g``, verifying the IR after every pass."""
+    if stop_after is not None and stop_after not in PASS_NAMES:
+        raise CompileError(f"unknown pass {stop_after!r}; passes: {', '.join(PASS_NAMES)}")
+    for name, fn in PIPELINE:
+        g = fn(g, opts)
+        verify(g)
+        if name == stop_after:
+            break
+    return g

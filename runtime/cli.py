@@ -1,0 +1,237 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``npusim`` command: one entry point, one subcommand per job.
+
+User errors (bad files, bad inputs, unsupported ops) print one line
+``npusim: error: ...`` on stderr and exit with status 2; nothing half-written is
+left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from compiler.dump import dump_graph
+    from compiler.frontend import to_graph
+    from compiler.options import CompileOptions
+    from compiler.pipeline import run_passes
+
+    if args.stop_after:
+        opts = CompileOptions.make(args.device, args.numerics, args.rounding, args.seed)
+        text = dump_graph(run_passes(to_graph(args.model), opts, args.stop_after))
+        if args.dump:
+            _atomic_write(Path(args.dump), lambda tmp: Path(tmp).write_text(text))
+        else:
+            sys.stdout.write(text)
+        return 0
+    if not args.output:
+        raise UsageError("compile needs -o OUT.npub (or --stop-after PASS to dump the graph)")
+    from compiler import compile_model
+
+    t0 = time.perf_counter()
+    prog = compile_model(args.model, args.device, args.numerics, args.rounding, args.seed)
+    elapsed = time.perf_counter() - t0
+    prog.save(args.output)
+    print(f"compiled {args.model} for {prog.target.name} ({prog.numerics}): "
+          f"{len(prog.instructions)} instructions, {len(prog.weights) / 2**20:.2f} MiB weights, "
+          f"{elapsed:.2f} s -> {args.output}")
+    return 0
+
+
+def _parse_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
+    feeds = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            if len(names) != 1:
+                raise UsageError(f"--input {spec}: name the input (NAME=FILE.npy); the program "
+                                 f"takes {', '.join(names)}")
+            name, path = names[0], spec
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise UsageError(f"input file not found: {path}") from None
+        except (ValueError, OSError) as exc:
+            raise UsageError(f"input file {path} is not a .npy array: {exc}") from None
+    return feeds
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from runtime.session import Session
+
+    sess = Session(args.program, args.device)
+    feeds = _parse_inputs(args.input, [t.name for t in sess.get_inputs()])
+    t0 = time.perf_counter()
+    outs = sess.run(None, feeds)
+    wall = time.perf_counter() - t0
+    stats = sess.last_stats
+    outdir = Path(args.output_dir)
+    for t, arr in zip(sess.get_outputs(), outs):
+        target = outdir / f"{_safe_name(t.name)}.npy"
+        _atomic_write(target, lambda tmp, a=arr: np.save(open(tmp, "wb"), a))
+        print(f"{t.name}: {list(arr.shape)} -> {target}")
+    if args.stats:
+        _write_json(Path(args.stats), {**stats.to_dict(), "wall_s": wall,
+                                       "device": sess.device.config.name,
+                                       "numerics": sess.program.numerics})
+    print(f"simulated latency {stats.latency_us:.1f} us ({stats.cycles} cycles at "
+          f"{stats.clock_mhz:g} MHz); functional simulation {wall * 1e3:.1f} ms")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from simulator.program import Program
+
+    prog = Program.load(args.program)
+    t = prog.target
+    print(f"program   {args.program}  model={prog.metadata.get('model')}")
+    print(f"target    {t.name}  numerics={t.numerics}  fingerprint={t.fingerprint().hex()[:16]}")
+    print(f"array     {t.tiles} x ({t.native_dim} x {t.array_cols}) @ {t.clock_mhz:g} MHz")
+    print(f"code      {len(prog.instructions)} instructions")
+    print("memory map")
+    for region, (base, size) in prog.memory_map.items():
+        print(f"  {region:<12} 0x{base:010x}  {size:>12} bytes")
+    for kind, descs in (("input", prog.inputs), ("output", prog.outputs)):
+        for d in descs:
+            print(f"{kind:<9} {d.name}  {list(d.shape)} {d.dtype} @0x{d.addr:010x}")
+    print(f"weights   {len(prog.weight_tensors)} tensors, {len(prog.weights)} bytes "
+          f"({'pinned on chip' if prog.metadata.get('weights_pinned') else 'streamed'})")
+    if args.disasm:
+        for idx, (ins, rec) in enumerate(zip(prog.instructions, prog.layers)):
+            fields = " ".join(f"{k}={v}" for k, v in vars(ins).items())
+            print(f"{idx:5d}  {ins.OPCODE.name:<10} {fields}  ; {rec['name']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
+    from compiler import compile_model
+    from runtime.session import Session
+    from runtime.zoo import build_resnet50
+
+    model = build_resnet50(seed=args.seed)
+    x = np.random.default_rng(args.seed).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    t0 = time.perf_counter()
+    prog = compile_model(model, args.device, args.numerics)
+    t_compile = time.perf_counter() - t0
+    sess = Session(prog)
+    t0 = time.perf_counter()
+    (feat,) = sess.run(None, {"images": x})
+    t_sim = time.perf_counter() - t0
+    ref_sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    t0 = time.perf_counter()
+    (ref,) = ref_sess.run(None, {"images": x})
+    t_ort = time.perf_counter() - t0
+    rel = float(np.linalg.norm(feat - ref) / np.linalg.norm(ref))
+    cos = float(np.dot(feat.ravel(), ref.ravel())
+                / (np.linalg.norm(feat) * np.linalg.norm(ref)))
+    st = sess.last_stats
+    print(f"ResNet-50 featurizer (seed {args.seed}) on {prog.target.name}, {prog.numerics}")
+    print(f"  instructions        {len(prog.instructions)}")
+    print(f"  simulated latency   {st.latency_us / 1000:.3f} ms  ({st.cycles} cycles at "
+          f"{st.clock_mhz:g} MHz, {st.macs / 1e9:.2f} GMAC)")
+    print(f"  compile time        {t_compile:.2f} s")
+    print(f"  functional sim      {t_sim * 1e3:.1f} ms  (onnxruntime {t_ort * 1e3:.1f} ms)")
+    print(f"  vs onnxruntime fp32 relative L2 error {rel:.3e}, cosine {cos:.6f}")
+    return 0
+
+
+class UsageError(ValueError):
+    """A command line that cannot be carried out."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from compiler.pipeline import PASS_NAMES
+    from simulator.numerics import FORMAT_NAMES
+
+    p = argparse.ArgumentParser(prog="npusim", description="Brainwave-class NPU toolkit: "
+                                "compile ONNX models, simulate them bit-exactly, count cycles.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def device_opts(sp, numerics=True):
+        sp.add_argument("--device", help="preset name or TOML/JSON file (default brainwave-s10)")
+        if numerics:
+            sp.add_argument("--numerics", choices=FORMAT_NAMES, help="override the format")
+
+    c = sub.add_parser("compile", help="compile an ONNX model to a .npub program")
+    c.add_argument("model")
+    c.add_argument("-o", "--output")
+    device_opts(c)
+    c.add_argument("--rounding", choices=["nearest_even", "stochastic"], default="nearest_even")
+    c.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
+    c.add_argument("--stop-after", choices=PASS_NAMES, help="stop after this pass, dump the IR")
+    c.add_argument("--dump", help="with --stop-after: write the IR here instead of stdout")
+    c.set_defaults(fn=cmd_compile)
+
+    r = sub.add_parser("run", help="run a program on the simulated device")
+    r.add_argument("program")
+    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    r.add_argument("--output-dir", default=".")
+    r.add_argument("--stats", help="write cycle statistics as JSON")
+    device_opts(r, numerics=False)
+    r.set_defaults(fn=cmd_run)
+
+    i = sub.add_parser("inspect", help="show a program's header, target, sections, code")
+    i.add_argument("program")
+    i.add_argument("--disasm", action="store_true", help="list every instruction")
+    i.set_defaults(fn=cmd_inspect)
+
+    d = sub.add_parser("demo", help="compile and run the bundled ResNet-50 featurizer")
+    device_opts(d)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from compiler.errors import CompileError
+    from simulator.config import ConfigError
+    from simulator.device import InputError
+    from simulator.isa import EncodingError
+    from simulator.program import ProgramError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (CompileError, ProgramError, InputError, ConfigError, EncodingError,
+            UsageError) as exc:
+        print(f"npusim: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"npusim: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Device configurations: typed, frozen, loaded from presets or a TOML/JSON file.
+
+Primary parameters live in the preset files (``simulator/presets/*.toml``, each
+figure with its source); derived figures are properties here and nowhere else.
+
+Example:
+    >>> cfg = load_device("brainwave-s10")
+    >>> cfg.peak_macs_per_cycle
+    96000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from simulator.numerics import FORMAT_NAMES, Format, get_format
+
+DEFAULT_DEVICE = "brainwave-s10"
+
+
+class ConfigError(ValueError):
+    """A device configuration that cannot be used."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One accelerator: a set of matrix tiles (systolic arrays), a vector unit, memories."""
+
+    name: str
+    """Preset or file name (not part of the fingerprint)."""
+    native_dim: int
+    """Rows of one array = length of the vectors it reduces (and the ms-fp block size)."""
+    array_cols: int
+    """Columns of one array: output channels computed at once per tile."""
+    tiles: int
+    """Matrix tiles working in parallel on different output columns."""
+    clock_mhz: float
+    """Datapath clock."""
+    numerics: str
+    """Default number format of the matrix datapath."""
+    vector_lanes: int
+    """Elements per cycle of the vector unit (ReLU, add, pooling, softmax)."""
+    weight_buffer_kib: int
+    """On-chip weight memory (matrix register file)."""
+    activation_buffer_kib: int
+    """On-chip activation memory (vector register file)."""
+    dram_gbps: float
+    """Device DRAM bandwidth, GB/s."""
+    dram_latency_cycles: int
+    """Latency of one DMA from DRAM, cycles."""
+    host_link_gbps: float
+    """Host link (PCIe) bandwidth, GB/s."""
+    host_link_latency_us: float
+    """Latency of one host transfer, microseconds."""
+    dram_mib: int = 4096
+    """Device DRAM capacity."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and (not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"device field '{f.name}' must be a positive number, got {value!r}")
+        if self.numerics not in FORMAT_NAMES:
+            raise ConfigError(f"device field 'numerics': unknown format {self.numerics!r}")
+
+    # --- derived figures (computed here only) ---
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        return self.native_dim * self.array_cols * self.tiles
+
+    @property
+    def peak_tops(self) -> float:
+        """Tera-operations per second, counting a MAC as two operations."""
+        return 2 * self.peak_macs_per_cycle * self.clock_mhz * 1e6 / 1e12
+
+    @property
+    def dram_bytes_per_cycle(self) -> float:
+        return self.dram_gbps * 1e9 / (self.clock_mhz * 1e6)
+
+    @property
+    def host_bytes_per_cycle(self) -> float:
+        return self.host_link_gbps * 1e9 / (self.clock_mhz * 1e6)
+
+    @property
+    def host_latency_cycles(self) -> int:
+        return round(self.host_link_latency_us * self.clock_mhz)
+
+    @property
+    def on_chip_kib(self) -> int:
+        return self.weight_buffer_kib + self.activation_buffer_kib
+
+    def format(self, name: str | None = None) -> Format:
+        """The number format ``name`` (default: this device's) with its block size."""
+        return get_format(name or self.numerics, self.native_dim)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> bytes:
+        """SHA-256 of every field but the name: what a program is built for."""
+        fields = {k: v for k, v in self.to_dict().items() if k != "name"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest()
+
+    def replace(self, **changes) -> DeviceConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def preset_names() -> list[str]:
+    files = resources.files("simulator.presets").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".toml"))
+
+
+def _from_mapping(data: dict, name: str) -> DeviceConfig:
+    known = {f.name for f in dataclasses.fields(DeviceConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"device {name}: unknown field(s) {', '.join(unknown)}")
+    data = {"name": name, **data}
+    missing = sorted(known - set(data) - {"dram_mib"})
+    if missing:
+        raise ConfigError(f"device {name}: missing field(s) {', '.join(missing)}")
+    return DeviceConfig(**data)
+
+
+def load_device(spec: str | Path | DeviceConfig | None = None) -> DeviceConfig:
+    """A preset name, or a ``.toml`` / ``.json`` file with the fields of :class:`DeviceConfig`.
+
+    A file may start from a preset with ``base = "PRESET"`` and override fields.
+    """
+    if spec is None:
+        spec = DEFAULT_DEVICE
+    if isinstance(spec, DeviceConfig):
+        return spec
+    text_spec = str(spec)
+    if text_spec in preset_names():
+        raw = resources.files("simulator.presets").joinpath(f"{text_spec}.toml").read_text()
+        return _from_mapping(tomllib.loads(raw), text_spec)
+    path = Path(text_spec)
+    if not path.is_file():
+        raise ConfigError(f"unknown device {text_spec!r}: not a preset "
+                          f"({', '.join(preset_names())}) nor a file")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            data = tomllib.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"device file {path}: cannot parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"device file {path}: expected a table of fields")
+    base = data.pop("base", None)
+    if base is not None:
+        merged = load_device(base).to_dict()
+        merged.pop("name")
+        merged.update(data)
+        data = merged
+    return _from_mapping(data, path.stem)

@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The device's operations on whole tensors, built on the golden numerics.
+
+The simulator's executor runs each instruction as one call here, and the
+compiler's graph interpreter evaluates IR nodes with the same calls, so a
+program and its graph agree bit for bit by construction; the tests check that
+the program path (packing, memory plan, aliasing) keeps it so.
+
+Activations are NCHW float32. A convolution is an im2col GEMM whose reduction
+axis K is ordered ``(kh, kw, c)`` with the channel fastest, and the BFP blocks
+run along that axis (see ``docs/numerics.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.numerics import BfpTensor, Format, Rounding, matmul
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Shape of a 2-D convolution or pooling window (ONNX semantics)."""
+
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    """top, left, bottom, right"""
+    dilations: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def output_hw(self, h: int, w: int, ceil_mode: bool = False) -> tuple[int, int]:
+        rnd = (lambda a, b: -(-a // b)) if ceil_mode else (lambda a, b: a // b)
+        eff_h = (self.kernel[0] - 1) * self.dilations[0] + 1
+        eff_w = (self.kernel[1] - 1) * self.dilations[1] + 1
+        oh = rnd(h + self.pads[0] + self.pads[2] - eff_h, self.strides[0]) + 1
+        ow = rnd(w + self.pads[1] + self.pads[3] - eff_w, self.strides[1]) + 1
+        if ceil_mode:  # ONNX: the last window must start inside the (left-padded) input
+            if (oh - 1) * self.strides[0] >= h + self.pads[0]:
+                oh -= 1
+            if (ow - 1) * self.strides[1] >= w + self.pads[1]:
+                ow -= 1
+        return oh, ow
+
+
+def _windows(x: np.ndarray, g: ConvGeometry, fill: float, out_hw: tuple[int, int]) -> np.ndarray:
+    """Strided view ``[B, OH, OW, KH, KW, C]`` of the padded NHWC input."""
+    b, c, h, w = x.shape
+    oh, ow = out_hw
+    kh, kw = g.kernel
+    need_h = (oh - 1) * g.strides[0] + (kh - 1) * g.dilations[0] + 1
+    need_w = (ow - 1) * g.strides[1] + (kw - 1) * g.dilations[1] + 1
+    pad_b = max(need_h - h - g.pads[0], 0)
+    pad_r = max(need_w - w - g.pads[1], 0)
+    xp = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (g.pads[0], pad_b), (g.pads[1], pad_r), (0, 0)),
+                constant_values=fill)
+    sb, sh, sw, sc = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, (b, oh, ow, kh, kw, c),
+        (sb, sh * g.strides[0], sw * g.strides[1], sh * g.dilations[0], sw * g.dilations[1], sc),
+        writeable=False)
+
+
+def im2col(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """``[B * OH * OW, KH * KW * C]`` patches, K ordered (kh, kw, c)."""
+    oh, ow = g.output_hw(x.shape[2], x.shape[3])
+    win = _windows(x, g, 0.0, (oh, ow))
+    return win.reshape(x.shape[0] * oh * ow, -1)
+
+
+def _weight_rows(w: np.ndarray | BfpTensor, start: int, stop: int) -> np.ndarray | BfpTensor:
+    if isinstance(w, BfpTensor):
+        nb = w.q.shape[-1] // w.fmt.block_size
+        return BfpTensor(w.fmt, w.q[start:stop], w.exponents[start:stop].reshape(-1, nb), w.length)
+    return w[start:stop]
+
+
+def epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
+             relu: bool) -> np.ndarray:
+    """After the reduction: ``+ bias``, ``+ residual``, then ReLU, each rounded to fp32."""
+    if bias is not None:
+        y = y + bias.astype(np.float32)
+    if residual is not None:
+        y = y + residual
+    if relu:
+        y = np.maximum(y, np.float32(0))
+    return y.astype(np.float32, copy=False)
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None,
+           geom: ConvGeometry, fmt: Format, residual: np.ndarray | None = None,
+           relu: bool = False, rounding: Rounding = Rounding.NEAREST_EVEN,
+           seed: int = 0) -> np.ndarray:
+    """Convolution on the matrix unit; ``weight`` is ``[O, KH*KW*C/groups]``."""
+    b, c, h, w_ = x.shape
+    o = weight.shape[0]
+    oh, ow = geom.output_hw(h, w_)
+    cg, og = c // geom.groups, o // geom.groups
+    cols = []
+    for grp in range(geom.groups):
+        xs = x[:, grp * cg:(grp + 1) * cg]
+        a = im2col(xs, geom) if geom.kernel != (1, 1) or geom.pads != (0, 0, 0, 0) \
+            or geom.strides != (1, 1) else xs.transpose(0, 2, 3, 1).reshape(-1, cg)
+        wg = _weight_rows(weight, grp * og, (grp + 1) * og)
+        cols.append(matmul(a, wg, fmt, rounding, seed))
+    y = cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)
+    y = y.reshape(b, oh, ow, o).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(epilogue(y, bias[:, None, None] if bias is not None else None,
+                                         residual, relu))
+
+
+def dense(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None, fmt: Format,
+          residual: np.ndarray | None = None, relu: bool = False,
+          rounding: Rounding = Rounding.NEAREST_EVEN, seed: int = 0) -> np.ndarray:
+    """``x @ weight.T + bias`` on the matrix unit for ``x`` ``[..., K]``."""
+    lead = x.shape[:-1]
+    y = matmul(x.reshape(-1, x.shape[-1]), weight, fmt, rounding, seed)
+    return epilogue(y.reshape(*lead, -1), bias, residual, relu)
+
+
+def maxpool(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False) -> np.ndarray:
+    oh, ow = geom.output_hw(x.shape[2], x.shape[3], ceil_mode)
+    win = _windows(x, geom, -np.inf, (oh, ow))
+    return np.ascontiguousarray(win.max(axis=(3, 4)).transpose(0, 3, 1, 2))
+
+
+def avgpool(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False,
+            count_include_pad: bool = False) -> np.ndarray:
+    """Window sum in float64 divided by the count, rounded once to fp32."""
+    oh, ow = geom.output_hw(x.shape[2], x.shape[3], ceil_mode)
+    win = _windows(x.astype(np.float64), geom, 0.0, (oh, ow))
+    total = win.sum(axis=(3, 4))
+    ones = np.ones((1, 1) + x.shape[2:], np.float64)
+    if count_include_pad:  # padding counts, the ceil-mode overhang does not
+        h, w = x.shape[2:]
+        ones = np.pad(ones, ((0, 0), (0, 0), (geom.pads[0], geom.pads[2]),
+                             (geom.pads[1], geom.pads[3])), constant_values=1.0)
+        g2 = ConvGeometry(geom.kernel, geom.strides, (0, 0, 0, 0), geom.dilations)
+        count = _windows(ones, g2, 0.0, (oh, ow)).sum(axis=(3, 4))
+    else:
+        count = _windows(ones, geom, 0.0, (oh, ow)).sum(axis=(3, 4))
+    return np.ascontiguousarray((total / count).astype(np.float32).transpose(0, 3, 1, 2))
+
+
+def global_avgpool(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float64).mean(axis=(2, 3), keepdims=True).astype(np.float32)
+
+
+def add(a: np.ndarray, b: np.ndarray, relu: bool = False) -> np.ndarray:
+    return epilogue(np.add(a, b, dtype=np.float32), None, None, relu)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, np.float32(0))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Computed in float64 and rounded once to fp32."""
+    z = x.astype(np.float64)
+    z = np.exp(z - z.max(axis=axis, keepdims=True))
+    return (z / z.sum(axis=axis, keepdims=True)).astype(np.float32)

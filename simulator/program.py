@@ -1,0 +1,204 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The device program (``.npub``): the "bitstream" a compiler makes and a device loads.
+
+Layout (little endian; ``docs/isa.md`` has the byte-level table)::
+
+    header   64 B   magic "NPUB", version, section count, header CRC-32, target fingerprint
+    table    56 B per section: kind, offset, length, SHA-256 of the payload
+    payload  each section 64-byte aligned
+
+The same model compiled twice gives byte-identical files: no timestamps, JSON
+with sorted keys, a deterministic section order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+from simulator.config import ConfigError, DeviceConfig, _from_mapping
+from simulator.isa import INSTRUCTION_BYTES, EncodingError, FieldWidths, Instruction
+
+MAGIC = b"NPUB"
+VERSION = (1, 0)
+ALIGN = 64
+_HEADER = struct.Struct("<4sHHHHI32s12x")  # magic, major, minor, nsections, reserved, crc, fp
+_ENTRY = struct.Struct("<IIQQ32s")  # kind, reserved, offset, length, sha256
+
+
+class Section(IntEnum):
+    INSTRUCTIONS = 1
+    WEIGHTS = 2
+    CONSTANTS = 3
+    IO = 4
+    TENSORS = 5
+    METADATA = 6
+    DEVICE = 7
+
+
+class ProgramError(ValueError):
+    """A program file that cannot be loaded (corrupt, truncated, wrong version or target)."""
+
+
+@dataclass(frozen=True)
+class TensorDesc:
+    """A named tensor at a DRAM address: a model input/output or a weight tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    addr: int
+    nbytes: int
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "addr": self.addr, "nbytes": self.nbytes}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TensorDesc:
+        return cls(d["name"], tuple(d["shape"]), d["dtype"], d["addr"], d["nbytes"])
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """A compiled program for one target device.
+
+    ``weights`` and ``constants`` are the byte images placed at ``memory_map["weights"]``
+    and ``memory_map["constants"]`` in DRAM; ``weight_tensors`` says where each
+    matrix-unit weight lies in it and in which format.
+    """
+
+    target: DeviceConfig
+    instructions: tuple[Instruction, ...]
+    weights: bytes
+    constants: bytes
+    inputs: tuple[TensorDesc, ...]
+    outputs: tuple[TensorDesc, ...]
+    weight_tensors: tuple[TensorDesc, ...]
+    layers: tuple[dict, ...]
+    """One record per instruction: ``name``, ``op`` and the ONNX nodes it covers."""
+    memory_map: dict[str, tuple[int, int]]
+    """Region -> (base address, size in bytes)."""
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def numerics(self) -> str:
+        return self.target.numerics
+
+    # --- serialization ---
+    def to_bytes(self) -> bytes:
+        widths = FieldWidths.for_device(self.target)
+        dump = lambda obj: json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+        sections = {
+            Section.INSTRUCTIONS: b"".join(i.encode(widths) for i in self.instructions),
+            Section.WEIGHTS: self.weights,
+            Section.CONSTANTS: self.constants,
+            Section.IO: dump({"inputs": [t.to_json() for t in self.inputs],
+                              "outputs": [t.to_json() for t in self.outputs]}),
+            Section.TENSORS: dump([t.to_json() for t in self.weight_tensors]),
+            Section.METADATA: dump({"layers": list(self.layers),
+                                    "memory_map": {k: list(v) for k, v in self.memory_map.items()},
+                                    **self.metadata}),
+            Section.DEVICE: dump(self.target.to_dict()),
+        }
+        offset = _align(_HEADER.size + _ENTRY.size * len(sections))
+        table, payload = [], []
+        for kind, data in sections.items():
+            table.append(_ENTRY.pack(kind, 0, offset, len(data), hashlib.sha256(data).digest()))
+            pad = _align(len(data)) - len(data)
+            payload.append(data + b"\0" * pad)
+            offset += len(data) + pad
+        table_bytes = b"".join(table)
+        fp = self.target.fingerprint()
+        crc = zlib.crc32(_HEADER.pack(MAGIC, *VERSION, len(sections), 0, 0, fp) + table_bytes)
+        head = _HEADER.pack(MAGIC, *VERSION, len(sections), 0, crc, fp) + table_bytes
+        return head + b"\0" * (_align(len(head)) - len(head)) + b"".join(payload)
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a failed save leaves no partial file behind."""
+        path = Path(path)
+        data = self.to_bytes()
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
+                                   prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path) -> Program:
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise ProgramError(f"program file not found: {path}") from None
+        except IsADirectoryError:
+            raise ProgramError(f"program path is a directory: {path}") from None
+        return cls.from_bytes(data, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "program") -> Program:
+        if len(data) < _HEADER.size or data[:4] != MAGIC:
+            raise ProgramError(f"{where}: not an npusim program (bad magic)")
+        _, major, minor, count, _, crc, fp = _HEADER.unpack_from(data)
+        if major != VERSION[0]:
+            raise ProgramError(f"{where}: program format version {major}.{minor} is not "
+                               f"supported (this build reads {VERSION[0]}.x)")
+        table_end = _HEADER.size + _ENTRY.size * count
+        if len(data) < table_end:
+            raise ProgramError(f"{where}: truncated program (section table cut short)")
+        head = _HEADER.pack(MAGIC, major, minor, count, 0, 0, fp)
+        if zlib.crc32(head + data[_HEADER.size:table_end]) != crc:
+            raise ProgramError(f"{where}: corrupt program header (CRC mismatch)")
+        raw: dict[Section, bytes] = {}
+        for i in range(count):
+            kind, _, off, length, digest = _ENTRY.unpack_from(data, _HEADER.size + i * _ENTRY.size)
+            if off + length > len(data):
+                raise ProgramError(f"{where}: truncated program (section {kind} runs past the end)")
+            payload = data[off:off + length]
+            if hashlib.sha256(payload).digest() != digest:
+                name = Section(kind).name if kind in Section._value2member_map_ else kind
+                raise ProgramError(f"{where}: corrupt program (section {name} checksum mismatch)")
+            if kind in Section._value2member_map_:
+                raw[Section(kind)] = payload
+        missing = [s.name for s in Section if s not in raw]
+        if missing:
+            raise ProgramError(f"{where}: program lacks section(s) {', '.join(missing)}")
+        try:
+            target = _from_mapping({k: v for k, v in json.loads(raw[Section.DEVICE]).items()
+                                    if k != "name"}, json.loads(raw[Section.DEVICE])["name"])
+        except (ConfigError, ValueError, KeyError) as exc:
+            raise ProgramError(f"{where}: bad target description: {exc}") from None
+        if target.fingerprint() != fp:
+            raise ProgramError(f"{where}: target description does not match its fingerprint")
+        widths = FieldWidths.for_device(target)
+        code = raw[Section.INSTRUCTIONS]
+        if len(code) % INSTRUCTION_BYTES:
+            raise ProgramError(f"{where}: instruction section is not whole words")
+        try:
+            instrs = tuple(Instruction.decode(code[i:i + INSTRUCTION_BYTES], widths)
+                           for i in range(0, len(code), INSTRUCTION_BYTES))
+        except EncodingError as exc:
+            raise ProgramError(f"{where}: bad instruction: {exc}") from None
+        io = json.loads(raw[Section.IO])
+        meta = json.loads(raw[Section.METADATA])
+        layers = tuple(meta.pop("layers"))
+        mmap = {k: tuple(v) for k, v in meta.pop("memory_map").items()}
+        return cls(target, instrs, raw[Section.WEIGHTS], raw[Section.CONSTANTS],
+                   tuple(TensorDesc.from_json(t) for t in io["inputs"]),
+                   tuple(TensorDesc.from_json(t) for t in io["outputs"]),
+                   tuple(TensorDesc.from_json(t) for t in json.loads(raw[Section.TENSORS])),
+                   layers, mmap, meta)
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
