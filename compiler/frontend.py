@@ -81,7 +81,7 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes) -> nx.DiGraph:
         raise CompileError(f"shape inference failed: {_first_line(exc)}") from None
     gp = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
-    g = nx.DiGraph(name=gp.name or "model", inputs=[], outputs=[o.name for o in gp.output])
+    g = nx.MultiDiGraph(name=gp.name or "model", inputs=[], outputs=[o.name for o in gp.output])
     inits = {t.name: t for t in gp.initializer}
     for name, t in inits.items():
         arr = numpy_helper.to_array(t)

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The graph IR: a networkx DiGraph with one typed, frozen node per value.
+"""The graph IR: a networkx MultiDiGraph with one typed, frozen node per value.
 
 A graph node is keyed by the name of the tensor it produces and carries a
 :class:`Node` under the ``"node"`` attribute; an edge ``u -> v`` with attribute
-``index=i`` says that ``u`` is input ``i`` of ``v``. Graph-level attributes:
+``index=i`` says that ``u`` is input ``i`` of ``v`` (a multigraph, since one value
+may feed several inputs of the same node, as in ``Add(x, x)``). Graph-level attributes:
 ``inputs`` (names of the model inputs, in order), ``outputs`` (names of the model
 outputs, in order) and ``name``. Passes never mutate a :class:`Node`; they make a
 new one and :func:`set_node` it.
@@ -112,8 +113,15 @@ def inputs_of(g: nx.DiGraph, name: str) -> list[str]:
     return [src for src, _, _ in preds]
 
 
+def set_inputs(g: nx.DiGraph, name: str, inputs: list[str]) -> None:
+    """Replace every input edge of ``name``."""
+    g.remove_edges_from(list(g.in_edges(name, keys=True)))
+    for i, src in enumerate(inputs):
+        g.add_edge(src, name, index=i)
+
+
 def consumers(g: nx.DiGraph, name: str) -> list[str]:
-    return sorted(g.successors(name))
+    return sorted(set(g.successors(name)))
 
 
 def const_value(g: nx.DiGraph, name: str) -> np.ndarray | None:
@@ -123,8 +131,8 @@ def const_value(g: nx.DiGraph, name: str) -> np.ndarray | None:
 
 def replace_uses(g: nx.DiGraph, old: str, new: str) -> None:
     """Make every consumer of ``old`` (and the graph outputs) use ``new`` instead."""
-    for _, dst, idx in list(g.out_edges(old, data="index")):
-        g.remove_edge(old, dst)
+    for _, dst, key, idx in list(g.out_edges(old, keys=True, data="index")):
+        g.remove_edge(old, dst, key)
         g.add_edge(new, dst, index=idx)
     g.graph["outputs"] = [new if o == old else o for o in g.graph["outputs"]]
 

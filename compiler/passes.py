@@ -12,7 +12,7 @@ import numpy as np
 from compiler.errors import CompileError
 from compiler.interpret import conv_geometry, conv_weight_rows, evaluate_node
 from compiler.ir import (Node, Op, add_node, consumers, inputs_of, make_attrs, node,
-                         remove_dead, replace_uses, set_node, topo_order)
+                         remove_dead, replace_uses, set_inputs, set_node, topo_order)
 from compiler.options import CompileOptions
 from simulator.numerics import quantize
 
@@ -29,11 +29,8 @@ def _is_const(g: nx.DiGraph, name: str) -> bool:
 
 def _rewire(g: nx.DiGraph, name: str, new: Node, inputs: list[str]) -> None:
     """Give value ``name`` a new node and new inputs, keeping its consumers."""
-    for src in list(g.predecessors(name)):
-        g.remove_edge(src, name)
+    set_inputs(g, name, inputs)
     set_node(g, name, new)
-    for i, src in enumerate(inputs):
-        g.add_edge(src, name, index=i)
 
 
 def _sole_consumer(g: nx.DiGraph, name: str, user: str) -> bool:

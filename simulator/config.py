@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -65,8 +66,16 @@ class DeviceConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", "float") and (not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigError(f"device field '{f.name}' must be a positive number, got {value!r}")
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
+                                    or value <= 0):
+                raise ConfigError(f"device field '{f.name}' must be a positive integer, "
+                                  f"got {value!r}")
+            if f.type == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                        or not math.isfinite(value) or value <= 0:
+                    raise ConfigError(f"device field '{f.name}' must be a positive number, "
+                                      f"got {value!r}")
+                object.__setattr__(self, f.name, float(value))  # 100 and 100.0: one fingerprint
         if self.numerics not in FORMAT_NAMES:
             raise ConfigError(f"device field 'numerics': unknown format {self.numerics!r}")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar
@@ -82,7 +83,12 @@ class Instruction:
         word, pos = int(self.OPCODE), OPCODE_BITS
         for f in dataclasses.fields(self):
             bits = getattr(widths, f.metadata["kind"])
-            value = int(getattr(self, f.name))
+            raw = getattr(self, f.name)
+            try:
+                value = operator.index(raw)
+            except TypeError:
+                raise EncodingError(f"{self.OPCODE.name} field '{f.name}': value {raw!r} "
+                                    "is not an integer") from None
             if not 0 <= value < (1 << bits):
                 raise EncodingError(f"{self.OPCODE.name} field '{f.name}': value {value} "
                                     f"doesn't fit in {bits} bits")

@@ -29,7 +29,7 @@ from simulator.isa import INSTRUCTION_BYTES, EncodingError, FieldWidths, Instruc
 MAGIC = b"NPUB"
 VERSION = (1, 0)
 ALIGN = 64
-_HEADER = struct.Struct("<4sHHHHI32s12x")  # magic, major, minor, nsections, reserved, crc, fp
+_HEADER = struct.Struct("<4sHHHHI32s16x")  # magic, major, minor, nsections, reserved, crc, fp
 _ENTRY = struct.Struct("<IIQQ32s")  # kind, reserved, offset, length, sha256
 
 
@@ -130,6 +130,7 @@ class Program:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -147,26 +148,30 @@ class Program:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "program") -> Program:
-        if len(data) < _HEADER.size or data[:4] != MAGIC:
+        if data[:4] != MAGIC[:len(data)] or not data:
             raise ProgramError(f"{where}: not an npusim program (bad magic)")
-        _, major, minor, count, _, crc, fp = _HEADER.unpack_from(data)
+        if len(data) < _HEADER.size:
+            raise ProgramError(f"{where}: truncated program (header cut short)")
+        _, major, minor, count, reserved, crc, fp = _HEADER.unpack_from(data)
         if major != VERSION[0]:
             raise ProgramError(f"{where}: program format version {major}.{minor} is not "
                                f"supported (this build reads {VERSION[0]}.x)")
         table_end = _HEADER.size + _ENTRY.size * count
         if len(data) < table_end:
             raise ProgramError(f"{where}: truncated program (section table cut short)")
-        head = _HEADER.pack(MAGIC, major, minor, count, 0, 0, fp)
-        if zlib.crc32(head + data[_HEADER.size:table_end]) != crc:
+        # the CRC covers the header as stored (its own field zeroed) and the table
+        head = data[:12] + b"\0\0\0\0" + data[16:_HEADER.size]
+        if zlib.crc32(head + data[_HEADER.size:table_end]) != crc or reserved \
+                or any(data[48:_HEADER.size]):
             raise ProgramError(f"{where}: corrupt program header (CRC mismatch)")
         raw: dict[Section, bytes] = {}
         for i in range(count):
             kind, _, off, length, digest = _ENTRY.unpack_from(data, _HEADER.size + i * _ENTRY.size)
+            name = Section(kind).name if kind in Section._value2member_map_ else kind
             if off + length > len(data):
-                raise ProgramError(f"{where}: truncated program (section {kind} runs past the end)")
+                raise ProgramError(f"{where}: truncated program (section {name} runs past the end)")
             payload = data[off:off + length]
             if hashlib.sha256(payload).digest() != digest:
-                name = Section(kind).name if kind in Section._value2member_map_ else kind
                 raise ProgramError(f"{where}: corrupt program (section {name} checksum mismatch)")
             if kind in Section._value2member_map_:
                 raw[Section(kind)] = payload
@@ -189,15 +194,24 @@ class Program:
                            for i in range(0, len(code), INSTRUCTION_BYTES))
         except EncodingError as exc:
             raise ProgramError(f"{where}: bad instruction: {exc}") from None
-        io = json.loads(raw[Section.IO])
-        meta = json.loads(raw[Section.METADATA])
-        layers = tuple(meta.pop("layers"))
-        mmap = {k: tuple(v) for k, v in meta.pop("memory_map").items()}
-        return cls(target, instrs, raw[Section.WEIGHTS], raw[Section.CONSTANTS],
-                   tuple(TensorDesc.from_json(t) for t in io["inputs"]),
-                   tuple(TensorDesc.from_json(t) for t in io["outputs"]),
-                   tuple(TensorDesc.from_json(t) for t in json.loads(raw[Section.TENSORS])),
-                   layers, mmap, meta)
+        try:
+            io = json.loads(raw[Section.IO])
+            meta = json.loads(raw[Section.METADATA])
+            layers = tuple(meta.pop("layers"))
+            mmap = {k: tuple(v) for k, v in meta.pop("memory_map").items()}
+            return cls(target, instrs, raw[Section.WEIGHTS], raw[Section.CONSTANTS],
+                       tuple(TensorDesc.from_json(t) for t in io["inputs"]),
+                       tuple(TensorDesc.from_json(t) for t in io["outputs"]),
+                       tuple(TensorDesc.from_json(t) for t in json.loads(raw[Section.TENSORS])),
+                       layers, mmap, meta)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProgramError(f"{where}: bad program description: {exc!r}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _align(n: int) -> int:

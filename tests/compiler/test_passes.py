@@ -1,0 +1,116 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Each pass on a graph of two or three nodes; ``verify`` after every pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+from onnx_helpers import conv_block, make_model, rand
+
+from compiler.frontend import to_graph
+from compiler.interpret import Numerics, evaluate
+from compiler.ir import IRError, Node, Op, add_node, inputs_of, node, verify
+from compiler.options import CompileOptions
+from compiler.pipeline import PASS_NAMES, run_passes
+from compiler import passes
+from simulator.numerics import BfpTensor
+
+FP32 = CompileOptions.make("tiny", "fp32")
+
+
+def ops(g) -> list[str]:
+    return sorted(node(g, n).op.value for n in g if node(g, n).op not in (Op.CONST, Op.INPUT))
+
+
+def test_fold_constants_evaluates_constant_of_shape_and_reshape():
+    shape = np.array([2, 3], np.int64)
+    m = make_model([
+        helper.make_node("ConstantOfShape", ["s"], ["c"],
+                         value=helper.make_tensor("v", 1, [1], [0.5])),
+        helper.make_node("Add", ["x", "c"], ["y"])], {"x": [2, 3]}, {"y": [2, 3]}, {"s": shape})
+    g = passes.fold_constants(to_graph(m), FP32)
+    verify(g)
+    c = inputs_of(g, "y")[1]
+    assert node(g, c).op == Op.CONST
+    np.testing.assert_array_equal(node(g, c).value, np.full((2, 3), 0.5, np.float32))
+
+
+def test_remove_identities_keeps_output_names():
+    m = make_model([helper.make_node("Identity", ["x"], ["i"]),
+                    helper.make_node("Relu", ["i"], ["r"]),
+                    helper.make_node("Dropout", ["r"], ["y"])], {"x": [4]}, {"y": [4]})
+    g = passes.remove_identities(to_graph(m), FP32)
+    verify(g)
+    assert "i" not in g and inputs_of(g, "r") == ["x"]
+    assert g.graph["outputs"] == ["y"]  # an output-naming Dropout stays as an alias
+
+
+def test_fold_batchnorm_matches_unfolded():
+    m = conv_block(residual=False)
+    g0 = to_graph(m)
+    g = passes.fold_batchnorm(passes.fold_constants(g0, FP32), FP32)
+    verify(g)
+    assert Op.BATCHNORM.value not in ops(g)
+    assert node(g, "bn").op == Op.CONV
+    x = {"x": rand(np.random.default_rng(1), 1, 8, 8, 8)}
+    np.testing.assert_allclose(evaluate(g, x)["y"], evaluate(g0, x)["y"], rtol=1e-5, atol=1e-7)
+
+
+def test_canonicalize_and_fusion_give_one_matrix_op_per_layer():
+    g = run_passes(to_graph(conv_block()), FP32, stop_after="fuse_relu")
+    names = ops(g)
+    assert names.count("NpuConv") == 1 and names.count("NpuDense") == 1
+    assert "Add" not in names and "Relu" not in names
+    conv = node(g, "r")  # the fused node keeps the name of the last op it covers
+    assert conv.op == Op.NPU_CONV and conv.attr("relu") is True
+    assert len(inputs_of(g, "r")) == 4  # x, weight, bias, residual
+    assert {"conv", "bn", "add", "relu"} <= set(conv.origin)
+
+
+def test_fusion_preserves_fp32_results():
+    m = conv_block()
+    x = {"x": rand(np.random.default_rng(2), 1, 8, 8, 8)}
+    ref = evaluate(to_graph(m), x)["y"]
+    for name in PASS_NAMES:
+        g = run_passes(to_graph(m), FP32, stop_after=name)
+        np.testing.assert_allclose(evaluate(g, x)["y"], ref, rtol=1e-5, atol=1e-7,
+                                   err_msg=f"after {name}")
+
+
+def test_relu_not_fused_when_producer_has_other_users():
+    m = make_model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                    helper.make_node("Relu", ["h"], ["r"]),
+                    helper.make_node("Add", ["r", "h"], ["y"])],
+                   {"x": [1, 4]}, {"y": [1, 4]}, {"w": np.eye(4, dtype=np.float32)})
+    g = run_passes(to_graph(m), FP32, stop_after="fuse_relu")
+    assert node(g, "r").op == Op.RELU and node(g, "h").op == Op.NPU_DENSE
+
+
+def test_quantize_weights_uses_golden_quantizer():
+    opts = CompileOptions.make("tiny", "msfp16")
+    g = run_passes(to_graph(conv_block()), opts)
+    quantized = [node(g, n).value for n in g if isinstance(node(g, n).value, BfpTensor)]
+    assert len(quantized) == 2 and all(q.fmt.name == "msfp16" for q in quantized)
+    x = {"x": rand(np.random.default_rng(3), 1, 8, 8, 8)}
+    y = evaluate(g, x, Numerics(opts.format))["y"]
+    ref = evaluate(to_graph(conv_block()), x)["y"]
+    assert 0 < np.abs(y - ref).max() < 0.05  # quantized, but close
+
+
+def test_stop_after_unknown_pass_is_an_error():
+    with pytest.raises(ValueError, match="unknown pass"):
+        run_passes(to_graph(conv_block()), FP32, stop_after="nope")
+
+
+def test_verify_catches_broken_invariants():
+    m = conv_block()
+    g = to_graph(m)
+    g.graph["outputs"].append("missing")
+    with pytest.raises(IRError, match="missing"):
+        verify(g)
+    g = to_graph(m)
+    add_node(g, "loop", Node(Op.RELU, (1,)), ["y"])
+    g.add_edge("loop", "y", index=9)
+    with pytest.raises(IRError):
+        verify(g)
