@@ -36,28 +36,45 @@ def accumulate_blocks(partials: np.ndarray, a_scale: np.ndarray,
     return out
 
 
-@numba.njit(cache=True, parallel=True, fastmath=False)
+ROWS_PER_STEP = 4
+"""Activation rows per step of the fused kernel: each weight load feeds four FMAs."""
+
+
+@numba.njit(cache=True, parallel=True)
 def _bfp_gemm(aq, a_scale, wt, w_scale_t, out):  # pragma: no cover - compiled
     # aq [N, J*B] int8; wt [J, B, O] float32 mantissas; w_scale_t [J, O]; out [N, O].
     # The integer block dot is summed in fp32, exact: |p| < 2**24 for every format.
     nblocks, block, cols = wt.shape
     rows = aq.shape[0]
-    for n in numba.prange(rows):
-        acc = np.zeros(cols, np.float32)
-        part = np.empty(cols, np.float32)
+    steps = (rows + ROWS_PER_STEP - 1) // ROWS_PER_STEP
+    for step in numba.prange(steps):
+        n0 = step * ROWS_PER_STEP
+        nr = min(ROWS_PER_STEP, rows - n0)
+        acc = np.zeros((ROWS_PER_STEP, cols), np.float32)
+        part = np.empty((ROWS_PER_STEP, cols), np.float32)
+        a = np.zeros(ROWS_PER_STEP, np.float32)
         for j in range(nblocks):
-            part[:] = 0.0
+            part[:, :] = 0.0
             base = j * block
             for b in range(block):
-                a = np.float32(aq[n, base + b])
-                if a != 0.0:
-                    for o in range(cols):
-                        part[o] += a * wt[j, b, o]
-            sa = a_scale[n, j]
-            for o in range(cols):
-                acc[o] = np.float32(acc[o] + np.float32(np.float64(part[o]) * sa
-                                                         * w_scale_t[j, o]))
-        out[n, :] = acc
+                for r in range(nr):
+                    a[r] = np.float32(aq[n0 + r, base + b])
+                a0, a1, a2, a3 = a[0], a[1], a[2], a[3]
+                if a0 == 0.0 and a1 == 0.0 and a2 == 0.0 and a3 == 0.0:
+                    continue
+                for o in range(cols):
+                    w = wt[j, b, o]
+                    part[0, o] += a0 * w
+                    part[1, o] += a1 * w
+                    part[2, o] += a2 * w
+                    part[3, o] += a3 * w
+            for r in range(nr):
+                sa = a_scale[n0 + r, j]
+                for o in range(cols):
+                    acc[r, o] = np.float32(acc[r, o] + np.float32(np.float64(part[r, o]) * sa
+                                                                   * w_scale_t[j, o]))
+        for r in range(nr):
+            out[n0 + r, :] = acc[r]
 
 
 def bfp_gemm(aq: np.ndarray, a_scale: np.ndarray, wt: np.ndarray,

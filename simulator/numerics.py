@@ -139,6 +139,11 @@ class BfpTensor:
     length: int
     """Length of the last axis before padding."""
 
+    def __post_init__(self) -> None:
+        # immutable, like every IR value: caches (the decoded weight tiles) rely on it
+        self.q.setflags(write=False)
+        self.exponents.setflags(write=False)
+
     @property
     def shape(self) -> tuple[int, ...]:
         return (*self.q.shape[:-1], self.length)
@@ -197,9 +202,9 @@ def quantize(
     """
     if fmt.is_fp32:
         raise ValueError("fp32 is not a block format; nothing to quantize")
-    if rounding != Rounding.NEAREST_EVEN:
-        return quantize_reference(x, fmt, rounding, seed)
     x = np.asarray(x, dtype=np.float32)
+    if Rounding(rounding) != Rounding.NEAREST_EVEN or x.shape[-1] == 0:
+        return quantize_reference(x, fmt, rounding, seed)
     padded = _pad_last(x, fmt.block_size)
     q, exps = _fast.quantize_rne(padded.reshape(-1, padded.shape[-1]), fmt.block_size,
                                  fmt.mantissa_bits, fmt.emin, fmt.emax, fmt.exponent_bias,
@@ -224,6 +229,7 @@ def quantize_reference(
     """
     if fmt.is_fp32:
         raise ValueError("fp32 is not a block format; nothing to quantize")
+    rounding = Rounding(rounding)
     x = np.asarray(x, dtype=np.float32)
     length = x.shape[-1]
     padded = _pad_last(x, fmt.block_size)
@@ -318,7 +324,7 @@ def bfp_matmul(a: BfpTensor, w: BfpTensor, accumulate=None) -> np.ndarray:
     """
     if a.fmt != w.fmt:
         raise ValueError(f"operand formats differ: {a.fmt.name} and {w.fmt.name}")
-    if a.q.shape[-1] != w.q.shape[-1]:
+    if a.length != w.length:
         raise ValueError(f"reduction lengths differ: {a.length} and {w.length}")
     if accumulate is not None:
         return accumulate(block_partials(a, w), block_scales(a), block_scales(w))

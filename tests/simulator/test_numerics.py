@@ -7,6 +7,7 @@ with Python integers and ``fractions``, never by calling the code under test.
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -39,7 +40,6 @@ BFP_NAMES = tuple(n for n in FORMAT_NAMES if n != "fp32")
 DIFF_FORMATS = [get_format(n, d) for n in ("msfp8", "msfp9") for d in (8, 16, 128)] + [
     get_format(n) for n in ("msfp12", "msfp16", "mxint8")
 ]
-_IDS = [f"{f.name}-b{f.block_size}" for f in DIFF_FORMATS]
 QUANTIZERS = {"fast": quantize, "reference": quantize_reference}
 M32 = 0xFFFFFFFF
 
@@ -304,6 +304,30 @@ def test_exponent_clamps_at_emin(fmt: Format, kind: str) -> None:
 
 @pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=_fid)
 @pytest.mark.parametrize("kind", QUANTIZERS)
+def test_nearest_even_matches_rational_oracle(fmt: Format, kind: str) -> None:
+    """Random finite data against the definition evaluated in exact rationals."""
+    rng = np.random.default_rng(fmt.block_size + fmt.mantissa_bits)
+    b = fmt.block_size
+    x = rng.standard_normal((4, 2 * b + 3)) * 2.0 ** rng.integers(-20, 20, (4, 1))
+    x[3] *= 2.0**-130  # clamps at emin for every format
+    x = x.astype(np.float32)
+    t = QUANTIZERS[kind](x, fmt)
+    xp = np.zeros(t.q.shape, np.float32)
+    xp[:, : x.shape[1]] = x
+    for row in range(4):
+        for j in range(t.q.shape[1] // b):
+            block = [Fraction(float(v)) for v in xp[row, j * b:(j + 1) * b]]
+            amax = max(abs(v) for v in block)
+            e = fmt.emin if amax == 0 else math.frexp(float(amax))[1] - 1
+            e = min(max(e, fmt.emin), fmt.emax)
+            assert int(t.exponents[row, j]) == e + fmt.exponent_bias
+            for i, v in enumerate(block):
+                m = min(_rne(abs(v) * Fraction(2) ** (fmt.mantissa_bits - 1 - e)), fmt.max_mantissa)
+                assert int(t.q[row, j * b + i]) == (-m if v < 0 else m), (row, j, i)
+
+
+@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=_fid)
+@pytest.mark.parametrize("kind", QUANTIZERS)
 def test_zero_and_negative_zero(fmt: Format, kind: str) -> None:
     b = fmt.block_size
     x = np.zeros((2, 2 * b + 1), np.float32)
@@ -384,6 +408,27 @@ def test_stochastic_is_the_documented_integer_formula(fmt: Format) -> None:
     assert np.array_equal(np.abs(t.q.astype(np.int64)).ravel(), expected)
 
 
+@pytest.mark.parametrize("fmt", [get_format("msfp12"), get_format("mxint8")], ids=_fid)
+def test_stochastic_truncates_to_16_fraction_bits(fmt: Format) -> None:
+    """Elements placed exactly at the carry boundary of ``floor(a * 2**16) + r``."""
+    b, seed = fmt.block_size, 7
+    x = np.zeros((2, b), np.float32)
+    x[:, 0] = 1.0  # e = 0
+    k = np.arange(b) % 2
+    for row in range(2):
+        r = np.array([_stochastic_r(row * b + i, seed) for i in range(b)])
+        # row 0: a * 2**16 = k * 2**16 + (2**16 - 1 - r) + 0.75 -> floor + r stays below the carry
+        # row 1: a * 2**16 = k * 2**16 + (2**16 - r)            -> floor + r carries exactly
+        frac = (2**16 - 1 - r + 0.75) if row == 0 else (2**16 - r).astype(np.float64)
+        a = k + frac / 2**16
+        x[row, 1:] = (a / 2 ** (fmt.mantissa_bits - 1))[1:]
+        assert np.array_equal(x[row, 1:].astype(np.float64) * 2 ** (fmt.mantissa_bits - 1), a[1:])
+    t = quantize(x, fmt, Rounding.STOCHASTIC, seed)
+    assert np.all(t.exponents == fmt.exponent_bias)
+    assert np.array_equal(t.q[0, 1:], k[1:])
+    assert np.array_equal(t.q[1, 1:], k[1:] + 1)
+
+
 @pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=_fid)
 def test_stochastic_floor_or_ceil(fmt: Format) -> None:
     rng = np.random.default_rng(4)
@@ -441,7 +486,7 @@ def _nasty(rng: np.random.Generator, shape: tuple[int, ...], fmt: Format,
     return x.reshape(shape)
 
 
-@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=_IDS)
+@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=_fid)
 @pytest.mark.parametrize("rounding", list(Rounding))
 @pytest.mark.parametrize("shape", [(5, 37), (3, 4, 129), (64, 300), (300,)])
 def test_quantize_matches_reference(fmt: Format, rounding: Rounding,
@@ -473,7 +518,7 @@ def _matmul_operands(fmt: Format, n: int, o: int, k: int, seed: int
     return quantize(a, fmt), quantize(w, fmt)
 
 
-@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=_IDS)
+@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=_fid)
 @pytest.mark.parametrize("nok", [(5, 7, 37), (17, 33, 300)])
 def test_bfp_matmul_kernels_agree(fmt: Format, nok: tuple[int, int, int]) -> None:
     qa, qw = _matmul_operands(fmt, *nok, seed=sum(nok) + fmt.block_size)
@@ -625,3 +670,20 @@ def test_bfp_matmul_quantizes_activations_along_k(rounding: Rounding) -> None:
     y = matmul(a, qw, fmt, rounding, seed=4)
     assert np.array_equal(y, bfp_matmul(quantize(a, fmt, rounding, 4), qw))
     assert not np.array_equal(y, matmul(a, dequantize(qw), FP32))
+
+
+def test_worked_example_in_docs() -> None:
+    """The msfp12 example of docs/numerics.md, number for number."""
+    fmt = get_format("msfp12")
+    x = np.zeros((1, 19), np.float32)
+    x[0, :8] = [0.8, -0.3, 0.02, 2.7, -1.4, 0.0, 0.51, 0.125]
+    x[0, 16:] = [0.001, -0.0007, 0.0003]
+    w = np.zeros((1, 19), np.float32)
+    w[0, :8] = 0.5
+    w[0, 16:] = 1000.0
+    qa, qw = quantize(x, fmt), quantize(w, fmt)
+    assert qa.exponents.tolist() == [[128, 117]] and qw.exponents.tolist() == [[126, 136]]
+    assert qa.q[0, :8].tolist() == [2, -1, 0, 5, -3, 0, 1, 0]
+    assert qa.q[0, 16:19].tolist() == [4, -3, 1] and qw.q[0, 16:19].tolist() == [7, 7, 7]
+    assert bfp_matmul(qa, qw).tolist() == [[1.4375]]
+    assert pack(qa).hex(" ") == "80 75 29 05 b0 10 00 00 00 00 4b 10 00 00 00 00 00 00"
