@@ -164,7 +164,9 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
 
     def emit(instr: isa.Instruction, v: str, op: str) -> None:
         instrs.append(instr)
-        layers.append({"name": v, "op": op, "nodes": list(node(g, v).origin) if v else []})
+        origin = list(node(g, v).origin) if v in g else []
+        layers.append({"name": origin[0] if origin else v, "op": op, "tensor": v,
+                       "nodes": origin})
 
     inputs = tuple(TensorDesc(v, node(g, v).shape, "float32", addr(v), _nbytes(node(g, v)))
                    for v in g.graph["inputs"])
@@ -182,7 +184,7 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
     for i, t in enumerate(outs):
         emit(isa.VWr(i, t.addr, t.nbytes), t.name, "DeviceToHost")
     instrs.append(isa.EndChain())
-    layers.append({"name": "", "op": "EndChain", "nodes": []})
+    layers.append({"name": "end", "op": "EndChain", "tensor": "", "nodes": []})
     mmap = {"weights": (wbase, len(weights)), "constants": (cbase, len(consts)),
             "activations": (abase, arena.top)}
     return Program(opts.device, tuple(instrs), bytes(weights), bytes(consts), inputs, outs,

@@ -121,7 +121,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"array     {t.tiles} x ({t.native_dim} x {t.array_cols}) @ {t.clock_mhz:g} MHz")
     print(f"code      {len(prog.instructions)} instructions")
     print("memory map")
-    for region, (base, size) in prog.memory_map.items():
+    for region, (base, size) in sorted(prog.memory_map.items(), key=lambda kv: kv[1][0]):
         print(f"  {region:<12} 0x{base:010x}  {size:>12} bytes")
     for kind, descs in (("input", prog.inputs), ("output", prog.outputs)):
         for d in descs:
@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except BrokenPipeError:  # `npusim inspect --disasm | head`
+        sys.stderr.close()
+        return 0
     except (CompileError, ProgramError, InputError, ConfigError, EncodingError,
             UsageError) as exc:
         print(f"npusim: error: {exc}", file=sys.stderr)

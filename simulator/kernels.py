@@ -103,7 +103,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | Non
         xs = x[:, grp * cg:(grp + 1) * cg]
         a = im2col(xs, geom) if geom.kernel != (1, 1) or geom.pads != (0, 0, 0, 0) \
             or geom.strides != (1, 1) else xs.transpose(0, 2, 3, 1).reshape(-1, cg)
-        wg = _weight_rows(weight, grp * og, (grp + 1) * og)
+        # one group: the weight tensor itself, so its decoded tiles stay cached
+        wg = weight if geom.groups == 1 else _weight_rows(weight, grp * og, (grp + 1) * og)
         cols.append(matmul(a, wg, fmt, rounding, seed))
     y = cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)
     y = y.reshape(b, oh, ow, o).transpose(0, 3, 1, 2)
