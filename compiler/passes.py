@@ -93,7 +93,10 @@ def fold_batchnorm(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
 
 
 def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
-    """Conv/Gemm/MatMul with constant weights -> NpuConv/NpuDense; Sum -> Adds."""
+    """Conv/Gemm/MatMul with constant weights -> NpuConv/NpuDense; Sum -> Adds.
+
+    A BatchNormalization that no Conv absorbed becomes a depthwise 1x1 NpuConv.
+    """
     g = g.copy()
     for name in topo_order(g):
         n = node(g, name)
@@ -111,6 +114,9 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
         elif n.op in (Op.GEMM, Op.MATMUL) and len(srcs) >= 2 and _is_const(g, srcs[1]) \
                 and not n.attr("transA", 0):
             _dense(g, name, n, srcs)
+        elif n.op == Op.BATCHNORM and len(n.shape) == 4 \
+                and all(_is_const(g, s) for s in srcs[1:]):
+            _batchnorm_as_depthwise(g, name, n, srcs)
         elif n.op == Op.SUM and len(srcs) != 2:
             _split_sum(g, name, n, srcs)
         elif n.op == Op.SUM:
@@ -132,6 +138,19 @@ def _dense(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
     bn = _const(g, f"{name}.b", bias.astype(np.float32))
     _rewire(g, name, Node(Op.NPU_DENSE, n.shape, n.dtype, make_attrs(relu=False),
                           origin=n.origin), [srcs[0], wn, bn])
+
+
+def _batchnorm_as_depthwise(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
+    """A BatchNormalization no Conv absorbed: a depthwise 1x1 convolution (groups = C)."""
+    scale, shift, mean, var = (node(g, p).value.astype(np.float64) for p in srcs[1:])
+    k = scale / np.sqrt(var + n.attr("epsilon", 1e-5))
+    c = n.shape[1]
+    attrs = make_attrs(kernel=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+                       groups=c, relu=False)
+    wn = _const(g, f"{name}.w", k.astype(np.float32).reshape(c, 1))
+    bn = _const(g, f"{name}.b", (shift - mean * k).astype(np.float32))
+    _rewire(g, name, Node(Op.NPU_CONV, n.shape, n.dtype, attrs, origin=n.origin),
+            [srcs[0], wn, bn])
 
 
 def _split_sum(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:

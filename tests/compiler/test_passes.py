@@ -114,3 +114,18 @@ def test_verify_catches_broken_invariants():
     g.add_edge("loop", "y", index=9)
     with pytest.raises(IRError):
         verify(g)
+
+
+def test_standalone_batchnorm_runs_as_depthwise_conv():
+    rng = np.random.default_rng(4)
+    c = 4
+    w = {"s": rng.uniform(0.5, 1.5, c).astype(np.float32), "b": rand(rng, c),
+         "m": rand(rng, c), "v": rng.uniform(0.5, 1.5, c).astype(np.float32)}
+    m = make_model([helper.make_node("Relu", ["x"], ["r"]),
+                    helper.make_node("BatchNormalization", ["r", "s", "b", "m", "v"], ["y"])],
+                   {"x": [1, c, 5, 5]}, {"y": [1, c, 5, 5]}, w)
+    g = run_passes(to_graph(m), FP32)
+    assert node(g, "y").op == Op.NPU_CONV and node(g, "y").attr("groups") == c
+    x = {"x": rand(rng, 1, c, 5, 5)}
+    np.testing.assert_allclose(evaluate(g, x)["y"], evaluate(to_graph(m), x)["y"], rtol=1e-5,
+                               atol=1e-6)

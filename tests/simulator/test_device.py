@@ -1,0 +1,130 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The simulated device against the golden graph evaluation, op by op, every format."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import helper
+from onnx_helpers import conv_block, make_model, rand
+
+from compiler import UnsupportedOpError, compile_full
+from compiler.interpret import Numerics, evaluate
+from runtime import Session
+from simulator.device import InputError
+from simulator.numerics import FORMAT_NAMES
+from simulator.program import Program
+
+
+def _models():
+    rng = np.random.default_rng(7)
+    c = 4
+    bn = {"s": rng.uniform(0.5, 1.5, c).astype(np.float32), "b": rand(rng, c),
+          "m": rand(rng, c), "v": rng.uniform(0.5, 1.5, c).astype(np.float32)}
+    yield "conv_block", conv_block()
+    yield "strided_grouped_dilated_conv", make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 1], pads=[1, 0, 2, 1],
+                          dilations=[1, 2], group=2)],
+        {"x": [1, 4, 9, 9]}, {"y": [1, 6, 5, 6]}, {"w": rand(rng, 6, 2, 3, 3)})
+    yield "standalone_batchnorm", make_model(
+        [helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("BatchNormalization", ["r", "s", "b", "m", "v"], ["y"])],
+        {"x": [1, c, 5, 5]}, {"y": [1, c, 5, 5]}, bn)
+    yield "pools", make_model(
+        [helper.make_node("AveragePool", ["x"], ["a"], kernel_shape=[3, 3], strides=[2, 2],
+                          pads=[1, 1, 1, 1], count_include_pad=1),
+         helper.make_node("MaxPool", ["a"], ["m"], kernel_shape=[2, 2], strides=[2, 2],
+                          ceil_mode=1),
+         helper.make_node("AveragePool", ["m"], ["y"], kernel_shape=[2, 2], pads=[0, 0, 1, 1])],
+        {"x": [1, 3, 11, 11]}, {"y": [1, 3, 3, 3]})
+    yield "matmul_add_sum_relu", make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("Sum", ["h", "r", "x"], ["s"]),
+         helper.make_node("Relu", ["s"], ["q"]),
+         helper.make_node("Reshape", ["q", "shape"], ["t"]),
+         helper.make_node("Softmax", ["t"], ["y"], axis=-1)],
+        {"x": [2, 3, 40]}, {"y": [6, 40]},
+        {"w": rand(rng, 40, 40, scale=0.2), "shape": np.array([6, 40], np.int64)})
+
+
+MODELS = dict(_models())
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_program_matches_golden_and_onnxruntime(name, fmt):
+    model = MODELS[name]
+    rng = np.random.default_rng(11)
+    feeds = {i.name: rand(rng, *[d.dim_value for d in i.type.tensor_type.shape.dim])
+             for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}}
+    device = "tiny" if fmt != "msfp8" else "brainwave-s10"
+    compiled = compile_full(model, device=device, numerics=fmt)
+    sess = Session(Program.from_bytes(compiled.program.to_bytes()))
+    outs = sess.run(None, feeds)
+    gold = evaluate(compiled.graph, feeds, Numerics(compiled.options.format))
+    for out, ref in zip(outs, gold.values()):
+        assert np.array_equal(out, ref), f"{name}/{fmt}: simulator != golden"
+    if fmt == "fp32":
+        want = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)
+        for out, ref in zip(outs, want):
+            np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_stochastic_rounding_program_matches_golden():
+    model = conv_block()
+    feeds = {"x": rand(np.random.default_rng(3), 1, 8, 8, 8)}
+    compiled = compile_full(model, device="tiny", numerics="msfp12", rounding="stochastic",
+                            seed=5)
+    (out,) = Session(compiled.program).run(None, feeds)
+    ctx = Numerics(compiled.options.format, compiled.options.rounding, 5)
+    assert np.array_equal(out, evaluate(compiled.graph, feeds, ctx)["y"])
+    (rne,) = Session(compile_full(model, device="tiny", numerics="msfp12").program).run(
+        None, feeds)
+    assert not np.array_equal(out, rne)
+
+
+def test_every_layer_has_cycles_and_the_total_adds_up():
+    prog = compile_full(conv_block(), device="tiny").program
+    sess = Session(prog)
+    sess.run(None, {"x": np.ones((1, 8, 8, 8), np.float32)})
+    st = sess.last_stats
+    assert st.cycles == sum(layer.cycles for layer in st.layers)
+    assert all(layer.cycles > 0 for layer in st.layers)
+    assert st.latency_us == pytest.approx(st.cycles / 100.0)
+
+
+def test_requests_do_not_share_data():
+    sess = Session(compile_full(conv_block(), device="tiny").program)
+    rng = np.random.default_rng(0)
+    a, b = rand(rng, 1, 8, 8, 8), rand(rng, 1, 8, 8, 8)
+    (ya,) = sess.run(None, {"x": a})
+    sess.run(None, {"x": b})
+    (ya2,) = sess.run(None, {"x": a})
+    assert np.array_equal(ya, ya2)
+
+
+def test_bad_inputs_are_named():
+    sess = Session(compile_full(conv_block(), device="tiny").program)
+    with pytest.raises(InputError, match="missing input 'x'"):
+        sess.run(None, {})
+    with pytest.raises(InputError, match=r"shape \[1, 8, 8\]"):
+        sess.run(None, {"x": np.zeros((1, 8, 8), np.float32)})
+    with pytest.raises(InputError, match="dtype"):
+        sess.run(None, {"x": np.full((1, 8, 8, 8), "a")})
+    with pytest.raises(InputError, match="unknown output"):
+        sess.run(["nope"], {"x": np.zeros((1, 8, 8, 8), np.float32)})
+
+
+def test_unsupported_forms_are_refused_by_name():
+    bcast = make_model([helper.make_node("Add", ["x", "b"], ["y"], name="bias_add")],
+                       {"x": [1, 3, 4, 4]}, {"y": [1, 3, 4, 4]},
+                       {"b": np.ones((3, 1, 1), np.float32)})
+    with pytest.raises(UnsupportedOpError, match="bias_add"):
+        compile_full(bcast, device="tiny")
+    two = make_model([helper.make_node("MatMul", ["x", "z"], ["y"], name="act_matmul")],
+                     {"x": [2, 3], "z": [3, 2]}, {"y": [2, 2]})
+    with pytest.raises(UnsupportedOpError, match="act_matmul"):
+        compile_full(two, device="tiny")
