@@ -13,14 +13,14 @@ new one and :func:`set_node` it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import networkx as nx
 import numpy as np
 
 
-class Op(str, Enum):
+class Op(StrEnum):
     """Every op kind the IR knows."""
 
     # graph boundary and constants

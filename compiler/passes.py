@@ -11,8 +11,20 @@ import numpy as np
 
 from compiler.errors import CompileError
 from compiler.interpret import conv_geometry, conv_weight_rows, evaluate_node
-from compiler.ir import (Node, Op, add_node, consumers, inputs_of, make_attrs, node,
-                         remove_dead, replace_uses, set_inputs, set_node, topo_order)
+from compiler.ir import (
+    Node,
+    Op,
+    add_node,
+    consumers,
+    inputs_of,
+    make_attrs,
+    node,
+    remove_dead,
+    replace_uses,
+    set_inputs,
+    set_node,
+    topo_order,
+)
 from compiler.options import CompileOptions
 from simulator.numerics import quantize
 

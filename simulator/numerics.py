@@ -23,9 +23,9 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import weakref
-from enum import Enum
+from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -36,7 +36,7 @@ STOCHASTIC_FRACTION_BITS = 16
 fraction bits, so the rounding is defined in integers and an RTL LFSR/hash can match it."""
 
 
-class Rounding(str, Enum):
+class Rounding(StrEnum):
     """How a scaled magnitude becomes an integer mantissa."""
 
     NEAREST_EVEN = "nearest_even"
@@ -222,10 +222,11 @@ def quantize_reference(
     """Quantize ``x`` (float32) to ``fmt`` in blocks along its last axis (plain numpy).
 
     This is the normative definition. For each block: ``e`` from
-    :func:`shared_exponents`; each element's magnitude is scaled exactly, ``a = |x| * 2**-(e - (M - 1))``, then rounded to nearest-even
-    (or stochastically: ``m = (floor(a * 2**16) + r) >> 16`` with ``r`` from
-    :func:`stochastic_bits`), and saturated to ``2**M - 1``. A block holding a NaN
-    or an infinity stores the all-ones exponent and zero mantissas.
+    :func:`shared_exponents`; each element's magnitude is scaled exactly,
+    ``a = |x| * 2**-(e - (M - 1))``, then rounded to nearest-even (or stochastically:
+    ``m = (floor(a * 2**16) + r) >> 16`` with ``r`` from :func:`stochastic_bits`),
+    and saturated to ``2**M - 1``. A block holding a NaN or an infinity stores the
+    all-ones exponent and zero mantissas.
     """
     if fmt.is_fp32:
         raise ValueError("fp32 is not a block format; nothing to quantize")

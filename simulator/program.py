@@ -95,7 +95,8 @@ class Program:
     # --- serialization ---
     def to_bytes(self) -> bytes:
         widths = FieldWidths.for_device(self.target)
-        dump = lambda obj: json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+        def dump(obj):
+            return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
         sections = {
             Section.INSTRUCTIONS: b"".join(i.encode(widths) for i in self.instructions),
             Section.WEIGHTS: self.weights,

@@ -28,7 +28,7 @@ def rand(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarra
 
 
 def conv_block(seed: int = 0, residual: bool = True) -> onnx.ModelProto:
-    """x -> Conv(3x3) -> BatchNorm -> [+ x] -> Relu -> MaxPool -> GAP -> Flatten -> Gemm -> Softmax."""
+    """x -> Conv 3x3 -> BN -> [+ x] -> Relu -> MaxPool -> GAP -> Flatten -> Gemm -> Softmax."""
     rng = np.random.default_rng(seed)
     c = 8
     w = {"w": rand(rng, c, c, 3, 3, scale=0.3), "b": rand(rng, c),

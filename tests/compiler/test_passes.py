@@ -8,12 +8,12 @@ import pytest
 from onnx import helper
 from onnx_helpers import conv_block, make_model, rand
 
+from compiler import passes
 from compiler.frontend import to_graph
 from compiler.interpret import Numerics, evaluate
 from compiler.ir import IRError, Node, Op, add_node, inputs_of, node, verify
 from compiler.options import CompileOptions
 from compiler.pipeline import PASS_NAMES, run_passes
-from compiler import passes
 from simulator.numerics import BfpTensor
 
 FP32 = CompileOptions.make("tiny", "fp32")
