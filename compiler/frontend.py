@@ -51,6 +51,16 @@ def _attr_value(attr: onnx.AttributeProto):
     return value
 
 
+def _constant_value(attrs: dict) -> np.ndarray | None:
+    """The tensor of a Constant node, whichever ``value*`` attribute holds it."""
+    for key, dtype in (("value", None), ("value_float", np.float32),
+                       ("value_floats", np.float32), ("value_int", np.int64),
+                       ("value_ints", np.int64)):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    return None
+
+
 def _static_shape(vi: onnx.ValueInfoProto, what: str) -> tuple[int, ...]:
     t = vi.type.tensor_type
     if not t.HasField("shape"):
@@ -67,21 +77,17 @@ def _static_shape(vi: onnx.ValueInfoProto, what: str) -> tuple[int, ...]:
 def to_graph(model: str | Path | onnx.ModelProto | bytes) -> nx.DiGraph:
     """Build the IR of an ONNX model: one :class:`Node` per value, shapes inferred.
 
-    Ops outside :class:`compiler.ir.Op` raise :class:`UnsupportedOpError` naming the op
-    and the node.
+    Ops the compiler has no kind for become ``Op.ONNX`` nodes, which run on the host.
     """
     proto = load_onnx(model)
-    for n in proto.graph.node:
-        if n.op_type not in ONNX_OPS and n.op_type != "Constant" or n.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(f"unsupported op {n.op_type} (node '{n.name or n.output[0]}')"
-                                     " : the device cannot run it")
     try:
         proto = shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except Exception as exc:
         raise CompileError(f"shape inference failed: {_first_line(exc)}") from None
     gp = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
-    g = nx.MultiDiGraph(name=gp.name or "model", inputs=[], outputs=[o.name for o in gp.output])
+    g = nx.MultiDiGraph(name=gp.name or "model", inputs=[], outputs=[o.name for o in gp.output],
+                        opsets=[(o.domain, o.version) for o in proto.opset_import])
     inits = {t.name: t for t in gp.initializer}
     for name, t in inits.items():
         arr = numpy_helper.to_array(t)
@@ -89,9 +95,8 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes) -> nx.DiGraph:
     for vi in gp.input:
         if vi.name in inits:
             continue
-        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise CompileError(f"model input '{vi.name}' is not float32")
-        add_node(g, vi.name, Node(Op.INPUT, _static_shape(vi, "model input")))
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+        add_node(g, vi.name, Node(Op.INPUT, _static_shape(vi, "model input"), dtype))
         g.graph["inputs"].append(vi.name)
     infos = {vi.name: vi for vi in list(gp.value_info) + list(gp.output)}
     wanted = {i for n in gp.node for i in n.input} | set(g.graph["outputs"])
@@ -106,27 +111,31 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes) -> nx.DiGraph:
             attrs.setdefault("axis", 1 if opset < 13 else -1)
             attrs["opset"] = opset
         out = n.output[0]
+        kind = ONNX_OPS.get(n.op_type, Op.ONNX) if n.domain in ("", "ai.onnx") else Op.ONNX
         if n.op_type == "Constant":
-            if "value" not in attrs:
+            arr = _constant_value(attrs)
+            if arr is None:
                 raise UnsupportedOpError(f"unsupported Constant form (node '{label}')")
-            arr = np.asarray(attrs["value"])
             add_node(g, out, Node(Op.CONST, arr.shape, str(arr.dtype), value=arr, origin=(label,)))
             continue
         if out not in infos:
             raise CompileError(f"shape inference left the output of node '{label}' unknown")
-        elem = infos[out].type.tensor_type.elem_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem).name
-        node = Node(ONNX_OPS[n.op_type], _static_shape(infos[out], "value"), dtype,
-                    make_attrs(**attrs), origin=(label,))
         inputs = [i for i in n.input]
-        if any(i == "" for i in inputs):  # optional inputs left out in the middle
-            while inputs and inputs[-1] == "":
-                inputs.pop()
-            if "" in inputs:
-                raise UnsupportedOpError(f"node '{label}' skips an optional input")
+        while inputs and inputs[-1] == "":
+            inputs.pop()
+        if "" in inputs:  # an optional input left out in the middle: only the host keeps slots
+            kind = Op.ONNX
+            inputs = [i for i in inputs if i]
         missing = [i for i in inputs if i not in g]
         if missing:
             raise CompileError(f"node '{label}' reads '{missing[0]}', which nothing produces")
+        elem = infos[out].type.tensor_type.elem_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem).name
+        if kind == Op.ONNX:
+            attrs["onnx_op"] = n.op_type if n.domain in ("", "ai.onnx") \
+                else f"{n.domain}.{n.op_type}"
+        node = Node(kind, _static_shape(infos[out], "value"), dtype, make_attrs(**attrs),
+                    origin=(label,), proto=n.SerializeToString())
         add_node(g, out, node, inputs)
     verify(g)
     return g

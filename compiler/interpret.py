@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Golden evaluation of an IR graph with the device's numerics.
 
-Every op is computed by :mod:`simulator.kernels` (hence by :mod:`simulator.numerics`),
-so evaluating the compiled graph gives bit for bit what the simulated device gives
-for the compiled program. Before the passes it is an fp32 reference of the ONNX
-graph; constant folding uses it too.
+Every op the device runs is computed by :mod:`simulator.kernels` (hence by
+:mod:`simulator.numerics`); every other op runs on the host exactly as the program
+runs it (the same one-node onnxruntime model). So evaluating the compiled graph
+gives bit for bit what the simulated device gives for the compiled program.
+Constant folding uses it too.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import networkx as nx
 import numpy as np
 
 from compiler.errors import UnsupportedOpError
+from compiler.hostops import host_model
 from compiler.ir import Node, Op, inputs_of, node, topo_order
+from compiler.placement import on_device
 from simulator import kernels
+from simulator.host import host_kernel
 from simulator.kernels import ConvGeometry
 from simulator.numerics import FP32, Format, Rounding
 
@@ -56,30 +60,6 @@ def conv_geometry(n: Node, in_shape: tuple[int, ...], kernel: tuple[int, int]) -
 def conv_weight_rows(w: np.ndarray) -> np.ndarray:
     """ONNX ``[O, C/g, KH, KW]`` -> the matrix unit's ``[O, KH*KW*C/g]`` (channel fastest)."""
     return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
-
-
-def _conv(n: Node, args: list, ctx: Numerics) -> np.ndarray:
-    x, w = args[0], args[1]
-    geom = conv_geometry(n, x.shape, w.shape[2:])
-    bias = args[2] if len(args) > 2 else None
-    return kernels.conv2d(x, conv_weight_rows(w), bias, geom, FP32)
-
-
-def _gemm(n: Node, args: list, ctx: Numerics) -> np.ndarray:
-    a, b = args[0], args[1]
-    a = a.T if n.attr("transA", 0) else a
-    b = b.T if n.attr("transB", 0) else b
-    y = np.float32(n.attr("alpha", 1.0)) * np.matmul(a, b)
-    if len(args) > 2:
-        y = y + np.float32(n.attr("beta", 1.0)) * args[2]
-    return y.astype(np.float32)
-
-
-def _batchnorm(n: Node, args: list, ctx: Numerics) -> np.ndarray:
-    x, scale, bias, mean, var = args
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    k = (scale / np.sqrt(var + np.float32(n.attr("epsilon", 1e-5)))).astype(np.float32)
-    return (x * k.reshape(shape) + (bias - mean * k).reshape(shape)).astype(np.float32)
 
 
 def _pool(n: Node, args: list, ctx: Numerics) -> np.ndarray:
@@ -132,19 +112,15 @@ def _add(n: Node, args: list, ctx: Numerics) -> np.ndarray:
     return kernels.relu(out) if n.attr("relu") else out
 
 
-OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
-    Op.CONSTANT_OF_SHAPE: _const_of_shape,
+DEVICE_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
     Op.IDENTITY: lambda n, a, c: a[0],
     Op.DROPOUT: lambda n, a, c: a[0],
     Op.RESHAPE: _reshape,
     Op.FLATTEN: _reshape,
-    Op.CONV: _conv,
-    Op.GEMM: _gemm,
-    Op.MATMUL: lambda n, a, c: np.matmul(a[0], a[1]).astype(np.float32),
-    Op.BATCHNORM: _batchnorm,
+    Op.SQUEEZE: _reshape,
+    Op.UNSQUEEZE: _reshape,
     Op.RELU: lambda n, a, c: kernels.relu(a[0]),
     Op.ADD: _add,
-    Op.SUM: _add,
     Op.MAXPOOL: _pool,
     Op.AVGPOOL: _pool,
     Op.GLOBAL_AVGPOOL: lambda n, a, c: kernels.global_avgpool(a[0]),
@@ -152,13 +128,31 @@ OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
     Op.NPU_CONV: _npu_conv,
     Op.NPU_DENSE: _npu_dense,
 }
+"""Golden kernels of the ops the device runs (see :mod:`compiler.placement`)."""
+
+FOLD_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
+    Op.CONSTANT_OF_SHAPE: _const_of_shape,
+    Op.IDENTITY: lambda n, a, c: a[0],
+    Op.DROPOUT: lambda n, a, c: a[0],
+    Op.RESHAPE: _reshape,
+    Op.FLATTEN: _reshape,
+    Op.SQUEEZE: _reshape,
+    Op.UNSQUEEZE: _reshape,
+}
+"""Cheap numpy versions used by constant folding; anything else folds via the host."""
 
 
 def evaluate_node(g: nx.DiGraph, name: str, values: dict,
-                  ctx: Numerics = Numerics()) -> np.ndarray:
+                  ctx: Numerics = Numerics(), folding: bool = False) -> np.ndarray:
+    """One value: a device op with the golden kernels, any other op on the host."""
     n = node(g, name)
     args = [values[i] for i in inputs_of(g, name)]
-    return OPS[n.op](n, args, ctx)
+    if folding and n.op in FOLD_OPS:
+        return np.asarray(FOLD_OPS[n.op](n, args, ctx)).astype(n.dtype, copy=False)
+    if n.op in DEVICE_OPS and on_device(g, name):
+        return DEVICE_OPS[n.op](n, args, ctx)
+    model, fed = host_model(g, name)
+    return host_kernel(model)([args[i] for i in fed])
 
 
 def evaluate(g: nx.DiGraph, inputs: dict[str, np.ndarray], ctx: Numerics = Numerics(),
@@ -171,7 +165,7 @@ def evaluate(g: nx.DiGraph, inputs: dict[str, np.ndarray], ctx: Numerics = Numer
     for name in topo_order(g):
         n = node(g, name)
         if n.op == Op.INPUT:
-            values[name] = np.asarray(inputs[name], dtype=np.float32)
+            values[name] = np.asarray(inputs[name], dtype=n.dtype)
         elif n.op == Op.CONST:
             values[name] = n.value
         else:

@@ -45,6 +45,11 @@ class Op(StrEnum):
     AVGPOOL = "AveragePool"
     GLOBAL_AVGPOOL = "GlobalAveragePool"
     SOFTMAX = "Softmax"
+    # alias-only layout ops (no data movement)
+    SQUEEZE = "Squeeze"
+    UNSQUEEZE = "Unsqueeze"
+    # any other ONNX op: placed on the host and run by onnxruntime
+    ONNX = "OnnxOp"
     # device compound ops, made by the passes: one matrix-unit pass with its epilogue
     NPU_CONV = "NpuConv"
     """inputs: x, weight [O, KH*KW*C/groups], bias [O], (residual); attrs: geometry, relu"""
@@ -53,7 +58,7 @@ class Op(StrEnum):
 
 
 ONNX_OPS = {op.value: op for op in Op
-            if op not in (Op.INPUT, Op.CONST, Op.NPU_CONV, Op.NPU_DENSE)}
+            if op not in (Op.INPUT, Op.CONST, Op.ONNX, Op.NPU_CONV, Op.NPU_DENSE)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +76,9 @@ class Node:
     attrs: tuple[tuple[str, Any], ...] = ()
     value: Any = None
     origin: tuple[str, ...] = field(default=())
+    proto: bytes | None = None
+    """The serialized ONNX NodeProto this value came from (op type, domain, attributes),
+    kept so that the host can run the op with onnxruntime."""
 
     def attr(self, name: str, default: Any = None) -> Any:
         for key, val in self.attrs:
@@ -82,7 +90,7 @@ class Node:
         merged = dict(self.attrs)
         merged.update(changes)
         return Node(self.op, self.shape, self.dtype, tuple(sorted(merged.items())),
-                    self.value, self.origin)
+                    self.value, self.origin, self.proto)
 
 
 def make_attrs(**kwargs: Any) -> tuple[tuple[str, Any], ...]:

@@ -4,7 +4,9 @@
 DRAM holds three regions, each 64-byte aligned: the weight image (packed BFP, or
 fp32 in fp32 mode), the constant image (fp32 biases and operands) and the
 activation arena. Arena buffers are reused once their value is dead (first fit);
-Reshape, Flatten and Identity alias their input's buffer and cost nothing.
+layout-only ops (Reshape, Flatten, Squeeze, ...) alias their input's buffer and
+cost nothing. Ops placed on the host (:mod:`compiler.placement`) become
+``HOST_CALL`` instructions with a one-node ONNX model each.
 """
 
 from __future__ import annotations
@@ -13,17 +15,15 @@ import networkx as nx
 import numpy as np
 
 from compiler.errors import UnsupportedOpError
+from compiler.hostops import host_model
 from compiler.interpret import conv_geometry
 from compiler.ir import Node, Op, inputs_of, node, topo_order
 from compiler.options import CompileOptions
+from compiler.placement import ALIAS_OPS, DEVICE, HOST, place
 from simulator import isa
 from simulator.isa import PoolMode
 from simulator.numerics import BfpTensor, pack
-from simulator.program import ALIGN, Program, TensorDesc
-
-ALIAS_OPS = (Op.RESHAPE, Op.FLATTEN, Op.IDENTITY)
-DEVICE_OPS = (Op.NPU_CONV, Op.NPU_DENSE, Op.ADD, Op.RELU, Op.MAXPOOL, Op.AVGPOOL,
-              Op.GLOBAL_AVGPOOL, Op.SOFTMAX) + ALIAS_OPS
+from simulator.program import ALIGN, HostOp, Program, TensorDesc
 
 
 def _align(n: int) -> int:
@@ -34,32 +34,6 @@ def _label(name: str, n: Node) -> str:
     return n.origin[0] if n.origin else name
 
 
-def check_supported(g: nx.DiGraph) -> None:
-    """Refuse, by name, the first op the device cannot run."""
-    for name in topo_order(g):
-        n = node(g, name)
-        if n.op in (Op.INPUT, Op.CONST):
-            continue
-        where = f"(node '{_label(name, n)}')"
-        if n.op not in DEVICE_OPS:
-            raise UnsupportedOpError(f"unsupported op {n.op.value} {where}: the device cannot "
-                                     "run it in this form")
-        srcs = [node(g, s) for s in inputs_of(g, name)]
-        if n.op == Op.ADD and any(s.shape != n.shape for s in srcs):
-            raise UnsupportedOpError(f"unsupported op Add with broadcasting {where}")
-        if n.op == Op.SOFTMAX and n.attr("axis") not in (-1, len(n.shape) - 1) \
-                and not (n.attr("opset", 13) < 13 and n.attr("axis") == len(n.shape) - 1):
-            raise UnsupportedOpError(f"unsupported op Softmax over a non-last axis {where}")
-        if n.op in (Op.MAXPOOL, Op.AVGPOOL) and tuple(n.attr("dilations", (1, 1))) != (1, 1):
-            raise UnsupportedOpError(f"unsupported op {n.op.value} with dilations {where}")
-        if n.op in (Op.NPU_CONV, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL) \
-                and len(srcs[0].shape) != 4:
-            raise UnsupportedOpError(f"unsupported op {n.op.value} on a "
-                                     f"{len(srcs[0].shape)}-D tensor {where}")
-        if srcs[0].dtype != "float32":
-            raise UnsupportedOpError(f"unsupported op {n.op.value} on non-float data {where}")
-
-
 class _Arena:
     """First-fit allocator of the activation arena."""
 
@@ -68,7 +42,7 @@ class _Arena:
         self.top = 0
 
     def alloc(self, size: int) -> int:
-        size = _align(size)
+        size = _align(max(size, 1))
         for i, (off, length) in enumerate(self.free):
             if length >= size:
                 self.free[i:i + 1] = [(off + size, length - size)] if length > size else []
@@ -77,7 +51,7 @@ class _Arena:
         return off
 
     def release(self, off: int, size: int) -> None:
-        self.free.append((off, _align(size)))
+        self.free.append((off, _align(max(size, 1))))
         self.free.sort()
         merged: list[tuple[int, int]] = []
         for o, s in self.free:
@@ -89,22 +63,42 @@ class _Arena:
 
 
 def _nbytes(n: Node) -> int:
-    return int(np.prod(n.shape, dtype=np.int64)) * 4
+    return int(np.prod(n.shape, dtype=np.int64)) * np.dtype(n.dtype).itemsize
+
+
+def placement_report(g: nx.DiGraph) -> list[dict]:
+    """One record per value the compiled graph computes: where it runs and why."""
+    rows = []
+    for v in topo_order(g):
+        n = node(g, v)
+        if n.op == Op.INPUT or (n.op == Op.CONST and not n.origin):
+            continue
+        where, why = place(g, v)
+        op = n.attr("onnx_op") or n.op.value
+        rows.append({"value": v, "op": op, "nodes": list(n.origin), "where": where, "why": why})
+    return rows
 
 
 def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
     """Turn an optimized graph into a :class:`Program` for ``opts.device``."""
-    check_supported(g)
     order = topo_order(g)
     outputs = g.graph["outputs"]
+    where = {v: place(g, v) for v in order}
+    if opts.strict:
+        for v in order:
+            n = node(g, v)
+            if where[v][0] == HOST and n.op != Op.INPUT:
+                op = n.attr("onnx_op") or n.op.value
+                raise UnsupportedOpError(f"unsupported op {op} (node '{_label(v, n)}') on the "
+                                         f"device: {where[v][1]} (--strict)")
+    device_users = {v for v in order if where[v][0] == DEVICE}
 
     # --- weight and constant images ---
     weights, consts = bytearray(), bytearray()
     weight_descs: list[TensorDesc] = []
     const_addr: dict[str, tuple[str, int]] = {}
     for v in order:
-        n = node(g, v)
-        if n.op not in (Op.NPU_CONV, Op.NPU_DENSE):
+        if node(g, v).op not in (Op.NPU_CONV, Op.NPU_DENSE):
             continue
         wname = inputs_of(g, v)[1]
         if wname in const_addr:
@@ -119,9 +113,13 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         weights += blob + b"\0" * (_align(len(blob)) - len(blob))
     for v in order:
         n = node(g, v)
-        if n.op == Op.CONST and v not in const_addr and any(True for _ in g.successors(v)):
+        if n.op != Op.CONST or v in const_addr or not isinstance(n.value, np.ndarray):
+            continue
+        read_on_device = n.dtype == "float32" and any(
+            u in device_users and node(g, u).op not in ALIAS_OPS for u in g.successors(v))
+        if read_on_device or v in outputs:  # a constant model output is read back from here
             const_addr[v] = ("constants", len(consts))
-            blob = np.ascontiguousarray(n.value, np.float32).tobytes()
+            blob = np.ascontiguousarray(n.value).tobytes()
             consts += blob + b"\0" * (_align(len(blob)) - len(blob))
     wbase, cbase = 0, _align(len(weights))
     abase = cbase + _align(len(consts))
@@ -130,7 +128,7 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
     root: dict[str, str] = {}
     for v in order:
         n = node(g, v)
-        if n.op in ALIAS_OPS:
+        if n.op in ALIAS_OPS and where[v][0] == DEVICE:
             root[v] = root[inputs_of(g, v)[0]]
         elif n.op != Op.CONST:
             root[v] = v
@@ -141,14 +139,13 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         for s in inputs_of(g, v):
             if s in root:
                 last_use[root[s]] = i
-    for o in outputs:
-        last_use[root[o]] = len(order)
+    keep = {root[o] for o in outputs}
     arena, offset = _Arena(), {}
     for i, v in enumerate(order):
         if root.get(v) == v:
             offset[v] = arena.alloc(_nbytes(node(g, v)))
         for s in {root[s] for s in inputs_of(g, v) if s in root}:
-            if last_use[s] == i and s not in (root[o] for o in outputs):
+            if last_use[s] == i and s not in keep:
                 arena.release(offset[s], _nbytes(node(g, s)))
 
     def addr(v: str) -> int:
@@ -157,10 +154,15 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
             return (wbase if region == "weights" else cbase) + off
         return abase + offset[root[v]]
 
+    def desc(v: str) -> TensorDesc:
+        n = node(g, v)
+        return TensorDesc(v, n.shape, n.dtype, addr(v), _nbytes(n))
+
     # --- instructions ---
     pinned = int(len(weights) <= opts.device.weight_buffer_kib * 1024)
     instrs: list[isa.Instruction] = []
     layers: list[dict] = []
+    host_ops: list[HostOp] = []
 
     def emit(instr: isa.Instruction, v: str, op: str) -> None:
         instrs.append(instr)
@@ -168,19 +170,23 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         layers.append({"name": origin[0] if origin else v, "op": op, "tensor": v,
                        "nodes": origin})
 
-    inputs = tuple(TensorDesc(v, node(g, v).shape, "float32", addr(v), _nbytes(node(g, v)))
-                   for v in g.graph["inputs"])
+    inputs = tuple(desc(v) for v in g.graph["inputs"])
     for i, t in enumerate(inputs):
         emit(isa.VRd(i, t.addr, t.nbytes), t.name, "HostToDevice")
     for v in order:
         n = node(g, v)
-        if n.op in (Op.INPUT, Op.CONST) or n.op in ALIAS_OPS:
+        if n.op in (Op.INPUT, Op.CONST) or (n.op in ALIAS_OPS and where[v][0] == DEVICE):
             continue
         srcs = inputs_of(g, v)
+        if where[v][0] == HOST:
+            model, fed = host_model(g, v)
+            op = n.attr("onnx_op") or n.op.value
+            host_ops.append(HostOp(v, op, model, tuple(desc(srcs[k]) for k in fed), desc(v)))
+            emit(isa.HostCall(len(host_ops) - 1), v, f"Host:{op}")
+            continue
         emit(_instruction(g, v, n, srcs, addr, pinned), v,
              _op_label(n, n.op in (Op.NPU_CONV, Op.NPU_DENSE) and len(srcs) > 3))
-    outs = tuple(TensorDesc(v, node(g, v).shape, "float32", addr(v), _nbytes(node(g, v)))
-                 for v in outputs)
+    outs = tuple(desc(v) for v in outputs)
     for i, t in enumerate(outs):
         emit(isa.VWr(i, t.addr, t.nbytes), t.name, "DeviceToHost")
     instrs.append(isa.EndChain())
@@ -190,7 +196,8 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
     return Program(opts.device, tuple(instrs), bytes(weights), bytes(consts), inputs, outs,
                    tuple(weight_descs), tuple(layers), mmap,
                    {"model": name, "rounding": opts.rounding.value, "seed": opts.seed,
-                    "weights_pinned": bool(pinned)})
+                    "weights_pinned": bool(pinned), "placement": placement_report(g)},
+                   tuple(host_ops))
 
 
 def _op_label(n: Node, residual: bool) -> str:

@@ -23,6 +23,8 @@ class CompileOptions:
     """Rounding of weights and activations."""
     seed: int = 0
     """Seed of stochastic rounding."""
+    strict: bool = False
+    """Refuse, by name, any op that would run on the host instead of the device."""
 
     @property
     def format(self) -> Format:
@@ -30,9 +32,10 @@ class CompileOptions:
 
     @classmethod
     def make(cls, device: str | DeviceConfig | None = None, numerics: str | None = None,
-             rounding: Rounding | str = Rounding.NEAREST_EVEN, seed: int = 0) -> CompileOptions:
+             rounding: Rounding | str = Rounding.NEAREST_EVEN, seed: int = 0,
+             strict: bool = False) -> CompileOptions:
         cfg = load_device(device)
         if numerics is not None:
             cfg.format(numerics)  # validates the name
             cfg = cfg.replace(numerics=numerics)
-        return cls(cfg, Rounding(rounding), seed)
+        return cls(cfg, Rounding(rounding), seed, strict)

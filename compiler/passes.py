@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import networkx as nx
 import numpy as np
+from onnx import helper
 
 from compiler.errors import CompileError
 from compiler.interpret import conv_geometry, conv_weight_rows, evaluate_node
@@ -26,7 +27,11 @@ from compiler.ir import (
     topo_order,
 )
 from compiler.options import CompileOptions
+from compiler.placement import on_device
 from simulator.numerics import quantize
+
+
+_ADD = helper.make_node("Add", ["a", "b"], ["y"]).SerializeToString()
 
 
 def _const(g: nx.DiGraph, name: str, value: np.ndarray) -> str:
@@ -59,14 +64,27 @@ def fold_constants(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
             values[name] = n.value
             continue
         srcs = inputs_of(g, name)
+        if n.op == Op.ONNX and n.attr("onnx_op") in ("Shape", "Size") and srcs:
+            value = _static_shape_value(n, node(g, srcs[0]).shape)  # shapes are all static
+            _rewire(g, name, Node(Op.CONST, tuple(value.shape), str(value.dtype), value=value,
+                                  origin=n.origin), [])
+            values[name] = value
+            continue
         if n.op == Op.INPUT or not srcs or not all(_is_const(g, s) for s in srcs):
             continue
-        value = np.asarray(evaluate_node(g, name, values))
+        value = np.asarray(evaluate_node(g, name, values, folding=True))
         values[name] = value
         _rewire(g, name, Node(Op.CONST, tuple(value.shape), str(value.dtype), value=value,
                               origin=n.origin), [])
     remove_dead(g)
     return g
+
+
+def _static_shape_value(n: Node, shape: tuple[int, ...]) -> np.ndarray:
+    if n.attr("onnx_op") == "Size":
+        return np.array(int(np.prod(shape, dtype=np.int64)), np.int64)
+    start, end = n.attr("start", 0), n.attr("end", None)
+    return np.array(shape[slice(start, end)], np.int64)
 
 
 def remove_identities(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
@@ -98,7 +116,8 @@ def fold_batchnorm(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
         b = node(g, conv_in[2]).value.astype(np.float64) if len(conv_in) > 2 else 0.0
         wf = _const(g, f"{name}.weight", (w * k[:, None, None, None]).astype(np.float32))
         bf = _const(g, f"{name}.bias", ((b - mean) * k + shift).astype(np.float32))
-        new = Node(Op.CONV, bn.shape, bn.dtype, conv.attrs, origin=conv.origin + bn.origin)
+        new = Node(Op.CONV, bn.shape, bn.dtype, conv.attrs, origin=conv.origin + bn.origin,
+                   proto=conv.proto)
         _rewire(g, name, new, [conv_in[0], wf, bf])
     remove_dead(g)
     return g
@@ -132,7 +151,8 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
         elif n.op == Op.SUM and len(srcs) != 2:
             _split_sum(g, name, n, srcs)
         elif n.op == Op.SUM:
-            _rewire(g, name, Node(Op.ADD, n.shape, n.dtype, n.attrs, origin=n.origin), srcs)
+            _rewire(g, name, Node(Op.ADD, n.shape, n.dtype, n.attrs, origin=n.origin,
+                                  proto=_ADD), srcs)
     remove_dead(g)
     return g
 
@@ -172,9 +192,10 @@ def _split_sum(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
     acc = srcs[0]
     for i, s in enumerate(srcs[1:-1]):
         part = f"{name}.partial{i}"
-        add_node(g, part, Node(Op.ADD, n.shape, n.dtype, origin=n.origin), [acc, s])
+        add_node(g, part, Node(Op.ADD, n.shape, n.dtype, origin=n.origin, proto=_ADD), [acc, s])
         acc = part
-    _rewire(g, name, Node(Op.ADD, n.shape, n.dtype, origin=n.origin), [acc, srcs[-1]])
+    _rewire(g, name, Node(Op.ADD, n.shape, n.dtype, origin=n.origin, proto=_ADD),
+            [acc, srcs[-1]])
 
 
 def fuse_residual(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
@@ -208,7 +229,7 @@ def fuse_relu(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
         src = inputs_of(g, name)[0]
         p = node(g, src)
         if p.op in (Op.NPU_CONV, Op.NPU_DENSE, Op.ADD) and not p.attr("relu") \
-                and _sole_consumer(g, src, name):
+                and _sole_consumer(g, src, name) and on_device(g, src):
             new = p.with_attrs(relu=True)
             new = Node(new.op, n.shape, n.dtype, new.attrs, origin=p.origin + n.origin)
             _rewire(g, name, new, inputs_of(g, src))

@@ -57,13 +57,33 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from compiler import compile_model
 
     t0 = time.perf_counter()
-    prog = compile_model(args.model, args.device, args.numerics, args.rounding, args.seed)
+    prog = compile_model(args.model, args.device, args.numerics, args.rounding, args.seed,
+                         args.strict)
     elapsed = time.perf_counter() - t0
+    placement = prog.metadata["placement"]
+    if args.report:
+        _write_json(Path(args.report), placement)
+        print(format_placement(placement))
     prog.save(args.output)
+    counts = {w: sum(r["where"] == w for r in placement) for w in ("device", "host")}
+    host = sorted({r["op"] for r in placement if r["where"] == "host"})
+    print(f"placement: {counts['device']} nodes on the device, {counts['host']} on the host"
+          + (f" ({', '.join(host)})" if host else ""))
     print(f"compiled {args.model} for {prog.target.name} ({prog.numerics}): "
           f"{len(prog.instructions)} instructions, {len(prog.weights) / 2**20:.2f} MiB weights, "
           f"{elapsed:.2f} s -> {args.output}")
     return 0
+
+
+def format_placement(rows: list[dict]) -> str:
+    """The compile report as a table: node, op, where it runs, why."""
+    w_node = min(max([len(r["node"]) for r in rows] + [4]), 40)
+    w_op = max([len(r["op"]) for r in rows] + [2])
+    lines = [f"{'node':<{w_node}}  {'op':<{w_op}}  {'where':<8}  why"]
+    for r in rows:
+        lines.append(f"{r['node'][:w_node]:<{w_node}}  {r['op']:<{w_op}}  {r['where']:<8}  "
+                     f"{r['why']}")
+    return "\n".join(lines)
 
 
 def _parse_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
@@ -209,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     device_opts(c)
     c.add_argument("--rounding", choices=["nearest_even", "stochastic"], default="nearest_even")
     c.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
+    c.add_argument("--strict", action="store_true",
+                   help="refuse (by name) any op the device cannot run instead of using the host")
+    c.add_argument("--report", help="write where every node runs (JSON) and print it as a table")
     c.add_argument("--stop-after", choices=PASS_NAMES, help="stop after this pass, dump the IR")
     c.add_argument("--dump", help="with --stop-after: write the IR here instead of stdout")
     c.set_defaults(fn=cmd_compile)
@@ -237,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     from compiler.errors import CompileError
     from simulator.config import ConfigError
     from simulator.device import InputError
+    from simulator.host import HostOpError
     from simulator.isa import EncodingError
     from simulator.program import ProgramError
 
@@ -246,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `npusim inspect --disasm | head`
         sys.stderr.close()
         return 0
-    except (CompileError, ProgramError, InputError, ConfigError, EncodingError,
+    except (CompileError, ProgramError, InputError, ConfigError, EncodingError, HostOpError,
             UsageError) as exc:
         print(f"npusim: error: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,8 @@ from simulator import isa, kernels, timing
 from simulator.config import DeviceConfig
 from simulator.kernels import ConvGeometry
 from simulator.numerics import BfpTensor, Rounding, unpack
-from simulator.program import Program, ProgramError
+from simulator.host import host_kernel
+from simulator.program import Program, ProgramError, TensorDesc
 
 
 class InputError(ValueError):
@@ -96,17 +97,30 @@ class Device:
             wbytes[wbase + t.addr] = t.nbytes
         self.program, self._dram = program, dram
         self._weights, self._weight_bytes = weights, wbytes
-        self._costs = [timing.cost(i, self.config, wbytes.get(getattr(i, "weights", -1), 0))
+        self._host = [host_kernel(h.model) for h in program.host_ops]
+        self._costs = [timing.cost(i, self.config, wbytes.get(getattr(i, "weights", -1), 0),
+                                   self._host_bytes(program, i))
                        for i in program.instructions]
+
+    @staticmethod
+    def _host_bytes(program: Program, i: isa.Instruction) -> tuple[int, int]:
+        if not isinstance(i, isa.HostCall):
+            return (0, 0)
+        h = program.host_ops[i.index]
+        return sum(t.nbytes for t in h.inputs), h.output.nbytes
 
     # --- memory access ---
     def _f32(self, addr: int, shape: tuple[int, ...]) -> np.ndarray:
         n = int(np.prod(shape, dtype=np.int64))
         return self._dram[addr:addr + 4 * n].view(np.float32).reshape(shape)
 
-    def _store(self, addr: int, value: np.ndarray) -> None:
-        flat = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
-        self._dram[addr:addr + 4 * flat.size] = flat.view(np.uint8)
+    def _read(self, t: TensorDesc) -> np.ndarray:
+        raw = self._dram[t.addr:t.addr + t.nbytes]
+        return raw.view(np.dtype(t.dtype)).reshape(t.shape)
+
+    def _store(self, addr: int, value: np.ndarray, dtype=np.float32) -> None:
+        flat = np.ascontiguousarray(value, dtype=dtype).reshape(-1)
+        self._dram[addr:addr + flat.nbytes] = flat.view(np.uint8)
 
     def _check_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         assert self.program is not None
@@ -120,12 +134,13 @@ class Device:
             if t.name not in inputs:
                 raise InputError(f"missing input '{t.name}' of shape {list(t.shape)}")
             a = np.asarray(inputs[t.name])
-            if a.dtype.kind not in "fiu":
-                raise InputError(f"input '{t.name}' has dtype {a.dtype}, expected float32")
+            want = np.dtype(t.dtype)
+            if a.dtype != want and not (a.dtype.kind in "fiu" and want.kind in "f"):
+                raise InputError(f"input '{t.name}' has dtype {a.dtype}, expected {want}")
             if tuple(a.shape) != t.shape:
                 raise InputError(f"input '{t.name}' has shape {list(a.shape)}, "
                                  f"expected {list(t.shape)}")
-            arrays.append(a.astype(np.float32, copy=False))
+            arrays.append(a.astype(want, copy=False))
         return arrays
 
     def run(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], RunStats]:
@@ -147,10 +162,14 @@ class Device:
     def _execute(self, i: isa.Instruction, host_in, host_out, fmt, rounding) -> None:
         prog = self.program
         if isinstance(i, isa.VRd):
-            self._store(i.dst, host_in[i.io])
+            self._store(i.dst, host_in[i.io], host_in[i.io].dtype)
         elif isinstance(i, isa.VWr):
             t = prog.outputs[i.io]
-            host_out[t.name] = self._f32(i.src, t.shape).copy()
+            host_out[t.name] = self._read(t).copy()
+        elif isinstance(i, isa.HostCall):
+            h = prog.host_ops[i.index]
+            out = self._host[i.index]([self._read(t) for t in h.inputs])
+            self._store(h.output.addr, out, np.dtype(h.output.dtype))
         elif isinstance(i, isa.MvMul):
             self._mv_mul(i, fmt, rounding)
         elif isinstance(i, isa.VvAdd):

@@ -38,6 +38,8 @@ class Opcode(IntEnum):
     V_RELU = 0x21
     V_POOL = 0x22
     V_SOFTMAX = 0x23
+    # host
+    HOST_CALL = 0x30
     # control
     END_CHAIN = 0xFF
 
@@ -238,6 +240,19 @@ class VSoftmax(Instruction):
 
 
 @dataclass(frozen=True)
+class HostCall(Instruction):
+    """Run host op ``index`` of the program's host section (onnxruntime on the CPU)::
+
+        inputs  = [dram[d.addr : d.addr + d.nbytes] for d in host_ops[index].inputs]   # to host
+        outputs = onnx_model(host_ops[index].model)(inputs)
+        dram[host_ops[index].output.addr ...] = outputs                                  # to device
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.HOST_CALL
+    index: int = _f("dim")
+
+
+@dataclass(frozen=True)
 class EndChain(Instruction):
     """End of the program: results are ready for the host."""
 
@@ -245,5 +260,6 @@ class EndChain(Instruction):
 
 
 _BY_OPCODE: dict[Opcode, type[Instruction]] = {
-    cls.OPCODE: cls for cls in (VRd, VWr, MvMul, VvAdd, VRelu, VPool, VSoftmax, EndChain)}
+    cls.OPCODE: cls for cls in (VRd, VWr, MvMul, VvAdd, VRelu, VPool, VSoftmax, HostCall,
+                                EndChain)}
 INSTRUCTIONS = tuple(_BY_OPCODE.values())

@@ -41,6 +41,10 @@ class Section(IntEnum):
     TENSORS = 5
     METADATA = 6
     DEVICE = 7
+    HOST = 8
+
+
+OPTIONAL_SECTIONS = (Section.HOST,)
 
 
 class ProgramError(ValueError):
@@ -67,6 +71,38 @@ class TensorDesc:
 
 
 @dataclass(frozen=True, eq=False)
+class HostOp:
+    """An op run on the host: a one-node ONNX model with its operands in DRAM."""
+
+    name: str
+    op: str
+    model: bytes
+    inputs: tuple[TensorDesc, ...]
+    output: TensorDesc
+
+
+def _host_bytes(ops: tuple[HostOp, ...]) -> bytes:
+    """JSON table (u64 length first), then the models back to back."""
+    table, offset = [], 0
+    for h in ops:
+        table.append({"name": h.name, "op": h.op, "model": [offset, len(h.model)],
+                      "inputs": [t.to_json() for t in h.inputs], "output": h.output.to_json()})
+        offset += len(h.model)
+    head = json.dumps(table, sort_keys=True, separators=(",", ":")).encode()
+    return struct.pack("<Q", len(head)) + head + b"".join(h.model for h in ops)
+
+
+def _host_ops(data: bytes) -> tuple[HostOp, ...]:
+    (n,) = struct.unpack_from("<Q", data)
+    table = json.loads(data[8:8 + n])
+    base = 8 + n
+    return tuple(HostOp(t["name"], t["op"], data[base + t["model"][0]:
+                                                 base + t["model"][0] + t["model"][1]],
+                        tuple(TensorDesc.from_json(d) for d in t["inputs"]),
+                        TensorDesc.from_json(t["output"])) for t in table)
+
+
+@dataclass(frozen=True, eq=False)
 class Program:
     """A compiled program for one target device.
 
@@ -87,6 +123,8 @@ class Program:
     memory_map: dict[str, tuple[int, int]]
     """Region -> (base address, size in bytes)."""
     metadata: dict = field(default_factory=dict)
+    host_ops: tuple[HostOp, ...] = ()
+    """Ops placed on the host, in the order their ``HOST_CALL`` instructions name them."""
 
     @property
     def numerics(self) -> str:
@@ -109,6 +147,8 @@ class Program:
                                     **self.metadata}),
             Section.DEVICE: dump(self.target.to_dict()),
         }
+        if self.host_ops:
+            sections[Section.HOST] = _host_bytes(self.host_ops)
         offset = _align(_HEADER.size + _ENTRY.size * len(sections))
         table, payload = [], []
         for kind, data in sections.items():
@@ -176,7 +216,7 @@ class Program:
                 raise ProgramError(f"{where}: corrupt program (section {name} checksum mismatch)")
             if kind in Section._value2member_map_:
                 raw[Section(kind)] = payload
-        missing = [s.name for s in Section if s not in raw]
+        missing = [s.name for s in Section if s not in raw and s not in OPTIONAL_SECTIONS]
         if missing:
             raise ProgramError(f"{where}: program lacks section(s) {', '.join(missing)}")
         try:
@@ -204,8 +244,9 @@ class Program:
                        tuple(TensorDesc.from_json(t) for t in io["inputs"]),
                        tuple(TensorDesc.from_json(t) for t in io["outputs"]),
                        tuple(TensorDesc.from_json(t) for t in json.loads(raw[Section.TENSORS])),
-                       layers, mmap, meta)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                       layers, mmap, meta,
+                       _host_ops(raw[Section.HOST]) if Section.HOST in raw else ())
+        except (ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
             raise ProgramError(f"{where}: bad program description: {exc!r}") from None
 
 

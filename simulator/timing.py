@@ -66,8 +66,20 @@ def host_cost(nbytes: int, cfg: DeviceConfig) -> Cost:
     return Cost(cfg.host_latency_cycles + transfer, 0, 0, transfer, "host")
 
 
-def cost(i: isa.Instruction, cfg: DeviceConfig, weight_bytes: int = 0) -> Cost:
+def host_call_cost(nbytes_in: int, nbytes_out: int, cfg: DeviceConfig) -> Cost:
+    """Operands go to the host and results come back over the host link.
+
+    The host's own compute time is not modelled: it is not the device's.
+    """
+    transfer = _ceil(nbytes_in + nbytes_out, max(1, int(cfg.host_bytes_per_cycle)))
+    return Cost(2 * cfg.host_latency_cycles + transfer, 0, 0, transfer, "host")
+
+
+def cost(i: isa.Instruction, cfg: DeviceConfig, weight_bytes: int = 0,
+         host_bytes: tuple[int, int] = (0, 0)) -> Cost:
     """The price of instruction ``i`` on ``cfg``."""
+    if isinstance(i, isa.HostCall):
+        return host_call_cost(*host_bytes, cfg)
     if isinstance(i, isa.MvMul):
         return mv_mul_cost(i, cfg, weight_bytes)
     if isinstance(i, (isa.VRd, isa.VWr)):

@@ -87,13 +87,31 @@ def test_missing_model(tmp_path):
                              str(tmp_path / "o.npub")), "not found")
 
 
-def test_unsupported_op_is_refused_by_name(tmp_path):
-    m = make_model([helper.make_node("Cos", ["x"], ["y"], name="my_cos")], {"x": [4]},
+def test_unsupported_op_goes_to_host_or_is_refused_with_strict(tmp_path):
+    m = make_model([helper.make_node("Cos", ["x"], ["c"], name="my_cos"),
+                    helper.make_node("Relu", ["c"], ["y"], name="my_relu")], {"x": [4]},
                    {"y": [4]})
     onnx.save(m, tmp_path / "cos.onnx")
-    res = npusim("compile", str(tmp_path / "cos.onnx"), "-o", str(tmp_path / "o.npub"))
-    assert_user_error(res, "Cos", "my_cos")
+    res = npusim("compile", str(tmp_path / "cos.onnx"), "-o", str(tmp_path / "o.npub"),
+                 "--strict")
+    assert_user_error(res, "Cos", "my_cos", "strict")
     assert list(tmp_path.iterdir()) == [tmp_path / "cos.onnx"]
+    res = npusim("compile", str(tmp_path / "cos.onnx"), "-o", str(tmp_path / "o.npub"),
+                 "--report", str(tmp_path / "report.json"))
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [(r["node"], r["where"]) for r in report] == [("my_cos", "host"),
+                                                          ("my_relu", "device")]
+    assert "my_cos" in res.stdout and "host" in res.stdout  # the table on the terminal
+    x = np.linspace(-3, 3, 4).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    res = npusim("run", str(tmp_path / "o.npub"), "--input", str(tmp_path / "x.npy"),
+                 "--output-dir", str(tmp_path), "--stats", str(tmp_path / "s.json"))
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.maximum(np.cos(x), 0), rtol=1e-6)
+    layers = json.loads((tmp_path / "s.json").read_text())["layers"]
+    host = [layer for layer in layers if layer["unit"] == "host" and "Cos" in layer["op"]]
+    assert host and host[0]["cycles"] > 0  # the host round trip is priced
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])

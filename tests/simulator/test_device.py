@@ -49,6 +49,23 @@ def _models():
         {"w": rand(rng, 40, 40, scale=0.2), "shape": np.array([6, 40], np.int64)})
 
 
+    yield "broadcast_add_on_host", make_model(
+        [helper.make_node("Add", ["x", "b"], ["a"], name="bias_add"),
+         helper.make_node("Relu", ["a"], ["y"])],
+        {"x": [1, 3, 4, 4]}, {"y": [1, 3, 4, 4]}, {"b": rand(rng, 3, 1, 1)})
+    yield "activation_matmul_on_host", make_model(
+        [helper.make_node("MatMul", ["x", "z"], ["m"], name="act_matmul"),
+         helper.make_node("Gemm", ["m", "w"], ["y"])],
+        {"x": [2, 3], "z": [3, 5]}, {"y": [2, 4]}, {"w": rand(rng, 5, 4)})
+    yield "host_ops_with_int_shapes", make_model(
+        [helper.make_node("Shape", ["x"], ["s"]),
+         helper.make_node("Tanh", ["x"], ["t"]),
+         helper.make_node("Reshape", ["t", "s"], ["r"]),
+         helper.make_node("Transpose", ["r"], ["tr"], perm=[0, 2, 3, 1]),
+         helper.make_node("Sigmoid", ["tr"], ["y"])],
+        {"x": [1, 2, 3, 4]}, {"y": [1, 3, 4, 2]})
+
+
 MODELS = dict(_models())
 
 
@@ -118,13 +135,11 @@ def test_bad_inputs_are_named():
         sess.run(["nope"], {"x": np.zeros((1, 8, 8, 8), np.float32)})
 
 
-def test_unsupported_forms_are_refused_by_name():
-    bcast = make_model([helper.make_node("Add", ["x", "b"], ["y"], name="bias_add")],
-                       {"x": [1, 3, 4, 4]}, {"y": [1, 3, 4, 4]},
-                       {"b": np.ones((3, 1, 1), np.float32)})
-    with pytest.raises(UnsupportedOpError, match="bias_add"):
-        compile_full(bcast, device="tiny")
-    two = make_model([helper.make_node("MatMul", ["x", "z"], ["y"], name="act_matmul")],
-                     {"x": [2, 3], "z": [3, 2]}, {"y": [2, 2]})
-    with pytest.raises(UnsupportedOpError, match="act_matmul"):
-        compile_full(two, device="tiny")
+def test_host_forms_are_refused_by_name_with_strict():
+    for model, name in ((MODELS["broadcast_add_on_host"], "bias_add"),
+                        (MODELS["activation_matmul_on_host"], "act_matmul")):
+        with pytest.raises(UnsupportedOpError, match=name):
+            compile_full(model, device="tiny", strict=True)
+        prog = compile_full(model, device="tiny").program
+        assert [h.op for h in prog.host_ops] and any(
+            r["where"] == "host" and r["node"] == name for r in prog.metadata["placement"])
