@@ -19,7 +19,7 @@ import numpy as np
 from compiler.errors import UnsupportedOpError
 from compiler.hostops import host_model
 from compiler.ir import Node, Op, inputs_of, node, topo_order
-from compiler.placement import on_device
+from compiler.placement import on_device, softmax_rows
 from simulator import kernels
 from simulator.host import host_kernel
 from simulator.kernels import ConvGeometry
@@ -76,13 +76,8 @@ def _reshape(n: Node, args: list, ctx: Numerics) -> np.ndarray:
 
 
 def _softmax(n: Node, args: list, ctx: Numerics) -> np.ndarray:
-    x = args[0]
-    axis = n.attr("axis", -1)
-    axis = axis + x.ndim if axis < 0 else axis
-    if n.attr("opset", 13) < 13:  # opset < 13 coerces to 2-D at `axis`
-        flat = x.reshape(int(np.prod(x.shape[:axis])), -1)
-        return kernels.softmax(flat, -1).reshape(x.shape)
-    return kernels.softmax(x, axis)
+    rows, cols = softmax_rows(n)
+    return kernels.softmax(args[0].reshape(rows, cols), -1).reshape(n.shape)
 
 
 def _npu_conv(n: Node, args: list, ctx: Numerics) -> np.ndarray:
@@ -108,11 +103,33 @@ def _const_of_shape(n: Node, args: list, ctx: Numerics) -> np.ndarray:
 def _add(n: Node, args: list, ctx: Numerics) -> np.ndarray:
     out = args[0]
     for a in args[1:]:
-        out = kernels.add(out, a)
+        out = kernels.alu("add", out, a)
     return kernels.relu(out) if n.attr("relu") else out
 
 
+def clip_bounds(n: Node, consts: list) -> tuple[float, float]:
+    """Clip's bounds: attributes before opset 11, optional constant inputs after."""
+    lo = n.attr("min", -np.inf) if not consts else consts[0]
+    hi = n.attr("max", np.inf) if len(consts) < 2 else consts[1]
+    lo = -np.inf if lo is None else float(np.asarray(lo))
+    hi = np.inf if hi is None else float(np.asarray(hi))
+    return lo, hi
+
+
+def _concat(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    return np.concatenate(args, axis=n.attr("axis"))
+
+
 DEVICE_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
+    Op.SUB: lambda n, a, c: kernels.alu("sub", a[0], a[1]),
+    Op.MUL: lambda n, a, c: kernels.alu("mul", a[0], a[1]),
+    Op.DIV: lambda n, a, c: kernels.alu("div", a[0], a[1]),
+    Op.SIGMOID: lambda n, a, c: kernels.unary("sigmoid", a[0]),
+    Op.TANH: lambda n, a, c: kernels.unary("tanh", a[0]),
+    Op.LEAKY_RELU: lambda n, a, c: kernels.unary("leaky_relu", a[0], n.attr("alpha", 0.01)),
+    Op.CLIP: lambda n, a, c: kernels.unary("clip", a[0], *clip_bounds(n, a[1:])),
+    Op.CONCAT: _concat,
+    Op.GLOBAL_MAXPOOL: lambda n, a, c: kernels.global_maxpool(a[0]),
     Op.IDENTITY: lambda n, a, c: a[0],
     Op.DROPOUT: lambda n, a, c: a[0],
     Op.RESHAPE: _reshape,

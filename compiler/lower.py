@@ -16,10 +16,19 @@ import numpy as np
 
 from compiler.errors import UnsupportedOpError
 from compiler.hostops import host_model
-from compiler.interpret import conv_geometry
+from compiler.interpret import clip_bounds, conv_geometry
 from compiler.ir import Node, Op, inputs_of, node, topo_order
 from compiler.options import CompileOptions
-from compiler.placement import ALIAS_OPS, DEVICE, HOST, place
+from compiler.placement import (
+    ALIAS_OPS,
+    ALU_OPS,
+    DEVICE,
+    HOST,
+    UNARY_OPS,
+    broadcast_mode,
+    place,
+    softmax_rows,
+)
 from simulator import isa
 from simulator.isa import PoolMode
 from simulator.numerics import BfpTensor, pack
@@ -184,6 +193,10 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
             host_ops.append(HostOp(v, op, model, tuple(desc(srcs[k]) for k in fed), desc(v)))
             emit(isa.HostCall(len(host_ops) - 1), v, f"Host:{op}")
             continue
+        if n.op == Op.CONCAT:
+            for instr in _concat(g, v, n, srcs, addr):
+                emit(instr, v, "Concat")
+            continue
         emit(_instruction(g, v, n, srcs, addr, pinned), v,
              _op_label(n, n.op in (Op.NPU_CONV, Op.NPU_DENSE) and len(srcs) > 3))
     outs = tuple(desc(v) for v in outputs)
@@ -198,6 +211,20 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
                    {"model": name, "rounding": opts.rounding.value, "seed": opts.seed,
                     "weights_pinned": bool(pinned), "placement": placement_report(g)},
                    tuple(host_ops))
+
+
+def _concat(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr) -> list[isa.Instruction]:
+    """One strided copy per operand into its slice of the output."""
+    axis = n.attr("axis")
+    axis = axis + len(n.shape) if axis < 0 else axis
+    rows = int(np.prod(n.shape[:axis], dtype=np.int64))
+    dst_stride = int(np.prod(n.shape[axis:], dtype=np.int64))
+    out, offset = [], 0
+    for s in srcs:
+        row_len = int(np.prod(node(g, s).shape[axis:], dtype=np.int64))
+        out.append(isa.VCopy(addr(s), addr(v) + 4 * offset, rows, row_len, row_len, dst_stride))
+        offset += row_len
+    return out
 
 
 def _op_label(n: Node, residual: bool) -> str:
@@ -227,15 +254,33 @@ def _instruction(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr, pinned: 
                          pad_right=pads[3], dilation_h=n.attr("dilations")[0],
                          dilation_w=n.attr("dilations")[1])
     length = int(np.prod(n.shape, dtype=np.int64))
-    if n.op == Op.ADD:
+    if n.op == Op.ADD and all(node(g, s).shape == n.shape for s in srcs):
         return isa.VvAdd(addr(srcs[0]), addr(srcs[1]), addr(v), length, int(bool(n.attr("relu"))))
+    if n.op in ALU_OPS:
+        b = node(g, srcs[1])
+        mode = broadcast_mode(x.shape, b.shape, n.shape)
+        channels = n.shape[1] if mode == "channel" else 1
+        plane = int(np.prod(n.shape[2:], dtype=np.int64)) if mode == "channel" else 1
+        return isa.VvAlu(addr(srcs[0]), addr(srcs[1]), addr(v), length,
+                         isa.AluOp[n.op.name], isa.Broadcast[mode.upper()], channels, plane)
     if n.op == Op.RELU:
         return isa.VRelu(addr(srcs[0]), addr(v), length)
+    if n.op in UNARY_OPS:
+        alpha, beta = 0.0, 0.0
+        if n.op == Op.LEAKY_RELU:
+            alpha = n.attr("alpha", 0.01)
+        elif n.op == Op.CLIP:
+            alpha, beta = clip_bounds(n, [node(g, s).value for s in srcs[1:]])
+        bits = lambda f: int(np.float32(f).view(np.uint32))  # noqa: E731
+        return isa.VUnary(addr(srcs[0]), addr(v), length, isa.UnaryFn[n.op.name], bits(alpha),
+                          bits(beta))
     if n.op == Op.SOFTMAX:
-        return isa.VSoftmax(addr(srcs[0]), addr(v), length // n.shape[-1], n.shape[-1])
+        rows, cols = softmax_rows(n)
+        return isa.VSoftmax(addr(srcs[0]), addr(v), rows, cols)
     b, c, h, w = x.shape
-    if n.op == Op.GLOBAL_AVGPOOL:
-        return isa.VPool(addr(srcs[0]), addr(v), PoolMode.GLOBAL_AVG, b, c, h, w, h, w, 1, 1,
+    if n.op in (Op.GLOBAL_AVGPOOL, Op.GLOBAL_MAXPOOL):
+        mode = PoolMode.GLOBAL_AVG if n.op == Op.GLOBAL_AVGPOOL else PoolMode.GLOBAL_MAX
+        return isa.VPool(addr(srcs[0]), addr(v), mode, b, c, h, w, h, w, 1, 1,
                          0, 0, 0, 0, 0, 0)
     geom = conv_geometry(n, x.shape, tuple(n.attr("kernel_shape")))
     mode = PoolMode.MAX if n.op == Op.MAXPOOL else PoolMode.AVG

@@ -30,7 +30,6 @@ from compiler.options import CompileOptions
 from compiler.placement import on_device
 from simulator.numerics import quantize
 
-
 _ADD = helper.make_node("Add", ["a", "b"], ["y"]).SerializeToString()
 
 
@@ -229,7 +228,9 @@ def fuse_relu(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
         src = inputs_of(g, name)[0]
         p = node(g, src)
         if p.op in (Op.NPU_CONV, Op.NPU_DENSE, Op.ADD) and not p.attr("relu") \
-                and _sole_consumer(g, src, name) and on_device(g, src):
+                and _sole_consumer(g, src, name) and on_device(g, src) \
+                and (p.op != Op.ADD or all(node(g, s).shape == p.shape
+                                           for s in inputs_of(g, src))):
             new = p.with_attrs(relu=True)
             new = Node(new.op, n.shape, n.dtype, new.attrs, origin=p.origin + n.origin)
             _rewire(g, name, new, inputs_of(g, src))

@@ -206,6 +206,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from runtime.zoo import LIGHT_MODELS, MODELS, ZOO_DESCRIPTIONS, load_light_model
+
+    if args.zoo_command == "list":
+        width = max(len(n) for n in MODELS)
+        for name in MODELS:
+            print(f"{name:<{width}}  {ZOO_DESCRIPTIONS[name]}")
+        print(f"\nfrom the onnx package (seeded weights, export as light:NAME): "
+              f"{', '.join(LIGHT_MODELS)}")
+        return 0
+    import onnx
+
+    name = args.name
+    if name.startswith("light:"):
+        try:
+            model = load_light_model(name[len("light:"):], seed=args.seed)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    elif name in MODELS:
+        model = MODELS[name](seed=args.seed, featurizer=not args.classifier)
+    else:
+        raise UsageError(f"unknown zoo model {name!r}; choose one of {', '.join(MODELS)} "
+                         "or light:NAME")
+    _atomic_write(Path(args.output), lambda tmp: onnx.save(model, tmp))
+    print(f"{name} (seed {args.seed}) -> {args.output}")
+    return 0
+
+
 class UsageError(ValueError):
     """A command line that cannot be carried out."""
 
@@ -248,6 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("program")
     i.add_argument("--disasm", action="store_true", help="list every instruction")
     i.set_defaults(fn=cmd_inspect)
+
+    z = sub.add_parser("zoo", help="the bundled models: list them, export one as ONNX")
+    zsub = z.add_subparsers(dest="zoo_command", required=True)
+    zsub.add_parser("list", help="list the models")
+    ze = zsub.add_parser("export", help="write a model with seeded weights as ONNX (opset 17)")
+    ze.add_argument("name", help="a zoo name, or light:NAME for the onnx package's models")
+    ze.add_argument("-o", "--output", required=True)
+    ze.add_argument("--seed", type=int, default=0)
+    ze.add_argument("--classifier", action="store_true",
+                    help="append the default classifier head (dense + softmax over 1000)")
+    z.set_defaults(fn=cmd_zoo)
 
     d = sub.add_parser("demo", help="compile and run the bundled ResNet-50 featurizer")
     device_opts(d)

@@ -16,9 +16,9 @@ import numpy as np
 
 from simulator import isa, kernels, timing
 from simulator.config import DeviceConfig
+from simulator.host import host_kernel
 from simulator.kernels import ConvGeometry
 from simulator.numerics import BfpTensor, Rounding, unpack
-from simulator.host import host_kernel
 from simulator.program import Program, ProgramError, TensorDesc
 
 
@@ -181,6 +181,25 @@ class Device:
             self._store(i.dst, kernels.softmax(self._f32(i.src, (i.rows, i.cols)), -1))
         elif isinstance(i, isa.VPool):
             self._pool(i)
+        elif isinstance(i, isa.VvAlu):
+            a = self._f32(i.src0, (i.length,))
+            if i.bcast == isa.Broadcast.CHANNEL:
+                b = self._f32(i.src1, (1, i.channels, 1))
+                a = a.reshape(-1, i.channels, i.plane)
+            else:
+                b = self._f32(i.src1, (i.length if i.bcast == isa.Broadcast.NONE else 1,))
+            self._store(i.dst, kernels.alu(isa.AluOp(i.op).name.lower(), a, b))
+        elif isinstance(i, isa.VUnary):
+            alpha, beta = (float(np.uint32(v).view(np.float32)) for v in (i.alpha, i.beta))
+            self._store(i.dst, kernels.unary(isa.UnaryFn(i.fn).name.lower(),
+                                             self._f32(i.src, (i.length,)), alpha, beta))
+        elif isinstance(i, isa.VCopy):
+            src = self._dram[i.src:i.src + 4 * i.rows * i.src_stride].view(np.float32)
+            dst = self._dram[i.dst:i.dst + 4 * ((i.rows - 1) * i.dst_stride + i.row_len)]
+            dst = dst.view(np.float32)
+            dst_rows = np.lib.stride_tricks.as_strided(
+                dst, (i.rows, i.row_len), (4 * i.dst_stride, 4))
+            dst_rows[:] = src.reshape(i.rows, i.src_stride)[:, :i.row_len]
 
     def _mv_mul(self, i: isa.MvMul, fmt, rounding) -> None:
         x = self._f32(i.src, (i.batch, i.channels, i.height, i.width))
@@ -205,6 +224,8 @@ class Device:
         x = self._f32(i.src, (i.batch, i.channels, i.height, i.width))
         if i.mode == isa.PoolMode.GLOBAL_AVG:
             y = kernels.global_avgpool(x)
+        elif i.mode == isa.PoolMode.GLOBAL_MAX:
+            y = kernels.global_maxpool(x)
         else:
             geom = ConvGeometry((i.kernel_h, i.kernel_w), (i.stride_h, i.stride_w),
                                 (i.pad_top, i.pad_left, i.pad_bottom, i.pad_right))

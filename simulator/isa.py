@@ -38,6 +38,9 @@ class Opcode(IntEnum):
     V_RELU = 0x21
     V_POOL = 0x22
     V_SOFTMAX = 0x23
+    VV_ALU = 0x24
+    V_UNARY = 0x25
+    V_COPY = 0x26
     # host
     HOST_CALL = 0x30
     # control
@@ -48,6 +51,30 @@ class PoolMode(IntEnum):
     MAX = 0
     AVG = 1
     GLOBAL_AVG = 2
+    GLOBAL_MAX = 3
+
+
+class AluOp(IntEnum):
+    ADD = 0
+    SUB = 1
+    MUL = 2
+    DIV = 3
+
+
+class Broadcast(IntEnum):
+    """How ``VV_ALU``'s second operand spreads over the first."""
+
+    NONE = 0
+    CHANNEL = 1
+    """one value per channel of an NCHW (or NC) tensor"""
+    SCALAR = 2
+
+
+class UnaryFn(IntEnum):
+    SIGMOID = 0
+    TANH = 1
+    LEAKY_RELU = 2
+    CLIP = 3
 
 
 class EncodingError(ValueError):
@@ -240,6 +267,56 @@ class VSoftmax(Instruction):
 
 
 @dataclass(frozen=True)
+class VvAlu(Instruction):
+    """Element-wise arithmetic, the second operand broadcast per ``bcast``::
+
+        for i < length: dst[i] = src0[i] <op> src1[i]                 # NONE
+                        dst[i] = src0[i] <op> src1[(i // plane) % channels]   # CHANNEL
+                        dst[i] = src0[i] <op> src1[0]                 # SCALAR
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.VV_ALU
+    src0: int = _f("addr")
+    src1: int = _f("addr")
+    dst: int = _f("addr")
+    length: int = _f("length")
+    op: int = _f("small")
+    bcast: int = _f("small")
+    channels: int = _f("length")
+    plane: int = _f("length")
+
+
+@dataclass(frozen=True)
+class VUnary(Instruction):
+    """``for i < length: dst[i] = fn(src[i]; alpha, beta)``; alpha/beta are fp32 bit patterns
+    (LeakyRelu slope; Clip min and max)."""
+
+    OPCODE: ClassVar[Opcode] = Opcode.V_UNARY
+    src: int = _f("addr")
+    dst: int = _f("addr")
+    length: int = _f("length")
+    fn: int = _f("small")
+    alpha: int = _f("length")
+    beta: int = _f("length")
+
+
+@dataclass(frozen=True)
+class VCopy(Instruction):
+    """A strided copy (one Concat operand into its place)::
+
+        for r < rows: dst[r * dst_stride : + row_len] = src[r * src_stride : + row_len]
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.V_COPY
+    src: int = _f("addr")
+    dst: int = _f("addr")
+    rows: int = _f("length")
+    row_len: int = _f("length")
+    src_stride: int = _f("length")
+    dst_stride: int = _f("length")
+
+
+@dataclass(frozen=True)
 class HostCall(Instruction):
     """Run host op ``index`` of the program's host section (onnxruntime on the CPU)::
 
@@ -260,6 +337,6 @@ class EndChain(Instruction):
 
 
 _BY_OPCODE: dict[Opcode, type[Instruction]] = {
-    cls.OPCODE: cls for cls in (VRd, VWr, MvMul, VvAdd, VRelu, VPool, VSoftmax, HostCall,
-                                EndChain)}
+    cls.OPCODE: cls for cls in (VRd, VWr, MvMul, VvAdd, VRelu, VPool, VSoftmax, VvAlu, VUnary,
+                                VCopy, HostCall, EndChain)}
 INSTRUCTIONS = tuple(_BY_OPCODE.values())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.numerics import BfpTensor, Format, Rounding, matmul
+from simulator.numerics import BfpTensor, Format, Rounding, bfp_matmul, matmul, quantize
 
 
 @dataclass(frozen=True)
@@ -63,18 +63,15 @@ def _windows(x: np.ndarray, g: ConvGeometry, fill: float, out_hw: tuple[int, int
         writeable=False)
 
 
-def im2col(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    """``[B * OH * OW, KH * KW * C]`` patches, K ordered (kh, kw, c)."""
-    oh, ow = g.output_hw(x.shape[2], x.shape[3])
-    win = _windows(x, g, 0.0, (oh, ow))
-    return win.reshape(x.shape[0] * oh * ow, -1)
-
-
-def _weight_rows(w: np.ndarray | BfpTensor, start: int, stop: int) -> np.ndarray | BfpTensor:
+def _weight_rows(w: np.ndarray | BfpTensor, start: int, stop: int,
+                 squeeze: bool = False) -> np.ndarray | BfpTensor:
+    """Rows ``start:stop`` of the leading axis (``squeeze``: the single row, its axis dropped)."""
     if isinstance(w, BfpTensor):
-        nb = w.q.shape[-1] // w.fmt.block_size
-        return BfpTensor(w.fmt, w.q[start:stop], w.exponents[start:stop].reshape(-1, nb), w.length)
-    return w[start:stop]
+        q, e = w.q[start:stop], w.exponents[start:stop]
+        if squeeze:
+            q, e = q[0], e[0]
+        return BfpTensor(w.fmt, q, e, w.length)
+    return w[start] if squeeze else w[start:stop]
 
 
 def epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
@@ -93,20 +90,34 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | Non
            geom: ConvGeometry, fmt: Format, residual: np.ndarray | None = None,
            relu: bool = False, rounding: Rounding = Rounding.NEAREST_EVEN,
            seed: int = 0) -> np.ndarray:
-    """Convolution on the matrix unit; ``weight`` is ``[O, KH*KW*C/groups]``."""
+    """Convolution on the matrix unit; ``weight`` is ``[O, KH*KW*C/groups]``.
+
+    Groups are independent GEMMs over their own channels: the patches are gathered
+    once and split by group, K ordered (kh, kw, c) within each group.
+    """
     b, c, h, w_ = x.shape
     o = weight.shape[0]
     oh, ow = geom.output_hw(h, w_)
-    cg, og = c // geom.groups, o // geom.groups
-    cols = []
-    for grp in range(geom.groups):
-        xs = x[:, grp * cg:(grp + 1) * cg]
-        a = im2col(xs, geom) if geom.kernel != (1, 1) or geom.pads != (0, 0, 0, 0) \
-            or geom.strides != (1, 1) else xs.transpose(0, 2, 3, 1).reshape(-1, cg)
-        # one group: the weight tensor itself, so its decoded tiles stay cached
-        wg = weight if geom.groups == 1 else _weight_rows(weight, grp * og, (grp + 1) * og)
-        cols.append(matmul(a, wg, fmt, rounding, seed))
-    y = cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)
+    g = geom.groups
+    cg, og = c // g, o // g
+    if geom.kernel == (1, 1) and geom.pads == (0, 0, 0, 0) and geom.strides == (1, 1):
+        patches = x.transpose(0, 2, 3, 1).reshape(b * oh * ow, 1, 1, c)
+    else:
+        patches = _windows(x, geom, 0.0, (oh, ow)).reshape(b * oh * ow, *geom.kernel, c)
+    if g == 1:
+        y = matmul(patches.reshape(b * oh * ow, -1), weight, fmt, rounding, seed)
+    else:
+        n = patches.shape[0]
+        a = patches.reshape(n, *geom.kernel, g, cg).transpose(3, 0, 1, 2, 4).reshape(g, n, -1)
+        if fmt.is_fp32:
+            wg = np.asarray(weight, np.float32).reshape(g, og, -1)
+            y = np.matmul(wg, a.transpose(0, 2, 1)).reshape(o, n).T
+        else:
+            qa = quantize(a, fmt, rounding, seed)
+            cols = [bfp_matmul(_weight_rows(qa, grp, grp + 1, squeeze=True),
+                               _weight_rows(weight, grp * og, (grp + 1) * og))
+                    for grp in range(g)]
+            y = np.concatenate(cols, axis=1)
     y = y.reshape(b, oh, ow, o).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(epilogue(y, bias[:, None, None] if bias is not None else None,
                                          residual, relu))
@@ -162,3 +173,30 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     z = x.astype(np.float64)
     z = np.exp(z - z.max(axis=axis, keepdims=True))
     return (z / z.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+ALU = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+
+
+def alu(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One fp32 operation per element, ``b`` broadcast (numpy rules)."""
+    with np.errstate(all="ignore"):
+        return ALU[op](a, b, dtype=np.float32)
+
+
+def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0) -> np.ndarray:
+    """Sigmoid and tanh in float64 rounded once to fp32; LeakyRelu and Clip exact in fp32."""
+    with np.errstate(all="ignore"):
+        if fn == "sigmoid":
+            return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+        if fn == "tanh":
+            return np.tanh(x.astype(np.float64)).astype(np.float32)
+        if fn == "leaky_relu":
+            return np.where(x >= 0, x, np.float32(alpha) * x).astype(np.float32)
+        if fn == "clip":
+            return np.minimum(np.maximum(x, np.float32(alpha)), np.float32(beta))
+    raise ValueError(f"unknown vector function {fn!r}")
+
+
+def global_maxpool(x: np.ndarray) -> np.ndarray:
+    return x.max(axis=(2, 3), keepdims=True)

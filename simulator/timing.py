@@ -84,12 +84,14 @@ def cost(i: isa.Instruction, cfg: DeviceConfig, weight_bytes: int = 0,
         return mv_mul_cost(i, cfg, weight_bytes)
     if isinstance(i, (isa.VRd, isa.VWr)):
         return host_cost(i.nbytes, cfg)
-    if isinstance(i, (isa.VvAdd, isa.VRelu)):
+    if isinstance(i, (isa.VvAdd, isa.VRelu, isa.VvAlu, isa.VUnary)):
         return vector_cost(i.length, cfg)
+    if isinstance(i, isa.VCopy):
+        return vector_cost(i.rows * i.row_len, cfg)
     if isinstance(i, isa.VSoftmax):
         return vector_cost(3 * i.rows * i.cols, cfg)  # max, exp-sum, scale passes
     if isinstance(i, isa.VPool):
-        if i.mode == isa.PoolMode.GLOBAL_AVG:
+        if i.mode in (isa.PoolMode.GLOBAL_AVG, isa.PoolMode.GLOBAL_MAX):
             return vector_cost(i.batch * i.channels * i.height * i.width, cfg)
         oh, ow = conv_output_hw(i)
         return vector_cost(i.batch * i.channels * oh * ow * i.kernel_h * i.kernel_w, cfg)

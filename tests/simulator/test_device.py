@@ -52,11 +52,26 @@ def _models():
     yield "broadcast_add_on_host", make_model(
         [helper.make_node("Add", ["x", "b"], ["a"], name="bias_add"),
          helper.make_node("Relu", ["a"], ["y"])],
-        {"x": [1, 3, 4, 4]}, {"y": [1, 3, 4, 4]}, {"b": rand(rng, 3, 1, 1)})
+        {"x": [1, 3, 4, 4]}, {"y": [1, 3, 4, 4]}, {"b": rand(rng, 4, 1)})
     yield "activation_matmul_on_host", make_model(
         [helper.make_node("MatMul", ["x", "z"], ["m"], name="act_matmul"),
          helper.make_node("Gemm", ["m", "w"], ["y"])],
         {"x": [2, 3], "z": [3, 5]}, {"y": [2, 4]}, {"w": rand(rng, 5, 4)})
+    yield "vector_unit_ops", make_model(
+        [helper.make_node("Mul", ["x", "scale"], ["m"]),
+         helper.make_node("Sub", ["m", "half"], ["s"]),
+         helper.make_node("Div", ["s", "x"], ["d"]),
+         helper.make_node("Sigmoid", ["d"], ["sg"]),
+         helper.make_node("Tanh", ["x"], ["th"]),
+         helper.make_node("LeakyRelu", ["x"], ["lr"], alpha=0.2),
+         helper.make_node("Clip", ["x", "lo", "hi"], ["cl"]),
+         helper.make_node("Concat", ["sg", "th", "lr", "cl"], ["cat"], axis=1),
+         helper.make_node("Concat", ["cat", "cat"], ["cat2"], axis=2),
+         helper.make_node("GlobalMaxPool", ["cat2"], ["gm"]),
+         helper.make_node("Softmax", ["gm"], ["y"], axis=1)],
+        {"x": [1, 3, 4, 5]}, {"y": [1, 12, 1, 1]},
+        {"scale": rand(rng, 3, 1, 1), "half": np.array([0.5], np.float32),
+         "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32)})
     yield "host_ops_with_int_shapes", make_model(
         [helper.make_node("Shape", ["x"], ["s"]),
          helper.make_node("Tanh", ["x"], ["t"]),
@@ -133,6 +148,12 @@ def test_bad_inputs_are_named():
         sess.run(None, {"x": np.full((1, 8, 8, 8), "a")})
     with pytest.raises(InputError, match="unknown output"):
         sess.run(["nope"], {"x": np.zeros((1, 8, 8, 8), np.float32)})
+
+
+def test_vector_unit_ops_all_run_on_device():
+    prog = compile_full(MODELS["vector_unit_ops"], device="tiny").program
+    assert not prog.host_ops
+    assert {r["where"] for r in prog.metadata["placement"]} == {"device"}
 
 
 def test_host_forms_are_refused_by_name_with_strict():
