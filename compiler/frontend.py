@@ -95,6 +95,10 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes) -> nx.DiGraph:
     for vi in gp.input:
         if vi.name in inits:
             continue
+        if vi.type.WhichOneof("value") != "tensor_type":
+            raise CompileError(f"model input '{vi.name}' has type "
+                               f"{vi.type.WhichOneof('value') or 'unknown'}, not tensor: npusim "
+                               "compiles graphs of tensors only")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
         add_node(g, vi.name, Node(Op.INPUT, _static_shape(vi, "model input"), dtype))
         g.graph["inputs"].append(vi.name)

@@ -148,7 +148,7 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         for s in inputs_of(g, v):
             if s in root:
                 last_use[root[s]] = i
-    keep = {root[o] for o in outputs}
+    keep = {root[o] for o in outputs if o in root}
     arena, offset = _Arena(), {}
     for i, v in enumerate(order):
         if root.get(v) == v:
@@ -198,7 +198,7 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
                 emit(instr, v, "Concat")
             continue
         emit(_instruction(g, v, n, srcs, addr, pinned), v,
-             _op_label(n, n.op in (Op.NPU_CONV, Op.NPU_DENSE) and len(srcs) > 3))
+             op_label(n, n.op in (Op.NPU_CONV, Op.NPU_DENSE) and len(srcs) > 3))
     outs = tuple(desc(v) for v in outputs)
     for i, t in enumerate(outs):
         emit(isa.VWr(i, t.addr, t.nbytes), t.name, "DeviceToHost")
@@ -227,7 +227,7 @@ def _concat(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr) -> list[isa.I
     return out
 
 
-def _op_label(n: Node, residual: bool) -> str:
+def op_label(n: Node, residual: bool) -> str:
     base = {Op.NPU_CONV: "Conv", Op.NPU_DENSE: "Dense"}.get(n.op, n.op.value)
     return base + ("+Add" if residual else "") + ("+Relu" if n.attr("relu") else "")
 

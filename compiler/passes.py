@@ -10,7 +10,6 @@ import networkx as nx
 import numpy as np
 from onnx import helper
 
-from compiler.errors import CompileError
 from compiler.interpret import conv_geometry, conv_weight_rows, evaluate_node
 from compiler.ir import (
     Node,
@@ -27,7 +26,7 @@ from compiler.ir import (
     topo_order,
 )
 from compiler.options import CompileOptions
-from compiler.placement import on_device
+from compiler.placement import is_identity, on_device
 from simulator.numerics import quantize
 
 _ADD = helper.make_node("Add", ["a", "b"], ["y"]).SerializeToString()
@@ -90,7 +89,8 @@ def remove_identities(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     """Drop Identity and (inference-mode) Dropout, unless they name a graph output."""
     g = g.copy()
     for name in topo_order(g):
-        if node(g, name).op in (Op.IDENTITY, Op.DROPOUT) and name not in g.graph["outputs"]:
+        if node(g, name).op in (Op.IDENTITY, Op.DROPOUT) and name not in g.graph["outputs"] \
+                and is_identity(g, name):
             replace_uses(g, name, inputs_of(g, name)[0])
     remove_dead(g)
     return g
@@ -141,8 +141,7 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
             bn = _const(g, f"{name}.b", bias.astype(np.float32))
             _rewire(g, name, Node(Op.NPU_CONV, n.shape, n.dtype, attrs, origin=n.origin),
                     [srcs[0], wn, bn])
-        elif n.op in (Op.GEMM, Op.MATMUL) and len(srcs) >= 2 and _is_const(g, srcs[1]) \
-                and not n.attr("transA", 0):
+        elif n.op in (Op.GEMM, Op.MATMUL) and _dense_form(g, n, srcs):
             _dense(g, name, n, srcs)
         elif n.op == Op.BATCHNORM and len(n.shape) == 4 \
                 and all(_is_const(g, s) for s in srcs[1:]):
@@ -156,15 +155,32 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     return g
 
 
+def _dense_form(g: nx.DiGraph, n: Node, srcs: list[str]) -> bool:
+    """Whether a Gemm/MatMul is ``x @ W + b`` with a constant 2-D W and a per-column b.
+
+    Anything else (activation times activation, batched or 1-D weights, a full C,
+    transposed A) stays as it is and runs on the host.
+    """
+    if len(srcs) < 2 or not _is_const(g, srcs[1]) or n.attr("transA", 0):
+        return False
+    b = node(g, srcs[1]).value
+    if b.ndim != 2 or len(node(g, srcs[0]).shape) < 2:
+        return False
+    if len(srcs) > 2:
+        c = node(g, srcs[2]).value if _is_const(g, srcs[2]) else None
+        cols = n.shape[-1]
+        if c is None or c.ndim > 2 or not (c.size == 1 or c.shape[-1] == cols == c.size):
+            return False
+    return True
+
+
 def _dense(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
     b = node(g, srcs[1]).value
     w = (b if n.attr("transB", 0) else b.T) * np.float32(n.attr("alpha", 1.0))
     bias = np.zeros(w.shape[0], np.float32)
     if len(srcs) > 2:
-        c = node(g, srcs[2]).value if _is_const(g, srcs[2]) else None
-        if c is None or c.size not in (1, w.shape[0]) or c.ndim > 2:
-            raise CompileError(f"Gemm '{n.origin[0]}': only a constant per-column C is supported")
-        bias = bias + np.float32(n.attr("beta", 1.0)) * c.reshape(-1).astype(np.float32)
+        c = node(g, srcs[2]).value.reshape(-1).astype(np.float32)
+        bias = bias + np.float32(n.attr("beta", 1.0)) * c
     wn = _const(g, f"{name}.w", np.ascontiguousarray(w, dtype=np.float32))
     bn = _const(g, f"{name}.b", bias.astype(np.float32))
     _rewire(g, name, Node(Op.NPU_DENSE, n.shape, n.dtype, make_attrs(relu=False),

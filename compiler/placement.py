@@ -65,6 +65,8 @@ def place(g: nx.DiGraph, name: str) -> tuple[str, str]:
     if n.op in MATRIX_OPS:
         return DEVICE, "matrix unit"
     if n.op in ALIAS_OPS:
+        if n.op == Op.DROPOUT and not is_identity(g, name):
+            return HOST, "training-mode Dropout"
         if srcs and srcs[0].dtype == n.dtype:
             return DEVICE, "layout only: aliases its input's buffer"
         return HOST, "changes the data type"
@@ -96,6 +98,17 @@ def place(g: nx.DiGraph, name: str) -> tuple[str, str]:
     if n.op in (Op.GLOBAL_AVGPOOL, Op.GLOBAL_MAXPOOL) and len(n.shape) != 4:
         return HOST, "only 2-D pooling on the vector unit"
     return DEVICE, "vector unit"
+
+
+def is_identity(g: nx.DiGraph, name: str) -> bool:
+    """Identity always; Dropout unless its training_mode input may be true."""
+    if node(g, name).op != Op.DROPOUT:
+        return node(g, name).op == Op.IDENTITY
+    srcs = inputs_of(g, name)
+    if len(srcs) < 3:
+        return True
+    mode = node(g, srcs[2])
+    return mode.op == Op.CONST and not bool(np.asarray(mode.value))
 
 
 def on_device(g: nx.DiGraph, name: str) -> bool:

@@ -234,6 +234,21 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from compiler.frontend import load_onnx
+    from runtime.compare import compare_layers, default_inputs, format_rows
+
+    model = load_onnx(args.model)
+    feeds = default_inputs(model, args.seed)
+    feeds.update(_parse_inputs(args.input, list(feeds)))
+    rows = compare_layers(model, args.numerics, feeds, args.device)
+    print(f"{args.model}: {args.numerics} against fp32, layer by layer")
+    print(format_rows(rows))
+    if args.json:
+        _write_json(Path(args.json), rows)
+    return 0
+
+
 class UsageError(ValueError):
     """A command line that cannot be carried out."""
 
@@ -276,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("program")
     i.add_argument("--disasm", action="store_true", help="list every instruction")
     i.set_defaults(fn=cmd_inspect)
+
+    cp = sub.add_parser("compare", help="per-layer error of a format against fp32")
+    cp.add_argument("model")
+    cp.add_argument("--numerics", choices=FORMAT_NAMES, required=True)
+    cp.add_argument("--device", help="preset name or TOML/JSON file (default brainwave-s10)")
+    cp.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                    help="inputs (default: seeded standard normal)")
+    cp.add_argument("--seed", type=int, default=0, help="seed of the default inputs")
+    cp.add_argument("--json", help="also write the rows as JSON")
+    cp.set_defaults(fn=cmd_compare)
 
     z = sub.add_parser("zoo", help="the bundled models: list them, export one as ONNX")
     zsub = z.add_subparsers(dest="zoo_command", required=True)

@@ -17,8 +17,8 @@ class HostKernel:
         try:
             self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise HostOpError(f"onnxruntime cannot run host op: {first}") from None
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise HostOpError(f"onnxruntime cannot run host op: {text[:400]}") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, args: list[np.ndarray]) -> np.ndarray:

@@ -371,6 +371,10 @@ def matmul(a: np.ndarray, w: np.ndarray | BfpTensor, fmt: Format,
 # --- packing into the program's weight section --------------------------------------
 
 
+_PACK_CHUNK = 1 << 20
+"""Elements packed or unpacked at a time (a multiple of 8, so chunks end on a byte)."""
+
+
 def pack(t: BfpTensor) -> bytes:
     """Pack elements as ``element_bits``-bit sign-magnitude codes, MSB first.
 
@@ -378,11 +382,15 @@ def pack(t: BfpTensor) -> bytes:
     ``(s << M) | m`` bit-packed big-endian in row-major order, zero-padded to a byte.
     """
     fmt = t.fmt
-    q = t.q.astype(np.int16).ravel()
-    codes = (np.where(q < 0, 1 << fmt.mantissa_bits, 0) | np.abs(q)).astype(np.uint16)
-    shifts = np.arange(fmt.element_bits - 1, -1, -1, dtype=np.uint16)
-    bits = ((codes[:, None] >> shifts) & 1).astype(np.uint8)
-    return t.exponents.astype(np.uint8).tobytes() + np.packbits(bits.ravel()).tobytes()
+    q = t.q.ravel()
+    shifts = np.arange(fmt.element_bits - 1, -1, -1, dtype=np.uint8)
+    parts = [t.exponents.astype(np.uint8).tobytes()]
+    for start in range(0, q.size, _PACK_CHUNK):
+        qc = q[start:start + _PACK_CHUNK].astype(np.int16)
+        codes = (np.where(qc < 0, 1 << fmt.mantissa_bits, 0) | np.abs(qc)).astype(np.uint8)
+        bits = (codes[:, None] >> shifts) & 1
+        parts.append(np.packbits(bits.ravel()).tobytes())
+    return b"".join(parts)
 
 
 def packed_size(shape: tuple[int, ...], fmt: Format) -> int:
@@ -402,12 +410,17 @@ def unpack(data: bytes, shape: tuple[int, ...], fmt: Format) -> BfpTensor:
     nexp = rows * blocks
     exps = np.frombuffer(data, np.uint8, nexp).reshape(*shape[:-1], blocks).copy()
     count = nexp * fmt.block_size
-    bits = np.unpackbits(np.frombuffer(data, np.uint8, offset=nexp))[: count * fmt.element_bits]
-    bits = bits.reshape(count, fmt.element_bits).astype(np.int16)
-    weights = (1 << np.arange(fmt.element_bits - 1, -1, -1)).astype(np.int16)
-    codes = bits @ weights
-    m = codes & fmt.max_mantissa
-    q = np.where(codes >> fmt.mantissa_bits, -m, m).astype(np.int8)
+    eb = fmt.element_bits
+    payload = np.frombuffer(data, np.uint8, offset=nexp)
+    weights = (1 << np.arange(eb - 1, -1, -1)).astype(np.uint8)
+    q = np.empty(count, np.int8)
+    for start in range(0, count, _PACK_CHUNK):
+        n = min(_PACK_CHUNK, count - start)
+        chunk = payload[start * eb // 8:-(-(start + n) * eb // 8)]
+        bits = np.unpackbits(chunk)[:n * eb].reshape(n, eb)
+        codes = (bits * weights).sum(axis=1, dtype=np.uint16)
+        m = (codes & fmt.max_mantissa).astype(np.int16)
+        q[start:start + n] = np.where(codes >> fmt.mantissa_bits, -m, m)
     return BfpTensor(fmt, q.reshape(*shape[:-1], blocks * fmt.block_size), exps, shape[-1])
 
 

@@ -1,0 +1,248 @@
+# SPDX-License-Identifier: Apache-2.0
+"""ONNX backend conformance: the onnx package's node tests, run through npusim.
+
+The cases are the node tests (``onnx.backend.test.data.node``) of the ops in
+``OPS``: a case belongs to the op of its single node, and an ``_expanded`` case
+(the op's function body) to the op of its base case. They run through
+:class:`runtime.backend.NpusimBackend` in fp32 on the default device, with the
+test runner's own tolerances. Every case that cannot pass is excluded with its
+reason in ``SKIPS``; ``benchmarks/conformance_report.py`` prints the per-op table.
+
+In these cases the weights of Conv, Gemm, MatMul and BatchNormalization are graph
+inputs, so the compiler keeps those ops on the host. ``test_matrix_unit`` runs the
+same cases with the weights frozen as initializers, which puts them on the
+matrix unit, and checks that they did run on the device.
+"""
+
+from __future__ import annotations
+
+import re
+import unittest
+import warnings
+from functools import cache
+
+import numpy as np
+import onnx
+import onnx.backend.test
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.backend.test.loader import load_model_tests
+from onnx.backend.test.runner import Runner
+
+from compiler import UnsupportedOpError
+from runtime import backend
+from runtime.backend import NpusimBackend
+from simulator.device import InputError
+
+OPS = ("Conv", "ConvTranspose", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid",
+       "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Add", "Sum",
+       "Mul", "Sub", "Div", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+       "Pad", "Gemm", "MatMul", "Softmax", "LRN", "Dropout", "Identity", "Constant",
+       "ConstantOfShape")
+"""The ops whose node tests run here."""
+
+_FIRST_OUTPUT_ONLY = ("the compiler keeps only a node's first output and refuses a graph that "
+                      "uses another one (UnsupportedOpError)")
+
+SKIPS: dict[str, str] = {
+    r"test_batchnorm_(epsilon|example)_training_mode":
+        "training mode: the graph uses the running_mean and running_var outputs; "
+        + _FIRST_OUTPUT_ONLY,
+    r"test_(training_)?dropout\w*_mask(_ratio)?":
+        "the mask output is used; " + _FIRST_OUTPUT_ONLY,
+    r"test_training_dropout(_default)?":
+        "training-mode Dropout with ratio > 0 is random: the expected output was drawn with "
+        "numpy's RNG, which no backend reproduces (npusim runs it on the host)",
+    r"test_maxpool_with_argmax_2d_precomputed_(pads|strides)":
+        "the Indices output is used; " + _FIRST_OUTPUT_ONLY,
+    r"test_identity_sequence":
+        "sequence-typed input and output: npusim compiles graphs of tensors only (CompileError)",
+    r"test_identity_opt":
+        "optional-typed input and output: npusim compiles graphs of tensors only (CompileError)",
+}
+"""Case-name pattern (a regular expression matched against the whole name) -> reason."""
+
+MATRIX_OPS = ("Conv", "BatchNormalization", "Gemm", "MatMul")
+"""Ops whose weights ``test_matrix_unit`` freezes, so that they run on the matrix unit."""
+
+MATRIX_SKIPS: dict[str, str] = {
+    r"test_gemm_(transposeA|all_attributes)":
+        "transA = 1: the Gemm stays on the host (the matrix unit streams A untransposed); "
+        "covered by the host cases above",
+    r"test_gemm_default_matrix_bias":
+        "a full [M, N] C is not a per-column bias: the Gemm stays on the host; covered above",
+    r"test_matmul_(3d|4d|bcast|1d_3d|4d_1d|1d_1d)":
+        "batched (rank >= 3) or 1-D operands: the MatMul stays on the host; covered above",
+}
+"""Like ``SKIPS``, for ``test_matrix_unit``."""
+
+_EXPANDED = re.compile(r"_expanded(_ver\d+)?$")
+
+
+@cache
+def node_cases() -> dict[str, object]:
+    """The onnx package's node test cases by name (loaded once; onnx caches them too)."""
+    with warnings.catch_warnings():  # some generators overflow on purpose (Cast, Reduce*)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {t.name: t for t in load_model_tests(kind="node")}
+
+
+@cache
+def case_ops() -> dict[str, str]:
+    """Selected case name -> its op, for every node test case of an op in ``OPS``."""
+    single = {}
+    for name, t in node_cases().items():
+        nodes = t.model.graph.node
+        if len(nodes) == 1 and nodes[0].domain in ("", "ai.onnx"):
+            single[name] = nodes[0].op_type
+    selected = {}
+    for name in node_cases():
+        op = single.get(_EXPANDED.sub("", name))
+        if op in OPS:
+            selected[name] = op
+    return dict(sorted(selected.items()))
+
+
+def skip_reason(case: str, skips: dict[str, str] = SKIPS) -> str | None:
+    """The reason ``case`` is skipped, or ``None``."""
+    for pattern, reason in skips.items():
+        if re.fullmatch(pattern, case):
+            return reason
+    return None
+
+
+def matrix_cases() -> list[str]:
+    """Cases of ``MATRIX_OPS`` with weights to freeze (not already skipped)."""
+    return [c for c, op in case_ops().items() if op in MATRIX_OPS and not _EXPANDED.search(c)
+            and len(node_cases()[c].model.graph.input) > 1 and skip_reason(c) is None]
+
+
+def frozen_weights(model: onnx.ModelProto, inputs: list[np.ndarray]) -> onnx.ModelProto:
+    """``model`` with every graph input but the first made an initializer of its value."""
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(model)
+    graph = frozen.graph
+    for vi, value in list(zip(graph.input, inputs))[1:]:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), vi.name))
+    del graph.input[1:]
+    return frozen
+
+
+def run_matrix_case(case: str) -> list[dict]:
+    """Run ``case`` with frozen weights; check the outputs; return the placement rows."""
+    t = node_cases()[case]
+    rows: list[dict] = []
+    for inputs, refs in t.data_sets:
+        inputs = [np.asarray(i) for i in inputs]
+        rep = NpusimBackend.prepare(frozen_weights(t.model, inputs))
+        outputs = rep.run(inputs[:1])
+        Runner.assert_similar_outputs([np.asarray(r) for r in refs], outputs, t.rtol, t.atol)
+        rows += rep.programs[0].metadata["placement"]
+    return rows
+
+
+# --- the backend test cases ---
+_selected = case_ops()  # loads the node cases first, with their warnings silenced
+backend_test = onnx.backend.test.BackendTest(NpusimBackend, __name__)
+for _op in OPS:
+    _names = [c for c, op in _selected.items() if op == _op]
+    backend_test.include(rf"^(?:{'|'.join(map(re.escape, _names))})_cpu$")
+for _pattern in SKIPS:
+    backend_test.exclude(rf"^(?:{_pattern})_cpu$")
+
+with warnings.catch_warnings():  # the report's marker is onnx's, registered by no one here
+    warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
+    _test_cases = backend_test.enable_report().test_cases
+for _cls in _test_cases.values():  # say why, not which pattern, in pytest's skip summary
+    for _name in [n for n in vars(_cls) if n.endswith("_cpu")]:
+        _reason = skip_reason(_name.removesuffix("_cpu"))
+        if _reason is not None:
+            setattr(_cls, _name, unittest.skip(_reason)(getattr(_cls, _name)))
+globals().update(_test_cases)
+
+
+# --- the same cases on the matrix unit ---
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=pytest.mark.skip(reason=r) if (r := skip_reason(c, MATRIX_SKIPS))
+                 else ()) for c in matrix_cases()])
+def test_matrix_unit(case: str) -> None:
+    op = case_ops()[case]
+    rows = run_matrix_case(case)
+    where = {r["where"] for r in rows if r["op"] == op}
+    assert where == {"device"}, f"{case}: {op} ran on {where}: {rows}"
+
+
+# --- the selection itself ---
+def test_every_op_has_cases() -> None:
+    ops = set(case_ops().values())
+    assert ops == set(OPS), f"ops without node test cases: {sorted(set(OPS) - ops)}"
+
+
+@pytest.mark.parametrize("skips", [SKIPS, MATRIX_SKIPS], ids=["SKIPS", "MATRIX_SKIPS"])
+def test_every_skip_names_a_case(skips: dict[str, str]) -> None:
+    cases = case_ops() if skips is SKIPS else matrix_cases()
+    stale = [p for p in skips if not any(re.fullmatch(p, c) for c in cases)]
+    assert not stale, f"skip patterns that match no selected case: {stale}"
+
+
+# --- the backend API beyond the node tests ---
+def _dynamic_conv() -> onnx.ModelProto:
+    """x[N, 3, H, 8] -> Conv 3x3 (constant weights) -> Relu, with symbolic N and H."""
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "dynamic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H", 8])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_dynamic_shapes_compile_per_signature() -> None:
+    model = _dynamic_conv()
+    rep = backend.prepare(model)
+    assert not rep.static and rep.programs == ()
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for shape in [(1, 3, 8, 8), (2, 3, 5, 8), (1, 3, 8, 8)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        (y,) = rep.run({"x": x})
+        np.testing.assert_allclose(y, ref.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    assert len(rep.programs) == 2  # one per input shape signature
+    assert all(r["where"] == "device" for p in rep.programs for r in p.metadata["placement"])
+    with pytest.raises(InputError, match="expected"):
+        rep.run([np.zeros((1, 4, 8, 8), np.float32)])  # a fixed dimension contradicted
+
+
+def test_run_node_and_run_model() -> None:
+    x = np.array([[-1.0, 2.0], [3.0, -4.0]], np.float32)
+    (y,) = backend.run_node(helper.make_node("Relu", ["x"], ["y"]), [x], opset_version=17)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    (s,) = backend.run_node(helper.make_node("Add", ["a", "a"], ["s"]), {"a": x},
+                            opset_version=17)
+    np.testing.assert_array_equal(s, x + x)
+    t = node_cases()["test_gemm_default_vector_bias"]
+    (inputs, refs), = t.data_sets
+    (out,) = backend.run_model(t.model, list(inputs))
+    np.testing.assert_allclose(out, refs[0], rtol=t.rtol, atol=t.atol)
+
+
+def test_clear_errors() -> None:
+    x = np.ones((1, 1, 4, 4), np.float32)
+    with pytest.raises(UnsupportedOpError, match="output 'i' of MaxPool"):
+        backend.run_node(helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2]),
+                         [x], opset_version=17)
+    assert backend.supports_device("CPU") and not backend.supports_device("CUDA")
+    model = node_cases()["test_relu"].model
+    with pytest.raises(ValueError, match="unsupported device 'CUDA'"):
+        backend.prepare(model, "CUDA")
+    with pytest.raises(TypeError, match="unknown option"):
+        backend.prepare(model, opset=3)
+    rep = backend.prepare(model)
+    with pytest.raises(InputError, match="takes 1 input"):
+        rep.run([x, x])
+    with pytest.raises(InputError, match="unknown input 'z'"):
+        rep.run({"z": x})
