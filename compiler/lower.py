@@ -83,7 +83,8 @@ def placement_report(g: nx.DiGraph) -> list[dict]:
         if n.op == Op.INPUT or (n.op == Op.CONST and not n.origin):
             continue
         where, why = place(g, v)
-        op = n.attr("onnx_op") or n.op.value
+        residual = n.op in (Op.NPU_CONV, Op.NPU_DENSE) and len(inputs_of(g, v)) > 3
+        op = n.attr("onnx_op") or op_label(n, residual)
         rows.append({"value": v, "op": op, "nodes": list(n.origin), "where": where, "why": why})
     return rows
 

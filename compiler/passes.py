@@ -30,6 +30,7 @@ from compiler.placement import is_identity, on_device
 from simulator.numerics import quantize
 
 _ADD = helper.make_node("Add", ["a", "b"], ["y"]).SerializeToString()
+_MUL = helper.make_node("Mul", ["a", "b"], ["y"]).SerializeToString()
 
 
 def _const(g: nx.DiGraph, name: str, value: np.ndarray) -> str:
@@ -125,7 +126,7 @@ def fold_batchnorm(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
 def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     """Conv/Gemm/MatMul with constant weights -> NpuConv/NpuDense; Sum -> Adds.
 
-    A BatchNormalization that no Conv absorbed becomes a depthwise 1x1 NpuConv.
+    A BatchNormalization that no Conv absorbed becomes a per-channel Mul and Add.
     """
     g = g.copy()
     for name in topo_order(g):
@@ -143,9 +144,9 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
                     [srcs[0], wn, bn])
         elif n.op in (Op.GEMM, Op.MATMUL) and _dense_form(g, n, srcs):
             _dense(g, name, n, srcs)
-        elif n.op == Op.BATCHNORM and len(n.shape) == 4 \
+        elif n.op == Op.BATCHNORM and len(n.shape) >= 2 \
                 and all(_is_const(g, s) for s in srcs[1:]):
-            _batchnorm_as_depthwise(g, name, n, srcs)
+            _batchnorm_as_scale_shift(g, name, n, srcs)
         elif n.op == Op.SUM and len(srcs) != 2:
             _split_sum(g, name, n, srcs)
         elif n.op == Op.SUM:
@@ -187,17 +188,18 @@ def _dense(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
                           origin=n.origin), [srcs[0], wn, bn])
 
 
-def _batchnorm_as_depthwise(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
-    """A BatchNormalization no Conv absorbed: a depthwise 1x1 convolution (groups = C)."""
+def _batchnorm_as_scale_shift(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
+    """A BatchNormalization no Conv absorbed: a per-channel multiply and add on the vector
+    unit (Brainwave's vv_mul and vv_add), in fp32."""
     scale, shift, mean, var = (node(g, p).value.astype(np.float64) for p in srcs[1:])
     k = scale / np.sqrt(var + n.attr("epsilon", 1e-5))
-    c = n.shape[1]
-    attrs = make_attrs(kernel=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
-                       groups=c, relu=False)
-    wn = _const(g, f"{name}.w", k.astype(np.float32).reshape(c, 1))
-    bn = _const(g, f"{name}.b", (shift - mean * k).astype(np.float32))
-    _rewire(g, name, Node(Op.NPU_CONV, n.shape, n.dtype, attrs, origin=n.origin),
-            [srcs[0], wn, bn])
+    shape = (len(k),) + (1,) * (len(n.shape) - 2)
+    kn = _const(g, f"{name}.k", k.astype(np.float32).reshape(shape))
+    bn = _const(g, f"{name}.b", (shift - mean * k).astype(np.float32).reshape(shape))
+    scaled = f"{name}.scaled"
+    add_node(g, scaled, Node(Op.MUL, n.shape, n.dtype, origin=n.origin, proto=_MUL),
+             [srcs[0], kn])
+    _rewire(g, name, Node(Op.ADD, n.shape, n.dtype, origin=n.origin, proto=_ADD), [scaled, bn])
 
 
 def _split_sum(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
