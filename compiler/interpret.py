@@ -120,6 +120,16 @@ def _concat(n: Node, args: list, ctx: Numerics) -> np.ndarray:
     return np.concatenate(args, axis=n.attr("axis"))
 
 
+LAYOUT_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
+    Op.IDENTITY: lambda n, a, c: a[0],
+    Op.DROPOUT: lambda n, a, c: a[0],
+    Op.RESHAPE: _reshape,
+    Op.FLATTEN: _reshape,
+    Op.SQUEEZE: _reshape,
+    Op.UNSQUEEZE: _reshape,
+}
+"""Ops that only relabel their input's data."""
+
 DEVICE_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
     Op.SUB: lambda n, a, c: kernels.alu("sub", a[0], a[1]),
     Op.MUL: lambda n, a, c: kernels.alu("mul", a[0], a[1]),
@@ -130,12 +140,7 @@ DEVICE_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
     Op.CLIP: lambda n, a, c: kernels.unary("clip", a[0], *clip_bounds(n, a[1:])),
     Op.CONCAT: _concat,
     Op.GLOBAL_MAXPOOL: lambda n, a, c: kernels.global_maxpool(a[0]),
-    Op.IDENTITY: lambda n, a, c: a[0],
-    Op.DROPOUT: lambda n, a, c: a[0],
-    Op.RESHAPE: _reshape,
-    Op.FLATTEN: _reshape,
-    Op.SQUEEZE: _reshape,
-    Op.UNSQUEEZE: _reshape,
+    **LAYOUT_OPS,
     Op.RELU: lambda n, a, c: kernels.relu(a[0]),
     Op.ADD: _add,
     Op.MAXPOOL: _pool,
@@ -149,12 +154,7 @@ DEVICE_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
 
 FOLD_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
     Op.CONSTANT_OF_SHAPE: _const_of_shape,
-    Op.IDENTITY: lambda n, a, c: a[0],
-    Op.DROPOUT: lambda n, a, c: a[0],
-    Op.RESHAPE: _reshape,
-    Op.FLATTEN: _reshape,
-    Op.SQUEEZE: _reshape,
-    Op.UNSQUEEZE: _reshape,
+    **LAYOUT_OPS,
 }
 """Cheap numpy versions used by constant folding; anything else folds via the host."""
 
