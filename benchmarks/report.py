@@ -12,26 +12,15 @@ the features against the fp32 program.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
-import onnxruntime as ort
 
 from compiler import compile_model
 from runtime import Session
+from runtime.reference import median_seconds, onnxruntime_session
 from runtime.zoo import build_resnet50
 from simulator.numerics import FORMAT_NAMES
-
-
-def median_s(fn, rounds: int) -> float:
-    fn()
-    out = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def main() -> None:
@@ -42,9 +31,7 @@ def main() -> None:
     model = build_resnet50(seed=0)
     feeds = {"images": np.random.default_rng(0).standard_normal((1, 3, 224, 224))
              .astype(np.float32)}
-    so = ort.SessionOptions()  # idle onnxruntime threads must not spin while npusim runs
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    ref = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ref = onnxruntime_session(model)
     rows, fp32 = [], None
     for fmt in FORMAT_NAMES:
         t0 = time.perf_counter()
@@ -53,8 +40,8 @@ def main() -> None:
         sess = Session(prog)
         (out,) = sess.run(None, feeds)
         fp32 = out if fmt == "fp32" else fp32
-        t_ort = median_s(lambda: ref.run(None, feeds), args.rounds)
-        t_sim = median_s(lambda: sess.run(None, feeds), args.rounds)
+        t_ort = median_seconds(lambda: ref.run(None, feeds), args.rounds)
+        t_sim = median_seconds(lambda: sess.run(None, feeds), args.rounds)
         rel = np.linalg.norm(out - fp32) / np.linalg.norm(fp32)
         cos = float(out.ravel() @ fp32.ravel() / (np.linalg.norm(out) * np.linalg.norm(fp32)))
         st = sess.last_stats

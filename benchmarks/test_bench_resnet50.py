@@ -8,36 +8,20 @@ run, and the ratio, in ``extra_info`` (shown with ``--benchmark-json``).
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from compiler import compile_model
 from runtime import Session
+from runtime.reference import median_seconds, onnxruntime_session
 
 
 @pytest.fixture(scope="module")
 def ort_session(resnet50):
     model, feeds = resnet50
-    opts = ort.SessionOptions()  # idle onnxruntime threads must not spin while npusim runs
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = onnxruntime_session(model)
     sess.run(None, feeds)
     return sess
-
-
-def _median_seconds(fn, rounds: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 @pytest.mark.benchmark(group="resnet50-onnxruntime")
@@ -64,8 +48,8 @@ def test_functional_simulation(benchmark, resnet50, ort_session, numerics):
     sess.run(None, feeds)  # warm: numba kernels compiled, weight tiles decoded
     (out,) = benchmark(sess.run, None, feeds)
     assert out.shape == (1, 2048, 1, 1) and np.isfinite(out).all()
-    ort_s = _median_seconds(lambda: ort_session.run(None, feeds))
-    sim_s = _median_seconds(lambda: sess.run(None, feeds))
+    ort_s = median_seconds(lambda: ort_session.run(None, feeds))
+    sim_s = median_seconds(lambda: sess.run(None, feeds))
     benchmark.extra_info.update(onnxruntime_s=ort_s, simulator_s=sim_s,
                                 ratio_vs_onnxruntime=sim_s / ort_s,
                                 simulated_latency_us=sess.last_stats.latency_us)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -22,11 +21,11 @@ import time
 
 def measure(name: str, fmt: str, device: str | None) -> dict:
     import numpy as np
-    import onnxruntime as ort
 
     from compiler import compile_model
     from runtime import Session
     from runtime.compare import default_inputs
+    from runtime.reference import median_seconds, onnxruntime_session
     from runtime.zoo import MODELS
 
     model = MODELS[name](seed=0)
@@ -36,20 +35,9 @@ def measure(name: str, fmt: str, device: str | None) -> dict:
     t_compile = time.perf_counter() - t0
     sess = Session(prog)
 
-    def median(fn) -> float:
-        fn()
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    t_sim = median(lambda: sess.run(None, feeds))
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    ref = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    t_ort = median(lambda: ref.run(None, feeds))
+    t_sim = median_seconds(lambda: sess.run(None, feeds), rounds=3)
+    ref = onnxruntime_session(model)
+    t_ort = median_seconds(lambda: ref.run(None, feeds), rounds=3)
     outs = sess.run(None, feeds)
     assert all(np.isfinite(o).all() for o in outs)
     host = sorted({r["op"] for r in prog.metadata["placement"] if r["where"] == "host"})

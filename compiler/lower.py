@@ -32,11 +32,7 @@ from compiler.placement import (
 from simulator import isa
 from simulator.isa import PoolMode
 from simulator.numerics import BfpTensor, pack
-from simulator.program import ALIGN, HostOp, Program, TensorDesc
-
-
-def _align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+from simulator.program import HostOp, Program, TensorDesc, align
 
 
 def _label(name: str, n: Node) -> str:
@@ -51,7 +47,7 @@ class _Arena:
         self.top = 0
 
     def alloc(self, size: int) -> int:
-        size = _align(max(size, 1))
+        size = align(max(size, 1))
         for i, (off, length) in enumerate(self.free):
             if length >= size:
                 self.free[i:i + 1] = [(off + size, length - size)] if length > size else []
@@ -60,7 +56,7 @@ class _Arena:
         return off
 
     def release(self, off: int, size: int) -> None:
-        self.free.append((off, _align(max(size, 1))))
+        self.free.append((off, align(max(size, 1))))
         self.free.sort()
         merged: list[tuple[int, int]] = []
         for o, s in self.free:
@@ -120,7 +116,7 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         weight_descs.append(TensorDesc(wname, tuple(node(g, wname).shape),
                                        w.fmt.name if isinstance(w, BfpTensor) else "float32",
                                        len(weights), len(blob)))
-        weights += blob + b"\0" * (_align(len(blob)) - len(blob))
+        weights += blob + b"\0" * (align(len(blob)) - len(blob))
     for v in order:
         n = node(g, v)
         if n.op != Op.CONST or v in const_addr or not isinstance(n.value, np.ndarray):
@@ -130,9 +126,9 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         if read_on_device or v in outputs:  # a constant model output is read back from here
             const_addr[v] = ("constants", len(consts))
             blob = np.ascontiguousarray(n.value).tobytes()
-            consts += blob + b"\0" * (_align(len(blob)) - len(blob))
-    wbase, cbase = 0, _align(len(weights))
-    abase = cbase + _align(len(consts))
+            consts += blob + b"\0" * (align(len(blob)) - len(blob))
+    wbase, cbase = 0, align(len(weights))
+    abase = cbase + align(len(consts))
 
     # --- activation arena: liveness, aliases, first-fit reuse ---
     root: dict[str, str] = {}

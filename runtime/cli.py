@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,18 +18,10 @@ import numpy as np
 
 
 def _atomic_write(path: Path, write) -> None:
+    from simulator.fileio import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -156,9 +146,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import onnxruntime as ort
-
     from compiler import compile_model
+    from runtime.reference import median_seconds, onnxruntime_session
     from runtime.session import Session
     from runtime.zoo import build_resnet50
     from simulator.config import load_device
@@ -166,20 +155,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = build_resnet50(seed=args.seed)
     feeds = {"images": np.random.default_rng(args.seed).standard_normal((1, 3, 224, 224))
              .astype(np.float32)}
-    so = ort.SessionOptions()  # idle onnxruntime threads must not spin while npusim runs
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    ref_sess = ort.InferenceSession(model.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
+    ref_sess = onnxruntime_session(model)
     (ref,) = ref_sess.run(None, feeds)
-    t0 = time.perf_counter()
-    ref_sess.run(None, feeds)
-    t_ort = time.perf_counter() - t0
+    t_ort = median_seconds(lambda: ref_sess.run(None, feeds), rounds=1)
     print(f"ResNet-50 featurizer (seeded weights, seed {args.seed}), batch 1, "
           f"onnxruntime {t_ort * 1e3:.1f} ms on this host")
     device = args.device
-    formats = [args.numerics] if args.numerics else []
-    default_fmt = load_device(device).numerics
-    formats = formats or [default_fmt]
+    formats = [args.numerics or load_device(device).numerics]
     if "fp32" not in formats:
         formats.append("fp32")
     for fmt in formats:
@@ -187,10 +169,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         prog = compile_model(model, device, fmt)
         t_compile = time.perf_counter() - t0
         sess = Session(prog)
-        sess.run(None, feeds)  # warm
-        t0 = time.perf_counter()
+        t_sim = median_seconds(lambda: sess.run(None, feeds), rounds=1)
         (feat,) = sess.run(None, feeds)
-        t_sim = time.perf_counter() - t0
         st = sess.last_stats
         rel = float(np.linalg.norm(feat - ref) / np.linalg.norm(ref))
         cos = float(feat.ravel() @ ref.ravel() / (np.linalg.norm(feat) * np.linalg.norm(ref)))

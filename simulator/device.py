@@ -174,7 +174,8 @@ class Device:
             self._mv_mul(i, fmt, rounding)
         elif isinstance(i, isa.VvAdd):
             a, b = self._f32(i.src0, (i.length,)), self._f32(i.src1, (i.length,))
-            self._store(i.dst, kernels.add(a, b, bool(i.relu)))
+            y = kernels.alu("add", a, b)
+            self._store(i.dst, kernels.relu(y) if i.relu else y)
         elif isinstance(i, isa.VRelu):
             self._store(i.dst, kernels.relu(self._f32(i.src, (i.length,))))
         elif isinstance(i, isa.VSoftmax):

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
 from simulator.config import ConfigError, DeviceConfig, _from_mapping
+from simulator.fileio import atomic_write
 from simulator.isa import INSTRUCTION_BYTES, EncodingError, FieldWidths, Instruction
 
 MAGIC = b"NPUB"
@@ -149,33 +148,23 @@ class Program:
         }
         if self.host_ops:
             sections[Section.HOST] = _host_bytes(self.host_ops)
-        offset = _align(_HEADER.size + _ENTRY.size * len(sections))
+        offset = align(_HEADER.size + _ENTRY.size * len(sections))
         table, payload = [], []
         for kind, data in sections.items():
             table.append(_ENTRY.pack(kind, 0, offset, len(data), hashlib.sha256(data).digest()))
-            pad = _align(len(data)) - len(data)
+            pad = align(len(data)) - len(data)
             payload.append(data + b"\0" * pad)
             offset += len(data) + pad
         table_bytes = b"".join(table)
         fp = self.target.fingerprint()
         crc = zlib.crc32(_HEADER.pack(MAGIC, *VERSION, len(sections), 0, 0, fp) + table_bytes)
         head = _HEADER.pack(MAGIC, *VERSION, len(sections), 0, crc, fp) + table_bytes
-        return head + b"\0" * (_align(len(head)) - len(head)) + b"".join(payload)
+        return head + b"\0" * (align(len(head)) - len(head)) + b"".join(payload)
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a failed save leaves no partial file behind."""
-        path = Path(path)
         data = self.to_bytes()
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
-                                   prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
     @classmethod
     def load(cls, path: str | Path) -> Program:
@@ -250,11 +239,6 @@ class Program:
             raise ProgramError(f"{where}: bad program description: {exc!r}") from None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _align(n: int) -> int:
+def align(n: int) -> int:
+    """``n`` rounded up to the 64-byte alignment of sections and DRAM regions."""
     return -(-n // ALIGN) * ALIGN

@@ -17,17 +17,12 @@ initializers are listed as inputs too; use :func:`light_model_input` (or compare
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-if TYPE_CHECKING:
-    LIGHT_MODELS: tuple[str, ...]
-
 __all__ = [
-    "LIGHT_MODELS",
     "light_model_dir",
     "light_model_input",
     "light_model_names",
@@ -49,17 +44,6 @@ def light_model_dir() -> Path:
 def light_model_names() -> tuple[str, ...]:
     """Return the sorted names (file stems without ``light_``) of the available models."""
     return tuple(sorted(p.stem[len(_PREFIX):] for p in light_model_dir().glob("light_*.onnx")))
-
-
-def __getattr__(name: str) -> object:
-    # ``LIGHT_MODELS`` is discovered at access time, not at import time.
-    if name == "LIGHT_MODELS":
-        return light_model_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), "LIGHT_MODELS"])
 
 
 def light_model_path(name: str) -> Path:

@@ -22,6 +22,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model
+from simulator import fileio
 from simulator import program as program_module
 from simulator.config import ConfigError, DeviceConfig, load_device, preset_names
 from simulator.device import Device
@@ -334,7 +335,7 @@ def test_failed_write_leaves_no_temp_file(program, tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(program_module.os, "replace", fail)
+    monkeypatch.setattr(fileio.os, "replace", fail)  # the rename that save() goes through
     for name in ("new.npub", "old.npub"):
         with pytest.raises(OSError, match="no space"):
             program.save(tmp_path / name)
