@@ -19,6 +19,7 @@ from compiler.hostops import host_model
 from compiler.interpret import clip_bounds, conv_geometry
 from compiler.ir import Node, Op, inputs_of, node, topo_order
 from compiler.options import CompileOptions
+from compiler.pinning import pin_weights
 from compiler.placement import (
     ALIAS_OPS,
     ALU_OPS,
@@ -165,7 +166,6 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         return TensorDesc(v, n.shape, n.dtype, addr(v), _nbytes(n))
 
     # --- instructions ---
-    pinned = int(len(weights) <= opts.device.weight_buffer_kib * 1024)
     instrs: list[isa.Instruction] = []
     layers: list[dict] = []
     host_ops: list[HostOp] = []
@@ -194,19 +194,25 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
             for instr in _concat(g, v, n, srcs, addr):
                 emit(instr, v, "Concat")
             continue
-        emit(_instruction(g, v, n, srcs, addr, pinned), v,
+        emit(_instruction(g, v, n, srcs, addr), v,
              op_label(n, n.op in (Op.NPU_CONV, Op.NPU_DENSE) and len(srcs) > 3))
     outs = tuple(desc(v) for v in outputs)
     for i, t in enumerate(outs):
         emit(isa.VWr(i, t.addr, t.nbytes), t.name, "DeviceToHost")
     instrs.append(isa.EndChain())
+    instrs = pin_weights(instrs, weight_descs, opts.device, wbase)
+    pinned = sum(t.nbytes for t in weight_descs
+                 if any(isinstance(i, isa.MvMul) and i.pinned and i.weights == wbase + t.addr
+                        for i in instrs))
     layers.append({"name": "end", "op": "EndChain", "tensor": "", "nodes": []})
     mmap = {"weights": (wbase, len(weights)), "constants": (cbase, len(consts)),
             "activations": (abase, arena.top)}
     return Program(opts.device, tuple(instrs), bytes(weights), bytes(consts), inputs, outs,
                    tuple(weight_descs), tuple(layers), mmap,
                    {"model": name, "rounding": opts.rounding.value, "seed": opts.seed,
-                    "weights_pinned": bool(pinned), "placement": placement_report(g)},
+                    "pinned_weight_bytes": pinned,
+                    "streamed_weight_bytes": sum(t.nbytes for t in weight_descs) - pinned,
+                    "placement": placement_report(g)},
                    tuple(host_ops))
 
 
@@ -229,13 +235,13 @@ def op_label(n: Node, residual: bool) -> str:
     return base + ("+Add" if residual else "") + ("+Relu" if n.attr("relu") else "")
 
 
-def _instruction(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr, pinned: int):
+def _instruction(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr):
     x = node(g, srcs[0])
     if n.op in (Op.NPU_CONV, Op.NPU_DENSE):
         res = len(srcs) > 3
         common = dict(src=addr(srcs[0]), dst=addr(v), weights=addr(srcs[1]), bias=addr(srcs[2]),
                       residual=addr(srcs[3]) if res else 0, relu=int(bool(n.attr("relu"))),
-                      has_residual=int(res), pinned=pinned)
+                      has_residual=int(res), pinned=0)
         if n.op == Op.NPU_DENSE:
             rows = int(np.prod(x.shape[:-1], dtype=np.int64))
             return isa.MvMul(**common, batch=rows, channels=x.shape[-1], height=1, width=1,

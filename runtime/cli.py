@@ -116,9 +116,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         _write_json(Path(args.stats), {**stats.to_dict(), "wall_s": wall,
                                        "device": sess.device.config.name,
                                        "numerics": sess.program.numerics})
+    if args.trace:
+        _write_trace(Path(args.trace), stats, sess)
+    if args.layers:
+        from runtime.bench import format_layers
+
+        print(format_layers(stats, args.layers if args.layers > 0 else None))
     print(f"simulated latency {stats.latency_us:.1f} us ({stats.cycles} cycles at "
-          f"{stats.clock_mhz:g} MHz); functional simulation {wall * 1e3:.1f} ms")
+          f"{stats.clock_mhz:g} MHz, utilization {stats.utilization:.1%}, "
+          f"{stats.roofline_ratio:.2f}x roofline); functional simulation {wall * 1e3:.1f} ms")
     return 0
+
+
+def _write_trace(path: Path, stats, sess) -> None:
+    from simulator.trace import chrome_trace
+
+    title = f"{sess.program.metadata.get('model', 'model')} on {sess.device.config.name}"
+    trace = chrome_trace(stats, title)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(trace)))
+    print(f"timeline: {len(stats.timeline)} slices -> {path} (open in ui.perfetto.dev)")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -137,11 +153,81 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for d in descs:
             print(f"{kind:<9} {d.name}  {list(d.shape)} {d.dtype} @0x{d.addr:010x}")
     print(f"weights   {len(prog.weight_tensors)} tensors, {len(prog.weights)} bytes "
-          f"({'pinned on chip' if prog.metadata.get('weights_pinned') else 'streamed'})")
+          f"({_pinning(prog)})")
     if args.disasm:
         for idx, (ins, rec) in enumerate(zip(prog.instructions, prog.layers)):
             fields = " ".join(f"{k}={v}" for k, v in vars(ins).items())
             print(f"{idx:5d}  {ins.OPCODE.name:<10} {fields}  ; {rec['name']}")
+    return 0
+
+
+def _pinning(prog) -> str:
+    pinned = prog.metadata.get("pinned_weight_bytes", 0)
+    streamed = prog.metadata.get("streamed_weight_bytes", 0)
+    if not streamed:
+        return "all pinned on chip"
+    if not pinned:
+        return "all streamed from DRAM"
+    return f"{pinned / 2**20:.1f} MiB pinned on chip, {streamed / 2**20:.1f} MiB streamed"
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    from runtime.devicecmd import format_device, format_device_list
+    from simulator.config import load_device
+
+    if args.device_command == "list":
+        print(format_device_list())
+    else:
+        print(format_device(load_device(args.spec)))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from runtime.bench import bench_model, format_bench, format_layers
+
+    rows = []
+    devices = args.device or ["brainwave-s10"]
+    for spec in args.models:
+        for device in devices:
+            for fmt in args.numerics or [None]:
+                try:
+                    row = bench_model(spec, device, fmt, rounds=args.rounds, seed=args.seed,
+                                      reference=not args.no_reference)
+                except FileNotFoundError:
+                    raise UsageError(f"model not found: {spec} (a zoo name, light:NAME or "
+                                     "an ONNX file)") from None
+                rows.append(row)
+                if args.layers:
+                    print(f"\n{row['model']} on {row['device']} ({row['numerics']})")
+                    print(format_layers(row["stats"], args.layers if args.layers > 0 else None))
+                if args.plot:
+                    _plots(Path(args.plot), row, device)
+    print(format_bench(rows))
+    if args.json:
+        _write_json(Path(args.json), [{k: v for k, v in r.items() if k != "stats"}
+                                      | {"layers": r["stats"].to_dict()["layers"]}
+                                      for r in rows])
+    return 0
+
+
+def _plots(outdir: Path, row: dict, device) -> None:
+    from runtime import plots
+    from simulator.config import load_device
+
+    cfg = load_device(device).replace(numerics=row["numerics"])
+    stem = _safe_name(f"{row['model']}-{row['device']}-{row['numerics']}")
+    title = f"{row['model']} on {row['device']} ({row['numerics']})"
+    a = plots.layer_breakdown(row["stats"], outdir / f"{stem}-layers.png", title)
+    b = plots.roofline(row["stats"], cfg, outdir / f"{stem}-roofline.png", title)
+    print(f"plots: {a}, {b}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from runtime.sweep import format_sweep, run_sweep
+
+    rows = run_sweep(args.model, Path(args.grid), Path(args.out) if args.out else None,
+                     address=args.address, serial=args.serial)
+    print(format_sweep(rows))
     return 0
 
 
@@ -176,7 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cos = float(feat.ravel() @ ref.ravel() / (np.linalg.norm(feat) * np.linalg.norm(ref)))
         print(f"\n{prog.target.name}, {fmt}: {len(prog.instructions)} instructions, "
               f"weights {len(prog.weights) / 2**20:.1f} MiB "
-              f"({'pinned on chip' if prog.metadata['weights_pinned'] else 'streamed'})")
+              f"({_pinning(prog)})")
         print(f"  simulated latency   {st.latency_us / 1000:.3f} ms  ({st.cycles} cycles at "
               f"{st.clock_mhz:g} MHz, {st.macs / 1e9:.2f} GMAC)")
         print(f"  compile {t_compile:.2f} s, functional simulation {t_sim * 1e3:.1f} ms")
@@ -263,7 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("program")
     r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     r.add_argument("--output-dir", default=".")
-    r.add_argument("--stats", help="write cycle statistics as JSON")
+    r.add_argument("--stats", help="write cycle statistics (whole model and per layer) as JSON")
+    r.add_argument("--trace", help="write the simulated timeline as a Chrome trace (Perfetto)")
+    r.add_argument("--layers", type=int, nargs="?", const=-1, default=0, metavar="N",
+                   help="print the per-layer table (the N slowest layers if N is given)")
     device_opts(r, numerics=False)
     r.set_defaults(fn=cmd_run)
 
@@ -293,6 +382,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="append the default classifier head (dense + softmax over 1000)")
     z.set_defaults(fn=cmd_zoo)
 
+    dv = sub.add_parser("device", help="device configurations: list presets, show one")
+    dvsub = dv.add_subparsers(dest="device_command", required=True)
+    dvsub.add_parser("list", help="list the presets")
+    ds = dvsub.add_parser("show", help="a configuration with its derived figures")
+    ds.add_argument("spec", metavar="PRESET_OR_FILE")
+    dv.set_defaults(fn=cmd_device)
+
+    b = sub.add_parser("bench", help="simulated latency, utilization and host timings")
+    b.add_argument("models", nargs="+", metavar="MODEL",
+                   help="zoo name, light:NAME or ONNX file")
+    b.add_argument("--device", action="append", help="preset or file; repeat for several")
+    b.add_argument("--numerics", action="append", choices=FORMAT_NAMES,
+                   help="format(s) (default: each device's own); repeat for several")
+    b.add_argument("--rounds", type=int, default=3, help="timed runs per model (median)")
+    b.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    b.add_argument("--no-reference", action="store_true", help="skip onnxruntime")
+    b.add_argument("--layers", type=int, nargs="?", const=-1, default=0, metavar="N",
+                   help="print the per-layer table (the N slowest layers if N is given)")
+    b.add_argument("--json", help="write the rows (with per-layer stats) as JSON")
+    b.add_argument("--plot", metavar="DIR", help="write latency-breakdown and roofline PNGs")
+    b.set_defaults(fn=cmd_bench)
+
+    sw = sub.add_parser("sweep", help="design-space sweep over a grid of device variations")
+    sw.add_argument("model", help="zoo name, light:NAME or ONNX file")
+    sw.add_argument("--grid", required=True, help="TOML grid file (see examples/sweep.toml)")
+    sw.add_argument("--out", help="output directory (default sweep-MODEL)")
+    sw.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+    sw.add_argument("--serial", action="store_true", help="run the points here, without Ray")
+    sw.set_defaults(fn=cmd_sweep)
+
     d = sub.add_parser("demo", help="compile and run the bundled ResNet-50 featurizer")
     device_opts(d)
     d.add_argument("--seed", type=int, default=0)
@@ -308,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     from simulator.isa import EncodingError
     from simulator.program import ProgramError
 
+    try:
+        from runtime.sweep import SweepError
+    except ImportError:  # pragma: no cover - the sweep module is part of the package
+        SweepError = UsageError
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
@@ -315,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except (CompileError, ProgramError, InputError, ConfigError, EncodingError, HostOpError,
-            UsageError) as exc:
+            UsageError, SweepError) as exc:
         print(f"npusim: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

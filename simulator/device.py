@@ -10,51 +10,22 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
-from simulator import isa, kernels, timing
+from simulator import isa, kernels
 from simulator.config import DeviceConfig
 from simulator.host import host_kernel
 from simulator.kernels import ConvGeometry
 from simulator.numerics import BfpTensor, Rounding, unpack
 from simulator.program import Program, ProgramError, TensorDesc
+from simulator.schedule import schedule
+from simulator.stats import LayerStats, RunStats
+
+__all__ = ["Device", "InputError", "LayerStats", "RunStats"]
 
 
 class InputError(ValueError):
     """Inputs that do not match the program's input descriptors."""
-
-
-@dataclass(frozen=True)
-class LayerStats:
-    name: str
-    op: str
-    cycles: int
-    macs: int
-    unit: str
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """Cycle counts of one run."""
-
-    cycles: int
-    clock_mhz: float
-    layers: tuple[LayerStats, ...]
-
-    @property
-    def latency_us(self) -> float:
-        return self.cycles / self.clock_mhz
-
-    @property
-    def macs(self) -> int:
-        return sum(layer.macs for layer in self.layers)
-
-    def to_dict(self) -> dict:
-        return {"cycles": self.cycles, "latency_us": self.latency_us,
-                "clock_mhz": self.clock_mhz, "macs": self.macs,
-                "layers": [asdict(layer) for layer in self.layers]}
 
 
 class Device:
@@ -65,8 +36,7 @@ class Device:
         self.program: Program | None = None
         self._dram: np.ndarray | None = None
         self._weights: dict[int, BfpTensor | np.ndarray] = {}
-        self._weight_bytes: dict[int, int] = {}
-        self._costs: list[timing.Cost] = []
+        self.stats: RunStats | None = None
 
     def load(self, program: Program) -> None:
         """Load ``program``, replacing the one before; refuse one built for another target."""
@@ -87,27 +57,18 @@ class Device:
         cbase, csize = program.memory_map["constants"]
         dram[wbase:wbase + wsize] = np.frombuffer(program.weights, np.uint8)
         dram[cbase:cbase + csize] = np.frombuffer(program.constants, np.uint8)
-        weights, wbytes = {}, {}
+        weights = {}
         for t in program.weight_tensors:  # the weight memory holds decoded tiles
             raw = program.weights[t.addr:t.addr + t.nbytes]
             if t.dtype == "float32":
                 weights[wbase + t.addr] = np.frombuffer(raw, np.float32).reshape(t.shape)
             else:
                 weights[wbase + t.addr] = unpack(raw, t.shape, program.target.format(t.dtype))
-            wbytes[wbase + t.addr] = t.nbytes
         self.program, self._dram = program, dram
-        self._weights, self._weight_bytes = weights, wbytes
+        self._weights = weights
         self._host = [host_kernel(h.model) for h in program.host_ops]
-        self._costs = [timing.cost(i, self.config, wbytes.get(getattr(i, "weights", -1), 0),
-                                   self._host_bytes(program, i))
-                       for i in program.instructions]
-
-    @staticmethod
-    def _host_bytes(program: Program, i: isa.Instruction) -> tuple[int, int]:
-        if not isinstance(i, isa.HostCall):
-            return (0, 0)
-        h = program.host_ops[i.index]
-        return sum(t.nbytes for t in h.inputs), h.output.nbytes
+        # the schedule depends only on the program and the device: price it once
+        self.stats = schedule(program, self.config)
 
     # --- memory access ---
     def _f32(self, addr: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -154,10 +115,7 @@ class Device:
         rounding = Rounding(prog.metadata.get("rounding", "nearest_even"))
         for i in prog.instructions:
             self._execute(i, host_in, host_out, fmt, rounding)
-        layers = tuple(LayerStats(rec["name"], rec["op"], c.cycles, c.macs, c.unit)
-                       for rec, c in zip(prog.layers, self._costs))
-        stats = RunStats(sum(c.cycles for c in self._costs), self.config.clock_mhz, layers)
-        return host_out, stats
+        return host_out, self.stats
 
     def _execute(self, i: isa.Instruction, host_in, host_out, fmt, rounding) -> None:
         prog = self.program

@@ -1,35 +1,67 @@
 # SPDX-License-Identifier: Apache-2.0
-"""First timing model: each instruction priced analytically, instructions in sequence.
+"""What each instruction asks of the device's units: compute cycles, MACs, bytes, operands.
 
-``docs/timing.md`` derives every formula. In short, for an ``MV_MUL`` the matrix
-unit is weight-stationary: each ``native_dim x array_cols`` weight tile is loaded
-and the layer's activation vectors stream through it, one per cycle, plus the
-array's fill and drain; the tiles share the tile jobs. Weights pinned on chip cost
-no DRAM traffic at run time; streamed weights are fetched with double buffering,
-so the layer takes the longer of compute and transfer, plus one DRAM latency.
+This module prices one instruction in isolation; :mod:`simulator.schedule` places the
+pieces on the load, compute, store and host queues and lets them overlap.
+``docs/timing.md`` derives every formula.
+
+The matrix unit is weight stationary. An ``MV_MUL`` is cut into *waves*: in one wave
+each of the ``tiles`` arrays holds one ``native_dim x array_cols`` weight tile and
+the layer's activation vectors stream through it, one per cycle; the wave ends when
+the last result has drained out of the array. Activations entering the array are
+converted to block floating point on the way in, which adds the depth of the
+converter's pipeline (a max tree over the block, then shift and round) to each wave.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from simulator import isa
 from simulator.config import DeviceConfig
+from simulator.numerics import Format
+
+MAX_CHUNKS = 64
+"""An instruction is pipelined in at most this many chunks (groups of waves)."""
 
 
-def _ceil(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
 @dataclass(frozen=True)
-class Cost:
-    """The price of one instruction."""
+class Operand:
+    """A byte range of device DRAM an instruction reads or writes."""
 
-    cycles: int
+    addr: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Work:
+    """The price of one instruction, before scheduling."""
+
+    unit: str
+    """``matrix``, ``vector``, ``host`` or ``control``: the unit that executes it."""
+    compute: tuple[int, ...] = ()
+    """Cycles of the compute unit, per chunk (the chunks are pipelined with the DMAs)."""
     macs: int = 0
-    compute_cycles: int = 0
-    memory_cycles: int = 0
-    unit: str = "vector"
+    weight_bytes: int = 0
+    """Weight bytes streamed from DRAM per run (0 when the layer's weights are pinned)."""
+    pinned: bool | None = None
+    """Whether the layer's weights stay on chip (matrix unit only)."""
+    reads: tuple[Operand, ...] = ()
+    """Activation operands (constants and weights are not listed)."""
+    writes: tuple[Operand, ...] = ()
+    host_bytes: int = 0
+    """Bytes over the host link (host unit only)."""
+    host_transfers: int = 0
+    """Separate host-link transfers, each paying the link latency."""
+
+    @property
+    def compute_cycles(self) -> int:
+        return sum(self.compute)
 
 
 def conv_output_hw(i: isa.MvMul | isa.VPool) -> tuple[int, int]:
@@ -37,62 +69,109 @@ def conv_output_hw(i: isa.MvMul | isa.VPool) -> tuple[int, int]:
     dil_w = getattr(i, "dilation_w", 1)
     eff_h = (i.kernel_h - 1) * dil_h + 1
     eff_w = (i.kernel_w - 1) * dil_w + 1
-    rnd = _ceil if getattr(i, "ceil_mode", 0) else (lambda a, b: a // b)
+    rnd = ceil_div if getattr(i, "ceil_mode", 0) else (lambda a, b: a // b)
     oh = rnd(i.height + i.pad_top + i.pad_bottom - eff_h, i.stride_h) + 1
     ow = rnd(i.width + i.pad_left + i.pad_right - eff_w, i.stride_w) + 1
     return oh, ow
 
 
-def mv_mul_cost(i: isa.MvMul, cfg: DeviceConfig, weight_bytes: int) -> Cost:
+def bfp_convert_depth(fmt: Format) -> int:
+    """Pipeline depth of the fp32 -> BFP converter in front of the array.
+
+    The shared exponent is the maximum over a block: a ``log2(block)``-deep comparator
+    tree, then one cycle to shift the mantissas and one to round. fp32 has no converter.
+    """
+    if fmt.name == "fp32":
+        return 0
+    return math.ceil(math.log2(fmt.block_size)) + 2
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` in ``parts`` near-equal integers (the larger ones first)."""
+    base, extra = divmod(total, parts)
+    return [base + (k < extra) for k in range(parts)]
+
+
+def mv_mul_waves(i: isa.MvMul, cfg: DeviceConfig) -> tuple[int, int]:
+    """``(waves, rows)``: weight-tile waves of the layer and activation vectors per wave."""
     oh, ow = conv_output_hw(i)
     rows = i.batch * oh * ow
     k = i.kernel_h * i.kernel_w * i.channels // i.groups
     o = i.out_channels // i.groups
-    jobs = i.groups * _ceil(k, cfg.native_dim) * _ceil(o, cfg.array_cols)
-    waves = _ceil(jobs, cfg.tiles)
-    compute = waves * (rows + cfg.native_dim + cfg.array_cols)
-    memory = 0 if i.pinned else _ceil(weight_bytes, max(1, int(cfg.dram_bytes_per_cycle)))
-    cycles = max(compute, memory) + (0 if i.pinned else cfg.dram_latency_cycles)
-    return Cost(cycles, rows * k * i.out_channels, compute, memory, "matrix")
+    jobs = i.groups * ceil_div(k, cfg.native_dim) * ceil_div(o, cfg.array_cols)
+    return ceil_div(jobs, cfg.tiles), rows
 
 
-def vector_cost(elements: int, cfg: DeviceConfig) -> Cost:
-    compute = _ceil(elements, cfg.vector_lanes)
-    return Cost(compute, 0, compute, 0, "vector")
+def mv_mul_work(i: isa.MvMul, cfg: DeviceConfig, fmt: Format, weight_bytes: int) -> Work:
+    oh, ow = conv_output_hw(i)
+    waves, rows = mv_mul_waves(i, cfg)
+    wave = rows + cfg.native_dim + cfg.array_cols + bfp_convert_depth(fmt)
+    chunks = min(waves, MAX_CHUNKS)
+    compute = tuple(n * wave for n in split(waves, chunks))
+    k = i.kernel_h * i.kernel_w * i.channels // i.groups
+    reads = [Operand(i.src, 4 * i.batch * i.channels * i.height * i.width)]
+    out = Operand(i.dst, 4 * i.batch * i.out_channels * oh * ow)
+    if i.has_residual:
+        reads.append(Operand(i.residual, out.nbytes))
+    return Work("matrix", compute, rows * k * i.out_channels,
+                0 if i.pinned else weight_bytes, bool(i.pinned), tuple(reads), (out,))
 
 
-def host_cost(nbytes: int, cfg: DeviceConfig) -> Cost:
-    transfer = _ceil(nbytes, max(1, int(cfg.host_bytes_per_cycle)))
-    return Cost(cfg.host_latency_cycles + transfer, 0, 0, transfer, "host")
+def vector_cycles(elements: int, cfg: DeviceConfig) -> int:
+    return ceil_div(elements, cfg.vector_lanes)
 
 
-def host_call_cost(nbytes_in: int, nbytes_out: int, cfg: DeviceConfig) -> Cost:
-    """Operands go to the host and results come back over the host link.
+def _vector(elements: int, cfg: DeviceConfig, reads, writes) -> Work:
+    return Work("vector", (vector_cycles(elements, cfg),), reads=tuple(reads),
+                writes=tuple(writes))
 
-    The host's own compute time is not modelled: it is not the device's.
+
+def work(i: isa.Instruction, cfg: DeviceConfig, fmt: Format, weight_bytes: int = 0,
+         host_io: tuple[tuple[Operand, ...], tuple[Operand, ...]] = ((), ())) -> Work:
+    """The :class:`Work` of instruction ``i`` on ``cfg`` in format ``fmt``.
+
+    ``weight_bytes`` is the packed size of an ``MV_MUL``'s weights; ``host_io`` the
+    operands a ``HOST_CALL`` sends to the host and receives back.
     """
-    transfer = _ceil(nbytes_in + nbytes_out, max(1, int(cfg.host_bytes_per_cycle)))
-    return Cost(2 * cfg.host_latency_cycles + transfer, 0, 0, transfer, "host")
-
-
-def cost(i: isa.Instruction, cfg: DeviceConfig, weight_bytes: int = 0,
-         host_bytes: tuple[int, int] = (0, 0)) -> Cost:
-    """The price of instruction ``i`` on ``cfg``."""
-    if isinstance(i, isa.HostCall):
-        return host_call_cost(*host_bytes, cfg)
+    op = Operand
     if isinstance(i, isa.MvMul):
-        return mv_mul_cost(i, cfg, weight_bytes)
-    if isinstance(i, (isa.VRd, isa.VWr)):
-        return host_cost(i.nbytes, cfg)
-    if isinstance(i, (isa.VvAdd, isa.VRelu, isa.VvAlu, isa.VUnary)):
-        return vector_cost(i.length, cfg)
+        return mv_mul_work(i, cfg, fmt, weight_bytes)
+    if isinstance(i, isa.VRd):
+        return Work("host", writes=(op(i.dst, i.nbytes),), host_bytes=i.nbytes,
+                    host_transfers=1)
+    if isinstance(i, isa.VWr):
+        return Work("host", reads=(op(i.src, i.nbytes),), host_bytes=i.nbytes,
+                    host_transfers=1)
+    if isinstance(i, isa.HostCall):
+        ins, outs = host_io
+        return Work("host", reads=ins, writes=outs,
+                    host_bytes=sum(t.nbytes for t in ins + outs), host_transfers=2)
+    if isinstance(i, isa.VvAdd):
+        n = 4 * i.length
+        return _vector(i.length, cfg, [op(i.src0, n), op(i.src1, n)], [op(i.dst, n)])
+    if isinstance(i, (isa.VRelu, isa.VUnary)):
+        n = 4 * i.length
+        return _vector(i.length, cfg, [op(i.src, n)], [op(i.dst, n)])
+    if isinstance(i, isa.VvAlu):
+        n = 4 * i.length
+        b = {isa.Broadcast.NONE: n, isa.Broadcast.CHANNEL: 4 * i.channels,
+             isa.Broadcast.SCALAR: 4}[isa.Broadcast(i.bcast)]
+        return _vector(i.length, cfg, [op(i.src0, n), op(i.src1, b)], [op(i.dst, n)])
     if isinstance(i, isa.VCopy):
-        return vector_cost(i.rows * i.row_len, cfg)
-    if isinstance(i, isa.VSoftmax):
-        return vector_cost(3 * i.rows * i.cols, cfg)  # max, exp-sum, scale passes
+        n = i.rows * i.row_len
+        src = op(i.src, 4 * ((i.rows - 1) * i.src_stride + i.row_len))
+        dst = op(i.dst, 4 * ((i.rows - 1) * i.dst_stride + i.row_len))
+        return _vector(n, cfg, [src], [dst])
+    if isinstance(i, isa.VSoftmax):  # max, exp-sum and scale: three passes over the rows
+        n = i.rows * i.cols
+        return _vector(3 * n, cfg, [op(i.src, 4 * n)], [op(i.dst, 4 * n)])
     if isinstance(i, isa.VPool):
+        plane_in = i.batch * i.channels * i.height * i.width
         if i.mode in (isa.PoolMode.GLOBAL_AVG, isa.PoolMode.GLOBAL_MAX):
-            return vector_cost(i.batch * i.channels * i.height * i.width, cfg)
+            return _vector(plane_in, cfg, [op(i.src, 4 * plane_in)],
+                           [op(i.dst, 4 * i.batch * i.channels)])
         oh, ow = conv_output_hw(i)
-        return vector_cost(i.batch * i.channels * oh * ow * i.kernel_h * i.kernel_w, cfg)
-    return Cost(1, unit="control")
+        outs = i.batch * i.channels * oh * ow
+        return _vector(outs * i.kernel_h * i.kernel_w, cfg, [op(i.src, 4 * plane_in)],
+                       [op(i.dst, 4 * outs)])
+    return Work("control")
