@@ -229,13 +229,15 @@ class _Scheduler:
         dram_bytes = sum(s.nbytes for s in mine if s.track in ("load", "store"))
         dma = sum(s.end - s.start for s in mine if s.track in ("load", "store"))
         host = sum(s.end - s.start for s in mine if s.track == "host")
-        compute = sum(s.end - s.start for s in mine if s.track == w.unit)
+        compute = sum(s.end - s.start for s in mine if s.track in ("matrix", "vector"))
         ideal = math.ceil(w.macs / cfg.peak_macs_per_cycle) if w.unit == "matrix" else compute
         roof = max(ideal, self._xfer(dram_bytes)) + host
         totals["ideal"] += ideal
         totals["dram"] += dram_bytes
         totals["host"] += host
         busiest = max((compute, "compute"), (dma, "memory"), (host, "host"))[1]
+        if w.unit == "control":
+            busiest = "none"
         span = max(1, end - start)
         return LayerStats(rec[0], rec[1], w.unit, start, end, cycles, compute, w.macs,
                           dram_bytes, w.host_bytes, w.pinned,

@@ -52,7 +52,8 @@ class LayerStats:
     """Matrix layers: whether the weights stay on chip (None for other units)."""
     stalls: dict[str, int] = field(default_factory=dict)
     bound: str = "compute"
-    """``compute``, ``memory`` or ``host``: the busiest resource of the layer."""
+    """``compute``, ``memory`` or ``host``: the busiest resource of the layer (``none`` for
+    control instructions)."""
     roofline_cycles: int = 0
     utilization: float = 0.0
     """MACs over the array's peak for the layer's span (start to end)."""

@@ -8,9 +8,10 @@ pieces on the load, compute, store and host queues and lets them overlap.
 The matrix unit is weight stationary. An ``MV_MUL`` is cut into *waves*: in one wave
 each of the ``tiles`` arrays holds one ``native_dim x array_cols`` weight tile and
 the layer's activation vectors stream through it, one per cycle; the wave ends when
-the last result has drained out of the array. Activations entering the array are
-converted to block floating point on the way in, which adds the depth of the
-converter's pipeline (a max tree over the block, then shift and round) to each wave.
+the last result has drained out of the array (:func:`mv_mul_waves`). Activations
+entering the array are converted to block floating point on the way in, which adds the
+depth of the converter's pipeline (a max tree over the block, then shift and round) to
+each wave.
 """
 
 from __future__ import annotations
@@ -93,19 +94,27 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def mv_mul_waves(i: isa.MvMul, cfg: DeviceConfig) -> tuple[int, int]:
-    """``(waves, rows)``: weight-tile waves of the layer and activation vectors per wave."""
+    """``(waves, cycles per wave)`` of an ``MV_MUL``.
+
+    A group's reduction of length ``K`` takes ``ceil(K / native_dim)`` passes and its
+    ``O`` outputs ``ceil(O / array_cols)``; the compiler spreads the layer evenly over
+    them, so each tile uses ``r = ceil(K / passes)`` rows and ``c`` columns. A wave
+    streams the layer's ``N`` activation vectors through its tiles: ``N`` cycles, plus
+    ``r`` to fill the array and ``c`` to drain it, plus the converter's depth.
+    """
     oh, ow = conv_output_hw(i)
     rows = i.batch * oh * ow
     k = i.kernel_h * i.kernel_w * i.channels // i.groups
     o = i.out_channels // i.groups
-    jobs = i.groups * ceil_div(k, cfg.native_dim) * ceil_div(o, cfg.array_cols)
-    return ceil_div(jobs, cfg.tiles), rows
+    k_passes, o_passes = ceil_div(k, cfg.native_dim), ceil_div(o, cfg.array_cols)
+    jobs = i.groups * k_passes * o_passes
+    return ceil_div(jobs, cfg.tiles), rows + ceil_div(k, k_passes) + ceil_div(o, o_passes)
 
 
 def mv_mul_work(i: isa.MvMul, cfg: DeviceConfig, fmt: Format, weight_bytes: int) -> Work:
     oh, ow = conv_output_hw(i)
-    waves, rows = mv_mul_waves(i, cfg)
-    wave = rows + cfg.native_dim + cfg.array_cols + bfp_convert_depth(fmt)
+    waves, wave = mv_mul_waves(i, cfg)
+    wave += bfp_convert_depth(fmt)
     chunks = min(waves, MAX_CHUNKS)
     compute = tuple(n * wave for n in split(waves, chunks))
     k = i.kernel_h * i.kernel_w * i.channels // i.groups
@@ -113,7 +122,7 @@ def mv_mul_work(i: isa.MvMul, cfg: DeviceConfig, fmt: Format, weight_bytes: int)
     out = Operand(i.dst, 4 * i.batch * i.out_channels * oh * ow)
     if i.has_residual:
         reads.append(Operand(i.residual, out.nbytes))
-    return Work("matrix", compute, rows * k * i.out_channels,
+    return Work("matrix", compute, i.batch * oh * ow * k * i.out_channels,
                 0 if i.pinned else weight_bytes, bool(i.pinned), tuple(reads), (out,))
 
 

@@ -4,30 +4,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import assert_user_error, npusim
 from onnx import helper
 from onnx_helpers import conv_block, make_model
 
 from runtime.cli import main
-
-
-def npusim(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
-                          text=True, timeout=300)
-
-
-def assert_user_error(res: subprocess.CompletedProcess, *words: str) -> None:
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("npusim: error: "), res.stderr
-    assert "Traceback" not in res.stderr
-    for w in words:
-        assert w.lower() in lines[0].lower(), lines[0]
 
 
 @pytest.fixture(scope="module")

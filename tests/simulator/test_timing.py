@@ -1,0 +1,204 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The timing model: closed-form cases derived by hand, monotonicity, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from onnx import helper
+from onnx_helpers import conv_block, make_model, rand
+
+from compiler import compile_model
+from simulator import isa
+from simulator.config import load_device
+from simulator.residency import Traffic
+from simulator.schedule import schedule, simulate
+from simulator.timing import Work, bfp_convert_depth
+
+TINY = load_device("tiny")  # 8 x 8 array, 100 MHz: 8 DRAM bytes/cycle, 20 cycles DRAM latency;
+# host link 4 bytes/cycle with a 100-cycle latency
+
+
+def test_tiny_rates_used_below():
+    assert TINY.dram_bytes_per_cycle == 8 and TINY.dram_latency_cycles == 20
+    assert TINY.host_bytes_per_cycle == 4 and TINY.host_latency_cycles == 100
+
+
+# --- the queues alone, on hand-made work ---
+
+def test_pinned_layer_costs_its_compute_only():
+    n, c = 5, 40
+    st = simulate([Work("matrix", (c,) * n, pinned=True)], [Traffic()], TINY)
+    assert st.cycles == n * c
+    assert st.layers[0].stalls == {} and st.layers[0].dram_bytes == 0
+
+
+def test_streamed_memory_bound_layer():
+    # each chunk loads 400 bytes = x = 50 cycles, computes c = 22; lat + c = 42 <= x, so the
+    # loads run back to back (each slot is free again before it is needed) and the last
+    # chunk computes after its load lands: n * x + lat + c.
+    n, x, c, lat = 6, 50, 22, 20
+    w = Work("matrix", (c,) * n, weight_bytes=n * 8 * x, pinned=False)
+    st = simulate([w], [Traffic()], TINY)
+    assert st.cycles == n * x + lat + c
+    assert st.layers[0].bound == "memory"
+    assert st.layers[0].stalls == {"load": (x + lat) + (n - 1) * (x - c)}
+
+
+def test_streamed_compute_bound_layer():
+    # x = 10 cycles per load, c = 40 >= x + lat = 30: only the first load is exposed, every
+    # later one is prefetched under the compute of the chunk before: x + lat + n * c.
+    n, x, c, lat = 6, 10, 40, 20
+    w = Work("matrix", (c,) * n, weight_bytes=n * 8 * x, pinned=False)
+    st = simulate([w], [Traffic()], TINY)
+    assert st.cycles == x + lat + n * c
+    assert st.layers[0].bound == "compute"
+
+
+def test_next_layer_weights_prefetch_under_this_layer():
+    # two streamed compute-bound layers: the second one's first load happens while the first
+    # layer computes, so only the very first load is exposed.
+    n, x, c, lat = 4, 10, 40, 20
+    w = Work("matrix", (c,) * n, weight_bytes=n * 8 * x, pinned=False)
+    st = simulate([w, w], [Traffic(), Traffic()], TINY)
+    assert st.cycles == x + lat + 2 * n * c
+
+
+# --- compiled programs ---
+
+def gemm(rows: int, k: int, o: int):
+    rng = np.random.default_rng(0)
+    return make_model([helper.make_node("Gemm", ["x", "w", "b"], ["y"])], {"x": [rows, k]},
+                      {"y": [rows, o]}, {"w": rand(rng, k, o), "b": rand(rng, o)})
+
+
+def test_single_gemm_tile():
+    # [4 x 8] @ [8 x 8] on the tiny 8 x 8 array: one pinned weight tile, one wave.
+    prog = compile_model(gemm(4, 8, 8), "tiny")
+    st = schedule(prog, TINY)
+    nbytes = 4 * 8 * 4                       # 128 bytes in, 128 out (fp32)
+    host = 100 + nbytes // 4                 # latency + 4 bytes/cycle: 132
+    dram = nbytes // 8                       # 16 cycles
+    depth = math.ceil(math.log2(TINY.format().block_size)) + 2
+    wave = 4 + 8 + 8 + depth                 # 4 vectors stream, 8 rows fill, 8 columns drain
+    # V_RD (host -> DRAM); load x (+ latency); compute; write y back; V_WR (DRAM -> host)
+    expected = host + (dram + 20) + wave + (dram + 20) + host
+    assert st.cycles == expected
+    mv = st.layers[1]
+    assert mv.compute_cycles == wave and mv.macs == 4 * 8 * 8 and mv.pinned is True
+    assert mv.roofline_cycles == max(1, math.ceil(mv.macs / 64), dram)
+
+
+def test_memory_bound_copy():
+    # a Relu over 264 floats (1,056 bytes in and out) with a 2 KiB activation memory: the
+    # operands do not fit together, so the op streams in ceil(2 * 2112 / 2048) = 3 chunks of
+    # 352 bytes (44 DRAM cycles) and 11 vector cycles each. With T = end of V_RD = 364:
+    #   L0 [T, T+44) lands T+64; L1 [T+44, T+88) lands T+108
+    #   C0 [T+64, T+75); its slot frees L2 [T+88, T+132), lands T+152
+    #   S0 takes the next free DRAM gap [T+132, T+176); C1 [T+108, T+119)
+    #   S1 [T+176, T+220); C2 waits for S0 to empty its output slot: [T+176, T+187)
+    #   S2 [T+220, T+264), in DRAM at T+284; V_WR 100 + 1056 / 4 = 364 cycles
+    cfg = TINY.replace(activation_buffer_kib=2)
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": [1, 264]},
+                       {"y": [1, 264]})
+    st = schedule(compile_model(model, cfg), cfg)
+    t = 100 + 1056 // 4
+    assert st.cycles == t + 284 + 364
+    relu = st.layers[1]
+    assert relu.bound == "memory" and relu.dram_bytes == 2 * 1056
+    assert relu.compute_cycles == 33
+
+
+def test_pinned_and_streamed_layer():
+    model = gemm(1, 64, 64)
+    pinned = compile_model(model, "tiny")
+    small = TINY.replace(weight_buffer_kib=1)  # the 64 x 64 weights (> 2 KiB) don't fit
+    streamed = compile_model(model, small)
+    mv = [i for i in pinned.instructions if isinstance(i, isa.MvMul)]
+    assert [i.pinned for i in mv] == [1]
+    mv = [i for i in streamed.instructions if isinstance(i, isa.MvMul)]
+    assert [i.pinned for i in mv] == [0]
+    wbytes = streamed.weight_tensors[0].nbytes
+    assert streamed.metadata["streamed_weight_bytes"] == wbytes
+    a, b = schedule(pinned, TINY), schedule(streamed, small)
+    assert b.layers[1].dram_bytes == wbytes + 64 * 4  # the weights and the input vector
+    # 64 waves of (1 + 8 + 8 + depth) cycles; streaming at 8 bytes/cycle is slower
+    wave = 1 + 8 + 8 + bfp_convert_depth(TINY.format())
+    assert a.layers[1].compute_cycles == b.layers[1].compute_cycles == 64 * wave
+    assert b.cycles > a.cycles
+
+
+def test_pinning_prefers_the_layers_that_would_stall():
+    # a big and a small layer; only one fits beside the streaming buffers: the one whose
+    # streaming stalls the array more per byte is pinned
+    rng = np.random.default_rng(0)
+    model = make_model([helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]),
+                        helper.make_node("Gemm", ["h", "w2", "b2"], ["y"])],
+                       {"x": [1, 128]}, {"y": [1, 16]},
+                       {"w1": rand(rng, 128, 128), "b1": rand(rng, 128),
+                        "w2": rand(rng, 128, 16), "b2": rand(rng, 16)})
+    cfg = TINY.replace(weight_buffer_kib=8)
+    prog = compile_model(model, cfg)
+    flags = [i.pinned for i in prog.instructions if isinstance(i, isa.MvMul)]
+    assert sorted(flags) == [0, 1]
+    assert prog.metadata["pinned_weight_bytes"] + prog.metadata["streamed_weight_bytes"] == \
+        sum(t.nbytes for t in prog.weight_tensors)
+
+
+# --- properties ---
+
+@pytest.fixture(scope="module")
+def block():
+    return conv_block()
+
+
+def test_more_bandwidth_never_slows_a_program_down(block):
+    base = TINY.replace(weight_buffer_kib=1, activation_buffer_kib=1)
+    last = None
+    for gbps in (0.2, 0.4, 0.8, 1.6, 3.2, 12.8):
+        cfg = base.replace(dram_gbps=gbps)
+        cycles = schedule(compile_model(block, cfg), cfg).cycles
+        assert last is None or cycles <= last, gbps
+        last = cycles
+
+
+def test_more_host_bandwidth_never_slows_a_program_down(block):
+    last = None
+    for gbps in (0.1, 0.4, 1.6):
+        cfg = TINY.replace(host_link_gbps=gbps)
+        cycles = schedule(compile_model(block, cfg), cfg).cycles
+        assert last is None or cycles <= last
+        last = cycles
+
+
+@pytest.mark.parametrize("field,values", [("tiles", (1, 2, 3, 4, 8)),
+                                          ("array_cols", (4, 8, 12, 16, 32))])
+def test_a_bigger_array_never_adds_compute_cycles(block, field, values):
+    last = None
+    for v in values:
+        cfg = TINY.replace(**{field: v})
+        st = schedule(compile_model(block, cfg), cfg)
+        compute = sum(layer.compute_cycles for layer in st.layers if layer.unit == "matrix")
+        assert last is None or compute <= last, (field, v)
+        last = compute
+
+
+def test_the_schedule_is_deterministic(block):
+    a = schedule(compile_model(block, "tiny"), TINY)
+    b = schedule(compile_model(block, "tiny"), TINY)
+    assert a == b and a.timeline == b.timeline
+
+
+def test_invariants_of_a_real_program(block):
+    st = schedule(compile_model(block, "tiny"), TINY)
+    assert st.cycles == sum(layer.cycles for layer in st.layers)
+    assert st.roofline_ratio >= 1.0
+    for track in ("load", "store", "host"):
+        spans = sorted((s.start, s.end) for s in st.timeline if s.track == track)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), track  # in-order queues
+    dram = sorted((s.start, s.end) for s in st.timeline if s.track in ("load", "store"))
+    assert all(a[1] <= b[0] for a, b in zip(dram, dram[1:]))  # one DRAM channel
+    compute = sorted((s.start, s.end) for s in st.timeline if s.track in ("matrix", "vector"))
+    assert all(a[1] <= b[0] for a, b in zip(compute, compute[1:]))
