@@ -14,7 +14,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from compiler.errors import UnsupportedOpError
+from compiler.errors import CompileError, UnsupportedOpError
 from compiler.hostops import host_model
 from compiler.interpret import clip_bounds, conv_geometry
 from compiler.ir import Node, Op, inputs_of, node, topo_order
@@ -207,6 +207,9 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
     layers.append({"name": "end", "op": "EndChain", "tensor": "", "nodes": []})
     mmap = {"weights": (wbase, len(weights)), "constants": (cbase, len(consts)),
             "activations": (abase, arena.top)}
+    if abase + arena.top > opts.device.dram_mib * 2**20:
+        raise CompileError(f"the program needs {abase + arena.top} bytes of device DRAM; "
+                           f"{opts.device.name} has {opts.device.dram_mib} MiB")
     return Program(opts.device, tuple(instrs), bytes(weights), bytes(consts), inputs, outs,
                    tuple(weight_descs), tuple(layers), mmap,
                    {"model": name, "rounding": opts.rounding.value, "seed": opts.seed,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from compiler import compile_model

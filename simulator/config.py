@@ -118,6 +118,10 @@ class DeviceConfig:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest()
 
     def replace(self, **changes) -> DeviceConfig:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"device {self.name}: unknown field(s) {', '.join(unknown)}")
         return dataclasses.replace(self, **changes)
 
 

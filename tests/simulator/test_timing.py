@@ -202,3 +202,12 @@ def test_invariants_of_a_real_program(block):
     assert all(a[1] <= b[0] for a, b in zip(dram, dram[1:]))  # one DRAM channel
     compute = sorted((s.start, s.end) for s in st.timeline if s.track in ("matrix", "vector"))
     assert all(a[1] <= b[0] for a, b in zip(compute, compute[1:]))
+
+
+
+def test_a_program_larger_than_device_dram_is_refused():
+    from compiler.errors import CompileError
+
+    cfg = TINY.replace(dram_mib=1, numerics="fp32")  # 512 x 1024 fp32 weights: 2 MiB
+    with pytest.raises(CompileError, match="bytes of device DRAM; tiny has 1 MiB"):
+        compile_model(gemm(1, 512, 1024), cfg)

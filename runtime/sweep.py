@@ -1,0 +1,348 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Design-space sweeps: price one model on every device of a grid, in parallel with Ray.
+
+A grid file is TOML::
+
+    base = "brainwave-s10"   # preset or device file (relative to this file); the default
+    model_seed = 0           # seed of a zoo or light model's weights (optional, default 0)
+
+    [grid]                   # DeviceConfig field = list of values to try
+    tiles = [2, 4, 6]
+    array_cols = [64, 125]
+    numerics = ["msfp8", "msfp16"]
+
+The points are the cartesian product of the lists, in file order with the last field
+varying fastest. Every point's :class:`DeviceConfig` is built (and so validated) before
+any work starts; a bad grid raises :class:`SweepError` naming the field and value.
+
+Each point is compiled and priced by :func:`runtime.bench.timing_point` (no functional
+run). With Ray installed the points run as Ray tasks, on a local Ray instance or on the
+cluster at ``address`` (whose workers must be able to import npusim); otherwise, or
+with ``serial=True``, one after the other in this process. :func:`run_sweep` writes
+``points.csv`` and ``pareto.png`` to the output folder and returns the rows in grid order.
+
+Example:
+    >>> rows = run_sweep("light:squeezenet", "examples/sweep.toml", serial=True)  # doctest: +SKIP
+    >>> print(format_sweep(rows))                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import math
+import os
+import re
+import socket
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from simulator.config import DEFAULT_DEVICE, ConfigError, DeviceConfig, load_device, preset_names
+
+if TYPE_CHECKING:
+    import onnx
+
+MAX_POINTS = 10_000
+"""A grid with more points than this is refused (a typo in a list is the likelier cause)."""
+
+GRID_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceConfig) if f.name != "name")
+"""The device fields a grid may vary."""
+
+SUMMARY = ("peak_macs_per_cycle", "latency_ms", "utilization", "roofline_ratio")
+"""The timing figures :func:`format_sweep` shows beside the grid values."""
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run: a bad grid file, model or Ray set-up."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A parsed grid file: the base device and the values of each varied field."""
+
+    base: DeviceConfig
+    fields: tuple[str, ...]
+    """Varied DeviceConfig fields, in file order."""
+    values: tuple[tuple, ...]
+    """The values of each field, in file order."""
+    configs: tuple[DeviceConfig, ...]
+    """One device per point, in grid order (already validated)."""
+    model_seed: int = 0
+
+    def points(self) -> list[dict]:
+        """The grid values of every point, in grid order."""
+        return [dict(zip(self.fields, combo)) for combo in itertools.product(*self.values)]
+
+
+def _fail(origin: str, message: str) -> SweepError:
+    return SweepError(f"grid {origin}: {message}")
+
+
+def parse_grid(data: dict, origin: str = "<grid>", root: Path | None = None) -> Grid:
+    """Validate the table of a grid file; ``root`` resolves a relative ``base`` path."""
+    unknown = sorted(set(data) - {"base", "model_seed", "grid"})
+    if unknown:
+        raise _fail(origin, f"unknown key(s) {', '.join(unknown)} (expected base, "
+                            "model_seed and a [grid] table)")
+    base_spec = data.get("base", DEFAULT_DEVICE)
+    if not isinstance(base_spec, str):
+        raise _fail(origin, f"base must be a preset name or device file, got {base_spec!r}")
+    spec = base_spec
+    if spec not in preset_names() and root is not None and not Path(spec).is_absolute():
+        spec = str(root / spec)
+    if spec not in preset_names() and not Path(spec).is_file():
+        raise _fail(origin, f"base {base_spec!r} is neither a preset ({', '.join(preset_names())})"
+                            " nor a device file")
+    try:
+        base = load_device(spec)
+    except ConfigError as exc:
+        raise _fail(origin, f"base: {exc}") from None
+    seed = data.get("model_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise _fail(origin, f"model_seed must be a non-negative integer, got {seed!r}")
+    table = data.get("grid")
+    if not isinstance(table, dict) or not table:
+        raise _fail(origin, "needs a [grid] table with at least one field = [values]")
+    fields, values = tuple(table), []
+    for name in fields:
+        vals = table[name]
+        if name not in GRID_FIELDS:
+            raise _fail(origin, f"unknown device field {name!r} (one of {', '.join(GRID_FIELDS)})")
+        if not isinstance(vals, list):
+            raise _fail(origin, f"field {name!r}: expected a list of values, got {vals!r}")
+        if not vals:
+            raise _fail(origin, f"field {name!r}: empty list")
+        for k, v in enumerate(vals):
+            if v in vals[:k]:
+                raise _fail(origin, f"field {name!r}: value {v!r} listed twice")
+            try:
+                base.replace(**{name: v})
+            except ConfigError as exc:
+                raise _fail(origin, f"field {name!r}: bad value {v!r}: {exc}") from None
+        values.append(tuple(vals))
+    count = math.prod(len(v) for v in values)
+    if count > MAX_POINTS:
+        raise _fail(origin, f"{count} points, more than the limit of {MAX_POINTS}")
+    configs = []
+    for combo in itertools.product(*values):
+        try:  # fields may constrain each other; check every combination before any work
+            configs.append(base.replace(**dict(zip(fields, combo))))
+        except ConfigError as exc:
+            raise _fail(origin, f"point {dict(zip(fields, combo))}: {exc}") from None
+    return Grid(base, fields, tuple(values), tuple(configs), seed)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate the grid file at ``path`` (see the module docstring)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"grid file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise _fail(str(path), f"cannot parse: {exc}") from None
+    return parse_grid(data, str(path), path.parent)
+
+
+def pareto_front(rows: Sequence[dict], x: str, y: str) -> list[int]:
+    """Indices of the rows no other row beats on both ``x`` and ``y`` (lower is better).
+
+    Returned in increasing ``x`` (so decreasing ``y``); rows with equal ``(x, y)`` are
+    all on the front. Rows whose ``x`` or ``y`` is missing or not finite are left out.
+    """
+    ok = [k for k, r in enumerate(rows) if all(isinstance(r.get(key), (int, float))
+                                               and math.isfinite(r[key]) for key in (x, y))]
+    front: list[int] = []
+    best, last = math.inf, None
+    for k in sorted(ok, key=lambda k: (rows[k][x], rows[k][y])):
+        here = (rows[k][x], rows[k][y])
+        if here[1] < best or here == last:
+            front.append(k)
+            best, last = here[1], here
+    return front
+
+
+def _price(model: onnx.ModelProto, cfg: DeviceConfig) -> dict | str:
+    """One point: the timing figures, or the message of a user error (bad model or device)."""
+    from compiler.errors import CompileError
+    from runtime.bench import timing_point
+
+    try:
+        return timing_point(model, cfg)
+    except (CompileError, ConfigError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def run_sweep(model: str | Path | onnx.ModelProto, grid_path: str | Path,
+              out_dir: str | Path | None = None, address: str | None = None,
+              serial: bool = False, progress: bool = True) -> list[dict]:
+    """Price ``model`` on every point of the grid file; one row per point, in grid order.
+
+    A row is the point's grid values followed by the :func:`timing_point` figures.
+    ``out_dir`` (default ``sweep-<model>``) receives ``points.csv`` and ``pareto.png``.
+    """
+    from runtime.bench import resolve_model
+
+    if address and serial:
+        raise SweepError("a Ray address and a serial run exclude each other")
+    grid = load_grid(grid_path)
+    try:
+        name, proto = resolve_model(model, grid.model_seed)
+    except FileNotFoundError:
+        raise SweepError(f"model not found: {model} (a zoo name, light:NAME or an ONNX "
+                         "file)") from None
+    except ValueError as exc:
+        raise SweepError(f"model {model}: {exc}") from None
+    ray = None
+    if not serial:
+        try:
+            import ray
+        except ImportError:
+            if address:
+                raise SweepError(f"a Ray address ({address}) was given but Ray is not "
+                                 "installed") from None
+            print(f"npusim sweep: Ray is not installed; running the {len(grid.configs)} "
+                  "points serially", file=sys.stderr)
+    if ray is None:
+        results = _run_serial(proto, grid, name, progress)
+    else:
+        results = _run_ray(ray, proto, grid, name, address, progress)
+    rows = []
+    for point, res in zip(grid.points(), results):
+        if isinstance(res, str):
+            raise SweepError(f"point {point}: {res}")
+        rows.append({**point, **res})
+    out = Path(out_dir) if out_dir is not None else Path(f"sweep-{_safe_name(name)}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "points.csv")
+    from runtime import plots
+
+    plots.pareto(rows, out / "pareto.png", label_keys=grid.fields,
+                 title=f"{name}: {len(rows)} points around {grid.base.name}")
+    return rows
+
+
+def _bar(total: int, name: str, progress: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"sweep {name}", unit="pt", disable=not progress,
+                file=sys.stderr)
+
+
+def _run_serial(proto: onnx.ModelProto, grid: Grid, name: str, progress: bool) -> list:
+    results = []
+    with _bar(len(grid.configs), name, progress) as bar:
+        for cfg in grid.configs:
+            results.append(_price(proto, cfg))
+            if isinstance(results[-1], str):
+                break  # run_sweep reports this point; the rest would be wasted work
+            bar.update()
+    return results
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens at: ``ray.init`` would retry for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "local" and the like: Ray resolves them itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise SweepError(f"cannot reach a Ray cluster at {address}: "
+                         f"{exc.strerror or exc}") from None
+
+
+def _run_ray(ray, proto: onnx.ModelProto, grid: Grid, name: str, address: str | None,
+             progress: bool) -> list:
+    import logging
+
+    started = False
+    if not ray.is_initialized():
+        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+        try:
+            if address:
+                _check_reachable(address)
+                ray.init(address=address, **quiet)
+            else:
+                # Workers import npusim from wherever this process found it.
+                root = str(Path(__file__).resolve().parents[1])
+                path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+                ray.init(address="local",  # a fresh instance even if RAY_ADDRESS is set
+                         num_cpus=max(1, min(os.cpu_count() or 1, len(grid.configs))),
+                         include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
+                         **quiet)
+        except ConnectionError as exc:
+            raise SweepError(f"cannot connect to Ray at {address}: {exc}") from None
+        started = True
+    pending: dict = {}
+    try:
+        model_ref = ray.put(proto)  # one copy in the object store, shared by every task
+        task = ray.remote(num_cpus=1)(_price)
+        pending = {task.remote(model_ref, cfg): k for k, cfg in enumerate(grid.configs)}
+        results: list = [None] * len(grid.configs)
+        with _bar(len(grid.configs), name, progress) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.25)
+                for ref, res in zip(done, ray.get(done)):
+                    results[pending.pop(ref)] = res
+                bar.update(len(done))
+        return results
+    finally:
+        for ref in pending:  # an error or Ctrl-C: drop the points not yet run
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
+
+
+def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
+    """Write ``rows`` as CSV (columns in first-seen order) atomically; returns the path."""
+    from simulator.fileio import atomic_write
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+    return Path(path)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_sweep(rows: Sequence[dict], fields: Sequence[str] | None = None) -> str:
+    """The sweep table: ``fields`` (default: the device fields of the rows), then the
+    peak MACs per cycle, latency, utilization and roofline ratio; ``*`` marks the rows on
+    the Pareto front of latency against peak MACs per cycle."""
+    if fields is None:
+        fields = [k for k in (rows[0] if rows else {}) if k in GRID_FIELDS]
+    columns = [f for f in fields if f not in SUMMARY] + list(SUMMARY)
+    front = set(pareto_front(rows, "peak_macs_per_cycle", "latency_ms"))
+    heads = {"peak_macs_per_cycle": "MACs/cycle", "latency_ms": "latency ms",
+             "utilization": "util", "roofline_ratio": "x roof"}
+    table = [["", *(heads.get(c, c) for c in columns)]]
+    for k, r in enumerate(rows):
+        util = r.get("utilization")
+        cells = [_cell(r.get(c, "")) if c != "utilization" or not isinstance(util, float)
+                 else f"{util:.1%}" for c in columns]
+        table.append(["*" if k in front else "", *cells])
+    widths = [max(len(line[j]) for line in table) for j in range(len(table[0]))]
+    lines = [" ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w)
+                      in enumerate(zip(line, widths))).rstrip() for line in table]
+    lines.append(f"{len(rows)} points; * = Pareto-optimal (lowest latency for the array size)")
+    return "\n".join(lines)
