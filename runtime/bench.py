@@ -116,7 +116,11 @@ def format_bench(rows: list[dict]) -> str:
 
 
 def format_layers(stats: RunStats, top: int | None = None) -> str:
-    """Per-layer table of ``stats``: the ``top`` layers by cycles (all if None)."""
+    """Per-layer table of ``stats``: the ``top`` layers by cycles (all if None).
+
+    ``x roof`` is the layer's span (first job start to last job end) over its roofline
+    bound; ``cycles`` is what it adds to the latency, which overlap can make smaller.
+    """
     layers = [(k, layer) for k, layer in enumerate(stats.layers) if layer.unit != "control"]
     if top:
         layers = sorted(layers, key=lambda kl: -kl[1].cycles)[:top]
@@ -129,7 +133,8 @@ def format_layers(stats: RunStats, top: int | None = None) -> str:
         lines.append(f"{layer.name[:width]:<{width}} {layer.op[:14]:<14} {layer.cycles:>8} "
                      f"{layer.cycles / max(1, stats.cycles):>6.1%} {layer.macs:>11} "
                      f"{layer.utilization:>6.1%} {layer.bound:<7} "
-                     f"{layer.cycles / max(1, layer.roofline_cycles):>6.2f} {pinned:<6} "
+                     f"{(layer.end - layer.start) / max(1, layer.roofline_cycles):>6.2f} "
+                     f"{pinned:<6} "
                      f"{stalls}")
     lines.append(f"total: {stats.cycles} cycles = {stats.latency_us / 1000:.3f} ms at "
                  f"{stats.clock_mhz:g} MHz, {stats.macs / 1e9:.2f} GMAC, "

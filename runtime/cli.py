@@ -421,16 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from compiler.errors import CompileError
+    from runtime.sweep import SweepError
     from simulator.config import ConfigError
     from simulator.device import InputError
     from simulator.host import HostOpError
     from simulator.isa import EncodingError
     from simulator.program import ProgramError
 
-    try:
-        from runtime.sweep import SweepError
-    except ImportError:  # pragma: no cover - the sweep module is part of the package
-        SweepError = UsageError
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
