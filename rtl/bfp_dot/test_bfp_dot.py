@@ -9,9 +9,7 @@ over that single pair gives the fp32 block product the accumulator adds. The RTL
 
 from __future__ import annotations
 
-import os
 import sys
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -33,21 +31,19 @@ from simulator.numerics import (  # noqa: E402
 )
 
 cocotb = pytest.importorskip("cocotb", reason="cocotb 2.x is not installed")
-from cocotb.clock import Clock  # noqa: E402
-from cocotb.triggers import ClockCycles, RisingEdge  # noqa: E402
-
-from rtl.tb.stream import ALWAYS, CycleCounter, StreamSink, StreamSource  # noqa: E402
+from rtl.tb.bench import (  # noqa: E402
+    BACKPRESSURE,
+    FORMATS,
+    IDLE,
+    StreamBench,
+    format_env,
+    format_from_env,
+    hdl_parameters,
+)
+from rtl.tb.stream import ALWAYS  # noqa: E402
 
 LATENCY = 1
 """Cycles from the accepting edge to out_valid_o (one register stage)."""
-IDLE = (1, 1, 1, 0)
-BACKPRESSURE = (1, 0, 1, 1, 0, 0, 1)
-FORMATS = [("msfp12", 128), ("msfp8", 8)]
-
-
-def hdl_parameters(fmt: Format) -> dict[str, int]:
-    return {"BLOCK": fmt.block_size, "MANT": fmt.mantissa_bits,
-            "EXP_BITS": fmt.exponent_bits, "BIAS": fmt.exponent_bias}
 
 
 # --- stimulus: a block is (stored exponent, list of (sign, mantissa)) -----------------
@@ -106,43 +102,16 @@ def random_pairs(fmt: Format, count: int, seed: int) -> list[tuple[Block, Block]
 # --- testbench -----------------------------------------------------------------------
 
 
-class DotTB:
-    """Reset, a source driving block pairs, a sink collecting (dot, esum, nan), the golden
-    model and the checker, kept apart."""
+class DotTB(StreamBench):
+    """A source driving block pairs, a sink collecting (dot, esum, nan) (clock, reset and
+    the drivers from :class:`StreamBench`), the golden model and the checker, kept apart."""
 
     def __init__(self, dut, fmt: Format, in_pattern=ALWAYS, out_pattern=ALWAYS) -> None:
-        self.dut, self.fmt = dut, fmt
-        self.cycles = CycleCounter(dut.clk_i)
-        self.source = StreamSource(
-            dut.clk_i, dut.in_valid_i, dut.in_ready_o,
-            {"a_exp": dut.a_exp_i, "a_codes": dut.a_codes_i,
-             "w_exp": dut.w_exp_i, "w_codes": dut.w_codes_i}, self.cycles, in_pattern)
-        self.sink = StreamSink(dut.clk_i, dut.out_valid_o, dut.out_ready_i,
-                               {"dot": dut.out_dot_o, "esum": dut.out_esum_o,
-                                "nan": dut.out_nan_o}, self.cycles, out_pattern,
-                               signed=("dot", "esum"))
-        self.pairs: deque[tuple[Block, Block]] = deque()
-        self.expected: deque[dict] = deque()
-        self.checked = 0
-
-    def check_parameters(self) -> None:
-        want = hdl_parameters(self.fmt)
-        got = {name: int(getattr(self.dut, name).value) for name in want}
-        assert got == want, f"DUT built with {got}, format {self.fmt.name} wants {want}"
-
-    async def start(self) -> None:
-        Clock(self.dut.clk_i, 10, unit="ns").start()
-        self.cycles.start()
-        await self.reset()
-        self.source.start()
-        self.sink.start()
-
-    async def reset(self) -> None:
-        self.dut.rst_ni.value = 0
-        self.dut.in_valid_i.value = 0
-        self.dut.out_ready_i.value = 0
-        await ClockCycles(self.dut.clk_i, 3)
-        self.dut.rst_ni.value = 1
+        super().__init__(dut, fmt,
+                         {"a_exp": dut.a_exp_i, "a_codes": dut.a_codes_i,
+                          "w_exp": dut.w_exp_i, "w_codes": dut.w_codes_i},
+                         {"dot": dut.out_dot_o, "esum": dut.out_esum_o, "nan": dut.out_nan_o},
+                         in_pattern, out_pattern, signed=("dot", "esum"))
 
     def _tensor(self, block: Block) -> BfpTensor:
         exp, elems = block
@@ -164,21 +133,13 @@ class DotTB:
     def send(self, a: Block, w: Block) -> None:
         self.source.send({"a_exp": a[0], "a_codes": self._codes(a[1]),
                           "w_exp": w[0], "w_codes": self._codes(w[1])})
-        self.pairs.append((a, w))
+        self.sent.append((a, w))
         self.expected.append(self.model(a, w))
-
-    async def drain(self, limit: int) -> None:
-        for _ in range(limit):
-            if len(self.sink.received) == len(self.expected) and not self.source.queue:
-                return
-            await RisingEdge(self.dut.clk_i)
-        raise AssertionError(f"timeout: {len(self.sink.received)} of "
-                             f"{len(self.expected)} results came out")
 
     def check(self) -> None:
         shift = 2 * (self.fmt.mantissa_bits - 1)
         assert len(self.sink.received) == len(self.expected)
-        for pair, want, got in zip(self.pairs, self.expected, self.sink.received, strict=True):
+        for pair, want, got in zip(self.sent, self.expected, self.sink.received, strict=True):
             golden_nan = bool(np.isnan(want["scale"]))
             # the RTL's (dot, esum, nan) through the golden accumulator: same fp32 bits?
             scale = np.nan if got["nan"] else 2.0 ** (got["esum"] - shift)
@@ -193,12 +154,8 @@ class DotTB:
             self.checked += 1
 
 
-def _format() -> Format:
-    return get_format(os.environ["NPUSIM_RTL_FORMAT"], int(os.environ["NPUSIM_RTL_NATIVE_DIM"]))
-
-
 async def _run_stream(dut, in_pattern, out_pattern, seed: int) -> DotTB:
-    tb = DotTB(dut, _format(), in_pattern, out_pattern)
+    tb = DotTB(dut, format_from_env(), in_pattern, out_pattern)
     tb.check_parameters()
     await tb.start()
     pairs = corner_pairs(tb.fmt) + random_pairs(tb.fmt, 400, seed)
@@ -213,12 +170,7 @@ async def _run_stream(dut, in_pattern, out_pattern, seed: int) -> DotTB:
 async def dot_streaming(dut):
     """Always valid, always ready: bit-exact, and the measured latency and throughput."""
     tb = await _run_stream(dut, ALWAYS, ALWAYS, seed=1)
-    n, first = tb.checked, tb.source.accepted[0]
-    latency = tb.sink.times[0] - first
-    assert tb.source.accepted == list(range(first, first + n)), "input stalled"
-    assert latency == LATENCY, f"latency {latency}, expected {LATENCY}"
-    assert tb.sink.times[-1] - first == n - 1 + LATENCY, "not one pair per cycle"
-    report("streaming", vectors=n, latency=latency, cycles=tb.sink.times[-1] - first + 1)
+    report("streaming", **tb.streaming_rate(LATENCY, "pair"))
 
 
 @cocotb.test()
@@ -237,6 +189,6 @@ async def dot_idle_backpressure(dut):
 def test_bfp_dot(name: str, native_dim: int) -> None:
     fmt = get_format(name, native_dim)
     stats = run("bfp_dot", [HERE / "bfp_dot.sv"], hdl_parameters(fmt), __file__,
-                {"NPUSIM_RTL_FORMAT": name, "NPUSIM_RTL_NATIVE_DIM": str(native_dim)})
+                format_env(name, native_dim))
     assert set(stats) == {"streaming", "idle_backpressure"}
     assert all(s["vectors"] > 0 for s in stats.values())

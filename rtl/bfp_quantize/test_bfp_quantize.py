@@ -8,9 +8,7 @@ model, under a free-running stream and under idle/backpressure patterns.
 
 from __future__ import annotations
 
-import os
 import sys
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +22,19 @@ from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
 from simulator.numerics import Format, get_format, quantize_reference  # noqa: E402
 
 cocotb = pytest.importorskip("cocotb", reason="cocotb 2.x is not installed")
-from cocotb.clock import Clock  # noqa: E402
-from cocotb.triggers import ClockCycles, RisingEdge  # noqa: E402
-
-from rtl.tb.stream import ALWAYS, CycleCounter, StreamSink, StreamSource  # noqa: E402
+from rtl.tb.bench import (  # noqa: E402
+    BACKPRESSURE,
+    FORMATS,
+    IDLE,
+    StreamBench,
+    format_env,
+    format_from_env,
+    hdl_parameters,
+)
+from rtl.tb.stream import ALWAYS  # noqa: E402
 
 LATENCY = 2
 """Cycles from the accepting edge to out_valid_o (the module header's 2-stage pipeline)."""
-IDLE = (1, 1, 1, 0)
-BACKPRESSURE = (1, 0, 1, 1, 0, 0, 1)
-FORMATS = [("msfp12", 128), ("msfp8", 8)]
-"""(name, native_dim); msfp8 with a small native dimension keeps the block at 8."""
-
-
-def hdl_parameters(fmt: Format) -> dict[str, int]:
-    return {"BLOCK": fmt.block_size, "MANT": fmt.mantissa_bits,
-            "EXP_BITS": fmt.exponent_bits, "BIAS": fmt.exponent_bias}
 
 
 # --- stimulus ------------------------------------------------------------------------
@@ -127,40 +122,14 @@ def random_blocks(fmt: Format, count: int, seed: int) -> list[np.ndarray]:
 # --- testbench -----------------------------------------------------------------------
 
 
-class QuantizeTB:
-    """Reset, a source driving fp32 blocks, a sink collecting BFP blocks, the golden model
-    and the checker, kept apart."""
+class QuantizeTB(StreamBench):
+    """A source driving fp32 blocks, a sink collecting BFP blocks (clock, reset and the
+    drivers from :class:`StreamBench`), the golden model and the checker, kept apart."""
 
     def __init__(self, dut, fmt: Format, in_pattern=ALWAYS, out_pattern=ALWAYS) -> None:
-        self.dut, self.fmt = dut, fmt
-        self.cycles = CycleCounter(dut.clk_i)
-        self.source = StreamSource(dut.clk_i, dut.in_valid_i, dut.in_ready_o,
-                                   {"data": dut.in_data_i}, self.cycles, in_pattern)
-        self.sink = StreamSink(dut.clk_i, dut.out_valid_o, dut.out_ready_i,
-                               {"exp": dut.out_exp_o, "codes": dut.out_codes_o},
-                               self.cycles, out_pattern)
-        self.inputs: deque[np.ndarray] = deque()
-        self.expected: deque[dict[str, int]] = deque()
-        self.checked = 0
-
-    def check_parameters(self) -> None:
-        want = hdl_parameters(self.fmt)
-        got = {name: int(getattr(self.dut, name).value) for name in want}
-        assert got == want, f"DUT built with {got}, format {self.fmt.name} wants {want}"
-
-    async def start(self) -> None:
-        Clock(self.dut.clk_i, 10, unit="ns").start()
-        self.cycles.start()
-        await self.reset()
-        self.source.start()
-        self.sink.start()
-
-    async def reset(self) -> None:
-        self.dut.rst_ni.value = 0
-        self.dut.in_valid_i.value = 0
-        self.dut.out_ready_i.value = 0
-        await ClockCycles(self.dut.clk_i, 3)
-        self.dut.rst_ni.value = 1
+        super().__init__(dut, fmt, {"data": dut.in_data_i},
+                         {"exp": dut.out_exp_o, "codes": dut.out_codes_o},
+                         in_pattern, out_pattern)
 
     def model(self, block: np.ndarray) -> dict[str, int]:
         """The golden quantizer's output as the RTL's ports: exponent and packed codes."""
@@ -174,21 +143,13 @@ class QuantizeTB:
     def send(self, block: np.ndarray) -> None:
         bits = block.astype(np.float32).view(np.uint32).tolist()
         self.source.send({"data": sum(int(v) << (32 * i) for i, v in enumerate(bits))})
-        self.inputs.append(block)
+        self.sent.append(block)
         self.expected.append(self.model(block))
-
-    async def drain(self, limit: int) -> None:
-        for _ in range(limit):
-            if len(self.sink.received) == len(self.expected) and not self.source.queue:
-                return
-            await RisingEdge(self.dut.clk_i)
-        raise AssertionError(f"timeout: {len(self.sink.received)} of "
-                             f"{len(self.expected)} blocks came out")
 
     def check(self) -> None:
         mb = self.fmt.mantissa_bits
         assert len(self.sink.received) == len(self.expected)
-        for x, want, got in zip(self.inputs, self.expected, self.sink.received, strict=True):
+        for x, want, got in zip(self.sent, self.expected, self.sink.received, strict=True):
             if got != want:
                 def codes(v):
                     return [(v >> (i * (mb + 1))) & ((1 << (mb + 1)) - 1)
@@ -200,18 +161,14 @@ class QuantizeTB:
             self.checked += 1
 
 
-def _format() -> Format:
-    return get_format(os.environ["NPUSIM_RTL_FORMAT"], int(os.environ["NPUSIM_RTL_NATIVE_DIM"]))
-
-
 async def _run_stream(dut, in_pattern, out_pattern, seed: int) -> QuantizeTB:
-    tb = QuantizeTB(dut, _format(), in_pattern, out_pattern)
+    tb = QuantizeTB(dut, format_from_env(), in_pattern, out_pattern)
     tb.check_parameters()
     await tb.start()
     blocks = corner_blocks(tb.fmt) + random_blocks(tb.fmt, 400, seed)
     for x in blocks:
         tb.send(x)
-    await tb.drain(limit=8 * len(blocks) + 50)
+    await tb.drain(limit=8 * len(blocks) + 50, what="blocks")
     tb.check()
     return tb
 
@@ -220,12 +177,7 @@ async def _run_stream(dut, in_pattern, out_pattern, seed: int) -> QuantizeTB:
 async def quantize_streaming(dut):
     """Always valid, always ready: bit-exact, and the measured latency and throughput."""
     tb = await _run_stream(dut, ALWAYS, ALWAYS, seed=1)
-    n, first = tb.checked, tb.source.accepted[0]
-    latency = tb.sink.times[0] - first
-    assert tb.source.accepted == list(range(first, first + n)), "input stalled"
-    assert latency == LATENCY, f"latency {latency}, expected {LATENCY}"
-    assert tb.sink.times[-1] - first == n - 1 + LATENCY, "not one block per cycle"
-    report("streaming", vectors=n, latency=latency, cycles=tb.sink.times[-1] - first + 1)
+    report("streaming", **tb.streaming_rate(LATENCY, "block"))
 
 
 @cocotb.test()
@@ -244,6 +196,6 @@ async def quantize_idle_backpressure(dut):
 def test_bfp_quantize(name: str, native_dim: int) -> None:
     fmt = get_format(name, native_dim)
     stats = run("bfp_quantize", [HERE / "bfp_quantize.sv"], hdl_parameters(fmt), __file__,
-                {"NPUSIM_RTL_FORMAT": name, "NPUSIM_RTL_NATIVE_DIM": str(native_dim)})
+                format_env(name, native_dim))
     assert set(stats) == {"streaming", "idle_backpressure"}
     assert all(s["vectors"] > 0 for s in stats.values())
