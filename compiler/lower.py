@@ -201,9 +201,8 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         emit(isa.VWr(i, t.addr, t.nbytes), t.name, "DeviceToHost")
     instrs.append(isa.EndChain())
     instrs = pin_weights(instrs, weight_descs, opts.device, wbase)
-    pinned = sum(t.nbytes for t in weight_descs
-                 if any(isinstance(i, isa.MvMul) and i.pinned and i.weights == wbase + t.addr
-                        for i in instrs))
+    pinned_at = {i.weights for i in instrs if isinstance(i, isa.MvMul) and i.pinned}
+    pinned = sum(t.nbytes for t in weight_descs if wbase + t.addr in pinned_at)
     layers.append({"name": "end", "op": "EndChain", "tensor": "", "nodes": []})
     mmap = {"weights": (wbase, len(weights)), "constants": (cbase, len(consts)),
             "activations": (abase, arena.top)}

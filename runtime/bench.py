@@ -52,21 +52,26 @@ def summary(stats: RunStats) -> dict:
             **{f"stall_{c}": v for c, v in stats.stalls().items()}}
 
 
-def timing_point(model: str | Path | onnx.ModelProto, device: str | Path | DeviceConfig,
-                 numerics: str | None = None) -> dict:
-    """Compile ``model`` for ``device`` and price it; no functional run."""
+def _compile(model, device, numerics: str | None, seed: int = 0):
+    """``(name, proto, cfg, program, compile seconds, weight figures)``."""
     cfg = load_device(device)
     if numerics:
         cfg = cfg.replace(numerics=numerics)
-    _, proto = resolve_model(model)
+    name, proto = resolve_model(model, seed)
     t0 = time.perf_counter()
     prog = compile_model(proto, cfg)
     compile_s = time.perf_counter() - t0
-    stats = schedule(prog, cfg)
+    weights = {k: prog.metadata[k] for k in ("pinned_weight_bytes", "streamed_weight_bytes")}
+    return name, proto, cfg, prog, compile_s, weights
+
+
+def timing_point(model: str | Path | onnx.ModelProto, device: str | Path | DeviceConfig,
+                 numerics: str | None = None) -> dict:
+    """Compile ``model`` for ``device`` and price it; no functional run."""
+    _, _, cfg, prog, compile_s, weights = _compile(model, device, numerics)
     return {"numerics": cfg.numerics, "peak_macs_per_cycle": cfg.peak_macs_per_cycle,
-            "peak_tops": cfg.peak_tops, "compile_s": compile_s,
-            "pinned_weight_bytes": prog.metadata["pinned_weight_bytes"],
-            "streamed_weight_bytes": prog.metadata["streamed_weight_bytes"], **summary(stats)}
+            "peak_tops": cfg.peak_tops, "compile_s": compile_s, **weights,
+            **summary(schedule(prog, cfg))}
 
 
 def bench_model(model: str | Path | onnx.ModelProto, device: str | Path | DeviceConfig = None,
@@ -77,14 +82,8 @@ def bench_model(model: str | Path | onnx.ModelProto, device: str | Path | Device
     Functional simulation and onnxruntime are timed as the median of ``rounds`` runs
     after a warm-up, one after the other in this process.
     """
-    cfg = load_device(device)
-    if numerics:
-        cfg = cfg.replace(numerics=numerics)
-    name, proto = resolve_model(model, seed)
+    name, proto, cfg, prog, compile_s, weights = _compile(model, device, numerics, seed)
     feeds = default_inputs(proto, seed)
-    t0 = time.perf_counter()
-    prog = compile_model(proto, cfg)
-    compile_s = time.perf_counter() - t0
     sess = Session(prog)
     sim_s = median_seconds(lambda: sess.run(None, feeds), rounds)
     ort_s = float("nan")
@@ -95,9 +94,7 @@ def bench_model(model: str | Path | onnx.ModelProto, device: str | Path | Device
     return {"model": name, "device": cfg.name, "numerics": cfg.numerics,
             "instructions": len(prog.instructions), "compile_s": compile_s,
             "sim_ms": sim_s * 1e3, "ort_ms": ort_s * 1e3, "sim_over_ort": sim_s / ort_s,
-            "pinned_weight_bytes": prog.metadata["pinned_weight_bytes"],
-            "streamed_weight_bytes": prog.metadata["streamed_weight_bytes"],
-            **summary(stats), "stats": stats}
+            **weights, **summary(stats), "stats": stats}
 
 
 def format_bench(rows: list[dict]) -> str:

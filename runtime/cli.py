@@ -119,13 +119,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.trace:
         _write_trace(Path(args.trace), stats, sess)
     if args.layers:
-        from runtime.bench import format_layers
-
-        print(format_layers(stats, args.layers if args.layers > 0 else None))
+        _print_layers(stats, args.layers)
     print(f"simulated latency {stats.latency_us:.1f} us ({stats.cycles} cycles at "
           f"{stats.clock_mhz:g} MHz, utilization {stats.utilization:.1%}, "
           f"{stats.roofline_ratio:.2f}x roofline); functional simulation {wall * 1e3:.1f} ms")
     return 0
+
+
+def _print_layers(stats, top: int) -> None:
+    """``--layers``: every layer (-1, the flag alone) or the ``top`` slowest."""
+    from runtime.bench import format_layers
+
+    print(format_layers(stats, top if top > 0 else None))
 
 
 def _write_trace(path: Path, stats, sess) -> None:
@@ -183,7 +188,7 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from runtime.bench import bench_model, format_bench, format_layers
+    from runtime.bench import bench_model, format_bench
 
     rows = []
     devices = args.device or ["brainwave-s10"]
@@ -199,7 +204,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 rows.append(row)
                 if args.layers:
                     print(f"\n{row['model']} on {row['device']} ({row['numerics']})")
-                    print(format_layers(row["stats"], args.layers if args.layers > 0 else None))
+                    _print_layers(row["stats"], args.layers)
                 if args.plot:
                     _plots(Path(args.plot), row, device)
     print(format_bench(rows))
@@ -332,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
         if numerics:
             sp.add_argument("--numerics", choices=FORMAT_NAMES, help="override the format")
 
+    def layers_opt(sp):
+        sp.add_argument("--layers", type=int, nargs="?", const=-1, default=0, metavar="N",
+                        help="print the per-layer table (the N slowest layers if N is given)")
+
     c = sub.add_parser("compile", help="compile an ONNX model to a .npub program")
     c.add_argument("model")
     c.add_argument("-o", "--output")
@@ -351,8 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", default=".")
     r.add_argument("--stats", help="write cycle statistics (whole model and per layer) as JSON")
     r.add_argument("--trace", help="write the simulated timeline as a Chrome trace (Perfetto)")
-    r.add_argument("--layers", type=int, nargs="?", const=-1, default=0, metavar="N",
-                   help="print the per-layer table (the N slowest layers if N is given)")
+    layers_opt(r)
     device_opts(r, numerics=False)
     r.set_defaults(fn=cmd_run)
 
@@ -398,8 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=3, help="timed runs per model (median)")
     b.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
     b.add_argument("--no-reference", action="store_true", help="skip onnxruntime")
-    b.add_argument("--layers", type=int, nargs="?", const=-1, default=0, metavar="N",
-                   help="print the per-layer table (the N slowest layers if N is given)")
+    layers_opt(b)
     b.add_argument("--json", help="write the rows (with per-layer stats) as JSON")
     b.add_argument("--plot", metavar="DIR", help="write latency-breakdown and roofline PNGs")
     b.set_defaults(fn=cmd_bench)

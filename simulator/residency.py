@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 
 from simulator.timing import Operand, Work
 
+NEVER = 1 << 62
+"""The next use of a tensor that is not read again."""
+
 
 @dataclass
 class _Tensor:
@@ -39,7 +42,7 @@ class _Tensor:
                    for r in self.ranges)
 
     def next_use(self, after: int) -> int:
-        return next((u for u in self.uses if u > after), 1 << 62)
+        return next((u for u in self.uses if u > after), NEVER)
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def _make_room(on_chip: list[_Tensor], keep: list[_Tensor], capacity: int,
     """Evict from ``on_chip`` (in place) until ``keep`` fits; returns the writebacks."""
     wbs = []
     for t in list(on_chip):  # dead tensors leave for free
-        if t not in keep and t.next_use(now - 1) == 1 << 62:
+        if t not in keep and t.next_use(now - 1) == NEVER:
             t.on_chip = False
             on_chip.remove(t)
     need = sum(t.nbytes for t in keep)
