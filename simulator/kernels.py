@@ -164,6 +164,11 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, np.float32(0))
 
 
+def max_step(running: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """One step of max pooling in the vector unit: ``np.maximum`` (a NaN wins)."""
+    return np.maximum(running, x)
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Computed in float64 and rounded once to fp32."""
     z = x.astype(np.float64)

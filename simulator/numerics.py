@@ -298,9 +298,28 @@ def accumulate_blocks_reference(partials: np.ndarray, a_scale: np.ndarray,
     """
     acc = np.zeros(partials.shape[1:], dtype=np.float32)
     for j in range(partials.shape[0]):
-        d = partials[j].astype(np.float64) * a_scale[:, j, None] * w_scale[None, :, j]
-        acc += d.astype(np.float32)
+        acc = accumulate_block(acc, partials[j], a_scale[:, j, None] * w_scale[None, :, j])
     return acc
+
+
+def block_product(partial: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """One block product as the accumulator receives it: ``fp32(partial * scale)``.
+
+    ``partial`` is an exact integer (``|p| < 2**24``) and ``scale`` a power of two (or NaN
+    for a non-finite block), so the float64 product is exact and it is rounded to fp32
+    once, nearest-even: only underflow to a subnormal (or zero) and overflow to an
+    infinity can round.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (np.asarray(partial, np.float64) * scale).astype(np.float32)
+
+
+def accumulate_block(acc: np.ndarray, partial: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """One step of the accumulation across blocks: ``fp32(acc + block_product(...))``,
+    an IEEE-754 binary32 addition rounded to nearest-even (subnormals kept)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.add(np.asarray(acc, np.float32), block_product(partial, scale),
+                      dtype=np.float32)
 
 
 def block_partials(a: BfpTensor, w: BfpTensor) -> np.ndarray:

@@ -36,8 +36,7 @@ from rtl.tb.bench import (  # noqa: E402
     FORMATS,
     IDLE,
     StreamBench,
-    format_env,
-    format_from_env,
+    format_from_dut,
     hdl_parameters,
 )
 from rtl.tb.stream import ALWAYS  # noqa: E402
@@ -155,8 +154,7 @@ class DotTB(StreamBench):
 
 
 async def _run_stream(dut, in_pattern, out_pattern, seed: int) -> DotTB:
-    tb = DotTB(dut, format_from_env(), in_pattern, out_pattern)
-    tb.check_parameters()
+    tb = DotTB(dut, format_from_dut(dut), in_pattern, out_pattern)
     await tb.start()
     pairs = corner_pairs(tb.fmt) + random_pairs(tb.fmt, 400, seed)
     for a, w in pairs:
@@ -188,7 +186,6 @@ async def dot_idle_backpressure(dut):
 @pytest.mark.parametrize(("name", "native_dim"), FORMATS, ids=[f[0] for f in FORMATS])
 def test_bfp_dot(name: str, native_dim: int) -> None:
     fmt = get_format(name, native_dim)
-    stats = run("bfp_dot", [HERE / "bfp_dot.sv"], hdl_parameters(fmt), __file__,
-                format_env(name, native_dim))
+    stats = run("bfp_dot", [HERE / "bfp_dot.sv"], hdl_parameters(fmt), __file__)
     assert set(stats) == {"streaming", "idle_backpressure"}
     assert all(s["vectors"] > 0 for s in stats.values())

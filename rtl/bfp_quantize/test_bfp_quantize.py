@@ -27,8 +27,7 @@ from rtl.tb.bench import (  # noqa: E402
     FORMATS,
     IDLE,
     StreamBench,
-    format_env,
-    format_from_env,
+    format_from_dut,
     hdl_parameters,
 )
 from rtl.tb.stream import ALWAYS  # noqa: E402
@@ -162,8 +161,7 @@ class QuantizeTB(StreamBench):
 
 
 async def _run_stream(dut, in_pattern, out_pattern, seed: int) -> QuantizeTB:
-    tb = QuantizeTB(dut, format_from_env(), in_pattern, out_pattern)
-    tb.check_parameters()
+    tb = QuantizeTB(dut, format_from_dut(dut), in_pattern, out_pattern)
     await tb.start()
     blocks = corner_blocks(tb.fmt) + random_blocks(tb.fmt, 400, seed)
     for x in blocks:
@@ -195,7 +193,6 @@ async def quantize_idle_backpressure(dut):
 @pytest.mark.parametrize(("name", "native_dim"), FORMATS, ids=[f[0] for f in FORMATS])
 def test_bfp_quantize(name: str, native_dim: int) -> None:
     fmt = get_format(name, native_dim)
-    stats = run("bfp_quantize", [HERE / "bfp_quantize.sv"], hdl_parameters(fmt), __file__,
-                format_env(name, native_dim))
+    stats = run("bfp_quantize", [HERE / "bfp_quantize.sv"], hdl_parameters(fmt), __file__)
     assert set(stats) == {"streaming", "idle_backpressure"}
     assert all(s["vectors"] > 0 for s in stats.values())

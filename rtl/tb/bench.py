@@ -4,12 +4,11 @@ implies, clock and reset, the valid/ready source and sink, draining, and the che
 free-running stream moves one transfer per cycle after a fixed latency.
 
 A kernel's testbench subclasses :class:`StreamBench` and adds its model, ``send`` and
-checker; the pytest side passes the format with :func:`format_env`.
+checker; the cocotb side reads the format from the DUT's parameters (:func:`format_from_dut`).
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Mapping
 
@@ -17,16 +16,15 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from rtl.tb.stream import ALWAYS, CycleCounter, StreamSink, StreamSource
-from simulator.numerics import Format, get_format
+from simulator.numerics import FORMAT_NAMES, Format, get_format
 
 IDLE = (1, 1, 1, 0)
 """The source idles one cycle in four."""
 BACKPRESSURE = (1, 0, 1, 1, 0, 0, 1)
 """The sink stalls in a 7-cycle pattern."""
+
 FORMATS = [("msfp12", 128), ("msfp8", 8)]
 """(name, native_dim); msfp8 with a small native dimension keeps the block at 8."""
-
-_FORMAT_ENV, _NATIVE_DIM_ENV = "NPUSIM_RTL_FORMAT", "NPUSIM_RTL_NATIVE_DIM"
 
 
 def hdl_parameters(fmt: Format) -> dict[str, int]:
@@ -34,13 +32,20 @@ def hdl_parameters(fmt: Format) -> dict[str, int]:
             "EXP_BITS": fmt.exponent_bits, "BIAS": fmt.exponent_bias}
 
 
-def format_env(name: str, native_dim: int) -> dict[str, str]:
-    """The environment that tells the cocotb side which format the DUT was built for."""
-    return {_FORMAT_ENV: name, _NATIVE_DIM_ENV: str(native_dim)}
+def format_of(parameters: Mapping[str, int]) -> Format:
+    """The format whose :func:`hdl_parameters` are ``parameters`` (the inverse)."""
+    wanted = {k: int(parameters[k]) for k in ("BLOCK", "MANT", "EXP_BITS", "BIAS")}
+    for name in FORMAT_NAMES[1:]:
+        fmt = get_format(name, native_dim=wanted["BLOCK"])
+        if hdl_parameters(fmt) == wanted:
+            return fmt
+    raise ValueError(f"no number format has the HDL parameters {wanted}")
 
 
-def format_from_env() -> Format:
-    return get_format(os.environ[_FORMAT_ENV], int(os.environ[_NATIVE_DIM_ENV]))
+def format_from_dut(dut) -> Format:
+    """The format the DUT was built for, read from its parameters."""
+    return format_of({name: int(getattr(dut, name).value)
+                      for name in ("BLOCK", "MANT", "EXP_BITS", "BIAS")})
 
 
 class StreamBench:
@@ -59,11 +64,6 @@ class StreamBench:
         self.sent: deque = deque()
         self.expected: deque = deque()
         self.checked = 0
-
-    def check_parameters(self) -> None:
-        want = hdl_parameters(self.fmt)
-        got = {name: int(getattr(self.dut, name).value) for name in want}
-        assert got == want, f"DUT built with {got}, format {self.fmt.name} wants {want}"
 
     async def start(self) -> None:
         Clock(self.dut.clk_i, 10, unit="ns").start()

@@ -8,8 +8,8 @@ cocotb side (same file) reports how many vectors it checked through :func:`repor
 
 Example (from a kernel's ``test_<kernel>.py``)::
 
-    stats = run("bfp_dot", [HERE / "bfp_dot.sv"], {"BLOCK": 16, "MANT": 3,
-                "EXP_BITS": 8, "BIAS": 127}, __file__, {"NPUSIM_RTL_FORMAT": "msfp12"})
+    stats = run("bfp_dot", [HERE / "bfp_dot.sv"],
+                {"BLOCK": 16, "MANT": 3, "EXP_BITS": 8, "BIAS": 127}, __file__)
 """
 
 from __future__ import annotations
