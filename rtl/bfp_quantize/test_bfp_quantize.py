@@ -3,7 +3,10 @@
 
 The pytest function at the bottom builds the kernel per format and runs the cocotb tests
 above it in the simulator; every output block is compared bit for bit with the golden
-model, under a free-running stream and under idle/backpressure patterns.
+model, under a free-running stream and under idle/backpressure patterns. Nearest-even
+blocks are quantized one at a time; stochastic rounding depends on each element's index
+in the tensor, so those blocks are rows of a ``[nblocks, BLOCK]`` tensor the golden model
+quantizes as a whole, row ``r`` sent with ``index_i = r * BLOCK``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,15 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parents[1]) not in sys.path:  # the repository, for rtl.tb under plain `pytest`
     sys.path.insert(0, str(HERE.parents[1]))
 
+from rtl.tb.kernels import sources  # noqa: E402
 from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
-from simulator.numerics import Format, get_format, quantize_reference  # noqa: E402
+from simulator.numerics import (  # noqa: E402
+    Format,
+    Rounding,
+    get_format,
+    quantize_reference,
+)
+from simulator.timing import bfp_convert_depth  # noqa: E402
 
 cocotb = pytest.importorskip("cocotb", reason="cocotb 2.x is not installed")
 from rtl.tb.bench import (  # noqa: E402
@@ -32,8 +42,20 @@ from rtl.tb.bench import (  # noqa: E402
 )
 from rtl.tb.stream import ALWAYS  # noqa: E402
 
-LATENCY = 2
-"""Cycles from the accepting edge to out_valid_o (the module header's 2-stage pipeline)."""
+EXTRA_FORMATS = [("mxint8", 32), ("msfp9", 12), ("msfp8", 2)]
+"""Beyond the shared FORMATS: a 32-element block with 7 mantissa bits, a block that is not
+a power of two (a padded comparator tree) and the smallest block (a one-level tree)."""
+
+SEEDS = (0, 1, 0xDEADBEEF, 2**32 - 1)
+"""Stochastic-rounding seeds; the last two make ``index + seed * 0x9E3779B9`` wrap."""
+
+
+def latency_of(dut, fmt: Format) -> int:
+    """Cycles from the accepting edge to out_valid_o: the DUT's LATENCY, which must be the
+    converter depth the timing model charges."""
+    latency = int(dut.LATENCY.value)
+    assert latency == bfp_convert_depth(fmt), (latency, bfp_convert_depth(fmt))
+    return latency
 
 
 # --- stimulus ------------------------------------------------------------------------
@@ -72,6 +94,11 @@ def corner_blocks(fmt: Format) -> list[np.ndarray]:
         blocks.append(block([pin] + ties + [-t for t in ties]))
         blocks.append(block([pin, (top - 0.5) * u, -(top - 0.25) * u, 0.5 * u, -0.5 * u,
                              1.5 * u, 0.25 * u, 0.75 * u]))  # saturating tie, flushes
+        # just above a tie by less than 2**-16 of the code's LSB: only the sticky bit of
+        # the bits below the 16-bit fraction grid breaks the tie upwards
+        blocks.append(block([pin] + [(k + 0.5 + 2.0 ** -d) * u * sgn
+                                     for k, d, sgn in ((0, 17, 1), (2, 20, -1), (1, 22, 1),
+                                                       (top - 2, 18, 1), (0, 23, -1))]))
     # largest exponents: near 2**emax, beyond it (saturates), fp32 max
     emax = fmt.emax
     blocks.append(block([2.0 ** emax, 1.5 * 2.0 ** emax, -1.99 * 2.0 ** emax, 1.0]))
@@ -118,6 +145,37 @@ def random_blocks(fmt: Format, count: int, seed: int) -> list[np.ndarray]:
     return out
 
 
+def stochastic_corner_blocks(fmt: Format) -> list[np.ndarray]:
+    """Blocks pinned at a few shared exponents whose other elements scale to ``a`` on an
+    integer, just below saturation, on and off the 2**-16 grid, ties, and tiny values; a
+    block repeated at many tensor indices meets many random fractions."""
+    b, mb = fmt.block_size, fmt.mantissa_bits
+    top = float(1 << mb)
+    g = 2.0 ** -16                                          # the fraction grid
+    blocks = []
+    for e in (0, -3, fmt.emax, fmt.emin + 1, fmt.emin):
+        u = 2.0 ** (e - (mb - 1))                           # a = x / u
+        a = [top - 1, 1.0, 2.0, top - 2, 0.0,               # integers: never move
+             top - g, top - 1 + g, top - 1 + 0.5, top - 0.5 * g,  # near saturation
+             0.5, 1.5, 0.5 + g, 0.5 - g, 1.0 / 3, 2.0 / 3,  # ties and inexact
+             g, 0.5 * g, 1.5 * g, 2.0 ** -24, 3 * g, 1 - g, 1 - 0.5 * g]  # tiny, sticky only
+        x = np.array([(-v if k % 3 == 2 else v) * u for k, v in enumerate(a)], np.float64)
+        for start in range(0, len(x), b - 1):               # each block keeps the pin
+            vals = np.concatenate([[(top - 1) * u], x[start:start + b - 1]])
+            blk = np.zeros(b, np.float32)
+            with np.errstate(under="ignore"):
+                blk[: vals.size] = vals.astype(np.float32)
+            blocks.append(blk)
+    # a block whose largest element is far above emax (saturates everything big)
+    blocks.append(np.full(b, 2.0 ** min(fmt.emax + 4, 127), np.float32) * np.float32(-1))
+    # non-finite blocks: every code 0 whatever the random fraction
+    for nb in (0x7FC00000, 0xFF800000, 0x7F800001):
+        blk = np.linspace(-3, 3, b).astype(np.float32)
+        blk[b // 2] = _f32([nb])[0]
+        blocks.append(blk)
+    return blocks
+
+
 # --- testbench -----------------------------------------------------------------------
 
 
@@ -126,24 +184,40 @@ class QuantizeTB(StreamBench):
     drivers from :class:`StreamBench`), the golden model and the checker, kept apart."""
 
     def __init__(self, dut, fmt: Format, in_pattern=ALWAYS, out_pattern=ALWAYS) -> None:
-        super().__init__(dut, fmt, {"data": dut.in_data_i},
+        super().__init__(dut, fmt, {"data": dut.in_data_i, "sr": dut.sr_i,
+                                    "seed": dut.seed_i, "index": dut.index_i},
                          {"exp": dut.out_exp_o, "codes": dut.out_codes_o},
                          in_pattern, out_pattern)
 
-    def model(self, block: np.ndarray) -> dict[str, int]:
-        """The golden quantizer's output as the RTL's ports: exponent and packed codes."""
-        t = quantize_reference(block[None, :], self.fmt)
+    def model(self, x: np.ndarray, rounding: Rounding = Rounding.NEAREST_EVEN,
+              seed: int = 0) -> list[dict[str, int]]:
+        """The golden quantizer's output for a ``[nblocks, BLOCK]`` tensor as the RTL's
+        ports, one entry per row: exponent and packed codes."""
+        t = quantize_reference(x, self.fmt, rounding, seed)
         mb = self.fmt.mantissa_bits
-        codes = 0
-        for i, q in enumerate(t.q[0].tolist()):
-            codes |= ((int(q < 0) << mb) | abs(q)) << (i * (mb + 1))
-        return {"exp": int(t.exponents[0, 0]), "codes": codes}
+        rows = []
+        for r in range(x.shape[0]):
+            codes = 0
+            for i, q in enumerate(t.q[r].tolist()):
+                codes |= ((int(q < 0) << mb) | abs(q)) << (i * (mb + 1))
+            rows.append({"exp": int(t.exponents[r, 0]), "codes": codes})
+        return rows
 
-    def send(self, block: np.ndarray) -> None:
+    def _drive(self, block: np.ndarray, sr: int, seed: int, index: int, want: dict) -> None:
         bits = block.astype(np.float32).view(np.uint32).tolist()
-        self.source.send({"data": sum(int(v) << (32 * i) for i, v in enumerate(bits))})
+        self.source.send({"data": sum(int(v) << (32 * i) for i, v in enumerate(bits)),
+                          "sr": sr, "seed": seed & 0xFFFFFFFF, "index": index})
         self.sent.append(block)
-        self.expected.append(self.model(block))
+        self.expected.append(want)
+
+    def send(self, block: np.ndarray, seed: int = 0, index: int = 0) -> None:
+        """One block, nearest even; ``seed`` and ``index`` are don't-cares then."""
+        self._drive(block, 0, seed, index, self.model(block[None, :])[0])
+
+    def send_stochastic(self, x: np.ndarray, seed: int) -> None:
+        """Every row of the tensor ``x``, stochastic rounding with ``seed``."""
+        for r, want in enumerate(self.model(x, Rounding.STOCHASTIC, seed)):
+            self._drive(x[r], 1, seed, r * self.fmt.block_size, want)
 
     def check(self) -> None:
         mb = self.fmt.mantissa_bits
@@ -175,7 +249,7 @@ async def _run_stream(dut, in_pattern, out_pattern, seed: int) -> QuantizeTB:
 async def quantize_streaming(dut):
     """Always valid, always ready: bit-exact, and the measured latency and throughput."""
     tb = await _run_stream(dut, ALWAYS, ALWAYS, seed=1)
-    report("streaming", **tb.streaming_rate(LATENCY, "block"))
+    report("streaming", **tb.streaming_rate(latency_of(dut, tb.fmt), "block"))
 
 
 @cocotb.test()
@@ -185,14 +259,50 @@ async def quantize_idle_backpressure(dut):
     report("idle_backpressure", vectors=tb.checked)
 
 
+async def _run_stochastic(dut, in_pattern, out_pattern, seed: int) -> QuantizeTB:
+    """A tensor of the stochastic corner blocks (each repeated at several indices), the
+    nearest-even corner blocks and random blocks, quantized with every seed of SEEDS;
+    between the tensors, nearest-even blocks with random seed_i/index_i (don't-cares)."""
+    tb = QuantizeTB(dut, format_from_dut(dut), in_pattern, out_pattern)
+    await tb.start()
+    rng = np.random.default_rng(seed)
+    x = np.stack(stochastic_corner_blocks(tb.fmt) * 8 + corner_blocks(tb.fmt)
+                 + random_blocks(tb.fmt, 120, seed))
+    for s in SEEDS:
+        tb.send_stochastic(x, s)
+        for blk in random_blocks(tb.fmt, 8, seed + s % 1000):
+            tb.send(blk, seed=int(rng.integers(1 << 32)), index=int(rng.integers(1 << 32)))
+    await tb.drain(limit=8 * len(tb.expected) + 50, what="blocks")
+    tb.check()
+    return tb
+
+
+@cocotb.test()
+async def quantize_stochastic(dut):
+    """Stochastic rounding, free-running: bit-exact, same latency and throughput."""
+    tb = await _run_stochastic(dut, ALWAYS, ALWAYS, seed=3)
+    report("stochastic", **tb.streaming_rate(latency_of(dut, tb.fmt), "block"))
+
+
+@cocotb.test()
+async def quantize_stochastic_idle_backpressure(dut):
+    """Stochastic rounding under the idle and backpressure patterns: bit-exact."""
+    tb = await _run_stochastic(dut, IDLE, BACKPRESSURE, seed=4)
+    report("stochastic_idle_backpressure", vectors=tb.checked)
+
+
 # --- pytest --------------------------------------------------------------------------
 
 
 @pytest.mark.rtl
 @requires_simulator()
-@pytest.mark.parametrize(("name", "native_dim"), FORMATS, ids=[f[0] for f in FORMATS])
+@pytest.mark.parametrize(("name", "native_dim"), FORMATS + EXTRA_FORMATS,
+                         ids=[f"{n}-{d}" for n, d in FORMATS + EXTRA_FORMATS])
 def test_bfp_quantize(name: str, native_dim: int) -> None:
     fmt = get_format(name, native_dim)
-    stats = run("bfp_quantize", [HERE / "bfp_quantize.sv"], hdl_parameters(fmt), __file__)
-    assert set(stats) == {"streaming", "idle_backpressure"}
+    stats = run("bfp_quantize", sources("bfp_quantize"), hdl_parameters(fmt), __file__)
+    assert set(stats) == {"streaming", "idle_backpressure", "stochastic",
+                          "stochastic_idle_backpressure"}
     assert all(s["vectors"] > 0 for s in stats.values())
+    for test in ("streaming", "stochastic"):
+        assert stats[test]["latency"] == bfp_convert_depth(fmt)

@@ -52,7 +52,7 @@ class StreamBench:
     """Clock, reset, a source on ``in_*`` and a sink on ``out_*``; ``sent`` and
     ``expected`` hold what went in and what the golden model says must come out."""
 
-    def __init__(self, dut, fmt: Format, inputs: Mapping[str, object],
+    def __init__(self, dut, fmt: Format | None, inputs: Mapping[str, object],
                  outputs: Mapping[str, object], in_pattern: Iterable[int] = ALWAYS,
                  out_pattern: Iterable[int] = ALWAYS, signed: Iterable[str] = ()) -> None:
         self.dut, self.fmt = dut, fmt

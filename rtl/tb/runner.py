@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,11 +28,23 @@ import pytest
 
 RTL_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = RTL_DIR.parent
-BUILD_DIR = RTL_DIR / "build"
 STATS_ENV = "NPUSIM_RTL_STATS"
 """The cocotb side writes its counters (vectors checked, cycles) to this JSON file."""
+VERILATOR_MIN = (5, 36)
+"""cocotb 2 supports Verilator 5.036 and newer."""
+
+RECORDS: list[dict] = []
+"""Every :func:`run` of this process: toplevel, parameters, counters (``npusim verify``
+reads them)."""
 
 _SIM_EXECUTABLE = {"icarus": "iverilog", "verilator": "verilator"}
+
+
+def build_root() -> Path:
+    """``rtl/build`` in a source checkout; a per-user cache for an installed package."""
+    if (REPO_DIR / "pyproject.toml").is_file():
+        return RTL_DIR / "build"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "npusim" / "rtl"
 
 
 def simulator() -> str:
@@ -47,10 +60,25 @@ def missing_tools() -> str | None:
     for module in ("cocotb", "cocotb_tools"):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed (pip install 'cocotb>=2.0')"
-    exe = _SIM_EXECUTABLE.get(simulator(), simulator())
+    if simulator() not in _SIM_EXECUTABLE:
+        return f"unknown simulator SIM={simulator()!r}; choose icarus or verilator"
+    exe = _SIM_EXECUTABLE[simulator()]
     if shutil.which(exe) is None:
         return f"HDL simulator {exe!r} (SIM={simulator()}) is not on PATH"
+    if simulator() == "verilator":
+        version = verilator_version()
+        if version < VERILATOR_MIN:
+            return (f"Verilator {version[0]}.{version[1]:03d} is too old for cocotb 2 (needs "
+                    f"{VERILATOR_MIN[0]}.{VERILATOR_MIN[1]:03d} or newer); use SIM=icarus, "
+                    "or build Verilator from source (rtl/README.md)")
     return None
+
+
+def verilator_version() -> tuple[int, int]:
+    """``(major, minor)`` of the Verilator on PATH (``Verilator 5.006 2023-01-22``)."""
+    out = subprocess.run(["verilator", "--version"], capture_output=True, text=True).stdout
+    major, minor = out.split()[1].split(".")[:2]
+    return int(major), int(minor)
 
 
 def requires_simulator() -> pytest.MarkDecorator:
@@ -63,7 +91,7 @@ def build_dir(toplevel: str, parameters: Mapping[str, object]) -> Path:
     """``rtl/build/<toplevel>-<hash of the parameters>``."""
     key = json.dumps({"params": dict(sorted(parameters.items())), "sim": simulator(),
                       "waves": waves()}, sort_keys=True, default=str)
-    return BUILD_DIR / f"{toplevel}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    return build_root() / f"{toplevel}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
 def run(toplevel: str, sources: Sequence[Path], parameters: Mapping[str, object],
@@ -95,7 +123,9 @@ def run(toplevel: str, sources: Sequence[Path], parameters: Mapping[str, object]
     tests, failed = get_results(Path(results))
     assert tests > 0 and failed == 0, f"{failed} of {tests} cocotb tests failed ({results})"
     assert stats_file.is_file(), f"the cocotb tests reported nothing ({stats_file})"
-    return json.loads(stats_file.read_text())
+    stats = json.loads(stats_file.read_text())
+    RECORDS.append({"toplevel": toplevel, "parameters": dict(parameters), "stats": stats})
+    return stats
 
 
 def report(name: str, **counters: int) -> None:
