@@ -320,6 +320,86 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from runtime.tfstages import featurizer_pipeline
+
+    model = featurizer_pipeline(args.model, args.device or "brainwave-s10", args.numerics,
+                                args.seed, args.classes, args.name)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    stages = " -> ".join(f"{s.name} ({s.kind})" for s in model.stages)
+    cfg = model.device_config()
+    size = out.stat().st_size
+    size_text = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
+    print(f"packaged {model.name} v{model.version} for {cfg.name} ({cfg.numerics}): {stages}; "
+          f"{size_text} -> {out}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from runtime.verify import format_summary, verify
+
+    rows = verify(args.sim, args.k, progress=lambda line: print(line, flush=True))
+    print()
+    print(format_summary(rows))
+    if args.json:
+        _write_json(Path(args.json), rows)
+    return 1 if any(r["result"] == "failed" for r in rows) else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from runtime.client import import_tensorflow_quietly
+    from runtime.serving import ServerConfig, read_api_key_file, serve
+
+    keys = tuple(args.api_key or ()) + (read_api_key_file(args.api_key_file)
+                                        if args.api_key_file else ())
+    config = ServerConfig(args.package, host=args.host, port=args.port, devices=args.devices,
+                          tls_cert=args.tls_cert, tls_key=args.tls_key, api_keys=keys,
+                          max_request_bytes=int(args.max_request_mb * 2**20),
+                          max_batch=args.max_batch, metrics_port=args.metrics_port,
+                          workers=args.workers, grace=args.grace)
+    config.validate()  # before the slow TensorFlow import
+    import_tensorflow_quietly()
+    logging.basicConfig(level=logging.INFO, format="npusim serve: %(levelname)s %(message)s")
+
+    def ready(server) -> None:
+        metrics = (f", metrics on {args.host}:{server.metrics_port}"
+                   if server.metrics_port is not None else "")
+        print(f"serving {server.model.name} version {server.model.version} on "
+              f"{server.address} (TLS {'on' if config.tls else 'off'}, {len(keys)} API key(s), "
+              f"{config.devices} device(s){metrics})", flush=True)
+
+    serve(config, on_ready=ready)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import os
+
+    from runtime.client import PredictionClient, format_top, parse_address
+
+    try:
+        host, port = parse_address(args.address)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    key = args.api_key or os.environ.get("NPUSIM_API_KEY") or None
+    tls = args.tls or args.root_cert is not None
+    if key and not tls:
+        raise UsageError("an API key needs --tls: a key sent in plaintext is given away")
+    labels = Path(args.labels).read_text().splitlines() if args.labels else None
+    images = [(path, Path(path).read_bytes()) for path in args.images]
+    with PredictionClient(host, port, use_ssl=tls, access_token=key,
+                          root_certificates=args.root_cert, model_name=args.model,
+                          timeout=args.timeout, retries=args.retries) as client:
+        for path, data in images:
+            print(path)
+            print("\n".join(format_top(client.score_image(data), labels, args.top)))
+    return 0
+
+
 class UsageError(ValueError):
     """A command line that cannot be carried out."""
 
@@ -390,6 +470,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="append the default classifier head (dense + softmax over 1000)")
     z.set_defaults(fn=cmd_zoo)
 
+    pk = sub.add_parser("package", help="build the featurizer pipeline (preprocessing, "
+                        "device program, classifier) and save it as one package")
+    pk.add_argument("-o", "--output", required=True, metavar="OUT.zip")
+    pk.add_argument("--model", default="resnet50", help="zoo name or ONNX file (default resnet50)")
+    device_opts(pk)
+    pk.add_argument("--classes", type=int, default=1000, help="classifier classes (default 1000)")
+    pk.add_argument("--seed", type=int, default=0, help="seed of the model and head weights")
+    pk.add_argument("--name", help="model name (default: the model's)")
+    pk.set_defaults(fn=cmd_package)
+
     dv = sub.add_parser("device", help="device configurations: list presets, show one")
     dvsub = dv.add_subparsers(dest="device_command", required=True)
     dvsub.add_parser("list", help="list the presets")
@@ -419,16 +509,63 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--serial", action="store_true", help="run the points here, without Ray")
     sw.set_defaults(fn=cmd_sweep)
 
+    vf = sub.add_parser("verify", help="run the RTL kernels' cocotb suite against the golden "
+                        "numerics and the timing model")
+    vf.add_argument("--sim", choices=("icarus", "verilator"), help="HDL simulator (default: "
+                    "$SIM, else icarus)")
+    vf.add_argument("-k", metavar="PATTERN", help="only the tests matching (pytest -k)")
+    vf.add_argument("--json", metavar="FILE", help="write every test's counters as JSON")
+    vf.set_defaults(fn=cmd_verify)
+
     d = sub.add_parser("demo", help="compile and run the bundled ResNet-50 featurizer")
     device_opts(d)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=cmd_demo)
+
+    sv = sub.add_parser("serve", help="serve a pipeline package over the TF Serving gRPC API")
+    sv.add_argument("package", help="pipeline package (.zip)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    sv.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0: any)")
+    sv.add_argument("--devices", type=int, default=1, help="simulated devices (default 1)")
+    sv.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain (enables TLS)")
+    sv.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    sv.add_argument("--api-key", action="append", metavar="KEY",
+                    help="accepted Bearer key (needs TLS; at most two, for rotation)")
+    sv.add_argument("--api-key-file", metavar="FILE",
+                    help="keys one per line (keeps them out of the process list)")
+    sv.add_argument("--metrics-port", type=int, metavar="P",
+                    help="serve Prometheus metrics over HTTP on this port (default: off)")
+    sv.add_argument("--max-batch", type=int, default=16, help="largest batch (default 16)")
+    sv.add_argument("--max-request-mb", type=float, default=16.0,
+                    help="largest request in MiB (default 16)")
+    sv.add_argument("--workers", type=int, default=8, help="request threads (default 8)")
+    sv.add_argument("--grace", type=float, default=10.0,
+                    help="seconds in-flight requests get on SIGINT/SIGTERM (default 10)")
+    sv.set_defaults(fn=cmd_serve)
+
+    pr = sub.add_parser("predict", help="score images on a running `npusim serve`")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    pr.add_argument("--address", required=True, metavar="HOST:PORT")
+    pr.add_argument("--labels", metavar="FILE", help="class names, one per line")
+    pr.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
+    pr.add_argument("--tls", action="store_true", help="connect with TLS")
+    pr.add_argument("--root-cert", metavar="FILE", help="PEM CA certificate (implies --tls)")
+    pr.add_argument("--api-key", metavar="KEY", help="Bearer key (default $NPUSIM_API_KEY)")
+    pr.add_argument("--model", help="model name (default: the server's model)")
+    pr.add_argument("--timeout", type=float, default=30.0, help="seconds per attempt")
+    pr.add_argument("--retries", type=int, default=5, help="retries when unavailable")
+    pr.set_defaults(fn=cmd_predict)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from compiler.errors import CompileError
+    from runtime.client import PredictionError
+    from runtime.pipeline import PipelineError
+    from runtime.serving import ServingConfigError
     from runtime.sweep import SweepError
+    from runtime.verify import VerifyError
     from simulator.config import ConfigError
     from simulator.device import InputError
     from simulator.host import HostOpError
@@ -442,9 +579,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except (CompileError, ProgramError, InputError, ConfigError, EncodingError, HostOpError,
-            UsageError, SweepError) as exc:
+            UsageError, SweepError, VerifyError, PipelineError) as exc:
         print(f"npusim: error: {exc}", file=sys.stderr)
         return 2
+    except ServingConfigError as exc:
+        print(f"npusim: error: {exc}", file=sys.stderr)
+        return 2
+    except PredictionError as exc:  # the server's answer; 1 when it could not be reached
+        print(f"npusim: error: {exc}", file=sys.stderr)
+        return 1 if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else 2
     except OSError as exc:
         print(f"npusim: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
               file=sys.stderr)
