@@ -138,6 +138,8 @@ def summary_rows(rows: list[dict]) -> list[dict]:
                     "cycles": ""})
         for name, c in counters:
             if "rtl_cycles" in c:
+                if {"n", "k", "o"} <= set(c):
+                    name = f"GEMM {c['n']}x{c['k']}x{c['o']}"
                 out.append({"kernel": "", "params": f"  {name}", "vectors": c.get("vectors", ""),
                             "result": "", "cycles": _cycles(c)})
     return out

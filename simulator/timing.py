@@ -94,21 +94,21 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def mv_mul_waves(i: isa.MvMul, cfg: DeviceConfig) -> tuple[int, int]:
-    """``(waves, cycles per wave)`` of an ``MV_MUL``.
+    """``(waves, cycles per wave)`` of an ``MV_MUL``, before the converter's depth.
 
     A group's reduction of length ``K`` takes ``ceil(K / native_dim)`` passes and its
-    ``O`` outputs ``ceil(O / array_cols)``; the compiler spreads the layer evenly over
-    them, so each tile uses ``r = ceil(K / passes)`` rows and ``c`` columns. A wave
-    streams the layer's ``N`` activation vectors through its tiles: ``N`` cycles, plus
-    ``r`` to fill the array and ``c`` to drain it, plus the converter's depth.
+    ``O`` outputs ``ceil(O / array_cols)``. A wave streams the layer's ``N`` activation
+    vectors through each tile: ``N`` cycles, plus ``native_dim`` for a partial sum to run
+    down a column and ``array_cols`` for the rows to skew across the array and come out
+    de-skewed. A tile that uses fewer rows or columns still pays the whole array: the
+    partial sums pass every row. ``rtl/systolic_array`` takes exactly these cycles.
     """
     oh, ow = conv_output_hw(i)
     rows = i.batch * oh * ow
     k = i.kernel_h * i.kernel_w * i.channels // i.groups
     o = i.out_channels // i.groups
-    k_passes, o_passes = ceil_div(k, cfg.native_dim), ceil_div(o, cfg.array_cols)
-    jobs = i.groups * k_passes * o_passes
-    return ceil_div(jobs, cfg.tiles), rows + ceil_div(k, k_passes) + ceil_div(o, o_passes)
+    jobs = i.groups * ceil_div(k, cfg.native_dim) * ceil_div(o, cfg.array_cols)
+    return ceil_div(jobs, cfg.tiles), rows + cfg.native_dim + cfg.array_cols
 
 
 def mv_mul_work(i: isa.MvMul, cfg: DeviceConfig, fmt: Format, weight_bytes: int) -> Work:
@@ -124,6 +124,19 @@ def mv_mul_work(i: isa.MvMul, cfg: DeviceConfig, fmt: Format, weight_bytes: int)
         reads.append(Operand(i.residual, out.nbytes))
     return Work("matrix", compute, i.batch * oh * ow * k * i.out_channels,
                 0 if i.pinned else weight_bytes, bool(i.pinned), tuple(reads), (out,))
+
+
+def gemm_cycles(n: int, k: int, o: int, cfg: DeviceConfig, fmt: Format | None = None) -> int:
+    """Compute cycles the matrix unit takes for ``[n, k] @ [o, k].T`` with pinned weights.
+
+    The same pricing as a compiled dense layer of that shape (an ``MV_MUL`` over ``n``
+    activation vectors); the RTL testbench of the systolic array checks it.
+    """
+    i = isa.MvMul(src=0, dst=0, weights=0, bias=0, residual=0, batch=1, channels=k,
+                  height=n, width=1, out_channels=o, groups=1, kernel_h=1, kernel_w=1,
+                  stride_h=1, stride_w=1, pad_top=0, pad_left=0, pad_bottom=0, pad_right=0,
+                  dilation_h=1, dilation_w=1, relu=0, has_residual=0, pinned=1)
+    return sum(mv_mul_work(i, cfg, fmt or cfg.format(), 0).compute)
 
 
 def vector_cycles(elements: int, cfg: DeviceConfig) -> int:

@@ -173,9 +173,10 @@ def test_more_host_bandwidth_never_slows_a_program_down(block):
         last = cycles
 
 
-@pytest.mark.parametrize("field,values", [("tiles", (1, 2, 3, 4, 8)),
-                                          ("array_cols", (4, 8, 12, 16, 32))])
-def test_a_bigger_array_never_adds_compute_cycles(block, field, values):
+# More tiles only cut waves. A wider array is not in this list: every wave pays the
+# whole array's drain, so widening past a layer's outputs adds cycles, as in the RTL.
+@pytest.mark.parametrize("field,values", [("tiles", (1, 2, 3, 4, 8))])
+def test_more_tiles_never_add_compute_cycles(block, field, values):
     last = None
     for v in values:
         cfg = TINY.replace(**{field: v})
