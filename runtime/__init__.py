@@ -21,6 +21,8 @@ _LAZY = {
     "PipelineInputError": "runtime.pipeline",
     "TensorSpec": "runtime.pipeline",
     "TensorflowStage": "runtime.pipeline",
+    "PredictionClient": "runtime.client",
+    "PredictionError": "runtime.client",
     "load_package": "runtime.package",
     "save_package": "runtime.package",
     "classifier_stage": "runtime.tfstages",

@@ -351,7 +351,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from runtime.client import import_tensorflow_quietly
+    from runtime.pipeline import import_tensorflow
     from runtime.serving import ServerConfig, read_api_key_file, serve
 
     keys = tuple(args.api_key or ()) + (read_api_key_file(args.api_key_file)
@@ -362,7 +362,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           max_batch=args.max_batch, metrics_port=args.metrics_port,
                           workers=args.workers, grace=args.grace)
     config.validate()  # before the slow TensorFlow import
-    import_tensorflow_quietly()
+    import_tensorflow()
     logging.basicConfig(level=logging.INFO, format="npusim serve: %(levelname)s %(message)s")
 
     def ready(server) -> None:

@@ -14,17 +14,16 @@ Example:
 
 from __future__ import annotations
 
-import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-__all__ = ["PredictionClient", "PredictionError", "format_top", "import_tensorflow_quietly",
-           "parse_address"]
+from runtime.pipeline import import_tensorflow
+
+__all__ = ["PredictionClient", "PredictionError", "format_top", "parse_address"]
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 """Codes worth another attempt. UNAVAILABLE: the server is not reachable (down,
@@ -45,28 +44,6 @@ class PredictionError(RuntimeError):
         self.code = code
         self.details = " ".join((details or "").split())
         super().__init__(f"{code.name}: {self.details}" if self.details else code.name)
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its start-up chatter (CUDA plugin notices) kept off stderr.
-
-    The TF Serving protos import the ``tensorflow`` package, whose C++ side writes
-    notices straight to file descriptor 2; a command line tool that promises one
-    line of error output hides them. Python errors still propagate as exceptions.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 class PredictionClient:
@@ -99,7 +76,7 @@ class PredictionClient:
                  root_certificates: bytes | str | Path | None = None,
                  model_name: str | None = None, timeout: float = 30.0, retries: int = 5,
                  backoff: float = 0.1) -> None:
-        import_tensorflow_quietly()
+        import_tensorflow()
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         if access_token is not None and not use_ssl:
