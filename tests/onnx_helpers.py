@@ -27,6 +27,18 @@ def rand(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarra
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def small_featurizer(seed: int = 0, channels: int = 8) -> onnx.ModelProto:
+    """[1,3,224,224] -> Conv 4x4 stride 4 -> Relu -> GlobalAveragePool -> features
+    [1,channels,1,1]: a featurizer that takes milliseconds, for pipeline and serving tests."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["c"], kernel_shape=[4, 4],
+                              strides=[4, 4], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["features"], name="gap")]
+    return make_model(nodes, {"images": [1, 3, 224, 224]}, {"features": [1, channels, 1, 1]},
+                      {"w": rand(rng, channels, 3, 4, 4, scale=0.05), "b": rand(rng, channels)})
+
+
 def conv_block(seed: int = 0, residual: bool = True) -> onnx.ModelProto:
     """x -> Conv 3x3 -> BN -> [+ x] -> Relu -> MaxPool -> GAP -> Flatten -> Gemm -> Softmax."""
     rng = np.random.default_rng(seed)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
-from onnx_helpers import make_model, rand
+from onnx_helpers import small_featurizer
 
 KEYS = ("key-current-0123456789abcdef", "key-next-fedcba9876543210")
 CLASSES = 10
@@ -31,16 +30,6 @@ class Package:
     expected: list[np.ndarray]  # the direct run of each image, [1, CLASSES]
     cert: Path
     key: Path
-
-
-def tiny_featurizer(seed: int = 0) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["c"], strides=[4, 4],
-                              kernel_shape=[4, 4], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["r"], ["features"], name="gap")]
-    return make_model(nodes, {"images": [1, 3, 224, 224]}, {"features": [1, 16, 1, 1]},
-                      {"w": rand(rng, 16, 3, 4, 4, scale=0.05), "b": rand(rng, 16)})
 
 
 def encoded_images(tf, count: int = 4, seed: int = 0) -> list[bytes]:
@@ -87,7 +76,7 @@ def build_package(directory: Path) -> Package:
     from runtime.tfstages import featurizer_pipeline
 
     tf = import_tensorflow()
-    onnx.save(tiny_featurizer(), directory / "tiny.onnx")
+    onnx.save(small_featurizer(channels=16), directory / "tiny.onnx")
     featurizer_pipeline(directory / "tiny.onnx", classes=CLASSES, name="tiny").save(
         directory / "tiny.zip")
     model = ModelDefinition.load(directory / "tiny.zip")

@@ -22,7 +22,6 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parents[1]) not in sys.path:  # the repository, for rtl.tb under plain `pytest`
     sys.path.insert(0, str(HERE.parents[1]))
 
-from rtl.tb.kernels import sources  # noqa: E402
 from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
 from simulator.numerics import (  # noqa: E402
     BfpTensor,
@@ -270,6 +269,6 @@ async def acc_idle_backpressure(dut):
 @pytest.mark.parametrize(("name", "native_dim"), FORMATS, ids=[f[0] for f in FORMATS])
 def test_bfp_acc(name: str, native_dim: int) -> None:
     fmt = get_format(name, native_dim)
-    stats = run("bfp_acc", sources("bfp_acc"), hdl_parameters(fmt), __file__)
+    stats = run("bfp_acc", hdl_parameters(fmt), __file__)
     assert set(stats) == {"streaming", "idle_backpressure"}
     assert all(s["vectors"] > 0 for s in stats.values())

@@ -21,7 +21,6 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parents[1]) not in sys.path:  # the repository, for rtl.tb under plain `pytest`
     sys.path.insert(0, str(HERE.parents[1]))
 
-from rtl.tb.kernels import sources  # noqa: E402
 from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
 from simulator.numerics import (  # noqa: E402
     Format,
@@ -300,7 +299,7 @@ async def quantize_stochastic_idle_backpressure(dut):
                          ids=[f"{n}-{d}" for n, d in FORMATS + EXTRA_FORMATS])
 def test_bfp_quantize(name: str, native_dim: int) -> None:
     fmt = get_format(name, native_dim)
-    stats = run("bfp_quantize", sources("bfp_quantize"), hdl_parameters(fmt), __file__)
+    stats = run("bfp_quantize", hdl_parameters(fmt), __file__)
     assert set(stats) == {"streaming", "idle_backpressure", "stochastic",
                           "stochastic_idle_backpressure"}
     assert all(s["vectors"] > 0 for s in stats.values())

@@ -30,7 +30,6 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parents[1]) not in sys.path:  # the repository, for rtl.tb under plain `pytest`
     sys.path.insert(0, str(HERE.parents[1]))
 
-from rtl.tb.kernels import sources  # noqa: E402
 from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
 from simulator import numerics  # noqa: E402
 from simulator.numerics import Format, get_format  # noqa: E402
@@ -361,8 +360,7 @@ def test_systolic_array(build: str) -> None:
 
     rows, cols, name, native_dim = BUILDS[build]
     fmt = get_format(name, native_dim)
-    stats = run("systolic_array", sources("systolic_array"),
-                {"ROWS": rows, "COLS": cols, **hdl_parameters(fmt)}, __file__)
+    stats = run("systolic_array", {"ROWS": rows, "COLS": cols, **hdl_parameters(fmt)}, __file__)
     shapes = {f"cycles_{n}_{k}_{o}" for n, k, o in CYCLE_SHAPES}
     assert set(stats) == {"numerics", "idle_backpressure"} | shapes
     assert all(s["vectors"] > 0 for s in stats.values())

@@ -8,8 +8,7 @@ cocotb side (same file) reports how many vectors it checked through :func:`repor
 
 Example (from a kernel's ``test_<kernel>.py``)::
 
-    stats = run("bfp_dot", [HERE / "bfp_dot.sv"],
-                {"BLOCK": 16, "MANT": 3, "EXP_BITS": 8, "BIAS": 127}, __file__)
+    stats = run("bfp_dot", {"BLOCK": 16, "MANT": 3, "EXP_BITS": 8, "BIAS": 127}, __file__)
 """
 
 from __future__ import annotations
@@ -21,10 +20,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+
+from rtl.tb.kernels import sources
 
 RTL_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = RTL_DIR.parent
@@ -94,9 +95,10 @@ def build_dir(toplevel: str, parameters: Mapping[str, object]) -> Path:
     return build_root() / f"{toplevel}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
-def run(toplevel: str, sources: Sequence[Path], parameters: Mapping[str, object],
-        test_file: str | Path, extra_env: Mapping[str, str] | None = None) -> dict:
-    """Build ``toplevel`` with ``parameters`` and run the cocotb tests of ``test_file``.
+def run(toplevel: str, parameters: Mapping[str, object], test_file: str | Path,
+        extra_env: Mapping[str, str] | None = None) -> dict:
+    """Build ``toplevel`` from its sources (:mod:`rtl.tb.kernels`) with ``parameters`` and
+    run the cocotb tests of ``test_file``.
 
     Returns the counters the cocotb side wrote with :func:`report`; raises if a cocotb
     test failed, none ran, or nothing was reported.
@@ -114,7 +116,7 @@ def run(toplevel: str, sources: Sequence[Path], parameters: Mapping[str, object]
     stats_file = out / "stats.json"
     stats_file.unlink(missing_ok=True)
     runner = get_runner(simulator())
-    runner.build(sources=[str(s) for s in sources], hdl_toplevel=toplevel,
+    runner.build(sources=[str(s) for s in sources(toplevel)], hdl_toplevel=toplevel,
                  parameters=dict(parameters), build_dir=out, waves=waves(),
                  timescale=("1ns", "1ps"), always=True)  # iverilog builds in well under 1 s
     results = runner.test(test_module=test_file.stem, hdl_toplevel=toplevel, build_dir=out,

@@ -22,7 +22,6 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parents[1]) not in sys.path:  # the repository, for rtl.tb under plain `pytest`
     sys.path.insert(0, str(HERE.parents[1]))
 
-from rtl.tb.kernels import sources  # noqa: E402
 from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
 from simulator.kernels import alu, max_step, relu  # noqa: E402
 
@@ -247,7 +246,7 @@ async def vector_idle_backpressure(dut):
 @requires_simulator()
 @pytest.mark.parametrize("lanes", LANES, ids=[f"lanes{n}" for n in LANES])
 def test_vector_unit(lanes: int) -> None:
-    stats = run("vector_unit", sources("vector_unit"), {"LANES": lanes}, __file__)
+    stats = run("vector_unit", {"LANES": lanes}, __file__)
     assert set(stats) == {"streaming", "idle_backpressure"}
     assert all(s["vectors"] > 0 and s["add_lanes"] > 4000 for s in stats.values())
     assert stats["streaming"]["latency"] == LATENCY

@@ -14,7 +14,6 @@ from cli_helpers import assert_user_error, npusim
 from serving_helpers import (
     CLASSES,
     KEYS,
-    build_package,
     client_for,
     requests_total,
     scrape,
@@ -27,18 +26,6 @@ from runtime.serving import PredictionServer
 
 pytest.importorskip("cryptography", reason="the test certificate needs cryptography")
 pytestmark = pytest.mark.tf
-
-
-@pytest.fixture(scope="module")
-def pkg(tmp_path_factory):
-    return build_package(tmp_path_factory.mktemp("client"))
-
-
-@pytest.fixture(scope="module")
-def server(pkg):
-    srv = start_server(pkg)
-    yield srv
-    srv.stop(grace=1.0)
 
 
 def _load(server, pkg, clients: int, requests: int, on_progress=None, **client_kw):

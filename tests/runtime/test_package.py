@@ -13,7 +13,7 @@ import onnx
 import pytest
 from cli_helpers import assert_user_error, npusim
 from onnx import helper
-from onnx_helpers import make_model, rand
+from onnx_helpers import make_model, small_featurizer
 
 from runtime.cli import main
 from runtime.package import load_package, save_package
@@ -22,17 +22,6 @@ from runtime.pipeline import ModelDefinition, PipelineError, import_tensorflow
 pytestmark = [pytest.mark.tf,
               pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                                  reason="TensorFlow is not installed")]
-
-
-def small_featurizer(seed: int = 0) -> onnx.ModelProto:
-    """[1,3,224,224] -> Conv 4x4 stride 4 -> Relu -> GlobalAveragePool -> features [1,8,1,1]."""
-    rng = np.random.default_rng(seed)
-    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["c"], kernel_shape=[4, 4],
-                              strides=[4, 4], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["r"], ["features"], name="gap")]
-    return make_model(nodes, {"images": [1, 3, 224, 224]}, {"features": [1, 8, 1, 1]},
-                      {"w": rand(rng, 8, 3, 4, 4, scale=0.05), "b": rand(rng, 8)})
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
-from onnx_helpers import conv_block, make_model, rand
+from onnx_helpers import conv_block, make_model, small_featurizer
 
 from compiler import compile_model
 from runtime.device import Device, DevicePool, DeviceStats
@@ -32,17 +32,6 @@ from simulator.program import ProgramError
 needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                               reason="TensorFlow is not installed")
 MEANS = np.array([123.68, 116.779, 103.939])  # R, G, B as the Azure SDK documents them
-
-
-def small_featurizer(seed: int = 0) -> onnx.ModelProto:
-    """[1,3,224,224] -> Conv 4x4 stride 4 -> Relu -> GlobalAveragePool -> features [1,8,1,1]."""
-    rng = np.random.default_rng(seed)
-    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["c"], kernel_shape=[4, 4],
-                              strides=[4, 4], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["r"], ["features"], name="gap")]
-    return make_model(nodes, {"images": [1, 3, 224, 224]}, {"features": [1, 8, 1, 1]},
-                      {"w": rand(rng, 8, 3, 4, 4, scale=0.05), "b": rand(rng, 8)})
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import pytest
 from serving_helpers import (
     CLASSES,
     KEYS,
-    build_package,
     client_for,
     requests_total,
     scrape,
@@ -31,18 +30,6 @@ pytest.importorskip("cryptography", reason="the test certificate needs cryptogra
 pytestmark = pytest.mark.tf
 
 BAD = grpc.StatusCode
-
-
-@pytest.fixture(scope="module")
-def pkg(tmp_path_factory):
-    return build_package(tmp_path_factory.mktemp("serving"))
-
-
-@pytest.fixture(scope="module")
-def server(pkg):
-    srv = start_server(pkg)
-    yield srv
-    srv.stop(grace=1.0)
 
 
 def _code(fn) -> PredictionError:
