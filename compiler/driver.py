@@ -7,16 +7,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
+import numpy as np
 import onnx
 
 from compiler.frontend import to_graph
-from compiler.ir import Op, node, topo_order
+from compiler.ir import Op, inputs_of, node, topo_order
 from compiler.lower import lower
 from compiler.options import CompileOptions
 from compiler.pipeline import run_passes
+from compiler.placement import HOST, place
+from simulator import isa
 from simulator.config import DeviceConfig
 from simulator.numerics import Rounding
 from simulator.program import Program
+from simulator.schedule import program_work
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,14 +43,64 @@ def _model_name(model) -> str:
 def compile_full(model: str | Path | onnx.ModelProto | bytes,
                  device: str | Path | DeviceConfig | None = None, numerics: str | None = None,
                  rounding: Rounding | str = Rounding.NEAREST_EVEN, seed: int = 0,
-                 strict: bool = False) -> Compiled:
+                 strict: bool = False,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> Compiled:
     """Like :func:`compile_model`, also returning the optimized graph."""
     opts = CompileOptions.make(device, numerics, rounding, seed, strict)
-    source = to_graph(model)
+    source = to_graph(model, input_shapes)
     graph = run_passes(source, opts)
     program = lower(graph, opts, _model_name(model))
     program.metadata["placement"] = node_report(source, program.metadata["placement"])
+    program.metadata["summary"] = summary(program, graph)
     return Compiled(program, graph, opts)
+
+
+def _host_macs(g: nx.DiGraph, v: str) -> int:
+    """Multiply-adds of a matrix op left on the host (0 for anything else)."""
+    n = node(g, v)
+    op = n.attr("onnx_op") or n.op.value
+    srcs = [node(g, s) for s in inputs_of(g, v)]
+    if len(srcs) < 2 or -1 in n.shape or any(-1 in s.shape for s in srcs[:2]):
+        return 0
+    out = int(np.prod(n.shape, dtype=np.int64))
+    a, b = srcs[0].shape, srcs[1].shape
+    if op == "Conv" and len(b) > 2:
+        return out * int(np.prod(b[1:], dtype=np.int64))
+    if op == "ConvTranspose" and len(b) > 2:
+        return int(np.prod(a, dtype=np.int64)) * int(np.prod(b[1:], dtype=np.int64))
+    if op == "MatMul" and a:
+        return out * a[-1]
+    if op == "Gemm" and len(a) == 2:
+        return out * (a[0] if n.attr("transA", 0) else a[1])
+    return 0
+
+
+def summary(program: Program, graph: nx.DiGraph) -> dict:
+    """Where the work went: nodes and MACs on the device, host calls, host-link bytes."""
+    rows = program.metadata["placement"]
+    works = program_work(program, program.target)
+    device_macs = sum(w.macs for w in works)
+    host_macs = sum(_host_macs(graph, v) for v in graph.nodes
+                    if place(graph, v)[0] == HOST)
+    counts = {w: sum(r["where"] == w for r in rows) for w in ("device", "host")}
+    return {"nodes": len(rows), "device_nodes": counts["device"],
+            "host_nodes": counts["host"], "macs": device_macs + host_macs,
+            "device_macs": device_macs,
+            "host_calls": sum(isinstance(i, isa.HostCall) for i in program.instructions),
+            "host_link_bytes": sum(w.host_bytes for w in works),
+            "host_call_bytes": sum(w.host_bytes for w, i in zip(works, program.instructions,
+                                                                strict=True)
+                                   if isinstance(i, isa.HostCall))}
+
+
+def summary_line(s: dict) -> str:
+    """The compile report's last line."""
+    pct = 100.0 * s["device_macs"] / s["macs"] if s["macs"] else 100.0
+    ran = s["device_nodes"] + s["host_nodes"]
+    return (f"device: {s['device_nodes']} of {ran} nodes, {pct:.1f}% of "
+            f"{s['macs'] / 1e6:,.1f} M MACs; {s['host_calls']} host call"
+            f"{'s' if s['host_calls'] != 1 else ''}, {s['host_link_bytes']:,} host-link bytes "
+            "per run")
 
 
 def node_report(source: nx.DiGraph, values: list[dict]) -> list[dict]:
@@ -60,14 +114,20 @@ def node_report(source: nx.DiGraph, values: list[dict]) -> list[dict]:
         for i, name in enumerate(row["nodes"]):
             fused = f"fused into {row['nodes'][0]} ({row['op']}); " if i else ""
             by_node.setdefault(name, {**row, "why": fused + row["why"]})
-    rows = []
+    rows = [{"node": label, "op": op, "where": "constant",
+             "why": "shape arithmetic or constants, folded at compile time"}
+            for label, op in source.graph.get("folded", [])]
+    seen = {r["node"] for r in rows}
     for v in topo_order(source):
         n = node(source, v)
-        if n.op == Op.INPUT or (n.op == Op.CONST and not n.origin):
+        if n.op == Op.INPUT or (n.op == Op.CONST and not n.origin) or n.op == Op.OUTPUT:
             continue
         label = n.origin[0] if n.origin else v
         op = n.attr("onnx_op") or n.op.value
         hit = by_node.get(label)
+        if label in seen:
+            continue
+        seen.add(label)
         if hit is None:
             rows.append({"node": label, "op": op, "where": "removed",
                          "why": "no effect at inference, or feeds nothing"})
@@ -79,16 +139,19 @@ def node_report(source: nx.DiGraph, values: list[dict]) -> list[dict]:
 def compile_model(model: str | Path | onnx.ModelProto | bytes,
                   device: str | Path | DeviceConfig | None = None, numerics: str | None = None,
                   rounding: Rounding | str = Rounding.NEAREST_EVEN, seed: int = 0,
-                  strict: bool = False) -> Program:
+                  strict: bool = False,
+                  input_shapes: dict[str, tuple[int, ...]] | None = None) -> Program:
     """Compile an ONNX model (path, bytes or ``ModelProto``) for a device.
 
     ``device`` is a preset name, a config file or a :class:`DeviceConfig` (default
-    ``brainwave-s10``); ``numerics`` overrides the device's number format. Ops the
-    device cannot run are placed on the host, unless ``strict`` refuses them by name.
+    ``brainwave-s10``); ``numerics`` overrides the device's number format;
+    ``input_shapes`` fixes symbolic input dimensions (``{"x": (1, 3, 224, 224)}``).
+    Ops the device cannot run are placed on the host, unless ``strict`` refuses them
+    by name.
 
     Example:
         >>> from runtime.zoo import build_resnet50
         >>> prog = compile_model(build_resnet50(seed=0), numerics="msfp16")  # doctest: +SKIP
         >>> prog.save("resnet50.npub")                                        # doctest: +SKIP
     """
-    return compile_full(model, device, numerics, rounding, seed, strict).program
+    return compile_full(model, device, numerics, rounding, seed, strict, input_shapes).program

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""ONNX model -> IR graph, with every shape known (ONNX shape inference)."""
+"""ONNX model -> IR graph, with every static shape known (:mod:`compiler.shapes`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 
 from compiler.errors import CompileError, UnsupportedOpError
-from compiler.ir import ONNX_OPS, Node, Op, add_node, make_attrs, verify
+from compiler.ir import NON_TENSOR, ONNX_OPS, Node, Op, add_node, make_attrs, verify
+from compiler.shapes import data_dependent, resolve_shapes
 
 
 def load_onnx(model: str | Path | onnx.ModelProto | bytes) -> onnx.ModelProto:
@@ -61,36 +62,97 @@ def _constant_value(attrs: dict) -> np.ndarray | None:
     return None
 
 
-def _static_shape(vi: onnx.ValueInfoProto, what: str) -> tuple[int, ...]:
-    t = vi.type.tensor_type
-    if not t.HasField("shape"):
-        raise CompileError(f"{what} '{vi.name}' has no known shape")
-    dims = []
-    for d in t.shape.dim:
-        if not d.HasField("dim_value"):
-            raise CompileError(f"{what} '{vi.name}' has a dynamic dimension "
-                               f"'{d.dim_param or '?'}'; give it a fixed size")
-        dims.append(d.dim_value)
-    return tuple(dims)
+SLOTTED = (Op.RESIZE, Op.CLIP)
+"""Ops whose optional inputs may be left out in the middle: their ``slots`` attribute
+says which ONNX input each IR input is."""
 
 
-def to_graph(model: str | Path | onnx.ModelProto | bytes) -> nx.DiGraph:
-    """Build the IR of an ONNX model: one :class:`Node` per value, shapes inferred.
-
-    Ops the compiler has no kind for become ``Op.ONNX`` nodes, which run on the host.
-    """
-    proto = load_onnx(model)
+def _np_dtype(elem: int) -> str:
     try:
-        proto = shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
-    except Exception as exc:
-        raise CompileError(f"shape inference failed: {_first_line(exc)}") from None
+        return onnx.helper.tensor_dtype_to_np_dtype(elem).name
+    except (KeyError, RuntimeError, TypeError):  # bfloat16, float8, int4, ...: numpy has none
+        name = onnx.TensorProto.DataType.Name(elem) \
+            if elem in onnx.TensorProto.DataType.values() else str(elem)
+        raise CompileError(f"unsupported data type {name}: npusim handles the types numpy "
+                           "has") from None
+
+
+def _value_type(tp: onnx.TypeProto | None) -> tuple[tuple[int, ...], str]:
+    """``(shape, dtype)`` of a value; unknown dimensions are ``-1``, a value that is not a
+    tensor (a sequence or map) has dtype ``object``."""
+    if tp is None or tp.WhichOneof("value") != "tensor_type":
+        return (-1,), NON_TENSOR
+    t = tp.tensor_type
+    dtype = _np_dtype(t.elem_type) if t.elem_type else NON_TENSOR
+    if not t.HasField("shape"):
+        return (-1,), dtype
+    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim), dtype
+
+
+def _split(g: nx.MultiDiGraph, n: onnx.NodeProto, label: str, attrs: dict,
+           shape: tuple[int, ...], opset: int) -> bool:
+    """A Split with static sizes becomes one Slice per used output (data movement the
+    device can do); returns False if the sizes are not constants."""
+    axis = attrs.get("axis", 0)
+    axis = axis + len(shape) if axis < 0 else axis
+    if not 0 <= axis < len(shape) or shape[axis] < 0:
+        return False
+    outs = list(n.output)
+    if len(n.input) > 1 and n.input[1]:
+        src = g.nodes.get(n.input[1])
+        if src is None or src["node"].op != Op.CONST:
+            return False
+        sizes = [int(v) for v in np.asarray(src["node"].value).reshape(-1)]
+    elif "split" in attrs:
+        sizes = [int(v) for v in attrs["split"]]
+    else:
+        parts = attrs.get("num_outputs", len(outs))
+        step = -(-shape[axis] // parts)
+        sizes = [min(step, shape[axis] - k * step) for k in range(parts)]
+    if len(sizes) != len(outs) or sum(sizes) != shape[axis] or min(sizes) < 0:
+        raise CompileError(f"Split node '{label}' has sizes {sizes} for a dimension of "
+                           f"{shape[axis]} and {len(outs)} outputs")
+    start = 0
+    for k, (out, size) in enumerate(zip(outs, sizes, strict=True)):
+        if out:
+            args = []
+            for what, v in (("starts", start), ("ends", start + size), ("axes", axis)):
+                cname = f"{out}.{what}"
+                add_node(g, cname, Node(Op.CONST, (1,), "int64",
+                                        value=np.array([v], np.int64)))
+                args.append(cname)
+            out_shape = tuple(size if i == axis else d for i, d in enumerate(shape))
+            proto = onnx.helper.make_node("Slice", ["x", "s", "e", "a"], [out],
+                                          name=f"{label}:{k}")
+            add_node(g, out, Node(Op.SLICE, out_shape, g.nodes[n.input[0]]["node"].dtype,
+                                  origin=(label,), proto=proto.SerializeToString()),
+                     [n.input[0]] + args)
+        start += size
+    return True
+
+
+def to_graph(model: str | Path | onnx.ModelProto | bytes,
+             input_shapes: dict[str, tuple[int, ...]] | None = None) -> nx.DiGraph:
+    """Build the IR of an ONNX model: one :class:`Node` per value, every static shape known.
+
+    ``input_shapes`` fixes symbolic input dimensions (``{"images": (1, 3, 224, 224)}``).
+    Shape arithmetic is folded first (:mod:`compiler.shapes`); values whose shape depends
+    on data keep ``-1`` dimensions and run on the host. Ops the compiler has no kind for
+    become ``Op.ONNX`` nodes, which run on the host.
+    """
+    proto, types, folded = resolve_shapes(load_onnx(model), input_shapes)
+    dynamic = data_dependent(proto)
     gp = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     g = nx.MultiDiGraph(name=gp.name or "model", inputs=[], outputs=[o.name for o in gp.output],
-                        opsets=[(o.domain, o.version) for o in proto.opset_import])
+                        opsets=[(o.domain, o.version) for o in proto.opset_import],
+                        folded=folded)
     inits = {t.name: t for t in gp.initializer}
     for name, t in inits.items():
-        arr = numpy_helper.to_array(t)
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception as exc:  # raw data of the wrong size, unknown data type, ...
+            raise CompileError(f"bad initializer '{name}': {_first_line(exc)}") from None
         add_node(g, name, Node(Op.CONST, tuple(arr.shape), str(arr.dtype), value=arr))
     for vi in gp.input:
         if vi.name in inits:
@@ -99,47 +161,63 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes) -> nx.DiGraph:
             raise CompileError(f"model input '{vi.name}' has type "
                                f"{vi.type.WhichOneof('value') or 'unknown'}, not tensor: npusim "
                                "compiles graphs of tensors only")
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
-        add_node(g, vi.name, Node(Op.INPUT, _static_shape(vi, "model input"), dtype))
+        shape, dtype = _value_type(types.get(vi.name, vi.type))
+        add_node(g, vi.name, Node(Op.INPUT, shape, dtype))
         g.graph["inputs"].append(vi.name)
-    infos = {vi.name: vi for vi in list(gp.value_info) + list(gp.output)}
     wanted = {i for n in gp.node for i in n.input} | set(g.graph["outputs"])
     for n in gp.node:
         label = n.name or n.output[0]
-        for extra in n.output[1:]:
-            if extra and extra in wanted:
-                raise UnsupportedOpError(f"unsupported use of output '{extra}' of {n.op_type} "
-                                         f"(node '{label}')")
         attrs = {a.name: _attr_value(a) for a in n.attribute}
         if n.op_type == "Softmax":  # its meaning changed in opset 13
             attrs.setdefault("axis", 1 if opset < 13 else -1)
             attrs["opset"] = opset
-        out = n.output[0]
         kind = ONNX_OPS.get(n.op_type, Op.ONNX) if n.domain in ("", "ai.onnx") else Op.ONNX
         if n.op_type == "Constant":
             arr = _constant_value(attrs)
             if arr is None:
                 raise UnsupportedOpError(f"unsupported Constant form (node '{label}')")
-            add_node(g, out, Node(Op.CONST, arr.shape, str(arr.dtype), value=arr, origin=(label,)))
+            add_node(g, n.output[0], Node(Op.CONST, arr.shape, str(arr.dtype), value=arr,
+                                          origin=(label,)))
             continue
-        if out not in infos:
-            raise CompileError(f"shape inference left the output of node '{label}' unknown")
         inputs = [i for i in n.input]
         while inputs and inputs[-1] == "":
             inputs.pop()
-        if "" in inputs:  # an optional input left out in the middle: only the host keeps slots
-            kind = Op.ONNX
-            inputs = [i for i in inputs if i]
-        missing = [i for i in inputs if i not in g]
+        missing = [i for i in inputs if i and i not in g]
         if missing:
             raise CompileError(f"node '{label}' reads '{missing[0]}', which nothing produces")
-        elem = infos[out].type.tensor_type.elem_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem).name
-        if kind == Op.ONNX:
+        used = [k for k, o in enumerate(n.output) if o and o in wanted]
+        out = n.output[0] or f"{label}:0"
+        shape, dtype = _value_type(types.get(out))
+        if n.op_type == "Split" and len(n.output) > 1 and not dynamic.get(n.output[0]) \
+                and -1 not in g.nodes[n.input[0]]["node"].shape \
+                and _split(g, n, label, attrs, g.nodes[n.input[0]]["node"].shape, opset):
+            continue
+        if "" in inputs:  # an optional input left out in the middle
+            if kind in SLOTTED:
+                attrs["slots"] = tuple(k for k, i in enumerate(inputs) if i)
+            else:  # only the host keeps slots
+                kind = Op.ONNX
+            inputs = [i for i in inputs if i]
+        if kind == Op.ONNX or any(k > 0 for k in used):
             attrs["onnx_op"] = n.op_type if n.domain in ("", "ai.onnx") \
                 else f"{n.domain}.{n.op_type}"
-        node = Node(kind, _static_shape(infos[out], "value"), dtype, make_attrs(**attrs),
-                    origin=(label,), proto=n.SerializeToString())
+        if any(k > 0 for k in used):  # a multi-output op: the host runs it whole
+            kind = Op.ONNX
+            attrs["outputs"] = tuple(o if o in wanted else "" for o in n.output)
+        if out in dynamic:
+            attrs["data_dependent"] = dynamic[out]
+        node = Node(kind, shape, dtype, make_attrs(**attrs), origin=(label,),
+                    proto=n.SerializeToString())
         add_node(g, out, node, inputs)
+        for k in used:
+            if k == 0:
+                continue
+            o = n.output[k]
+            oshape, odtype = _value_type(types.get(o))
+            extra = {"index": k}
+            if o in dynamic:
+                extra["data_dependent"] = dynamic[o]
+            add_node(g, o, Node(Op.OUTPUT, oshape, odtype, make_attrs(**extra), origin=(label,)),
+                     [out])
     verify(g)
     return g

@@ -17,8 +17,9 @@ import networkx as nx
 import numpy as np
 
 from compiler.errors import UnsupportedOpError
+from compiler.hostgroups import group_model, host_groups, run_order
 from compiler.hostops import host_model
-from compiler.ir import Node, Op, inputs_of, node, topo_order
+from compiler.ir import Node, Op, inputs_of, node
 from compiler.placement import on_device, softmax_rows
 from simulator import kernels
 from simulator.host import host_kernel
@@ -82,7 +83,8 @@ def _softmax(n: Node, args: list, ctx: Numerics) -> np.ndarray:
 
 def _npu_conv(n: Node, args: list, ctx: Numerics) -> np.ndarray:
     geom = ConvGeometry(n.attr("kernel"), n.attr("strides"), n.attr("pads"),
-                        n.attr("dilations"), n.attr("groups"))
+                        n.attr("dilations"), n.attr("groups"),
+                        tuple(n.attr("input_dilation", (1, 1))))
     res = args[3] if len(args) > 3 else None
     return kernels.conv2d(args[0], args[1], args[2], geom, ctx.fmt, res, n.attr("relu"),
                           ctx.rounding, ctx.seed)
@@ -130,14 +132,56 @@ LAYOUT_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
 }
 """Ops that only relabel their input's data."""
 
+def _reduce(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    x3 = args[0].reshape(n.attr("outer"), n.attr("mid"), n.attr("inner"))
+    return kernels.reduce(x3, n.attr("mode")).reshape(n.shape)
+
+
+def _norm(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    x2 = args[0].reshape(n.attr("rows"), n.attr("cols"))
+    return kernels.norm(x2, args[1], args[2], n.attr("epsilon"),
+                        n.attr("channels")).reshape(n.shape)
+
+
+def _resize(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    b, c, h, w = args[0].shape
+    y = kernels.resize(args[0].reshape(b * c, h, w), n.shape[2:], n.attr("mode"),
+                       n.attr("coord"), n.attr("nearest"), n.attr("scales"))
+    return y.reshape(n.shape)
+
+
+def _pad(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    x = args[0]
+    x3 = x.reshape(n.attr("outer"), x.shape[-2], x.shape[-1])
+    return kernels.pad2d(x3, n.attr("pads"), n.attr("mode"), n.attr("value")).reshape(n.shape)
+
+
+def _gather(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    x3 = args[0].reshape(n.attr("outer"), n.attr("axis_len"), n.attr("inner"))
+    return kernels.gather(x3, args[1]).reshape(n.shape)
+
+
+def _move(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    flat = np.ascontiguousarray(args[0], np.float32).reshape(-1)
+    return kernels.move(flat, n.attr("offset"), n.attr("dims"),
+                        n.attr("strides")).reshape(n.shape)
+
+
+def _alu(op: str):
+    return lambda n, a, c: kernels.alu(op, a[0], a[1])
+
+
 DEVICE_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
-    Op.SUB: lambda n, a, c: kernels.alu("sub", a[0], a[1]),
-    Op.MUL: lambda n, a, c: kernels.alu("mul", a[0], a[1]),
-    Op.DIV: lambda n, a, c: kernels.alu("div", a[0], a[1]),
-    Op.SIGMOID: lambda n, a, c: kernels.unary("sigmoid", a[0]),
-    Op.TANH: lambda n, a, c: kernels.unary("tanh", a[0]),
-    Op.LEAKY_RELU: lambda n, a, c: kernels.unary("leaky_relu", a[0], n.attr("alpha", 0.01)),
-    Op.CLIP: lambda n, a, c: kernels.unary("clip", a[0], *clip_bounds(n, a[1:])),
+    Op.SUB: _alu("sub"), Op.MUL: _alu("mul"), Op.DIV: _alu("div"), Op.MAX: _alu("max"),
+    Op.MIN: _alu("min"), Op.POW: _alu("pow"),
+    Op.NPU_UNARY: lambda n, a, c: kernels.unary(n.attr("fn"), a[0], n.attr("alpha"),
+                                                n.attr("beta")),
+    Op.NPU_REDUCE: _reduce,
+    Op.NPU_NORM: _norm,
+    Op.NPU_RESIZE: _resize,
+    Op.NPU_PAD: _pad,
+    Op.NPU_GATHER: _gather,
+    Op.NPU_MOVE: _move,
     Op.CONCAT: _concat,
     Op.GLOBAL_MAXPOOL: lambda n, a, c: kernels.global_maxpool(a[0]),
     **LAYOUT_OPS,
@@ -176,16 +220,26 @@ def evaluate(g: nx.DiGraph, inputs: dict[str, np.ndarray], ctx: Numerics = Numer
              keep_all: bool = False) -> dict:
     """Evaluate ``g`` on ``inputs`` with the matrix unit's numerics ``ctx``.
 
+    Host ops run in the same groups, as the same models, as the program runs them.
     Returns the graph outputs (or, with ``keep_all``, every value by name).
     """
+    order = run_order(g)
+    first = {}
+    for grp in host_groups(g, order):
+        first[grp.values[0]] = grp
+    in_group = {v for grp in first.values() for v in grp.values}
     values: dict[str, np.ndarray] = {}
-    for name in topo_order(g):
+    for name in order:
         n = node(g, name)
         if n.op == Op.INPUT:
             values[name] = np.asarray(inputs[name], dtype=n.dtype)
         elif n.op == Op.CONST:
             values[name] = n.value
-        else:
+        elif name in first:
+            grp = first[name]
+            got = host_kernel(group_model(g, grp)).run([values[i] for i in grp.inputs])
+            values.update(zip(grp.outputs, got, strict=True))
+        elif name not in in_group:
             values[name] = evaluate_node(g, name, values, ctx)
     if keep_all:
         return values

@@ -54,20 +54,83 @@ class Op(StrEnum):
     AVGPOOL = "AveragePool"
     GLOBAL_AVGPOOL = "GlobalAveragePool"
     SOFTMAX = "Softmax"
+    MAX = "Max"
+    MIN = "Min"
+    POW = "Pow"
+    # vector unit: element-wise functions of one operand (canonicalized to NpuUnary)
+    HARD_SIGMOID = "HardSigmoid"
+    HARD_SWISH = "HardSwish"
+    EXP = "Exp"
+    LOG = "Log"
+    SQRT = "Sqrt"
+    RECIPROCAL = "Reciprocal"
+    NEG = "Neg"
+    ABS = "Abs"
+    ERF = "Erf"
+    GELU = "Gelu"
+    ELU = "Elu"
+    SOFTPLUS = "Softplus"
+    SELU = "Selu"
+    SOFTSIGN = "Softsign"
+    FLOOR = "Floor"
+    CEIL = "Ceil"
+    ROUND = "Round"
+    SIGN = "Sign"
+    # vector unit: reductions and normalizations (canonicalized to NpuReduce / NpuNorm)
+    REDUCE_MEAN = "ReduceMean"
+    REDUCE_SUM = "ReduceSum"
+    REDUCE_MAX = "ReduceMax"
+    REDUCE_MIN = "ReduceMin"
+    REDUCE_SUM_SQUARE = "ReduceSumSquare"
+    REDUCE_L2 = "ReduceL2"
+    LAYERNORM = "LayerNormalization"
+    INSTANCENORM = "InstanceNormalization"
+    # vector unit: resampling and data movement (canonicalized to NpuResize / NpuMove / ...)
+    RESIZE = "Resize"
+    UPSAMPLE = "Upsample"
+    TRANSPOSE = "Transpose"
+    SLICE = "Slice"
+    GATHER = "Gather"
+    EXPAND = "Expand"
+    PAD = "Pad"
+    DEPTH_TO_SPACE = "DepthToSpace"
+    SPACE_TO_DEPTH = "SpaceToDepth"
+    CAST = "Cast"
+    # matrix unit, transposed
+    CONV_TRANSPOSE = "ConvTranspose"
     # alias-only layout ops (no data movement)
     SQUEEZE = "Squeeze"
     UNSQUEEZE = "Unsqueeze"
     # any other ONNX op: placed on the host and run by onnxruntime
     ONNX = "OnnxOp"
+    OUTPUT = "Output"
+    """output ``index`` of the multi-output host op that feeds it (TopK's indices, ...)"""
     # device compound ops, made by the passes: one matrix-unit pass with its epilogue
     NPU_CONV = "NpuConv"
     """inputs: x, weight [O, KH*KW*C/groups], bias [O], (residual); attrs: geometry, relu"""
     NPU_DENSE = "NpuDense"
     """inputs: x [..., K], weight [O, K], bias [O], (residual); attrs: relu"""
+    # device compound ops of the vector unit, made by canonicalization
+    NPU_UNARY = "NpuUnary"
+    """inputs: x; attrs: fn (a ``UnaryFn`` name), alpha, beta, label (the ONNX op)"""
+    NPU_REDUCE = "NpuReduce"
+    """inputs: x viewed as [outer, mid, inner]; attrs: mode, outer, mid, inner, label"""
+    NPU_NORM = "NpuNorm"
+    """inputs: x as [rows, cols], scale, bias; attrs: rows, cols, channels, epsilon, label"""
+    NPU_RESIZE = "NpuResize"
+    """inputs: x as [planes, H, W]; attrs: mode, coord, nearest, scales, label"""
+    NPU_MOVE = "NpuMove"
+    """inputs: x; attrs: offset, dims, strides (elements of x's flat data), label"""
+    NPU_GATHER = "NpuGather"
+    """inputs: x as [outer, axis_len, inner], table (int32); attrs: outer, axis_len, inner"""
+    NPU_PAD = "NpuPad"
+    """inputs: x as [outer, H, W]; attrs: pads (top, left, bottom, right), mode, value"""
 
 
+DEVICE_KINDS = (Op.NPU_CONV, Op.NPU_DENSE, Op.NPU_UNARY, Op.NPU_REDUCE, Op.NPU_NORM,
+                Op.NPU_RESIZE, Op.NPU_MOVE, Op.NPU_GATHER, Op.NPU_PAD)
 ONNX_OPS = {op.value: op for op in Op
-            if op not in (Op.INPUT, Op.CONST, Op.ONNX, Op.NPU_CONV, Op.NPU_DENSE)}
+            if op not in (Op.INPUT, Op.CONST, Op.ONNX, Op.OUTPUT) + DEVICE_KINDS}
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +167,16 @@ class Node:
 
 def make_attrs(**kwargs: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(kwargs.items()))
+
+
+NON_TENSOR = "nontensor"
+"""The dtype of a value that is a sequence or a map, not a tensor (the host keeps it)."""
+
+
+def is_dynamic(n: Node) -> bool:
+    """Whether a value's shape depends on tensor values (a ``-1`` dimension), or its type is
+    not a tensor; such values live on the host."""
+    return any(d < 0 for d in n.shape) or n.dtype == NON_TENSOR or bool(n.attr("data_dependent"))
 
 
 class IRError(ValueError):
@@ -179,7 +252,7 @@ def verify(g: nx.DiGraph) -> None:
         n = data.get("node")
         if not isinstance(n, Node):
             raise IRError(f"value '{name}' carries no Node")
-        if any(not isinstance(d, int) or d < 0 for d in n.shape):
+        if any(not isinstance(d, int) or d < -1 for d in n.shape):
             raise IRError(f"value '{name}' has an unknown or bad shape {n.shape}")
         idx = sorted(i for _, _, i in g.in_edges(name, data="index"))
         if idx != list(range(len(idx))):

@@ -5,8 +5,9 @@ DRAM holds three regions, each 64-byte aligned: the weight image (packed BFP, or
 fp32 in fp32 mode), the constant image (fp32 biases and operands) and the
 activation arena. Arena buffers are reused once their value is dead (first fit);
 layout-only ops (Reshape, Flatten, Squeeze, ...) alias their input's buffer and
-cost nothing. Ops placed on the host (:mod:`compiler.placement`) become
-``HOST_CALL`` instructions with a one-node ONNX model each.
+cost nothing. Runs of ops placed on the host (:mod:`compiler.placement`) become
+one ``HOST_CALL`` each (:mod:`compiler.hostgroups`); a host value that no device op
+reads stays in host memory and never crosses the link.
 """
 
 from __future__ import annotations
@@ -15,23 +16,13 @@ import networkx as nx
 import numpy as np
 
 from compiler.errors import CompileError, UnsupportedOpError
-from compiler.hostops import host_model
-from compiler.interpret import clip_bounds, conv_geometry
+from compiler.hostgroups import group_model, host_groups, run_order
 from compiler.ir import Node, Op, inputs_of, node, topo_order
 from compiler.options import CompileOptions
 from compiler.pinning import pin_weights
-from compiler.placement import (
-    ALIAS_OPS,
-    ALU_OPS,
-    DEVICE,
-    HOST,
-    UNARY_OPS,
-    broadcast_mode,
-    place,
-    softmax_rows,
-)
+from compiler.placement import ALIAS_OPS, DEVICE, HOST, place
+from compiler.select import instructions, op_label
 from simulator import isa
-from simulator.isa import PoolMode
 from simulator.numerics import BfpTensor, pack
 from simulator.program import HostOp, Program, TensorDesc, align
 
@@ -86,19 +77,28 @@ def placement_report(g: nx.DiGraph) -> list[dict]:
     return rows
 
 
+def _check_strict(g: nx.DiGraph, order: list[str], where: dict) -> None:
+    for v in order:
+        n = node(g, v)
+        if where[v][0] == HOST and n.op != Op.INPUT:
+            op = n.attr("onnx_op") or n.op.value
+            raise UnsupportedOpError(f"unsupported op {op} (node '{_label(v, n)}') on the "
+                                     f"device: {where[v][1]} (--strict)")
+
+
 def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
     """Turn an optimized graph into a :class:`Program` for ``opts.device``."""
-    order = topo_order(g)
+    order = run_order(g)
     outputs = g.graph["outputs"]
     where = {v: place(g, v) for v in order}
     if opts.strict:
-        for v in order:
-            n = node(g, v)
-            if where[v][0] == HOST and n.op != Op.INPUT:
-                op = n.attr("onnx_op") or n.op.value
-                raise UnsupportedOpError(f"unsupported op {op} (node '{_label(v, n)}') on the "
-                                         f"device: {where[v][1]} (--strict)")
+        _check_strict(g, order, where)
+    groups = host_groups(g, order)
+    group_of = {v: grp for grp in groups for v in grp.values}
     device_users = {v for v in order if where[v][0] == DEVICE}
+    # a host value no device op reads stays in host memory (its shape may depend on data)
+    on_host = {v for v in group_of
+               if not any(u in device_users for u in g.successors(v))}
 
     # --- weight and constant images ---
     weights, consts = bytearray(), bytearray()
@@ -122,7 +122,7 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         n = node(g, v)
         if n.op != Op.CONST or v in const_addr or not isinstance(n.value, np.ndarray):
             continue
-        read_on_device = n.dtype == "float32" and any(
+        read_on_device = n.dtype in ("float32", "int32") and any(
             u in device_users and node(g, u).op not in ALIAS_OPS for u in g.successors(v))
         if read_on_device or v in outputs:  # a constant model output is read back from here
             const_addr[v] = ("constants", len(consts))
@@ -137,7 +137,8 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         n = node(g, v)
         if n.op in ALIAS_OPS and where[v][0] == DEVICE:
             root[v] = root[inputs_of(g, v)[0]]
-        elif n.op != Op.CONST:
+        elif n.op != Op.CONST and v not in on_host \
+                and (v not in group_of or v in group_of[v].outputs):
             root[v] = v
     last_use: dict[str, int] = {}
     for i, v in enumerate(order):
@@ -146,6 +147,11 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         for s in inputs_of(g, v):
             if s in root:
                 last_use[root[s]] = i
+    for grp in groups:  # a group reads its inputs when its first value runs
+        i = order.index(grp.values[-1])
+        for s in grp.inputs:
+            if s in root:
+                last_use[root[s]] = max(last_use[root[s]], i)
     keep = {root[o] for o in outputs if o in root}
     arena, offset = _Arena(), {}
     for i, v in enumerate(order):
@@ -163,6 +169,8 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
 
     def desc(v: str) -> TensorDesc:
         n = node(g, v)
+        if v in on_host:
+            return TensorDesc(v, n.shape, n.dtype, 0, 0)
         return TensorDesc(v, n.shape, n.dtype, addr(v), _nbytes(n))
 
     # --- instructions ---
@@ -170,9 +178,9 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
     layers: list[dict] = []
     host_ops: list[HostOp] = []
 
-    def emit(instr: isa.Instruction, v: str, op: str) -> None:
+    def emit(instr: isa.Instruction, v: str, op: str, nodes: list[str] | None = None) -> None:
         instrs.append(instr)
-        origin = list(node(g, v).origin) if v in g else []
+        origin = nodes if nodes is not None else (list(node(g, v).origin) if v in g else [])
         layers.append({"name": origin[0] if origin else v, "op": op, "tensor": v,
                        "nodes": origin})
 
@@ -183,22 +191,23 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         n = node(g, v)
         if n.op in (Op.INPUT, Op.CONST) or (n.op in ALIAS_OPS and where[v][0] == DEVICE):
             continue
-        srcs = inputs_of(g, v)
-        if where[v][0] == HOST:
-            model, fed = host_model(g, v)
-            op = n.attr("onnx_op") or n.op.value
-            host_ops.append(HostOp(v, op, model, tuple(desc(srcs[k]) for k in fed), desc(v)))
-            emit(isa.HostCall(len(host_ops) - 1), v, f"Host:{op}")
+        if v in group_of:
+            grp = group_of[v]
+            if v != grp.values[0]:
+                continue
+            ins, outs = tuple(desc(s) for s in grp.inputs), tuple(desc(o) for o in grp.outputs)
+            held = tuple(t.name for t in ins + outs if t.name in on_host)
+            host_ops.append(HostOp(v, grp.label, group_model(g, grp), ins, outs, held))
+            nodes = list(dict.fromkeys(o for u in grp.values for o in node(g, u).origin))
+            emit(isa.HostCall(len(host_ops) - 1), v, f"Host:{grp.label}", nodes)
             continue
-        if n.op == Op.CONCAT:
-            for instr in _concat(g, v, n, srcs, addr):
-                emit(instr, v, "Concat")
-            continue
-        emit(_instruction(g, v, n, srcs, addr), v,
-             op_label(n, n.op in (Op.NPU_CONV, Op.NPU_DENSE) and len(srcs) > 3))
+        residual = n.op in (Op.NPU_CONV, Op.NPU_DENSE) and len(inputs_of(g, v)) > 3
+        for instr in instructions(g, v, addr):
+            emit(instr, v, op_label(n, residual))
     outs = tuple(desc(v) for v in outputs)
     for i, t in enumerate(outs):
-        emit(isa.VWr(i, t.addr, t.nbytes), t.name, "DeviceToHost")
+        if t.name not in on_host:
+            emit(isa.VWr(i, t.addr, t.nbytes), t.name, "DeviceToHost")
     instrs.append(isa.EndChain())
     instrs = pin_weights(instrs, weight_descs, opts.device, wbase)
     pinned_at = {i.weights for i in instrs if isinstance(i, isa.MvMul) and i.pinned}
@@ -216,78 +225,3 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
                     "streamed_weight_bytes": sum(t.nbytes for t in weight_descs) - pinned,
                     "placement": placement_report(g)},
                    tuple(host_ops))
-
-
-def _concat(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr) -> list[isa.Instruction]:
-    """One strided copy per operand into its slice of the output."""
-    axis = n.attr("axis")
-    axis = axis + len(n.shape) if axis < 0 else axis
-    rows = int(np.prod(n.shape[:axis], dtype=np.int64))
-    dst_stride = int(np.prod(n.shape[axis:], dtype=np.int64))
-    out, offset = [], 0
-    for s in srcs:
-        row_len = int(np.prod(node(g, s).shape[axis:], dtype=np.int64))
-        out.append(isa.VCopy(addr(s), addr(v) + 4 * offset, rows, row_len, row_len, dst_stride))
-        offset += row_len
-    return out
-
-
-def op_label(n: Node, residual: bool) -> str:
-    base = {Op.NPU_CONV: "Conv", Op.NPU_DENSE: "Dense"}.get(n.op, n.op.value)
-    return base + ("+Add" if residual else "") + ("+Relu" if n.attr("relu") else "")
-
-
-def _instruction(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr):
-    x = node(g, srcs[0])
-    if n.op in (Op.NPU_CONV, Op.NPU_DENSE):
-        res = len(srcs) > 3
-        common = dict(src=addr(srcs[0]), dst=addr(v), weights=addr(srcs[1]), bias=addr(srcs[2]),
-                      residual=addr(srcs[3]) if res else 0, relu=int(bool(n.attr("relu"))),
-                      has_residual=int(res), pinned=0)
-        if n.op == Op.NPU_DENSE:
-            rows = int(np.prod(x.shape[:-1], dtype=np.int64))
-            return isa.MvMul(**common, batch=rows, channels=x.shape[-1], height=1, width=1,
-                             out_channels=n.shape[-1], groups=1, kernel_h=1, kernel_w=1,
-                             stride_h=1, stride_w=1, pad_top=0, pad_left=0, pad_bottom=0,
-                             pad_right=0, dilation_h=1, dilation_w=1)
-        pads = n.attr("pads")
-        return isa.MvMul(**common, batch=x.shape[0], channels=x.shape[1], height=x.shape[2],
-                         width=x.shape[3], out_channels=n.shape[1], groups=n.attr("groups"),
-                         kernel_h=n.attr("kernel")[0], kernel_w=n.attr("kernel")[1],
-                         stride_h=n.attr("strides")[0], stride_w=n.attr("strides")[1],
-                         pad_top=pads[0], pad_left=pads[1], pad_bottom=pads[2],
-                         pad_right=pads[3], dilation_h=n.attr("dilations")[0],
-                         dilation_w=n.attr("dilations")[1])
-    length = int(np.prod(n.shape, dtype=np.int64))
-    if n.op == Op.ADD and all(node(g, s).shape == n.shape for s in srcs):
-        return isa.VvAdd(addr(srcs[0]), addr(srcs[1]), addr(v), length, int(bool(n.attr("relu"))))
-    if n.op in ALU_OPS:
-        b = node(g, srcs[1])
-        mode = broadcast_mode(x.shape, b.shape, n.shape)
-        channels = n.shape[1] if mode == "channel" else 1
-        plane = int(np.prod(n.shape[2:], dtype=np.int64)) if mode == "channel" else 1
-        return isa.VvAlu(addr(srcs[0]), addr(srcs[1]), addr(v), length,
-                         isa.AluOp[n.op.name], isa.Broadcast[mode.upper()], channels, plane)
-    if n.op == Op.RELU:
-        return isa.VRelu(addr(srcs[0]), addr(v), length)
-    if n.op in UNARY_OPS:
-        alpha, beta = 0.0, 0.0
-        if n.op == Op.LEAKY_RELU:
-            alpha = n.attr("alpha", 0.01)
-        elif n.op == Op.CLIP:
-            alpha, beta = clip_bounds(n, [node(g, s).value for s in srcs[1:]])
-        bits = lambda f: int(np.float32(f).view(np.uint32))  # noqa: E731
-        return isa.VUnary(addr(srcs[0]), addr(v), length, isa.UnaryFn[n.op.name], bits(alpha),
-                          bits(beta))
-    if n.op == Op.SOFTMAX:
-        rows, cols = softmax_rows(n)
-        return isa.VSoftmax(addr(srcs[0]), addr(v), rows, cols)
-    b, c, h, w = x.shape
-    if n.op in (Op.GLOBAL_AVGPOOL, Op.GLOBAL_MAXPOOL):
-        mode = PoolMode.GLOBAL_AVG if n.op == Op.GLOBAL_AVGPOOL else PoolMode.GLOBAL_MAX
-        return isa.VPool(addr(srcs[0]), addr(v), mode, b, c, h, w, h, w, 1, 1,
-                         0, 0, 0, 0, 0, 0)
-    geom = conv_geometry(n, x.shape, tuple(n.attr("kernel_shape")))
-    mode = PoolMode.MAX if n.op == Op.MAXPOOL else PoolMode.AVG
-    return isa.VPool(addr(srcs[0]), addr(v), mode, b, c, h, w, *geom.kernel, *geom.strides,
-                     *geom.pads, int(n.attr("ceil_mode", 0)), int(n.attr("count_include_pad", 0)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import networkx as nx
 import numpy as np
+import onnx
 from onnx import helper
 
 from compiler.interpret import conv_geometry, conv_weight_rows, evaluate_node
@@ -33,7 +34,7 @@ _ADD = helper.make_node("Add", ["a", "b"], ["y"]).SerializeToString()
 _MUL = helper.make_node("Mul", ["a", "b"], ["y"]).SerializeToString()
 
 
-def _const(g: nx.DiGraph, name: str, value: np.ndarray) -> str:
+def add_const(g: nx.DiGraph, name: str, value: np.ndarray) -> str:
     value = np.ascontiguousarray(value)
     add_node(g, name, Node(Op.CONST, tuple(value.shape), str(value.dtype), value=value))
     return name
@@ -43,7 +44,7 @@ def _is_const(g: nx.DiGraph, name: str) -> bool:
     return node(g, name).op == Op.CONST
 
 
-def _rewire(g: nx.DiGraph, name: str, new: Node, inputs: list[str]) -> None:
+def rewire(g: nx.DiGraph, name: str, new: Node, inputs: list[str]) -> None:
     """Give value ``name`` a new node and new inputs, keeping its consumers."""
     set_inputs(g, name, inputs)
     set_node(g, name, new)
@@ -63,9 +64,12 @@ def fold_constants(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
             values[name] = n.value
             continue
         srcs = inputs_of(g, name)
-        if n.op == Op.ONNX and n.attr("onnx_op") in ("Shape", "Size") and srcs:
+        if n.op == Op.OUTPUT or n.attr("outputs") or n.attr("data_dependent"):
+            continue  # multi-output host ops were folded by the frontend if they could be
+        if n.op == Op.ONNX and n.attr("onnx_op") in ("Shape", "Size") and srcs \
+                and -1 not in node(g, srcs[0]).shape:
             value = _static_shape_value(n, node(g, srcs[0]).shape)  # shapes are all static
-            _rewire(g, name, Node(Op.CONST, tuple(value.shape), str(value.dtype), value=value,
+            rewire(g, name, Node(Op.CONST, tuple(value.shape), str(value.dtype), value=value,
                                   origin=n.origin), [])
             values[name] = value
             continue
@@ -73,7 +77,7 @@ def fold_constants(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
             continue
         value = np.asarray(evaluate_node(g, name, values, folding=True))
         values[name] = value
-        _rewire(g, name, Node(Op.CONST, tuple(value.shape), str(value.dtype), value=value,
+        rewire(g, name, Node(Op.CONST, tuple(value.shape), str(value.dtype), value=value,
                               origin=n.origin), [])
     remove_dead(g)
     return g
@@ -87,11 +91,14 @@ def _static_shape_value(n: Node, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def remove_identities(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
-    """Drop Identity and (inference-mode) Dropout, unless they name a graph output."""
+    """Drop Identity, (inference-mode) Dropout and a Cast to the type its input already has,
+    unless they name a graph output."""
     g = g.copy()
     for name in topo_order(g):
-        if node(g, name).op in (Op.IDENTITY, Op.DROPOUT) and name not in g.graph["outputs"] \
-                and is_identity(g, name):
+        n = node(g, name)
+        noop_cast = n.op == Op.CAST and node(g, inputs_of(g, name)[0]).dtype == n.dtype
+        if (n.op in (Op.IDENTITY, Op.DROPOUT) or noop_cast) and name not in g.graph["outputs"] \
+                and (noop_cast or is_identity(g, name)):
             replace_uses(g, name, inputs_of(g, name)[0])
     remove_dead(g)
     return g
@@ -114,11 +121,11 @@ def fold_batchnorm(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
         k = scale / np.sqrt(var + bn.attr("epsilon", 1e-5))
         w = node(g, conv_in[1]).value.astype(np.float64)
         b = node(g, conv_in[2]).value.astype(np.float64) if len(conv_in) > 2 else 0.0
-        wf = _const(g, f"{name}.weight", (w * k[:, None, None, None]).astype(np.float32))
-        bf = _const(g, f"{name}.bias", ((b - mean) * k + shift).astype(np.float32))
+        wf = add_const(g, f"{name}.weight", (w * k[:, None, None, None]).astype(np.float32))
+        bf = add_const(g, f"{name}.bias", ((b - mean) * k + shift).astype(np.float32))
         new = Node(Op.CONV, bn.shape, bn.dtype, conv.attrs, origin=conv.origin + bn.origin,
                    proto=conv.proto)
-        _rewire(g, name, new, [conv_in[0], wf, bf])
+        rewire(g, name, new, [conv_in[0], wf, bf])
     remove_dead(g)
     return g
 
@@ -132,26 +139,33 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     for name in topo_order(g):
         n = node(g, name)
         srcs = inputs_of(g, name)
-        if n.op == Op.CONV and all(_is_const(g, s) for s in srcs[1:]):
+        if n.op == Op.CONV and all(_is_const(g, s) for s in srcs[1:]) \
+                and -1 not in node(g, srcs[0]).shape and len(node(g, srcs[0]).shape) == 4 \
+                and node(g, srcs[1]).value.ndim == 4:
             w = node(g, srcs[1]).value
             geom = conv_geometry(n, node(g, srcs[0]).shape, w.shape[2:])
+            x, pads, origin = _absorb_pad(g, srcs[0], name, geom.pads)
             bias = node(g, srcs[2]).value if len(srcs) > 2 else np.zeros(w.shape[0], np.float32)
-            attrs = make_attrs(kernel=geom.kernel, strides=geom.strides, pads=geom.pads,
-                               dilations=geom.dilations, groups=geom.groups, relu=False)
-            wn = _const(g, f"{name}.w", conv_weight_rows(w))
-            bn = _const(g, f"{name}.b", bias.astype(np.float32))
-            _rewire(g, name, Node(Op.NPU_CONV, n.shape, n.dtype, attrs, origin=n.origin),
-                    [srcs[0], wn, bn])
+            attrs = make_attrs(kernel=geom.kernel, strides=geom.strides, pads=pads,
+                               dilations=geom.dilations, groups=geom.groups, relu=False,
+                               input_dilation=(1, 1))
+            wn = add_const(g, f"{name}.w", conv_weight_rows(w))
+            bn = add_const(g, f"{name}.b", bias.astype(np.float32))
+            rewire(g, name, Node(Op.NPU_CONV, n.shape, n.dtype, attrs, origin=origin + n.origin),
+                   [x, wn, bn])
+        elif n.op == Op.CONV_TRANSPOSE and all(_is_const(g, s) for s in srcs[1:]) \
+                and n.dtype == "float32" and len(n.shape) == 4 and -1 not in n.shape:
+            _conv_transpose(g, name, n, srcs)
         elif n.op in (Op.GEMM, Op.MATMUL) and _dense_form(g, n, srcs):
             _dense(g, name, n, srcs)
         elif n.op == Op.BATCHNORM and len(n.shape) >= 2 \
                 and all(_is_const(g, s) for s in srcs[1:]):
             _batchnorm_as_scale_shift(g, name, n, srcs)
-        elif n.op == Op.SUM and len(srcs) != 2:
+        elif n.op in (Op.SUM, Op.MAX, Op.MIN) and len(srcs) != 2:
             _split_sum(g, name, n, srcs)
         elif n.op == Op.SUM:
-            _rewire(g, name, Node(Op.ADD, n.shape, n.dtype, n.attrs, origin=n.origin,
-                                  proto=_ADD), srcs)
+            rewire(g, name, Node(Op.ADD, n.shape, n.dtype, n.attrs, origin=n.origin,
+                                 proto=_ADD), srcs)
     remove_dead(g)
     return g
 
@@ -165,7 +179,7 @@ def _dense_form(g: nx.DiGraph, n: Node, srcs: list[str]) -> bool:
     if len(srcs) < 2 or not _is_const(g, srcs[1]) or n.attr("transA", 0):
         return False
     b = node(g, srcs[1]).value
-    if b.ndim != 2 or len(node(g, srcs[0]).shape) < 2:
+    if b.ndim != 2 or len(node(g, srcs[0]).shape) < 2 or -1 in node(g, srcs[0]).shape:
         return False
     if len(srcs) > 2:
         c = node(g, srcs[2]).value if _is_const(g, srcs[2]) else None
@@ -182,9 +196,9 @@ def _dense(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
     if len(srcs) > 2:
         c = node(g, srcs[2]).value.reshape(-1).astype(np.float32)
         bias = bias + np.float32(n.attr("beta", 1.0)) * c
-    wn = _const(g, f"{name}.w", np.ascontiguousarray(w, dtype=np.float32))
-    bn = _const(g, f"{name}.b", bias.astype(np.float32))
-    _rewire(g, name, Node(Op.NPU_DENSE, n.shape, n.dtype, make_attrs(relu=False),
+    wn = add_const(g, f"{name}.w", np.ascontiguousarray(w, dtype=np.float32))
+    bn = add_const(g, f"{name}.b", bias.astype(np.float32))
+    rewire(g, name, Node(Op.NPU_DENSE, n.shape, n.dtype, make_attrs(relu=False),
                           origin=n.origin), [srcs[0], wn, bn])
 
 
@@ -194,25 +208,88 @@ def _batchnorm_as_scale_shift(g: nx.DiGraph, name: str, n: Node, srcs: list[str]
     scale, shift, mean, var = (node(g, p).value.astype(np.float64) for p in srcs[1:])
     k = scale / np.sqrt(var + n.attr("epsilon", 1e-5))
     shape = (len(k),) + (1,) * (len(n.shape) - 2)
-    kn = _const(g, f"{name}.k", k.astype(np.float32).reshape(shape))
-    bn = _const(g, f"{name}.b", (shift - mean * k).astype(np.float32).reshape(shape))
+    kn = add_const(g, f"{name}.k", k.astype(np.float32).reshape(shape))
+    bn = add_const(g, f"{name}.b", (shift - mean * k).astype(np.float32).reshape(shape))
     scaled = f"{name}.scaled"
     add_node(g, scaled, Node(Op.MUL, n.shape, n.dtype, origin=n.origin, proto=_MUL),
              [srcs[0], kn])
-    _rewire(g, name, Node(Op.ADD, n.shape, n.dtype, origin=n.origin, proto=_ADD), [scaled, bn])
+    rewire(g, name, Node(Op.ADD, n.shape, n.dtype, origin=n.origin, proto=_ADD), [scaled, bn])
 
 
 def _split_sum(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
+    """A variadic Sum, Max or Min as a chain of two-operand ones (broadcast as it goes)."""
     if len(srcs) == 1:
-        _rewire(g, name, Node(Op.IDENTITY, n.shape, n.dtype, origin=n.origin), srcs)
+        rewire(g, name, Node(Op.IDENTITY, n.shape, n.dtype, origin=n.origin), srcs)
         return
+    op = Op.ADD if n.op == Op.SUM else n.op
+    proto = helper.make_node(op.value, ["a", "b"], ["y"]).SerializeToString()
     acc = srcs[0]
     for i, s in enumerate(srcs[1:-1]):
         part = f"{name}.partial{i}"
-        add_node(g, part, Node(Op.ADD, n.shape, n.dtype, origin=n.origin, proto=_ADD), [acc, s])
+        shape = tuple(np.broadcast_shapes(node(g, acc).shape, node(g, s).shape))
+        add_node(g, part, Node(op, shape, n.dtype, origin=n.origin, proto=proto), [acc, s])
         acc = part
-    _rewire(g, name, Node(Op.ADD, n.shape, n.dtype, origin=n.origin, proto=_ADD),
-            [acc, srcs[-1]])
+    rewire(g, name, Node(op, n.shape, n.dtype, origin=n.origin, proto=proto), [acc, srcs[-1]])
+
+
+def _absorb_pad(g: nx.DiGraph, x: str, conv: str,
+                pads: tuple[int, ...]) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
+    """A zero Pad of the spatial axes in front of a Conv becomes the Conv's own padding
+    (the matrix unit's address generator makes the zeros): ``(input, pads, origin)``."""
+    from compiler.vector_forms import NoForm, pad_amounts
+
+    p = node(g, x)
+    srcs = inputs_of(g, x)
+    if p.op != Op.PAD or not _sole_consumer(g, x, conv) or len(p.shape) != 4:
+        return x, pads, ()
+    try:
+        amounts, mode, value = pad_amounts(g, p, srcs, 4)
+    except NoForm:
+        return x, pads, ()
+    if mode != "constant" or value != 0.0 or any(amounts[a] or amounts[4 + a] for a in (0, 1)) \
+            or min(amounts) < 0:
+        return x, pads, ()
+    add = (amounts[2], amounts[3], amounts[6], amounts[7])
+    return srcs[0], tuple(a + b for a, b in zip(pads, add, strict=True)), p.origin
+
+
+def _conv_transpose(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
+    """ConvTranspose as a Conv of the input dilated by the stride (the matrix unit reads
+    zeros between pixels): kernel flipped and transposed per group, padded by
+    ``dilation * (k - 1) - pad`` each side (plus output_padding at the end)."""
+    x = node(g, srcs[0])
+    w = node(g, srcs[1]).value.astype(np.float32)
+    if x.shape[-1] < 0 or w.ndim != 4 or n.attr("auto_pad", "NOTSET") not in ("NOTSET",) \
+            and n.attr("output_shape") is None:
+        return
+    grp = int(n.attr("group", 1))
+    k = w.shape[2:]
+    s = tuple(n.attr("strides", (1, 1)))
+    d = tuple(n.attr("dilations", (1, 1)))
+    op = tuple(n.attr("output_padding", (0, 0)))
+    pads = list(n.attr("pads", (0, 0, 0, 0)))
+    if n.attr("output_shape") is not None:
+        want = tuple(n.attr("output_shape"))[-2:]
+        for i in range(2):
+            total = s[i] * (x.shape[2 + i] - 1) + op[i] + (k[i] - 1) * d[i] + 1 - want[i]
+            lo = total // 2 if n.attr("auto_pad", "NOTSET") == "SAME_UPPER" \
+                else total - total // 2
+            pads[i], pads[2 + i] = lo, total - lo
+    conv_pads = tuple(d[i % 2] * (k[i % 2] - 1) - pads[i] + (op[i % 2] if i >= 2 else 0)
+                      for i in range(4))
+    if min(conv_pads) < 0 or max(conv_pads) > 255:
+        set_node(g, name, n.with_attrs(why_host="padding beyond the kernel's reach (a crop)"))
+        return
+    cin_g, cout_g = w.shape[0] // grp, w.shape[1]
+    wc = w.reshape(grp, cin_g, cout_g, *k).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    wc = wc.reshape(grp * cout_g, cin_g, *k)
+    bias = node(g, srcs[2]).value if len(srcs) > 2 else np.zeros(grp * cout_g, np.float32)
+    attrs = make_attrs(kernel=tuple(k), strides=(1, 1), pads=conv_pads, dilations=d,
+                       groups=grp, relu=False, input_dilation=s)
+    wn = add_const(g, f"{name}.w", conv_weight_rows(np.ascontiguousarray(wc)))
+    bn = add_const(g, f"{name}.b", bias.astype(np.float32))
+    rewire(g, name, Node(Op.NPU_CONV, n.shape, n.dtype, attrs, origin=n.origin),
+           [srcs[0], wn, bn])
 
 
 def fuse_residual(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
@@ -230,7 +307,7 @@ def fuse_residual(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
                     and len(inputs_of(g, src)) == 3 and _sole_consumer(g, src, name) \
                     and node(g, other).shape == n.shape == p.shape and src != other:
                 new = Node(p.op, n.shape, n.dtype, p.attrs, origin=p.origin + n.origin)
-                _rewire(g, name, new, inputs_of(g, src) + [other])
+                rewire(g, name, new, inputs_of(g, src) + [other])
                 g.remove_node(src)
                 break
     return g
@@ -251,9 +328,43 @@ def fuse_relu(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
                                            for s in inputs_of(g, src))):
             new = p.with_attrs(relu=True)
             new = Node(new.op, n.shape, n.dtype, new.attrs, origin=p.origin + n.origin)
-            _rewire(g, name, new, inputs_of(g, src))
+            rewire(g, name, new, inputs_of(g, src))
             g.remove_node(src)
     return g
+
+
+def keep_host_work_together(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
+    """A vector or layout op between host ops runs on the host too.
+
+    Its data is on the host already and goes back there: on the device it would cost
+    two host-link transfers (and split one host call into two) to save the host a few
+    element-wise operations. Matrix-unit work always stays on the device.
+    """
+    g = g.copy()
+    changed = True
+    while changed:
+        changed = False
+        for name in topo_order(g):
+            n = node(g, name)
+            srcs = [s for s in inputs_of(g, name) if not _is_const(g, s)]
+            users = consumers(g, name)
+            if n.op in (Op.NPU_CONV, Op.NPU_DENSE) or n.attr("relu") or not on_device(g, name) \
+                    or not srcs \
+                    or not users or n.proto is None or not _same_operands(g, name, n):
+                continue
+            if all(not on_device(g, s) and node(g, s).op != Op.INPUT for s in srcs) \
+                    and all(not on_device(g, u) for u in users):
+                set_node(g, name, n.with_attrs(host_pin="between host ops: kept on the host "
+                                                         "to save two host-link transfers"))
+                changed = True
+    return g
+
+
+def _same_operands(g: nx.DiGraph, name: str, n: Node) -> bool:
+    """Whether the IR node still reads what its ONNX node reads (so the host can run it)."""
+    proto = onnx.NodeProto()
+    proto.ParseFromString(n.proto)
+    return sum(bool(i) for i in proto.input) == len(inputs_of(g, name))
 
 
 def quantize_weights(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:

@@ -11,14 +11,17 @@ from compiler import passes
 from compiler.errors import CompileError
 from compiler.ir import verify
 from compiler.options import CompileOptions
+from compiler.vector_forms import vector_forms
 
 PIPELINE: tuple[tuple[str, Callable[[nx.DiGraph, CompileOptions], nx.DiGraph]], ...] = (
     ("fold_constants", passes.fold_constants),
     ("remove_identities", passes.remove_identities),
     ("fold_batchnorm", passes.fold_batchnorm),
     ("canonicalize", passes.canonicalize),
+    ("vector_forms", vector_forms),
     ("fuse_residual", passes.fuse_residual),
     ("fuse_relu", passes.fuse_relu),
+    ("keep_host_work_together", passes.keep_host_work_together),
     ("quantize_weights", passes.quantize_weights),
 )
 PASS_NAMES = tuple(name for name, _ in PIPELINE)

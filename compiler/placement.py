@@ -10,30 +10,53 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from compiler.ir import Node, Op, inputs_of, node
+from compiler.ir import NON_TENSOR, Node, Op, inputs_of, is_dynamic, node
 
 ALIAS_OPS = (Op.RESHAPE, Op.FLATTEN, Op.IDENTITY, Op.DROPOUT, Op.SQUEEZE, Op.UNSQUEEZE)
 MATRIX_OPS = (Op.NPU_CONV, Op.NPU_DENSE)
-ALU_OPS = (Op.ADD, Op.SUB, Op.MUL, Op.DIV)
-UNARY_OPS = (Op.SIGMOID, Op.TANH, Op.LEAKY_RELU, Op.CLIP)
+ALU_OPS = (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAX, Op.MIN, Op.POW)
+VECTOR_FORMS = (Op.NPU_UNARY, Op.NPU_REDUCE, Op.NPU_NORM, Op.NPU_RESIZE, Op.NPU_MOVE,
+                Op.NPU_GATHER, Op.NPU_PAD)
+"""Made by :mod:`compiler.vector_forms` only where the vector unit can run them."""
 VECTOR_OPS = (Op.RELU, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.GLOBAL_MAXPOOL, Op.SOFTMAX,
-              Op.CONCAT) + ALU_OPS + UNARY_OPS
+              Op.CONCAT) + ALU_OPS + VECTOR_FORMS
 
 
-def broadcast_mode(a_shape: tuple[int, ...], b_shape: tuple[int, ...],
-                   out: tuple[int, ...]) -> str | None:
-    """How a second operand spreads over the first on the vector unit, if it can."""
-    if a_shape != out:
+def _spread(small: tuple[int, ...], out: tuple[int, ...]) -> tuple[int, int] | None:
+    """``(div, mod)`` such that element ``i`` of ``out`` reads ``small[(i // div) % mod]``,
+    if ``small`` broadcasts to ``out`` that way (its non-unit axes one contiguous run)."""
+    if len(small) > len(out):
         return None
-    if b_shape == out:
-        return "none"
-    if int(np.prod(b_shape, dtype=np.int64)) == 1 and len(b_shape) <= len(out):
-        return "scalar"
-    if len(out) >= 2 and len(b_shape) <= len(out):
-        padded = (1,) * (len(out) - len(b_shape)) + tuple(b_shape)
-        if padded[1] == out[1] and all(d == 1 for i, d in enumerate(padded) if i != 1):
-            return "channel"
+    padded = (1,) * (len(out) - len(small)) + tuple(small)
+    if any(d != 1 and d != o for d, o in zip(padded, out, strict=True)):
+        return None
+    full = [i for i, d in enumerate(padded) if d != 1]
+    if not full:
+        return 1, 1
+    lo, hi = full[0], full[-1] + 1
+    if any(padded[i] != out[i] for i in range(lo, hi)):
+        return None
+    return int(np.prod(out[hi:], dtype=np.int64)), int(np.prod(out[lo:hi], dtype=np.int64))
+
+
+def alu_form(a_shape: tuple[int, ...], b_shape: tuple[int, ...],
+             out: tuple[int, ...]) -> tuple[bool, int, int] | None:
+    """How ``VV_ALU`` runs ``a op b``: ``(swapped, div, mod)`` or ``None``.
+
+    The full-size operand streams as ``src0`` and the other is read as
+    ``src1[(i // div) % mod]``; ``swapped`` says the full-size one is ``b`` (the
+    instruction's ``rev`` flag then keeps ``a op b``).
+    """
+    if tuple(a_shape) == tuple(out):
+        spread = _spread(b_shape, out)
+        if spread is not None:
+            return (False, *spread)
+    if tuple(b_shape) == tuple(out):
+        spread = _spread(a_shape, out)
+        if spread is not None:
+            return (True, *spread)
     return None
+
 
 def softmax_rows(n: Node) -> tuple[int, int]:
     """Softmax as ``rows`` independent softmaxes over ``cols`` contiguous values.
@@ -62,8 +85,21 @@ def place(g: nx.DiGraph, name: str) -> tuple[str, str]:
     if n.op == Op.INPUT:
         return HOST, "model input"
     srcs = [node(g, s) for s in inputs_of(g, name)]
-    if n.op in MATRIX_OPS:
-        return DEVICE, "matrix unit"
+    if n.attr("host_pin"):
+        return HOST, n.attr("host_pin")
+    if n.attr("data_dependent"):
+        return HOST, f"shape depends on data: {n.attr('data_dependent')}"
+    if is_dynamic(n) or any(is_dynamic(s) for s in srcs):
+        return HOST, "shape depends on data" if n.dtype != NON_TENSOR else "not a tensor"
+    if 0 in n.shape or any(0 in s.shape for s in srcs if s.op != Op.CONST):
+        return HOST, "an empty tensor"
+    if n.op == Op.OUTPUT:
+        op = node(g, inputs_of(g, name)[0]).attr("onnx_op")
+        return HOST, f"output {n.attr('index')} of a host op ({op})"
+    if n.op in MATRIX_OPS or n.op in VECTOR_FORMS:
+        return DEVICE, "matrix unit" if n.op in MATRIX_OPS else "vector unit"
+    if n.attr("why_host"):
+        return HOST, n.attr("why_host")
     if n.op in ALIAS_OPS:
         if n.op == Op.DROPOUT and not is_identity(g, name):
             return HOST, "training-mode Dropout"
@@ -71,18 +107,20 @@ def place(g: nx.DiGraph, name: str) -> tuple[str, str]:
             return DEVICE, "layout only: aliases its input's buffer"
         return HOST, "changes the data type"
     if n.op == Op.ONNX:
+        if n.attr("outputs"):
+            return HOST, "an op with several outputs: the host runs it whole"
         return HOST, "no device kernel for this op"
-    if n.op in (Op.CONV, Op.GEMM, Op.MATMUL, Op.BATCHNORM):
+    if n.op == Op.CAST:
+        return HOST, "changes the data type"
+    if n.op in (Op.CONV, Op.GEMM, Op.MATMUL, Op.BATCHNORM, Op.CONV_TRANSPOSE):
         return HOST, "weights are not constants" if n.op != Op.BATCHNORM else "not foldable"
     if n.op not in VECTOR_OPS:
         return HOST, "no device kernel for this op"
     if any(s.dtype != "float32" for s in srcs) or n.dtype != "float32":
         return HOST, "not float32 data"
     if n.op in ALU_OPS:
-        if len(srcs) != 2 or broadcast_mode(srcs[0].shape, srcs[1].shape, n.shape) is None:
-            return HOST, "this broadcast pattern is done on the host"
-    if n.op == Op.CLIP and any(node(g, s).op != Op.CONST for s in inputs_of(g, name)[1:]):
-        return HOST, "bounds are not constants"
+        if len(srcs) != 2 or alu_form(srcs[0].shape, srcs[1].shape, n.shape) is None:
+            return HOST, "both operands broadcast: done on the host"
     if n.op == Op.SOFTMAX:
         try:
             softmax_rows(n)

@@ -34,9 +34,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from compiler.options import CompileOptions
     from compiler.pipeline import run_passes
 
+    shapes = _parse_shapes(args.input_shape)
     if args.stop_after:
         opts = CompileOptions.make(args.device, args.numerics, args.rounding, args.seed)
-        text = dump_graph(run_passes(to_graph(args.model), opts, args.stop_after))
+        text = dump_graph(run_passes(to_graph(args.model, shapes), opts, args.stop_after))
         if args.dump:
             _atomic_write(Path(args.dump), lambda tmp: Path(tmp).write_text(text))
         else:
@@ -45,20 +46,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if not args.output:
         raise UsageError("compile needs -o OUT.npub (or --stop-after PASS to dump the graph)")
     from compiler import compile_model
+    from compiler.driver import summary_line
 
     t0 = time.perf_counter()
     prog = compile_model(args.model, args.device, args.numerics, args.rounding, args.seed,
-                         args.strict)
+                         args.strict, shapes)
     elapsed = time.perf_counter() - t0
     placement = prog.metadata["placement"]
     if args.report:
         _write_json(Path(args.report), placement)
         print(format_placement(placement))
     prog.save(args.output)
-    counts = {w: sum(r["where"] == w for r in placement) for w in ("device", "host")}
     host = sorted({r["op"] for r in placement if r["where"] == "host"})
-    print(f"placement: {counts['device']} nodes on the device, {counts['host']} on the host"
-          + (f" ({', '.join(host)})" if host else ""))
+    print(summary_line(prog.metadata["summary"]) + (f" (host: {', '.join(host)})" if host else ""))
     print(f"compiled {args.model} for {prog.target.name} ({prog.numerics}): "
           f"{len(prog.instructions)} instructions, {len(prog.weights) / 2**20:.2f} MiB weights, "
           f"{elapsed:.2f} s -> {args.output}")
@@ -74,6 +74,22 @@ def format_placement(rows: list[dict]) -> str:
         lines.append(f"{r['node'][:w_node]:<{w_node}}  {r['op']:<{w_op}}  {r['where']:<8}  "
                      f"{r['why']}")
     return "\n".join(lines)
+
+
+def _parse_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    """``NAME=1x3x224x224`` -> ``{"NAME": (1, 3, 224, 224)}``."""
+    shapes = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) <= 0:
+            raise UsageError(f"--input-shape {spec}: expected NAME=DIMS, e.g. "
+                             "images=1x3x224x224")
+        shapes[name] = shape
+    return shapes
 
 
 def _parse_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
@@ -429,7 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
     c.add_argument("--strict", action="store_true",
                    help="refuse (by name) any op the device cannot run instead of using the host")
-    c.add_argument("--report", help="write where every node runs (JSON) and print it as a table")
+    c.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="fix the shape of an input with symbolic dimensions (repeatable)")
+    c.add_argument("--report", help="write where every node runs (JSON) and print it as a table"
+                   ", ending with a summary line")
     c.add_argument("--stop-after", choices=PASS_NAMES, help="stop after this pass, dump the IR")
     c.add_argument("--dump", help="with --stop-after: write the IR here instead of stdout")
     c.set_defaults(fn=cmd_compile)

@@ -20,7 +20,7 @@ import onnx
 from compiler import compile_full
 from compiler.interpret import Numerics, evaluate
 from compiler.ir import Op, inputs_of, node, topo_order
-from compiler.lower import op_label
+from compiler.select import op_label
 
 
 def default_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:

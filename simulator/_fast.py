@@ -128,3 +128,17 @@ def quantize_rne(x2d: np.ndarray, block: int, mbits: int, emin: int, emax: int, 
     _quantize_rne(np.ascontiguousarray(x2d, dtype=np.float32), block, mbits, emin, emax, bias,
                   nan_exp, q, exps)
     return q, exps
+
+
+@numba.njit(cache=True)
+def _erf(x, out):  # pragma: no cover - compiled
+    for k in range(x.size):
+        out[k] = math.erf(x[k])
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Element-wise ``erf`` in float64 (numpy has none; scipy is not a dependency)."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty(x.shape, np.float64)
+    _erf(x.reshape(-1), out.reshape(-1))
+    return out

@@ -21,11 +21,16 @@ from simulator.program import Program, ProgramError, TensorDesc
 from simulator.schedule import schedule
 from simulator.stats import LayerStats, RunStats
 
-__all__ = ["Device", "InputError", "LayerStats", "RunStats"]
+__all__ = ["Device", "ExecutionError", "InputError", "LayerStats", "RunStats"]
 
 
 class InputError(ValueError):
     """Inputs that do not match the program's input descriptors."""
+
+
+class ExecutionError(RuntimeError):
+    """An instruction the device cannot execute: it addresses memory outside device DRAM,
+    indexes out of range, or has inconsistent fields."""
 
 
 class Device:
@@ -37,6 +42,7 @@ class Device:
         self._dram: np.ndarray | None = None
         self._weights: dict[int, BfpTensor | np.ndarray] = {}
         self.stats: RunStats | None = None
+        self._host_mem: dict[str, object] = {}
 
     def load(self, program: Program) -> None:
         """Load ``program``, replacing the one before; refuse one built for another target."""
@@ -71,8 +77,14 @@ class Device:
         self.stats = schedule(program, self.config)
 
     # --- memory access ---
+    def _check_range(self, addr: int, nbytes: int, what: str) -> None:
+        if addr < 0 or addr + nbytes > self._dram.size:
+            raise ExecutionError(f"{what}: bytes [{addr}, {addr + nbytes}) are outside device "
+                                 f"DRAM ({self._dram.size} bytes in use)")
+
     def _f32(self, addr: int, shape: tuple[int, ...]) -> np.ndarray:
         n = int(np.prod(shape, dtype=np.int64))
+        self._check_range(addr, 4 * n, "read")
         return self._dram[addr:addr + 4 * n].view(np.float32).reshape(shape)
 
     def _read(self, t: TensorDesc) -> np.ndarray:
@@ -81,6 +93,7 @@ class Device:
 
     def _store(self, addr: int, value: np.ndarray, dtype=np.float32) -> None:
         flat = np.ascontiguousarray(value, dtype=dtype).reshape(-1)
+        self._check_range(addr, flat.nbytes, "write")
         self._dram[addr:addr + flat.nbytes] = flat.view(np.uint8)
 
     def _check_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -113,8 +126,12 @@ class Device:
         host_out: dict[str, np.ndarray] = {}
         fmt = prog.target.format()
         rounding = Rounding(prog.metadata.get("rounding", "nearest_even"))
+        self._host_mem: dict[str, object] = {}  # host-resident values, one run's worth
         for i in prog.instructions:
             self._execute(i, host_in, host_out, fmt, rounding)
+        for t in prog.outputs:  # outputs the host computed never went to the device
+            if t.name not in host_out and t.name in self._host_mem:
+                host_out[t.name] = self._host_mem[t.name]
         return host_out, self.stats
 
     def _execute(self, i: isa.Instruction, host_in, host_out, fmt, rounding) -> None:
@@ -126,8 +143,13 @@ class Device:
             host_out[t.name] = self._read(t).copy()
         elif isinstance(i, isa.HostCall):
             h = prog.host_ops[i.index]
-            out = self._host[i.index]([self._read(t) for t in h.inputs])
-            self._store(h.output.addr, out, np.dtype(h.output.dtype))
+            args = [self._host_mem[t.name] if t.name in h.on_host else self._read(t)
+                    for t in h.inputs]
+            for t, value in zip(h.outputs, self._host[i.index].run(args), strict=True):
+                if t.name in h.on_host:  # stays in host memory for a later host call
+                    self._host_mem[t.name] = value
+                else:
+                    self._store(t.addr, value, np.dtype(t.dtype))
         elif isinstance(i, isa.MvMul):
             self._mv_mul(i, fmt, rounding)
         elif isinstance(i, isa.VvAdd):
@@ -141,17 +163,42 @@ class Device:
         elif isinstance(i, isa.VPool):
             self._pool(i)
         elif isinstance(i, isa.VvAlu):
-            a = self._f32(i.src0, (i.length,))
-            if i.bcast == isa.Broadcast.CHANNEL:
-                b = self._f32(i.src1, (1, i.channels, 1))
-                a = a.reshape(-1, i.channels, i.plane)
-            else:
-                b = self._f32(i.src1, (i.length if i.bcast == isa.Broadcast.NONE else 1,))
-            self._store(i.dst, kernels.alu(isa.AluOp(i.op).name.lower(), a, b))
+            self._alu(i)
         elif isinstance(i, isa.VUnary):
-            alpha, beta = (float(np.uint32(v).view(np.float32)) for v in (i.alpha, i.beta))
             self._store(i.dst, kernels.unary(isa.UnaryFn(i.fn).name.lower(),
-                                             self._f32(i.src, (i.length,)), alpha, beta))
+                                             self._f32(i.src, (i.length,)),
+                                             isa.bits_f32(i.alpha), isa.bits_f32(i.beta)))
+        elif isinstance(i, isa.VReduce):
+            x = self._f32(i.src, (i.outer, i.mid, i.inner))
+            self._store(i.dst, kernels.reduce(x, isa.ReduceMode(i.mode).name.lower()))
+        elif isinstance(i, isa.VNorm):
+            n = i.channels or i.cols
+            self._store(i.dst, kernels.norm(self._f32(i.src, (i.rows, i.cols)),
+                                            self._f32(i.scale, (n,)), self._f32(i.bias, (n,)),
+                                            isa.bits_f32(i.epsilon), i.channels))
+        elif isinstance(i, isa.VResize):
+            x = self._f32(i.src, (i.planes, i.in_h, i.in_w))
+            self._store(i.dst, kernels.resize(
+                x, (i.out_h, i.out_w), isa.ResizeMode(i.mode).name.lower(),
+                isa.CoordMode(i.coord).name.lower(), isa.NearestMode(i.nearest).name.lower(),
+                (isa.bits_f32(i.scale_h), isa.bits_f32(i.scale_w))))
+        elif isinstance(i, isa.VMove):
+            self._move(i)
+        elif isinstance(i, isa.VPad):
+            x = self._f32(i.src, (i.outer, i.height, i.width))
+            self._store(i.dst, kernels.pad2d(
+                x, (i.pad_top, i.pad_left, i.pad_bottom, i.pad_right),
+                isa.PadMode(i.mode).name.lower(), isa.bits_f32(i.value)))
+        elif isinstance(i, isa.VGather):
+            self._check_range(i.table, 4 * i.count, "V_GATHER table")
+            idx = self._dram[i.table:i.table + 4 * i.count].view("<i4")
+            bad = (idx < 0) | (idx >= i.axis_len)
+            if bad.any():
+                j = int(np.argmax(bad))
+                raise ExecutionError(f"V_GATHER index {int(idx[j])} (entry {j}) is outside "
+                                     f"[0, {i.axis_len})")
+            x = self._f32(i.src, (i.outer, i.axis_len, i.inner))
+            self._store(i.dst, kernels.gather(x, idx))
         elif isinstance(i, isa.VCopy):
             src = self._dram[i.src:i.src + 4 * i.rows * i.src_stride].view(np.float32)
             dst = self._dram[i.dst:i.dst + 4 * ((i.rows - 1) * i.dst_stride + i.row_len)]
@@ -160,13 +207,35 @@ class Device:
                 dst, (i.rows, i.row_len), (4 * i.dst_stride, 4))
             dst_rows[:] = src.reshape(i.rows, i.src_stride)[:, :i.row_len]
 
+    def _alu(self, i: isa.VvAlu) -> None:
+        if i.div < 1 or i.mod < 1 or i.length % (i.div * i.mod):
+            raise ExecutionError(f"VV_ALU: length {i.length} is not a multiple of div {i.div} "
+                                 f"x mod {i.mod}")
+        # the broadcast operand is read once per (div, mod) period: b[(k // div) % mod]
+        a = self._f32(i.src0, (i.length // (i.div * i.mod), i.mod, i.div))
+        b = self._f32(i.src1, (1, i.mod, 1))
+        op = isa.AluOp(i.op).name.lower()
+        self._store(i.dst, kernels.alu(op, b, a) if i.rev else kernels.alu(op, a, b))
+
+    def _move(self, i: isa.VMove) -> None:
+        lo, hi = kernels.move_span(i.dims, i.strides)
+        if hi < lo:
+            return
+        first, end = i.src + 4 * lo, i.src + 4 * hi + 4
+        self._check_range(first, end - first, "V_MOVE source")
+        window = self._dram[first:end].view(np.float32)
+        self._store(i.dst, kernels.move(window, -lo, i.dims, i.strides))
+
     def _mv_mul(self, i: isa.MvMul, fmt, rounding) -> None:
+        if i.in_dil_h < 1 or i.in_dil_w < 1:
+            raise ExecutionError(f"MV_MUL: input dilation {i.in_dil_h} x {i.in_dil_w} "
+                                 "must be at least 1")
         x = self._f32(i.src, (i.batch, i.channels, i.height, i.width))
         w = self._weights[i.weights]
         bias = self._f32(i.bias, (i.out_channels,))
         geom = ConvGeometry((i.kernel_h, i.kernel_w), (i.stride_h, i.stride_w),
                             (i.pad_top, i.pad_left, i.pad_bottom, i.pad_right),
-                            (i.dilation_h, i.dilation_w), i.groups)
+                            (i.dilation_h, i.dilation_w), i.groups, (i.in_dil_h, i.in_dil_w))
         oh, ow = geom.output_hw(i.height, i.width)
         out_shape = (i.batch, i.out_channels, oh, ow)
         seed = int(self.program.metadata.get("seed", 0))

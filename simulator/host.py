@@ -24,6 +24,10 @@ class HostKernel:
     def __call__(self, args: list[np.ndarray]) -> np.ndarray:
         return self.session.run(["out"], dict(zip(self.inputs, args, strict=True)))[0]
 
+    def run(self, args: list[np.ndarray]) -> list:
+        """Every output of the model, in its order (arrays; a sequence or map as is)."""
+        return self.session.run(None, dict(zip(self.inputs, args, strict=True)))
+
 
 class HostOpError(ValueError):
     """A host op that onnxruntime refuses."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar
@@ -41,6 +42,12 @@ class Opcode(IntEnum):
     VV_ALU = 0x24
     V_UNARY = 0x25
     V_COPY = 0x26
+    V_REDUCE = 0x27
+    V_NORM = 0x28
+    V_RESIZE = 0x29
+    V_MOVE = 0x2A
+    V_PAD = 0x2B
+    V_GATHER = 0x2C
     # host
     HOST_CALL = 0x30
     # control
@@ -59,22 +66,100 @@ class AluOp(IntEnum):
     SUB = 1
     MUL = 2
     DIV = 3
-
-
-class Broadcast(IntEnum):
-    """How ``VV_ALU``'s second operand spreads over the first."""
-
-    NONE = 0
-    CHANNEL = 1
-    """one value per channel of an NCHW (or NC) tensor"""
-    SCALAR = 2
+    MAX = 4
+    MIN = 5
+    POW = 6
 
 
 class UnaryFn(IntEnum):
+    """``V_UNARY`` functions; ``alpha``/``beta`` are the attributes noted."""
+
     SIGMOID = 0
     TANH = 1
-    LEAKY_RELU = 2
-    CLIP = 3
+    LEAKY_RELU = 2  # alpha: slope
+    CLIP = 3  # alpha, beta: min, max
+    HARD_SIGMOID = 4  # max(0, min(1, alpha * x + beta))
+    HARD_SWISH = 5
+    EXP = 6
+    LOG = 7
+    SQRT = 8
+    RECIPROCAL = 9
+    NEG = 10
+    ABS = 11
+    ERF = 12
+    GELU = 13  # alpha: 0 exact (erf), 1 tanh approximation
+    POW = 14  # x ** alpha
+    ELU = 15  # alpha
+    SOFTPLUS = 16
+    SILU = 17
+    SELU = 18  # alpha, gamma = beta
+    SOFTSIGN = 19
+    FLOOR = 20
+    CEIL = 21
+    ROUND = 22  # half to even
+    SIGN = 23
+
+
+class ReduceMode(IntEnum):
+    SUM = 0
+    MEAN = 1
+    MAX = 2
+    MIN = 3
+    SUM_SQUARE = 4
+    L2 = 5
+
+
+class ResizeMode(IntEnum):
+    NEAREST = 0
+    LINEAR = 1
+
+
+class CoordMode(IntEnum):
+    """ONNX Resize ``coordinate_transformation_mode``."""
+
+    HALF_PIXEL = 0
+    ASYMMETRIC = 1
+    ALIGN_CORNERS = 2
+    PYTORCH_HALF_PIXEL = 3
+    TF_HALF_PIXEL_FOR_NN = 4
+
+
+class NearestMode(IntEnum):
+    """ONNX Resize ``nearest_mode``."""
+
+    ROUND_PREFER_FLOOR = 0
+    ROUND_PREFER_CEIL = 1
+    FLOOR = 2
+    CEIL = 3
+
+
+class PadMode(IntEnum):
+    CONSTANT = 0
+    REFLECT = 1
+    EDGE = 2
+    WRAP = 3
+
+
+def to_u32(v: int) -> int:
+    """A signed 32-bit value (a ``V_MOVE`` stride) as the two's complement field value."""
+    if not -(1 << 31) <= v < (1 << 31):
+        raise EncodingError(f"value {v} doesn't fit in a signed 32-bit field")
+    return v & 0xFFFFFFFF
+
+
+def from_u32(u: int) -> int:
+    """Inverse of :func:`to_u32`."""
+    return u - (1 << 32) if u & (1 << 31) else u
+
+
+def f32_bits(x: float) -> int:
+    """The fp32 bit pattern of ``x`` (``alpha``, ``epsilon``, ``scale_h`` ... fields)."""
+    return int(struct.unpack("<I", struct.pack("<f", x))[0])
+
+
+def bits_f32(u: int) -> float:
+    """Inverse of :func:`f32_bits`: the fp32 value of a 32-bit pattern."""
+    return float(struct.unpack("<f", struct.pack("<I", u))[0])
 
 
 class EncodingError(ValueError):
@@ -177,6 +262,10 @@ class MvMul(Instruction):
             for n in batch*OH*OW output pixels:            # stream activation vectors
                 acc[n, ot] += bfp_dot(im2col(x)[n, kt], W[kt, ot])   # block by block
         y = relu?(acc + bias + residual?)                  # epilogue, fp32
+
+    ``in_dil_h``/``in_dil_w`` > 1 (a transposed convolution) make im2col read a virtual
+    input with ``in_dil - 1`` zeros between pixels, ``(H-1)*in_dil_h+1`` by
+    ``(W-1)*in_dil_w+1``; the pads apply around it.
     """
 
     OPCODE: ClassVar[Opcode] = Opcode.MV_MUL
@@ -201,6 +290,8 @@ class MvMul(Instruction):
     pad_right: int = _f("small")
     dilation_h: int = _f("small")
     dilation_w: int = _f("small")
+    in_dil_h: int = _f("small")
+    in_dil_w: int = _f("small")
     relu: int = _f("flag")
     has_residual: int = _f("flag")
     pinned: int = _f("flag")
@@ -268,11 +359,16 @@ class VSoftmax(Instruction):
 
 @dataclass(frozen=True)
 class VvAlu(Instruction):
-    """Element-wise arithmetic, the second operand broadcast per ``bcast``::
+    """Element-wise arithmetic, the second operand broadcast by ``div`` and ``mod``::
 
-        for i < length: dst[i] = src0[i] <op> src1[i]                 # NONE
-                        dst[i] = src0[i] <op> src1[(i // plane) % channels]   # CHANNEL
-                        dst[i] = src0[i] <op> src1[0]                 # SCALAR
+        for i < length:
+            a, b = src0[i], src1[(i // div) % mod]
+            dst[i] = rev ? (b <op> a) : (a <op> b)          # fp32
+
+    ``length`` is a multiple of ``div * mod``: a scalar is ``div = mod = 1``, a same-shape
+    operand ``div = 1, mod = length``, an NCHW per-channel one ``div = H*W, mod = C``, a
+    trailing bias ``[D]`` ``div = 1, mod = D``. ``rev`` puts the broadcast operand first
+    (``2 - x``, ``1 / x``).
     """
 
     OPCODE: ClassVar[Opcode] = Opcode.VV_ALU
@@ -281,15 +377,15 @@ class VvAlu(Instruction):
     dst: int = _f("addr")
     length: int = _f("length")
     op: int = _f("small")
-    bcast: int = _f("small")
-    channels: int = _f("length")
-    plane: int = _f("length")
+    rev: int = _f("flag")
+    div: int = _f("length")
+    mod: int = _f("length")
 
 
 @dataclass(frozen=True)
 class VUnary(Instruction):
-    """``for i < length: dst[i] = fn(src[i]; alpha, beta)``; alpha/beta are fp32 bit patterns
-    (LeakyRelu slope; Clip min and max)."""
+    """``for i < length: dst[i] = fn(src[i]; alpha, beta)``; ``fn`` a :class:`UnaryFn`,
+    alpha/beta fp32 bit patterns (LeakyRelu slope; Clip min and max; ...)."""
 
     OPCODE: ClassVar[Opcode] = Opcode.V_UNARY
     src: int = _f("addr")
@@ -317,6 +413,160 @@ class VCopy(Instruction):
 
 
 @dataclass(frozen=True)
+class VReduce(Instruction):
+    """A reduction over the middle axis of ``src`` viewed as ``[outer, mid, inner]``::
+
+        for o < outer, i < inner: dst[o, i] = reduce(src[o, m, i] for m < mid)
+
+    ``mode`` a :class:`ReduceMode`; sums accumulate in float64, rounded once to fp32.
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.V_REDUCE
+    src: int = _f("addr")
+    dst: int = _f("addr")
+    outer: int = _f("length")
+    mid: int = _f("length")
+    inner: int = _f("length")
+    mode: int = _f("small")
+
+
+@dataclass(frozen=True)
+class VNorm(Instruction):
+    """Layer or instance normalization of the ``rows`` rows of ``src`` ``[rows, cols]``::
+
+        for r < rows:
+            mu, var = mean(src[r, :]), mean((src[r, :] - mu) ** 2)
+            for c < cols:
+                y = (src[r, c] - mu) / sqrt(var + epsilon)
+                k = c if channels == 0 else r % channels    # per column / per channel
+                dst[r, c] = y * scale[k] + bias[k]
+
+    ``epsilon`` is an fp32 bit pattern; ``scale`` and ``bias`` are fp32 arrays.
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.V_NORM
+    src: int = _f("addr")
+    dst: int = _f("addr")
+    scale: int = _f("addr")
+    bias: int = _f("addr")
+    rows: int = _f("length")
+    cols: int = _f("length")
+    channels: int = _f("length")
+    epsilon: int = _f("length")
+
+
+@dataclass(frozen=True)
+class VResize(Instruction):
+    """ONNX Resize on the last two axes of ``src`` ``[planes, in_h, in_w]``::
+
+        for p < planes, y < out_h, x < out_w:
+            sy = coord(y, scale_h, out_h, in_h); sx = coord(x, scale_w, out_w, in_w)  # fp32
+            dst[p, y, x] = NEAREST: src[p, nearest(sy), nearest(sx)]
+                           LINEAR:  bilinear(src[p], clamp(sy), clamp(sx))
+
+    ``mode``, ``coord``, ``nearest`` are :class:`ResizeMode`, :class:`CoordMode`,
+    :class:`NearestMode`; ``scale_h``/``scale_w`` the fp32 bit patterns of the model's
+    scale factors (``out / in`` when it gives sizes).
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.V_RESIZE
+    src: int = _f("addr")
+    dst: int = _f("addr")
+    planes: int = _f("length")
+    in_h: int = _f("length")
+    in_w: int = _f("length")
+    out_h: int = _f("length")
+    out_w: int = _f("length")
+    mode: int = _f("small")
+    coord: int = _f("small")
+    nearest: int = _f("small")
+    scale_h: int = _f("length")
+    scale_w: int = _f("length")
+
+
+@dataclass(frozen=True)
+class VMove(Instruction):
+    """A general strided copy of fp32 elements (Transpose, Slice, Split, Expand, ...)::
+
+        for (i0, ..., i5) < (d0, ..., d5), row-major:
+            dst[flat(i0, ..., i5)] = src[i0*s0 + i1*s1 + ... + i5*s5]
+
+    ``src`` is the element where every index is 0; ``s0``..``s5`` are signed element
+    strides (32-bit two's complement, :func:`to_u32`): negative for a reversed slice, 0 to
+    repeat (Expand). Unused leading dims are 1.
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.V_MOVE
+    src: int = _f("addr")
+    dst: int = _f("addr")
+    d0: int = _f("length")
+    d1: int = _f("length")
+    d2: int = _f("length")
+    d3: int = _f("length")
+    d4: int = _f("length")
+    d5: int = _f("length")
+    s0: int = _f("length")
+    s1: int = _f("length")
+    s2: int = _f("length")
+    s3: int = _f("length")
+    s4: int = _f("length")
+    s5: int = _f("length")
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return (self.d0, self.d1, self.d2, self.d3, self.d4, self.d5)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """The signed element strides."""
+        return tuple(from_u32(s) for s in (self.s0, self.s1, self.s2, self.s3, self.s4,
+                                           self.s5))
+
+
+@dataclass(frozen=True)
+class VPad(Instruction):
+    """ONNX Pad on the last two axes of ``src`` ``[outer, height, width]``::
+
+        for o, y < pad_top + height + pad_bottom, x < pad_left + width + pad_right:
+            dst[o, y, x] = src[o, y - pad_top, x - pad_left]   if inside
+                         = value (fp32 bits)                    CONSTANT
+                         = src[o, mirror/clamp/wrap(...)]      REFLECT / EDGE / WRAP
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.V_PAD
+    src: int = _f("addr")
+    dst: int = _f("addr")
+    outer: int = _f("length")
+    height: int = _f("length")
+    width: int = _f("length")
+    pad_top: int = _f("dim")
+    pad_left: int = _f("dim")
+    pad_bottom: int = _f("dim")
+    pad_right: int = _f("dim")
+    mode: int = _f("small")
+    value: int = _f("length")
+
+
+@dataclass(frozen=True)
+class VGather(Instruction):
+    """Gather rows along the middle axis of ``src`` ``[outer, axis_len, inner]``::
+
+        for o < outer, j < count: dst[o, j, :] = src[o, table[j], :]
+
+    ``table`` holds ``count`` little-endian int32 indices in ``[0, axis_len)``.
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.V_GATHER
+    src: int = _f("addr")
+    dst: int = _f("addr")
+    table: int = _f("addr")
+    outer: int = _f("length")
+    count: int = _f("length")
+    axis_len: int = _f("length")
+    inner: int = _f("length")
+
+
+@dataclass(frozen=True)
 class HostCall(Instruction):
     """Run host op ``index`` of the program's host section (onnxruntime on the CPU)::
 
@@ -338,5 +588,6 @@ class EndChain(Instruction):
 
 _BY_OPCODE: dict[Opcode, type[Instruction]] = {
     cls.OPCODE: cls for cls in (VRd, VWr, MvMul, VvAdd, VRelu, VPool, VSoftmax, VvAlu, VUnary,
-                                VCopy, HostCall, EndChain)}
+                                VCopy, VReduce, VNorm, VResize, VMove, VPad, VGather, HostCall,
+                                EndChain)}
 INSTRUCTIONS = tuple(_BY_OPCODE.values())

@@ -13,11 +13,26 @@ run along that axis (see ``docs/numerics.md``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from simulator.numerics import BfpTensor, Format, Rounding, bfp_matmul, matmul, quantize
+from simulator.vector import (  # noqa: F401  (the vector unit's kernels, re-exported)
+    ALU,
+    PAD_MODES,
+    UNARY_FUNCTIONS,
+    alu,
+    gather,
+    move,
+    move_span,
+    norm,
+    pad2d,
+    reduce,
+    resize,
+    unary,
+)
 
 
 @dataclass(frozen=True)
@@ -30,8 +45,15 @@ class ConvGeometry:
     """top, left, bottom, right"""
     dilations: tuple[int, int] = (1, 1)
     groups: int = 1
+    input_dilation: tuple[int, int] = (1, 1)
+    """(h, w): zeros between input pixels, ``in_dil - 1`` (a transposed convolution)"""
+
+    def dilated_hw(self, h: int, w: int) -> tuple[int, int]:
+        """Extent of the input with ``input_dilation`` applied."""
+        return (h - 1) * self.input_dilation[0] + 1, (w - 1) * self.input_dilation[1] + 1
 
     def output_hw(self, h: int, w: int, ceil_mode: bool = False) -> tuple[int, int]:
+        h, w = self.dilated_hw(h, w)
         rnd = (lambda a, b: -(-a // b)) if ceil_mode else (lambda a, b: a // b)
         eff_h = (self.kernel[0] - 1) * self.dilations[0] + 1
         eff_w = (self.kernel[1] - 1) * self.dilations[1] + 1
@@ -93,8 +115,17 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | Non
     """Convolution on the matrix unit; ``weight`` is ``[O, KH*KW*C/groups]``.
 
     Groups are independent GEMMs over their own channels: the patches are gathered
-    once and split by group, K ordered (kh, kw, c) within each group.
+    once and split by group, K ordered (kh, kw, c) within each group. An
+    ``input_dilation`` zero-stuffs ``x`` first, as the matrix unit's address generator
+    does: the zeros stream through the array like any other pixel, and the BFP blocks and
+    the accumulation order are those of an ordinary convolution over that input.
     """
+    if geom.input_dilation != (1, 1):
+        dh, dw = geom.input_dilation
+        stuffed = np.zeros((*x.shape[:2], *geom.dilated_hw(*x.shape[2:])), np.float32)
+        stuffed[:, :, ::dh, ::dw] = x
+        x = stuffed
+        geom = dataclasses.replace(geom, input_dilation=(1, 1))
     b, c, h, w_ = x.shape
     o = weight.shape[0]
     oh, ow = geom.output_hw(h, w_)
@@ -174,29 +205,6 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     z = x.astype(np.float64)
     z = np.exp(z - z.max(axis=axis, keepdims=True))
     return (z / z.sum(axis=axis, keepdims=True)).astype(np.float32)
-
-
-ALU = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
-
-
-def alu(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """One fp32 operation per element, ``b`` broadcast (numpy rules)."""
-    with np.errstate(all="ignore"):
-        return ALU[op](a, b, dtype=np.float32)
-
-
-def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0) -> np.ndarray:
-    """Sigmoid and tanh in float64 rounded once to fp32; LeakyRelu and Clip exact in fp32."""
-    with np.errstate(all="ignore"):
-        if fn == "sigmoid":
-            return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
-        if fn == "tanh":
-            return np.tanh(x.astype(np.float64)).astype(np.float32)
-        if fn == "leaky_relu":
-            return np.where(x >= 0, x, np.float32(alpha) * x).astype(np.float32)
-        if fn == "clip":
-            return np.minimum(np.maximum(x, np.float32(alpha)), np.float32(beta))
-    raise ValueError(f"unknown vector function {fn!r}")
 
 
 def global_maxpool(x: np.ndarray) -> np.ndarray:

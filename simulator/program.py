@@ -26,7 +26,7 @@ from simulator.fileio import atomic_write
 from simulator.isa import INSTRUCTION_BYTES, EncodingError, FieldWidths, Instruction
 
 MAGIC = b"NPUB"
-VERSION = (1, 0)
+VERSION = (2, 0)
 ALIGN = 64
 _HEADER = struct.Struct("<4sHHHHI32s16x")  # magic, major, minor, nsections, reserved, crc, fp
 _ENTRY = struct.Struct("<IIQQ32s")  # kind, reserved, offset, length, sha256
@@ -71,13 +71,20 @@ class TensorDesc:
 
 @dataclass(frozen=True, eq=False)
 class HostOp:
-    """An op run on the host: a one-node ONNX model with its operands in DRAM."""
+    """Host work of one ``HOST_CALL``: an ONNX model (one op or a run of them) whose
+    graph inputs and outputs are named like the tensors here."""
 
     name: str
     op: str
     model: bytes
     inputs: tuple[TensorDesc, ...]
-    output: TensorDesc
+    outputs: tuple[TensorDesc, ...]
+    on_host: tuple[str, ...] = ()
+    """Inputs and outputs that stay in host memory between host calls (their shape may
+    depend on data; they have no DRAM address and never cross the host link)."""
+
+    def in_dram(self, tensors: tuple[TensorDesc, ...]) -> tuple[TensorDesc, ...]:
+        return tuple(t for t in tensors if t.name not in self.on_host)
 
 
 def _host_bytes(ops: tuple[HostOp, ...]) -> bytes:
@@ -85,7 +92,8 @@ def _host_bytes(ops: tuple[HostOp, ...]) -> bytes:
     table, offset = [], 0
     for h in ops:
         table.append({"name": h.name, "op": h.op, "model": [offset, len(h.model)],
-                      "inputs": [t.to_json() for t in h.inputs], "output": h.output.to_json()})
+                      "inputs": [t.to_json() for t in h.inputs],
+                      "outputs": [t.to_json() for t in h.outputs], "on_host": list(h.on_host)})
         offset += len(h.model)
     head = json.dumps(table, sort_keys=True, separators=(",", ":")).encode()
     return struct.pack("<Q", len(head)) + head + b"".join(h.model for h in ops)
@@ -98,7 +106,8 @@ def _host_ops(data: bytes) -> tuple[HostOp, ...]:
     return tuple(HostOp(t["name"], t["op"], data[base + t["model"][0]:
                                                  base + t["model"][0] + t["model"][1]],
                         tuple(TensorDesc.from_json(d) for d in t["inputs"]),
-                        TensorDesc.from_json(t["output"])) for t in table)
+                        tuple(TensorDesc.from_json(d) for d in t["outputs"]),
+                        tuple(str(n) for n in t["on_host"])) for t in table)
 
 
 @dataclass(frozen=True, eq=False)

@@ -73,8 +73,8 @@ def program_work(program: Program, cfg: DeviceConfig) -> list[Work]:
             fmt = cfg.format(t.dtype if t.dtype != "float32" else "fp32")
         if isinstance(i, isa.HostCall):
             h = program.host_ops[i.index]
-            host_io = (tuple(Operand(t.addr, t.nbytes) for t in h.inputs),
-                       (Operand(h.output.addr, h.output.nbytes),))
+            host_io = (tuple(Operand(t.addr, t.nbytes) for t in h.in_dram(h.inputs)),
+                       tuple(Operand(t.addr, t.nbytes) for t in h.in_dram(h.outputs)))
         out.append(timing.work(i, cfg, fmt, wbytes, host_io))
     return out
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from simulator import isa
 from simulator.config import DeviceConfig
 from simulator.numerics import Format
+from simulator.vector import move_span
 
 MAX_CHUNKS = 64
 """An instruction is pipelined in at most this many chunks (groups of waves)."""
@@ -66,13 +67,16 @@ class Work:
 
 
 def conv_output_hw(i: isa.MvMul | isa.VPool) -> tuple[int, int]:
+    """Output extent; an ``MV_MUL``'s input dilation enlarges the input it slides over."""
     dil_h = getattr(i, "dilation_h", 1)
     dil_w = getattr(i, "dilation_w", 1)
     eff_h = (i.kernel_h - 1) * dil_h + 1
     eff_w = (i.kernel_w - 1) * dil_w + 1
+    height = (i.height - 1) * getattr(i, "in_dil_h", 1) + 1
+    width = (i.width - 1) * getattr(i, "in_dil_w", 1) + 1
     rnd = ceil_div if getattr(i, "ceil_mode", 0) else (lambda a, b: a // b)
-    oh = rnd(i.height + i.pad_top + i.pad_bottom - eff_h, i.stride_h) + 1
-    ow = rnd(i.width + i.pad_left + i.pad_right - eff_w, i.stride_w) + 1
+    oh = rnd(height + i.pad_top + i.pad_bottom - eff_h, i.stride_h) + 1
+    ow = rnd(width + i.pad_left + i.pad_right - eff_w, i.stride_w) + 1
     return oh, ow
 
 
@@ -102,6 +106,9 @@ def mv_mul_waves(i: isa.MvMul, cfg: DeviceConfig) -> tuple[int, int]:
     down a column and ``array_cols`` for the rows to skew across the array and come out
     de-skewed. A tile that uses fewer rows or columns still pays the whole array: the
     partial sums pass every row. ``rtl/systolic_array`` takes exactly these cycles.
+    With an input dilation the address generator makes up the zeros between pixels: they
+    stream through the array like real pixels (``N`` counts every output of the dilated
+    input), but are never read from DRAM.
     """
     oh, ow = conv_output_hw(i)
     rows = i.batch * oh * ow
@@ -135,7 +142,8 @@ def gemm_cycles(n: int, k: int, o: int, cfg: DeviceConfig, fmt: Format | None = 
     i = isa.MvMul(src=0, dst=0, weights=0, bias=0, residual=0, batch=1, channels=k,
                   height=n, width=1, out_channels=o, groups=1, kernel_h=1, kernel_w=1,
                   stride_h=1, stride_w=1, pad_top=0, pad_left=0, pad_bottom=0, pad_right=0,
-                  dilation_h=1, dilation_w=1, relu=0, has_residual=0, pinned=1)
+                  dilation_h=1, dilation_w=1, in_dil_h=1, in_dil_w=1, relu=0, has_residual=0,
+                  pinned=1)
     return sum(mv_mul_work(i, cfg, fmt or cfg.format(), 0).compute)
 
 
@@ -174,11 +182,34 @@ def work(i: isa.Instruction, cfg: DeviceConfig, fmt: Format, weight_bytes: int =
     if isinstance(i, (isa.VRelu, isa.VUnary)):
         n = 4 * i.length
         return _vector(i.length, cfg, [op(i.src, n)], [op(i.dst, n)])
-    if isinstance(i, isa.VvAlu):
+    if isinstance(i, isa.VvAlu):  # the broadcast operand's span is one period: mod values
         n = 4 * i.length
-        b = {isa.Broadcast.NONE: n, isa.Broadcast.CHANNEL: 4 * i.channels,
-             isa.Broadcast.SCALAR: 4}[isa.Broadcast(i.bcast)]
-        return _vector(i.length, cfg, [op(i.src0, n), op(i.src1, b)], [op(i.dst, n)])
+        return _vector(i.length, cfg, [op(i.src0, n), op(i.src1, 4 * i.mod)], [op(i.dst, n)])
+    if isinstance(i, isa.VReduce):
+        n = i.outer * i.mid * i.inner
+        return _vector(n, cfg, [op(i.src, 4 * n)], [op(i.dst, 4 * i.outer * i.inner)])
+    if isinstance(i, isa.VNorm):  # mean, variance and scale: three passes over the rows
+        n = i.rows * i.cols
+        return _vector(3 * n, cfg, [op(i.src, 4 * n)], [op(i.dst, 4 * n)])
+    if isinstance(i, isa.VResize):  # a nearest output reads one input, a bilinear one four
+        outs = i.planes * i.out_h * i.out_w
+        taps = 4 if i.mode == isa.ResizeMode.LINEAR else 1
+        return _vector(outs * taps, cfg, [op(i.src, 4 * i.planes * i.in_h * i.in_w)],
+                       [op(i.dst, 4 * outs)])
+    if isinstance(i, isa.VMove):
+        n = math.prod(i.dims)
+        lo, hi = move_span(i.dims, i.strides)
+        reads = [op(i.src + 4 * lo, 4 * (hi - lo + 1))] if n else []
+        return _vector(n, cfg, reads, [op(i.dst, 4 * n)])
+    if isinstance(i, isa.VPad):
+        outs = i.outer * (i.height + i.pad_top + i.pad_bottom) * \
+            (i.width + i.pad_left + i.pad_right)
+        return _vector(outs, cfg, [op(i.src, 4 * i.outer * i.height * i.width)],
+                       [op(i.dst, 4 * outs)])
+    if isinstance(i, isa.VGather):
+        n = i.outer * i.count * i.inner
+        return _vector(n, cfg, [op(i.src, 4 * i.outer * i.axis_len * i.inner),
+                                op(i.table, 4 * i.count)], [op(i.dst, 4 * n)])
     if isinstance(i, isa.VCopy):
         n = i.rows * i.row_len
         src = op(i.src, 4 * ((i.rows - 1) * i.src_stride + i.row_len))

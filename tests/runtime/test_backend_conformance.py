@@ -31,7 +31,6 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.test.loader import load_model_tests
 from onnx.backend.test.runner import Runner
 
-from compiler import UnsupportedOpError
 from runtime import backend
 from runtime.backend import NpusimBackend
 from simulator.device import InputError
@@ -40,23 +39,34 @@ OPS = ("Conv", "ConvTranspose", "BatchNormalization", "Relu", "LeakyRelu", "Clip
        "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Add", "Sum",
        "Mul", "Sub", "Div", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
        "Pad", "Gemm", "MatMul", "Softmax", "LRN", "Dropout", "Identity", "Constant",
-       "ConstantOfShape")
+       "ConstantOfShape",
+       # the vector unit's element-wise functions, reductions, norms, resampling, movement
+       "HardSigmoid", "HardSwish", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Erf",
+       "Gelu", "Elu", "Softplus", "Selu", "Softsign", "Floor", "Ceil", "Round", "Sign", "Pow",
+       "Max", "Min", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare",
+       "ReduceL2", "LayerNormalization", "InstanceNormalization", "Resize", "Upsample", "Slice",
+       "Split", "Gather", "Expand", "DepthToSpace", "SpaceToDepth", "Cast", "TopK", "Shape",
+       "Size", "Range", "Where", "Equal")
 """The ops whose node tests run here."""
 
-_FIRST_OUTPUT_ONLY = ("the compiler keeps only a node's first output and refuses a graph that "
-                      "uses another one (UnsupportedOpError)")
-
 SKIPS: dict[str, str] = {
-    r"test_batchnorm_(epsilon|example)_training_mode":
-        "training mode: the graph uses the running_mean and running_var outputs; "
-        + _FIRST_OUTPUT_ONLY,
-    r"test_(training_)?dropout\w*_mask(_ratio)?":
-        "the mask output is used; " + _FIRST_OUTPUT_ONLY,
-    r"test_training_dropout(_default)?":
+    r"test_training_dropout(_default|_mask|_default_mask)?":
         "training-mode Dropout with ratio > 0 is random: the expected output was drawn with "
         "numpy's RNG, which no backend reproduces (npusim runs it on the host)",
-    r"test_maxpool_with_argmax_2d_precomputed_(pads|strides)":
-        "the Indices output is used; " + _FIRST_OUTPUT_ONLY,
+    r"test_cast_\w*(BFLOAT16|FLOAT8\w*|FLOAT4E2M1|U?INT[24]|e8m0)\w*"
+    r"|test_range_bfloat16\w*":
+        "a data type numpy has no type for (bfloat16, float8, float4, int4, int2, e8m0): "
+        "npusim refuses the model by name (CompileError)",
+    r"test_equal_string(_broadcast)?":
+        "string tensors as model inputs: the device moves numbers only",
+    r"test_(max|min)_u?int16|test_pow_types_float32_uint(32|64)|test_top_k_uint64":
+        "onnxruntime, which runs npusim's host ops, has no kernel for these types",
+    r"test_range_\w*_expanded":
+        "the expanded form is a Loop whose body reads outer values implicitly: not supported "
+        "on the host",
+    r"test_resize_downsample_scales_(cubic|linear)_align_corners":
+        "onnxruntime, whose arithmetic npusim's resize follows, differs from the ONNX "
+        "reference output for align_corners downsampling by scales",
     r"test_identity_sequence":
         "sequence-typed input and output: npusim compiles graphs of tensors only (CompileError)",
     r"test_identity_opt":
@@ -68,6 +78,9 @@ MATRIX_OPS = ("Conv", "BatchNormalization", "Gemm", "MatMul")
 """Ops whose weights ``test_matrix_unit`` freezes, so that they run on the matrix unit."""
 
 MATRIX_SKIPS: dict[str, str] = {
+    r"test_batchnorm_(epsilon|example)_training_mode":
+        "training mode: the graph uses the running_mean and running_var outputs, so the "
+        "host runs the op whole; covered by the host cases above",
     r"test_gemm_(transposeA|all_attributes)":
         "transA = 1: the Gemm stays on the host (the matrix unit streams A untransposed); "
         "covered by the host cases above",
@@ -271,9 +284,6 @@ def test_run_node_and_run_model() -> None:
 
 def test_clear_errors() -> None:
     x = np.ones((1, 1, 4, 4), np.float32)
-    with pytest.raises(UnsupportedOpError, match="output 'i' of MaxPool"):
-        backend.run_node(helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2]),
-                         [x], opset_version=17)
     assert backend.supports_device("CPU") and not backend.supports_device("CUDA")
     model = node_cases()["test_relu"].model
     with pytest.raises(ValueError, match="unsupported device 'CUDA'"):

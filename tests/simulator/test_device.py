@@ -52,7 +52,7 @@ def _models():
     yield "broadcast_add_on_host", make_model(
         [helper.make_node("Add", ["x", "b"], ["a"], name="bias_add"),
          helper.make_node("Relu", ["a"], ["y"])],
-        {"x": [1, 3, 4, 4]}, {"y": [1, 3, 4, 4]}, {"b": rand(rng, 4, 1)})
+        {"x": [1, 3, 4, 1]}, {"y": [1, 3, 4, 4]}, {"b": rand(rng, 4)})  # both operands spread
     yield "activation_matmul_on_host", make_model(
         [helper.make_node("MatMul", ["x", "z"], ["m"], name="act_matmul"),
          helper.make_node("Gemm", ["m", "w"], ["y"])],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import numpy as np
 import pytest
 
 from simulator.config import load_device, preset_names
@@ -16,8 +17,15 @@ from simulator.isa import (
     EncodingError,
     FieldWidths,
     Instruction,
+    MvMul,
     Opcode,
+    VMove,
     VRelu,
+    VvAlu,
+    bits_f32,
+    f32_bits,
+    from_u32,
+    to_u32,
 )
 
 PRESETS = preset_names()
@@ -170,3 +178,40 @@ def test_every_instruction_documents_its_semantics(cls):
 def test_non_integer_field_is_refused(bad):
     with pytest.raises(EncodingError, match="field 'src'"):
         VRelu(src=bad, dst=0, length=1).encode(widths_of("tiny"))
+
+
+def test_signed_strides_round_trip_through_their_fields():
+    for v in (0, 1, -1, 7, -7, 2**31 - 1, -(2**31)):
+        assert from_u32(to_u32(v)) == v and 0 <= to_u32(v) < 2**32
+    assert to_u32(-1) == 0xFFFFFFFF and to_u32(-(2**31)) == 0x80000000
+    for bad in (2**31, -(2**31) - 1):
+        with pytest.raises(EncodingError, match=str(bad)):
+            to_u32(bad)
+
+
+def test_fp32_bit_patterns():
+    assert f32_bits(0.01) == 0x3C23D70A and f32_bits(-0.0) == 0x80000000
+    assert bits_f32(0x3F800000) == 1.0 and bits_f32(f32_bits(1e-5)) == float(np.float32(1e-5))
+
+
+def test_v_move_negative_strides_round_trip(widths):
+    extremes = (-(2**31), -(2**31) + 1, -1, 0, 1, 2**31 - 1)
+    for k, s in enumerate(extremes):
+        strides = [to_u32(extremes[(k + j) % len(extremes)]) for j in range(6)]
+        instr = VMove(2**widths.addr - 1, 0, 1, 2**32 - 1, 0, 3, 5, 7, *strides)
+        roundtrip(instr, widths)
+        back = Instruction.decode(instr.encode(widths), widths)
+        assert back.strides == tuple(from_u32(u) for u in strides)
+        assert back.dims == (1, 2**32 - 1, 0, 3, 5, 7)
+
+
+def test_changed_layouts():
+    """VV_ALU lost its Broadcast fields; MV_MUL's input dilation sits before the flags."""
+    names = [f.name for f in dataclasses.fields(VvAlu)]
+    assert names == ["src0", "src1", "dst", "length", "op", "rev", "div", "mod"]
+    names = [f.name for f in dataclasses.fields(MvMul)]
+    assert names[names.index("dilation_w"):] == ["dilation_w", "in_dil_h", "in_dil_w", "relu",
+                                                  "has_residual", "pinned"]
+    w = widths_of("brainwave-s10")
+    assert used_bits(MvMul, w) == 368 and used_bits(VvAlu, w) == 212
+    assert max(used_bits(c, w) for c in INSTRUCTIONS) == used_bits(VMove, w) == 458

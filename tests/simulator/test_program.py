@@ -154,7 +154,8 @@ def test_host_section_round_trips(tmp_path):
     back = Program.from_bytes(prog.to_bytes())
     assert len(back.host_ops) == 1 and back.host_ops[0].model == prog.host_ops[0].model
     assert back.host_ops[0].inputs == prog.host_ops[0].inputs
-    assert back.host_ops[0].output == prog.host_ops[0].output
+    assert back.host_ops[0].outputs == prog.host_ops[0].outputs
+    assert back.host_ops[0].on_host == prog.host_ops[0].on_host == ("y",)
 
 
 def test_file_layout(program, data):

@@ -212,3 +212,61 @@ def test_a_program_larger_than_device_dram_is_refused():
     cfg = TINY.replace(dram_mib=1, numerics="fp32")  # 512 x 1024 fp32 weights: 2 MiB
     with pytest.raises(CompileError, match="bytes of device DRAM; tiny has 1 MiB"):
         compile_model(gemm(1, 512, 1024), cfg)
+
+
+# --- the vector unit's instructions, one by one (tiny: 8 lanes) ---
+
+def _mv(in_dil: int, **kw) -> isa.MvMul:
+    base = dict(src=0, dst=4096, weights=0, bias=0, residual=0, batch=1, channels=4, height=5,
+                width=5, out_channels=6, groups=1, kernel_h=3, kernel_w=3, stride_h=1,
+                stride_w=1, pad_top=2, pad_left=2, pad_bottom=2, pad_right=2, dilation_h=1,
+                dilation_w=1, in_dil_h=in_dil, in_dil_w=in_dil, relu=0, has_residual=0,
+                pinned=1)
+    return isa.MvMul(**{**base, **kw})
+
+
+def test_vector_instructions_price_their_elements():
+    from simulator.timing import Operand, work
+
+    fmt = TINY.format()
+    f32 = isa.f32_bits
+    lo = -(2 * 20 + 2 * 2)  # V_MOVE of x[::-1, :, ::-2] from [3, 4, 5] starting at [2, 0, 4]
+    cases = [  # (instruction, compute cycles, reads, writes)
+        (isa.VvAlu(0, 2048, 1024, 120, isa.AluOp.POW, 1, 20, 3), 15,
+         [Operand(0, 480), Operand(2048, 12)], [Operand(1024, 480)]),
+        (isa.VUnary(0, 1024, 100, isa.UnaryFn.GELU, f32(1.0), 0), 13,
+         [Operand(0, 400)], [Operand(1024, 400)]),
+        (isa.VReduce(0, 1024, 3, 8, 6, isa.ReduceMode.L2), 18,
+         [Operand(0, 576)], [Operand(1024, 72)]),
+        (isa.VNorm(0, 1024, 4096, 4160, 24, 6, 0, f32(1e-5)), 54,  # three passes
+         [Operand(0, 576)], [Operand(1024, 576)]),
+        (isa.VResize(0, 1024, 3, 8, 6, 13, 4, isa.ResizeMode.NEAREST, 0, 0, f32(1.7), f32(.7)),
+         20, [Operand(0, 576)], [Operand(1024, 624)]),
+        (isa.VResize(0, 1024, 3, 8, 6, 13, 4, isa.ResizeMode.LINEAR, 0, 0, f32(1.7), f32(.7)),
+         78, [Operand(0, 576)], [Operand(1024, 624)]),  # four taps per output
+        (isa.VMove(1000, 4096, 1, 1, 1, 3, 4, 3, 0, 0, 0, isa.to_u32(-20), 5, isa.to_u32(-2)),
+         5, [Operand(1000 + 4 * lo, 4 * (15 - lo + 1))], [Operand(4096, 144)]),
+        (isa.VPad(0, 1024, 3, 8, 6, 1, 2, 2, 1, isa.PadMode.REFLECT, 0), 38,
+         [Operand(0, 576)], [Operand(1024, 4 * 297)]),
+        (isa.VGather(0, 1024, 2048, 2, 6, 5, 3), 5,
+         [Operand(0, 120), Operand(2048, 24)], [Operand(1024, 144)]),
+    ]
+    for i, cycles, reads, writes in cases:
+        w = work(i, TINY, fmt)
+        assert w.unit == "vector" and w.compute == (cycles,), i
+        assert list(w.reads) == reads and list(w.writes) == writes, i
+
+
+def test_an_input_dilated_conv_streams_its_zeros_but_reads_only_its_pixels():
+    from simulator.timing import conv_output_hw, mv_mul_waves, work
+
+    plain, stuffed = _mv(1), _mv(2)
+    assert conv_output_hw(plain) == (7, 7)
+    assert conv_output_hw(stuffed) == (11, 11)  # (5-1)*2+1 = 9 wide, padded by 2 each side
+    waves, wave = mv_mul_waves(stuffed, TINY)
+    assert wave == 121 + 8 + 8  # every output of the dilated input streams through the array
+    w = work(stuffed, TINY, TINY.format())
+    assert w.reads[0].nbytes == 4 * 4 * 5 * 5  # the zeros are made up, not read
+    assert w.writes[0].nbytes == 4 * 6 * 11 * 11
+    assert w.macs == 121 * 9 * 4 * 6
+    assert conv_output_hw(_mv(3, stride_h=2, in_dil_w=1)) == (8, 7)  # (13 + 4 - 3) // 2 + 1

@@ -1,0 +1,308 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Every static shape, known by the compiler itself.
+
+ONNX shape inference stops at shape arithmetic (``Shape -> Gather -> Concat ->
+Reshape``, ``Shape -> Cast -> Slice``, ...), which every exporter emits. With the
+input shapes fixed, that arithmetic is constant: :func:`resolve_shapes` folds it to
+initializers and infers again, to a fixed point. What is left unknown after that
+depends on tensor *values* (NonZero, NonMaxSuppression, a TopK whose k is computed,
+a Reshape whose target is computed from data): :func:`data_dependent` names those
+values, and the compiler places them on the host. A value whose shape is static
+but which ONNX inference cannot type (some ``ai.onnx.ml`` ops) is measured once with
+onnxruntime on inputs of the fixed shapes (:func:`_probe`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from compiler.errors import CompileError
+
+MAX_ROUNDS = 16
+"""Fold-and-infer rounds before giving up on a fixed point (chains rarely need 4)."""
+FOLD_LIMIT = 1 << 24
+"""Constant inputs larger than this (elements) are left to the IR's constant folding."""
+
+VALUE_DEPENDENT = frozenset({
+    "NonZero", "NonMaxSuppression", "Unique", "Compress", "Loop", "Scan", "If",
+    "StringSplit", "RegexFullMatch", "Multinomial"})
+"""Ops whose output shape depends on the values of their inputs, whatever they are."""
+SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,),
+    "Range": (0, 1, 2), "Resize": (2, 3), "Upsample": (1,), "Slice": (1, 2, 3, 4),
+    "Pad": (1, 3), "TopK": (1,), "OneHot": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
+    "Split": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,),
+    "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,),
+    "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
+    "CenterCropPad": (1,), "RoiAlign": (2,), "MaxUnpool": (2,),
+}
+"""Ops with inputs that say what shape the output has: their values must be constants."""
+RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike",
+                    "RandomUniformLike", "Bernoulli", "Multinomial"})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def fix_inputs(proto: onnx.ModelProto, input_shapes: dict | None) -> None:
+    """Give every model input a static shape: its own, or the one the user names."""
+    inits = {t.name for t in proto.graph.initializer}
+    given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    names = [vi.name for vi in proto.graph.input if vi.name not in inits]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise CompileError(f"--input-shape names '{unknown[0]}', which is not a model input "
+                           f"(inputs: {', '.join(names)})")
+    for vi in proto.graph.input:
+        if vi.name in inits or vi.type.WhichOneof("value") != "tensor_type":
+            continue
+        t = vi.type.tensor_type
+        want = given.get(vi.name)
+        dims = [d.dim_value or 1 for d in t.shape.dim] if t.HasField("shape") else [1]
+        hint = (f"give its size with --input-shape {vi.name}={'x'.join(map(str, dims))} "
+                "(input_shapes= in compile_model)")
+        if want is None:
+            if not t.HasField("shape"):
+                raise CompileError(f"model input '{vi.name}' has no shape; {hint}")
+            for d in t.shape.dim:
+                if not d.HasField("dim_value"):
+                    raise CompileError(f"model input '{vi.name}' has a symbolic dimension "
+                                       f"'{d.dim_param or '?'}'; {hint}")
+            continue
+        if any(d <= 0 for d in want):
+            raise CompileError(f"input shape for '{vi.name}' must be positive: "
+                               f"{'x'.join(map(str, want))}")
+        if t.HasField("shape") and len(t.shape.dim) != len(want):
+            raise CompileError(f"model input '{vi.name}' has rank {len(t.shape.dim)}; the "
+                               f"shape given has rank {len(want)}")
+        if t.HasField("shape"):
+            for i, (d, w) in enumerate(zip(t.shape.dim, want, strict=True)):
+                if d.HasField("dim_value") and d.dim_value != w:
+                    raise CompileError(f"model input '{vi.name}' has size {d.dim_value} in "
+                                       f"dimension {i}; the shape given says {w}")
+        t.ClearField("shape")
+        for w in want:
+            t.shape.dim.add().dim_value = w
+
+
+def _light_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its large float initializers, for fast shape inference.
+
+    Inference needs constant *values* only for small integer tensors; the weights
+    become typed graph inputs, so their shapes still flow.
+    """
+    light = onnx.ModelProto()
+    light.CopyFrom(proto)
+    keep, moved = [], []
+    for t in light.graph.initializer:
+        n = int(np.prod(t.dims, dtype=np.int64))
+        if n > 64 and t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            moved.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            keep.append(t)
+    del light.graph.initializer[:]
+    light.graph.initializer.extend(keep)
+    names = {vi.name for vi in light.graph.input}
+    light.graph.input.extend(vi for vi in moved if vi.name not in names)
+    return light
+
+
+def infer(proto: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Types of every value ONNX inference can type (graph inputs and outputs too)."""
+    try:
+        inferred = shape_inference.infer_shapes(_light_copy(proto), check_type=False,
+                                                strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises several types for bad models
+        raise CompileError(f"shape inference failed: {_first_line(exc)}") from None
+    g = inferred.graph
+    types = {vi.name: vi.type for vi in list(g.value_info) + list(g.output) + list(g.input)}
+    for t in proto.graph.initializer:
+        types[t.name] = helper.make_tensor_type_proto(t.data_type, list(t.dims))
+    return types
+
+
+def static_dims(tp: onnx.TypeProto | None) -> tuple[int, ...] | None:
+    """The shape of a tensor type if every dimension is known, else ``None``."""
+    if tp is None or tp.WhichOneof("value") != "tensor_type":
+        return None
+    t = tp.tensor_type
+    if not t.HasField("shape") or any(not d.HasField("dim_value") for d in t.shape.dim):
+        return None
+    return tuple(d.dim_value for d in t.shape.dim)
+
+
+def _evaluate(n: onnx.NodeProto, args: list, opsets) -> list[np.ndarray] | None:
+    """Run one node on constants with onnx's reference evaluator, or ``None``."""
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"i{k}" if a is not None else "" for k, a in enumerate(args)]
+    node = onnx.NodeProto()
+    node.CopyFrom(n)
+    del node.input[:]
+    node.input.extend(names)
+    outs = [f"o{k}" if o else "" for k, o in enumerate(n.output)]
+    del node.output[:]
+    node.output.extend(outs)
+    inputs = [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                            list(a.shape))
+              for nm, a in zip(names, args, strict=True) if a is not None]
+    graph = helper.make_graph([node], "fold", inputs,
+                              [helper.make_empty_tensor_value_info(o) for o in outs if o])
+    model = helper.make_model(graph, opset_imports=opsets)
+    try:
+        with np.errstate(all="ignore"):
+            got = ReferenceEvaluator(model).run(
+                None, {nm: a for nm, a in zip(names, args, strict=True) if a is not None})
+    except Exception:  # an op the reference evaluator lacks: leave it to later stages
+        return None
+    if any(not isinstance(v, np.ndarray) for v in got):
+        return None
+    return [np.asarray(v) for v in got]
+
+
+def _fold_round(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto],
+                folded_nodes: list[tuple[str, str]]) -> bool:
+    """Fold, in one topological sweep, every node whose outputs are now constants."""
+    g = proto.graph
+    consts: dict[str, np.ndarray] = {}
+    for t in g.initializer:
+        if int(np.prod(t.dims, dtype=np.int64)) <= FOLD_LIMIT:
+            consts[t.name] = t
+    values: dict[str, np.ndarray] = {}
+
+    def value(name: str) -> np.ndarray:
+        if name not in values:
+            values[name] = numpy_helper.to_array(consts[name])
+        return values[name]
+
+    opsets = list(proto.opset_import)
+    kept, folded = [], False
+    for n in g.node:
+        result = None
+        if n.domain in ("", "ai.onnx") and n.op_type not in RANDOM \
+                and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                            for a in n.attribute):
+            if n.op_type in ("Shape", "Size") and n.input:
+                dims = static_dims(types.get(n.input[0]))
+                if dims is not None:
+                    attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+                    if n.op_type == "Size":
+                        result = [np.array(int(np.prod(dims, dtype=np.int64)), np.int64)]
+                    else:
+                        result = [np.array(dims[slice(attrs.get("start", 0),
+                                                      attrs.get("end"))], np.int64)]
+            elif n.op_type == "Constant":
+                result = _evaluate(n, [], opsets)
+            elif n.input and all(not i or i in consts for i in n.input):
+                result = _evaluate(n, [value(i) if i else None for i in n.input], opsets)
+        if result is None or len(result) != len([o for o in n.output if o]):
+            kept.append(n)
+            continue
+        folded |= n.op_type != "Constant"
+        folded_nodes.append((n.name or n.output[0], n.op_type))
+        for name, arr in zip([o for o in n.output if o], result, strict=True):
+            t = numpy_helper.from_array(np.asarray(arr).copy(order="C"), name)
+            g.initializer.append(t)
+            consts[name], values[name] = t, arr
+    if folded or len(kept) != len(g.node):
+        del g.node[:]
+        g.node.extend(kept)
+    return folded
+
+
+def resolve_shapes(proto: onnx.ModelProto,
+                   input_shapes: dict | None = None) -> tuple[onnx.ModelProto,
+                                                              dict[str, onnx.TypeProto],
+                                                              list[tuple[str, str]]]:
+    """Fix the input shapes, fold shape arithmetic and infer, to a fixed point.
+
+    Returns the folded model, the type of every value it could type and the
+    ``(name, op type)`` of every node folded away.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    fix_inputs(model, input_shapes)
+    folded: list[tuple[str, str]] = []
+    for _ in range(MAX_ROUNDS):
+        types = infer(model)
+        if not _fold_round(model, types, folded):
+            break
+    types = infer(model)
+    missing = [o for n in model.graph.node for o in n.output
+               if o and static_dims(types.get(o)) is None]
+    dynamic = data_dependent(model)
+    unknown = [o for o in missing if o not in dynamic]
+    if unknown:
+        types.update(_probe(model, unknown, types))
+    return model, types, folded
+
+
+def data_dependent(proto: onnx.ModelProto) -> dict[str, str]:
+    """Values whose shape depends on tensor values, each with the node that makes it so."""
+    consts = {t.name for t in proto.graph.initializer}
+    reason: dict[str, str] = {}
+    for n in proto.graph.node:
+        label = n.name or n.output[0]
+        why = next((reason[i] for i in n.input if i in reason), None)
+        if why is None and n.op_type in VALUE_DEPENDENT:
+            why = f"{n.op_type} '{label}'"
+        if why is None and n.op_type == "Constant":
+            consts.update(o for o in n.output if o)
+            continue
+        if why is None:
+            for k in SHAPE_OPERANDS.get(n.op_type, ()):
+                if k < len(n.input) and n.input[k] and n.input[k] not in consts:
+                    why = f"{n.op_type} '{label}' (its shape input is computed from data)"
+                    break
+        if why is not None:
+            for o in n.output:
+                if o:
+                    reason[o] = why
+    return reason
+
+
+def _probe(model: onnx.ModelProto, names: list[str],
+           types: dict[str, onnx.TypeProto]) -> dict[str, onnx.TypeProto]:
+    """Measure the shapes of ``names`` with one onnxruntime run on inputs of the fixed shapes.
+
+    Only values whose shape cannot depend on data get here, so one run tells.
+    """
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in have:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    rng = np.random.default_rng(0)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        shape = static_dims(vi.type)
+        feeds[vi.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" \
+            else np.zeros(shape, dtype)
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(probe.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+        got = sess.run(names, feeds)
+    except Exception as exc:  # onnxruntime's own exception types
+        raise CompileError(f"value '{names[0]}' has no known shape and onnxruntime cannot "
+                           f"run the model to measure it: {_first_line(exc)}") from None
+    out = {}
+    for name, arr in zip(names, got, strict=True):
+        if isinstance(arr, np.ndarray):
+            out[name] = helper.make_tensor_type_proto(
+                helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape))
+        else:  # a sequence or map (e.g. ZipMap): the host keeps it
+            out[name] = types.get(name, onnx.TypeProto())
+    return out
