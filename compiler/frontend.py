@@ -131,6 +131,20 @@ def _split(g: nx.MultiDiGraph, n: onnx.NodeProto, label: str, attrs: dict,
     return True
 
 
+def _outer_refs(graph: onnx.GraphProto) -> list[str]:
+    """Values a subgraph (an If branch, a Loop body) reads from the scopes around it."""
+    inner = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    refs: list[str] = []
+    for n in graph.node:
+        reads = list(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                reads += _outer_refs(sub)
+        refs += [r for r in reads if r and r not in inner and r not in refs]
+        inner.update(n.output)
+    return refs
+
+
 def to_graph(model: str | Path | onnx.ModelProto | bytes,
              input_shapes: dict[str, tuple[int, ...]] | None = None) -> nx.DiGraph:
     """Build the IR of an ONNX model: one :class:`Node` per value, every static shape known.
@@ -182,6 +196,16 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes,
         inputs = [i for i in n.input]
         while inputs and inputs[-1] == "":
             inputs.pop()
+        subgraphs = [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH] + [
+            sub for a in n.attribute for sub in a.graphs]
+        if subgraphs:  # the host needs the values the branches read, so they are inputs too
+            implicit = [r for sub in subgraphs for r in _outer_refs(sub)
+                        if r in g and r not in inputs]
+            implicit = list(dict.fromkeys(implicit))
+            if implicit:
+                attrs["implicit"] = len(implicit)
+                inputs = [i for i in inputs if i] + implicit
+                kind = Op.ONNX
         missing = [i for i in inputs if i and i not in g]
         if missing:
             raise CompileError(f"node '{label}' reads '{missing[0]}', which nothing produces")

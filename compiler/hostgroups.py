@@ -119,12 +119,13 @@ def group_model(g: nx.DiGraph, grp: HostGroup) -> bytes:
         proto = onnx.NodeProto()
         proto.ParseFromString(n.proto)
         srcs = inputs_of(g, v)
+        explicit = srcs[:len(srcs) - n.attr("implicit", 0)]  # the rest: read by subgraphs
         slots = [s for s in proto.input]
-        if sum(bool(s) for s in slots) == len(srcs):
-            it = iter(srcs)
+        if sum(bool(s) for s in slots) == len(explicit):
+            it = iter(explicit)
             renamed = [next(it) if s else "" for s in slots]
         else:  # a pass changed the inputs (a folded operand): plain positions
-            renamed = list(srcs)
+            renamed = list(explicit)
         del proto.input[:]
         proto.input.extend(renamed)
         names = n.attr("outputs") or (v,)

@@ -97,8 +97,9 @@ def remove_identities(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     for name in topo_order(g):
         n = node(g, name)
         noop_cast = n.op == Op.CAST and node(g, inputs_of(g, name)[0]).dtype == n.dtype
+        read_by_subgraph = any(node(g, u).attr("implicit") for u in consumers(g, name))
         if (n.op in (Op.IDENTITY, Op.DROPOUT) or noop_cast) and name not in g.graph["outputs"] \
-                and (noop_cast or is_identity(g, name)):
+                and (noop_cast or is_identity(g, name)) and not read_by_subgraph:
             replace_uses(g, name, inputs_of(g, name)[0])
     remove_dead(g)
     return g

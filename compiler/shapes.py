@@ -62,14 +62,14 @@ def fix_inputs(proto: onnx.ModelProto, input_shapes: dict | None) -> None:
             continue
         t = vi.type.tensor_type
         want = given.get(vi.name)
-        dims = [d.dim_value or 1 for d in t.shape.dim] if t.HasField("shape") else [1]
+        dims = [max(d.dim_value, 1) for d in t.shape.dim] if t.HasField("shape") else [1]
         hint = (f"give its size with --input-shape {vi.name}={'x'.join(map(str, dims))} "
                 "(input_shapes= in compile_model)")
         if want is None:
             if not t.HasField("shape"):
                 raise CompileError(f"model input '{vi.name}' has no shape; {hint}")
             for d in t.shape.dim:
-                if not d.HasField("dim_value"):
+                if not d.HasField("dim_value") or d.dim_value <= 0:
                     raise CompileError(f"model input '{vi.name}' has a symbolic dimension "
                                        f"'{d.dim_param or '?'}'; {hint}")
             continue
@@ -81,7 +81,7 @@ def fix_inputs(proto: onnx.ModelProto, input_shapes: dict | None) -> None:
                                f"shape given has rank {len(want)}")
         if t.HasField("shape"):
             for i, (d, w) in enumerate(zip(t.shape.dim, want, strict=True)):
-                if d.HasField("dim_value") and d.dim_value != w:
+                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != w:
                     raise CompileError(f"model input '{vi.name}' has size {d.dim_value} in "
                                        f"dimension {i}; the shape given says {w}")
         t.ClearField("shape")
