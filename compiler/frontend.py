@@ -86,7 +86,8 @@ def _value_type(tp: onnx.TypeProto | None) -> tuple[tuple[int, ...], str]:
     dtype = _np_dtype(t.elem_type) if t.elem_type else NON_TENSOR
     if not t.HasField("shape"):
         return (-1,), dtype
-    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim), dtype
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else -1
+                 for d in t.shape.dim), dtype
 
 
 def _split(g: nx.MultiDiGraph, n: onnx.NodeProto, label: str, attrs: dict,

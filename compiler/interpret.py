@@ -167,6 +167,12 @@ def _move(n: Node, args: list, ctx: Numerics) -> np.ndarray:
                         n.attr("strides")).reshape(n.shape)
 
 
+def _npu_matmul(n: Node, args: list, ctx: Numerics) -> np.ndarray:
+    a = args[0].reshape(n.attr("batch"), n.attr("m"), n.attr("k"))
+    b = args[1].reshape(-1, n.attr("k"), n.attr("n"))
+    return kernels.matmul_act(a, b, ctx.fmt, ctx.rounding, ctx.seed).reshape(n.shape)
+
+
 def _alu(op: str):
     return lambda n, a, c: kernels.alu(op, a[0], a[1])
 
@@ -176,6 +182,7 @@ DEVICE_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
     Op.MIN: _alu("min"), Op.POW: _alu("pow"),
     Op.NPU_UNARY: lambda n, a, c: kernels.unary(n.attr("fn"), a[0], n.attr("alpha"),
                                                 n.attr("beta")),
+    Op.NPU_MATMUL: _npu_matmul,
     Op.NPU_REDUCE: _reduce,
     Op.NPU_NORM: _norm,
     Op.NPU_RESIZE: _resize,

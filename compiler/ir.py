@@ -110,6 +110,9 @@ class Op(StrEnum):
     """inputs: x, weight [O, KH*KW*C/groups], bias [O], (residual); attrs: geometry, relu"""
     NPU_DENSE = "NpuDense"
     """inputs: x [..., K], weight [O, K], bias [O], (residual); attrs: relu"""
+    NPU_MATMUL = "NpuMatMul"
+    """inputs: a [batch, M, K], b [batch or 1, K, N], both activations; attrs: batch, m,
+    k, n, b_shared (b is quantized on the fly as the stationary operand)"""
     # device compound ops of the vector unit, made by canonicalization
     NPU_UNARY = "NpuUnary"
     """inputs: x; attrs: fn (a ``UnaryFn`` name), alpha, beta, label (the ONNX op)"""
@@ -127,7 +130,7 @@ class Op(StrEnum):
     """inputs: x as [outer, H, W]; attrs: pads (top, left, bottom, right), mode, value"""
 
 
-DEVICE_KINDS = (Op.NPU_CONV, Op.NPU_DENSE, Op.NPU_UNARY, Op.NPU_REDUCE, Op.NPU_NORM,
+DEVICE_KINDS = (Op.NPU_CONV, Op.NPU_DENSE, Op.NPU_MATMUL, Op.NPU_UNARY, Op.NPU_REDUCE, Op.NPU_NORM,
                 Op.NPU_RESIZE, Op.NPU_MOVE, Op.NPU_GATHER, Op.NPU_PAD)
 ONNX_OPS = {op.value: op for op in Op
             if op not in (Op.INPUT, Op.CONST, Op.ONNX, Op.OUTPUT) + DEVICE_KINDS}

@@ -154,8 +154,10 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
                 last_use[root[s]] = max(last_use[root[s]], i)
     keep = {root[o] for o in outputs if o in root}
     arena, offset = _Arena(), {}
+    for v in g.graph["inputs"]:  # every input arrives (V_RD) before the first instruction
+        offset[v] = arena.alloc(_nbytes(node(g, v)))
     for i, v in enumerate(order):
-        if root.get(v) == v:
+        if root.get(v) == v and v not in offset:
             offset[v] = arena.alloc(_nbytes(node(g, v)))
         for s in {root[s] for s in inputs_of(g, v) if s in root}:
             if last_use[s] == i and s not in keep:

@@ -159,6 +159,8 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
             _conv_transpose(g, name, n, srcs)
         elif n.op in (Op.GEMM, Op.MATMUL) and _dense_form(g, n, srcs):
             _dense(g, name, n, srcs)
+        elif n.op == Op.MATMUL and _activation_matmul(g, name, n, srcs):
+            pass
         elif n.op == Op.BATCHNORM and len(n.shape) >= 2 \
                 and all(_is_const(g, s) for s in srcs[1:]):
             _batchnorm_as_scale_shift(g, name, n, srcs)
@@ -187,6 +189,30 @@ def _dense_form(g: nx.DiGraph, n: Node, srcs: list[str]) -> bool:
         cols = n.shape[-1]
         if c is None or c.ndim > 2 or not (c.size == 1 or c.shape[-1] == cols == c.size):
             return False
+    return True
+
+
+def _activation_matmul(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> bool:
+    """``a @ b`` of two fp32 activations (attention's Q.K^T, scores.V) as ``NpuMatMul``:
+    batched over the leading axes, ``b`` shared by every batch or one per batch."""
+    a, b = node(g, srcs[0]), node(g, srcs[1])
+    if len(srcs) != 2 or a.dtype != "float32" or b.dtype != "float32" or len(a.shape) < 2 \
+            or len(b.shape) < 2 or -1 in a.shape + b.shape + n.shape:
+        return False
+    a_lead, b_lead = tuple(a.shape[:-2]), tuple(b.shape[:-2])
+    if len(b_lead) > len(a_lead):
+        return False
+    batch = int(np.prod(a_lead, dtype=np.int64))
+    b_batch = int(np.prod(b_lead, dtype=np.int64))
+    if b_batch != 1 and (1,) * (len(a_lead) - len(b_lead)) + b_lead != a_lead:
+        return False
+    m, k, cols = a.shape[-2], a.shape[-1], b.shape[-1]
+    if b.shape[-2] != k or n.shape != tuple(a.shape[:-2]) + (m, cols):
+        return False
+    attrs = make_attrs(batch=batch, m=m, k=k, n=cols, b_shared=b_batch == 1 and batch > 1,
+                       relu=False)
+    rewire(g, name, Node(Op.NPU_MATMUL, n.shape, n.dtype, attrs, origin=n.origin,
+                         proto=n.proto), srcs)
     return True
 
 
@@ -349,7 +375,8 @@ def keep_host_work_together(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
             n = node(g, name)
             srcs = [s for s in inputs_of(g, name) if not _is_const(g, s)]
             users = consumers(g, name)
-            if n.op in (Op.NPU_CONV, Op.NPU_DENSE) or n.attr("relu") or not on_device(g, name) \
+            if n.op in (Op.NPU_CONV, Op.NPU_DENSE, Op.NPU_MATMUL) or n.attr("relu") \
+                    or not on_device(g, name) \
                     or not srcs \
                     or not users or n.proto is None or not _same_operands(g, name, n):
                 continue

@@ -13,7 +13,7 @@ import numpy as np
 from compiler.ir import NON_TENSOR, Node, Op, inputs_of, is_dynamic, node
 
 ALIAS_OPS = (Op.RESHAPE, Op.FLATTEN, Op.IDENTITY, Op.DROPOUT, Op.SQUEEZE, Op.UNSQUEEZE)
-MATRIX_OPS = (Op.NPU_CONV, Op.NPU_DENSE)
+MATRIX_OPS = (Op.NPU_CONV, Op.NPU_DENSE, Op.NPU_MATMUL)
 ALU_OPS = (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAX, Op.MIN, Op.POW)
 VECTOR_FORMS = (Op.NPU_UNARY, Op.NPU_REDUCE, Op.NPU_NORM, Op.NPU_RESIZE, Op.NPU_MOVE,
                 Op.NPU_GATHER, Op.NPU_PAD)

@@ -23,7 +23,8 @@ Addr = Callable[[str], int]
 
 def op_label(n: Node, residual: bool) -> str:
     """The op name the per-layer tables show (``Conv+Add+Relu``, ``HardSwish``, ...)."""
-    base = {Op.NPU_CONV: "Conv", Op.NPU_DENSE: "Dense"}.get(n.op, n.attr("label") or n.op.value)
+    base = {Op.NPU_CONV: "Conv", Op.NPU_DENSE: "Dense", Op.NPU_MATMUL: "MatMul"}.get(
+        n.op, n.attr("label") or n.op.value)
     if n.op == Op.NPU_CONV and tuple(n.attr("input_dilation", (1, 1))) != (1, 1):
         base = "ConvTranspose"
     return base + ("+Add" if residual else "") + ("+Relu" if n.attr("relu") else "")
@@ -109,6 +110,9 @@ def instructions(g: nx.DiGraph, v: str, addr: Addr) -> list[isa.Instruction]:
     srcs = inputs_of(g, v)
     if n.op in (Op.NPU_CONV, Op.NPU_DENSE):
         return [_matrix(g, v, n, srcs, addr)]
+    if n.op == Op.NPU_MATMUL:
+        return [isa.MmMul(addr(srcs[0]), addr(srcs[1]), addr(v), n.attr("batch"), n.attr("m"),
+                          n.attr("k"), n.attr("n"), int(bool(n.attr("b_shared"))))]
     if n.op == Op.CONCAT:
         return concat(g, v, n, srcs, addr)
     if n.op.value.startswith("Npu"):

@@ -62,14 +62,15 @@ def fix_inputs(proto: onnx.ModelProto, input_shapes: dict | None) -> None:
             continue
         t = vi.type.tensor_type
         want = given.get(vi.name)
-        dims = [max(d.dim_value, 1) for d in t.shape.dim] if t.HasField("shape") else [1]
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else 1
+                for d in t.shape.dim] if t.HasField("shape") else [1]
         hint = (f"give its size with --input-shape {vi.name}={'x'.join(map(str, dims))} "
                 "(input_shapes= in compile_model)")
         if want is None:
             if not t.HasField("shape"):
                 raise CompileError(f"model input '{vi.name}' has no shape; {hint}")
             for d in t.shape.dim:
-                if not d.HasField("dim_value") or d.dim_value <= 0:
+                if not d.HasField("dim_value") or d.dim_value < 0:
                     raise CompileError(f"model input '{vi.name}' has a symbolic dimension "
                                        f"'{d.dim_param or '?'}'; {hint}")
             continue
@@ -81,7 +82,7 @@ def fix_inputs(proto: onnx.ModelProto, input_shapes: dict | None) -> None:
                                f"shape given has rank {len(want)}")
         if t.HasField("shape"):
             for i, (d, w) in enumerate(zip(t.shape.dim, want, strict=True)):
-                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != w:
+                if d.HasField("dim_value") and d.dim_value >= 0 and d.dim_value != w:
                     raise CompileError(f"model input '{vi.name}' has size {d.dim_value} in "
                                        f"dimension {i}; the shape given says {w}")
         t.ClearField("shape")
@@ -119,7 +120,8 @@ def infer(proto: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     except Exception as exc:  # onnx raises several types for bad models
         raise CompileError(f"shape inference failed: {_first_line(exc)}") from None
     g = inferred.graph
-    types = {vi.name: vi.type for vi in list(g.value_info) + list(g.output) + list(g.input)}
+    # declared graph outputs first: what inference derived is at least as precise
+    types = {vi.name: vi.type for vi in list(g.output) + list(g.input) + list(g.value_info)}
     for t in proto.graph.initializer:
         types[t.name] = helper.make_tensor_type_proto(t.data_type, list(t.dims))
     return types
@@ -130,7 +132,8 @@ def static_dims(tp: onnx.TypeProto | None) -> tuple[int, ...] | None:
     if tp is None or tp.WhichOneof("value") != "tensor_type":
         return None
     t = tp.tensor_type
-    if not t.HasField("shape") or any(not d.HasField("dim_value") for d in t.shape.dim):
+    if not t.HasField("shape") or any(not d.HasField("dim_value") or d.dim_value < 0
+                                      for d in t.shape.dim):
         return None
     return tuple(d.dim_value for d in t.shape.dim)
 

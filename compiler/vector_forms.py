@@ -17,9 +17,21 @@ import networkx as nx
 import numpy as np
 
 from compiler.interpret import clip_bounds
-from compiler.ir import Node, Op, inputs_of, make_attrs, node, remove_dead, set_node, topo_order
+from compiler.ir import (
+    Node,
+    Op,
+    add_node,
+    inputs_of,
+    make_attrs,
+    node,
+    remove_dead,
+    set_inputs,
+    set_node,
+    topo_order,
+)
 from compiler.options import CompileOptions
 from compiler.passes import add_const, rewire
+from compiler.placement import ALU_OPS, alu_form
 
 MOVE_DIMS = 6
 """Dimensions the vector unit's strided address generator walks (``V_MOVE``)."""
@@ -331,11 +343,51 @@ FORMS = {Op.TRANSPOSE: _transpose, Op.SLICE: _slice, Op.EXPAND: _expand,
          Op.CLIP: _unary}
 
 
+def _expand_operands(g: nx.DiGraph, name: str, n: Node) -> None:
+    """An element-wise op whose operands broadcast in a way ``VV_ALU`` cannot read (both
+    spread, or one spread over axes that are not one run, like a window mask over
+    heads) gets each such operand copied to the full shape first (a stride-0 ``V_MOVE``)."""
+    srcs = inputs_of(g, name)
+    shapes = [node(g, s).shape for s in srcs]
+    if len(srcs) != 2 or alu_form(*shapes, n.shape) is not None or -1 in n.shape \
+            or any(node(g, s).dtype != "float32" for s in srcs) or n.dtype != "float32":
+        return
+    try:
+        if tuple(np.broadcast_shapes(*shapes)) != tuple(n.shape):
+            return
+    except ValueError:
+        return
+    keep = 0 if tuple(shapes[0]) == tuple(n.shape) else 1 if tuple(shapes[1]) == n.shape \
+        else None
+    new = list(srcs)
+    for k, s in enumerate(srcs):
+        if k == keep or (keep is None and k == 1 and alu_form(n.shape, shapes[1], n.shape)):
+            continue
+        src = node(g, s)
+        if src.op == Op.CONST:  # a constant is widened at compile time
+            full = np.ascontiguousarray(np.broadcast_to(src.value, n.shape), np.float32)
+            new[k] = add_const(g, f"{name}.expand{k}", full)
+            continue
+        padded = (1,) * (len(n.shape) - len(src.shape)) + tuple(src.shape)
+        st = strides_of(padded)
+        try:
+            move = _move(Node(Op.EXPAND, n.shape, "float32", origin=n.origin), "Expand", 0,
+                         n.shape, [0 if d == 1 and o != 1 else t
+                                   for d, o, t in zip(padded, n.shape, st, strict=True)])
+        except NoForm:
+            return
+        add_node(g, f"{name}.expand{k}", move, [s])
+        new[k] = f"{name}.expand{k}"
+    set_inputs(g, name, new)
+
+
 def vector_forms(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     """Give every op the vector unit can run its device form (see the module docstring)."""
     g = g.copy()
     for name in topo_order(g):
         n = node(g, name)
+        if n.op in ALU_OPS and not n.attr("data_dependent"):
+            _expand_operands(g, name, n)
         if n.op not in FORMS and n.op not in (Op.GATHER, Op.LAYERNORM, Op.INSTANCENORM):
             continue
         srcs = inputs_of(g, name)

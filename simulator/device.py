@@ -152,6 +152,11 @@ class Device:
                     self._store(t.addr, value, np.dtype(t.dtype))
         elif isinstance(i, isa.MvMul):
             self._mv_mul(i, fmt, rounding)
+        elif isinstance(i, isa.MmMul):
+            a = self._f32(i.src_a, (i.batch, i.m, i.k))
+            b = self._f32(i.src_b, (1 if i.b_shared else i.batch, i.k, i.n))
+            seed = int(self.program.metadata.get("seed", 0))
+            self._store(i.dst, kernels.matmul_act(a, b, fmt, rounding, seed))
         elif isinstance(i, isa.VvAdd):
             a, b = self._f32(i.src0, (i.length,)), self._f32(i.src1, (i.length,))
             y = kernels.alu("add", a, b)

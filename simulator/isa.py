@@ -34,6 +34,7 @@ class Opcode(IntEnum):
     V_WR = 0x02
     # matrix unit
     MV_MUL = 0x10
+    MM_MUL = 0x11
     # vector unit
     VV_ADD = 0x20
     V_RELU = 0x21
@@ -567,12 +568,39 @@ class VGather(Instruction):
 
 
 @dataclass(frozen=True)
+class MmMul(Instruction):
+    """A product of two activations (attention's Q.K^T and scores.V), batched::
+
+        for b in batch:                                  # heads, windows, ...
+            W = quantize(B[b if not b_shared else 0].T)  # B is the stationary operand,
+            for (kt, nt) tiles of W [native_dim x array_cols]:   # converted on its way in
+                load W tile (from DRAM: B was computed at run time)
+                for m in M rows of A[b]:                 # stream A's rows
+                    acc[b, m, nt] += bfp_dot(A[b, m, kt], W[kt, nt])
+        dst[b] = acc[b]                                  # [batch, M, N], fp32
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.MM_MUL
+    src_a: int = _f("addr")
+    src_b: int = _f("addr")
+    dst: int = _f("addr")
+    batch: int = _f("length")
+    m: int = _f("length")
+    k: int = _f("length")
+    n: int = _f("length")
+    b_shared: int = _f("flag")
+
+
+@dataclass(frozen=True)
 class HostCall(Instruction):
     """Run host op ``index`` of the program's host section (onnxruntime on the CPU)::
 
-        inputs  = [dram[d.addr : d.addr + d.nbytes] for d in host_ops[index].inputs]   # to host
-        outputs = onnx_model(host_ops[index].model)(inputs)
-        dram[host_ops[index].output.addr ...] = outputs                                  # to device
+        h = host_ops[index]                        # one op, or a run of them, as one model
+        inputs  = [host_mem[d] if d in h.on_host else dram[d.addr : d.addr + d.nbytes]
+                   for d in h.inputs]                                            # to host
+        outputs = onnx_model(h.model)(inputs)
+        for d, y in zip(h.outputs, outputs):
+            host_mem[d] = y if d in h.on_host else (dram[d.addr ...] = y)        # to device
     """
 
     OPCODE: ClassVar[Opcode] = Opcode.HOST_CALL
@@ -587,7 +615,7 @@ class EndChain(Instruction):
 
 
 _BY_OPCODE: dict[Opcode, type[Instruction]] = {
-    cls.OPCODE: cls for cls in (VRd, VWr, MvMul, VvAdd, VRelu, VPool, VSoftmax, VvAlu, VUnary,
-                                VCopy, VReduce, VNorm, VResize, VMove, VPad, VGather, HostCall,
-                                EndChain)}
+    cls.OPCODE: cls for cls in (VRd, VWr, MvMul, MmMul, VvAdd, VRelu, VPool, VSoftmax, VvAlu,
+                                VUnary, VCopy, VReduce, VNorm, VResize, VMove, VPad, VGather,
+                                HostCall, EndChain)}
 INSTRUCTIONS = tuple(_BY_OPCODE.values())

@@ -163,6 +163,24 @@ def dense(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None
     return epilogue(y.reshape(*lead, -1), bias, residual, relu)
 
 
+def matmul_act(a: np.ndarray, b: np.ndarray, fmt: Format,
+               rounding: Rounding = Rounding.NEAREST_EVEN, seed: int = 0) -> np.ndarray:
+    """``a @ b`` of two activations on the matrix unit: ``a`` ``[batch, M, K]``, ``b``
+    ``[batch or 1, K, N]`` -> ``[batch, M, N]`` fp32.
+
+    ``b`` is the stationary operand: each ``b[i].T`` is quantized along K at run time,
+    exactly as the compiler quantizes weights, and ``a``'s rows stream through it
+    (:func:`numerics.matmul`), so the numerics are a dense layer's.
+    """
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.float32)
+    for i in range(a.shape[0]):
+        w = np.ascontiguousarray(b[i if b.shape[0] > 1 else 0].T, np.float32)
+        if not fmt.is_fp32:
+            w = quantize(w, fmt, rounding, seed)
+        out[i] = matmul(a[i], w, fmt, rounding, seed)
+    return out
+
+
 def maxpool(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False) -> np.ndarray:
     oh, ow = geom.output_hw(x.shape[2], x.shape[3], ceil_mode)
     win = _windows(x, geom, -np.inf, (oh, ow))

@@ -133,6 +133,23 @@ def mv_mul_work(i: isa.MvMul, cfg: DeviceConfig, fmt: Format, weight_bytes: int)
                 0 if i.pinned else weight_bytes, bool(i.pinned), tuple(reads), (out,))
 
 
+def mm_mul_work(i: isa.MmMul, cfg: DeviceConfig, fmt: Format) -> Work:
+    """A product of two activations. ``B`` is the stationary operand, so its tiles are
+    loaded into the array like a layer's weights, but they were computed at run time:
+    each tile passes the fp32 -> BFP converter and is shifted into the array's rows
+    (``native_dim`` cycles) before ``A``'s ``M`` rows stream through it; no wave can
+    preload its tile while the previous one runs, because nothing holds the tile but
+    the array. ``B`` is read from DRAM as an activation (4 bytes per element)."""
+    jobs = i.batch * ceil_div(i.k, cfg.native_dim) * ceil_div(i.n, cfg.array_cols)
+    waves = ceil_div(jobs, cfg.tiles)
+    wave = i.m + 2 * cfg.native_dim + cfg.array_cols + 2 * bfp_convert_depth(fmt)
+    compute = tuple(n * wave for n in split(waves, min(waves, MAX_CHUNKS)))
+    b_rows = 1 if i.b_shared else i.batch
+    reads = (Operand(i.src_a, 4 * i.batch * i.m * i.k), Operand(i.src_b, 4 * b_rows * i.k * i.n))
+    return Work("matrix", compute, i.batch * i.m * i.k * i.n, 0, None, reads,
+                (Operand(i.dst, 4 * i.batch * i.m * i.n),))
+
+
 def gemm_cycles(n: int, k: int, o: int, cfg: DeviceConfig, fmt: Format | None = None) -> int:
     """Compute cycles the matrix unit takes for ``[n, k] @ [o, k].T`` with pinned weights.
 
@@ -166,6 +183,8 @@ def work(i: isa.Instruction, cfg: DeviceConfig, fmt: Format, weight_bytes: int =
     op = Operand
     if isinstance(i, isa.MvMul):
         return mv_mul_work(i, cfg, fmt, weight_bytes)
+    if isinstance(i, isa.MmMul):
+        return mm_mul_work(i, cfg, fmt)
     if isinstance(i, isa.VRd):
         return Work("host", writes=(op(i.dst, i.nbytes),), host_bytes=i.nbytes,
                     host_transfers=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 
+import exporter_graphs_attention
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -21,9 +22,11 @@ from exporter_graphs import BUILDERS, ExporterGraph, op_key
 from compiler import Compiled, CompileError, compile_full
 from compiler.interpret import Numerics, evaluate
 from runtime import Session
+from simulator.numerics import FORMAT_NAMES
 from simulator.program import Program
 
 DEVICE = "brainwave-s10"
+BUILDERS = {**BUILDERS, **exporter_graphs_attention.BUILDERS}
 NAMES = list(BUILDERS)
 WHERE = {"device", "host", "constant", "removed"}
 MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -91,7 +94,7 @@ def test_fp32_program_matches_onnxruntime(name):
     assert_close_to_onnxruntime(name, outs, reference(name), output_names(g))
 
 
-@pytest.mark.parametrize("fmt", ["fp32", "msfp16", "msfp8"])
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
 @pytest.mark.parametrize("name", NAMES)
 def test_program_matches_golden_bit_for_bit(name, fmt):
     g = case(name)
