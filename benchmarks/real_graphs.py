@@ -95,11 +95,11 @@ def measure(path: Path, shapes: dict[str, tuple[int, ...]], device: str) -> dict
 def row(r: dict) -> str:
     if "error" in r:
         return f"| {r['folder']}/{r['model']} | {r['error']} |"
-    pct = 100.0 * r["device_macs"] / r["macs"] if r["macs"] else 100.0
+    pct = f"{100.0 * r['device_macs'] / r['macs']:.1f}%" if r["macs"] else "–"
     ran = r["device_nodes"] + r["host_nodes"]
-    return (f"| {r['folder']}/{r['model']} | {r['device_nodes']}/{ran} | {pct:.1f}% | "
+    return (f"| {r['folder']}/{r['model']} | {r['device_nodes']}/{ran} | {pct} | "
             f"{r['host_calls']} | {r['host_link_bytes'] / 1024:,.0f} | {r['latency_ms']:.2f} | "
-            f"{r['fp32_error']:.1e} |")
+            f"{r['fp32_error']:.1e} |".replace("| inf |", "| labels differ |"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,9 +170,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print("memory map")
     for region, (base, size) in sorted(prog.memory_map.items(), key=lambda kv: kv[1][0]):
         print(f"  {region:<12} 0x{base:010x}  {size:>12} bytes")
+    held = {n for h in prog.host_ops for n in h.on_host}
     for kind, descs in (("input", prog.inputs), ("output", prog.outputs)):
         for d in descs:
-            print(f"{kind:<9} {d.name}  {list(d.shape)} {d.dtype} @0x{d.addr:010x}")
+            where = f"@0x{d.addr:010x}"
+            if d.name in held:
+                where = "on the host" + (" (-1: sized by the data)" if -1 in d.shape else "")
+            print(f"{kind:<9} {d.name}  {list(d.shape)} {d.dtype} {where}")
+    if prog.host_ops:
+        print(f"host      {len(prog.host_ops)} host calls: "
+              + "; ".join(h.op for h in prog.host_ops)[:300])
     print(f"weights   {len(prog.weight_tensors)} tensors, {len(prog.weights)} bytes "
           f"({_pinning(prog)})")
     if args.disasm:
