@@ -151,8 +151,7 @@ def _resize(n: Node, args: list, ctx: Numerics) -> np.ndarray:
 
 
 def _pad(n: Node, args: list, ctx: Numerics) -> np.ndarray:
-    x = args[0]
-    x3 = x.reshape(n.attr("outer"), x.shape[-2], x.shape[-1])
+    x3 = args[0].reshape(n.attr("outer"), n.attr("height"), n.attr("width"))
     return kernels.pad2d(x3, n.attr("pads"), n.attr("mode"), n.attr("value")).reshape(n.shape)
 
 

@@ -95,8 +95,9 @@ def _vector_form(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr: Addr):
         return isa.VMove(src + 4 * n.attr("offset"), dst, *dims, *(to_u32(s) for s in strides))
     if n.op == Op.NPU_PAD:
         top, left, bottom, right = n.attr("pads")
-        return isa.VPad(src, dst, n.attr("outer"), x.shape[-2], x.shape[-1], top, left, bottom,
-                        right, isa.PadMode[n.attr("mode").upper()], f32_bits(n.attr("value")))
+        return isa.VPad(src, dst, n.attr("outer"), n.attr("height"), n.attr("width"), top, left,
+                        bottom, right, isa.PadMode[n.attr("mode").upper()],
+                        f32_bits(n.attr("value")))
     if n.op == Op.NPU_GATHER:
         count = node(g, srcs[1]).value.size
         return isa.VGather(src, dst, addr(srcs[1]), n.attr("outer"), count, n.attr("axis_len"),

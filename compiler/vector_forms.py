@@ -319,19 +319,32 @@ def pad_amounts(g: nx.DiGraph, n: Node, srcs: list[str], rank: int) -> tuple[lis
 
 
 def _pad(g, name, n, srcs) -> Node:
+    """Pad as ``V_PAD`` of a 3-D view ``[outer, H, W]`` of the tensor: the two innermost
+    axes; or one axis (H) with everything after it as W; or, for a constant pad, two
+    neighbouring axes with everything after them folded into W (NHWC's H and W)."""
     shape = node(g, srcs[0]).shape
     rank = len(shape)
     pads, mode, value = pad_amounts(g, n, srcs, rank)
-    if rank < 2 or any(pads[a] or pads[rank + a] for a in range(rank - 2)):
-        raise NoForm("padding of an axis other than the two innermost")
     if min(pads) < 0:
         raise NoForm("negative padding (a crop)")
     if mode not in PAD_MODES:
         raise NoForm(f"pad mode {mode}")
-    top, left, bottom, right = pads[rank - 2], pads[rank - 1], pads[2 * rank - 2], pads[-1]
-    if mode == "reflect" and (max(top, bottom) >= shape[-2] or max(left, right) >= shape[-1]):
+    axes = [a for a in range(rank) if pads[a] or pads[rank + a]]
+    if not axes or rank < 2:
+        raise NoForm("nothing to pad")
+    a = min(axes[0], rank - 2)  # the view's H axis; W is the next one with all after it
+    if axes[-1] > a + 1:
+        raise NoForm("padding of axes that are not neighbours")
+    inner = _size(shape[a + 2:])
+    if inner > 1 and a + 1 in axes and mode != "constant":
+        raise NoForm(f"{mode} padding of an axis that is not innermost")
+    h, w = shape[a], shape[a + 1] * inner
+    top, bottom = pads[a], pads[rank + a]
+    left, right = pads[a + 1] * inner, pads[rank + a + 1] * inner
+    if mode == "reflect" and (max(top, bottom) >= h or max(left, right) >= w):
         raise NoForm("reflect padding wider than the input")
-    attrs = make_attrs(outer=_size(shape[:-2]), pads=(top, left, bottom, right), mode=mode,
+    attrs = make_attrs(outer=_size(shape[:a]), height=h, width=w,
+                       pads=(top, left, bottom, right), mode=mode,
                        value=float(np.float32(value)), label="Pad")
     return Node(Op.NPU_PAD, n.shape, n.dtype, attrs, origin=n.origin, proto=n.proto)
 

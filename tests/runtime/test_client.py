@@ -115,21 +115,22 @@ def test_unavailable_is_retried_with_backoff_then_reported(pkg):
 ])
 def test_client_errors_are_not_retried(server, pkg, key, image, code):
     before = requests_total(scrape(server), "Predict", code.name)
-    with client_for(server, pkg, key=key, retries=5, backoff=0.5) as client:
+    # one retry would first wait at least backoff / 2 = 2.5 s (equal jitter)
+    with client_for(server, pkg, key=key, retries=5, backoff=5.0) as client:
         t0 = time.monotonic()
         with pytest.raises(PredictionError) as info:
             client.score_image(image or pkg.images[0])
-    assert info.value.code == code and time.monotonic() - t0 < 0.5
+    assert info.value.code == code and time.monotonic() - t0 < 2.0
     assert requests_total(scrape(server), "Predict", code.name) - before == 1
 
 
 def test_oversized_request_is_not_retried(server, pkg):
-    with client_for(server, pkg, retries=5, backoff=0.5) as client:
+    with client_for(server, pkg, retries=5, backoff=5.0) as client:  # a retry waits >= 2.5 s
         t0 = time.monotonic()
         with pytest.raises(PredictionError) as info:
             client.score_image(bytes(2 * 2**20))
     assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 2.0
 
 
 def test_a_key_needs_tls():
