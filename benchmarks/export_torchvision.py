@@ -107,6 +107,26 @@ SPECS: dict[str, Spec] = {
     "retinanet_resnet50_fpn": Spec("detection.retinanet_resnet50_fpn", "detection",
                                    size=(320, 320),
                                    kwargs={**NO_BACKBONE, "min_size": 320, "max_size": 320}),
+    "fcos_resnet50_fpn": Spec("detection.fcos_resnet50_fpn", "detection", size=(320, 320),
+                              kwargs={**NO_BACKBONE, "min_size": 320, "max_size": 320}),
+    "maskrcnn_resnet50_fpn": Spec("detection.maskrcnn_resnet50_fpn", "detection",
+                                  size=(320, 320),
+                                  kwargs={**NO_BACKBONE, "min_size": 320, "max_size": 320}),
+    "keypointrcnn_resnet50_fpn": Spec("detection.keypointrcnn_resnet50_fpn", "detection",
+                                      size=(320, 320),
+                                      kwargs={**NO_BACKBONE, "min_size": 320, "max_size": 320}),
+    # more backbones: newer families and the smaller variants
+    "resnet34": Spec("resnet34", "classification"),
+    "squeezenet1_0": Spec("squeezenet1_0", "classification"),
+    "shufflenet_v2_x0_5": Spec("shufflenet_v2_x0_5", "classification"),
+    "mnasnet0_5": Spec("mnasnet0_5", "classification"),
+    "regnet_x_400mf": Spec("regnet_x_400mf", "classification"),
+    "efficientnet_v2_s": Spec("efficientnet_v2_s", "classification"),
+    "swin_v2_t": Spec("swin_v2_t", "classification", size=(256, 256)),
+    "maxvit_t": Spec("maxvit_t", "classification"),
+    "vit_b_32": Spec("vit_b_32", "classification"),
+    "deeplabv3_resnet50": Spec("segmentation.deeplabv3_resnet50", "segmentation",
+                               kwargs={**NO_BACKBONE, "aux_loss": False}),
 }
 
 OUTPUT_NAMES = {

@@ -161,6 +161,10 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
             _dense(g, name, n, srcs)
         elif n.op == Op.MATMUL and _activation_matmul(g, name, n, srcs):
             pass
+        elif n.op == Op.ONNX and n.attr("onnx_op") == "Einsum":
+            from compiler.einsum import einsum_as_matmul
+
+            einsum_as_matmul(g, name, n, srcs)
         elif n.op == Op.BATCHNORM and len(n.shape) >= 2 \
                 and all(_is_const(g, s) for s in srcs[1:]):
             _batchnorm_as_scale_shift(g, name, n, srcs)

@@ -330,8 +330,10 @@ def _pad(g, name, n, srcs) -> Node:
     if mode not in PAD_MODES:
         raise NoForm(f"pad mode {mode}")
     axes = [a for a in range(rank) if pads[a] or pads[rank + a]]
-    if not axes or rank < 2:
-        raise NoForm("nothing to pad")
+    if not axes:  # a copy (exporters pad by zero where a window fits exactly)
+        return _move(n, "Pad", 0, shape, strides_of(shape))
+    if rank < 2:
+        raise NoForm("padding of a vector")
     a = min(axes[0], rank - 2)  # the view's H axis; W is the next one with all after it
     if axes[-1] > a + 1:
         raise NoForm("padding of axes that are not neighbours")

@@ -56,4 +56,23 @@ def self_attention(heads: int = 4, tokens: int = 10, dim: int = 32,
     return ExporterGraph(model, feeds, folded=frozenset(folded | {"axes0", "merged_shape"}))
 
 
-BUILDERS: dict[str, Callable[[], ExporterGraph]] = {"self_attention": self_attention}
+def einsum_window_attention(seed: int = 0) -> ExporterGraph:
+    """MaxViT's window attention as torch exports it: Einsum products over
+    [batch, grid, heads, tokens, dim], after a Pad by zero (Swin V2 pads its windows even
+    where they fit exactly)."""
+    rng = np.random.default_rng(seed)
+    shape = [1, 2, 2, 6, 8]
+    nodes = [_node("Pad", ["q", "no_pads"], "q_padded"),
+             _node("Einsum", ["q_padded", "k"], "scores",
+                   equation="B G H I D, B G H J D -> B G H I J"),
+             _node("Softmax", ["scores"], "attn", axis=-1),
+             _node("Einsum", ["attn", "v"], "y", equation="B G H I J, B G H J D -> B G H I D")]
+    model = _model(nodes, {p: shape for p in "qkv"}, {"y": shape},
+                   {"no_pads": np.zeros(10, np.int64)})
+    return ExporterGraph(model, {p: _rand(rng, *shape) for p in "qkv"})
+
+
+BUILDERS: dict[str, Callable[[], ExporterGraph]] = {
+    "self_attention": self_attention,
+    "einsum_window_attention": einsum_window_attention,
+}
