@@ -6,7 +6,9 @@
 
 For each model (a folder means every ``.onnx`` in it): compile for the device in fp32,
 run it on the simulated device and compare with onnxruntime on the same seeded input
-(max abs error / max abs value); compile and run it in msfp16; compile it in the
+(max abs error / max abs value), beside onnxruntime compared with itself with its graph
+optimizations off (how far fp32 moves with the order of the arithmetic alone); compile
+and run it in msfp16; compile it in the
 device's own format for the simulated latency. Prints one markdown row per model as it
 goes. Symbolic input dimensions take ``--input-shape``, or the shapes recorded in the
 folder's ``export_results.json`` (written by ``benchmarks/export_torchvision.py``).
@@ -79,6 +81,7 @@ def measure(path: Path, shapes: dict[str, tuple[int, ...]], device: str) -> dict
     fp32 = compile_full(model, device, "fp32", input_shapes=given or None)
     compile_s = time.perf_counter() - t0
     ref = onnxruntime_session(model).run(None, feeds)
+    plain = onnxruntime_session(model, optimize=False).run(None, feeds)
     got = Session(fp32.program).run(None, feeds)
     msfp16 = compile_full(model, device, "msfp16", input_shapes=given or None)
     Session(msfp16.program).run(None, feeds)
@@ -87,6 +90,7 @@ def measure(path: Path, shapes: dict[str, tuple[int, ...]], device: str) -> dict
     return {"model": path.stem, "folder": path.parent.name, **s,
             "latency_ms": Session(native.program).device.stats.latency_us / 1e3,
             "numerics": native.program.numerics, "fp32_error": agreement(ref, got),
+            "onnxruntime_spread": agreement(ref, plain),
             "compile_s": compile_s,
             "host_ops": sorted({r["op"] for r in native.program.metadata["placement"]
                                 if r["where"] == "host"})}
@@ -99,7 +103,11 @@ def row(r: dict) -> str:
     ran = r["device_nodes"] + r["host_nodes"]
     return (f"| {r['folder']}/{r['model']} | {r['device_nodes']}/{ran} | {pct} | "
             f"{r['host_calls']} | {r['host_link_bytes'] / 1024:,.0f} | {r['latency_ms']:.2f} | "
-            f"{r['fp32_error']:.1e} |".replace("| inf |", "| labels differ |"))
+            f"{_err(r['fp32_error'])} | {_err(r['onnxruntime_spread'])} |")
+
+
+def _err(e: float) -> str:
+    return "outputs differ" if e == np.inf else f"{e:.1e}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             files.append((p, {**recorded_shapes(p.parent).get(p.name, {}), **given}))
     print("| model | device nodes | MACs on device | host calls | host link KiB/run | "
-          f"latency ms ({args.device}) | fp32 vs onnxruntime |")
-    print("|---|--:|--:|--:|--:|--:|--:|", flush=True)
+          f"latency ms ({args.device}) | fp32 vs onnxruntime | onnxruntime vs itself |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|", flush=True)
     results = []
     for path, shapes in files:
         try:

@@ -11,10 +11,16 @@ import onnx
 import onnxruntime as ort
 
 
-def onnxruntime_session(model: onnx.ModelProto) -> ort.InferenceSession:
+def onnxruntime_session(model: onnx.ModelProto, optimize: bool = True) -> ort.InferenceSession:
     """A CPU session whose idle threads do not spin, so they don't slow the simulator
-    down when the two are timed one after the other on the same cores."""
+    down when the two are timed one after the other on the same cores.
+
+    ``optimize=False`` turns onnxruntime's graph rewrites (fusions) off: comparing the two
+    shows how far onnxruntime's own fp32 results move with the order of its arithmetic.
+    """
     opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), opts,
