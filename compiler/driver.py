@@ -97,8 +97,11 @@ def summary_line(s: dict) -> str:
     """The compile report's last line."""
     pct = 100.0 * s["device_macs"] / s["macs"] if s["macs"] else 100.0
     ran = s["device_nodes"] + s["host_nodes"]
+    macs = s["macs"]
+    amount = f"{macs / 1e9:,.2f} G" if macs >= 1e9 else f"{macs / 1e6:,.1f} M" \
+        if macs >= 1e6 else f"{macs:,} "
     return (f"device: {s['device_nodes']} of {ran} nodes, {pct:.1f}% of "
-            f"{s['macs'] / 1e6:,.1f} M MACs; {s['host_calls']} host call"
+            f"{amount}MACs; {s['host_calls']} host call"
             f"{'s' if s['host_calls'] != 1 else ''}, {s['host_link_bytes']:,} host-link bytes "
             "per run")
 

@@ -178,7 +178,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 where = "on the host" + (" (-1: sized by the data)" if -1 in d.shape else "")
             print(f"{kind:<9} {d.name}  {list(d.shape)} {d.dtype} {where}")
     if prog.host_ops:
-        print(f"host      {len(prog.host_ops)} host calls: "
+        print(f"host      {len(prog.host_ops)} host call{'s' if len(prog.host_ops) > 1 else ''}: "
               + "; ".join(h.op for h in prog.host_ops)[:300])
     print(f"weights   {len(prog.weight_tensors)} tensors, {len(prog.weights)} bytes "
           f"({_pinning(prog)})")
