@@ -213,7 +213,7 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes,
         used = [k for k, o in enumerate(n.output) if o and o in wanted]
         out = n.output[0] or f"{label}:0"
         shape, dtype = _value_type(types.get(out))
-        if n.op_type == "Split" and len(n.output) > 1 and not dynamic.get(n.output[0]) \
+        if n.op_type == "Split" and not dynamic.get(n.output[0]) \
                 and -1 not in g.nodes[n.input[0]]["node"].shape \
                 and _split(g, n, label, attrs, g.nodes[n.input[0]]["node"].shape, opset):
             continue
