@@ -13,6 +13,7 @@ import functools
 import re
 
 import exporter_graphs_attention
+import exporter_graphs_host
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -26,7 +27,7 @@ from simulator.numerics import FORMAT_NAMES
 from simulator.program import Program
 
 DEVICE = "brainwave-s10"
-BUILDERS = {**BUILDERS, **exporter_graphs_attention.BUILDERS}
+BUILDERS = {**BUILDERS, **exporter_graphs_host.BUILDERS, **exporter_graphs_attention.BUILDERS}
 NAMES = list(BUILDERS)
 WHERE = {"device", "host", "constant", "removed"}
 MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
