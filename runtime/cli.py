@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.sweep import SweepError
     from runtime.verify import VerifyError
     from simulator.config import ConfigError
-    from simulator.device import InputError
+    from simulator.device import ExecutionError, InputError
     from simulator.host import HostOpError
     from simulator.isa import EncodingError
     from simulator.program import ProgramError
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except (CompileError, ProgramError, InputError, ConfigError, EncodingError, HostOpError,
-            UsageError, SweepError, VerifyError, PipelineError) as exc:
+            ExecutionError, UsageError, SweepError, VerifyError, PipelineError) as exc:
         print(f"npusim: error: {exc}", file=sys.stderr)
         return 2
     except ServingConfigError as exc:

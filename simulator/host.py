@@ -26,7 +26,11 @@ class HostKernel:
 
     def run(self, args: list[np.ndarray]) -> list:
         """Every output of the model, in its order (arrays; a sequence or map as is)."""
-        return self.session.run(None, dict(zip(self.inputs, args, strict=True)))
+        try:
+            return self.session.run(None, dict(zip(self.inputs, args, strict=True)))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise HostOpError(f"host op failed: {text[:400]}") from None
 
 
 class HostOpError(ValueError):
