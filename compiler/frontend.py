@@ -156,7 +156,7 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes,
     become ``Op.ONNX`` nodes, which run on the host.
     """
     proto, types, folded = resolve_shapes(load_onnx(model), input_shapes)
-    dynamic = data_dependent(proto)
+    dynamic = data_dependent(proto, types)
     gp = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     g = nx.MultiDiGraph(name=gp.name or "model", inputs=[], outputs=[o.name for o in gp.output],

@@ -140,6 +140,8 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     for name in topo_order(g):
         n = node(g, name)
         srcs = inputs_of(g, name)
+        if n.attr("data_dependent"):
+            continue  # runs on the host as it is
         if n.op == Op.CONV and all(_is_const(g, s) for s in srcs[1:]) \
                 and -1 not in node(g, srcs[0]).shape and len(node(g, srcs[0]).shape) == 4 \
                 and node(g, srcs[1]).value.ndim == 4:

@@ -20,8 +20,10 @@ from onnx import helper, numpy_helper, shape_inference
 
 from compiler.errors import CompileError
 
-MAX_ROUNDS = 16
-"""Fold-and-infer rounds before giving up on a fixed point (chains rarely need 4)."""
+MAX_ROUNDS = 256
+"""Fold-and-infer rounds before giving up on a fixed point. A chain can need two rounds
+per block when each block's padding depends on the last block's shape (Swin's windows
+at opset 11): a few dozen rounds for a deep transformer."""
 FOLD_LIMIT = 1 << 24
 """Constant inputs larger than this (elements) are left to the IR's constant folding."""
 
@@ -237,15 +239,20 @@ def resolve_shapes(proto: onnx.ModelProto,
     types = infer(model)
     missing = [o for n in model.graph.node for o in n.output
                if o and static_dims(types.get(o)) is None]
-    dynamic = data_dependent(model)
+    dynamic = data_dependent(model, types)
     unknown = [o for o in missing if o not in dynamic]
     if unknown:
         types.update(_probe(model, unknown, types))
     return model, types, folded
 
 
-def data_dependent(proto: onnx.ModelProto) -> dict[str, str]:
-    """Values whose shape depends on tensor values, each with the node that makes it so."""
+def data_dependent(proto: onnx.ModelProto,
+                   types: dict[str, onnx.TypeProto] | None = None) -> dict[str, str]:
+    """Values whose shape depends on tensor values, each with the node that makes it so.
+
+    A node whose shape operand is computed at run time but whose output shapes
+    inference still knows (``types``) is not a source: its shape is static.
+    """
     consts = {t.name for t in proto.graph.initializer}
     reason: dict[str, str] = {}
     for n in proto.graph.node:
@@ -256,7 +263,9 @@ def data_dependent(proto: onnx.ModelProto) -> dict[str, str]:
         if why is None and n.op_type == "Constant":
             consts.update(o for o in n.output if o)
             continue
-        if why is None:
+        known = types is not None and all(static_dims(types.get(o)) is not None
+                                          for o in n.output if o)
+        if why is None and not known:
             for k in SHAPE_OPERANDS.get(n.op_type, ()):
                 if k < len(n.input) and n.input[k] and n.input[k] not in consts:
                     why = f"{n.op_type} '{label}' (its shape input is computed from data)"

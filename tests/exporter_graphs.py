@@ -474,7 +474,40 @@ def no_ops(seed: int = 0) -> ExporterGraph:
                          folded=frozenset({"cast", "ident", "drop"}))
 
 
+# ---- 13. a deep chain of computed pads: each block pads to a multiple of the window ---------
+
+def padded_window_chain(blocks: int = 24, seed: int = 0) -> ExporterGraph:
+    """Swin's window padding at opset 11, ``blocks`` times over: each block's Pad amount
+    is computed from the previous block's shape (Shape -> Gather -> Mod -> Sub -> Concat
+    -> Pad), then a Conv trims the width back. Resolving it takes two fold-and-infer
+    rounds per block, so it holds the compiler to a real fixed point, not a few rounds."""
+    rng = np.random.default_rng(seed)
+    nodes = [_const("axes0", [0]), _const("i3", 3), _const("win", 4), _const("zeros6", [0] * 7)]
+    weights = {}
+    last = "x"
+    for b in range(blocks):
+        t = f"b{b}"
+        nodes += [_node("Shape", [last], f"{t}_shape"),
+                  _node("Gather", [f"{t}_shape", "i3"], f"{t}_w", axis=0),
+                  _node("Mod", [f"{t}_w", "win"], f"{t}_rem"),
+                  _node("Sub", ["win", f"{t}_rem"], f"{t}_short"),
+                  _node("Mod", [f"{t}_short", "win"], f"{t}_padw"),
+                  _node("Unsqueeze", [f"{t}_padw", "axes0"], f"{t}_padw1"),
+                  _node("Concat", ["zeros6", f"{t}_padw1"], f"{t}_pads", axis=0),
+                  _node("Pad", [last, f"{t}_pads"], f"{t}_padded"),
+                  _node("Conv", [f"{t}_padded", f"{t}_k"], f"{t}_y", kernel_shape=[1, 2])]
+        weights[f"{t}_k"] = _conv_w(rng, 4, 4, 1)[:, :, :, :1].repeat(2, axis=3) * 0.5
+        last = f"{t}_y"
+    nodes.append(_node("Relu", [last], "y"))
+    width = 13
+    for _ in range(blocks):
+        width = width + (-width) % 4 - 1
+    model = _model(nodes, {"x": [1, 4, 3, 13]}, {"y": [1, 4, 3, width]}, weights)
+    return ExporterGraph(model, {"x": _rand(rng, 1, 4, 3, 13)})
+
+
 BUILDERS: dict[str, Callable[[], ExporterGraph]] = {
+    "padded_window_chain": padded_window_chain,
     "paddle_reshape_chain": paddle_reshape_chain,
     "torch_flatten": torch_flatten,
     "shufflenet_split": lambda: shufflenet_unit("split"),
