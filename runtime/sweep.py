@@ -276,10 +276,19 @@ def _run_ray(ray, proto: onnx.ModelProto, grid: Grid, name: str, address: str | 
                 # Workers import npusim from wherever this process found it.
                 root = str(Path(__file__).resolve().parents[1])
                 path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-                ray.init(address="local",  # a fresh instance even if RAY_ADDRESS is set
-                         num_cpus=max(1, min(os.cpu_count() or 1, len(grid.configs))),
-                         include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
-                         **quiet)
+                local = dict(address="local",  # a fresh instance even if RAY_ADDRESS is set
+                             num_cpus=max(1, min(os.cpu_count() or 1, len(grid.configs))),
+                             include_dashboard=False,
+                             runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet)
+                try:
+                    ray.init(**local)
+                except Exception as exc:  # Ray raises a bare Exception for this
+                    # a local node can miss Ray's startup deadline on a loaded machine
+                    # (ray-project/ray#47087): try once more before giving up
+                    if "timed out during startup" not in str(exc):
+                        raise
+                    ray.shutdown()
+                    ray.init(**local)
         except ConnectionError as exc:
             raise SweepError(f"cannot connect to Ray at {address}: {exc}") from None
         started = True
