@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from compiler import CompileError, compile_full
+from compiler.shapes import seeded_inputs
 from runtime.reference import onnxruntime_session
 from runtime.session import Session
 
@@ -39,22 +40,6 @@ def recorded_shapes(folder: Path) -> dict[str, dict[str, tuple[int, ...]]]:
     return {Path(m["path"]).name: dict(zip(m["input_names"],
                                            (tuple(s) for s in m["input_shapes"]), strict=True))
             for m in models.values() if m.get("status") == "ok"}
-
-
-def feeds_for(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict:
-    """A seeded input per model input, at its fixed or given shape."""
-    rng = np.random.default_rng(0)
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        t = vi.type.tensor_type
-        shape = shapes.get(vi.name) or tuple(d.dim_value for d in t.shape.dim)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
-        feeds[vi.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" \
-            else np.zeros(shape, dtype)
-    return feeds
 
 
 def agreement(ref: list, got: list) -> float:
@@ -76,7 +61,7 @@ def agreement(ref: list, got: list) -> float:
 def measure(path: Path, shapes: dict[str, tuple[int, ...]], device: str) -> dict:
     model = onnx.load(str(path))
     given = {k: v for k, v in shapes.items() if k in {i.name for i in model.graph.input}}
-    feeds = feeds_for(model, given)
+    feeds = seeded_inputs(model, given)
     t0 = time.perf_counter()
     fp32 = compile_full(model, device, "fp32", input_shapes=given or None)
     compile_s = time.perf_counter() - t0

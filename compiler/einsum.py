@@ -17,6 +17,7 @@ import networkx as nx
 import numpy as np
 
 from compiler.ir import Node, Op, add_node, make_attrs, node
+from compiler.passes import rewire
 from compiler.vector_forms import NoForm, _move, strides_of
 
 
@@ -79,7 +80,7 @@ def einsum_as_matmul(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> bool
         attrs = make_attrs(batch=nb, m=m, k=k, n=cols_n, b_shared=False, relu=False)
         if order == out:
             new = Node(Op.NPU_MATMUL, n.shape, n.dtype, attrs, origin=n.origin, proto=n.proto)
-            _rewire(g, name, new, [lhs, rhs])
+            rewire(g, name, new, [lhs, rhs])
             return True
         prod = f"{name}.product"
         add_node(g, prod, Node(Op.NPU_MATMUL, tuple(dim[c] for c in order), n.dtype, attrs,
@@ -88,11 +89,5 @@ def einsum_as_matmul(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> bool
         move = _move(n, "Einsum", 0, n.shape, [st[order.index(c)] for c in out])
     except NoForm:
         return False
-    _rewire(g, name, move, [prod])
+    rewire(g, name, move, [prod])
     return True
-
-
-def _rewire(g: nx.DiGraph, name: str, new: Node, inputs: list[str]) -> None:
-    from compiler.passes import rewire
-
-    rewire(g, name, new, inputs)

@@ -96,6 +96,12 @@ def host_groups(g: nx.DiGraph, order: list[str] | None = None) -> list[HostGroup
     return groups
 
 
+def single(g: nx.DiGraph, name: str) -> HostGroup:
+    """Value ``name`` alone as a host group (constant folding runs ops one at a time)."""
+    ins = [s for s in dict.fromkeys(inputs_of(g, name)) if node(g, s).op != Op.CONST]
+    return HostGroup((name,), tuple(ins), (name,), (node(g, name).attr("onnx_op") or "",))
+
+
 def _value_info(name: str, n) -> onnx.ValueInfoProto:
     if n.dtype == NON_TENSOR:
         return helper.make_empty_tensor_value_info(name)

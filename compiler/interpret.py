@@ -17,8 +17,7 @@ import networkx as nx
 import numpy as np
 
 from compiler.errors import UnsupportedOpError
-from compiler.hostgroups import group_model, host_groups, run_order
-from compiler.hostops import host_model
+from compiler.hostgroups import group_model, host_groups, run_order, single
 from compiler.ir import Node, Op, inputs_of, node
 from compiler.placement import on_device, softmax_rows
 from simulator import kernels
@@ -218,8 +217,8 @@ def evaluate_node(g: nx.DiGraph, name: str, values: dict,
         return np.asarray(FOLD_OPS[n.op](n, args, ctx)).astype(n.dtype, copy=False)
     if n.op in DEVICE_OPS and on_device(g, name):
         return DEVICE_OPS[n.op](n, args, ctx)
-    model, fed = host_model(g, name)
-    return host_kernel(model)([args[i] for i in fed])
+    grp = single(g, name)
+    return host_kernel(group_model(g, grp)).run([values[i] for i in grp.inputs])[0]
 
 
 def evaluate(g: nx.DiGraph, inputs: dict[str, np.ndarray], ctx: Numerics = Numerics(),

@@ -161,8 +161,8 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
             _conv_transpose(g, name, n, srcs)
         elif n.op in (Op.GEMM, Op.MATMUL) and _dense_form(g, n, srcs):
             _dense(g, name, n, srcs)
-        elif n.op == Op.MATMUL and _activation_matmul(g, name, n, srcs):
-            pass
+        elif n.op == Op.MATMUL:
+            _activation_matmul(g, name, n, srcs)  # leaves any other MatMul to the host
         elif n.op == Op.ONNX and n.attr("onnx_op") == "Einsum":
             from compiler.einsum import einsum_as_matmul
 

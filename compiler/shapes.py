@@ -277,6 +277,23 @@ def data_dependent(proto: onnx.ModelProto,
     return reason
 
 
+def seeded_inputs(model: onnx.ModelProto,
+                  shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """One seeded input per graph input, at its static shape or the one in ``shapes``:
+    standard normal for floats, zeros otherwise."""
+    rng = np.random.default_rng(0)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        shape = (shapes or {}).get(vi.name) or static_dims(vi.type)
+        feeds[vi.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" \
+            else np.zeros(shape, dtype)
+    return feeds
+
+
 def _probe(model: onnx.ModelProto, names: list[str],
            types: dict[str, onnx.TypeProto]) -> dict[str, onnx.TypeProto]:
     """Measure the shapes of ``names`` with one onnxruntime run on inputs of the fixed shapes.
@@ -291,16 +308,7 @@ def _probe(model: onnx.ModelProto, names: list[str],
     for name in names:
         if name not in have:
             probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    rng = np.random.default_rng(0)
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        shape = static_dims(vi.type)
-        feeds[vi.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" \
-            else np.zeros(shape, dtype)
+    feeds = seeded_inputs(model)
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3

@@ -120,20 +120,26 @@ def paddle_reshape_chain(seed: int = 0) -> ExporterGraph:
 
 # ---- 2. torch legacy exporter: x.view(x.size(0), -1) -------------------------------------------
 
+def view_batch(src: str, out: str) -> list[onnx.NodeProto]:
+    """``x.view(x.size(0), -1)`` as torch's legacy exporter writes it:
+    Shape -> Gather(0) -> Unsqueeze -> Concat([-1]) -> Reshape."""
+    return [_node("Shape", [src], "shape"),
+            _const("zero", 0),
+            _node("Gather", ["shape", "zero"], "batch", axis=0),
+            _const("axes0", [0]),
+            _node("Unsqueeze", ["batch", "axes0"], "batch1"),
+            _const("minus1", [-1]),
+            _node("Concat", ["batch1", "minus1"], "target", axis=0),
+            _node("Reshape", [src, "target"], out)]
+
+
 def torch_flatten(seed: int = 0) -> ExporterGraph:
     """Conv -> Shape -> Gather(0) -> Unsqueeze -> Concat([-1]) -> Reshape -> Gemm."""
     rng = np.random.default_rng(seed)
     nodes = [_node("Conv", ["x", "w", "b"], "conv", kernel_shape=[3, 3], strides=[2, 2],
                    pads=[1, 1, 1, 1]),
              _node("Relu", ["conv"], "relu"),
-             _node("Shape", ["relu"], "shape"),
-             _const("zero", 0),
-             _node("Gather", ["shape", "zero"], "batch", axis=0),
-             _const("axes0", [0]),
-             _node("Unsqueeze", ["batch", "axes0"], "batch1"),
-             _const("minus1", [-1]),
-             _node("Concat", ["batch1", "minus1"], "target", axis=0),
-             _node("Reshape", ["relu", "target"], "flat"),
+             *view_batch("relu", "flat"),
              _node("Gemm", ["flat", "fw", "fb"], "y", transB=1)]
     weights = {"w": _conv_w(rng, 8, 3, 3), "b": _rand(rng, 8, scale=0.1),
                "fw": _rand(rng, 10, 512, scale=0.05), "fb": _rand(rng, 10, scale=0.1)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from exporter_graphs import ExporterGraph, _const, _conv_w, _model, _node, _rand
+from exporter_graphs import ExporterGraph, _conv_w, _model, _node, _rand, view_batch
 from onnx import TensorProto
 
 # ---- 13. detection tail with data-dependent shapes -------------------------------------------
@@ -70,14 +70,7 @@ def symbolic_batch(seed: int = 0) -> ExporterGraph:
                    pads=[1, 1, 1, 1]),
              _node("Relu", ["conv"], "relu"),
              _node("GlobalAveragePool", ["relu"], "gap"),
-             _node("Shape", ["gap"], "shape"),
-             _const("zero", 0),
-             _node("Gather", ["shape", "zero"], "batch", axis=0),
-             _const("axes0", [0]),
-             _node("Unsqueeze", ["batch", "axes0"], "batch1"),
-             _const("minus1", [-1]),
-             _node("Concat", ["batch1", "minus1"], "target", axis=0),
-             _node("Reshape", ["gap", "target"], "flat"),
+             *view_batch("gap", "flat"),
              _node("Gemm", ["flat", "fw", "fb"], "y", transB=1)]
     weights = {"w": _conv_w(rng, 8, 3, 3), "b": _rand(rng, 8, scale=0.1),
                "fw": _rand(rng, 10, 8, scale=0.35), "fb": _rand(rng, 10, scale=0.1)}
