@@ -14,7 +14,7 @@ import numpy as np
 
 from simulator import isa, kernels
 from simulator.config import DeviceConfig
-from simulator.host import host_kernel
+from simulator.host import HostKernel, HostOpError, host_kernel
 from simulator.kernels import ConvGeometry
 from simulator.numerics import BfpTensor, Rounding, unpack
 from simulator.program import Program, ProgramError, TensorDesc
@@ -53,12 +53,9 @@ class Device:
                 f"{program.target.fingerprint().hex()[:12]}), not for this device "
                 f"'{self.config.name}' ({self.config.numerics}, "
                 f"{self.config.fingerprint().hex()[:12]})")
-        size = sum(program.memory_map[r][1] for r in program.memory_map)
-        if size > self.config.dram_mib * 2**20:
-            raise ProgramError(f"program needs {size} bytes of DRAM; the device has "
-                               f"{self.config.dram_mib} MiB")
-        abase, asize = program.memory_map["activations"]
-        dram = np.zeros(abase + asize + 64, dtype=np.uint8)
+        program.check()  # a program built in memory gets the checks a loaded one had
+        end = max(base + size for base, size in program.memory_map.values())
+        dram = np.zeros(end + 64, dtype=np.uint8)
         wbase, wsize = program.memory_map["weights"]
         cbase, csize = program.memory_map["constants"]
         dram[wbase:wbase + wsize] = np.frombuffer(program.weights, np.uint8)
@@ -72,9 +69,22 @@ class Device:
                 weights[wbase + t.addr] = unpack(raw, t.shape, program.target.format(t.dtype))
         self.program, self._dram = program, dram
         self._weights = weights
-        self._host = [host_kernel(h.model) for h in program.host_ops]
+        self._host = [self._host_kernel(k, h) for k, h in enumerate(program.host_ops)]
         # the schedule depends only on the program and the device: price it once
         self.stats = schedule(program, self.config)
+
+    @staticmethod
+    def _host_kernel(k: int, h) -> HostKernel:
+        try:
+            kernel = host_kernel(h.model)
+        except HostOpError as exc:
+            raise ProgramError(f"host op {k} ({h.op}): {exc}") from None
+        ins, outs = kernel.session.get_inputs(), kernel.session.get_outputs()
+        if (len(ins), len(outs)) != (len(h.inputs), len(h.outputs)):
+            raise ProgramError(f"host op {k} ({h.op}): its model takes {len(ins)} inputs and "
+                               f"makes {len(outs)} outputs; the program gives "
+                               f"{len(h.inputs)} and expects {len(h.outputs)}")
+        return kernel
 
     # --- memory access ---
     def _check_range(self, addr: int, nbytes: int, what: str) -> None:
@@ -127,8 +137,9 @@ class Device:
         fmt = prog.target.format()
         rounding = Rounding(prog.metadata.get("rounding", "nearest_even"))
         self._host_mem: dict[str, object] = {}  # host-resident values, one run's worth
-        for i in prog.instructions:
-            self._execute(i, host_in, host_out, fmt, rounding)
+        with np.errstate(all="ignore"):  # fp32 arithmetic as the device's: inf and NaN
+            for i in prog.instructions:
+                self._execute(i, host_in, host_out, fmt, rounding)
         for t in prog.outputs:  # outputs the host computed never went to the device
             if t.name not in host_out and t.name in self._host_mem:
                 host_out[t.name] = self._host_mem[t.name]
@@ -148,8 +159,13 @@ class Device:
             for t, value in zip(h.outputs, self._host[i.index].run(args), strict=True):
                 if t.name in h.on_host:  # stays in host memory for a later host call
                     self._host_mem[t.name] = value
-                else:
-                    self._store(t.addr, value, np.dtype(t.dtype))
+                    continue
+                value = np.asarray(value)
+                if value.shape != t.shape or value.dtype.kind != np.dtype(t.dtype).kind:
+                    raise ExecutionError(f"host op '{h.op}' made '{t.name}' {value.dtype} "
+                                         f"{list(value.shape)}; the program expects "
+                                         f"{t.dtype} {list(t.shape)}")
+                self._store(t.addr, value, np.dtype(t.dtype))
         elif isinstance(i, isa.MvMul):
             self._mv_mul(i, fmt, rounding)
         elif isinstance(i, isa.MmMul):
@@ -205,12 +221,15 @@ class Device:
             x = self._f32(i.src, (i.outer, i.axis_len, i.inner))
             self._store(i.dst, kernels.gather(x, idx))
         elif isinstance(i, isa.VCopy):
-            src = self._dram[i.src:i.src + 4 * i.rows * i.src_stride].view(np.float32)
-            dst = self._dram[i.dst:i.dst + 4 * ((i.rows - 1) * i.dst_stride + i.row_len)]
-            dst = dst.view(np.float32)
-            dst_rows = np.lib.stride_tricks.as_strided(
-                dst, (i.rows, i.row_len), (4 * i.dst_stride, 4))
-            dst_rows[:] = src.reshape(i.rows, i.src_stride)[:, :i.row_len]
+            src = self._rows(i.src, i.rows, i.row_len, i.src_stride, "V_COPY source")
+            self._rows(i.dst, i.rows, i.row_len, i.dst_stride, "V_COPY destination")[:] = src
+
+    def _rows(self, addr: int, rows: int, row_len: int, stride: int, what: str) -> np.ndarray:
+        """``rows`` fp32 rows of ``row_len`` elements, ``stride`` elements apart: a view."""
+        span = 4 * ((rows - 1) * stride + row_len)
+        self._check_range(addr, span, what)
+        flat = self._dram[addr:addr + span].view(np.float32)
+        return np.lib.stride_tricks.as_strided(flat, (rows, row_len), (4 * stride, 4))
 
     def _alu(self, i: isa.VvAlu) -> None:
         if i.div < 1 or i.mod < 1 or i.length % (i.div * i.mod):

@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from simulator import program_schema as schema
 from simulator.config import ConfigError, DeviceConfig, _from_mapping
 from simulator.fileio import atomic_write
 from simulator.isa import INSTRUCTION_BYTES, EncodingError, FieldWidths, Instruction
+from simulator.program_check import CheckError, check_program
+from simulator.program_schema import SchemaError, parse
 
 MAGIC = b"NPUB"
 VERSION = (2, 0)
@@ -66,7 +69,8 @@ class TensorDesc:
 
     @classmethod
     def from_json(cls, d: dict) -> TensorDesc:
-        return cls(d["name"], tuple(d["shape"]), d["dtype"], d["addr"], d["nbytes"])
+        return cls(str(d["name"]), tuple(int(n) for n in d["shape"]), str(d["dtype"]),
+                   int(d["addr"]), int(d["nbytes"]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,14 +104,23 @@ def _host_bytes(ops: tuple[HostOp, ...]) -> bytes:
 
 
 def _host_ops(data: bytes) -> tuple[HostOp, ...]:
+    if len(data) < 8:
+        raise SchemaError("section HOST: shorter than its table's length field")
     (n,) = struct.unpack_from("<Q", data)
-    table = json.loads(data[8:8 + n])
-    base = 8 + n
-    return tuple(HostOp(t["name"], t["op"], data[base + t["model"][0]:
-                                                 base + t["model"][0] + t["model"][1]],
-                        tuple(TensorDesc.from_json(d) for d in t["inputs"]),
-                        tuple(TensorDesc.from_json(d) for d in t["outputs"]),
-                        tuple(str(n) for n in t["on_host"])) for t in table)
+    if n > len(data) - 8:
+        raise SchemaError(f"section HOST: table of {n} bytes runs past the section's end")
+    table = parse(data[8:8 + n], schema.HOST, "HOST")
+    base, size = 8 + n, len(data) - 8 - n
+    ops = []
+    for k, t in enumerate(table):
+        off, length = t["model"]
+        if off + length > size:
+            raise SchemaError(f"section HOST: the model of host op {k} runs past the end")
+        ops.append(HostOp(t["name"], t["op"], data[base + off:base + off + length],
+                          tuple(TensorDesc.from_json(d) for d in t["inputs"]),
+                          tuple(TensorDesc.from_json(d) for d in t["outputs"]),
+                          tuple(t["on_host"])))
+    return tuple(ops)
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,18 +170,7 @@ class Program:
         }
         if self.host_ops:
             sections[Section.HOST] = _host_bytes(self.host_ops)
-        offset = align(_HEADER.size + _ENTRY.size * len(sections))
-        table, payload = [], []
-        for kind, data in sections.items():
-            table.append(_ENTRY.pack(kind, 0, offset, len(data), hashlib.sha256(data).digest()))
-            pad = align(len(data)) - len(data)
-            payload.append(data + b"\0" * pad)
-            offset += len(data) + pad
-        table_bytes = b"".join(table)
-        fp = self.target.fingerprint()
-        crc = zlib.crc32(_HEADER.pack(MAGIC, *VERSION, len(sections), 0, 0, fp) + table_bytes)
-        head = _HEADER.pack(MAGIC, *VERSION, len(sections), 0, crc, fp) + table_bytes
-        return head + b"\0" * (align(len(head)) - len(head)) + b"".join(payload)
+        return pack_sections(sections, self.target.fingerprint())
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a failed save leaves no partial file behind."""
@@ -187,40 +189,12 @@ class Program:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "program") -> Program:
-        if data[:4] != MAGIC[:len(data)] or not data:
-            raise ProgramError(f"{where}: not an npusim program (bad magic)")
-        if len(data) < _HEADER.size:
-            raise ProgramError(f"{where}: truncated program (header cut short)")
-        _, major, minor, count, reserved, crc, fp = _HEADER.unpack_from(data)
-        if major != VERSION[0]:
-            raise ProgramError(f"{where}: program format version {major}.{minor} is not "
-                               f"supported (this build reads {VERSION[0]}.x)")
-        table_end = _HEADER.size + _ENTRY.size * count
-        if len(data) < table_end:
-            raise ProgramError(f"{where}: truncated program (section table cut short)")
-        # the CRC covers the header as stored (its own field zeroed) and the table
-        head = data[:12] + b"\0\0\0\0" + data[16:_HEADER.size]
-        if zlib.crc32(head + data[_HEADER.size:table_end]) != crc or reserved \
-                or any(data[48:_HEADER.size]):
-            raise ProgramError(f"{where}: corrupt program header (CRC mismatch)")
-        raw: dict[Section, bytes] = {}
-        for i in range(count):
-            kind, _, off, length, digest = _ENTRY.unpack_from(data, _HEADER.size + i * _ENTRY.size)
-            name = Section(kind).name if kind in Section._value2member_map_ else kind
-            if off + length > len(data):
-                raise ProgramError(f"{where}: truncated program (section {name} runs past the end)")
-            payload = data[off:off + length]
-            if hashlib.sha256(payload).digest() != digest:
-                raise ProgramError(f"{where}: corrupt program (section {name} checksum mismatch)")
-            if kind in Section._value2member_map_:
-                raw[Section(kind)] = payload
-        missing = [s.name for s in Section if s not in raw and s not in OPTIONAL_SECTIONS]
-        if missing:
-            raise ProgramError(f"{where}: program lacks section(s) {', '.join(missing)}")
+        fp, raw = unpack_sections(data, where)
         try:
-            target = _from_mapping({k: v for k, v in json.loads(raw[Section.DEVICE]).items()
-                                    if k != "name"}, json.loads(raw[Section.DEVICE])["name"])
-        except (ConfigError, ValueError, KeyError) as exc:
+            device = parse(raw[Section.DEVICE], schema.DEVICE, "DEVICE")
+            target = _from_mapping({k: v for k, v in device.items() if k != "name"},
+                                   device["name"])
+        except (SchemaError, ConfigError, TypeError) as exc:
             raise ProgramError(f"{where}: bad target description: {exc}") from None
         if target.fingerprint() != fp:
             raise ProgramError(f"{where}: target description does not match its fingerprint")
@@ -234,18 +208,83 @@ class Program:
         except EncodingError as exc:
             raise ProgramError(f"{where}: bad instruction: {exc}") from None
         try:
-            io = json.loads(raw[Section.IO])
-            meta = json.loads(raw[Section.METADATA])
-            layers = tuple(meta.pop("layers"))
-            mmap = {k: tuple(v) for k, v in meta.pop("memory_map").items()}
-            return cls(target, instrs, raw[Section.WEIGHTS], raw[Section.CONSTANTS],
-                       tuple(TensorDesc.from_json(t) for t in io["inputs"]),
-                       tuple(TensorDesc.from_json(t) for t in io["outputs"]),
-                       tuple(TensorDesc.from_json(t) for t in json.loads(raw[Section.TENSORS])),
-                       layers, mmap, meta,
-                       _host_ops(raw[Section.HOST]) if Section.HOST in raw else ())
-        except (ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
-            raise ProgramError(f"{where}: bad program description: {exc!r}") from None
+            io = parse(raw[Section.IO], schema.IO, "IO")
+            meta = parse(raw[Section.METADATA], schema.METADATA, "METADATA")
+            weight_tensors = parse(raw[Section.TENSORS], schema.TENSORS, "TENSORS")
+            host = _host_ops(raw[Section.HOST]) if Section.HOST in raw else ()
+        except SchemaError as exc:
+            raise ProgramError(f"{where}: {exc}") from None
+        layers = tuple(meta.pop("layers"))
+        mmap = {k: (int(v[0]), int(v[1])) for k, v in meta.pop("memory_map").items()}
+        prog = cls(target, instrs, raw[Section.WEIGHTS], raw[Section.CONSTANTS],
+                   tuple(TensorDesc.from_json(t) for t in io["inputs"]),
+                   tuple(TensorDesc.from_json(t) for t in io["outputs"]),
+                   tuple(TensorDesc.from_json(t) for t in weight_tensors),
+                   layers, mmap, meta, host)
+        prog.check(where)
+        return prog
+
+    def check(self, where: str = "program") -> None:
+        """Raise :class:`ProgramError` unless every part of the program fits the others
+        (:mod:`simulator.program_check`): what makes it safe to execute and to price."""
+        try:
+            check_program(self)
+        except CheckError as exc:
+            raise ProgramError(f"{where}: {exc}") from None
+
+
+def pack_sections(sections: dict[int, bytes], fingerprint: bytes) -> bytes:
+    """The container: header, section table (each payload's SHA-256), aligned payloads."""
+    offset = align(_HEADER.size + _ENTRY.size * len(sections))
+    table, payload = [], []
+    for kind, data in sections.items():
+        table.append(_ENTRY.pack(kind, 0, offset, len(data), hashlib.sha256(data).digest()))
+        pad = align(len(data)) - len(data)
+        payload.append(data + b"\0" * pad)
+        offset += len(data) + pad
+    table_bytes = b"".join(table)
+    crc = zlib.crc32(_HEADER.pack(MAGIC, *VERSION, len(sections), 0, 0, fingerprint)
+                     + table_bytes)
+    head = _HEADER.pack(MAGIC, *VERSION, len(sections), 0, crc, fingerprint) + table_bytes
+    return head + b"\0" * (align(len(head)) - len(head)) + b"".join(payload)
+
+
+def unpack_sections(data: bytes, where: str = "program") -> tuple[bytes, dict[Section, bytes]]:
+    """Inverse of :func:`pack_sections`, checking the magic, version, CRC and every
+    section's SHA-256: ``(target fingerprint, payload of each known section)``."""
+    if data[:4] != MAGIC[:len(data)] or not data:
+        raise ProgramError(f"{where}: not an npusim program (bad magic)")
+    if len(data) < _HEADER.size:
+        raise ProgramError(f"{where}: truncated program (header cut short)")
+    _, major, minor, count, reserved, crc, fp = _HEADER.unpack_from(data)
+    if major != VERSION[0]:
+        raise ProgramError(f"{where}: program format version {major}.{minor} is not "
+                           f"supported (this build reads {VERSION[0]}.x)")
+    table_end = _HEADER.size + _ENTRY.size * count
+    if len(data) < table_end:
+        raise ProgramError(f"{where}: truncated program (section table cut short)")
+    # the CRC covers the header as stored (its own field zeroed) and the table
+    head = data[:12] + b"\0\0\0\0" + data[16:_HEADER.size]
+    if zlib.crc32(head + data[_HEADER.size:table_end]) != crc or reserved \
+            or any(data[48:_HEADER.size]):
+        raise ProgramError(f"{where}: corrupt program header (CRC mismatch)")
+    raw: dict[Section, bytes] = {}
+    for i in range(count):
+        kind, _, off, length, digest = _ENTRY.unpack_from(data, _HEADER.size + i * _ENTRY.size)
+        name = Section(kind).name if kind in Section._value2member_map_ else kind
+        if off + length > len(data):
+            raise ProgramError(f"{where}: truncated program (section {name} runs past the end)")
+        payload = data[off:off + length]
+        if hashlib.sha256(payload).digest() != digest:
+            raise ProgramError(f"{where}: corrupt program (section {name} checksum mismatch)")
+        if kind in Section._value2member_map_:
+            if Section(kind) in raw:
+                raise ProgramError(f"{where}: section {name} appears twice")
+            raw[Section(kind)] = payload
+    missing = [s.name for s in Section if s not in raw and s not in OPTIONAL_SECTIONS]
+    if missing:
+        raise ProgramError(f"{where}: program lacks section(s) {', '.join(missing)}")
+    return fp, raw
 
 
 def align(n: int) -> int:

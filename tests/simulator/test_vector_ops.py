@@ -18,7 +18,7 @@ from simulator.config import load_device
 from simulator.device import Device, ExecutionError
 from simulator.kernels import ConvGeometry
 from simulator.numerics import pack, quantize
-from simulator.program import Program, TensorDesc
+from simulator.program import Program, ProgramError, TensorDesc
 
 F32 = np.float32
 TINY = load_device("tiny")
@@ -501,7 +501,7 @@ def test_device_vv_alu_broadcasts_by_div_and_mod(op, rev):
 def test_device_vv_alu_refuses_an_inconsistent_broadcast():
     bench = Bench()
     sa, dst = bench.put(np.ones(12, F32)), bench.out((12,))
-    with pytest.raises(ExecutionError, match="multiple"):
+    with pytest.raises(ProgramError, match="multiple"):
         bench.run(isa.VvAlu(sa, sa, dst, 12, isa.AluOp.ADD, 0, 5, 1))
 
 
@@ -580,7 +580,7 @@ def test_device_move_negative_strides_and_bounds():
     np.testing.assert_array_equal(y, view)
     bench = Bench()
     src, dst = bench.put(x), bench.out((8,))
-    with pytest.raises(ExecutionError, match="outside device DRAM"):
+    with pytest.raises(ProgramError, match="outside any memory region"):
         bench.run(isa.VMove(src, dst, 1, 1, 1, 1, 1, 8, 0, 0, 0, 0, 0, isa.to_u32(-4096)))
 
 
