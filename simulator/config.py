@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +23,11 @@ from pathlib import Path
 from simulator.numerics import FORMAT_NAMES, Format, get_format
 
 DEFAULT_DEVICE = "brainwave-s10"
+
+
+MAX_INT = 2**31 - 1
+MIN_FLOAT, MAX_FLOAT = 1e-6, 1e9
+"""Bounds of every field: far beyond any device, and every derived rate stays finite."""
 
 
 class ConfigError(ValueError):
@@ -67,14 +71,14 @@ class DeviceConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
-                                    or value <= 0):
-                raise ConfigError(f"device field '{f.name}' must be a positive integer, "
-                                  f"got {value!r}")
+                                    or not 0 < value <= MAX_INT):
+                raise ConfigError(f"device field '{f.name}' must be an integer in "
+                                  f"[1, {MAX_INT}], got {value!r}")
             if f.type == "float":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                        or not math.isfinite(value) or value <= 0:
-                    raise ConfigError(f"device field '{f.name}' must be a positive number, "
-                                      f"got {value!r}")
+                        or not MIN_FLOAT <= value <= MAX_FLOAT:
+                    raise ConfigError(f"device field '{f.name}' must be a number in "
+                                      f"[{MIN_FLOAT:g}, {MAX_FLOAT:g}], got {value!r}")
                 object.__setattr__(self, f.name, float(value))  # 100 and 100.0: one fingerprint
         if self.numerics not in FORMAT_NAMES:
             raise ConfigError(f"device field 'numerics': unknown format {self.numerics!r}")
