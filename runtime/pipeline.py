@@ -35,6 +35,7 @@ from simulator.program import Program
 
 if TYPE_CHECKING:
     from runtime.device import Device, DevicePool
+    from runtime.signing import PrivateKeyLike, PublicKeyLike
 
 __all__ = ["AcceleratorStage", "ModelDefinition", "PipelineError", "PipelineInputError",
            "Stage", "TensorSpec", "TensorflowStage", "check_feeds"]
@@ -474,18 +475,27 @@ class ModelDefinition:
                     for s in specs}
         return {"inputs": table(self.inputs), "outputs": table(self.outputs)}
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model as one package file (see :mod:`runtime.package`)."""
+    def save(self, path: str | Path, sign_key: PrivateKeyLike | None = None) -> Path:
+        """Write the model as one package file (see :mod:`runtime.package`).
+
+        ``sign_key``: an Ed25519 private key (PEM file path, PEM bytes or key object) to
+        sign the package with (see :mod:`runtime.signing`).
+        """
         from runtime.package import save_package
 
-        return save_package(self, path)
+        return save_package(self, path, sign_key=sign_key)
 
     @classmethod
-    def load(cls, path: str | Path) -> ModelDefinition:
-        """Read a package written by :meth:`save`."""
+    def load(cls, path: str | Path,
+             trust_keys: Iterable[PublicKeyLike] = ()) -> ModelDefinition:
+        """Read a package written by :meth:`save`.
+
+        ``trust_keys``: Ed25519 public keys (PEM file paths, PEM bytes or key objects);
+        when given, the package must be signed by one of them.
+        """
         from runtime.package import load_package
 
-        return load_package(path)
+        return load_package(path, trust_keys=trust_keys)
 
     def __repr__(self) -> str:
         return (f"ModelDefinition({self.name!r}, version={self.version}, "
