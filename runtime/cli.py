@@ -344,19 +344,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
+    from runtime.signing import key_id, load_private_key
     from runtime.tfstages import featurizer_pipeline
 
+    key = load_private_key(args.sign_key) if args.sign_key else None  # before the slow build
     model = featurizer_pipeline(args.model, args.device or "brainwave-s10", args.numerics,
                                 args.seed, args.classes, args.name)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(out)
+    model.save(out, sign_key=key)
     stages = " -> ".join(f"{s.name} ({s.kind})" for s in model.stages)
     cfg = model.device_config()
     size = out.stat().st_size
     size_text = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
     print(f"packaged {model.name} v{model.version} for {cfg.name} ({cfg.numerics}): {stages}; "
-          f"{size_text} -> {out}")
+          f"{size_text} -> {out}"
+          + (f" (signed by key {key_id(key.public_key())[:16]})" if key else ""))
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from runtime.signing import generate_keypair, key_id, load_public_key
+
+    private, public = generate_keypair(args.out)
+    print(f"key {key_id(load_public_key(public))[:16]}: sign with {private} (keep it secret), "
+          f"trust {public}")
     return 0
 
 
@@ -373,6 +385,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
+    import os
 
     from runtime.pipeline import import_tensorflow
     from runtime.serving import ServerConfig, read_api_key_file, serve
@@ -383,7 +396,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           tls_cert=args.tls_cert, tls_key=args.tls_key, api_keys=keys,
                           max_request_bytes=int(args.max_request_mb * 2**20),
                           max_batch=args.max_batch, metrics_port=args.metrics_port,
-                          workers=args.workers, grace=args.grace)
+                          max_image_pixels=args.max_image_pixels, max_queued=args.max_queued,
+                          workers=args.workers, grace=args.grace,
+                          trust_keys=tuple(args.trust_key or ()))
     config.validate()  # before the slow TensorFlow import
     import_tensorflow()
     logging.basicConfig(level=logging.INFO, format="npusim serve: %(levelname)s %(message)s")
@@ -396,7 +411,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"{config.devices} device(s){metrics})", flush=True)
 
     serve(config, on_ready=ready)
-    return 0
+    # stopped and logged: end now; the interpreter's teardown of TensorFlow (and of request
+    # threads a cancelled call left running) would take seconds more
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -504,7 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--classes", type=int, default=1000, help="classifier classes (default 1000)")
     pk.add_argument("--seed", type=int, default=0, help="seed of the model and head weights")
     pk.add_argument("--name", help="model name (default: the model's)")
+    pk.add_argument("--sign-key", metavar="KEY.pem",
+                    help="sign the package with this Ed25519 private key (npusim keygen)")
     pk.set_defaults(fn=cmd_package)
+
+    kg = sub.add_parser("keygen", help="create an Ed25519 key pair to sign packages with")
+    kg.add_argument("--out", default=".", metavar="DIR", help="where to write npusim-sign.pem "
+                    "(private, mode 0600) and npusim-sign.pub.pem (default: here)")
+    kg.set_defaults(fn=cmd_keygen)
 
     dv = sub.add_parser("device", help="device configurations: list presets, show one")
     dvsub = dv.add_subparsers(dest="device_command", required=True)
@@ -565,9 +592,19 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=16, help="largest batch (default 16)")
     sv.add_argument("--max-request-mb", type=float, default=16.0,
                     help="largest request in MiB (default 16)")
-    sv.add_argument("--workers", type=int, default=8, help="request threads (default 8)")
+    sv.add_argument("--max-image-pixels", type=int, default=40_000_000, metavar="N",
+                    help="largest image, in pixels as its header declares them, checked before "
+                    "it is decoded (default 40000000)")
+    sv.add_argument("--max-queued", type=int, default=64, metavar="N",
+                    help="Predict calls held at once, running or waiting; more are refused "
+                    "with RESOURCE_EXHAUSTED (default 64)")
+    sv.add_argument("--workers", type=int, default=8,
+                    help="Predict calls running the pipeline at once (default 8)")
     sv.add_argument("--grace", type=float, default=10.0,
                     help="seconds in-flight requests get on SIGINT/SIGTERM (default 10)")
+    sv.add_argument("--trust-key", action="append", metavar="PUB.pem",
+                    help="serve the package only if signed by this Ed25519 public key "
+                    "(repeatable: any of them)")
     sv.set_defaults(fn=cmd_serve)
 
     pr = sub.add_parser("predict", help="score images on a running `npusim serve`")

@@ -33,8 +33,11 @@ CANCELLED to calls it had received but not yet handed to a handler
 (grpc/grpc#41785), and Predict has no side effects, so sending it again is safe.
 DEADLINE_EXCEEDED is *not* retried: ``timeout`` is the caller's budget for an
 attempt, and a server too slow to answer in time only gets slower if every
-client sends its request again. INVALID_ARGUMENT, UNAUTHENTICATED and
-RESOURCE_EXHAUSTED would fail again identically."""
+client sends its request again. INVALID_ARGUMENT (a malformed request, an image over
+the server's pixel limit), NOT_FOUND (a model or version the server does not serve),
+UNAUTHENTICATED and RESOURCE_EXHAUSTED (a request over a size limit, or a server whose
+queue is full: retrying at once would only add to the load; the caller decides when to
+come back) are final."""
 
 
 class PredictionError(RuntimeError):

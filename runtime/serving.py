@@ -15,6 +15,18 @@ without downtime). Keys without TLS are refused at start: a key sent in
 plaintext is given away. The server listens on 127.0.0.1 unless told otherwise:
 exposing it on a network is a deliberate choice (``host="0.0.0.0"``).
 
+Limits: a request over ``max_request_bytes`` or with a batch over ``max_batch`` is
+refused with RESOURCE_EXHAUSTED, as is a Predict call when ``max_queued`` calls are
+already held (running or waiting for one of ``workers``); an image whose header
+declares more than ``max_image_pixels`` is refused with INVALID_ARGUMENT before it is
+decoded (:mod:`runtime.serving_service` checks every request field). A model name or
+version the server does not serve is NOT_FOUND, as in TF Serving.
+
+Life cycle: the health service answers NOT_SERVING until one warm-up inference has
+run through the pipeline, then SERVING. On stop (SIGINT or SIGTERM for :func:`serve`)
+it answers NOT_SERVING again, takes in the calls the transport had already received,
+closes the port and gives the calls it holds the rest of ``grace`` to finish.
+
 Metrics (Prometheus text format, plain HTTP, no key: bind it where only the
 scraper can reach it) are served on ``metrics_port`` from a registry of this
 server only:
@@ -27,7 +39,7 @@ server only:
 - ``npusim_device_utilization``: busy seconds over wall seconds since the start,
   per device (the mean over the pool);
 - ``npusim_device_simulated_seconds_total``, ``npusim_device_busy_seconds_total``,
-  ``npusim_device_runs_total``: from ``DevicePool.stats()``.
+  ``npusim_device_runs_total``: from ``DevicePool.stats()`` (the warm-up run included).
 
 Example:
     >>> from runtime.serving import PredictionServer, ServerConfig     # doctest: +SKIP
@@ -40,11 +52,10 @@ or ``npusim serve resnet50.zip --port 8500``.
 
 from __future__ import annotations
 
-import functools
-import hmac
 import logging
-import math
+import select
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -52,37 +63,36 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import start_http_server
 
-__all__ = ["PredictionServer", "RequestError", "ServerConfig", "ServingConfigError",
-           "read_api_key_file", "serve"]
+from runtime.imageheader import DEFAULT_MAX_PIXELS
+from runtime.serving_gate import Gate, Metrics
+from runtime.serving_service import (
+    SIGNATURE_NAME,
+    PredictionServicer,
+    RequestError,
+    one_line,
+    tf_apis,
+    warmup_feeds,
+)
+
+__all__ = ["SIGNATURE_NAME", "PredictionServer", "RequestError", "ServerConfig",
+           "ServingConfigError", "read_api_key_file", "serve"]
 
 log = logging.getLogger("npusim.serving")
 
 SERVICE_NAME = "tensorflow.serving.PredictionService"
-SIGNATURE_NAME = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
 MAX_KEYS = 2
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_SPARE_THREADS = 4  # beyond max_queued: health checks and metadata never wait for Predict
+_QUIET = 0.25  # seconds without a new call after which the transport has handed over all
+_MAX_DRAIN = 2.0  # ... or at most this long (or half the grace) under a steady stream of calls
 
 
 class ServingConfigError(ValueError):
     """A server configuration that cannot be started (the message names the problem)."""
-
-
-class RequestError(Exception):
-    """A request refused with a gRPC status code and a one-line message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = " ".join(message.split())
 
 
 @dataclass(frozen=True)
@@ -107,12 +117,22 @@ class ServerConfig:
     """Largest request message accepted (bigger ones: RESOURCE_EXHAUSTED)."""
     max_batch: int = 16
     """Largest batch (first dimension of an input) accepted (bigger: RESOURCE_EXHAUSTED)."""
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest image accepted, in pixels as its header declares them, checked before it is
+    decoded (bigger: INVALID_ARGUMENT); about 15 bytes of memory each while it is decoded."""
+    max_queued: int = 64
+    """Predict calls held at once, running or waiting for a worker (more: RESOURCE_EXHAUSTED
+    at once, so that a burst costs bounded memory and clients learn to back off)."""
     metrics_port: int | None = None
     """Prometheus HTTP port on ``host`` (None: no metrics endpoint; 0: a free one)."""
     workers: int = 8
-    """Threads handling requests; they queue for the devices of the pool."""
+    """Predict calls running the pipeline at once (they queue for the devices of the pool);
+    the other held calls wait for a turn."""
     grace: float = 10.0
-    """Seconds in-flight requests get to finish when ``serve`` is told to stop."""
+    """Seconds the calls already received get to finish when the server is told to stop."""
+    trust_keys: tuple[str | Path | bytes, ...] = ()
+    """Ed25519 public keys (PEM file paths or PEM bytes); when given, the package must be
+    signed by one of them (see :mod:`runtime.signing`)."""
 
     @property
     def tls(self) -> bool:
@@ -158,13 +178,21 @@ class ServerConfig:
             raise ServingConfigError(f"metrics port {self.metrics_port} is not in 0..65535")
         if self.metrics_port is not None and self.metrics_port and self.metrics_port == self.port:
             raise ServingConfigError("the metrics port must differ from the gRPC port")
-        for name in ("devices", "max_request_bytes", "max_batch", "workers"):
+        for name in ("devices", "max_request_bytes", "max_batch", "workers", "max_queued",
+                     "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ServingConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.grace < 0:
             raise ServingConfigError(f"grace must be >= 0 seconds, not {self.grace}")
         if package and not Path(self.package).is_file():
             raise ServingConfigError(f"package not found: {self.package}")
+        if self.trust_keys:
+            from runtime.signing import SigningError, load_trust_keys
+
+            try:
+                load_trust_keys(self.trust_keys)
+            except SigningError as exc:
+                raise ServingConfigError(str(exc)) from None
 
 
 def read_api_key_file(path: str | Path) -> tuple[str, ...]:
@@ -172,260 +200,6 @@ def read_api_key_file(path: str | Path) -> tuple[str, ...]:
     lines = Path(path).read_text().splitlines()
     return tuple(line.strip() for line in lines if line.strip() and not line.lstrip()
                  .startswith("#"))
-
-
-@functools.cache
-def _tf():
-    """TensorFlow and the TF Serving protos, imported on first use (a few seconds)."""
-    import tensorflow as tf
-    from tensorflow.core.protobuf import meta_graph_pb2
-    from tensorflow_serving.apis import (
-        get_model_metadata_pb2,
-        model_pb2,
-        predict_pb2,
-        prediction_service_pb2_grpc,
-    )
-
-    return SimpleNamespace(tf=tf, predict_pb2=predict_pb2, model_pb2=model_pb2,
-                           get_model_metadata_pb2=get_model_metadata_pb2,
-                           meta_graph_pb2=meta_graph_pb2,
-                           prediction_service_pb2_grpc=prediction_service_pb2_grpc)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-class _PredictionServicer:
-    """``tensorflow.serving.PredictionService`` over one ModelDefinition and a DevicePool."""
-
-    def __init__(self, model, pool, config: ServerConfig) -> None:
-        from runtime.pipeline import PipelineInputError
-
-        self.model, self.pool, self.config = model, pool, config
-        self._input_error = PipelineInputError
-        self._version = int(model.version)
-        self._output_names = [t.name for t in model.outputs]
-
-    # --- the PredictionService methods ---
-    def Predict(self, request, context):
-        a = _tf()
-        self._check_spec(request.model_spec)
-        if request.model_spec.signature_name not in ("", SIGNATURE_NAME):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"unknown signature '{request.model_spec.signature_name}'; "
-                               f"this model has '{SIGNATURE_NAME}'")
-        if not request.inputs:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "the request has no inputs")
-        feeds = {name: self._to_array(name, proto) for name, proto in request.inputs.items()}
-        wanted = list(request.output_filter) or self._output_names
-        unknown = [n for n in wanted if n not in self._output_names]
-        if unknown:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"unknown output '{unknown[0]}' in output_filter; the model "
-                               f"gives {', '.join(self._output_names)}")
-        try:
-            outputs = self.model.run(feeds, pool=self.pool)
-        except self._input_error as exc:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, _one_line(exc)) from None
-        response = a.predict_pb2.PredictResponse()
-        self._fill_spec(response.model_spec)
-        for name in wanted:
-            response.outputs[name].CopyFrom(a.tf.make_tensor_proto(outputs[name]))
-        return response
-
-    def GetModelMetadata(self, request, context):
-        a = _tf()
-        self._check_spec(request.model_spec)
-        fields = list(request.metadata_field)
-        if not fields:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "GetModelMetadataRequest must name at least one metadata_field "
-                               "('signature_def')")
-        bad = [f for f in fields if f != "signature_def"]
-        if bad:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"metadata field '{bad[0]}' is not supported; only "
-                               "'signature_def' is")
-        sig_map = a.get_model_metadata_pb2.SignatureDefMap()
-        sig_map.signature_def[SIGNATURE_NAME].CopyFrom(self._signature_def())
-        response = a.get_model_metadata_pb2.GetModelMetadataResponse()
-        self._fill_spec(response.model_spec)
-        response.metadata["signature_def"].Pack(sig_map)
-        return response
-
-    def _unimplemented(self, request, context):
-        raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
-                           "this server answers Predict and GetModelMetadata only")
-
-    Classify = Regress = MultiInference = _unimplemented
-
-    # --- helpers ---
-    def _check_spec(self, spec) -> None:
-        if spec.name and spec.name != self.model.name:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"unknown model '{spec.name}'; this server serves "
-                               f"'{self.model.name}'")
-        if spec.HasField("version") and spec.version.value != self._version:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"model '{self.model.name}' has no version {spec.version.value}; "
-                               f"it serves version {self._version}")
-        if spec.version_label:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"version labels are not supported (got '{spec.version_label}')")
-
-    def _fill_spec(self, spec) -> None:
-        spec.name = self.model.name
-        spec.version.value = self._version
-        spec.signature_name = SIGNATURE_NAME
-
-    def _to_array(self, name: str, proto):
-        """A request tensor as numpy, refusing what would decode to more than the limits."""
-        a = _tf()
-        if proto.tensor_shape.unknown_rank:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input '{name}' has an unknown rank")
-        dims = [d.size for d in proto.tensor_shape.dim]
-        if any(d < 0 for d in dims):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input '{name}' has a negative dimension {dims}")
-        if dims and dims[0] > self.config.max_batch:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"input '{name}' has a batch of {dims[0]}; this server takes at "
-                               f"most {self.config.max_batch}")
-        try:
-            dtype = a.tf.dtypes.as_dtype(proto.dtype)
-        except TypeError:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input '{name}' has an invalid dtype ({proto.dtype})") from None
-        # A TensorProto may hold one value and a huge shape: check the decoded size first
-        count = math.prod(dims)
-        size = count * (8 if dtype == a.tf.string else dtype.size)
-        if size > self.config.max_request_bytes:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"input '{name}' of shape {dims} would decode to {size} bytes; "
-                               f"the limit is {self.config.max_request_bytes}")
-        if dtype == a.tf.string and len(proto.string_val) != count:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input '{name}' has shape {dims} but {len(proto.string_val)} "
-                               "strings")
-        try:
-            return a.tf.make_ndarray(proto)
-        except Exception as exc:  # noqa: BLE001 - any malformed tensor is the client's error
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input '{name}' is not a valid {dtype.name} tensor of shape "
-                               f"{dims}: {_one_line(exc)}") from None
-
-    def _signature_def(self):
-        a = _tf()
-        sig = a.meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
-        for specs, target in ((self.model.inputs, sig.inputs), (self.model.outputs, sig.outputs)):
-            for spec in specs:
-                info = target[spec.name]
-                info.name = spec.name
-                info.dtype = a.tf.dtypes.as_dtype(spec.dtype).as_datatype_enum
-                if spec.shape is None:
-                    info.tensor_shape.unknown_rank = True
-                for d in spec.shape or ():
-                    info.tensor_shape.dim.add(size=-1 if d is None else int(d))
-        return sig
-
-
-class _Metrics:
-    """The Prometheus metrics of one server, in a registry of its own."""
-
-    def __init__(self, pool, devices: int) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("npusim_requests", "gRPC calls by method and status code",
-                                ["method", "code"], registry=self.registry)
-        self.latency = Histogram("npusim_request_latency_seconds", "gRPC call latency",
-                                 ["method"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.in_flight = Gauge("npusim_requests_in_flight", "gRPC calls being handled",
-                               registry=self.registry)
-        self.registry.register(_PoolCollector(pool, devices))
-
-    def record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.requests.labels(method, code.name).inc()
-        self.latency.labels(method).observe(seconds)
-
-
-class _PoolCollector:
-    """Reads ``DevicePool.stats()`` at each scrape."""
-
-    def __init__(self, pool, devices: int) -> None:
-        self.pool, self.devices = pool, devices
-        self.started = time.monotonic()
-
-    def collect(self):
-        s = self.pool.stats()
-        wall = max(time.monotonic() - self.started, 1e-9)
-        yield GaugeMetricFamily("npusim_devices", "simulated devices in the pool",
-                                value=self.devices)
-        yield GaugeMetricFamily("npusim_device_utilization",
-                                "busy seconds over wall seconds since the start, per device",
-                                value=s.busy_seconds / (wall * self.devices))
-        yield CounterMetricFamily("npusim_device_simulated_seconds",
-                                  "simulated accelerator time of all runs",
-                                  value=s.simulated_seconds)
-        yield CounterMetricFamily("npusim_device_busy_seconds",
-                                  "host seconds the devices spent running programs",
-                                  value=s.busy_seconds)
-        yield CounterMetricFamily("npusim_device_runs", "device program runs", value=s.runs)
-
-
-class _Gate(grpc.ServerInterceptor):
-    """Every unary call passes here: API key check, metrics, status codes, crash guard."""
-
-    def __init__(self, keys: tuple[bytes, ...], metrics: _Metrics) -> None:
-        self.keys, self.metrics = keys, metrics
-
-    def authorized(self, metadata) -> bool:
-        value = next((v for k, v in metadata if k == "authorization"), "")
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        scheme, _, token = value.strip().partition(" ")
-        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
-        ok = False
-        for key in self.keys:  # every key, no early exit: the time says nothing of which
-            ok |= hmac.compare_digest(key, presented)
-        return ok and bool(presented)
-
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # unknown method (UNIMPLEMENTED) or the health Watch stream
-        method = details.method.rsplit("/", 1)[-1]
-        public = details.method.startswith(_HEALTH_PREFIX)
-        inner = handler.unary_unary
-
-        def behavior(request, context):
-            start = time.perf_counter()
-            self.metrics.in_flight.inc()
-            code, message = grpc.StatusCode.OK, ""
-            try:
-                if self.keys and not public and not self.authorized(
-                        context.invocation_metadata()):
-                    raise RequestError(grpc.StatusCode.UNAUTHENTICATED,
-                                       "missing or invalid API key; send 'authorization: "
-                                       "Bearer <key>'")
-                response = inner(request, context)
-                code = context.code() or grpc.StatusCode.OK
-                return response
-            except RequestError as exc:
-                code, message = exc.code, exc.message
-            except Exception as exc:  # noqa: BLE001 - one bad request never takes the server
-                log.exception("%s failed", details.method)
-                code = grpc.StatusCode.INTERNAL
-                message = f"internal error ({type(exc).__name__}); see the server log"
-            finally:
-                self.metrics.in_flight.dec()
-                self.metrics.record(method, code, time.perf_counter() - start)
-            context.abort(code, message)
-
-        return grpc.unary_unary_rpc_method_handler(
-            behavior, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
 
 
 class PredictionServer:
@@ -440,11 +214,13 @@ class PredictionServer:
         self.config = config
         self.model = model
         self.pool = None
-        self.metrics: _Metrics | None = None
+        self.metrics: Metrics | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.Server | None = None
         self._health: health.HealthServicer | None = None
+        self._gate: Gate | None = None
+        self._servicer: PredictionServicer | None = None
         self._httpd = None
 
     @property
@@ -462,22 +238,30 @@ class PredictionServer:
         cfg = self.config
         if self.model is None:
             try:
-                self.model = ModelDefinition.load(cfg.package)
+                self.model = ModelDefinition.load(cfg.package, trust_keys=cfg.trust_keys)
             except PipelineError as exc:
-                raise ServingConfigError(_one_line(exc)) from None
-        a = _tf()
+                raise ServingConfigError(one_line(exc)) from None
+        a = tf_apis()
         self.pool = DevicePool(cfg.devices, self.model.device_config())
-        self.metrics = _Metrics(self.pool, cfg.devices)
+        self.metrics = Metrics(self.pool, cfg.devices)
+        self._gate = Gate(tuple(k.encode() for k in cfg.api_keys), self.metrics)
+        # a thread for every Predict call the server may hold, and a few for health checks and
+        # metadata: calls wait for a worker in PredictionServicer, not in the executor's queue
+        threads = cfg.max_queued + _SPARE_THREADS
         server = grpc.server(
-            futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="npusim-serve"),
-            interceptors=[_Gate(tuple(k.encode() for k in cfg.api_keys), self.metrics)],
+            futures.ThreadPoolExecutor(threads, thread_name_prefix="npusim-serve"),
+            interceptors=[self._gate],
             options=[("grpc.max_receive_message_length", cfg.max_request_bytes),
                      ("grpc.max_send_message_length", -1),
                      # a second server on a busy port must fail, not share it silently
-                     ("grpc.so_reuseport", 0)])
-        a.prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            _PredictionServicer(self.model, self.pool, cfg), server)
+                     ("grpc.so_reuseport", 0)],
+            # a flood of calls of any kind: gRPC refuses (RESOURCE_EXHAUSTED) beyond this
+            maximum_concurrent_rpcs=2 * threads)
+        self._servicer = PredictionServicer(self.model, self.pool, cfg)
+        a.prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self._servicer,
+                                                                              server)
         self._health = health.HealthServicer()
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)  # until warmed up
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         target = f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"
         try:
@@ -492,29 +276,85 @@ class PredictionServer:
         if not port:
             raise ServingConfigError(f"cannot listen on {target}: the address is in use or "
                                      "not available here")
-        if cfg.metrics_port is not None:
-            try:
-                self._httpd, _ = start_http_server(cfg.metrics_port, cfg.host,
-                                                   registry=self.metrics.registry)
-            except OSError as exc:
-                server.stop(None)
-                raise ServingConfigError(f"cannot serve metrics on {cfg.host}:"
-                                         f"{cfg.metrics_port}: {exc.strerror or exc}") from None
-            self.metrics_port = self._httpd.server_address[1]
         server.start()
         self._server, self.port = server, port
-        for service in ("", SERVICE_NAME):
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        try:  # whatever goes wrong from here (a signal, too), nothing is left running
+            if cfg.metrics_port is not None:
+                try:
+                    self._httpd, _ = start_http_server(cfg.metrics_port, cfg.host,
+                                                       registry=self.metrics.registry)
+                except OSError as exc:
+                    raise ServingConfigError(
+                        f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: "
+                        f"{exc.strerror or exc}") from None
+                self.metrics_port = self._httpd.server_address[1]
+            self._warm_up()
+        except BaseException:
+            self.stop(None)
+            raise
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.debug("serving %s version %s on %s", self.model.name, self.model.version,
-                 self.address)
+                  self.address)
         return self
 
-    def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace``."""
-        if self._server is None:
+    def _set_health(self, status) -> None:
+        for service in ("", SERVICE_NAME):
+            self._health.set(service, status)
+
+    def _warm_up(self) -> None:
+        """One inference through the pipeline before the server reports SERVING, so that the
+        first request does not pay for TensorFlow's tracing and the device program load."""
+        from runtime.pipeline import PipelineInputError
+
+        t0 = time.perf_counter()
+        try:
+            self.model.run(warmup_feeds(self.model), pool=self.pool)
+        except PipelineInputError as exc:  # inputs a synthetic image does not fit: no harm
+            log.warning("warm-up inference skipped: %s", one_line(exc))
             return
+        except Exception as exc:  # noqa: BLE001 - a model that cannot run is not served
+            raise ServingConfigError(f"the warm-up inference failed: {one_line(exc)}") from None
+        log.info("warm-up inference: %.2f s", time.perf_counter() - t0)
+
+    def stop(self, grace: float | None = None, abort: threading.Event | None = None) -> None:
+        """Stop, giving the calls already received up to ``grace`` seconds to finish.
+
+        Health reports NOT_SERVING at once. gRPC's shutdown would cancel the calls its
+        transport has received but not yet handed over (a busy server has a backlog of
+        them), so the server first keeps taking calls, starting no new run meanwhile,
+        until none has arrived for a quarter of a second (at most two seconds, or half the
+        grace, under a steady stream of calls); then it closes the port and the calls it
+        holds, running or waiting for a worker, get the rest of the grace before gRPC
+        cancels them.
+        ``grace`` None or 0 cancels everything now; ``abort`` set (a second signal) cuts
+        the grace short.
+        """
+        server = self._server
+        if server is None:
+            return
+        t0 = time.monotonic()
         self._health.enter_graceful_shutdown()
-        self._server.stop(grace).wait()
+        remaining = None
+        if grace:
+            # no new run starts meanwhile: runs holding the GIL would starve gRPC's polling
+            # thread, which hands the backlog over one call at a time
+            drain = min(grace / 2, _MAX_DRAIN)
+            self._servicer.pause(True)
+            while (time.monotonic() - t0 < drain and self._gate.quiet_for() < _QUIET
+                   and not (abort is not None and abort.is_set())):
+                time.sleep(0.02)
+            self._servicer.pause(False)
+            log.debug("took in calls for %.2f s before closing", time.monotonic() - t0)
+            remaining = max(t0 + grace - time.monotonic(), 0.0)
+        done = server.stop(remaining)
+        patience = time.monotonic() + (remaining or 0.0) + 1.0
+        while not done.wait(0.05):
+            if abort is not None and abort.is_set() and remaining:
+                remaining = None
+                server.stop(None)  # cancels every call now; returns once they are gone
+            if time.monotonic() > patience:  # handlers still busy after their calls ended
+                log.warning("stopped waiting for calls still running after the grace period")
+                break
         self._server = None
         if self._httpd is not None:
             self._httpd.shutdown()
@@ -535,19 +375,90 @@ class PredictionServer:
         self.stop(self.config.grace)
 
 
-def serve(config: ServerConfig,
-          on_ready: Callable[[PredictionServer], None] | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully within ``config.grace``."""
-    server = PredictionServer(config).start()
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        if on_ready is not None:
-            on_ready(server)
-        stop.wait()
-        log.info("stopping: finishing in-flight requests (up to %.1f s)", config.grace)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        server.stop(config.grace)
+class _Interrupted(BaseException):
+    """A stop signal that arrived while the server was starting."""
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM as two events (the first signal, and any after it), whichever
+    thread the kernel delivers them to.
+
+    Python runs signal handlers on the main thread only, between bytecodes: a main thread
+    parked in an untimed wait never gets to run one when the signal lands on one of the
+    server's other threads (gRPC's, TensorFlow's). The C-level handler does run on the
+    thread that received the signal and writes the signal number to the wakeup fd; the
+    main thread sleeps in ``select`` on it, so it wakes at once and runs the handler. (Blocking
+    the signals and ``sigwait`` on the main thread would not do: a signal sent to one
+    other thread with ``tgkill`` stays pending on that thread forever.) The ``select`` has a
+    timeout as a second line of defence.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> _StopSignals:
+        self.first, self.again = threading.Event(), threading.Event()
+        self.name = ""
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    starting = False
+    """While set, a signal interrupts the start-up (which can take many seconds)."""
+
+    def _handle(self, signum: int, frame) -> None:
+        (self.again if self.first.is_set() else self.first).set()
+        self.name = self.name or signal.Signals(signum).name
+        if self.starting:
+            raise _Interrupted(self.name)
+
+    def wait(self) -> None:
+        """Return once a signal has arrived."""
+        while not self.first.is_set():
+            select.select([self._read], [], [], 0.5)
+            try:
+                self._read.recv(4096)
+            except BlockingIOError:
+                pass
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._read.close()
+        self._write.close()
+
+
+def serve(config: ServerConfig, on_ready: Callable[[PredictionServer], None] | None = None,
+          model=None) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully within ``config.grace``.
+
+    Runs on the main thread (it handles the signals); a signal sent to any thread of the
+    process counts. A second signal during the shutdown cancels what still runs.
+    ``model`` is an already loaded ``ModelDefinition`` (default: load ``config.package``).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("serve() handles SIGINT and SIGTERM and must run on the main "
+                           "thread; use PredictionServer elsewhere")
+    with _StopSignals() as signals:
+        server = PredictionServer(config, model)
+        try:
+            signals.starting = True
+            server.start()
+            signals.starting = False
+        except _Interrupted:
+            signals.starting = False
+            server.stop(None)
+            log.info("%s during the start-up: not serving", signals.name)
+            return
+        try:
+            if on_ready is not None:
+                on_ready(server)
+            signals.wait()
+            log.info("%s: stopping; the calls already received get up to %.1f s", signals.name,
+                     config.grace)
+        finally:
+            server.stop(config.grace, abort=signals.again)
+    log.info("stopped")

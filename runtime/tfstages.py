@@ -18,11 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.imageheader import DEFAULT_MAX_PIXELS, ImageHeaderError, check_image
 from runtime.pipeline import (
     AcceleratorStage,
     ModelDefinition,
     PipelineError,
+    PipelineInputError,
     TensorflowStage,
+    check_feeds,
     import_tensorflow,
 )
 from simulator.config import DeviceConfig
@@ -34,15 +37,34 @@ CHANNEL_MEANS = (123.68, 116.779, 103.939)
 """ImageNet channel means (R, G, B) the featurizers were trained with."""
 
 
-def preprocess_stage(size: int = 224, resize: int = 256,
-                     name: str = "preprocess") -> TensorflowStage:
+class _DecodeStage(TensorflowStage):
+    """The preprocessing stage, refusing an image whose header declares more than
+    ``max_pixels`` before TensorFlow decodes it (a package saves the TensorFlow function
+    only: ``npusim serve`` checks with its own ``--max-image-pixels``)."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def run(self, feeds: dict[str, np.ndarray], pool=None) -> dict[str, np.ndarray]:
+        arrays = check_feeds(self.inputs, feeds, f"stage '{self.name}'")
+        for i, data in enumerate(arrays["images"].flat):
+            try:
+                check_image(data, self.max_pixels)
+            except ImageHeaderError as exc:
+                raise PipelineInputError(f"stage '{self.name}': cannot process input 'images': "
+                                         f"item {i}: {exc}") from None
+        return super().run(arrays, pool)
+
+
+def preprocess_stage(size: int = 224, resize: int = 256, name: str = "preprocess",
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> TensorflowStage:
     """Decode a batch of images into the featurizer's NCHW, mean-subtracted BGR input.
 
     Input ``images`` (string, ``[N]``: raw JPEG/PNG/GIF/BMP bytes); per image: decode to
     RGB, resize bilinearly so that the shortest side is ``resize`` (the longer side
     rounded to the nearest pixel, aspect kept), crop the centre ``size`` x ``size``,
     subtract :data:`CHANNEL_MEANS`, reverse the channels to BGR and lay out as CHW.
-    Output ``images`` (float32, ``[N, 3, size, size]``).
+    Output ``images`` (float32, ``[N, 3, size, size]``). An image whose header declares
+    more than ``max_pixels`` pixels (see :mod:`runtime.imageheader`) is refused undecoded.
     """
     if not (isinstance(size, int) and isinstance(resize, int) and 0 < size <= resize):
         raise PipelineError(f"preprocessing needs 0 < size <= resize, got size={size!r}, "
@@ -66,7 +88,9 @@ def preprocess_stage(size: int = 224, resize: int = 256,
         return tf.map_fn(one, images,
                          fn_output_signature=tf.TensorSpec([3, size, size], tf.float32))
 
-    return TensorflowStage.from_function(preprocess, name, ["images"])
+    stage = _DecodeStage.from_function(preprocess, name, ["images"])
+    stage.max_pixels = max_pixels
+    return stage
 
 
 def classifier_weights(features: int, classes: int = 1000,

@@ -17,6 +17,8 @@ from serving_helpers import (
     CLASSES,
     KEYS,
     client_for,
+    gif_claiming,
+    png_claiming,
     requests_total,
     scrape,
     start_server,
@@ -119,12 +121,116 @@ def test_bad_request_gets_the_right_code(server, pkg, index):
     assert word.lower() in err.details.lower(), (what, err)
 
 
-def test_unknown_model_name_and_version(server, pkg):
-    with client_for(server, pkg, model_name="resnet152") as client:
+def test_unknown_model_name_and_version_are_not_found(server, pkg):
+    # NOT_FOUND as in TF Serving (stock clients treat it as final: no retry)
+    with client_for(server, pkg, model_name="resnet152", retries=5, backoff=5.0) as client:
+        t0 = time.monotonic()
         err = _code(lambda: client.score_image(pkg.images[0]))
-        assert err.code == BAD.INVALID_ARGUMENT and "resnet152" in err.details
+        assert err.code == BAD.NOT_FOUND and "resnet152" in err.details
         err = _code(client.metadata)
-        assert err.code == BAD.INVALID_ARGUMENT
+        assert err.code == BAD.NOT_FOUND and "resnet152" in err.details
+        assert time.monotonic() - t0 < 2.0  # not retried
+    with client_for(server, pkg) as client:
+        for rpc, request in ((client._stub.Predict, _predict_request(pkg.images[0])),
+                             (client._stub.GetModelMetadata, _metadata_request())):
+            request.model_spec.name = "tiny"
+            request.model_spec.version.value = 7
+            with pytest.raises(grpc.RpcError) as info:
+                rpc(request, timeout=10)
+            assert info.value.code() == BAD.NOT_FOUND and "version 7" in info.value.details()
+
+
+def _predict_request(*images: bytes):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.array(images, dtype=object)))
+    return request
+
+
+def test_image_over_the_pixel_limit_is_refused_undecoded(server, pkg):
+    bomb = png_claiming(10000, 10000)  # 69 bytes declaring 10^8 pixels
+    runs = scrape(server)[("npusim_device_runs_total", ())]
+    with client_for(server, pkg, retries=5, backoff=5.0) as client:
+        for data in (bomb, gif_claiming(9000, 5000)):
+            err = _code(lambda d=data: client.score_image(d))
+            assert err.code == BAD.INVALID_ARGUMENT, err
+            assert "pixels" in err.details and "40000000" in err.details, err
+        assert "10000x10000" in _code(lambda: client.score_image(bomb)).details
+        # a batch is refused as a whole when one of its images is over the limit
+        err = _code(lambda: client.score_numpy_array(np.array([pkg.images[0], bomb],
+                                                              dtype=object)))
+        assert err.code == BAD.INVALID_ARGUMENT and "item 1" in err.details
+    # the pipeline never ran: nothing was decoded
+    assert scrape(server)[("npusim_device_runs_total", ())] == runs
+
+
+def _hostile_requests(pkg):
+    """(what, request, expected code, a word of the message) for hand-forged PredictRequests."""
+    from tensorflow.core.framework import types_pb2
+
+    image = pkg.images[0]
+    cases = []
+
+    def case(what, code, word, edit):
+        request = _predict_request(image)
+        edit(request, request.inputs["images"])
+        cases.append((what, request, code, word))
+
+    def dims(*sizes):
+        def edit(r, t):
+            del t.tensor_shape.dim[:]
+            for size in sizes:
+                t.tensor_shape.dim.add(size=size)
+        return edit
+
+    inv = BAD.INVALID_ARGUMENT
+    case("negative dimension", inv, "shape", dims(-1))
+    case("huge dimension", BAD.RESOURCE_EXHAUSTED, "batch", dims(2**62))
+    case("huge rank", inv, "shape", dims(*[1] * 300))
+    case("unknown rank", inv, "rank", lambda r, t: setattr(t.tensor_shape, "unknown_rank", True))
+    case("more strings than the shape", inv, "strings", lambda r, t: t.string_val.append(image))
+    case("fewer strings than the shape", inv, "strings", dims(3))
+    case("no dtype", inv, "dtype", lambda r, t: setattr(t, "dtype", 0))
+    case("unknown dtype", inv, "dtype", lambda r, t: setattr(t, "dtype", 999))
+    case("resource dtype", inv, "dtype", lambda r, t: setattr(t, "dtype", types_pb2.DT_RESOURCE))
+    case("reference dtype", inv, "dtype", lambda r, t: setattr(t, "dtype", types_pb2.DT_STRING_REF))
+    case("strings in tensor_content", inv, "tensor_content",
+         lambda r, t: setattr(t, "tensor_content", b"\0" * 8))
+    case("floats in a string tensor", inv, "float_val", lambda r, t: t.float_val.append(1.0))
+    case("empty image", inv, "not an image", lambda r, t: t.string_val.__setitem__(0, b""))
+    case("truncated PNG header", inv, "truncated",
+         lambda r, t: t.string_val.__setitem__(0, pkg.images[1][:20]))
+    case("second unknown input", inv, "unknown input",
+         lambda r, t: r.inputs["x" * 10000].CopyFrom(t))
+    case("unknown output", inv, "output_filter", lambda r, t: r.output_filter.append("probs"))
+    case("output named twice", inv, "twice", lambda r, t: r.output_filter.extend(
+        ["output_alias", "output_alias"]))
+    case("unknown signature", inv, "signature",
+         lambda r, t: setattr(r.model_spec, "signature_name", "classify"))
+    case("version label", inv, "label",
+         lambda r, t: setattr(r.model_spec, "version_label", "stable"))
+    case("no inputs", inv, "no inputs", lambda r, t: r.inputs.clear())
+    return cases
+
+
+def test_hostile_request_fields_are_refused_by_name(server, pkg):
+    with client_for(server, pkg) as client:
+        for what, request, code, word in _hostile_requests(pkg):
+            with pytest.raises(grpc.RpcError) as info:
+                client._stub.Predict(request, timeout=10)
+            details = info.value.details()
+            assert info.value.code() == code, (what, details)
+            assert word in details and "\n" not in details and len(details) < 1100, (what, details)
+        # bytes that are no PredictRequest at all: INVALID_ARGUMENT, not gRPC's INTERNAL
+        raw = client._channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        for junk in (b"\xff" * 20, b"\x0a\x05\x0a\x03\xff\xfe\xfd"):
+            with pytest.raises(grpc.RpcError) as info:
+                raw(junk, timeout=10)
+            assert info.value.code() == BAD.INVALID_ARGUMENT, info.value.details()
+        # and the server still answers
+        assert np.array_equal(client.score_image(pkg.images[0]), pkg.expected[0])
 
 
 def test_good_requests_succeed_alongside_bad_ones(server, pkg):
@@ -225,12 +331,12 @@ def test_metrics_count_what_happened(pkg):
     assert requests_total(m, "GetModelMetadata", "OK") == 1
     assert m[("npusim_request_latency_seconds_count", (("method", "Predict"),))] == 6
     assert m[("npusim_requests_in_flight", ())] == 0
-    assert m[("npusim_device_runs_total", ())] == 3
+    assert m[("npusim_device_runs_total", ())] == 3 + 1  # and the warm-up run
     session = Session(pkg.model.stages[1].program)
     x = np.zeros((1, 3, 224, 224), np.float32)
     session.run(None, {"images": x})
     assert m[("npusim_device_simulated_seconds_total", ())] == pytest.approx(
-        3 * session.last_stats.latency_us * 1e-6)
+        4 * session.last_stats.latency_us * 1e-6)
     assert 0 < m[("npusim_device_utilization", ())] < 1
     assert m[("npusim_devices", ())] == 2
 
