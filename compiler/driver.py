@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import networkx as nx
 import numpy as np
 import onnx
 
+from compiler.errors import CompileError
 from compiler.frontend import to_graph
-from compiler.ir import Op, inputs_of, node, topo_order
+from compiler.ir import NON_TENSOR, Op, inputs_of, node, topo_order
 from compiler.lower import lower
 from compiler.options import CompileOptions
 from compiler.pipeline import run_passes
@@ -48,11 +50,29 @@ def compile_full(model: str | Path | onnx.ModelProto | bytes,
     """Like :func:`compile_model`, also returning the optimized graph."""
     opts = CompileOptions.make(device, numerics, rounding, seed, strict)
     source = to_graph(model, input_shapes)
+    check_sizes(source, opts)
     graph = run_passes(source, opts)
     program = lower(graph, opts, _model_name(model))
     program.metadata["placement"] = node_report(source, program.metadata["placement"])
     program.metadata["summary"] = summary(program, graph)
     return Compiled(program, graph, opts)
+
+
+def check_sizes(g: nx.DiGraph, opts: CompileOptions) -> None:
+    """Refuse a value larger than the target's DRAM, on the device or on the host: the
+    program moves its values over the host link, and a model must not make the host
+    allocate what no device it targets could hold."""
+    dram = opts.device.dram_mib * 2**20
+    for v in g.nodes:
+        n = node(g, v)
+        if min(n.shape, default=0) < 0 or n.dtype == NON_TENSOR:
+            continue
+        size = math.prod(n.shape) * np.dtype(n.dtype).itemsize
+        if size > dram:
+            where = f" (node '{n.origin[0]}')" if n.origin else ""
+            raise CompileError(f"value '{v}'{where} of shape {list(n.shape)} needs {size} "
+                               f"bytes, more than the {opts.device.dram_mib} MiB of DRAM of "
+                               f"{opts.device.name}")
 
 
 def _host_macs(g: nx.DiGraph, v: str) -> int:

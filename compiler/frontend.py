@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import networkx as nx
@@ -10,46 +11,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compiler.errors import CompileError, UnsupportedOpError
+from compiler.errors import CompileError, UnsupportedOpError, one_line
 from compiler.ir import NON_TENSOR, ONNX_OPS, Node, Op, add_node, make_attrs, verify
+from compiler.model_check import MAX_ELEMENTS, attr_value, check_model, np_dtype, parse
+from compiler.node_checks import check_node
 from compiler.shapes import data_dependent, resolve_shapes
+from simulator.program_schema import MAX_RANK
 
 
 def load_onnx(model: str | Path | onnx.ModelProto | bytes) -> onnx.ModelProto:
-    """Load and check a model; a file that is not valid ONNX raises :class:`CompileError`."""
-    if isinstance(model, onnx.ModelProto):
-        proto = model
-    else:
-        try:
-            proto = onnx.load_model_from_string(model) if isinstance(model, bytes) \
-                else onnx.load(str(model))
-        except FileNotFoundError:
-            raise CompileError(f"model file not found: {model}") from None
-        except Exception as exc:  # protobuf raises several unrelated types
-            raise CompileError(f"malformed ONNX file {model}: {_first_line(exc)}") from None
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        raise CompileError(f"invalid ONNX model: {_first_line(exc)}") from None
-    if not proto.graph.node:
-        raise CompileError("invalid ONNX model: the graph has no nodes")
+    """Load and check a model; one that is not valid ONNX raises :class:`CompileError`."""
+    proto = parse(model)
+    check_model(proto)
     return proto
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-def _attr_value(attr: onnx.AttributeProto):
-    value = onnx.helper.get_attribute_value(attr)
-    if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return tuple(v.decode() if isinstance(v, bytes) else v for v in value)
-    return value
 
 
 def _constant_value(attrs: dict) -> np.ndarray | None:
@@ -67,23 +41,13 @@ SLOTTED = (Op.RESIZE, Op.CLIP)
 says which ONNX input each IR input is."""
 
 
-def _np_dtype(elem: int) -> str:
-    try:
-        return onnx.helper.tensor_dtype_to_np_dtype(elem).name
-    except (KeyError, RuntimeError, TypeError):  # bfloat16, float8, int4, ...: numpy has none
-        name = onnx.TensorProto.DataType.Name(elem) \
-            if elem in onnx.TensorProto.DataType.values() else str(elem)
-        raise CompileError(f"unsupported data type {name}: npusim handles the types numpy "
-                           "has") from None
-
-
 def _value_type(tp: onnx.TypeProto | None) -> tuple[tuple[int, ...], str]:
     """``(shape, dtype)`` of a value; unknown dimensions are ``-1``, a value that is not a
     tensor (a sequence or map) has dtype ``object``."""
     if tp is None or tp.WhichOneof("value") != "tensor_type":
         return (-1,), NON_TENSOR
     t = tp.tensor_type
-    dtype = _np_dtype(t.elem_type) if t.elem_type else NON_TENSOR
+    dtype = np_dtype(t.elem_type).name if t.elem_type else NON_TENSOR
     if not t.HasField("shape"):
         return (-1,), dtype
     return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else -1
@@ -96,7 +60,10 @@ def _split(g: nx.MultiDiGraph, n: onnx.NodeProto, label: str, attrs: dict,
     device can do); returns False if the sizes are not constants."""
     axis = attrs.get("axis", 0)
     axis = axis + len(shape) if axis < 0 else axis
-    if not 0 <= axis < len(shape) or shape[axis] < 0:
+    if not 0 <= axis < len(shape):
+        raise CompileError(f"Split node '{label}': attribute axis is {attrs.get('axis', 0)}, "
+                           f"out of range for rank {len(shape)}")
+    if shape[axis] < 0:
         return False
     outs = list(n.output)
     if len(n.input) > 1 and n.input[1]:
@@ -108,6 +75,8 @@ def _split(g: nx.MultiDiGraph, n: onnx.NodeProto, label: str, attrs: dict,
         sizes = [int(v) for v in attrs["split"]]
     else:
         parts = attrs.get("num_outputs", len(outs))
+        if parts < 1:
+            raise CompileError(f"Split node '{label}': it splits into {parts} outputs")
         step = -(-shape[axis] // parts)
         sizes = [min(step, shape[axis] - k * step) for k in range(parts)]
     if len(sizes) != len(outs) or sum(sizes) != shape[axis] or min(sizes) < 0:
@@ -167,7 +136,7 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes,
         try:
             arr = numpy_helper.to_array(t)
         except Exception as exc:  # raw data of the wrong size, unknown data type, ...
-            raise CompileError(f"bad initializer '{name}': {_first_line(exc)}") from None
+            raise CompileError(f"bad initializer '{name}': {one_line(exc)}") from None
         add_node(g, name, Node(Op.CONST, tuple(arr.shape), str(arr.dtype), value=arr))
     for vi in gp.input:
         if vi.name in inits:
@@ -182,7 +151,7 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes,
     wanted = {i for n in gp.node for i in n.input} | set(g.graph["outputs"])
     for n in gp.node:
         label = n.name or n.output[0]
-        attrs = {a.name: _attr_value(a) for a in n.attribute}
+        attrs = {a.name: attr_value(a, label) for a in n.attribute}
         if n.op_type == "Softmax":  # its meaning changed in opset 13
             attrs.setdefault("axis", 1 if opset < 13 else -1)
             attrs["opset"] = opset
@@ -210,6 +179,9 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes,
         missing = [i for i in inputs if i and i not in g]
         if missing:
             raise CompileError(f"node '{label}' reads '{missing[0]}', which nothing produces")
+        if n.domain in ("", "ai.onnx"):
+            check_node(n.op_type, label, attrs,
+                       [g.nodes[i]["node"] if i in g else None for i in n.input], opset)
         used = [k for k, o in enumerate(n.output) if o and o in wanted]
         out = n.output[0] or f"{label}:0"
         shape, dtype = _value_type(types.get(out))
@@ -244,5 +216,14 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes,
                 extra["data_dependent"] = dynamic[o]
             add_node(g, o, Node(Op.OUTPUT, oshape, odtype, make_attrs(**extra), origin=(label,)),
                      [out])
+    for v, data in g.nodes(data=True):
+        n = data["node"]
+        where = f" (node '{n.origin[0]}')" if n.origin else ""
+        if min(n.shape, default=0) >= 0 and math.prod(n.shape) > MAX_ELEMENTS:
+            raise CompileError(f"value '{v}'{where} has shape {list(n.shape)}: more than the "
+                               f"{MAX_ELEMENTS} elements npusim takes")
+        if len(n.shape) > MAX_RANK:
+            raise CompileError(f"value '{v}'{where} has rank {len(n.shape)}; a program takes "
+                               f"tensors of rank at most {MAX_RANK}")
     verify(g)
     return g

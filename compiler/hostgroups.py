@@ -11,6 +11,7 @@ from here, so the program and its graph run the same host models.
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from dataclasses import dataclass
 
 import networkx as nx
@@ -114,7 +115,7 @@ def _value_info(name: str, n) -> onnx.ValueInfoProto:
 
 def group_model(g: nx.DiGraph, grp: HostGroup) -> bytes:
     """The ONNX model of a host group: its inputs and outputs carry the values' names."""
-    nodes, inits, seen = [], [], set()
+    nodes, values, inits, seen = [], [], [], set()
     for v in grp.values:
         n = node(g, v)
         if n.op == Op.OUTPUT:
@@ -141,13 +142,18 @@ def group_model(g: nx.DiGraph, grp: HostGroup) -> bytes:
             outs.append(want or f"{v}:unused{k}")
         del proto.output[:]
         proto.output.extend(outs)
-        proto.name = v
+        proto.name = n.origin[0] if n.origin else v  # onnxruntime's errors name it so
         nodes.append(proto)
+        values.append(v)
         for s in srcs:
             c = node(g, s)
             if c.op == Op.CONST and s not in seen and isinstance(c.value, np.ndarray):
                 inits.append(numpy_helper.from_array(np.asarray(c.value), s))
                 seen.add(s)
+    uses = Counter(p.name for p in nodes)
+    for p, v in zip(nodes, values, strict=True):
+        if uses[p.name] > 1:  # one ONNX node made several values: keep them apart
+            p.name = v
     graph = helper.make_graph(nodes, "host", [_value_info(s, node(g, s)) for s in grp.inputs],
                               [_value_info(o, node(g, o)) for o in grp.outputs], inits)
     opsets = [helper.make_opsetid(d, v) for d, v in g.graph.get("opsets", [("", 17)])]

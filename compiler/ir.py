@@ -19,6 +19,9 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from compiler.errors import CompileError
+from simulator.program_schema import HOST_ONLY_DTYPE
+
 
 class Op(StrEnum):
     """Every op kind the IR knows."""
@@ -172,7 +175,7 @@ def make_attrs(**kwargs: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(kwargs.items()))
 
 
-NON_TENSOR = "nontensor"
+NON_TENSOR = HOST_ONLY_DTYPE
 """The dtype of a value that is a sequence or a map, not a tensor (the host keeps it)."""
 
 
@@ -182,8 +185,9 @@ def is_dynamic(n: Node) -> bool:
     return any(d < 0 for d in n.shape) or n.dtype == NON_TENSOR or bool(n.attr("data_dependent"))
 
 
-class IRError(ValueError):
-    """An IR that breaks an invariant."""
+class IRError(CompileError):
+    """An IR that breaks an invariant (a :class:`CompileError`: a malformed model can cause
+    it, and the CLI reports it on one line)."""
 
 
 def node(g: nx.DiGraph, name: str) -> Node:

@@ -17,14 +17,16 @@ import numpy as np
 
 from compiler.errors import CompileError, UnsupportedOpError
 from compiler.hostgroups import group_model, host_groups, run_order
-from compiler.ir import Node, Op, inputs_of, node, topo_order
+from compiler.ir import NON_TENSOR, Node, Op, inputs_of, node, topo_order
 from compiler.options import CompileOptions
 from compiler.pinning import pin_weights
 from compiler.placement import ALIAS_OPS, DEVICE, HOST, place
 from compiler.select import instructions, op_label
 from simulator import isa
+from simulator.host import HostOpError, host_kernel
 from simulator.numerics import BfpTensor, pack
-from simulator.program import HostOp, Program, TensorDesc, align
+from simulator.program import HostOp, Program, ProgramError, TensorDesc, align
+from simulator.program_schema import NUMERIC_DTYPES
 
 
 def _label(name: str, n: Node) -> str:
@@ -84,6 +86,29 @@ def _check_strict(g: nx.DiGraph, order: list[str], where: dict) -> None:
             op = n.attr("onnx_op") or n.op.value
             raise UnsupportedOpError(f"unsupported op {op} (node '{_label(v, n)}') on the "
                                      f"device: {where[v][1]} (--strict)")
+
+
+def _check_fields(instrs: list[isa.Instruction], layers: list[dict],
+                  opts: CompileOptions) -> None:
+    """Every instruction encodes for the target (else the program could not be saved)."""
+    widths = isa.FieldWidths.for_device(opts.device)
+    for instr, layer in zip(instrs, layers, strict=False):
+        try:
+            instr.encode(widths)
+        except isa.EncodingError as exc:
+            raise CompileError(f"node '{layer['name']}' ({layer['op']}) does not fit the "
+                               f"device's instruction fields: {exc}") from None
+
+
+def _host_model(g: nx.DiGraph, grp) -> bytes:
+    """A host group's model, loaded once by onnxruntime: one it refuses is refused here,
+    naming its nodes, rather than when the program runs."""
+    model = group_model(g, grp)
+    try:
+        host_kernel(model)  # cached: the simulator in this process reuses the session
+    except HostOpError as exc:
+        raise CompileError(str(exc)) from None
+    return model
 
 
 def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
@@ -162,6 +187,9 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         for s in {root[s] for s in inputs_of(g, v) if s in root}:
             if last_use[s] == i and s not in keep:
                 arena.release(offset[s], _nbytes(node(g, s)))
+    if abase + arena.top > opts.device.dram_mib * 2**20:
+        raise CompileError(f"the program needs {abase + arena.top} bytes of device DRAM; "
+                           f"{opts.device.name} has {opts.device.dram_mib} MiB")
 
     def addr(v: str) -> int:
         if v in const_addr:
@@ -171,6 +199,9 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
 
     def desc(v: str) -> TensorDesc:
         n = node(g, v)
+        if n.dtype not in NUMERIC_DTYPES and n.dtype != NON_TENSOR:
+            raise CompileError(f"value '{v}' (node '{_label(v, n)}') has type {n.dtype}, "
+                               "which a program cannot pass between the host and the device")
         if v in on_host:
             return TensorDesc(v, n.shape, n.dtype, 0, 0)
         return TensorDesc(v, n.shape, n.dtype, addr(v), _nbytes(n))
@@ -199,7 +230,7 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
                 continue
             ins, outs = tuple(desc(s) for s in grp.inputs), tuple(desc(o) for o in grp.outputs)
             held = tuple(t.name for t in ins + outs if t.name in on_host)
-            host_ops.append(HostOp(v, grp.label, group_model(g, grp), ins, outs, held))
+            host_ops.append(HostOp(v, grp.label, _host_model(g, grp), ins, outs, held))
             nodes = list(dict.fromkeys(o for u in grp.values for o in node(g, u).origin))
             emit(isa.HostCall(len(host_ops) - 1), v, f"Host:{grp.label}", nodes)
             continue
@@ -211,19 +242,22 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         if t.name not in on_host:
             emit(isa.VWr(i, t.addr, t.nbytes), t.name, "DeviceToHost")
     instrs.append(isa.EndChain())
+    _check_fields(instrs, layers, opts)
     instrs = pin_weights(instrs, weight_descs, opts.device, wbase)
     pinned_at = {i.weights for i in instrs if isinstance(i, isa.MvMul) and i.pinned}
     pinned = sum(t.nbytes for t in weight_descs if wbase + t.addr in pinned_at)
     layers.append({"name": "end", "op": "EndChain", "tensor": "", "nodes": []})
     mmap = {"weights": (wbase, len(weights)), "constants": (cbase, len(consts)),
             "activations": (abase, arena.top)}
-    if abase + arena.top > opts.device.dram_mib * 2**20:
-        raise CompileError(f"the program needs {abase + arena.top} bytes of device DRAM; "
-                           f"{opts.device.name} has {opts.device.dram_mib} MiB")
-    return Program(opts.device, tuple(instrs), bytes(weights), bytes(consts), inputs, outs,
-                   tuple(weight_descs), tuple(layers), mmap,
-                   {"model": name, "rounding": opts.rounding.value, "seed": opts.seed,
-                    "pinned_weight_bytes": pinned,
-                    "streamed_weight_bytes": sum(t.nbytes for t in weight_descs) - pinned,
-                    "placement": placement_report(g)},
-                   tuple(host_ops))
+    program = Program(opts.device, tuple(instrs), bytes(weights), bytes(consts), inputs, outs,
+                      tuple(weight_descs), tuple(layers), mmap,
+                      {"model": name, "rounding": opts.rounding.value, "seed": opts.seed,
+                       "pinned_weight_bytes": pinned,
+                       "streamed_weight_bytes": sum(t.nbytes for t in weight_descs) - pinned,
+                       "placement": placement_report(g)},
+                      tuple(host_ops))
+    try:  # what a device checks when it loads the program: fail here, not there
+        program.check("compiled program")
+    except ProgramError as exc:
+        raise CompileError(str(exc)) from None
+    return program

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from compiler.errors import CompileError
 from compiler.interpret import conv_geometry, conv_weight_rows, evaluate_node
 from compiler.ir import (
     Node,
@@ -28,6 +29,7 @@ from compiler.ir import (
 )
 from compiler.options import CompileOptions
 from compiler.placement import is_identity, on_device
+from simulator.host import HostOpError
 from simulator.numerics import quantize
 
 _ADD = helper.make_node("Add", ["a", "b"], ["y"]).SerializeToString()
@@ -75,7 +77,11 @@ def fold_constants(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
             continue
         if n.op == Op.INPUT or not srcs or not all(_is_const(g, s) for s in srcs):
             continue
-        value = np.asarray(evaluate_node(g, name, values, folding=True))
+        try:
+            value = np.asarray(evaluate_node(g, name, values, folding=True))
+        except HostOpError as exc:  # constant operands onnxruntime refuses: a bad model
+            raise CompileError(f"node '{n.origin[0] if n.origin else name}' cannot be "
+                               f"folded: {exc}") from None
         values[name] = value
         rewire(g, name, Node(Op.CONST, tuple(value.shape), str(value.dtype), value=value,
                               origin=n.origin), [])
@@ -140,8 +146,9 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     for name in topo_order(g):
         n = node(g, name)
         srcs = inputs_of(g, name)
-        if n.attr("data_dependent"):
-            continue  # runs on the host as it is
+        if n.attr("data_dependent") or 0 in n.shape \
+                or any(0 in node(g, s).shape for s in srcs):
+            continue  # runs on the host as it is (an empty tensor: onnxruntime's business)
         if n.op == Op.CONV and all(_is_const(g, s) for s in srcs[1:]) \
                 and -1 not in node(g, srcs[0]).shape and len(node(g, srcs[0]).shape) == 4 \
                 and node(g, srcs[1]).value.ndim == 4:

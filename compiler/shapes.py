@@ -10,20 +10,33 @@ a Reshape whose target is computed from data): :func:`data_dependent` names thos
 values, and the compiler places them on the host. A value whose shape is static
 but which ONNX inference cannot type (some ``ai.onnx.ml`` ops) is measured once with
 onnxruntime on inputs of the fixed shapes (:func:`_probe`).
+
+The model is untrusted: a node that would make a negative size is refused before
+ONNX's whole-graph inference sees it (:func:`guard_negative_dims`), the last inference
+is strict (a node whose types or shapes disagree is refused by name, as onnxruntime
+would refuse it), and a failure is explained by :mod:`compiler.node_checks` when it can
+name the attribute or operand at fault.
 """
 
 from __future__ import annotations
+
+import math
+import re
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from compiler.errors import CompileError
+from compiler.errors import CompileError, one_line
+from compiler.model_check import MAX_ELEMENTS
+from compiler.node_checks import check_onnx_nodes
 
 MAX_ROUNDS = 256
 """Fold-and-infer rounds before giving up on a fixed point. A chain can need two rounds
 per block when each block's padding depends on the last block's shape (Swin's windows
 at opset 11): a few dozen rounds for a deep transformer."""
+PROBE_LIMIT = 1 << 24
+"""Input elements up to which the compiler runs a model to measure a shape (:func:`_probe`)."""
 FOLD_LIMIT = 1 << 24
 """Constant inputs larger than this (elements) are left to the IR's constant folding."""
 
@@ -45,9 +58,18 @@ RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike",
                     "RandomUniformLike", "Bernoulli", "Multinomial"})
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+_NODE_ERROR = re.compile(r"\(op_type:([^,]*), node name: ([^)]*)\): (?:\[\w+\] )?(.*)")
+
+
+def inference_message(exc: BaseException) -> str:
+    """ONNX inference's first complaint on one line, naming its node first."""
+    text = str(exc)
+    hit = _NODE_ERROR.search(text)
+    if hit is None:
+        return one_line(text)
+    op, name, why = hit.groups()
+    who = f"{op} node '{name}'" if name else f"a {op} node"
+    return f"{who}: {one_line(why)}"
 
 
 def fix_inputs(proto: onnx.ModelProto, input_shapes: dict | None) -> None:
@@ -71,8 +93,11 @@ def fix_inputs(proto: onnx.ModelProto, input_shapes: dict | None) -> None:
         if want is None:
             if not t.HasField("shape"):
                 raise CompileError(f"model input '{vi.name}' has no shape; {hint}")
-            for d in t.shape.dim:
-                if not d.HasField("dim_value") or d.dim_value < 0:
+            for i, d in enumerate(t.shape.dim):
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    raise CompileError(f"model input '{vi.name}' has size {d.dim_value} in "
+                                       f"dimension {i}: sizes cannot be negative")
+                if not d.HasField("dim_value"):
                     raise CompileError(f"model input '{vi.name}' has a symbolic dimension "
                                        f"'{d.dim_param or '?'}'; {hint}")
             continue
@@ -90,6 +115,11 @@ def fix_inputs(proto: onnx.ModelProto, input_shapes: dict | None) -> None:
         t.ClearField("shape")
         for w in want:
             t.shape.dim.add().dim_value = w
+    for vi in proto.graph.input:
+        dims = static_dims(vi.type)
+        if vi.name not in inits and dims is not None and math.prod(dims) > MAX_ELEMENTS:
+            raise CompileError(f"model input '{vi.name}' has shape {list(dims)}: more than "
+                               f"the {MAX_ELEMENTS} elements npusim takes")
 
 
 def _light_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -102,7 +132,7 @@ def _light_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     light.CopyFrom(proto)
     keep, moved = [], []
     for t in light.graph.initializer:
-        n = int(np.prod(t.dims, dtype=np.int64))
+        n = math.prod(t.dims)
         if n > 64 and t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
             moved.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
@@ -114,13 +144,62 @@ def _light_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def infer(proto: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """Types of every value ONNX inference can type (graph inputs and outputs too)."""
+def _dims_of(tp: onnx.TypeProto) -> list[int]:
+    if tp.WhichOneof("value") != "tensor_type" or not tp.tensor_type.HasField("shape"):
+        return []
+    return [d.dim_value for d in tp.tensor_type.shape.dim if d.HasField("dim_value")]
+
+
+def guard_negative_dims(proto: onnx.ModelProto) -> None:
+    """Refuse, naming it, a node whose inferred output has a negative size.
+
+    ONNX computes a negative size for a window larger than its input (Conv, pooling) or a
+    negative resize scale, and its Slice inference then fails an assertion that aborts
+    the whole process. So the graph is inferred here node by node first (cheap, no data
+    propagation), and the first node to make a negative size is refused before the
+    whole-graph inference (or onnxruntime) sees one.
+    """
+    g = proto.graph
+    opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in proto.opset_import}
+    types = {vi.name: vi.type for vi in g.input}
+    data = {}
+    for t in g.initializer:
+        types[t.name] = helper.make_tensor_type_proto(t.data_type, list(t.dims))
+        if math.prod(t.dims) <= 64:
+            data[t.name] = t
+    for n in g.node:
+        try:
+            schema = onnx.defs.get_schema(n.op_type, opsets.get(n.domain, 1), n.domain)
+            outs = shape_inference.infer_node_outputs(
+                schema, n, {i: types[i] for i in n.input if i in types},
+                {i: data[i] for i in n.input if i in data})
+        except Exception:  # no schema, or the node is broken: the full inference says so
+            continue
+        for name, tp in outs.items():
+            dims = _dims_of(tp)
+            if min(dims, default=0) < 0:
+                _diagnose(proto, types)  # a bad attribute or operand is the likelier cause
+                shape = [d.dim_value if d.HasField("dim_value") else "?"
+                         for d in tp.tensor_type.shape.dim]
+                raise CompileError(f"{n.op_type} node '{n.name or n.output[0]}' makes "
+                                   f"'{name}' of shape {shape}: a negative size (a window "
+                                   "larger than its input, a negative scale, ...)")
+            types[name] = tp
+
+
+def infer(proto: onnx.ModelProto, strict: bool = False) -> dict[str, onnx.TypeProto]:
+    """Types of every value ONNX inference can type (graph inputs and outputs too).
+
+    ``strict`` refuses a node whose types or shapes are inconsistent (as onnxruntime
+    would when it loads the model), naming it.
+    """
+    light = _light_copy(proto)
+    guard_negative_dims(light)
     try:
-        inferred = shape_inference.infer_shapes(_light_copy(proto), check_type=False,
-                                                strict_mode=False, data_prop=True)
+        inferred = shape_inference.infer_shapes(light, check_type=strict,
+                                                strict_mode=strict, data_prop=True)
     except Exception as exc:  # onnx raises several types for bad models
-        raise CompileError(f"shape inference failed: {_first_line(exc)}") from None
+        raise CompileError(f"invalid model: {inference_message(exc)}") from None
     g = inferred.graph
     # declared graph outputs first: what inference derived is at least as precise
     types = {vi.name: vi.type for vi in list(g.output) + list(g.input) + list(g.value_info)}
@@ -169,13 +248,30 @@ def _evaluate(n: onnx.NodeProto, args: list, opsets) -> list[np.ndarray] | None:
     return [np.asarray(v) for v in got]
 
 
+GENERATORS = frozenset({"ConstantOfShape", "Range", "Tile", "Expand", "Resize", "Upsample",
+                        "Pad", "OneHot", "CenterCropPad", "Col2Im"})
+"""Ops whose output can be far larger than their inputs."""
+
+
+def _small_enough(n: onnx.NodeProto, types: dict[str, onnx.TypeProto]) -> bool:
+    """Whether folding ``n`` makes at most ``FOLD_LIMIT`` elements per output: a model must
+    not make the compiler allocate what it says (a generator of unknown size is left)."""
+    for o in n.output:
+        dims = static_dims(types.get(o)) if o else ()
+        if dims is None and n.op_type in GENERATORS:
+            return False
+        if dims is not None and math.prod(dims) > FOLD_LIMIT:
+            return False
+    return True
+
+
 def _fold_round(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto],
                 folded_nodes: list[tuple[str, str]]) -> bool:
     """Fold, in one topological sweep, every node whose outputs are now constants."""
     g = proto.graph
     consts: dict[str, np.ndarray] = {}
     for t in g.initializer:
-        if int(np.prod(t.dims, dtype=np.int64)) <= FOLD_LIMIT:
+        if math.prod(t.dims) <= FOLD_LIMIT:
             consts[t.name] = t
     values: dict[str, np.ndarray] = {}
 
@@ -202,7 +298,8 @@ def _fold_round(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto],
                                                       attrs.get("end"))], np.int64)]
             elif n.op_type == "Constant":
                 result = _evaluate(n, [], opsets)
-            elif n.input and all(not i or i in consts for i in n.input):
+            elif n.input and all(not i or i in consts for i in n.input) \
+                    and _small_enough(n, types):
                 result = _evaluate(n, [value(i) if i else None for i in n.input], opsets)
         if result is None or len(result) != len([o for o in n.output if o]):
             kept.append(n)
@@ -217,6 +314,17 @@ def _fold_round(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto],
         del g.node[:]
         g.node.extend(kept)
     return folded
+
+
+def _diagnose(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
+    """Raise the node checks' precise reason for a failure, if they find one; a check that
+    trips on the broken model itself leaves the failure's own reason standing."""
+    try:
+        check_onnx_nodes(model, lambda name: static_dims(types.get(name)))
+    except CompileError:
+        raise
+    except Exception:  # the caller re-raises the original error
+        pass
 
 
 def resolve_shapes(proto: onnx.ModelProto,
@@ -236,13 +344,21 @@ def resolve_shapes(proto: onnx.ModelProto,
         types = infer(model)
         if not _fold_round(model, types, folded):
             break
-    types = infer(model)
+    try:
+        types = infer(model, strict=True)
+    except CompileError:  # name the operand or attribute, for the ops the checks know
+        _diagnose(model, infer(model))
+        raise
     missing = [o for n in model.graph.node for o in n.output
                if o and static_dims(types.get(o)) is None]
     dynamic = data_dependent(model, types)
     unknown = [o for o in missing if o not in dynamic]
     if unknown:
-        types.update(_probe(model, unknown, types))
+        try:
+            types.update(_probe(model, unknown, types))
+        except CompileError:  # a degenerate node is the likely cause: name it if so
+            _diagnose(model, types)
+            raise
     return model, types, folded
 
 
@@ -302,6 +418,15 @@ def _probe(model: onnx.ModelProto, names: list[str],
     """
     import onnxruntime as ort
 
+    from simulator.host import ort_reason, quiet_run
+
+    inits = {t.name for t in model.graph.initializer}
+    size = sum(math.prod(static_dims(vi.type) or ()) for vi in model.graph.input
+               if vi.name not in inits)
+    if size > PROBE_LIMIT:
+        raise CompileError(f"value '{names[0]}' has no known shape, and measuring it means "
+                           f"running the model on {size} input elements (npusim does that "
+                           f"for up to {PROBE_LIMIT})")
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     have = {o.name for o in probe.graph.output}
@@ -311,13 +436,13 @@ def _probe(model: onnx.ModelProto, names: list[str],
     feeds = seeded_inputs(model)
     try:
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # a failure is in the exception; no log on stderr
         sess = ort.InferenceSession(probe.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
-        got = sess.run(names, feeds)
+        got = sess.run(names, feeds, quiet_run())
     except Exception as exc:  # onnxruntime's own exception types
         raise CompileError(f"value '{names[0]}' has no known shape and onnxruntime cannot "
-                           f"run the model to measure it: {_first_line(exc)}") from None
+                           f"run the model to measure it: {ort_reason(exc)}") from None
     out = {}
     for name, arr in zip(names, got, strict=True):
         if isinstance(arr, np.ndarray):

@@ -290,6 +290,8 @@ def _resize(g, name, n, srcs) -> Node:
         raise NoForm(f"{mode} interpolation")
     if coord not in COORD_MODES:
         raise NoForm(f"coordinate mode {coord}")
+    if mode == "nearest" and nearest not in NEAREST_MODES:
+        raise NoForm(f"nearest mode {nearest}")
     if scales.size != 4 or scales[0] != 1 or scales[1] != 1:
         raise NoForm("scaling of the batch or channel axis")
     attrs = make_attrs(mode=mode, coord=coord, nearest=nearest if mode == "nearest"
@@ -411,6 +413,8 @@ def vector_forms(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
                 raise NoForm("not float32 data")
             if n.attr("data_dependent") or -1 in n.shape:
                 raise NoForm("shape depends on data")
+            if 0 in n.shape or any(0 in node(g, s).shape for s in srcs[:1]):
+                raise NoForm("an empty tensor")
             if n.op == Op.POW and node(g, srcs[1]).op != Op.CONST:
                 continue  # both operands at run time: the ALU's pow (placement decides)
             if n.op == Op.GATHER:

@@ -28,7 +28,7 @@ MAX_U48 = 1 << 48
 NUMERIC_DTYPES = ("bool", "float16", "float32", "float64", "int8", "int16", "int32", "int64",
                   "uint8", "uint16", "uint32", "uint64")
 """Element types a tensor in DRAM may have (numpy names)."""
-HOST_ONLY_DTYPE = "object"
+HOST_ONLY_DTYPE = "nontensor"
 """A value the host keeps that is not a tensor (a sequence or a map)."""
 
 _U48 = {"type": "integer", "minimum": 0, "maximum": MAX_U48}

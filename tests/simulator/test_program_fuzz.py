@@ -371,3 +371,40 @@ def test_a_run_never_takes_an_instruction_word_it_cannot_decode(corpus):
     bad = code[:INSTRUCTION_BYTES - 1] + b"\x80" + code[INSTRUCTION_BYTES:]
     with pytest.raises(ProgramError, match="bad instruction"):
         Program.from_bytes(_reseal(program, {Section.INSTRUCTIONS: bad}))
+
+
+def test_a_sequence_the_host_keeps_survives_the_file():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("SplitToSequence", ["r"], ["seq"], axis=1, keepdims=1),
+             helper.make_node("SequenceLength", ["seq"], ["n"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 3])],
+        [helper.make_tensor_sequence_value_info("seq", onnx.TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("n", onnx.TensorProto.INT64, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    prog = Program.from_bytes(compile_model(model, "tiny", "fp32").to_bytes())
+    dev = Device(prog.target)
+    dev.load(prog)
+    out, _ = dev.run({"x": np.ones((1, 4, 3), np.float32)})
+    assert int(out["n"]) == 4 and len(out["seq"]) == 4
+
+
+def test_a_host_model_with_external_data_is_refused(corpus, tmp_path, monkeypatch):
+    """onnxruntime would read a relative external-data path from the working directory:
+    a hostile program could serve the files beside the server (its keys) as outputs."""
+    (tmp_path / "secret").write_bytes(b"API-KEY!" * 8)
+    monkeypatch.chdir(tmp_path)
+    program, feeds = corpus["detection_tail"]
+    prog = Program.from_bytes(program)
+    host = onnx.load_model_from_string(prog.host_ops[0].model)
+    t = host.graph.initializer.add()
+    t.name, t.data_type, t.data_location = "leak", onnx.TensorProto.UINT8, onnx.TensorProto.EXTERNAL
+    t.dims.append(8)
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "secret"
+    ops = (dataclasses.replace(prog.host_ops[0], model=host.SerializeToString()),
+           *prog.host_ops[1:])
+    mutant = dataclasses.replace(prog, host_ops=ops).to_bytes()
+    with pytest.raises(ProgramError, match="external file"):
+        Device(prog.target).load(Program.from_bytes(mutant))

@@ -210,8 +210,15 @@ def test_a_program_larger_than_device_dram_is_refused():
     from compiler.errors import CompileError
 
     cfg = TINY.replace(dram_mib=1, numerics="fp32")  # 512 x 1024 fp32 weights: 2 MiB
+    with pytest.raises(CompileError, match="2097152 bytes, more than the 1 MiB of DRAM of tiny"):
+        compile_model(gemm(1, 512, 1024), cfg)  # one value larger than DRAM
+    rng = np.random.default_rng(0)
+    two = make_model([helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]),
+                      helper.make_node("Gemm", ["h", "w2", "b2"], ["y"])], {"x": [1, 512]},
+                     {"y": [1, 512]}, {"w1": rand(rng, 512, 320), "b1": rand(rng, 320),
+                                       "w2": rand(rng, 320, 512), "b2": rand(rng, 512)})
     with pytest.raises(CompileError, match="bytes of device DRAM; tiny has 1 MiB"):
-        compile_model(gemm(1, 512, 1024), cfg)
+        compile_model(two, cfg)  # each weight fits, both do not
 
 
 # --- the vector unit's instructions, one by one (tiny: 8 lanes) ---
