@@ -634,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     from simulator.host import HostOpError
     from simulator.isa import EncodingError
     from simulator.program import ProgramError
+    from simulator.text import one_line
 
     args = build_parser().parse_args(argv)
     try:
@@ -642,14 +643,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except (CompileError, ProgramError, InputError, ConfigError, EncodingError, HostOpError,
-            ExecutionError, UsageError, SweepError, VerifyError, PipelineError) as exc:
-        print(f"npusim: error: {exc}", file=sys.stderr)
-        return 2
-    except ServingConfigError as exc:
-        print(f"npusim: error: {exc}", file=sys.stderr)
+            ExecutionError, UsageError, SweepError, VerifyError, PipelineError,
+            ServingConfigError) as exc:  # names from files and models: printed safely
+        print(f"npusim: error: {one_line(exc, 1000)}", file=sys.stderr)
         return 2
     except PredictionError as exc:  # the server's answer; 1 when it could not be reached
-        print(f"npusim: error: {exc}", file=sys.stderr)
+        print(f"npusim: error: {one_line(exc, 1000)}", file=sys.stderr)
         return 1 if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else 2
     except OSError as exc:
         print(f"npusim: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),

@@ -32,6 +32,7 @@ import numpy as np
 from simulator.config import DeviceConfig
 from simulator.device import InputError
 from simulator.program import Program
+from simulator.text import one_line
 
 if TYPE_CHECKING:
     from runtime.device import Device, DevicePool
@@ -178,7 +179,7 @@ def _tf_message(exc) -> str:
         if not line.strip() or line[0].isspace() or line.startswith((
                 "Graph execution error", "Detected at node", "<stack traces", "[[")):
             continue
-        return line.split(" [Op:")[0].strip()
+        return one_line(line.split(" [Op:")[0].strip())
     return type(exc).__name__
 
 
@@ -275,10 +276,17 @@ class TensorflowStage:
         """
         tf = import_tensorflow()
         try:
-            loaded = tf.saved_model.load(str(path))
-        except (OSError, ValueError, tf.errors.OpError) as exc:
+            return cls._from_loaded(tf, path, name, signature, inputs, outputs)
+        except PipelineError:
+            raise
+        except Exception as exc:  # a corrupt SavedModel fails in many ways inside TF
             raise PipelineError(f"stage '{name}': cannot load the SavedModel at {path}: "
                                 f"{_tf_message(exc)}") from None
+
+    @classmethod
+    def _from_loaded(cls, tf, path, name: str, signature: str, inputs: list[str] | None,
+                     outputs: list[str] | None) -> TensorflowStage:
+        loaded = tf.saved_model.load(str(path))
         sigs = getattr(loaded, "signatures", {})
         if signature not in sigs:
             raise PipelineError(f"stage '{name}': the SavedModel at {path} has no signature "
@@ -311,11 +319,13 @@ class TensorflowStage:
         tensors = {k: tf.constant(v) for k, v in arrays.items()}
         try:
             result = self._call(**tensors)
+            return {s.name: result[s.name].numpy() for s in self.outputs}
         except tf.errors.InvalidArgumentError as exc:
             names = ", ".join(f"'{s.name}'" for s in self.inputs)
             raise PipelineInputError(f"stage '{self.name}': cannot process input {names}: "
                                      f"{_tf_message(exc)}") from None
-        return {s.name: result[s.name].numpy() for s in self.outputs}
+        except Exception as exc:  # the stage itself is broken (a corrupt SavedModel)
+            raise PipelineError(f"stage '{self.name}' failed: {_tf_message(exc)}") from None
 
     def __repr__(self) -> str:
         return f"TensorflowStage({self.name!r}, inputs={self.inputs}, outputs={self.outputs})"

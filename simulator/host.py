@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from simulator.text import one_line
+
 _PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 _SOURCE = re.compile(r"/onnxruntime_src/\S+:\d+ (?:[^()]*\([^()]*\)(?: const)? )?")
 
@@ -20,9 +22,7 @@ class HostOpError(ValueError):
 def ort_reason(exc: BaseException | str, limit: int = 300) -> str:
     """onnxruntime's reason on one line, without its error-code prefix and C++ locations."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    text = _SOURCE.sub("", _PREFIX.sub("", text))
-    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return one_line(_SOURCE.sub("", _PREFIX.sub("", text)), limit)
 
 
 def quiet_run() -> ort.RunOptions:

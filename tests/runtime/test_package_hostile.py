@@ -348,6 +348,25 @@ def test_signed_tensorflow_pipeline(pkg, tmp_path):
     np.testing.assert_array_equal(out, pkg.expected[0])
 
 
+@pytest.mark.tf
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
+                    reason="TensorFlow is not installed")
+def test_a_corrupt_savedmodel_past_its_checksum_is_a_pipeline_error(pkg, tmp_path):
+    """TensorFlow fails in many ways (IndexError, KeyError, TypeError, its own errors) on
+    a SavedModel whose bytes were changed and rehashed: each is one PipelineError."""
+    with zipfile.ZipFile(pkg.path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    manifest = json.loads(files.pop("manifest.json"))
+    data = [n for n in files if n.endswith("variables.data-00000-of-00001")][0]
+    graph = [n for n in files if n.endswith("saved_model.pb")][0]
+    for name, cut in ((data, files[data][:-8]), (graph, files[graph][:len(files[graph]) // 2])):
+        entries = [(n, cut if n == name else d) for n, d in files.items()]
+        bad = write_pkg(tmp_path / f"bad{len(cut)}.zip", entries, manifest)
+        with pytest.raises(PipelineError, match="cannot load the SavedModel") as err:
+            load_package(bad)
+        assert "\n" not in str(err.value)
+
+
 # --- fuzzing ------------------------------------------------------------------------------
 
 NAMES = ["", "/abs", "../x", "stages/./x", "stages//x", "a\\b", "C:x", "stages/\n",
