@@ -166,10 +166,32 @@ def _walk(msg, where: str) -> None:
                     raise CompileError(f"{where} has a sparse tensor: npusim takes dense "
                                        "tensors only")
                 _walk(item, _label(item, field.name, k, where))
+    if isinstance(msg, onnx.NodeProto):
+        _check_int_attributes(msg, where)
     if isinstance(msg, TensorProto):
         check_tensor(msg, where)
     if isinstance(msg, onnx.TensorShapeProto.Dimension) and msg.dim_value < 0:
         raise CompileError(f"invalid ONNX model: {where} has a negative size {msg.dim_value}")
+
+
+MAX_ATTRIBUTE = 1 << 31
+"""Integer attributes of standard ops stay below this in magnitude. onnxruntime's kernels do
+size arithmetic on them unchecked: a stride near 2**62 kills the process with SIGFPE."""
+HUGE_ATTRIBUTES = {"Slice": {"starts", "ends"}, "Shape": {"start", "end"}}
+"""Attributes that legitimately hold INT64_MAX ("to the end")."""
+
+
+def _check_int_attributes(n: onnx.NodeProto, where: str) -> None:
+    if n.domain not in DEFAULT_DOMAINS:
+        return  # ai.onnx.ml label encoders map arbitrary int64 keys
+    exempt = HUGE_ATTRIBUTES.get(n.op_type, set())
+    for a in n.attribute:
+        if a.name in exempt:
+            continue
+        values = [a.i] if a.type == onnx.AttributeProto.INT else list(a.ints)
+        if any(abs(v) >= MAX_ATTRIBUTE for v in values):
+            raise CompileError(f"{where}: attribute {a.name} holds "
+                               f"{max(values, key=abs)}, outside the 32-bit range")
 
 
 _CONTEXT = re.compile(r"==> Context: Bad node spec for node\. Name: (.*?) OpType: (\S+)")

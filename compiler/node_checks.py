@@ -32,6 +32,9 @@ COORDS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_cor
 NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 ASPECT = ("stretch", "not_larger", "not_smaller")
 SMALL = 4096
+MAX_WINDOW = 1 << 24
+"""Largest kernel, stride, dilation or pad taken: onnxruntime's window arithmetic overflows
+(and kills the process with SIGFPE) on values near 2**62."""
 """Initializers up to this many elements are decoded for the checks (indices, sizes...)."""
 
 
@@ -67,8 +70,9 @@ class NodeView:
         return None if v is None or v.dtype.kind not in "iu" else v.reshape(-1).tolist()
 
     def ints(self, name: str, count: int | None = None, low: int | None = None,
-             default: tuple[int, ...] | None = None) -> tuple[int, ...] | None:
-        """An ints attribute, checked to hold ``count`` values of at least ``low``."""
+             default: tuple[int, ...] | None = None,
+             high: int | None = None) -> tuple[int, ...] | None:
+        """An ints attribute, checked to hold ``count`` values in ``[low, high]``."""
         got = self.attrs.get(name)
         if got is None:
             return default
@@ -79,6 +83,9 @@ class NodeView:
             if isinstance(got, tuple):
                 self.fail(f"attribute {name} is {list(vals)}: each must be at least {low}")
             self.fail(f"attribute {name} is {vals[0]}: it must be at least {low}")
+        if high is not None and any(x > high for x in vals):
+            self.fail(f"attribute {name} is {list(vals) if isinstance(got, tuple) else vals[0]}"
+                      f": each must be at most {high}")
         return vals
 
     def axis(self, value: int, rank: int, what: str = "attribute axis",
@@ -97,9 +104,9 @@ def _window(c: NodeView, x: tuple[int, ...] | None, kernel: tuple[int, ...] | No
         len(x) - 2 if x is not None and len(x) > 2 else None)
     if c.attrs.get("auto_pad", "NOTSET") not in AUTO_PADS:
         c.fail(f"attribute auto_pad is '{c.attrs['auto_pad']}', not one of {AUTO_PADS}")
-    c.ints("strides", spatial, 1)
-    dil = c.ints("dilations", spatial, 1)
-    pads = c.ints("pads", None if spatial is None else 2 * spatial, 0)
+    c.ints("strides", spatial, 1, high=MAX_WINDOW)
+    dil = c.ints("dilations", spatial, 1, high=MAX_WINDOW)
+    pads = c.ints("pads", None if spatial is None else 2 * spatial, 0, high=MAX_WINDOW)
     if kernel is None or spatial is None:
         return
     if any(k < 1 for k in kernel):
@@ -124,7 +131,7 @@ def _conv(c: NodeView) -> None:
     group = c.ints("group", low=1, default=(1,))[0]
     if w is not None and (len(w) < 3 or 0 in w):
         c.fail(f"weight W is {list(w)}: expected [M, C/group, k...] with no empty axis")
-    kernel = c.ints("kernel_shape", None if w is None else len(w) - 2, 1)
+    kernel = c.ints("kernel_shape", None if w is None else len(w) - 2, 1, high=MAX_WINDOW)
     if w is not None:
         if kernel is not None and kernel != w[2:]:
             c.fail(f"attribute kernel_shape {list(kernel)} does not match W {list(w)}")
@@ -149,7 +156,7 @@ def _conv_transpose(c: NodeView) -> None:
     if w is not None and (len(w) < 3 or 0 in w):
         c.fail(f"weight W is {list(w)}: expected [C, M/group, k...] with no empty axis")
     spatial = None if w is None else len(w) - 2
-    kernel = c.ints("kernel_shape", spatial, 1)
+    kernel = c.ints("kernel_shape", spatial, 1, high=MAX_WINDOW)
     if w is not None and kernel is not None and kernel != w[2:]:
         c.fail(f"attribute kernel_shape {list(kernel)} does not match W {list(w)}")
     _window(c, None, None if w is None else w[2:], pool=False)
@@ -171,7 +178,7 @@ def _pool(c: NodeView) -> None:
     for flag in ("ceil_mode", "count_include_pad", "storage_order"):
         if c.attrs.get(flag, 0) not in (0, 1):
             c.fail(f"attribute {flag} is {c.attrs[flag]}: it must be 0 or 1")
-    kernel = c.ints("kernel_shape", None if x is None else len(x) - 2, 1)
+    kernel = c.ints("kernel_shape", None if x is None else len(x) - 2, 1, high=MAX_WINDOW)
     if kernel is None:
         c.fail("attribute kernel_shape is missing")
     _window(c, x, kernel, pool=True)
@@ -459,6 +466,20 @@ def check_onnx_nodes(proto: onnx.ModelProto,
             label = n.name or n.output[0]
             attrs = {a.name: attr_value(a, label) for a in n.attribute}
             check_node(n.op_type, label, attrs, [operand(i) for i in n.input], opset)
+
+
+def check_before_folding(n: onnx.NodeProto, args: list[np.ndarray | None],
+                         opset: int) -> None:
+    """:func:`check_node` on a node about to be evaluated on constants ``args``: the
+    reference evaluator trusts its attributes (a Concat axis of 2**31 would make it build
+    a shape of two billion ones)."""
+    if n.domain not in ("", "ai.onnx") or n.op_type not in CHECKS:
+        return
+    label = n.name or n.output[0]
+    attrs = {a.name: attr_value(a, label) for a in n.attribute}
+    ins = [None if a is None else Node(Op.CONST, tuple(a.shape), str(a.dtype), value=a)
+           for a in args]
+    check_node(n.op_type, label, attrs, ins, opset)
 
 
 def check_node(op: str, label: str, attrs: dict[str, Any], ins: list[Node | None],

@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from compiler.errors import CompileError, one_line
 from compiler.model_check import MAX_ELEMENTS
-from compiler.node_checks import check_onnx_nodes
+from compiler.node_checks import check_before_folding, check_onnx_nodes
 
 MAX_ROUNDS = 256
 """Fold-and-infer rounds before giving up on a fixed point. A chain can need two rounds
@@ -281,6 +281,7 @@ def _fold_round(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto],
         return values[name]
 
     opsets = list(proto.opset_import)
+    opset = next((o.version for o in opsets if o.domain in ("", "ai.onnx")), 1)
     kept, folded = [], False
     for n in g.node:
         result = None
@@ -300,7 +301,9 @@ def _fold_round(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto],
                 result = _evaluate(n, [], opsets)
             elif n.input and all(not i or i in consts for i in n.input) \
                     and _small_enough(n, types):
-                result = _evaluate(n, [value(i) if i else None for i in n.input], opsets)
+                args = [value(i) if i else None for i in n.input]
+                check_before_folding(n, args, opset)
+                result = _evaluate(n, args, opsets)
         if result is None or len(result) != len([o for o in n.output if o]):
             kept.append(n)
             continue
@@ -354,6 +357,7 @@ def resolve_shapes(proto: onnx.ModelProto,
     dynamic = data_dependent(model, types)
     unknown = [o for o in missing if o not in dynamic]
     if unknown:
+        _diagnose(model, types)  # the probe runs the model: refuse a degenerate node first
         try:
             types.update(_probe(model, unknown, types))
         except CompileError:  # a degenerate node is the likely cause: name it if so

@@ -423,3 +423,30 @@ def test_cli_run_of_a_failing_host_op_is_one_line(tmp_path, capfd):
     err = capfd.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "Reshape 'rs'" in err and "Traceback" not in err
+
+
+def test_huge_integer_attributes_are_refused_before_anything_runs_the_model():
+    """A Conv stride of 2**62 made onnxruntime die with SIGFPE when the compiler ran the
+    model to measure a shape; any 32-bit overflow of a standard op's attribute is refused."""
+    compile_error(with_attr("conv", "strides", [2**62, 1]), "strides", "32-bit")
+    compile_error(with_attr("conv", "strides", [2**24 + 1, 1]), "strides", "at most")
+
+
+def test_constant_folding_checks_a_node_before_evaluating_it(monkeypatch):
+    """onnx's reference evaluator trusted a Concat axis of 2**31 - 1 and built a shape of two
+    billion ones (24 GB): the node's checks must run before it is evaluated."""
+    from exporter_graphs import vit_patch_embed
+
+    import compiler.shapes as shapes
+
+    eg = vit_patch_embed()
+    node = next(n for n in eg.model.graph.node if n.name == "cls_shape")
+    next(a for a in node.attribute if a.name == "axis").i = 2**31 - 1
+    evaluate = shapes._evaluate
+
+    def guarded(n, args, opsets):
+        assert n.name != "cls_shape", "evaluated before its checks"
+        return evaluate(n, args, opsets)
+
+    monkeypatch.setattr(shapes, "_evaluate", guarded)
+    compile_error(eg.model, "Concat node 'cls_shape'", "axis", input_shapes=eg.input_shapes)
