@@ -33,6 +33,15 @@ _EXPECTED: dict[str, tuple[int, dict[str, tuple[int, ...]], int]] = {
 _NAMES = list(_EXPECTED)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_models():
+    """The models and their outputs are shared by this module's tests only: free them after
+    it (the suite runs in one process)."""
+    yield
+    _model.cache_clear()
+    _outputs.cache_clear()
+
+
 @functools.cache
 def _model(name: str, seed: int = 0) -> onnx.ModelProto:
     """Featurizer built once per (name, seed) for the whole module."""
