@@ -1,17 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """npusim's runtime: sessions over the simulated device, pipelines, packages, the zoo and the CLI.
 
-The pipeline names are imported on first use (``runtime.ModelDefinition``), so that
-importing ``runtime`` loads neither TensorFlow nor the pipeline modules.
+Every name is imported on first use (``runtime.Session``, ``runtime.ModelDefinition``), so
+that importing ``runtime`` (the CLI does) loads neither numba nor TensorFlow.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from runtime.session import Session
-
 _LAZY = {
+    "Session": "runtime.session",
     "Device": "runtime.device",
     "DevicePool": "runtime.device",
     "DeviceStats": "runtime.device",
@@ -30,7 +29,7 @@ _LAZY = {
     "preprocess_stage": "runtime.tfstages",
 }
 
-__all__ = ["Session", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> object:

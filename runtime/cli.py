@@ -36,6 +36,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     shapes = _parse_shapes(args.input_shape)
     if args.stop_after:
+        from compiler.pipeline import PASS_NAMES
+
+        if args.stop_after not in PASS_NAMES:
+            raise UsageError(f"--stop-after: no pass '{args.stop_after}'; the passes are "
+                             f"{', '.join(PASS_NAMES)}")
         opts = CompileOptions.make(args.device, args.numerics, args.rounding, args.seed)
         text = dump_graph(run_passes(to_graph(args.model, shapes), opts, args.stop_after))
         if args.dump:
@@ -448,7 +453,6 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from compiler.pipeline import PASS_NAMES
     from simulator.numerics import FORMAT_NAMES
 
     p = argparse.ArgumentParser(prog="npusim", description="Brainwave-class NPU toolkit: "
@@ -476,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix the shape of an input with symbolic dimensions (repeatable)")
     c.add_argument("--report", help="write where every node runs (JSON) and print it as a table"
                    ", ending with a summary line")
-    c.add_argument("--stop-after", choices=PASS_NAMES, help="stop after this pass, dump the IR")
+    c.add_argument("--stop-after", metavar="PASS", help="stop after this pass and dump the IR "
+                   "(the passes, in order: compiler/pipeline.py; a wrong name lists them)")
     c.add_argument("--dump", help="with --stop-after: write the IR here instead of stdout")
     c.set_defaults(fn=cmd_compile)
 
@@ -622,18 +627,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+USER_ERRORS = {
+    "compiler.errors": ("CompileError",),
+    "simulator.program": ("ProgramError",),
+    "simulator.device": ("InputError", "ExecutionError"),
+    "simulator.config": ("ConfigError",),
+    "simulator.isa_fields": ("EncodingError",),
+    "simulator.host": ("HostOpError",),
+    "runtime.sweep": ("SweepError",),
+    "runtime.verify": ("VerifyError",),
+    "runtime.pipeline": ("PipelineError",),
+    "runtime.serving": ("ServingConfigError",),
+}
+"""Errors a user causes (bad files, models, requests), printed as one line with exit 2. They
+are looked up among the modules a command imported: an error of a module it never loaded
+cannot have been raised, and the CLI starts without importing them all."""
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, UsageError):
+        return True
+    for module, names in USER_ERRORS.items():
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, tuple(getattr(loaded, n) for n in names)):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    from compiler.errors import CompileError
-    from runtime.client import PredictionError
-    from runtime.pipeline import PipelineError
-    from runtime.serving import ServingConfigError
-    from runtime.sweep import SweepError
-    from runtime.verify import VerifyError
-    from simulator.config import ConfigError
-    from simulator.device import ExecutionError, InputError
-    from simulator.host import HostOpError
-    from simulator.isa import EncodingError
-    from simulator.program import ProgramError
     from simulator.text import one_line
 
     args = build_parser().parse_args(argv)
@@ -642,17 +663,20 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `npusim inspect --disasm | head`
         sys.stderr.close()
         return 0
-    except (CompileError, ProgramError, InputError, ConfigError, EncodingError, HostOpError,
-            ExecutionError, UsageError, SweepError, VerifyError, PipelineError,
-            ServingConfigError) as exc:  # names from files and models: printed safely
-        print(f"npusim: error: {one_line(exc, 1000)}", file=sys.stderr)
-        return 2
-    except PredictionError as exc:  # the server's answer; 1 when it could not be reached
-        print(f"npusim: error: {one_line(exc, 1000)}", file=sys.stderr)
-        return 1 if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else 2
     except OSError as exc:
         print(f"npusim: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
               file=sys.stderr)
+        return 2
+    except Exception as exc:
+        client = sys.modules.get("runtime.client")
+        if client is not None and isinstance(exc, client.PredictionError):
+            # the server's answer; 1 when it could not be reached
+            print(f"npusim: error: {one_line(exc, 1000)}", file=sys.stderr)
+            return 1 if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else 2
+        if not _is_user_error(exc):
+            raise
+        # names from files and models: printed safely
+        print(f"npusim: error: {one_line(exc, 1000)}", file=sys.stderr)
         return 2
 
 

@@ -51,6 +51,27 @@ def test_stop_after_dumps_the_graph(workdir, capsys):
     assert "= Conv(" in text and "BatchNormalization" not in text
 
 
+def test_unknown_pass_lists_the_passes(workdir):
+    assert_user_error(npusim("compile", str(workdir / "block.onnx"), "--stop-after", "nope"),
+                      "no pass 'nope'", "fold_constants", "quantize_weights")
+
+
+def test_the_cli_starts_without_the_heavy_packages():
+    """`npusim --help` and `npusim device list` import neither numba's kernels' users nor
+    onnx, TensorFlow, gRPC or the compiler: they start in well under a second."""
+    code = ("import sys; from runtime.cli import main\n"
+            "try:\n    main(['device', 'list'])\nexcept SystemExit:\n    pass\n"
+            "heavy = {'tensorflow', 'onnx', 'onnxruntime', 'grpc', 'networkx', 'compiler.driver',"
+            " 'simulator.device'}\n"
+            "print(sorted(heavy & set(sys.modules)))")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
 def test_same_model_compiles_to_identical_bytes(workdir, tmp_path):
     a, b = tmp_path / "a.npub", tmp_path / "b.npub"
     for p in (a, b):
