@@ -7,7 +7,7 @@ module of the package (``compiler.errors``) does not load onnx, networkx and the
 
 from __future__ import annotations
 
-from importlib import import_module
+from simulator.lazy import lazy_names
 
 _LAZY = {
     "Compiled": "compiler.driver",
@@ -19,14 +19,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)

@@ -219,7 +219,12 @@ def _batchnorm(c: NodeView) -> None:
         return
     if len(x) < 2:
         c.fail(f"input X has rank {len(x)}: BatchNormalization needs [N, C, ...]")
-    for k, what in enumerate(("scale", "B", "mean", "var"), start=1):
+    _per_channel(c, x, ("scale", "B", "mean", "var"))
+
+
+def _per_channel(c: NodeView, x: tuple[int, ...], params: tuple[str, ...]) -> None:
+    """Operands 1, 2, ... named ``params`` each hold one value per channel of ``x``."""
+    for k, what in enumerate(params, start=1):
         s = c.shape(k)
         if s is not None and s != (x[1],):
             c.fail(f"{what} is {list(s)}, expected [{x[1]}] (one per channel)")
@@ -246,10 +251,7 @@ def _instancenorm(c: NodeView) -> None:
         return
     if len(x) < 3:
         c.fail(f"input has rank {len(x)}: InstanceNormalization needs [N, C, spatial...]")
-    for k, what in ((1, "scale"), (2, "B")):
-        s = c.shape(k)
-        if s is not None and s != (x[1],):
-            c.fail(f"{what} is {list(s)}, expected [{x[1]}] (one per channel)")
+    _per_channel(c, x, ("scale", "B"))
 
 
 def _axis_op(c: NodeView) -> None:

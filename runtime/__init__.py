@@ -7,7 +7,7 @@ that importing ``runtime`` (the CLI does) loads neither numba nor TensorFlow.
 
 from __future__ import annotations
 
-from importlib import import_module
+from simulator.lazy import lazy_names
 
 _LAZY = {
     "Session": "runtime.session",
@@ -31,14 +31,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
