@@ -18,7 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.numerics import BfpTensor, Format, Rounding, bfp_matmul, matmul, quantize
+from simulator import gemm
+from simulator.numerics import (
+    BfpTensor,
+    Format,
+    Rounding,
+    accumulate_blocks_reference,
+    bfp_matmul,
+    matmul,
+    quantize,
+    quantize_reference,
+)
 from simulator.vector import (  # noqa: F401  (the vector unit's kernels, re-exported)
     ALU,
     PAD_MODES,
@@ -114,42 +124,72 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | Non
            seed: int = 0) -> np.ndarray:
     """Convolution on the matrix unit; ``weight`` is ``[O, KH*KW*C/groups]``.
 
-    Groups are independent GEMMs over their own channels: the patches are gathered
-    once and split by group, K ordered (kh, kw, c) within each group. An
-    ``input_dilation`` zero-stuffs ``x`` first, as the matrix unit's address generator
-    does: the zeros stream through the array like any other pixel, and the BFP blocks and
-    the accumulation order are those of an ordinary convolution over that input.
+    The numbers are :func:`conv2d_reference`'s; nearest-even rounding runs the fast
+    kernels of :mod:`simulator.gemm`, stochastic rounding the reference itself.
     """
-    if geom.input_dilation != (1, 1):
-        dh, dw = geom.input_dilation
-        stuffed = np.zeros((*x.shape[:2], *geom.dilated_hw(*x.shape[2:])), np.float32)
-        stuffed[:, :, ::dh, ::dw] = x
-        x = stuffed
-        geom = dataclasses.replace(geom, input_dilation=(1, 1))
+    x = _input_dilated(np.asarray(x, np.float32), geom)
+    geom = dataclasses.replace(geom, input_dilation=(1, 1))
+    if (not fmt.is_fp32 and Rounding(rounding) != Rounding.NEAREST_EVEN) \
+            or not gemm.supported(fmt):
+        return conv2d_reference(x, weight, bias, geom, fmt, residual, relu, rounding, seed)
+    return _epilogue_inplace(gemm.conv2d(x, weight, geom, fmt), bias, residual, relu)
+
+
+def _input_dilated(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """``x`` zero-stuffed by ``geom.input_dilation``, as the matrix unit's address
+    generator does: the zeros stream through the array like any other pixel, and the BFP
+    blocks and the accumulation order are those of an ordinary convolution over it."""
+    if geom.input_dilation == (1, 1):
+        return x
+    dh, dw = geom.input_dilation
+    stuffed = np.zeros((*x.shape[:2], *geom.dilated_hw(*x.shape[2:])), np.float32)
+    stuffed[:, :, ::dh, ::dw] = x
+    return stuffed
+
+
+def _epilogue_inplace(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
+                      relu: bool) -> np.ndarray:
+    """:func:`epilogue` on a fresh ``[B, O, H, W]`` result, in place."""
+    if bias is not None:
+        np.add(y, np.asarray(bias, np.float32)[:, None, None], out=y)
+    if residual is not None:
+        np.add(y, residual, out=y)
+    if relu:
+        np.maximum(y, np.float32(0), out=y)
+    return y
+
+
+def conv2d_reference(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None,
+                     geom: ConvGeometry, fmt: Format, residual: np.ndarray | None = None,
+                     relu: bool = False, rounding: Rounding = Rounding.NEAREST_EVEN,
+                     seed: int = 0) -> np.ndarray:
+    """The definition of the matrix unit's convolution, in plain numpy.
+
+    An im2col GEMM per group: the patches ``[pixels, K]``, K ordered (kh, kw, c) within
+    the group, are quantized along K (:func:`numerics.quantize_reference`) and multiplied
+    by the group's weights (:func:`numerics.bfp_matmul` with the reference
+    accumulation); in fp32, one fp32 GEMM per group.
+    """
+    x = _input_dilated(np.asarray(x, np.float32), geom)
+    geom = dataclasses.replace(geom, input_dilation=(1, 1))
     b, c, h, w_ = x.shape
     o = weight.shape[0]
     oh, ow = geom.output_hw(h, w_)
     g = geom.groups
     cg, og = c // g, o // g
-    if geom.kernel == (1, 1) and geom.pads == (0, 0, 0, 0) and geom.strides == (1, 1):
-        patches = x.transpose(0, 2, 3, 1).reshape(b * oh * ow, 1, 1, c)
-    else:
-        patches = _windows(x, geom, 0.0, (oh, ow)).reshape(b * oh * ow, *geom.kernel, c)
-    if g == 1:
-        y = matmul(patches.reshape(b * oh * ow, -1), weight, fmt, rounding, seed)
-    else:
-        n = patches.shape[0]
-        a = patches.reshape(n, *geom.kernel, g, cg).transpose(3, 0, 1, 2, 4).reshape(g, n, -1)
-        if fmt.is_fp32:
-            wg = np.asarray(weight, np.float32).reshape(g, og, -1)
-            y = np.matmul(wg, a.transpose(0, 2, 1)).reshape(o, n).T
+    n = b * oh * ow
+    patches = _windows(x, geom, 0.0, (oh, ow)).reshape(n, *geom.kernel, g, cg)
+    a = np.ascontiguousarray(patches.transpose(3, 0, 1, 2, 4)).reshape(g, n, -1)
+    qa = None if fmt.is_fp32 else quantize_reference(a, fmt, rounding, seed)
+    cols = []
+    for grp in range(g):
+        wg = _weight_rows(weight, grp * og, (grp + 1) * og)
+        if qa is None:
+            cols.append(np.matmul(a[grp], np.asarray(wg, np.float32).T))
         else:
-            qa = quantize(a, fmt, rounding, seed)
-            cols = [bfp_matmul(_weight_rows(qa, grp, grp + 1, squeeze=True),
-                               _weight_rows(weight, grp * og, (grp + 1) * og))
-                    for grp in range(g)]
-            y = np.concatenate(cols, axis=1)
-    y = y.reshape(b, oh, ow, o).transpose(0, 3, 1, 2)
+            cols.append(bfp_matmul(_weight_rows(qa, grp, grp + 1, squeeze=True), wg,
+                                   accumulate=accumulate_blocks_reference))
+    y = np.concatenate(cols, axis=1).reshape(b, oh, ow, o).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(epilogue(y, bias[:, None, None] if bias is not None else None,
                                          residual, relu))
 

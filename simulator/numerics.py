@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -348,24 +347,11 @@ def bfp_matmul(a: BfpTensor, w: BfpTensor, accumulate=None) -> np.ndarray:
         raise ValueError(f"reduction lengths differ: {a.length} and {w.length}")
     if accumulate is not None:
         return accumulate(block_partials(a, w), block_scales(a), block_scales(w))
-    wt, w_scale_t = _weight_tiles(w)
-    return _fast.bfp_gemm(a.q, block_scales(a), wt, w_scale_t)
+    from simulator import gemm  # the fast kernels build on this module
 
-
-_TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _weight_tiles(w: BfpTensor) -> tuple[np.ndarray, np.ndarray]:
-    """Weights as the fast kernel wants them: mantissas ``[J, B, O]`` and scales ``[J, O]``.
-
-    Made once per weight tensor, as the device decodes weights once at program load.
-    """
-    if w not in _TILES:
-        o, kp = w.q.shape
-        b = w.fmt.block_size
-        wt = np.ascontiguousarray(w.q.reshape(o, kp // b, b).transpose(1, 2, 0), np.float32)
-        _TILES[w] = (wt, np.ascontiguousarray(block_scales(w).T))
-    return _TILES[w]
+    if not gemm.supported(a.fmt):
+        return accumulate_blocks(block_partials(a, w), block_scales(a), block_scales(w))
+    return gemm.matmul_quantized(a, w)
 
 
 def matmul(a: np.ndarray, w: np.ndarray | BfpTensor, fmt: Format,
@@ -384,6 +370,14 @@ def matmul(a: np.ndarray, w: np.ndarray | BfpTensor, fmt: Format,
         return np.matmul(np.asarray(w, dtype=np.float32), a.T).T
     if not isinstance(w, BfpTensor):
         raise ValueError(f"{fmt.name} matmul needs weights quantized by the compiler")
+    if w.fmt != fmt:
+        raise ValueError(f"operand formats differ: {fmt.name} and {w.fmt.name}")
+    if a.shape[-1] != w.length:
+        raise ValueError(f"reduction lengths differ: {a.shape[-1]} and {w.length}")
+    from simulator import gemm
+
+    if Rounding(rounding) == Rounding.NEAREST_EVEN and gemm.supported(fmt):
+        return gemm.matmul(a, w)
     return bfp_matmul(quantize(a, fmt, rounding, seed), w)
 
 

@@ -1,0 +1,273 @@
+# SPDX-License-Identifier: Apache-2.0
+"""numba kernels of the matrix unit's products, with the golden model's result.
+
+They work on "columns": the reduction axis K runs down, one column per output pixel
+(or activation row), so a convolution's result comes out ``[O, pixels]``, already
+NCHW. Activations are quantized while they are gathered (im2col): float32 mantissas
+``q[J, B, N]`` (small integers) and float32 block scales ``sa[J, N]`` (powers of two,
+exact in fp32 for every format of the device; NaN for a block that held a NaN or an
+infinity). The integer block dot products are then a batched fp32 GEMM, exact since
+every one is below 2**24 (done by BLAS, see :mod:`simulator.gemm`), and
+:func:`accumulate_cols` sums the block products in the device's order.
+
+The product of two block scales is a power of two; when it is a normal fp32 number,
+``fp32(p * s)`` is the same single rounding in fp32 as in float64, so the common case
+runs in fp32 and only blocks whose scales leave that range take the float64 path.
+Every kernel is compared bit for bit with the numpy reference in
+``tests/simulator/test_fast_gemm.py``. Kernels compile on first call, never at import.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_MIN_NORMAL = 2.0**-126
+_MAX_SCALE = 2.0**127
+
+
+@numba.njit(cache=True, inline="always")
+def _gather(xp, c, dy, dx, oy0, oy1, ow, sy, sx, out):  # pragma: no cover - compiled
+    """``out[(oy - oy0) * ow + ox] = xp[c, oy * sy + dy, ox * sx + dx]`` (``xp`` padded).
+
+    The row is sliced first, so the inner loop indexes with a loop counter that numba
+    knows is not negative: no wraparound check, and the copy vectorizes.
+    """
+    for oy in range(oy0, oy1):
+        row = xp[c, oy * sy + dy]
+        base = (oy - oy0) * ow
+        if sx == 1:
+            seg = row[dx:dx + ow]
+            for ox in range(ow):
+                out[base + ox] = seg[ox]
+        else:
+            sseg = row[dx:dx + (ow - 1) * sx + 1:sx]
+            for ox in range(ow):
+                out[base + ox] = sseg[ox]
+
+
+@numba.njit(cache=True, inline="always")
+def _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cover - compiled
+    """Quantize one block for each of ``ow`` columns: ``v[:nb, ow]`` fp32 values (rows past
+    ``nb`` are the zero padding) into ``q[:, ow]`` mantissas and ``sa[ow]`` scales
+    (``scratch``: float64 ``[3, >= ow]``, reused between calls).
+
+    The shared exponent ``clamp(floor(log2(max |v|)), emin, emax)`` is read from the
+    float64 bits of the block maximum (an all-zero block's reads -1023 and clamps to
+    ``emin``), and the powers of two are built from bits, so the loops vectorize.
+    """
+    ow = v.shape[1]
+    max_m = np.float64((1 << mbits) - 1)
+    amax = scratch[0, :ow]  # max |v|, or -1 once a NaN or an infinity is seen
+    amax[:] = 0.0
+    for b in range(nb):
+        for ox in range(ow):
+            a = abs(np.float64(v[b, ox]))
+            if a == np.inf or a != a:
+                amax[ox] = -1.0
+            elif a > amax[ox] >= 0.0:
+                amax[ox] = a
+    bits = amax.view(np.int64)
+    mult = scratch[1, :ow].view(np.int64)
+    scale = scratch[2, :ow].view(np.int64)
+    for ox in range(ow):
+        e = min(max((bits[ox] >> 52) - 1023, emin), emax)
+        mult[ox] = (mbits - 1 - e + 1023) << 52   # 2**(M-1-e): exact scaling to a mantissa
+        scale[ox] = (e - mbits + 1 + 1023) << 52  # 2**(e-M+1): the block's scale
+    mf = mult.view(np.float64)
+    sf = scale.view(np.float64)
+    for ox in range(ow):
+        mf[ox] = mf[ox] if amax[ox] >= 0.0 else 0.0  # a non-finite block: zero mantissas
+        sa[ox] = np.float32(sf[ox]) if amax[ox] >= 0.0 else np.float32(np.nan)
+    for b in range(nb):
+        for ox in range(ow):
+            x = np.float64(v[b, ox])
+            m = abs(x) * mf[ox]
+            m = min(np.rint(m), max_m) if m == m else 0.0  # inf * 0 in a non-finite block
+            q[b, ox] = np.float32(-m if x < 0 else m)
+    for b in range(nb, q.shape[0]):
+        q[b, :] = 0.0
+
+
+@numba.njit(cache=True, inline="always")
+def _scale_range(sa):  # pragma: no cover - compiled
+    """Smallest and largest of the scales ``sa`` (NaN ignored) as float64."""
+    lo, hi = np.inf, -np.inf
+    for n in range(sa.shape[0]):
+        s = np.float64(sa[n])
+        lo = min(lo, s) if s == s else lo
+        hi = max(hi, s) if s == s else hi
+    return lo, hi
+
+
+@numba.njit(cache=True, inline="always")
+def _accumulate_block(acc, p, sa, s, lo, hi):  # pragma: no cover - compiled
+    """``acc = fp32(acc + fp32(p * sa * s))`` over a row: in fp32 when every scale product
+    ``sa[n] * s`` (scales in ``[lo, hi]``) is a normal fp32 number, else in float64."""
+    if lo * s >= _MIN_NORMAL and hi * s <= _MAX_SCALE:
+        s32 = np.float32(s)
+        for n in range(acc.shape[0]):
+            acc[n] = acc[n] + p[n] * (sa[n] * s32)
+    else:
+        for n in range(acc.shape[0]):
+            acc[n] = np.float32(acc[n] + np.float32(np.float64(p[n]) * (np.float64(sa[n]) * s)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _im2col_quantize(xp, kc, ky, kx, oy0, oy1, ow, sy, sx, mbits, emin, emax, q,
+                     sa):  # pragma: no cover - compiled
+    # xp [C, Hp, Wp] f32, padded so every tap is inside; row k of the columns reads
+    # xp[kc[k], oy*sy + ky[k], ox*sx + kx[k]] for output rows oy0 <= oy < oy1.
+    # q [J, B, N] f32 mantissas out, sa [J, N] f32 scales out, N = (oy1-oy0)*ow.
+    nk = kc.shape[0]
+    nblocks, block, n = q.shape
+    v = np.empty((block, n), np.float32)
+    scratch = np.empty((3, n), np.float64)
+    for j in range(nblocks):
+        nb = min(block, nk - j * block)
+        for b in range(nb):
+            k = j * block + b
+            _gather(xp, kc[k], ky[k], kx[k], oy0, oy1, ow, sy, sx, v[b])
+        _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
+
+
+@numba.njit(cache=True, nogil=True)
+def _im2col(xp, kc, ky, kx, oy0, oy1, ow, sy, sx, cols):  # pragma: no cover - compiled
+    # the fp32 gather of _im2col_quantize: cols [K, (oy1-oy0)*ow]
+    for k in range(kc.shape[0]):
+        _gather(xp, kc[k], ky[k], kx[k], oy0, oy1, ow, sy, sx, cols[k])
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_cols(partials, sw, sa, out):  # pragma: no cover - compiled
+    # partials [J, O, N] exact integers; sw [J, O], sa [J, N] f32 scales; out [O, N]
+    nblocks, rows, _ = partials.shape
+    lo = np.empty(nblocks, np.float64)
+    hi = np.empty(nblocks, np.float64)
+    for j in range(nblocks):
+        lo[j], hi[j] = _scale_range(sa[j])
+    for o in range(rows):
+        acc = out[o]
+        acc[:] = 0.0
+        for j in range(nblocks):
+            _accumulate_block(acc, partials[j, o], sa[j], np.float64(sw[j, o]), lo[j], hi[j])
+
+
+@numba.njit(cache=True, nogil=True)
+def _gemv(xq, sa, wq, sw, o0, o1, out):  # pragma: no cover - compiled
+    # xq [N, J*B] int8, sa [N, J] f64; wq [O, J*B] int8, sw [O, J] f64; out [N, O], o0<=o<o1
+    rows, nblocks = sa.shape
+    block = xq.shape[1] // nblocks
+    for o in range(o0, o1):
+        w = wq[o]
+        for n in range(rows):
+            x = xq[n]
+            acc = np.float32(0.0)
+            for j in range(nblocks):
+                p = 0
+                for b in range(j * block, (j + 1) * block):
+                    p += np.int32(w[b]) * np.int32(x[b])
+                acc = np.float32(acc + np.float32(np.float64(p) * (sa[n, j] * sw[o, j])))
+            out[n, o] = acc
+
+
+@numba.njit(cache=True, nogil=True)
+def _grouped_quantized(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, block, mbits, emin, emax, wq,
+                       sw, g0, g1, out):  # pragma: no cover - compiled
+    # A grouped (or depthwise) convolution, one group per task (g0 <= g < g1): gather the
+    # group's K_g taps (channel offsets within the group in kc) over the whole output
+    # plane, quantize them, and multiply by each of the group's og weight rows, vectorized
+    # along the plane. xp padded; wq [O, J*B] int8, sw [O, J] f64, out [O, oh*ow].
+    nk = kc.shape[0]
+    nblocks = sw.shape[1]
+    n = oh * ow
+    v = np.empty((block, n), np.float32)
+    q = np.empty((nblocks, block, n), np.float32)
+    sa = np.empty((nblocks, n), np.float32)
+    lo = np.empty(nblocks, np.float64)
+    hi = np.empty(nblocks, np.float64)
+    p = np.empty(n, np.float32)
+    scratch = np.empty((3, n), np.float64)
+    for g in range(g0, g1):
+        for j in range(nblocks):
+            nb = min(block, nk - j * block)
+            for b in range(nb):
+                k = j * block + b
+                _gather(xp, g * cg + kc[k], ky[k], kx[k], 0, oh, ow, sy, sx, v[b])
+            _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
+            lo[j], hi[j] = _scale_range(sa[j])
+        for o in range(g * og, (g + 1) * og):
+            acc = out[o]
+            acc[:] = 0.0
+            for j in range(nblocks):
+                p[:] = 0.0
+                for b in range(min(block, nk - j * block)):
+                    wv = np.float32(wq[o, j * block + b])
+                    if wv != 0.0:  # integer products and sums: exact in fp32
+                        qb = q[j, b]
+                        for i in range(n):
+                            p[i] += wv * qb[i]
+                _accumulate_block(acc, p, sa[j], sw[o, j], lo[j], hi[j])
+
+
+@numba.njit(cache=True, nogil=True)
+def _grouped_f32(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, wf, g0, g1,
+                 out):  # pragma: no cover - compiled
+    # fp32 twin of _grouped_quantized: wf [O, K_g] f32; the sum runs in K order
+    nk = kc.shape[0]
+    v = np.empty((nk, oh * ow), np.float32)
+    for g in range(g0, g1):
+        for k in range(nk):
+            _gather(xp, g * cg + kc[k], ky[k], kx[k], 0, oh, ow, sy, sx, v[k])
+        for o in range(g * og, (g + 1) * og):
+            acc = out[o]
+            acc[:] = 0.0
+            for k in range(nk):
+                wv = wf[o, k]
+                vk = v[k]
+                for i in range(acc.shape[0]):
+                    acc[i] = acc[i] + wv * vk[i]
+
+
+# --- entry points: one worker's share of a product, around the compiled kernels ------
+# Each runs in one thread and releases the GIL; simulator.gemm splits the work between
+# the compute threads (simulator.threads).
+
+
+def im2col_quantize(xp: np.ndarray, taps: tuple, rows: tuple[int, int], ow: int, strides,
+                    block: int, mbits: int, emin: int, emax: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Gather and quantize output rows ``rows`` of the padded input ``xp``:
+    ``(q [J, B, N] f32, sa [J, N] f32)``."""
+    kc = taps[0]
+    n = (rows[1] - rows[0]) * ow
+    nblocks = -(-kc.shape[0] // block)
+    q = np.empty((nblocks, block, n), np.float32)
+    sa = np.empty((nblocks, n), np.float32)
+    _im2col_quantize(xp, *taps, rows[0], rows[1], ow, strides[0], strides[1], mbits, emin,
+                     emax, q, sa)
+    return q, sa
+
+
+def im2col(xp: np.ndarray, taps: tuple, rows: tuple[int, int], ow: int,
+           strides) -> np.ndarray:
+    """The fp32 columns ``[K, N]`` of output rows ``rows`` of the padded input ``xp``."""
+    cols = np.empty((taps[0].shape[0], (rows[1] - rows[0]) * ow), np.float32)
+    _im2col(xp, *taps, rows[0], rows[1], ow, strides[0], strides[1], cols)
+    return cols
+
+
+accumulate_cols = _accumulate_cols
+"""``accumulate_cols(partials [J, O, N], sw [J, O], sa [J, N], out [O, N])``: the block
+products summed in the device's order."""
+
+gemv = _gemv
+"""``gemv(xq, sa, wq, sw, o0, o1, out)``: outputs ``o0:o1`` of a product of a few rows."""
+
+grouped_quantized = _grouped_quantized
+"""A grouped convolution of one padded image in a block format, groups ``[g0, g1)``."""
+
+grouped_f32 = _grouped_f32
+"""The fp32 grouped convolution, same tasks."""

@@ -1,0 +1,273 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The matrix unit's products, fast, with the golden model's result bit for bit.
+
+:mod:`simulator.numerics` defines a block-floating-point product as exact integer block
+dot products summed block by block in fp32; this module computes the same numbers the
+way a CPU is fast at:
+
+* the activations are gathered into columns (im2col, one column per output pixel) and
+  quantized in the same numba pass (:mod:`simulator._fast_gemm`);
+* the integer block dot products of all blocks are one batched fp32 GEMM (BLAS via
+  ``np.matmul``; exact, since every partial sum is an integer below 2**24), a slice of
+  columns at a time so the partials stay in cache;
+* a fused numba pass sums them in the device's order.
+
+Grouped and depthwise convolutions run all their groups in one numba call that
+quantizes each window and dots it with its group's weights; a 1x1 convolution reads
+its input in place; a product with few activation rows reads the int8 weights
+directly. The result comes out ``[O, pixels]``, that is NCHW.
+
+``tests/simulator/test_fast_gemm.py`` compares every path with the numpy reference
+(:func:`simulator.kernels.conv2d_reference`) bit for bit in every format.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+
+import numpy as np
+
+from simulator import _fast_gemm, threads
+from simulator.numerics import BfpTensor, Format, block_scales, quantize
+
+PARTIAL_BYTES = 1 << 20
+"""Bytes of block partials (or fp32 columns) made per GEMM: a slice of output rows sized
+to stay in a core's cache."""
+
+GEMV_ROWS = 8
+"""Products with at most this many activation rows read the int8 weights directly."""
+
+
+@functools.lru_cache(maxsize=256)
+def taps(kernel: tuple[int, int], channels: int, dilations: tuple[int, int]
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Channel, row and column offset of each element of K, ordered ``(kh, kw, c)``."""
+    kh, kw = kernel
+    i, j, c = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(channels), indexing="ij")
+    out = (c.ravel().astype(np.int64), (i * dilations[0]).ravel().astype(np.int64),
+           (j * dilations[1]).ravel().astype(np.int64))
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+class _Tiles:
+    """A weight tensor as the fast kernels read it, made once per tensor (the device
+    decodes its weights once, at program load)."""
+
+    def __init__(self, w: BfpTensor) -> None:
+        self.scales = np.ascontiguousarray(block_scales(w))  # [O, J] float64
+        self._w = w
+        self._mantissas: dict[int, np.ndarray] = {}
+        self._scales32: dict[int, np.ndarray] = {}
+
+    def mantissas(self, groups: int) -> np.ndarray:
+        """float32 ``[G, J, O/G, B]`` (the GEMM's left operand per group)."""
+        if groups not in self._mantissas:
+            w = self._w
+            o, kp = w.q.shape
+            b = w.fmt.block_size
+            m = w.q.reshape(groups, o // groups, kp // b, b).transpose(0, 2, 1, 3)
+            self._mantissas[groups] = np.ascontiguousarray(m, np.float32)
+        return self._mantissas[groups]
+
+    def scales32(self, groups: int) -> np.ndarray:
+        """float32 ``[G, J, O/G]``."""
+        if groups not in self._scales32:
+            o = self.scales.shape[0]
+            s = self.scales.reshape(groups, o // groups, -1).transpose(0, 2, 1)
+            self._scales32[groups] = np.ascontiguousarray(s, np.float32)
+        return self._scales32[groups]
+
+
+_TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tiles(w: BfpTensor) -> _Tiles:
+    t = _TILES.get(w)
+    if t is None:
+        t = _TILES[w] = _Tiles(w)
+    return t
+
+
+def _direct(fmt: Format) -> bool:
+    """Formats whose block scales are exact fp32 numbers, as the kernels keep them."""
+    return -149 <= fmt.emin - fmt.mantissa_bits + 1 and fmt.emax - fmt.mantissa_bits + 1 <= 127
+
+
+def supported(fmt: Format) -> bool:
+    """Whether these kernels compute ``fmt`` (every format of the device does)."""
+    return fmt.is_fp32 or _direct(fmt)
+
+
+def _rows_per_step(nblocks: int, out_rows: int, width: int) -> int:
+    """Output pixel rows whose block partials fill about ``PARTIAL_BYTES``."""
+    return max(1, PARTIAL_BYTES // (4 * nblocks * out_rows * max(1, width)))
+
+
+def padded(x: np.ndarray, geom, out_hw: tuple[int, int]) -> np.ndarray:
+    """``x [C, H, W]`` with the zero padding every window of ``geom`` reads (top and left
+    as the geometry says; bottom and right as far as the last window reaches)."""
+    c, h, w = x.shape
+    oh, ow = out_hw
+    need_h = (oh - 1) * geom.strides[0] + (geom.kernel[0] - 1) * geom.dilations[0] + 1
+    need_w = (ow - 1) * geom.strides[1] + (geom.kernel[1] - 1) * geom.dilations[1] + 1
+    top, left = geom.pads[:2]
+    bottom, right = max(need_h - h - top, 0), max(need_w - w - left, 0)
+    if top == left == bottom == right == 0:
+        return x
+    xp = np.zeros((c, h + top + bottom, w + left + right), np.float32)
+    xp[:, top:top + h, left:left + w] = x
+    return xp
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format) -> np.ndarray:
+    """The matrix unit's convolution of ``x [B, C, H, W]`` without its epilogue:
+    ``[B, O, OH, OW]`` float32 (``geom`` without input dilation)."""
+    x = np.ascontiguousarray(x, np.float32)
+    b, c, h, w = x.shape
+    o = weight.shape[0]
+    oh, ow = geom.output_hw(h, w)
+    g = geom.groups
+    cg, og = c // g, o // g
+    tp = taps(geom.kernel, cg, geom.dilations)
+    out = np.empty((b, o, oh, ow), np.float32)
+    for i in range(b):
+        xp = padded(x[i], geom, (oh, ow))
+        if g > 1 and _grouped_direct(cg, og, len(tp[0])):
+            _grouped(xp, weight, tp, geom, fmt, cg, og, out[i].reshape(o, oh * ow), (oh, ow))
+            continue
+        for grp in range(g):
+            xs = xp[grp * cg:(grp + 1) * cg]
+            ys = out[i, grp * og:(grp + 1) * og].reshape(og, oh * ow)
+            if fmt.is_fp32:
+                wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
+                _conv_f32(xs, wf, tp, geom, (oh, ow), ys)
+            else:
+                tiles = _tiles(weight)
+                _conv_bfp(xs, tiles.mantissas(g)[grp], tiles.scales32(g)[grp], tp, geom, fmt,
+                          (oh, ow), ys)
+    return out
+
+
+def _conv_f32(xp, wf, tp, geom, out_hw, out) -> None:
+    """One image and group in fp32: ``out [O, OH*OW] = wf [O, K] @ columns``."""
+    oh, ow = out_hw
+    pointwise = geom.kernel == (1, 1) and geom.strides == (1, 1)
+    step = _rows_per_step(1, len(tp[0]) + wf.shape[0], ow)
+    flat = xp.reshape(xp.shape[0], -1)
+
+    def share(r0: int, r1: int) -> None:
+        for a in range(r0, r1, step):
+            rows = (a, min(r1, a + step))
+            if pointwise:
+                cols = flat[:, rows[0] * ow:rows[1] * ow]
+            else:
+                cols = _fast_gemm.im2col(xp, tp, rows, ow, geom.strides)
+            out[:, rows[0] * ow:rows[1] * ow] = wf @ cols
+
+    threads.run(share, oh, grain=_grain(wf.shape[0] * len(tp[0]) * ow))
+
+
+def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out) -> None:
+    """One image and group in a block format: quantize a slice of output rows, its block
+    partials by BLAS, their fused accumulation; ``out [O, OH*OW]``."""
+    oh, ow = out_hw
+    nblocks, o, _ = mant.shape
+    step = _rows_per_step(nblocks, o, ow)
+
+    def share(r0: int, r1: int) -> None:
+        for a in range(r0, r1, step):
+            rows = (a, min(r1, a + step))
+            q, sa = _fast_gemm.im2col_quantize(xp, tp, rows, ow, geom.strides, fmt.block_size,
+                                               fmt.mantissa_bits, fmt.emin, fmt.emax)
+            _fast_gemm.accumulate_cols(np.matmul(mant, q), sw, sa,
+                                       out[:, rows[0] * ow:rows[1] * ow])
+
+    threads.run(share, oh, grain=_grain(o * len(tp[0]) * ow))
+
+
+def _grain(macs_per_task: int) -> int:
+    """Tasks per share so that a share is worth a thread hand-off (about 256 K MACs)."""
+    return max(1, (1 << 18) // max(1, macs_per_task))
+
+
+def _grouped_direct(cg: int, og: int, kg: int) -> bool:
+    """Groups too small for a GEMM each run together in the direct kernel."""
+    return og < 16 or kg < 32 or cg < 8
+
+
+def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw) -> None:
+    """All groups of one padded image in the direct kernel, one group per task."""
+    groups = out.shape[0] // og
+    args = (xp, *tp, *out_hw, *geom.strides, cg, og)
+    if fmt.is_fp32:
+        wf = np.ascontiguousarray(weight, np.float32)
+
+        def share(g0: int, g1: int) -> None:
+            _fast_gemm.grouped_f32(*args, wf, g0, g1, out)
+    else:
+        scales = _tiles(weight).scales
+
+        def share(g0: int, g1: int) -> None:
+            _fast_gemm.grouped_quantized(*args, fmt.block_size, fmt.mantissa_bits, fmt.emin,
+                                         fmt.emax, weight.q, scales, g0, g1, out)
+
+    threads.run(share, groups, grain=_grain(og * len(tp[0]) * out_hw[0] * out_hw[1]))
+
+
+def _gemv(xq: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
+    scales = _tiles(w).scales
+    o = w.q.shape[0]
+    out = np.empty((xq.shape[0], o), np.float32)
+    sa = np.ascontiguousarray(sa, np.float64)
+
+    def share(o0: int, o1: int) -> None:
+        _fast_gemm.gemv(xq, sa, w.q, scales, o0, o1, out)
+
+    threads.run(share, o, grain=_grain(xq.shape[0] * w.q.shape[1]))
+    return out
+
+
+def _rows_product(q: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
+    """``[N, O]`` from activations already as columns ``q [J, B, N]``, ``sa [J, N]``."""
+    tiles = _tiles(w)
+    mant, sw = tiles.mantissas(1)[0], tiles.scales32(1)[0]
+    n = q.shape[2]
+    out = np.empty((mant.shape[1], n), np.float32)
+    step = _rows_per_step(mant.shape[0], mant.shape[1], 1)
+
+    def share(n0: int, n1: int) -> None:
+        for a in range(n0, n1, step):
+            b = min(n1, a + step)
+            _fast_gemm.accumulate_cols(np.matmul(mant, q[:, :, a:b]), sw,
+                                       np.ascontiguousarray(sa[:, a:b]), out[:, a:b])
+
+    threads.run(share, n, grain=_grain(mant.shape[1] * w.q.shape[1]))
+    return out.T
+
+
+def matmul(a: np.ndarray, w: BfpTensor) -> np.ndarray:
+    """``a @ w.T`` for fp32 ``a [N, K]`` and quantized ``w [O, K]``: ``[N, O]``."""
+    fmt = w.fmt
+    n, k = a.shape
+    if n <= GEMV_ROWS:
+        qa = quantize(a, fmt)
+        return _gemv(qa.q, block_scales(qa), w)
+    tp = taps((1, 1), k, (1, 1))
+    q, sa = _fast_gemm.im2col_quantize(np.ascontiguousarray(a.T).reshape(k, 1, n), tp, (0, 1),
+                                       n, (1, 1), fmt.block_size, fmt.mantissa_bits, fmt.emin,
+                                       fmt.emax)
+    return _rows_product(q, sa, w)
+
+
+def matmul_quantized(a: BfpTensor, w: BfpTensor) -> np.ndarray:
+    """``a @ w.T`` of two quantized operands (``a [N, K]``): ``[N, O]``."""
+    n = a.q.shape[0]
+    if n <= GEMV_ROWS:
+        return _gemv(a.q, block_scales(a), w)
+    b = a.fmt.block_size
+    q = np.ascontiguousarray(a.q.reshape(n, -1, b).transpose(1, 2, 0), np.float32)
+    sa = np.ascontiguousarray(block_scales(a).T, np.float32)
+    return _rows_product(q, sa, w)

@@ -1,0 +1,123 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The fast matrix-unit kernels (simulator.gemm) against the numpy reference, bit for bit.
+
+Every BFP format (ms-fp8/9 over several native dimensions, MSFP12/16, MXINT8), every
+path of :func:`simulator.gemm.conv2d` (pointwise, im2col, per-group GEMMs, the direct
+grouped and depthwise kernel) and of the products (few rows, many rows), with awkward
+values: ties, subnormals, NaN, infinities, block scales outside fp32's normal range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numerics_cases import DIFF_FORMATS, fid, nasty
+
+from simulator import gemm
+from simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
+from simulator.numerics import (
+    FP32,
+    Format,
+    Rounding,
+    accumulate_blocks_reference,
+    bfp_matmul,
+    get_format,
+    matmul,
+    quantize,
+    quantize_reference,
+)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal as fp32 bit patterns, any NaN matching any NaN."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    nan = np.isnan(a)
+    return bool(np.array_equal(nan, np.isnan(b))
+                and np.array_equal(a[~nan].view(np.int32), b[~nan].view(np.int32)))
+
+
+# (C, O, H, W, geometry): one case per path of gemm.conv2d
+CONVS = {
+    "pointwise": (40, 24, 6, 7, ConvGeometry((1, 1))),
+    "3x3-pad": (20, 18, 9, 8, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1))),
+    "stride-dilation": (7, 5, 13, 11, ConvGeometry((3, 2), (2, 3), (2, 0, 1, 3), (2, 1))),
+    "7x7-stem": (3, 16, 20, 20, ConvGeometry((7, 7), (2, 2), (3, 3, 3, 3))),
+    "groups-gemm": (32, 64, 6, 6, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), groups=2)),
+    "depthwise": (24, 24, 10, 9, ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1), groups=24)),
+    "depthwise-5x5": (8, 16, 9, 9, ConvGeometry((5, 5), (1, 1), (2, 2, 2, 2), groups=8)),
+    "grouped-small": (32, 32, 7, 7, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), groups=8)),
+    "transposed": (6, 4, 5, 5, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1),
+                                            input_dilation=(2, 2))),
+}
+
+
+def _conv_case(name: str, fmt: Format, seed: int, extreme: bool = False):
+    c, o, h, w, geom = CONVS[name]
+    rng = np.random.default_rng(seed)
+    kg = geom.kernel[0] * geom.kernel[1] * c // geom.groups
+    x = nasty(rng, (2, c, h, w), fmt, row_exp=(-145, 125) if extreme else (-30, 30))
+    weights = nasty(rng, (o, kg), fmt, nonfinite=False, row_exp=(-20, 10))
+    if fmt.is_fp32:
+        wt = weights
+    else:
+        wt = quantize(weights, fmt)
+    bias = rng.standard_normal(o).astype(np.float32)
+    return x, wt, bias, geom
+
+
+@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
+@pytest.mark.parametrize("name", list(CONVS))
+@pytest.mark.parametrize("extreme", [False, True], ids=["scales-normal", "scales-extreme"])
+def test_conv2d_matches_reference(fmt: Format, name: str, extreme: bool) -> None:
+    """``extreme``: block scales whose products leave fp32's normal range (the float64
+    path of the accumulation), overflow to infinities and underflow to subnormals."""
+    x, w, bias, geom = _conv_case(name, fmt, seed=len(name) + fmt.block_size, extreme=extreme)
+    res = np.random.default_rng(1).standard_normal(
+        conv2d_reference(x, w, None, geom, fmt).shape).astype(np.float32)
+    with np.errstate(all="ignore"):
+        for kw in ({}, {"residual": res, "relu": True}):
+            ref = conv2d_reference(x, w, bias, geom, fmt, **kw)
+            assert same_bits(conv2d(x, w, bias, geom, fmt, **kw), ref), (name, kw)
+
+
+@pytest.mark.parametrize("name", list(CONVS))
+def test_conv2d_fp32_matches_reference(name: str) -> None:
+    x, w, bias, geom = _conv_case(name, FP32, seed=3)
+    x = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    ref = conv2d_reference(x, w, bias, geom, FP32)
+    got = conv2d(x, w, bias, geom, FP32)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
+@pytest.mark.parametrize("rows", [1, 3, gemm.GEMV_ROWS + 1, 70])
+def test_products_match_reference(fmt: Format, rows: int) -> None:
+    rng = np.random.default_rng(rows + fmt.block_size)
+    a = nasty(rng, (rows, 150), fmt)  # default scales: far outside fp32's normal range
+    w = quantize(nasty(rng, (21, 150), fmt, nonfinite=False), fmt)
+    with np.errstate(all="ignore"):
+        ref = bfp_matmul(quantize_reference(a, fmt), w, accumulate=accumulate_blocks_reference)
+        assert same_bits(matmul(a, w, fmt), ref)
+        assert same_bits(bfp_matmul(quantize(a, fmt), w), ref)
+        assert same_bits(dense(a, w, None, fmt), ref)
+
+
+def test_partial_slices_cover_every_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many small GEMM slices give the same result as one."""
+    fmt = get_format("msfp16")
+    x, w, bias, geom = _conv_case("3x3-pad", fmt, seed=9)
+    with np.errstate(all="ignore"):
+        whole = conv2d(x, w, bias, geom, fmt)
+        monkeypatch.setattr(gemm, "PARTIAL_BYTES", 1)
+        assert same_bits(conv2d(x, w, bias, geom, fmt), whole)
+
+
+def test_stochastic_rounding_uses_the_reference() -> None:
+    fmt = get_format("msfp12")
+    x, w, bias, geom = _conv_case("depthwise", fmt, seed=5)
+    with np.errstate(all="ignore"):
+        got = conv2d(x, w, bias, geom, fmt, rounding=Rounding.STOCHASTIC, seed=7)
+        ref = conv2d_reference(x, w, bias, geom, fmt, rounding=Rounding.STOCHASTIC, seed=7)
+        assert same_bits(got, ref)
+        assert not same_bits(got, conv2d(x, w, bias, geom, fmt))
