@@ -567,6 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--serial", action="store_true", help="run the points here, without Ray")
     sw.set_defaults(fn=cmd_sweep)
 
+    from runtime.evalcmd import add_arguments, cmd_eval
+
+    ev = sub.add_parser("eval", help="accuracy of a program, or of every format, over a "
+                        "dataset (top-1, top-5, agreement with fp32)")
+    add_arguments(ev)
+    ev.set_defaults(fn=cmd_eval)
+
     vf = sub.add_parser("verify", help="run the RTL kernels' cocotb suite against the golden "
                         "numerics and the timing model")
     vf.add_argument("--sim", choices=("icarus", "verilator"), help="HDL simulator (default: "
@@ -635,6 +642,9 @@ USER_ERRORS = {
     "simulator.isa_fields": ("EncodingError",),
     "simulator.host": ("HostOpError",),
     "runtime.sweep": ("SweepError",),
+    "runtime.evaluate": ("EvalError",),
+    "runtime.datasets": ("DatasetError",),
+    "runtime.parallel": ("ParallelError",),
     "runtime.verify": ("VerifyError",),
     "runtime.pipeline": ("PipelineError",),
     "runtime.serving": ("ServingConfigError",),

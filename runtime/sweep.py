@@ -34,7 +34,6 @@ import itertools
 import math
 import os
 import re
-import socket
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime.parallel import Mode, ParallelError, map_chunks, ray_installed
 from simulator.config import DEFAULT_DEVICE, ConfigError, DeviceConfig, load_device, preset_names
 
 if TYPE_CHECKING:
@@ -168,7 +168,8 @@ def pareto_front(rows: Sequence[dict], x: str, y: str) -> list[int]:
 
 
 def _price(model: onnx.ModelProto, cfg: DeviceConfig) -> dict | str:
-    """One point: the timing figures, or the message of a user error (bad model or device)."""
+    """One point: the timing figures, or the message of a user error (bad model or device),
+    returned rather than raised so that it crosses from a Ray worker intact."""
     from compiler.errors import CompileError
     from runtime.bench import timing_point
 
@@ -202,25 +203,26 @@ def run_sweep(model: str | Path | onnx.ModelProto, grid_path: str | Path,
                          "file)") from None
     except ValueError as exc:
         raise SweepError(f"model {model}: {exc}") from None
-    ray = None
-    if not serial:
-        try:
-            import ray
-        except ImportError:
-            if address:
-                raise SweepError(f"a Ray address ({address}) was given but Ray is not "
-                                 "installed") from None
-            print(f"npusim sweep: Ray is not installed; running the {len(grid.configs)} "
-                  "points serially", file=sys.stderr)
-    if ray is None:
-        results = _run_serial(proto, grid, name, progress)
-    else:
-        results = _run_ray(ray, proto, grid, name, address, progress)
-    rows = []
+    mode = Mode.SERIAL if serial else Mode.RAY
+    if not serial and not ray_installed():
+        if address:
+            raise SweepError(f"a Ray address ({address}) was given but Ray is not "
+                             "installed")
+        print(f"npusim sweep: Ray is not installed; running the {len(grid.configs)} "
+              "points serially", file=sys.stderr)
+        mode = Mode.SERIAL
+    try:
+        results = map_chunks(_price, grid.configs, len(grid.configs), shared=proto, mode=mode,
+                             workers=min(os.cpu_count() or 1, len(grid.configs)),
+                             address=address, desc=f"sweep {name}", unit="pt",
+                             stop=lambda res: isinstance(res, str), progress=progress)
+    except ParallelError as exc:
+        raise SweepError(str(exc)) from None
+    # a point the compiler refused stops the sweep (the points after it are None)
     for point, res in zip(grid.points(), results):
         if isinstance(res, str):
             raise SweepError(f"point {point}: {res}")
-        rows.append({**point, **res})
+    rows = [{**point, **res} for point, res in zip(grid.points(), results)]
     out = Path(out_dir) if out_dir is not None else Path(f"sweep-{_safe_name(name)}")
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "points.csv")
@@ -229,87 +231,6 @@ def run_sweep(model: str | Path | onnx.ModelProto, grid_path: str | Path,
     plots.pareto(rows, out / "pareto.png", label_keys=grid.fields,
                  title=f"{name}: {len(rows)} points around {grid.base.name}")
     return rows
-
-
-def _bar(total: int, name: str, progress: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"sweep {name}", unit="pt", disable=not progress,
-                file=sys.stderr)
-
-
-def _run_serial(proto: onnx.ModelProto, grid: Grid, name: str, progress: bool) -> list:
-    results = []
-    with _bar(len(grid.configs), name, progress) as bar:
-        for cfg in grid.configs:
-            results.append(_price(proto, cfg))
-            if isinstance(results[-1], str):
-                break  # run_sweep reports this point; the rest would be wasted work
-            bar.update()
-    return results
-
-
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a ``host:port`` nobody listens at: ``ray.init`` would retry for minutes."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto", "local" and the like: Ray resolves them itself
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise SweepError(f"cannot reach a Ray cluster at {address}: "
-                         f"{exc.strerror or exc}") from None
-
-
-def _run_ray(ray, proto: onnx.ModelProto, grid: Grid, name: str, address: str | None,
-             progress: bool) -> list:
-    import logging
-
-    started = False
-    if not ray.is_initialized():
-        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
-        try:
-            if address:
-                _check_reachable(address)
-                ray.init(address=address, **quiet)
-            else:
-                # Workers import npusim from wherever this process found it.
-                root = str(Path(__file__).resolve().parents[1])
-                path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-                local = dict(address="local",  # a fresh instance even if RAY_ADDRESS is set
-                             num_cpus=max(1, min(os.cpu_count() or 1, len(grid.configs))),
-                             include_dashboard=False,
-                             runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet)
-                try:
-                    ray.init(**local)
-                except Exception as exc:  # Ray raises a bare Exception for this
-                    # a local node can miss Ray's startup deadline on a loaded machine
-                    # (ray-project/ray#47087): try once more before giving up
-                    if "timed out during startup" not in str(exc):
-                        raise
-                    ray.shutdown()
-                    ray.init(**local)
-        except ConnectionError as exc:
-            raise SweepError(f"cannot connect to Ray at {address}: {exc}") from None
-        started = True
-    pending: dict = {}
-    try:
-        model_ref = ray.put(proto)  # one copy in the object store, shared by every task
-        task = ray.remote(num_cpus=1)(_price)
-        pending = {task.remote(model_ref, cfg): k for k, cfg in enumerate(grid.configs)}
-        results: list = [None] * len(grid.configs)
-        with _bar(len(grid.configs), name, progress) as bar:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.25)
-                for ref, res in zip(done, ray.get(done)):
-                    results[pending.pop(ref)] = res
-                bar.update(len(done))
-        return results
-    finally:
-        for ref in pending:  # an error or Ctrl-C: drop the points not yet run
-            ray.cancel(ref, force=True)
-        if started:
-            ray.shutdown()
 
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:

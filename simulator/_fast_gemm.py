@@ -19,8 +19,6 @@ Every kernel is compared bit for bit with the numpy reference in
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
