@@ -141,9 +141,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         _write_trace(Path(args.trace), stats, sess)
     if args.layers:
         _print_layers(stats, args.layers)
-    print(f"simulated latency {stats.latency_us:.1f} us ({stats.cycles} cycles at "
+    images = sess.last_images
+    per = f" per image ({images} images, one after another)" if images > 1 else ""
+    print(f"simulated latency {stats.latency_us:.1f} us{per} ({stats.cycles} cycles at "
           f"{stats.clock_mhz:g} MHz, utilization {stats.utilization:.1%}, "
-          f"{stats.roofline_ratio:.2f}x roofline); functional simulation {wall * 1e3:.1f} ms")
+          f"{stats.roofline_ratio:.2f}x roofline); functional simulation {wall * 1e3:.1f} ms"
+          + (f" ({wall * 1e3 / images:.1f} ms per image)" if images > 1 else ""))
     return 0
 
 

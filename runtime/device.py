@@ -34,7 +34,7 @@ class DeviceStats:
     """What one device (or a pool of them) has done since it was opened."""
 
     runs: int = 0
-    """Completed runs."""
+    """Completed runs (a batch counts one per image)."""
     simulated_seconds: float = 0.0
     """Sum of the simulated latencies of those runs."""
     busy_seconds: float = 0.0
@@ -82,14 +82,26 @@ class Device:
         """Run the loaded program once on ``feeds``; returns the outputs by name."""
         return self._run(feeds)[0]
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], RunStats]:
+    def run_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the loaded program on a batch (inputs ``[images, *shape]``), the images one
+        after another on the device; returns the outputs, ``[images, *shape]`` each."""
+        return self._run(feeds, batch=True)[0]
+
+    def _run(self, feeds: dict[str, np.ndarray],
+             batch: bool = False) -> tuple[dict[str, np.ndarray], RunStats]:
         with self._lock:
             if self._device.program is None:
                 raise ProgramError("no program loaded on the device")
             t0 = time.perf_counter()
-            outputs, stats = self._device.run(feeds)
+            if batch:
+                outputs, stats = self._device.run_batch(feeds)
+                images = len(next(iter(outputs.values()), ()))
+            else:
+                outputs, stats = self._device.run(feeds)
+                images = 1
             end = time.perf_counter()
-            self._stats += DeviceStats(1, stats.latency_us * 1e-6, end - t0, stats)
+            self._stats += DeviceStats(images, images * stats.latency_us * 1e-6, end - t0,
+                                       stats)
             self._last_end = end
         return outputs, stats
 
@@ -133,8 +145,11 @@ class DevicePool:
             self._cond.notify()
 
     def run(self, program: Program | str | Path,
-            feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], RunStats]:
-        """Run ``program`` once on a free device; returns the outputs and the run's stats."""
+            feeds: dict[str, np.ndarray],
+            batch: bool = False) -> tuple[dict[str, np.ndarray], RunStats]:
+        """Run ``program`` once on a free device; returns the outputs and the run's stats
+        (one image's). ``batch``: the feeds are ``[images, *shape]``, run one after
+        another on that device (:meth:`Device.run_batch`)."""
         if not isinstance(program, Program):
             key = str(Path(program).resolve())
             with self._cond:
@@ -145,7 +160,7 @@ class DevicePool:
         try:
             if dev.program is not program:
                 dev.load(program)
-            return dev._run(feeds)
+            return dev._run(feeds, batch)
         finally:
             self._release(dev)
 

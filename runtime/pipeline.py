@@ -336,7 +336,8 @@ class AcceleratorStage:
     """A compiled program on the accelerator.
 
     The device serves batch 1: a program whose inputs have batch 1 takes a batch of
-    any size here, run as one device run per row, the outputs concatenated.
+    any size here, its rows run one after another on one device
+    (:meth:`simulator.device.Device.run_batch`), the outputs concatenated.
     """
 
     kind = "accelerator"
@@ -356,9 +357,10 @@ class AcceleratorStage:
         self._device: Device | None = None
         self._lock = threading.Lock()
 
-    def _run_once(self, feeds: dict[str, np.ndarray], pool: DevicePool | None) -> dict:
+    def _run_once(self, feeds: dict[str, np.ndarray], pool: DevicePool | None,
+                  batch: bool = False) -> dict:
         if pool is not None:
-            return pool.run(self.program, feeds)[0]
+            return pool.run(self.program, feeds, batch)[0]
         with self._lock:
             if self._device is None:
                 from runtime.device import Device
@@ -366,7 +368,7 @@ class AcceleratorStage:
                 dev = Device(self.program.target)
                 dev.load(self.program)
                 self._device = dev
-        return self._device.run(feeds)
+        return self._device.run_batch(feeds) if batch else self._device.run(feeds)
 
     def run(self, feeds: dict[str, np.ndarray],
             pool: DevicePool | None = None) -> dict[str, np.ndarray]:
@@ -382,14 +384,14 @@ class AcceleratorStage:
                                          f"{', '.join(repr(n) for n in arrays)} have different "
                                          f"batch sizes {sorted(rows)}")
             n = rows.pop() if rows else 1
-            results = [self._run_once({k: a[i:i + 1] for k, a in arrays.items()}, pool)
-                       for i in range(n)]
+            if n == 0:
+                return {s.name: np.zeros((0, *s.shape[1:]), np.dtype(s.dtype))
+                        for s in self.outputs}
+            # the rows run one after another on one device, the host's work vectorized
+            out = self._run_once({k: a[:, None] for k, a in arrays.items()}, pool, batch=True)
         except InputError as exc:
             raise PipelineInputError(f"{where}: {exc}") from None
-        if not results:
-            return {s.name: np.zeros((0, *s.shape[1:]), np.dtype(s.dtype))
-                    for s in self.outputs}
-        return {s.name: np.concatenate([r[s.name] for r in results]) for s in self.outputs}
+        return {s.name: out[s.name].reshape(n, *out[s.name].shape[2:]) for s in self.outputs}
 
     def __repr__(self) -> str:
         return (f"AcceleratorStage({self.name!r}, target={self.program.target.name!r}, "

@@ -42,7 +42,8 @@ class Device:
         self._dram: np.ndarray | None = None
         self._weights: dict[int, BfpTensor | np.ndarray] = {}
         self.stats: RunStats | None = None
-        self._host_mem: dict[str, object] = {}
+        self._arena: np.ndarray | None = None  # [images, arena bytes] during a run
+        self._host_mem: list[dict[str, object]] = []
 
     def load(self, program: Program) -> None:
         """Load ``program``, replacing the one before; refuse one built for another target."""
@@ -86,27 +87,46 @@ class Device:
                                f"{len(h.inputs)} and expects {len(h.outputs)}")
         return kernel
 
-    # --- memory access ---
-    def _check_range(self, addr: int, nbytes: int, what: str) -> None:
-        if addr < 0 or addr + nbytes > self._dram.size:
+    # --- memory access: every value is [images, ...] -------------------------------------
+    def _region(self, addr: int, nbytes: int, what: str) -> tuple[bool, int]:
+        """``(in the activation arena, offset)`` of a byte range that lies in one region."""
+        base, size = self.program.memory_map["activations"]
+        if base <= addr and addr + nbytes <= base + size:
+            return True, addr - base
+        if addr < 0 or addr + nbytes > self._dram.size or (addr < base + size
+                                                           and addr + nbytes > base):
             raise ExecutionError(f"{what}: bytes [{addr}, {addr + nbytes}) are outside device "
-                                 f"DRAM ({self._dram.size} bytes in use)")
+                                 f"DRAM ({self._dram.size} bytes in use) or straddle the "
+                                 "activation arena")
+        return False, addr
 
-    def _f32(self, addr: int, shape: tuple[int, ...]) -> np.ndarray:
+    def _bytes(self, addr: int, nbytes: int, what: str) -> np.ndarray:
+        """``[images, nbytes]`` uint8: a view of each image's arena, or the shared image."""
+        arena, off = self._region(addr, nbytes, what)
+        if arena:
+            return self._arena[:, off:off + nbytes]
+        return np.broadcast_to(self._dram[off:off + nbytes], (self._arena.shape[0], nbytes))
+
+    def _f32(self, addr: int, shape: tuple[int, ...], what: str = "read") -> np.ndarray:
         n = int(np.prod(shape, dtype=np.int64))
-        self._check_range(addr, 4 * n, "read")
-        return self._dram[addr:addr + 4 * n].view(np.float32).reshape(shape)
+        return self._bytes(addr, 4 * n, what).view(np.float32).reshape(-1, *shape)
 
     def _read(self, t: TensorDesc) -> np.ndarray:
-        raw = self._dram[t.addr:t.addr + t.nbytes]
-        return raw.view(np.dtype(t.dtype)).reshape(t.shape)
+        return self._bytes(t.addr, t.nbytes, "read").view(np.dtype(t.dtype)).reshape(
+            -1, *t.shape)
 
     def _store(self, addr: int, value: np.ndarray, dtype=np.float32) -> None:
-        flat = np.ascontiguousarray(value, dtype=dtype).reshape(-1)
-        self._check_range(addr, flat.nbytes, "write")
-        self._dram[addr:addr + flat.nbytes] = flat.view(np.uint8)
+        """Store ``value`` (``[images, ...]``) at ``addr`` of each image's arena."""
+        images = self._arena.shape[0]
+        flat = np.ascontiguousarray(value, dtype=dtype).reshape(images, -1).view(np.uint8)
+        arena, off = self._region(addr, flat.shape[1], "write")
+        if not arena:
+            raise ExecutionError(f"write: bytes [{addr}, {addr + flat.shape[1]}) are outside "
+                                 "the activation arena")
+        self._arena[:, off:off + flat.shape[1]] = flat
 
-    def _check_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _check_inputs(self, inputs: dict[str, np.ndarray], images: int) -> list[np.ndarray]:
+        """The inputs as ``[images, *shape]`` arrays of the program's dtypes."""
         assert self.program is not None
         names = [t.name for t in self.program.inputs]
         unknown = sorted(set(inputs) - set(names))
@@ -121,28 +141,52 @@ class Device:
             want = np.dtype(t.dtype)
             if a.dtype != want and not (a.dtype.kind in "fiu" and want.kind in "f"):
                 raise InputError(f"input '{t.name}' has dtype {a.dtype}, expected {want}")
-            if tuple(a.shape) != t.shape:
-                raise InputError(f"input '{t.name}' has shape {list(a.shape)}, "
-                                 f"expected {list(t.shape)}")
+            if tuple(a.shape) != (images, *t.shape):
+                expected = [images, *t.shape] if images > 1 else list(t.shape)
+                got = list(a.shape) if images > 1 else list(a.shape[1:])
+                raise InputError(f"input '{t.name}' has shape {got}, expected {expected}")
             arrays.append(a.astype(want, copy=False))
         return arrays
 
     def run(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], RunStats]:
         """Execute the loaded program on ``inputs``; returns the outputs and the stats."""
+        outputs, stats = self.run_batch({k: np.asarray(v)[None] for k, v in inputs.items()})
+        return {k: v[0] for k, v in outputs.items()}, stats
+
+    def run_batch(self, inputs: dict[str, np.ndarray]
+                  ) -> tuple[dict[str, np.ndarray], RunStats]:
+        """Run the program on a batch of images, one after another on the device: each
+        input is ``[images, *shape]`` and so is each output. The stats are one image's
+        (the device takes ``images`` times its latency).
+
+        The host does the images' work together wherever the golden result allows it:
+        the rows of a product and the elements of a vector operation are independent, so
+        each instruction runs once over the whole batch.
+        """
         if self.program is None:
             raise ProgramError("no program loaded")
         prog = self.program
-        host_in = self._check_inputs(inputs)
+        sizes = {np.shape(v)[0] if np.ndim(v) else 0 for v in inputs.values()}
+        if len(sizes) > 1 or 0 in sizes:
+            raise InputError("the inputs of a batch must all have the same leading "
+                             f"(image) axis; got {sorted(sizes)}")
+        images = sizes.pop() if sizes else 1
+        host_in = self._check_inputs(inputs, images)
         host_out: dict[str, np.ndarray] = {}
         fmt = prog.target.format()
         rounding = Rounding(prog.metadata.get("rounding", "nearest_even"))
-        self._host_mem: dict[str, object] = {}  # host-resident values, one run's worth
-        with np.errstate(all="ignore"):  # fp32 arithmetic as the device's: inf and NaN
-            for i in prog.instructions:
-                self._execute(i, host_in, host_out, fmt, rounding)
-        for t in prog.outputs:  # outputs the host computed never went to the device
-            if t.name not in host_out and t.name in self._host_mem:
-                host_out[t.name] = self._host_mem[t.name]
+        self._arena = np.zeros((images, prog.memory_map["activations"][1]), np.uint8)
+        # host-resident values, one run's worth per image
+        self._host_mem: list[dict[str, object]] = [{} for _ in range(images)]
+        try:
+            with np.errstate(all="ignore"):  # fp32 arithmetic as the device's: inf and NaN
+                for i in prog.instructions:
+                    self._execute(i, host_in, host_out, fmt, rounding)
+            for t in prog.outputs:  # outputs the host computed never went to the device
+                if t.name not in host_out and t.name in self._host_mem[0]:
+                    host_out[t.name] = np.stack([np.asarray(m[t.name]) for m in self._host_mem])
+        finally:
+            self._arena = None
         return host_out, self.stats
 
     def _execute(self, i: isa.Instruction, host_in, host_out, fmt, rounding) -> None:
@@ -153,26 +197,15 @@ class Device:
             t = prog.outputs[i.io]
             host_out[t.name] = self._read(t).copy()
         elif isinstance(i, isa.HostCall):
-            h = prog.host_ops[i.index]
-            args = [self._host_mem[t.name] if t.name in h.on_host else self._read(t)
-                    for t in h.inputs]
-            for t, value in zip(h.outputs, self._host[i.index].run(args), strict=True):
-                if t.name in h.on_host:  # stays in host memory for a later host call
-                    self._host_mem[t.name] = value
-                    continue
-                value = np.asarray(value)
-                if value.shape != t.shape or value.dtype.kind != np.dtype(t.dtype).kind:
-                    raise ExecutionError(f"host op '{h.op}' made '{t.name}' {value.dtype} "
-                                         f"{list(value.shape)}; the program expects "
-                                         f"{t.dtype} {list(t.shape)}")
-                self._store(t.addr, value, np.dtype(t.dtype))
+            self._host_call(i)
         elif isinstance(i, isa.MvMul):
             self._mv_mul(i, fmt, rounding)
         elif isinstance(i, isa.MmMul):
             a = self._f32(i.src_a, (i.batch, i.m, i.k))
             b = self._f32(i.src_b, (1 if i.b_shared else i.batch, i.k, i.n))
             seed = int(self.program.metadata.get("seed", 0))
-            self._store(i.dst, kernels.matmul_act(a, b, fmt, rounding, seed))
+            self._store(i.dst, [kernels.matmul_act(a[n], b[n], fmt, rounding, seed)
+                                for n in range(a.shape[0])])
         elif isinstance(i, isa.VvAdd):
             a, b = self._f32(i.src0, (i.length,)), self._f32(i.src1, (i.length,))
             y = kernels.alu("add", a, b)
@@ -191,45 +224,86 @@ class Device:
                                              isa.bits_f32(i.alpha), isa.bits_f32(i.beta)))
         elif isinstance(i, isa.VReduce):
             x = self._f32(i.src, (i.outer, i.mid, i.inner))
-            self._store(i.dst, kernels.reduce(x, isa.ReduceMode(i.mode).name.lower()))
+            y = kernels.reduce(x.reshape(-1, i.mid, i.inner), isa.ReduceMode(i.mode).name.lower())
+            self._store(i.dst, y)
         elif isinstance(i, isa.VNorm):
             n = i.channels or i.cols
-            self._store(i.dst, kernels.norm(self._f32(i.src, (i.rows, i.cols)),
-                                            self._f32(i.scale, (n,)), self._f32(i.bias, (n,)),
-                                            isa.bits_f32(i.epsilon), i.channels))
+            x = self._f32(i.src, (i.rows, i.cols))
+            scale, bias = self._f32(i.scale, (n,))[0], self._f32(i.bias, (n,))[0]
+            eps = isa.bits_f32(i.epsilon)
+            if i.channels and i.rows % i.channels:  # rows of one image do not repeat
+                y = [kernels.norm(xi, scale, bias, eps, i.channels) for xi in x]
+            else:
+                y = kernels.norm(x.reshape(-1, i.cols), scale, bias, eps, i.channels)
+            self._store(i.dst, y)
         elif isinstance(i, isa.VResize):
             x = self._f32(i.src, (i.planes, i.in_h, i.in_w))
             self._store(i.dst, kernels.resize(
-                x, (i.out_h, i.out_w), isa.ResizeMode(i.mode).name.lower(),
-                isa.CoordMode(i.coord).name.lower(), isa.NearestMode(i.nearest).name.lower(),
+                x.reshape(-1, i.in_h, i.in_w), (i.out_h, i.out_w),
+                isa.ResizeMode(i.mode).name.lower(), isa.CoordMode(i.coord).name.lower(),
+                isa.NearestMode(i.nearest).name.lower(),
                 (isa.bits_f32(i.scale_h), isa.bits_f32(i.scale_w))))
         elif isinstance(i, isa.VMove):
             self._move(i)
         elif isinstance(i, isa.VPad):
             x = self._f32(i.src, (i.outer, i.height, i.width))
             self._store(i.dst, kernels.pad2d(
-                x, (i.pad_top, i.pad_left, i.pad_bottom, i.pad_right),
+                x.reshape(-1, i.height, i.width), (i.pad_top, i.pad_left, i.pad_bottom,
+                                                   i.pad_right),
                 isa.PadMode(i.mode).name.lower(), isa.bits_f32(i.value)))
         elif isinstance(i, isa.VGather):
-            self._check_range(i.table, 4 * i.count, "V_GATHER table")
-            idx = self._dram[i.table:i.table + 4 * i.count].view("<i4")
-            bad = (idx < 0) | (idx >= i.axis_len)
-            if bad.any():
-                j = int(np.argmax(bad))
-                raise ExecutionError(f"V_GATHER index {int(idx[j])} (entry {j}) is outside "
-                                     f"[0, {i.axis_len})")
-            x = self._f32(i.src, (i.outer, i.axis_len, i.inner))
-            self._store(i.dst, kernels.gather(x, idx))
+            self._gather(i)
         elif isinstance(i, isa.VCopy):
             src = self._rows(i.src, i.rows, i.row_len, i.src_stride, "V_COPY source")
-            self._rows(i.dst, i.rows, i.row_len, i.dst_stride, "V_COPY destination")[:] = src
+            dst = self._rows(i.dst, i.rows, i.row_len, i.dst_stride, "V_COPY destination")
+            if not dst.flags.writeable:
+                raise ExecutionError("V_COPY destination is outside the activation arena")
+            dst[:] = src
+
+    def _host_call(self, i: isa.HostCall) -> None:
+        """A host op: onnxruntime runs each image's call (host models are batch-1 graphs)."""
+        h = self.program.host_ops[i.index]
+        stored = {t.name: self._read(t) for t in h.inputs if t.name not in h.on_host}
+        results: dict[str, list] = {t.name: [] for t in h.outputs if t.name not in h.on_host}
+        for n, mem in enumerate(self._host_mem):
+            args = [mem[t.name] if t.name in h.on_host else stored[t.name][n]
+                    for t in h.inputs]
+            for t, value in zip(h.outputs, self._host[i.index].run(args), strict=True):
+                if t.name in h.on_host:  # stays in host memory for a later host call
+                    mem[t.name] = value
+                    continue
+                value = np.asarray(value)
+                if value.shape != t.shape or value.dtype.kind != np.dtype(t.dtype).kind:
+                    raise ExecutionError(f"host op '{h.op}' made '{t.name}' {value.dtype} "
+                                         f"{list(value.shape)}; the program expects "
+                                         f"{t.dtype} {list(t.shape)}")
+                results[t.name].append(value)
+        for t in h.outputs:
+            if t.name not in h.on_host:
+                self._store(t.addr, np.stack(results[t.name]), np.dtype(t.dtype))
+
+    def _gather(self, i: isa.VGather) -> None:
+        table = self._bytes(i.table, 4 * i.count, "V_GATHER table").view("<i4")
+        bad = (table < 0) | (table >= i.axis_len)
+        if bad.any():
+            n, j = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            raise ExecutionError(f"V_GATHER index {int(table[n, j])} (entry {j}) is outside "
+                                 f"[0, {i.axis_len})")
+        x = self._f32(i.src, (i.outer, i.axis_len, i.inner))
+        if (table == table[:1]).all():  # one table for every image (a constant one)
+            y = kernels.gather(x.reshape(-1, i.axis_len, i.inner), table[0])
+        else:
+            y = [kernels.gather(xi, ti) for xi, ti in zip(x, table, strict=True)]
+        self._store(i.dst, y)
 
     def _rows(self, addr: int, rows: int, row_len: int, stride: int, what: str) -> np.ndarray:
-        """``rows`` fp32 rows of ``row_len`` elements, ``stride`` elements apart: a view."""
+        """``rows`` fp32 rows of ``row_len`` elements, ``stride`` elements apart, of each
+        image: a ``[images, rows, row_len]`` view."""
         span = 4 * ((rows - 1) * stride + row_len)
-        self._check_range(addr, span, what)
-        flat = self._dram[addr:addr + span].view(np.float32)
-        return np.lib.stride_tricks.as_strided(flat, (rows, row_len), (4 * stride, 4))
+        flat = self._bytes(addr, span, what).view(np.float32)
+        return np.lib.stride_tricks.as_strided(
+            flat, (flat.shape[0], rows, row_len), (flat.strides[0], 4 * stride, 4),
+            writeable=flat.flags.writeable)
 
     def _alu(self, i: isa.VvAlu) -> None:
         if i.div < 1 or i.mod < 1 or i.length % (i.div * i.mod):
@@ -246,34 +320,47 @@ class Device:
         if hi < lo:
             return
         first, end = i.src + 4 * lo, i.src + 4 * hi + 4
-        self._check_range(first, end - first, "V_MOVE source")
-        window = self._dram[first:end].view(np.float32)
-        self._store(i.dst, kernels.move(window, -lo, i.dims, i.strides))
+        window = self._bytes(first, end - first, "V_MOVE source").view(np.float32)
+        self._store(i.dst, [kernels.move(np.ascontiguousarray(w), -lo, i.dims, i.strides)
+                            for w in window])
 
     def _mv_mul(self, i: isa.MvMul, fmt, rounding) -> None:
         if i.in_dil_h < 1 or i.in_dil_w < 1:
             raise ExecutionError(f"MV_MUL: input dilation {i.in_dil_h} x {i.in_dil_w} "
                                  "must be at least 1")
         x = self._f32(i.src, (i.batch, i.channels, i.height, i.width))
+        images = x.shape[0]
         w = self._weights[i.weights]
-        bias = self._f32(i.bias, (i.out_channels,))
+        bias = self._f32(i.bias, (i.out_channels,))[0]
         geom = ConvGeometry((i.kernel_h, i.kernel_w), (i.stride_h, i.stride_w),
                             (i.pad_top, i.pad_left, i.pad_bottom, i.pad_right),
                             (i.dilation_h, i.dilation_w), i.groups, (i.in_dil_h, i.in_dil_w))
         oh, ow = geom.output_hw(i.height, i.width)
-        out_shape = (i.batch, i.out_channels, oh, ow)
+        rows = images * i.batch  # the images' rows stream through the array together
         seed = int(self.program.metadata.get("seed", 0))
         if (i.kernel_h, i.kernel_w, i.height, i.width) == (1, 1, 1, 1):  # dense layer
-            res = self._f32(i.residual, (i.batch, i.out_channels)) if i.has_residual else None
-            y = kernels.dense(x.reshape(i.batch, i.channels), w, bias, fmt, res, bool(i.relu),
-                              rounding, seed)
+            res = (self._f32(i.residual, (i.batch, i.out_channels)).reshape(rows, -1)
+                   if i.has_residual else None)
+            x = x.reshape(rows, i.channels)
+            if fmt.is_fp32 and images > 1:
+                # an fp32 GEMM's order of additions may change with its row count (BLAS
+                # picks its kernels by size): each image alone gives one image's result
+                y = [kernels.dense(x[k:k + i.batch], w, bias, fmt,
+                                   None if res is None else res[k:k + i.batch], bool(i.relu),
+                                   rounding, seed) for k in range(0, rows, i.batch)]
+            else:
+                y = kernels.dense(x, w, bias, fmt, res, bool(i.relu), rounding, seed)
         else:
-            res = self._f32(i.residual, out_shape) if i.has_residual else None
-            y = kernels.conv2d(x, w, bias, geom, fmt, res, bool(i.relu), rounding, seed)
+            out_shape = (i.batch, i.out_channels, oh, ow)
+            res = (self._f32(i.residual, out_shape).reshape(rows, *out_shape[1:])
+                   if i.has_residual else None)
+            y = kernels.conv2d(x.reshape(rows, *x.shape[2:]), w, bias, geom, fmt, res,
+                               bool(i.relu), rounding, seed)
         self._store(i.dst, y)
 
     def _pool(self, i: isa.VPool) -> None:
         x = self._f32(i.src, (i.batch, i.channels, i.height, i.width))
+        x = x.reshape(-1, *x.shape[2:])
         if i.mode == isa.PoolMode.GLOBAL_AVG:
             y = kernels.global_avgpool(x)
         elif i.mode == isa.PoolMode.GLOBAL_MAX:

@@ -4,6 +4,8 @@
 * :func:`build_resnet50` builds a torchvision-style ResNet-50/101/152 with random weights.
 * :func:`build_vgg16`, :func:`build_densenet121` and :func:`build_ssd_vgg` build the
   Brainwave service's other featurizers (VGG-16, DenseNet-121, SSD300 on VGG-16).
+* :func:`build_mobilenet_v2`, :func:`build_mobilenet_v3_small` and :func:`build_resnext26`
+  build mobile-style graphs: depthwise, squeeze-excite and grouped convolutions.
 * ``MODELS`` maps a name to a builder called as ``MODELS[name](seed=0, featurizer=True)``;
   ``ZOO_DESCRIPTIONS`` gives a one-line summary of each.
 * :func:`load_light_model` loads one of the weight-less "light" models bundled with the
@@ -27,6 +29,7 @@ from .light import (
     light_model_path,
     load_light_model,
 )
+from .mobile import build_mobilenet_v2, build_mobilenet_v3_small, build_resnext26
 from .resnet import RESNET_STAGES, build_resnet50
 from .ssd import build_ssd_vgg
 from .vgg import build_vgg16
@@ -40,7 +43,10 @@ __all__ = [
     "RESNET_STAGES",
     "ZOO_DESCRIPTIONS",
     "build_densenet121",
+    "build_mobilenet_v2",
+    "build_mobilenet_v3_small",
     "build_resnet50",
+    "build_resnext26",
     "build_ssd_vgg",
     "build_vgg16",
     "light_model_dir",
@@ -71,6 +77,9 @@ MODELS: dict[str, Callable[..., onnx.ModelProto]] = {
     "vgg16": build_vgg16,
     "densenet121": build_densenet121,
     "ssd_vgg": _ssd_vgg,
+    "mobilenet_v2": build_mobilenet_v2,
+    "mobilenet_v3_small": build_mobilenet_v3_small,
+    "resnext26_32x4d": build_resnext26,
 }
 
 #: One line per ``MODELS`` entry: architecture, input, output(s) and parameter count
@@ -86,6 +95,14 @@ ZOO_DESCRIPTIONS: dict[str, str] = {
                    "features [1,1024,1,1] (7.0M params) or probabilities [1,1000] (8.0M)",
     "ssd_vgg": "SSD300 on VGG-16, 21 classes, no NMS; images [1,3,300,300] -> boxes "
                "[1,8732,4] + scores [1,8732,21] (26.3M params); featurizer flag ignored",
+    "mobilenet_v2": "MobileNetV2 1.0 (3x3 depthwise, ReLU6); images [1,3,224,224] -> "
+                    "features [1,1280,1,1] (2.2M params) or probabilities [1,1000] (3.5M)",
+    "mobilenet_v3_small": "MobileNetV3-Small (3x3/5x5 depthwise, squeeze-excite, hard-swish); "
+                          "images [1,3,224,224] -> features [1,576,1,1] (0.9M params) or "
+                          "logits [1,1000] (1.5M)",
+    "resnext26_32x4d": "ResNeXt-26 32x4d (3x3 convolutions of 32 groups); images "
+                       "[1,3,224,224] -> features [1,2048,1,1] (13.3M params) or logits "
+                       "[1,1000] (15.4M)",
 }
 
 

@@ -29,6 +29,9 @@ _EXPECTED: dict[str, tuple[int, dict[str, tuple[int, ...]], int]] = {
     "densenet121": (224, {"features": (1, 1024, 1, 1)}, 120),
     "ssd_vgg": (300, {"boxes": (1, 8732, 4), "scores": (1, 8732, 21)}, 13 + 2 + 8 + 12),
     "resnet152": (224, {"features": (1, 2048, 1, 1)}, 155),
+    "mobilenet_v2": (224, {"features": (1, 1280, 1, 1)}, 52),
+    "mobilenet_v3_small": (224, {"features": (1, 576, 1, 1)}, 52),
+    "resnext26_32x4d": (224, {"features": (1, 2048, 1, 1)}, 29),
 }
 _NAMES = list(_EXPECTED)
 
@@ -81,7 +84,8 @@ def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def test_registry() -> None:
-    assert set(MODELS) == {"resnet50", "resnet152", "vgg16", "densenet121", "ssd_vgg"}
+    assert set(MODELS) == {"resnet50", "resnet152", "vgg16", "densenet121", "ssd_vgg",
+                           "mobilenet_v2", "mobilenet_v3_small", "resnext26_32x4d"}
     assert set(ZOO_DESCRIPTIONS) == set(MODELS)
     assert all(len(d.splitlines()) == 1 and "M params" in d for d in ZOO_DESCRIPTIONS.values())
     assert MODELS["vgg16"] is build_vgg16 and MODELS["densenet121"] is build_densenet121

@@ -166,3 +166,39 @@ def test_host_forms_are_refused_by_name_with_strict():
         prog = compile_full(model, device="tiny").program
         assert [h.op for h in prog.host_ops] and any(
             r["where"] == "host" and r["node"] == name for r in prog.metadata["placement"])
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "msfp16", "msfp8"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_batch_equals_one_image_at_a_time(name, fmt):
+    """A batch runs each instruction once over all images; every output is bit for bit
+    the one-by-one result, in both batch layouts, and the stats are one image's."""
+    model = MODELS[name]
+    device = "tiny" if fmt != "msfp8" else "brainwave-s10"
+    sess = Session(compile_full(model, device=device, numerics=fmt).program)
+    rng = np.random.default_rng(5)
+    images = [{t.name: rand(rng, *t.shape) for t in sess.get_inputs()} for _ in range(3)]
+    one_by_one = [sess.run(None, f) for f in images]
+    single_stats = sess.last_stats
+    stacked = {k: np.stack([f[k] for f in images]) for k in images[0]}
+    batch = sess.run(None, stacked)
+    assert sess.last_stats.cycles == single_stats.cycles
+    for k, out in enumerate(batch):
+        assert out.shape == (3, *one_by_one[0][k].shape)
+        assert np.array_equal(out, np.stack([o[k] for o in one_by_one]), equal_nan=True)
+    if all(t.shape[0] == 1 for t in sess.get_inputs()):  # onnxruntime's layout: N for 1
+        lead = sess.run(None, {k: v.reshape(3, *v.shape[2:]) for k, v in stacked.items()})
+        for k, out in enumerate(lead):
+            want = np.stack([o[k] for o in one_by_one])
+            if want.shape[1] == 1:
+                want = want.reshape(3, *want.shape[2:])
+            assert np.array_equal(out, want, equal_nan=True)
+
+
+def test_batch_inputs_must_agree():
+    sess = Session(compile_full(MODELS["activation_matmul_on_host"], device="tiny").program)
+    x, z = np.ones((3, 2, 3), np.float32), np.ones((2, 3, 5), np.float32)
+    with pytest.raises(InputError, match="batch"):
+        sess.run(None, {"x": x, "z": z})
+    with pytest.raises(InputError, match="same leading"):
+        sess.device.run_batch({"x": x, "z": z})
