@@ -229,6 +229,28 @@ def _grouped_f32(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, wf, g0, g1,
                     acc[i] = acc[i] + wv * vk[i]
 
 
+@numba.njit(cache=True, nogil=True)
+def _epilogue(out, bias, res, relu):  # pragma: no cover - compiled
+    # out [O, N] in place: + bias[o] (if bias.size), + res[o, n] (if res.size), then
+    # ReLU as np.maximum(y, 0) does it (a NaN stays, -0 becomes +0); each step in fp32
+    rows, n = out.shape
+    for o in range(rows):
+        y = out[o]
+        if bias.size:
+            b = bias[o]
+            for i in range(n):
+                y[i] = y[i] + b
+        if res.size:
+            r = res[o]
+            for i in range(n):
+                y[i] = y[i] + r[i]
+        if relu:
+            for i in range(n):
+                v = y[i]
+                if not v > 0 and v == v:
+                    y[i] = 0.0
+
+
 # --- entry points: one worker's share of a product, around the compiled kernels ------
 # Each runs in one thread and releases the GIL; simulator.gemm splits the work between
 # the compute threads (simulator.threads).
@@ -256,6 +278,9 @@ def im2col(xp: np.ndarray, taps: tuple, rows: tuple[int, int], ow: int,
     _im2col(xp, *taps, rows[0], rows[1], ow, strides[0], strides[1], cols)
     return cols
 
+
+epilogue = _epilogue
+"""``epilogue(out [O, N], bias [O] or empty, res [O, N] or empty, relu)``, in place."""
 
 accumulate_cols = _accumulate_cols
 """``accumulate_cols(partials [J, O, N], sw [J, O], sa [J, N], out [O, N])``: the block

@@ -109,11 +109,13 @@ class Device:
 
     def _f32(self, addr: int, shape: tuple[int, ...], what: str = "read") -> np.ndarray:
         n = int(np.prod(shape, dtype=np.int64))
-        return self._bytes(addr, 4 * n, what).view(np.float32).reshape(-1, *shape)
+        images = self._arena.shape[0]
+        return self._bytes(addr, 4 * n, what).view(np.float32).reshape(images, *shape)
 
     def _read(self, t: TensorDesc) -> np.ndarray:
+        images = self._arena.shape[0]
         return self._bytes(t.addr, t.nbytes, "read").view(np.dtype(t.dtype)).reshape(
-            -1, *t.shape)
+            images, *t.shape)
 
     def _store(self, addr: int, value: np.ndarray, dtype=np.float32) -> None:
         """Store ``value`` (``[images, ...]``) at ``addr`` of each image's arena."""
@@ -224,7 +226,8 @@ class Device:
                                              isa.bits_f32(i.alpha), isa.bits_f32(i.beta)))
         elif isinstance(i, isa.VReduce):
             x = self._f32(i.src, (i.outer, i.mid, i.inner))
-            y = kernels.reduce(x.reshape(-1, i.mid, i.inner), isa.ReduceMode(i.mode).name.lower())
+            y = kernels.reduce(x.reshape(x.shape[0] * i.outer, i.mid, i.inner),
+                               isa.ReduceMode(i.mode).name.lower())
             self._store(i.dst, y)
         elif isinstance(i, isa.VNorm):
             n = i.channels or i.cols
@@ -234,12 +237,13 @@ class Device:
             if i.channels and i.rows % i.channels:  # rows of one image do not repeat
                 y = [kernels.norm(xi, scale, bias, eps, i.channels) for xi in x]
             else:
-                y = kernels.norm(x.reshape(-1, i.cols), scale, bias, eps, i.channels)
+                y = kernels.norm(x.reshape(x.shape[0] * i.rows, i.cols), scale, bias, eps,
+                                 i.channels)
             self._store(i.dst, y)
         elif isinstance(i, isa.VResize):
             x = self._f32(i.src, (i.planes, i.in_h, i.in_w))
             self._store(i.dst, kernels.resize(
-                x.reshape(-1, i.in_h, i.in_w), (i.out_h, i.out_w),
+                x.reshape(x.shape[0] * i.planes, i.in_h, i.in_w), (i.out_h, i.out_w),
                 isa.ResizeMode(i.mode).name.lower(), isa.CoordMode(i.coord).name.lower(),
                 isa.NearestMode(i.nearest).name.lower(),
                 (isa.bits_f32(i.scale_h), isa.bits_f32(i.scale_w))))
@@ -247,10 +251,10 @@ class Device:
             self._move(i)
         elif isinstance(i, isa.VPad):
             x = self._f32(i.src, (i.outer, i.height, i.width))
-            self._store(i.dst, kernels.pad2d(
-                x.reshape(-1, i.height, i.width), (i.pad_top, i.pad_left, i.pad_bottom,
-                                                   i.pad_right),
-                isa.PadMode(i.mode).name.lower(), isa.bits_f32(i.value)))
+            pads = (i.pad_top, i.pad_left, i.pad_bottom, i.pad_right)
+            self._store(i.dst, kernels.pad2d(x.reshape(x.shape[0] * i.outer, i.height, i.width),
+                                             pads, isa.PadMode(i.mode).name.lower(),
+                                             isa.bits_f32(i.value)))
         elif isinstance(i, isa.VGather):
             self._gather(i)
         elif isinstance(i, isa.VCopy):
@@ -266,7 +270,7 @@ class Device:
         stored = {t.name: self._read(t) for t in h.inputs if t.name not in h.on_host}
         results: dict[str, list] = {t.name: [] for t in h.outputs if t.name not in h.on_host}
         for n, mem in enumerate(self._host_mem):
-            args = [mem[t.name] if t.name in h.on_host else stored[t.name][n]
+            args = [mem[t.name] if t.name in h.on_host else np.asarray(stored[t.name][n])
                     for t in h.inputs]
             for t, value in zip(h.outputs, self._host[i.index].run(args), strict=True):
                 if t.name in h.on_host:  # stays in host memory for a later host call
@@ -291,7 +295,7 @@ class Device:
                                  f"[0, {i.axis_len})")
         x = self._f32(i.src, (i.outer, i.axis_len, i.inner))
         if (table == table[:1]).all():  # one table for every image (a constant one)
-            y = kernels.gather(x.reshape(-1, i.axis_len, i.inner), table[0])
+            y = kernels.gather(x.reshape(x.shape[0] * i.outer, i.axis_len, i.inner), table[0])
         else:
             y = [kernels.gather(xi, ti) for xi, ti in zip(x, table, strict=True)]
         self._store(i.dst, y)
@@ -360,7 +364,7 @@ class Device:
 
     def _pool(self, i: isa.VPool) -> None:
         x = self._f32(i.src, (i.batch, i.channels, i.height, i.width))
-        x = x.reshape(-1, *x.shape[2:])
+        x = x.reshape(x.shape[0] * i.batch, *x.shape[2:])
         if i.mode == isa.PoolMode.GLOBAL_AVG:
             y = kernels.global_avgpool(x)
         elif i.mode == isa.PoolMode.GLOBAL_MAX:

@@ -54,18 +54,17 @@ def taps(kernel: tuple[int, int], channels: int, dilations: tuple[int, int]
 
 class _Tiles:
     """A weight tensor as the fast kernels read it, made once per tensor (the device
-    decodes its weights once, at program load)."""
+    decodes its weights once, at program load). It holds no reference to the tensor: it
+    is the value of a weak-keyed cache entry, which must not keep its key alive."""
 
     def __init__(self, w: BfpTensor) -> None:
         self.scales = np.ascontiguousarray(block_scales(w))  # [O, J] float64
-        self._w = w
         self._mantissas: dict[int, np.ndarray] = {}
         self._scales32: dict[int, np.ndarray] = {}
 
-    def mantissas(self, groups: int) -> np.ndarray:
+    def mantissas(self, w: BfpTensor, groups: int) -> np.ndarray:
         """float32 ``[G, J, O/G, B]`` (the GEMM's left operand per group)."""
         if groups not in self._mantissas:
-            w = self._w
             o, kp = w.q.shape
             b = w.fmt.block_size
             m = w.q.reshape(groups, o // groups, kp // b, b).transpose(0, 2, 1, 3)
@@ -122,8 +121,40 @@ def padded(x: np.ndarray, geom, out_hw: tuple[int, int]) -> np.ndarray:
     return xp
 
 
-def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format) -> np.ndarray:
-    """The matrix unit's convolution of ``x [B, C, H, W]`` without its epilogue:
+_NONE1 = np.empty(0, np.float32)
+_NONE2 = np.empty((0, 0), np.float32)
+
+
+class Epilogue:
+    """What follows the reduction, per image: ``+ bias``, ``+ residual``, ReLU (fused into
+    the pass that makes each slice of output rows, while it is in cache)."""
+
+    def __init__(self, bias: np.ndarray | None, residual: np.ndarray | None, relu: bool,
+                 out_shape: tuple[int, ...]) -> None:
+        self.bias = _NONE1 if bias is None else np.ascontiguousarray(bias, np.float32)
+        self.residual = (None if residual is None else
+                         np.ascontiguousarray(residual, np.float32).reshape(out_shape[0],
+                                                                            out_shape[1], -1))
+        self.relu = bool(relu)
+
+    def apply(self, image: int, o0: int, out: np.ndarray, n0: int = 0) -> None:
+        """On ``out``: rows ``o0...`` and columns ``n0...`` of image ``image``'s result."""
+        if not self.bias.size and self.residual is None and not self.relu:
+            return
+        bias = self.bias[o0:o0 + out.shape[0]] if self.bias.size else _NONE1
+        res = (_NONE2 if self.residual is None else
+               self.residual[image, o0:o0 + out.shape[0], n0:n0 + out.shape[1]])
+        _fast_gemm.epilogue(out, bias, res, self.relu)
+
+    def apply_rows(self, image: int, o0: int, out: np.ndarray, n0: int) -> None:
+        """:meth:`apply` to the columns ``n0...`` of a group's rows from ``o0``."""
+        self.apply(image, o0, out, n0)
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
+           bias: np.ndarray | None = None, residual: np.ndarray | None = None,
+           relu: bool = False) -> np.ndarray:
+    """The matrix unit's convolution of ``x [B, C, H, W]`` with its epilogue:
     ``[B, O, OH, OW]`` float32 (``geom`` without input dilation)."""
     x = np.ascontiguousarray(x, np.float32)
     b, c, h, w = x.shape
@@ -133,25 +164,28 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format) -> 
     cg, og = c // g, o // g
     tp = taps(geom.kernel, cg, geom.dilations)
     out = np.empty((b, o, oh, ow), np.float32)
+    epi = Epilogue(bias, residual, relu, (b, o))
     for i in range(b):
         xp = padded(x[i], geom, (oh, ow))
         if g > 1 and _grouped_direct(cg, og, len(tp[0])):
-            _grouped(xp, weight, tp, geom, fmt, cg, og, out[i].reshape(o, oh * ow), (oh, ow))
+            _grouped(xp, weight, tp, geom, fmt, cg, og, out[i].reshape(o, oh * ow), (oh, ow),
+                     functools.partial(epi.apply, i))
             continue
         for grp in range(g):
             xs = xp[grp * cg:(grp + 1) * cg]
             ys = out[i, grp * og:(grp + 1) * og].reshape(og, oh * ow)
+            finish = functools.partial(epi.apply_rows, i, grp * og)
             if fmt.is_fp32:
                 wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
-                _conv_f32(xs, wf, tp, geom, (oh, ow), ys)
+                _conv_f32(xs, wf, tp, geom, (oh, ow), ys, finish)
             else:
                 tiles = _tiles(weight)
-                _conv_bfp(xs, tiles.mantissas(g)[grp], tiles.scales32(g)[grp], tp, geom, fmt,
-                          (oh, ow), ys)
+                _conv_bfp(xs, tiles.mantissas(weight, g)[grp], tiles.scales32(g)[grp], tp,
+                          geom, fmt, (oh, ow), ys, finish)
     return out
 
 
-def _conv_f32(xp, wf, tp, geom, out_hw, out) -> None:
+def _conv_f32(xp, wf, tp, geom, out_hw, out, finish) -> None:
     """One image and group in fp32: ``out [O, OH*OW] = wf [O, K] @ columns``."""
     oh, ow = out_hw
     pointwise = geom.kernel == (1, 1) and geom.strides == (1, 1)
@@ -160,17 +194,19 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out) -> None:
 
     def share(r0: int, r1: int) -> None:
         for a in range(r0, r1, step):
-            rows = (a, min(r1, a + step))
+            n0, n1 = a * ow, min(r1, a + step) * ow
             if pointwise:
-                cols = flat[:, rows[0] * ow:rows[1] * ow]
+                cols = flat[:, n0:n1]
             else:
-                cols = _fast_gemm.im2col(xp, tp, rows, ow, geom.strides)
-            out[:, rows[0] * ow:rows[1] * ow] = wf @ cols
+                cols = _fast_gemm.im2col(xp, tp, (a, min(r1, a + step)), ow, geom.strides)
+            y = out[:, n0:n1]
+            np.matmul(wf, cols, out=y)
+            finish(y, n0)
 
     threads.run(share, oh, grain=_grain(wf.shape[0] * len(tp[0]) * ow))
 
 
-def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out) -> None:
+def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
     """One image and group in a block format: quantize a slice of output rows, its block
     partials by BLAS, their fused accumulation; ``out [O, OH*OW]``."""
     oh, ow = out_hw
@@ -182,8 +218,9 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out) -> None:
             rows = (a, min(r1, a + step))
             q, sa = _fast_gemm.im2col_quantize(xp, tp, rows, ow, geom.strides, fmt.block_size,
                                                fmt.mantissa_bits, fmt.emin, fmt.emax)
-            _fast_gemm.accumulate_cols(np.matmul(mant, q), sw, sa,
-                                       out[:, rows[0] * ow:rows[1] * ow])
+            y = out[:, rows[0] * ow:rows[1] * ow]
+            _fast_gemm.accumulate_cols(np.matmul(mant, q), sw, sa, y)
+            finish(y, rows[0] * ow)
 
     threads.run(share, oh, grain=_grain(o * len(tp[0]) * ow))
 
@@ -198,7 +235,8 @@ def _grouped_direct(cg: int, og: int, kg: int) -> bool:
     return og < 16 or kg < 32 or cg < 8
 
 
-def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw) -> None:
+def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
+             finish) -> None:
     """All groups of one padded image in the direct kernel, one group per task."""
     groups = out.shape[0] // og
     args = (xp, *tp, *out_hw, *geom.strides, cg, og)
@@ -207,12 +245,14 @@ def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw) -
 
         def share(g0: int, g1: int) -> None:
             _fast_gemm.grouped_f32(*args, wf, g0, g1, out)
+            finish(g0 * og, out[g0 * og:g1 * og])
     else:
         scales = _tiles(weight).scales
 
         def share(g0: int, g1: int) -> None:
             _fast_gemm.grouped_quantized(*args, fmt.block_size, fmt.mantissa_bits, fmt.emin,
                                          fmt.emax, weight.q, scales, g0, g1, out)
+            finish(g0 * og, out[g0 * og:g1 * og])
 
     threads.run(share, groups, grain=_grain(og * len(tp[0]) * out_hw[0] * out_hw[1]))
 
@@ -233,7 +273,7 @@ def _gemv(xq: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
 def _rows_product(q: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
     """``[N, O]`` from activations already as columns ``q [J, B, N]``, ``sa [J, N]``."""
     tiles = _tiles(w)
-    mant, sw = tiles.mantissas(1)[0], tiles.scales32(1)[0]
+    mant, sw = tiles.mantissas(w, 1)[0], tiles.scales32(1)[0]
     n = q.shape[2]
     out = np.empty((mant.shape[1], n), np.float32)
     step = _rows_per_step(mant.shape[0], mant.shape[1], 1)

@@ -132,7 +132,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | Non
     if (not fmt.is_fp32 and Rounding(rounding) != Rounding.NEAREST_EVEN) \
             or not gemm.supported(fmt):
         return conv2d_reference(x, weight, bias, geom, fmt, residual, relu, rounding, seed)
-    return _epilogue_inplace(gemm.conv2d(x, weight, geom, fmt), bias, residual, relu)
+    return gemm.conv2d(x, weight, geom, fmt, bias, residual, relu)
 
 
 def _input_dilated(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
@@ -145,18 +145,6 @@ def _input_dilated(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     stuffed = np.zeros((*x.shape[:2], *geom.dilated_hw(*x.shape[2:])), np.float32)
     stuffed[:, :, ::dh, ::dw] = x
     return stuffed
-
-
-def _epilogue_inplace(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
-                      relu: bool) -> np.ndarray:
-    """:func:`epilogue` on a fresh ``[B, O, H, W]`` result, in place."""
-    if bias is not None:
-        np.add(y, np.asarray(bias, np.float32)[:, None, None], out=y)
-    if residual is not None:
-        np.add(y, residual, out=y)
-    if relu:
-        np.maximum(y, np.float32(0), out=y)
-    return y
 
 
 def conv2d_reference(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None,

@@ -29,14 +29,32 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 _LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
+_WORKERS: int | None = None
 
 
-def workers() -> int:
-    """Compute threads: the cores this process may run on."""
+def cores() -> int:
+    """The cores this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def workers() -> int:
+    """Compute threads: one per core, or as :func:`set_workers` said."""
+    return _WORKERS or cores()
+
+
+def set_workers(count: int) -> None:
+    """Use ``count`` compute threads from now on (a process that shares the machine with
+    others, as each of ``npusim eval``'s worker processes does, takes its share)."""
+    global _WORKERS, _POOL
+    count = max(1, int(count))
+    with _LOCK:
+        if _POOL is not None and count != _WORKERS:
+            _POOL.shutdown(wait=True)
+            _POOL = None
+        _WORKERS = count
 
 
 def _pool() -> ThreadPoolExecutor:
