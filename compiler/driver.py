@@ -177,4 +177,6 @@ def compile_model(model: str | Path | onnx.ModelProto | bytes,
         >>> prog = compile_model(build_resnet50(seed=0), numerics="msfp16")  # doctest: +SKIP
         >>> prog.save("resnet50.npub")                                        # doctest: +SKIP
     """
-    return compile_full(model, device, numerics, rounding, seed, strict, input_shapes).program
+    compiled = compile_full(model, device, numerics, rounding, seed, strict, input_shapes)
+    compiled.graph.clear()  # its weights go now, not when the cycle collector gets to them
+    return compiled.program
