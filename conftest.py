@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import time
 
 import pytest
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +22,13 @@ def _collect_cycles():
     yield
     if time.perf_counter() - t0 > 1.0:
         gc.collect()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_module_memory():
+    """After each module: collect its cycles and give the freed heap back to the system
+    (glibc keeps freed memory of its per-thread arenas otherwise)."""
+    yield
+    gc.collect()
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)

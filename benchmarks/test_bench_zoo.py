@@ -24,7 +24,8 @@ from simulator.schedule import schedule
 DEVICES = ("brainwave-s10", "arria10-pbs")
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+@pytest.fixture(scope="module", params=[
+    pytest.param(n, marks=pytest.mark.slow) if n == "resnet152" else n for n in MODELS])
 def zoo_model(request):
     model = MODELS[request.param](seed=0)
     return request.param, model, default_inputs(model, seed=0)
