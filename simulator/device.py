@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator import isa, kernels
+from simulator import isa, kernels, threads
 from simulator.config import DeviceConfig
 from simulator.host import HostKernel, HostOpError, host_kernel
 from simulator.kernels import ConvGeometry
@@ -22,6 +22,10 @@ from simulator.schedule import schedule
 from simulator.stats import LayerStats, RunStats
 
 __all__ = ["Device", "ExecutionError", "InputError", "LayerStats", "RunStats"]
+
+
+ELEMENTWISE_GRAIN = 1 << 16
+"""Elements of an element-wise instruction worth a thread of their own."""
 
 
 class InputError(ValueError):
@@ -209,11 +213,13 @@ class Device:
             self._store(i.dst, [kernels.matmul_act(a[n], b[n], fmt, rounding, seed)
                                 for n in range(a.shape[0])])
         elif isinstance(i, isa.VvAdd):
-            a, b = self._f32(i.src0, (i.length,)), self._f32(i.src1, (i.length,))
-            y = kernels.alu("add", a, b)
-            self._store(i.dst, kernels.relu(y) if i.relu else y)
+            def add(a, b, relu=bool(i.relu)):
+                y = kernels.alu("add", a, b)
+                return kernels.relu(y) if relu else y
+
+            self._map(i.dst, (i.length,), add, [(i.src0, True), (i.src1, True)])
         elif isinstance(i, isa.VRelu):
-            self._store(i.dst, kernels.relu(self._f32(i.src, (i.length,))))
+            self._map(i.dst, (i.length,), kernels.relu, [(i.src, True)])
         elif isinstance(i, isa.VSoftmax):
             self._store(i.dst, kernels.softmax(self._f32(i.src, (i.rows, i.cols)), -1))
         elif isinstance(i, isa.VPool):
@@ -221,9 +227,10 @@ class Device:
         elif isinstance(i, isa.VvAlu):
             self._alu(i)
         elif isinstance(i, isa.VUnary):
-            self._store(i.dst, kernels.unary(isa.UnaryFn(i.fn).name.lower(),
-                                             self._f32(i.src, (i.length,)),
-                                             isa.bits_f32(i.alpha), isa.bits_f32(i.beta)))
+            fn = isa.UnaryFn(i.fn).name.lower()
+            alpha, beta = isa.bits_f32(i.alpha), isa.bits_f32(i.beta)
+            self._map(i.dst, (i.length,), lambda x: kernels.unary(fn, x, alpha, beta),
+                      [(i.src, True)])
         elif isinstance(i, isa.VReduce):
             x = self._f32(i.src, (i.outer, i.mid, i.inner))
             y = kernels.reduce(x.reshape(x.shape[0] * i.outer, i.mid, i.inner),
@@ -314,10 +321,38 @@ class Device:
             raise ExecutionError(f"VV_ALU: length {i.length} is not a multiple of div {i.div} "
                                  f"x mod {i.mod}")
         # the broadcast operand is read once per (div, mod) period: b[(k // div) % mod]
-        a = self._f32(i.src0, (i.length // (i.div * i.mod), i.mod, i.div))
-        b = self._f32(i.src1, (1, i.mod, 1))
+        shape = (i.length // (i.div * i.mod), i.mod, i.div)
         op = isa.AluOp(i.op).name.lower()
-        self._store(i.dst, kernels.alu(op, b, a) if i.rev else kernels.alu(op, a, b))
+
+        def fn(a, b):
+            return kernels.alu(op, b, a) if i.rev else kernels.alu(op, a, b)
+
+        self._map(i.dst, shape, fn, [(i.src0, True), (i.src1, False)], {i.src1: (1, i.mod, 1)})
+
+    def _map(self, dst: int, shape: tuple[int, ...], fn, srcs: list[tuple[int, bool]],
+             shapes: dict[int, tuple[int, ...]] | None = None) -> None:
+        """An element-wise instruction: ``fn`` of the sources (``[images, *shape]`` each,
+        or ``shapes[addr]`` for a broadcast one, ``split`` False) into ``dst``.
+
+        A large one is cut along ``shape[0]`` into one share per thread, each writing its
+        slice of the destination straight into the arena; a destination that overlaps a
+        source other than exactly (in place) is computed whole, then stored.
+        """
+        nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+        ins = [(self._f32(a, (shapes or {}).get(a, shape)), split) for a, split in srcs]
+        arena, off = self._region(dst, nbytes, "write")
+        overlap = any(a != dst and a < dst + nbytes and dst < a + x[0].nbytes
+                      for (a, _), (x, _) in zip(srcs, ins, strict=True))
+        total = ins[0][0].size
+        if not arena or overlap or total < ELEMENTWISE_GRAIN or not shape or shape[0] < 2:
+            self._store(dst, fn(*(x for x, _ in ins)))
+            return
+        out = self._arena[:, off:off + nbytes].view(np.float32).reshape(-1, *shape)
+
+        def share(a: int, b: int) -> None:
+            out[:, a:b] = fn(*(x[:, a:b] if split else x for x, split in ins))
+
+        threads.run(share, shape[0], grain=max(1, ELEMENTWISE_GRAIN * shape[0] // total))
 
     def _move(self, i: isa.VMove) -> None:
         lo, hi = kernels.move_span(i.dims, i.strides)

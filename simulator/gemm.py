@@ -146,9 +146,9 @@ class Epilogue:
                self.residual[image, o0:o0 + out.shape[0], n0:n0 + out.shape[1]])
         _fast_gemm.epilogue(out, bias, res, self.relu)
 
-    def apply_rows(self, image: int, o0: int, out: np.ndarray, n0: int) -> None:
-        """:meth:`apply` to the columns ``n0...`` of a group's rows from ``o0``."""
-        self.apply(image, o0, out, n0)
+    def apply_rows(self, image: int, o0: int, out: np.ndarray, o_off: int, n0: int) -> None:
+        """:meth:`apply` to the columns ``n0...`` of rows ``o0 + o_off...``."""
+        self.apply(image, o0 + o_off, out, n0)
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
@@ -185,12 +185,27 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
     return out
 
 
+FEW_COLUMNS = 256
+"""A layer with at most this many output pixels splits its output channels between the
+threads (every GEMM then has all the columns) instead of its pixels."""
+
+
 def _conv_f32(xp, wf, tp, geom, out_hw, out, finish) -> None:
     """One image and group in fp32: ``out [O, OH*OW] = wf [O, K] @ columns``."""
     oh, ow = out_hw
     pointwise = geom.kernel == (1, 1) and geom.strides == (1, 1)
-    step = _rows_per_step(1, len(tp[0]) + wf.shape[0], ow)
     flat = xp.reshape(xp.shape[0], -1)
+    if oh * ow <= FEW_COLUMNS:
+        cols = flat if pointwise else _fast_gemm.im2col(xp, tp, (0, oh), ow, geom.strides)
+
+        def by_rows(o0: int, o1: int) -> None:
+            y = out[o0:o1]
+            np.matmul(wf[o0:o1], cols, out=y)
+            finish(y, o0, 0)
+
+        threads.run(by_rows, wf.shape[0], grain=_grain(len(tp[0]) * oh * ow))
+        return
+    step = _rows_per_step(1, len(tp[0]) + wf.shape[0], ow)
 
     def share(r0: int, r1: int) -> None:
         for a in range(r0, r1, step):
@@ -201,7 +216,7 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish) -> None:
                 cols = _fast_gemm.im2col(xp, tp, (a, min(r1, a + step)), ow, geom.strides)
             y = out[:, n0:n1]
             np.matmul(wf, cols, out=y)
-            finish(y, n0)
+            finish(y, 0, n0)
 
     threads.run(share, oh, grain=_grain(wf.shape[0] * len(tp[0]) * ow))
 
@@ -211,16 +226,33 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
     partials by BLAS, their fused accumulation; ``out [O, OH*OW]``."""
     oh, ow = out_hw
     nblocks, o, _ = mant.shape
+
+    def quantized(rows):
+        return _fast_gemm.im2col_quantize(xp, tp, rows, ow, geom.strides, fmt.block_size,
+                                          fmt.mantissa_bits, fmt.emin, fmt.emax)
+
+    if oh * ow <= FEW_COLUMNS:
+        q, sa = quantized((0, oh))
+        ostep = max(1, PARTIAL_BYTES // (4 * nblocks * oh * ow))
+
+        def by_rows(o0: int, o1: int) -> None:
+            for a in range(o0, o1, ostep):
+                b = min(o1, a + ostep)
+                y = out[a:b]
+                _fast_gemm.accumulate_cols(np.matmul(mant[:, a:b], q), sw[:, a:b], sa, y)
+                finish(y, a, 0)
+
+        threads.run(by_rows, o, grain=_grain(len(tp[0]) * oh * ow))
+        return
     step = _rows_per_step(nblocks, o, ow)
 
     def share(r0: int, r1: int) -> None:
         for a in range(r0, r1, step):
             rows = (a, min(r1, a + step))
-            q, sa = _fast_gemm.im2col_quantize(xp, tp, rows, ow, geom.strides, fmt.block_size,
-                                               fmt.mantissa_bits, fmt.emin, fmt.emax)
+            q, sa = quantized(rows)
             y = out[:, rows[0] * ow:rows[1] * ow]
             _fast_gemm.accumulate_cols(np.matmul(mant, q), sw, sa, y)
-            finish(y, rows[0] * ow)
+            finish(y, 0, rows[0] * ow)
 
     threads.run(share, oh, grain=_grain(o * len(tp[0]) * ow))
 

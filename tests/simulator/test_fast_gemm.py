@@ -66,10 +66,18 @@ def _conv_case(name: str, fmt: Format, seed: int, extreme: bool = False):
     return x, wt, bias, geom
 
 
+@pytest.fixture(params=["split-pixels", "split-channels"])
+def split(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a layer's work is cut between the threads: by output pixels (slices of
+    output rows), or by output channels (every pixel at once, for small layers)."""
+    monkeypatch.setattr(gemm, "FEW_COLUMNS", 0 if request.param == "split-pixels" else 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
 @pytest.mark.parametrize("name", list(CONVS))
 @pytest.mark.parametrize("extreme", [False, True], ids=["scales-normal", "scales-extreme"])
-def test_conv2d_matches_reference(fmt: Format, name: str, extreme: bool) -> None:
+def test_conv2d_matches_reference(fmt: Format, name: str, extreme: bool, split: str) -> None:
     """``extreme``: block scales whose products leave fp32's normal range (the float64
     path of the accumulation), overflow to infinities and underflow to subnormals."""
     x, w, bias, geom = _conv_case(name, fmt, seed=len(name) + fmt.block_size, extreme=extreme)
@@ -82,7 +90,7 @@ def test_conv2d_matches_reference(fmt: Format, name: str, extreme: bool) -> None
 
 
 @pytest.mark.parametrize("name", list(CONVS))
-def test_conv2d_fp32_matches_reference(name: str) -> None:
+def test_conv2d_fp32_matches_reference(name: str, split: str) -> None:
     x, w, bias, geom = _conv_case(name, FP32, seed=3)
     x = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
     ref = conv2d_reference(x, w, bias, geom, FP32)
@@ -103,8 +111,10 @@ def test_products_match_reference(fmt: Format, rows: int) -> None:
         assert same_bits(dense(a, w, None, fmt), ref)
 
 
-def test_partial_slices_cover_every_column(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("few", [0, 10**9])
+def test_partial_slices_cover_every_column(monkeypatch: pytest.MonkeyPatch, few: int) -> None:
     """Many small GEMM slices give the same result as one."""
+    monkeypatch.setattr(gemm, "FEW_COLUMNS", few)
     fmt = get_format("msfp16")
     x, w, bias, geom = _conv_case("3x3-pad", fmt, seed=9)
     with np.errstate(all="ignore"):
