@@ -217,8 +217,9 @@ def _grouped_quantized(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, block, mbits, emi
     nk = kc.shape[0]
     nblocks = sw.shape[1]
     n = oh * ow
-    v = np.empty((block, n), np.float32)
-    q = np.empty((nblocks, block, n), np.float32)
+    rows = min(block, nk)  # a block longer than K (ms-fp8's 128) is mostly padding: skip it
+    v = np.empty((rows, n), np.float32)
+    q = np.empty((nblocks, rows, n), np.float32)
     sa = np.empty((nblocks, n), np.float32)
     lo = np.empty(nblocks, np.float64)
     hi = np.empty(nblocks, np.float64)
