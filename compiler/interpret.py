@@ -86,13 +86,13 @@ def _npu_conv(n: Node, args: list, ctx: Numerics) -> np.ndarray:
                         tuple(n.attr("input_dilation", (1, 1))))
     res = args[3] if len(args) > 3 else None
     return kernels.conv2d(args[0], args[1], args[2], geom, ctx.fmt, res, n.attr("relu"),
-                          ctx.rounding, ctx.seed)
+                          ctx.rounding, ctx.seed, n.attr("clip"))
 
 
 def _npu_dense(n: Node, args: list, ctx: Numerics) -> np.ndarray:
     res = args[3] if len(args) > 3 else None
     return kernels.dense(args[0], args[1], args[2], ctx.fmt, res, n.attr("relu"),
-                         ctx.rounding, ctx.seed)
+                         ctx.rounding, ctx.seed, n.attr("clip"))
 
 
 def _const_of_shape(n: Node, args: list, ctx: Numerics) -> np.ndarray:

@@ -354,10 +354,14 @@ def fuse_residual(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
 
 
 def fuse_relu(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
-    """Relu after a matrix op or an add becomes that op's epilogue."""
+    """Relu after a matrix op or an add becomes that op's epilogue, and so does a Clip
+    (ReLU6 and the like) after a matrix op."""
     g = g.copy()
     for name in topo_order(g):
         n = node(g, name)
+        if n.op == Op.NPU_UNARY and n.attr("fn") == "clip":
+            _fuse_clip(g, name, n)
+            continue
         if n.op != Op.RELU:
             continue
         src = inputs_of(g, name)[0]
@@ -371,6 +375,17 @@ def fuse_relu(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
             rewire(g, name, new, inputs_of(g, src))
             g.remove_node(src)
     return g
+
+
+def _fuse_clip(g: nx.DiGraph, name: str, n: Node) -> None:
+    src = inputs_of(g, name)[0]
+    p = node(g, src)
+    if p.op in (Op.NPU_CONV, Op.NPU_DENSE) and p.attr("clip") is None \
+            and _sole_consumer(g, src, name) and on_device(g, src) and on_device(g, name):
+        new = p.with_attrs(clip=(float(n.attr("alpha")), float(n.attr("beta"))))
+        new = Node(new.op, n.shape, n.dtype, new.attrs, origin=p.origin + n.origin)
+        rewire(g, name, new, inputs_of(g, src))
+        g.remove_node(src)
 
 
 def keep_host_work_together(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:

@@ -27,7 +27,8 @@ def op_label(n: Node, residual: bool) -> str:
         n.op, n.attr("label") or n.op.value)
     if n.op == Op.NPU_CONV and tuple(n.attr("input_dilation", (1, 1))) != (1, 1):
         base = "ConvTranspose"
-    return base + ("+Add" if residual else "") + ("+Relu" if n.attr("relu") else "")
+    return (base + ("+Add" if residual else "") + ("+Relu" if n.attr("relu") else "")
+            + ("+Clip" if n.attr("clip") else ""))
 
 
 def _size(shape) -> int:
@@ -51,9 +52,12 @@ def concat(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr: Addr) -> list[
 def _matrix(g: nx.DiGraph, v: str, n: Node, srcs: list[str], addr: Addr) -> isa.MvMul:
     x = node(g, srcs[0])
     res = len(srcs) > 3
+    clip = n.attr("clip")
     common = dict(src=addr(srcs[0]), dst=addr(v), weights=addr(srcs[1]), bias=addr(srcs[2]),
                   residual=addr(srcs[3]) if res else 0, relu=int(bool(n.attr("relu"))),
-                  has_residual=int(res), pinned=0)
+                  has_residual=int(res), pinned=0, clip=int(clip is not None),
+                  clip_lo=isa.f32_bits(clip[0]) if clip else 0,
+                  clip_hi=isa.f32_bits(clip[1]) if clip else 0)
     if n.op == Op.NPU_DENSE:
         return isa.MvMul(**common, batch=_size(x.shape[:-1]), channels=x.shape[-1], height=1,
                          width=1, out_channels=n.shape[-1], groups=1, kernel_h=1, kernel_w=1,

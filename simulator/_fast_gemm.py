@@ -267,9 +267,10 @@ def _grouped_f32(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, wf, g0, g1,
 
 
 @numba.njit(cache=True, nogil=True)
-def _epilogue(out, bias, res, relu):  # pragma: no cover - compiled
+def _epilogue(out, bias, res, relu, clip, lo, hi):  # pragma: no cover - compiled
     # out [O, N] in place: + bias[o] (if bias.size), + res[o, n] (if res.size), then
-    # ReLU as np.maximum(y, 0) does it (a NaN stays, -0 becomes +0); each step in fp32
+    # ReLU as np.maximum(y, 0) does it (a NaN stays, -0 becomes +0), then the clip
+    # min(max(y, lo), hi) (a NaN stays); each step in fp32
     rows, n = out.shape
     for o in range(rows):
         y = out[o]
@@ -286,6 +287,14 @@ def _epilogue(out, bias, res, relu):  # pragma: no cover - compiled
                 v = y[i]
                 if not v > 0 and v == v:
                     y[i] = 0.0
+        if clip:
+            for i in range(n):
+                v = y[i]
+                if v < lo:
+                    v = lo
+                if v > hi:  # after the lower bound, as min(max(y, lo), hi) with lo > hi
+                    v = hi
+                y[i] = v
 
 
 # --- entry points: one worker's share of a product, around the compiled kernels ------
@@ -317,7 +326,8 @@ def im2col(xp: np.ndarray, taps: tuple, rows: tuple[int, int], ow: int,
 
 
 epilogue = _epilogue
-"""``epilogue(out [O, N], bias [O] or empty, res [O, N] or empty, relu)``, in place."""
+"""``epilogue(out [O, N], bias [O] or empty, res [O, N] or empty, relu, clip, lo, hi)``,
+in place."""
 
 accumulate_cols = _accumulate_cols
 """``accumulate_cols(partials [J, O, N], sw [J, O], sa [J, N], out [O, N])``: the block

@@ -377,6 +377,7 @@ class Device:
         oh, ow = geom.output_hw(i.height, i.width)
         rows = images * i.batch  # the images' rows stream through the array together
         seed = int(self.program.metadata.get("seed", 0))
+        clip = (isa.bits_f32(i.clip_lo), isa.bits_f32(i.clip_hi)) if i.clip else None
         if (i.kernel_h, i.kernel_w, i.height, i.width) == (1, 1, 1, 1):  # dense layer
             res = (self._f32(i.residual, (i.batch, i.out_channels)).reshape(rows, -1)
                    if i.has_residual else None)
@@ -386,15 +387,15 @@ class Device:
                 # picks its kernels by size): each image alone gives one image's result
                 y = [kernels.dense(x[k:k + i.batch], w, bias, fmt,
                                    None if res is None else res[k:k + i.batch], bool(i.relu),
-                                   rounding, seed) for k in range(0, rows, i.batch)]
+                                   rounding, seed, clip) for k in range(0, rows, i.batch)]
             else:
-                y = kernels.dense(x, w, bias, fmt, res, bool(i.relu), rounding, seed)
+                y = kernels.dense(x, w, bias, fmt, res, bool(i.relu), rounding, seed, clip)
         else:
             out_shape = (i.batch, i.out_channels, oh, ow)
             res = (self._f32(i.residual, out_shape).reshape(rows, *out_shape[1:])
                    if i.has_residual else None)
             y = kernels.conv2d(x.reshape(rows, *x.shape[2:]), w, bias, geom, fmt, res,
-                               bool(i.relu), rounding, seed)
+                               bool(i.relu), rounding, seed, clip)
         self._store(i.dst, y)
 
     def _pool(self, i: isa.VPool) -> None:

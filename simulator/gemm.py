@@ -130,21 +130,24 @@ class Epilogue:
     the pass that makes each slice of output rows, while it is in cache)."""
 
     def __init__(self, bias: np.ndarray | None, residual: np.ndarray | None, relu: bool,
-                 out_shape: tuple[int, ...]) -> None:
+                 out_shape: tuple[int, ...], clip: tuple[float, float] | None = None) -> None:
         self.bias = _NONE1 if bias is None else np.ascontiguousarray(bias, np.float32)
         self.residual = (None if residual is None else
                          np.ascontiguousarray(residual, np.float32).reshape(out_shape[0],
                                                                             out_shape[1], -1))
         self.relu = bool(relu)
+        self.clip = clip is not None
+        self.lo, self.hi = (np.float32(clip[0]), np.float32(clip[1])) if clip else (0, 0)
 
     def apply(self, image: int, o0: int, out: np.ndarray, n0: int = 0) -> None:
         """On ``out``: rows ``o0...`` and columns ``n0...`` of image ``image``'s result."""
-        if not self.bias.size and self.residual is None and not self.relu:
+        if not self.bias.size and self.residual is None and not self.relu and not self.clip:
             return
         bias = self.bias[o0:o0 + out.shape[0]] if self.bias.size else _NONE1
         res = (_NONE2 if self.residual is None else
                self.residual[image, o0:o0 + out.shape[0], n0:n0 + out.shape[1]])
-        _fast_gemm.epilogue(out, bias, res, self.relu)
+        _fast_gemm.epilogue(out, bias, res, self.relu, self.clip, np.float32(self.lo),
+                            np.float32(self.hi))
 
     def apply_rows(self, image: int, o0: int, out: np.ndarray, o_off: int, n0: int) -> None:
         """:meth:`apply` to the columns ``n0...`` of rows ``o0 + o_off...``."""
@@ -153,7 +156,7 @@ class Epilogue:
 
 def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
            bias: np.ndarray | None = None, residual: np.ndarray | None = None,
-           relu: bool = False) -> np.ndarray:
+           relu: bool = False, clip: tuple[float, float] | None = None) -> np.ndarray:
     """The matrix unit's convolution of ``x [B, C, H, W]`` with its epilogue:
     ``[B, O, OH, OW]`` float32 (``geom`` without input dilation)."""
     x = np.ascontiguousarray(x, np.float32)
@@ -164,7 +167,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
     cg, og = c // g, o // g
     tp = taps(geom.kernel, cg, geom.dilations)
     out = np.empty((b, o, oh, ow), np.float32)
-    epi = Epilogue(bias, residual, relu, (b, o))
+    epi = Epilogue(bias, residual, relu, (b, o), clip)
     for i in range(b):
         xp = padded(x[i], geom, (oh, ow))
         if g > 1 and _grouped_direct(cg, og, len(tp[0])):

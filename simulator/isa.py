@@ -88,8 +88,10 @@ class FieldWidths:
         return cls(addr=math.ceil(math.log2(cfg.dram_mib * 2**20)))
 
 
-def _f(kind: str):
-    return field(metadata={"kind": kind})
+def _f(kind: str, default: int | None = None):
+    if default is None:
+        return field(metadata={"kind": kind})
+    return field(default=default, metadata={"kind": kind})
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class MvMul(Instruction):
             for n in batch*OH*OW output pixels:            # stream activation vectors
                 acc[n, ot] += bfp_dot(im2col(x)[n, kt], W[kt, ot])   # block by block
         y = relu?(acc + bias + residual?)                  # epilogue, fp32
+        y = min(max(y, clip_lo), clip_hi) if clip          # ReLU6 and the like
 
     ``in_dil_h``/``in_dil_w`` > 1 (a transposed convolution) make im2col read a virtual
     input with ``in_dil - 1`` zeros between pixels, ``(H-1)*in_dil_h+1`` by
@@ -198,6 +201,11 @@ class MvMul(Instruction):
     relu: int = _f("flag")
     has_residual: int = _f("flag")
     pinned: int = _f("flag")
+    clip: int = _f("flag", 0)
+    clip_lo: int = _f("length", 0)
+    """fp32 bits of the clip's lower bound."""
+    clip_hi: int = _f("length", 0)
+    """fp32 bits of the clip's upper bound."""
 
 
 @dataclass(frozen=True)

@@ -107,21 +107,24 @@ def _weight_rows(w: np.ndarray | BfpTensor, start: int, stop: int,
 
 
 def epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
-             relu: bool) -> np.ndarray:
-    """After the reduction: ``+ bias``, ``+ residual``, then ReLU, each rounded to fp32."""
+             relu: bool, clip: tuple[float, float] | None = None) -> np.ndarray:
+    """After the reduction: ``+ bias``, ``+ residual``, then ReLU, then the clip
+    ``min(max(y, lo), hi)`` (exact, a NaN stays), each rounded to fp32."""
     if bias is not None:
         y = y + bias.astype(np.float32)
     if residual is not None:
         y = y + residual
     if relu:
         y = np.maximum(y, np.float32(0))
+    if clip is not None:
+        y = np.minimum(np.maximum(y, np.float32(clip[0])), np.float32(clip[1]))
     return y.astype(np.float32, copy=False)
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None,
            geom: ConvGeometry, fmt: Format, residual: np.ndarray | None = None,
            relu: bool = False, rounding: Rounding = Rounding.NEAREST_EVEN,
-           seed: int = 0) -> np.ndarray:
+           seed: int = 0, clip: tuple[float, float] | None = None) -> np.ndarray:
     """Convolution on the matrix unit; ``weight`` is ``[O, KH*KW*C/groups]``.
 
     The numbers are :func:`conv2d_reference`'s; nearest-even rounding runs the fast
@@ -131,8 +134,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | Non
     geom = dataclasses.replace(geom, input_dilation=(1, 1))
     if (not fmt.is_fp32 and Rounding(rounding) != Rounding.NEAREST_EVEN) \
             or not gemm.supported(fmt):
-        return conv2d_reference(x, weight, bias, geom, fmt, residual, relu, rounding, seed)
-    return gemm.conv2d(x, weight, geom, fmt, bias, residual, relu)
+        return conv2d_reference(x, weight, bias, geom, fmt, residual, relu, rounding, seed,
+                                clip)
+    return gemm.conv2d(x, weight, geom, fmt, bias, residual, relu, clip)
 
 
 def _input_dilated(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
@@ -150,7 +154,7 @@ def _input_dilated(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
 def conv2d_reference(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None,
                      geom: ConvGeometry, fmt: Format, residual: np.ndarray | None = None,
                      relu: bool = False, rounding: Rounding = Rounding.NEAREST_EVEN,
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, clip: tuple[float, float] | None = None) -> np.ndarray:
     """The definition of the matrix unit's convolution, in plain numpy.
 
     An im2col GEMM per group: the patches ``[pixels, K]``, K ordered (kh, kw, c) within
@@ -179,16 +183,17 @@ def conv2d_reference(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.nda
                                    accumulate=accumulate_blocks_reference))
     y = np.concatenate(cols, axis=1).reshape(b, oh, ow, o).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(epilogue(y, bias[:, None, None] if bias is not None else None,
-                                         residual, relu))
+                                         residual, relu, clip))
 
 
 def dense(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None, fmt: Format,
           residual: np.ndarray | None = None, relu: bool = False,
-          rounding: Rounding = Rounding.NEAREST_EVEN, seed: int = 0) -> np.ndarray:
+          rounding: Rounding = Rounding.NEAREST_EVEN, seed: int = 0,
+          clip: tuple[float, float] | None = None) -> np.ndarray:
     """``x @ weight.T + bias`` on the matrix unit for ``x`` ``[..., K]``."""
     lead = x.shape[:-1]
     y = matmul(x.reshape(-1, x.shape[-1]), weight, fmt, rounding, seed)
-    return epilogue(y.reshape(*lead, -1), bias, residual, relu)
+    return epilogue(y.reshape(*lead, -1), bias, residual, relu, clip)
 
 
 def matmul_act(a: np.ndarray, b: np.ndarray, fmt: Format,

@@ -202,3 +202,33 @@ def test_batch_inputs_must_agree():
         sess.run(None, {"x": x, "z": z})
     with pytest.raises(InputError, match="same leading"):
         sess.device.run_batch({"x": x, "z": z})
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "msfp16", "msfp8"])
+def test_clip_after_a_matrix_op_is_its_epilogue(fmt):
+    """Conv -> Clip(0, 6) and Gemm -> Clip run as one MV_MUL each (no vector pass), with
+    the golden result and onnxruntime's."""
+    rng = np.random.default_rng(3)
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Clip", ["c", "lo", "hi"], ["r6"]),
+         helper.make_node("Flatten", ["r6"], ["f"]),
+         helper.make_node("Gemm", ["f", "fc"], ["g"], transB=1),
+         helper.make_node("Clip", ["g", "lo2", "hi2"], ["y"])],
+        {"x": [1, 4, 6, 6]}, {"y": [1, 5]},
+        {"w": rand(rng, 8, 4, 3, 3), "b": rand(rng, 8), "fc": rand(rng, 5, 8 * 36, scale=0.1),
+         "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32),
+         "lo2": np.array(-0.5, np.float32), "hi2": np.array(0.25, np.float32)})
+    compiled = compile_full(model, device="tiny" if fmt != "msfp8" else "brainwave-s10",
+                            numerics=fmt)
+    ops = [type(i).__name__ for i in compiled.program.instructions]
+    assert ops.count("MvMul") == 2 and "VUnary" not in ops
+    x = {"x": rand(rng, 1, 4, 6, 6) * 4}
+    (out,) = Session(Program.from_bytes(compiled.program.to_bytes())).run(None, x)
+    gold = evaluate(compiled.graph, x, Numerics(compiled.options.format))
+    assert np.array_equal(out, next(iter(gold.values())))
+    assert out.min() >= -0.5 and out.max() <= 0.25
+    if fmt == "fp32":
+        ref = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, x)[0]
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

@@ -84,7 +84,8 @@ def test_conv2d_matches_reference(fmt: Format, name: str, extreme: bool, split: 
     res = np.random.default_rng(1).standard_normal(
         conv2d_reference(x, w, None, geom, fmt).shape).astype(np.float32)
     with np.errstate(all="ignore"):
-        for kw in ({}, {"residual": res, "relu": True}):
+        for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)},
+                   {"relu": True, "clip": (-1.0, 0.5)}, {"clip": (2.0, -2.0)}):
             ref = conv2d_reference(x, w, bias, geom, fmt, **kw)
             assert same_bits(conv2d(x, w, bias, geom, fmt, **kw), ref), (name, kw)
 

@@ -206,12 +206,14 @@ def test_v_move_negative_strides_round_trip(widths):
 
 
 def test_changed_layouts():
-    """VV_ALU lost its Broadcast fields; MV_MUL's input dilation sits before the flags."""
+    """VV_ALU lost its Broadcast fields; MV_MUL's input dilation sits before the flags, and
+    its clip after them (a program without the clip decodes as before: zeros)."""
     names = [f.name for f in dataclasses.fields(VvAlu)]
     assert names == ["src0", "src1", "dst", "length", "op", "rev", "div", "mod"]
     names = [f.name for f in dataclasses.fields(MvMul)]
     assert names[names.index("dilation_w"):] == ["dilation_w", "in_dil_h", "in_dil_w", "relu",
-                                                  "has_residual", "pinned"]
+                                                  "has_residual", "pinned", "clip", "clip_lo",
+                                                  "clip_hi"]
     w = widths_of("brainwave-s10")
-    assert used_bits(MvMul, w) == 368 and used_bits(VvAlu, w) == 212
+    assert used_bits(MvMul, w) == 433 and used_bits(VvAlu, w) == 212
     assert max(used_bits(c, w) for c in INSTRUCTIONS) == used_bits(VMove, w) == 458
