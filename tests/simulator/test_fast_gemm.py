@@ -46,6 +46,8 @@ CONVS = {
     "groups-gemm": (32, 64, 6, 6, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), groups=2)),
     "depthwise": (24, 24, 10, 9, ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1), groups=24)),
     "depthwise-5x5": (8, 16, 9, 9, ConvGeometry((5, 5), (1, 1), (2, 2, 2, 2), groups=8)),
+    "depthwise-dilated": (12, 12, 11, 10, ConvGeometry((3, 3), (1, 2), (2, 1, 2, 1), (2, 1),
+                                                       groups=12)),
     "grouped-small": (32, 32, 7, 7, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), groups=8)),
     "transposed": (6, 4, 5, 5, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1),
                                             input_dilation=(2, 2))),
