@@ -13,7 +13,14 @@ from onnx import numpy_helper
 
 from compiler.errors import CompileError, UnsupportedOpError, one_line
 from compiler.ir import NON_TENSOR, ONNX_OPS, Node, Op, add_node, make_attrs, verify
-from compiler.model_check import MAX_ELEMENTS, attr_value, check_model, np_dtype, parse
+from compiler.model_check import (
+    MAX_ELEMENTS,
+    attr_value,
+    check_model,
+    np_dtype,
+    parse,
+    with_unknown_dims,
+)
 from compiler.node_checks import check_node
 from compiler.shapes import data_dependent, resolve_shapes
 from simulator.program_schema import MAX_RANK
@@ -22,6 +29,8 @@ from simulator.program_schema import MAX_RANK
 def load_onnx(model: str | Path | onnx.ModelProto | bytes) -> onnx.ModelProto:
     """Load and check a model; one that is not valid ONNX raises :class:`CompileError`."""
     proto = parse(model)
+    if proto.HasField("graph"):
+        proto = with_unknown_dims(proto)
     check_model(proto)
     return proto
 

@@ -262,6 +262,40 @@ def _check_boundary(graph: onnx.GraphProto) -> None:
                            "and a node output")
 
 
+def _graphs(graph: onnx.GraphProto):
+    """``graph`` and every subgraph in its nodes' attributes."""
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _graphs(sub)
+
+
+def _negative_dims(proto: onnx.ModelProto):
+    """The declared dimensions below zero, of every value info of every graph."""
+    for g in _graphs(proto.graph):
+        for vi in (*g.input, *g.output, *g.value_info):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+                yield from (d for d in vi.type.tensor_type.shape.dim
+                            if d.HasField("dim_value") and d.dim_value < 0)
+
+
+def with_unknown_dims(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Exporters (paddle2onnx) declare a dimension they do not know as -1; ONNX spells
+    that as a dimension with neither value nor name. Returns ``proto`` itself, or a copy
+    with those dimensions made unknown (the caller's model is left as it is), which
+    ``input_shapes`` can then fix like any symbolic one. Other negative sizes stay, for
+    :func:`check_model` to refuse."""
+    if not any(d.dim_value == -1 for d in _negative_dims(proto)):
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for d in _negative_dims(copy):
+        if d.dim_value == -1:
+            d.ClearField("dim_value")
+    return copy
+
+
 def check_model(proto: onnx.ModelProto) -> None:
     """Refuse a malformed model (see the module docstring) with a one-line CompileError."""
     if not proto.HasField("graph"):

@@ -205,6 +205,19 @@ def test_undecodable_tensors(case):
     compile_error(m, *words)
 
 
+def test_minus_one_declares_an_unknown_dimension():
+    """paddle2onnx declares a dimension it does not know as -1 (PP-OCR's classifier):
+    it is a symbolic dimension, which input_shapes fixes; the caller's model is left as
+    it was."""
+    m = block()
+    shape = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    compile_error(m, "input 'x'", "symbolic dimension", "--input-shape")
+    prog = compile_model(m, "tiny", input_shapes={"x": tuple(shape)})
+    assert prog.inputs[0].shape == tuple(shape)
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == -1
+
+
 def test_external_data_is_refused_without_reading_the_file(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\0" * 2304)
     m = block()
