@@ -30,20 +30,21 @@ _MAX_SCALE = 2.0**127
 def _gather(xp, c, dy, dx, oy0, oy1, ow, sy, sx, out):  # pragma: no cover - compiled
     """``out[(oy - oy0) * ow + ox] = xp[c, oy * sy + dy, ox * sx + dx]`` (``xp`` padded).
 
-    The row is sliced first, so the inner loop indexes with a loop counter that numba
-    knows is not negative: no wraparound check, and the copy vectorizes.
+    The tap's plane is sliced once, so the loops index with counters that numba knows
+    are not negative: no wraparound check, and the copy vectorizes.
     """
-    for oy in range(oy0, oy1):
-        row = xp[c, oy * sy + dy]
-        base = (oy - oy0) * ow
-        if sx == 1:
-            seg = row[dx:dx + ow]
+    rows = oy1 - oy0
+    y0 = oy0 * sy + dy
+    if sx == 1:
+        plane = xp[c, y0:y0 + (rows - 1) * sy + 1:sy, dx:dx + ow]
+        for r in range(rows):
             for ox in range(ow):
-                out[base + ox] = seg[ox]
-        else:
-            sseg = row[dx:dx + (ow - 1) * sx + 1:sx]
+                out[r * ow + ox] = plane[r, ox]
+    else:
+        splane = xp[c, y0:y0 + (rows - 1) * sy + 1:sy, dx:dx + (ow - 1) * sx + 1:sx]
+        for r in range(rows):
             for ox in range(ow):
-                out[base + ox] = sseg[ox]
+                out[r * ow + ox] = splane[r, ox]
 
 
 @numba.njit(cache=True, inline="always")

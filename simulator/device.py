@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from simulator import isa, kernels, threads
@@ -112,7 +114,7 @@ class Device:
         return np.broadcast_to(self._dram[off:off + nbytes], (self._arena.shape[0], nbytes))
 
     def _f32(self, addr: int, shape: tuple[int, ...], what: str = "read") -> np.ndarray:
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
         images = self._arena.shape[0]
         return self._bytes(addr, 4 * n, what).view(np.float32).reshape(images, *shape)
 
@@ -338,7 +340,7 @@ class Device:
         slice of the destination straight into the arena; a destination that overlaps a
         source other than exactly (in place) is computed whole, then stored.
         """
-        nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+        nbytes = 4 * math.prod(shape)
         ins = [(self._f32(a, (shapes or {}).get(a, shape)), split) for a, split in srcs]
         arena, off = self._region(dst, nbytes, "write")
         overlap = any(a != dst and a < dst + nbytes and dst < a + x[0].nbytes
