@@ -59,7 +59,7 @@ class Session:
         else:
             kind, images = layout
             self.last_images = images
-            batch = {k: self._split(np.asarray(v), kind, images) for k, v in feeds.items()}
+            batch = {k: self._split(np.asarray(v), kind) for k, v in feeds.items()}
             outputs, stats = self.device.run_batch(batch)
             outputs = {k: self._join(v, kind) for k, v in outputs.items()}
         self.last_stats = stats
@@ -96,7 +96,7 @@ class Session:
         return kind, images
 
     @staticmethod
-    def _split(value: np.ndarray, kind: str, images: int) -> np.ndarray:
+    def _split(value: np.ndarray, kind: str) -> np.ndarray:
         return value[:, None] if kind == "lead" else value
 
     @staticmethod

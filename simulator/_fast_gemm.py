@@ -155,42 +155,6 @@ def _accumulate_cols(partials, sw, sa, out):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _fused_cols(wm, sw, q, sa, o0, o1, out):  # pragma: no cover - compiled
-    # The block products and their accumulation in one pass, four output rows at a time
-    # (each column block of q is loaded once for four weight rows): for few columns,
-    # where a GEMM per block would be all overhead. wm [O, J, B] f32 mantissas, sw [J, O]
-    # f32; q [J, B, N] f32, sa [J, N] f32; out [O, N], rows o0 <= o < o1.
-    nblocks, block, n = q.shape
-    lo = np.empty(nblocks, np.float64)
-    hi = np.empty(nblocks, np.float64)
-    for j in range(nblocks):
-        lo[j], hi[j] = _scale_range(sa[j])
-    p = np.empty((4, n), np.float32)
-    for oa in range(o0, o1, 4):
-        rows = min(4, o1 - oa)
-        for r in range(4):
-            if r < rows:
-                out[oa + r, :] = 0.0
-        for j in range(nblocks):
-            p[:, :] = 0.0
-            for b in range(block):
-                qb = q[j, b]
-                w0 = wm[oa, j, b]
-                w1 = wm[oa + 1, j, b] if rows > 1 else np.float32(0.0)
-                w2 = wm[oa + 2, j, b] if rows > 2 else np.float32(0.0)
-                w3 = wm[oa + 3, j, b] if rows > 3 else np.float32(0.0)
-                for i in range(n):  # integer products and sums: exact in fp32
-                    v = qb[i]
-                    p[0, i] += w0 * v
-                    p[1, i] += w1 * v
-                    p[2, i] += w2 * v
-                    p[3, i] += w3 * v
-            for r in range(rows):
-                _accumulate_block(out[oa + r], p[r], sa[j], np.float64(sw[j, oa + r]), lo[j],
-                                  hi[j])
-
-
-@numba.njit(cache=True, nogil=True)
 def _gemv(xq, sa, wq, sw, o0, o1, out):  # pragma: no cover - compiled
     # xq [N, J*B] int8, sa [N, J] f64; wq [O, J*B] int8, sw [O, J] f64; out [N, O], o0<=o<o1
     rows, nblocks = sa.shape
@@ -333,10 +297,6 @@ in place."""
 accumulate_cols = _accumulate_cols
 """``accumulate_cols(partials [J, O, N], sw [J, O], sa [J, N], out [O, N])``: the block
 products summed in the device's order."""
-
-fused_cols = _fused_cols
-"""``fused_cols(wm [O, J, B], sw [J, O], q, sa, o0, o1, out)``: rows ``o0:o1`` of a product
-of few columns, block products and accumulation in one pass."""
 
 gemv = _gemv
 """``gemv(xq, sa, wq, sw, o0, o1, out)``: outputs ``o0:o1`` of a product of a few rows."""

@@ -219,9 +219,9 @@ class Device:
                 y = kernels.alu("add", a, b)
                 return kernels.relu(y) if relu else y
 
-            self._map(i.dst, (i.length,), add, [(i.src0, True), (i.src1, True)])
+            self._map(i.dst, (i.length,), add, [(i.src0, None), (i.src1, None)])
         elif isinstance(i, isa.VRelu):
-            self._map(i.dst, (i.length,), kernels.relu, [(i.src, True)])
+            self._map(i.dst, (i.length,), kernels.relu, [(i.src, None)])
         elif isinstance(i, isa.VSoftmax):
             self._store(i.dst, kernels.softmax(self._f32(i.src, (i.rows, i.cols)), -1))
         elif isinstance(i, isa.VPool):
@@ -232,7 +232,7 @@ class Device:
             fn = isa.UnaryFn(i.fn).name.lower()
             alpha, beta = isa.bits_f32(i.alpha), isa.bits_f32(i.beta)
             self._map(i.dst, (i.length,), lambda x: kernels.unary(fn, x, alpha, beta),
-                      [(i.src, True)])
+                      [(i.src, None)])
         elif isinstance(i, isa.VReduce):
             x = self._f32(i.src, (i.outer, i.mid, i.inner))
             y = kernels.reduce(x.reshape(x.shape[0] * i.outer, i.mid, i.inner),
@@ -329,22 +329,24 @@ class Device:
         def fn(a, b):
             return kernels.alu(op, b, a) if i.rev else kernels.alu(op, a, b)
 
-        self._map(i.dst, shape, fn, [(i.src0, True), (i.src1, False)], {i.src1: (1, i.mod, 1)})
+        self._map(i.dst, shape, fn, [(i.src0, None), (i.src1, (1, i.mod, 1))])
 
-    def _map(self, dst: int, shape: tuple[int, ...], fn, srcs: list[tuple[int, bool]],
-             shapes: dict[int, tuple[int, ...]] | None = None) -> None:
-        """An element-wise instruction: ``fn`` of the sources (``[images, *shape]`` each,
-        or ``shapes[addr]`` for a broadcast one, ``split`` False) into ``dst``.
+    def _map(self, dst: int, shape: tuple[int, ...], fn,
+             srcs: list[tuple[int, tuple[int, ...] | None]]) -> None:
+        """An element-wise instruction: ``fn`` of the sources into ``dst``. A source is
+        ``(addr, None)``, read as ``[images, *shape]``, or ``(addr, its shape)``, one
+        broadcast against the others.
 
         A large one is cut along ``shape[0]`` into one share per thread, each writing its
         slice of the destination straight into the arena; a destination that overlaps a
-        source other than exactly (in place) is computed whole, then stored.
+        source other than exactly (a same-shaped one, in place) is computed whole, then
+        stored.
         """
         nbytes = 4 * math.prod(shape)
-        ins = [(self._f32(a, (shapes or {}).get(a, shape)), split) for a, split in srcs]
+        ins = [(self._f32(a, s or shape), s is None) for a, s in srcs]
         arena, off = self._region(dst, nbytes, "write")
-        overlap = any(a != dst and a < dst + nbytes and dst < a + x[0].nbytes
-                      for (a, _), (x, _) in zip(srcs, ins, strict=True))
+        overlap = any(not (a == dst and split) and a < dst + nbytes and dst < a + x[0].nbytes
+                      for (a, _), (x, split) in zip(srcs, ins, strict=True))
         total = ins[0][0].size
         if not arena or overlap or total < ELEMENTWISE_GRAIN or not shape or shape[0] < 2:
             self._store(dst, fn(*(x for x, _ in ins)))

@@ -149,10 +149,6 @@ class Epilogue:
         _fast_gemm.epilogue(out, bias, res, self.relu, self.clip, np.float32(self.lo),
                             np.float32(self.hi))
 
-    def apply_rows(self, image: int, o0: int, out: np.ndarray, o_off: int, n0: int) -> None:
-        """:meth:`apply` to the columns ``n0...`` of rows ``o0 + o_off...``."""
-        self.apply(image, o0 + o_off, out, n0)
-
 
 def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
            bias: np.ndarray | None = None, residual: np.ndarray | None = None,
@@ -177,7 +173,10 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
         for grp in range(g):
             xs = xp[grp * cg:(grp + 1) * cg]
             ys = out[i, grp * og:(grp + 1) * og].reshape(og, oh * ow)
-            finish = functools.partial(epi.apply_rows, i, grp * og)
+
+            def finish(o_off, y, n0=0, i=i, base=grp * og):  # the group's rows from o_off
+                epi.apply(i, base + o_off, y, n0)
+
             if fmt.is_fp32:
                 wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
                 _conv_f32(xs, wf, tp, geom, (oh, ow), ys, finish)
@@ -204,7 +203,7 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish) -> None:
         def by_rows(o0: int, o1: int) -> None:
             y = out[o0:o1]
             np.matmul(wf[o0:o1], cols, out=y)
-            finish(y, o0, 0)
+            finish(o0, y)
 
         threads.run(by_rows, wf.shape[0], grain=_grain(len(tp[0]) * oh * ow))
         return
@@ -219,7 +218,7 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish) -> None:
                 cols = _fast_gemm.im2col(xp, tp, (a, min(r1, a + step)), ow, geom.strides)
             y = out[:, n0:n1]
             np.matmul(wf, cols, out=y)
-            finish(y, 0, n0)
+            finish(0, y, n0)
 
     threads.run(share, oh, grain=_grain(wf.shape[0] * len(tp[0]) * ow))
 
@@ -248,7 +247,7 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
                 b = min(o1, a + ostep)
                 y = out[a:b]
                 _fast_gemm.accumulate_cols(np.matmul(mant[:, a:b], q), sw[:, a:b], sa, y)
-                finish(y, a, 0)
+                finish(a, y)
 
         threads.run(by_rows, o, grain=_grain(len(tp[0]) * oh * ow))
         return
@@ -260,7 +259,7 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
             q, sa = quantized(rows)
             y = out[:, rows[0] * ow:rows[1] * ow]
             _fast_gemm.accumulate_cols(np.matmul(mant, q), sw, sa, y)
-            finish(y, 0, rows[0] * ow)
+            finish(0, y, rows[0] * ow)
 
     threads.run(share, oh, grain=_grain(o * len(tp[0]) * ow))
 

@@ -130,8 +130,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | Non
     The numbers are :func:`conv2d_reference`'s; nearest-even rounding runs the fast
     kernels of :mod:`simulator.gemm`, stochastic rounding the reference itself.
     """
-    x = _input_dilated(np.asarray(x, np.float32), geom)
-    geom = dataclasses.replace(geom, input_dilation=(1, 1))
+    if geom.input_dilation != (1, 1):
+        x = _input_dilated(np.asarray(x, np.float32), geom)
+        geom = dataclasses.replace(geom, input_dilation=(1, 1))
     if (not fmt.is_fp32 and Rounding(rounding) != Rounding.NEAREST_EVEN) \
             or not gemm.supported(fmt):
         return conv2d_reference(x, weight, bias, geom, fmt, residual, relu, rounding, seed,

@@ -76,6 +76,18 @@ class _Net:
                       alpha=1.0 / 6, beta=0.5)
         return self.node("Mul", [x, s])
 
+    def inverted_residual(self, x: str, c_in: int, hidden: int, c_out: int, k: int,
+                          stride: int, act: str, se: int = 0) -> str:
+        """MobileNet's block: 1x1 expansion (none when ``hidden == c_in``), k x k depthwise,
+        squeeze-excite to ``se`` channels if ``se``, linear 1x1 projection, and the
+        shortcut when the shape allows it."""
+        z = x if hidden == c_in else self.act(self.conv(x, c_in, hidden, 1), act)
+        z = self.act(self.conv(z, hidden, hidden, k, stride, groups=hidden), act)
+        if se:
+            z = self.squeeze_excite(z, hidden, se)
+        z = self.conv(z, hidden, c_out, 1, gain=1.0)
+        return self.node("Add", [x, z]) if stride == 1 and c_in == c_out else z
+
     def model(self, name: str, x: str, size: int, out: str, channels: int,
               featurizer: bool) -> onnx.ModelProto:
         """Close the graph: global pooling, and a 1000-way classifier unless ``featurizer``."""
@@ -106,11 +118,7 @@ def build_mobilenet_v2(seed: int = 0, *, featurizer: bool = True) -> onnx.ModelP
     for t, c_out, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
                            (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
         for i in range(n):
-            stride, hidden = (s if i == 0 else 1), c * t
-            z = y if t == 1 else net.act(net.conv(y, c, hidden, 1), "relu6")
-            z = net.act(net.conv(z, hidden, hidden, 3, stride, groups=hidden), "relu6")
-            z = net.conv(z, hidden, c_out, 1, gain=1.0)
-            y = net.node("Add", [y, z]) if stride == 1 and c == c_out else z
+            y = net.inverted_residual(y, c, c * t, c_out, 3, s if i == 0 else 1, "relu6")
             c = c_out
     y = net.act(net.conv(y, c, 1280, 1), "relu6")
     return net.model("mobilenet_v2", "images", 224, y, 1280, featurizer)
@@ -129,12 +137,8 @@ def build_mobilenet_v3_small(seed: int = 0, *, featurizer: bool = True) -> onnx.
             (5, 120, 48, True, "hswish", 1), (5, 144, 48, True, "hswish", 1),
             (5, 288, 96, True, "hswish", 2), (5, 576, 96, True, "hswish", 1),
             (5, 576, 96, True, "hswish", 1)]:
-        z = y if exp == c else net.act(net.conv(y, c, exp, 1), act)
-        z = net.act(net.conv(z, exp, exp, k, s, groups=exp), act)
-        if se:
-            z = net.squeeze_excite(z, exp, max(8, (exp // 4 + 4) // 8 * 8))
-        z = net.conv(z, exp, c_out, 1, gain=1.0)
-        y = net.node("Add", [y, z]) if s == 1 and c == c_out else z
+        y = net.inverted_residual(y, c, exp, c_out, k, s, act,
+                                  max(8, (exp // 4 + 4) // 8 * 8) if se else 0)
         c = c_out
     y = net.act(net.conv(y, c, 576, 1), "hswish")
     return net.model("mobilenet_v3_small", "images", 224, y, 576, featurizer)
