@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 _MIN_NORMAL = 2.0**-126
-_MAX_SCALE = 2.0**127
+_MAX_SCALE = 2.0**(127 - 24)  # so p * scale (p below 2**24) is finite and exact
 
 
 @numba.njit(cache=True, inline="always")
@@ -55,7 +55,10 @@ def _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cov
 
     The shared exponent ``clamp(floor(log2(max |v|)), emin, emax)`` is read from the
     float64 bits of the block maximum (an all-zero block's reads -1023 and clamps to
-    ``emin``), and the powers of two are built from bits, so the loops vectorize.
+    ``emin``), and the powers of two are built from bits, so the loops vectorize. A block
+    whose mantissas are all zero (a ReLU's zeros, say) adds nothing whatever its scale, so
+    its scale is given as 1: a tiny one would send every product of its block down the
+    float64 path for nothing.
     """
     ow = v.shape[1]
     max_m = np.float64((1 << mbits) - 1)
@@ -80,6 +83,8 @@ def _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cov
     for ox in range(ow):
         mf[ox] = mf[ox] if amax[ox] >= 0.0 else 0.0  # a non-finite block: zero mantissas
         sa[ox] = np.float32(sf[ox]) if amax[ox] >= 0.0 else np.float32(np.nan)
+        if amax[ox] >= 0.0 and np.rint(amax[ox] * mf[ox]) == 0.0:
+            sa[ox] = 1.0  # all mantissas zero: any scale gives the same (zero) products
     for b in range(nb):
         for ox in range(ow):
             x = np.float64(v[b, ox])
@@ -119,9 +124,13 @@ def _im2col_quantize(xp, kc, ky, kx, oy0, oy1, ow, sy, sx, mbits, emin, emax, q,
                      sa):  # pragma: no cover - compiled
     # xp [C, Hp, Wp] f32, padded so every tap is inside; row k of the columns reads
     # xp[kc[k], oy*sy + ky[k], ox*sx + kx[k]] for output rows oy0 <= oy < oy1.
-    # q [J, B, N] f32 mantissas out, sa [J, N] f32 scales out, N = (oy1-oy0)*ow.
+    # q [J, B, W] f32 mantissas out, sa [J, W] f32 scales out, for N = (oy1-oy0)*ow <= W
+    # columns; columns past N are padding: zero mantissas, NaN scales.
     nk = kc.shape[0]
-    nblocks, block, n = q.shape
+    nblocks, block, _ = q.shape
+    n = (oy1 - oy0) * ow
+    q[:, :, n:] = 0.0
+    sa[:, n:] = np.nan
     v = np.empty((block, n), np.float32)
     scratch = np.empty((3, n), np.float64)
     for j in range(nblocks):
@@ -268,12 +277,13 @@ def _epilogue(out, bias, res, relu, clip, lo, hi):  # pragma: no cover - compile
 
 
 def im2col_quantize(xp: np.ndarray, taps: tuple, rows: tuple[int, int], ow: int, strides,
-                    block: int, mbits: int, emin: int, emax: int
+                    block: int, mbits: int, emin: int, emax: int, width: int = 0
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Gather and quantize output rows ``rows`` of the padded input ``xp``:
-    ``(q [J, B, N] f32, sa [J, N] f32)``."""
+    ``(q [J, B, N] f32, sa [J, N] f32)``, or ``width`` columns, the last ones padding
+    (zero mantissas, NaN scales)."""
     kc = taps[0]
-    n = (rows[1] - rows[0]) * ow
+    n = max(width, (rows[1] - rows[0]) * ow)
     nblocks = -(-kc.shape[0] // block)
     q = np.empty((nblocks, block, n), np.float32)
     sa = np.empty((nblocks, n), np.float32)

@@ -29,6 +29,7 @@ import weakref
 import numpy as np
 
 from simulator import _fast_gemm, threads
+from simulator import _tiles as _tiles_mod
 from simulator.numerics import BfpTensor, Format, block_scales, quantize
 
 PARTIAL_BYTES = 1 << 20
@@ -71,11 +72,14 @@ class _Tiles:
             self._mantissas[groups] = np.ascontiguousarray(m, np.float32)
         return self._mantissas[groups]
 
-    def scales32(self, groups: int) -> np.ndarray:
-        """float32 ``[G, J, O/G]``."""
+    def scales32(self, w: BfpTensor, groups: int) -> np.ndarray:
+        """float32 ``[G, J, O/G]``; 1 for a finite block of zero mantissas (as the
+        activations' scales in :func:`simulator._fast_gemm._quantize_block`)."""
         if groups not in self._scales32:
-            o = self.scales.shape[0]
-            s = self.scales.reshape(groups, o // groups, -1).transpose(0, 2, 1)
+            o, kp = w.q.shape
+            zero = ~w.q.reshape(o, kp // w.fmt.block_size, -1).any(axis=2)
+            s = np.where(zero & np.isfinite(self.scales), 1.0, self.scales)
+            s = s.reshape(groups, o // groups, -1).transpose(0, 2, 1)
             self._scales32[groups] = np.ascontiguousarray(s, np.float32)
         return self._scales32[groups]
 
@@ -93,6 +97,12 @@ def _tiles(w: BfpTensor) -> _Tiles:
 def _direct(fmt: Format) -> bool:
     """Formats whose block scales are exact fp32 numbers, as the kernels keep them."""
     return -149 <= fmt.emin - fmt.mantissa_bits + 1 and fmt.emax - fmt.mantissa_bits + 1 <= 127
+
+
+def _tiled(fmt: Format) -> bool:
+    """Formats with a register-tiled kernel (int8 mantissas, blocks of 8 or 16: blocks of
+    32 are as fast through BLAS, and longer ones have few partials to sum)."""
+    return fmt.block_size in _tiles_mod.PRODUCTS and fmt.mantissa_bits <= 7
 
 
 def supported(fmt: Format) -> bool:
@@ -180,12 +190,20 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
             if fmt.is_fp32:
                 wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
                 _conv_f32(xs, wf, tp, geom, (oh, ow), ys, finish)
+            elif _tiled(fmt) and oh * ow > FEW_COLUMNS:
+                _conv_tiled(xs, weight, g, grp, tp, geom, (oh, ow), ys, finish)
             else:
                 tiles = _tiles(weight)
-                _conv_bfp(xs, tiles.mantissas(weight, g)[grp], tiles.scales32(g)[grp], tp,
-                          geom, fmt, (oh, ow), ys, finish)
+                _conv_bfp(xs, tiles.mantissas(weight, g)[grp], tiles.scales32(weight, g)[grp],
+                          tp, geom, fmt, (oh, ow), ys, finish)
     return out
 
+
+VECTOR = 16
+"""fp32 lanes of a vector register: a tiled product's columns come in whole vectors."""
+
+TILE_COLUMNS = 512
+"""Output pixels quantized per step of a tiled convolution."""
 
 FEW_COLUMNS = 256
 """A layer with at most this many output pixels splits its output channels between the
@@ -264,6 +282,41 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
     threads.run(share, oh, grain=_grain(o * len(tp[0]) * ow))
 
 
+def _conv_tiled(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
+                finish) -> None:
+    """One image and group in a block format with many output pixels, by the
+    register-tiled kernel (:mod:`simulator._tiles`): quantize a slice of output rows (its
+    columns padded to whole vectors), then its block products and their accumulation in
+    one pass; ``out [O, OH*OW]``."""
+    fmt = w.fmt
+    oh, ow = out_hw
+    o = out.shape[0]
+    product = _tiles_mod.PRODUCTS[fmt.block_size]
+    wrows, sw = _weight_rows(w, groups)[grp], _tiles(w).scales32(w, groups)[grp]
+    step = max(1, TILE_COLUMNS // ow)
+
+    def share(r0: int, r1: int) -> None:
+        for a in range(r0, r1, step):
+            b = min(r1, a + step)
+            n = (b - a) * ow
+            q, sa = _fast_gemm.im2col_quantize(xp, tp, (a, b), ow, geom.strides,
+                                               fmt.block_size, fmt.mantissa_bits, fmt.emin,
+                                               fmt.emax, -(-n // VECTOR) * VECTOR)
+            t = np.empty((o, q.shape[2]), np.float32)
+            product(wrows, sw, q, sa, 0, o, 0, q.shape[2], t)
+            y = out[:, a * ow:b * ow]
+            y[...] = t[:, :n]
+            finish(0, y, a * ow)
+
+    threads.run(share, oh, grain=_grain(o * len(tp[0]) * ow))
+
+
+def _weight_rows(w: BfpTensor, groups: int) -> np.ndarray:
+    """int8 ``[G, O/G, J, B]``: the weights as a tiled product's broadcast operand."""
+    o, kp = w.q.shape
+    return w.q.reshape(groups, o // groups, kp // w.fmt.block_size, w.fmt.block_size)
+
+
 def _grain(macs_per_task: int) -> int:
     """Tasks per share so that a share is worth a thread hand-off (about 256 K MACs)."""
     return max(1, (1 << 18) // max(1, macs_per_task))
@@ -312,7 +365,7 @@ def _gemv(xq: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
 def _rows_product(q: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
     """``[N, O]`` from activations already as columns ``q [J, B, N]``, ``sa [J, N]``."""
     tiles = _tiles(w)
-    mant, sw = tiles.mantissas(w, 1)[0], tiles.scales32(1)[0]
+    mant, sw = tiles.mantissas(w, 1)[0], tiles.scales32(w, 1)[0]
     n = q.shape[2]
     out = np.empty((mant.shape[1], n), np.float32)
     step = _rows_per_step(mant.shape[0], mant.shape[1], 1)

@@ -118,12 +118,35 @@ def test_products_match_reference(fmt: Format, rows: int) -> None:
 def test_partial_slices_cover_every_column(monkeypatch: pytest.MonkeyPatch, few: int) -> None:
     """Many small GEMM slices give the same result as one."""
     monkeypatch.setattr(gemm, "FEW_COLUMNS", few)
-    fmt = get_format("msfp16")
-    x, w, bias, geom = _conv_case("3x3-pad", fmt, seed=9)
+    for fmt in (get_format("msfp16"), get_format("msfp9")):  # tiled, and BLAS partials
+        x, w, bias, geom = _conv_case("3x3-pad", fmt, seed=9)
+        with np.errstate(all="ignore"):
+            whole = conv2d(x, w, bias, geom, fmt)
+            monkeypatch.setattr(gemm, "PARTIAL_BYTES", 1)
+            monkeypatch.setattr(gemm, "TILE_COLUMNS", 1)
+            assert same_bits(conv2d(x, w, bias, geom, fmt), whole)
+            monkeypatch.undo()
+            monkeypatch.setattr(gemm, "FEW_COLUMNS", few)
+
+
+@pytest.mark.parametrize("fmt", [f for f in DIFF_FORMATS if f.block_size <= 32], ids=fid)
+def test_zero_blocks_and_many_tiles_match_reference(fmt: Format, split: str) -> None:
+    """A ReLU's all-zero blocks (their scale does not matter, and must not slow the rest),
+    weight blocks of zeros, and a layer wide enough for several column tiles, K spans and
+    a row tile of its own for the last output channels."""
+    rng = np.random.default_rng(fmt.block_size)
+    geom = ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1))
+    x = np.maximum(nasty(rng, (1, 64, 24, 23), fmt, row_exp=(-8, 8)), 0)
+    x[:, 8:40] = 0.0
+    x[:, :, 5:9] = 0.0
+    w = nasty(rng, (21, 9 * 64), fmt, nonfinite=False, row_exp=(-8, 4))
+    w[3:7, 100:300] = 0.0
+    w[12] = 0.0
+    wq = quantize(w, fmt)
+    bias = rng.standard_normal(21).astype(np.float32)
     with np.errstate(all="ignore"):
-        whole = conv2d(x, w, bias, geom, fmt)
-        monkeypatch.setattr(gemm, "PARTIAL_BYTES", 1)
-        assert same_bits(conv2d(x, w, bias, geom, fmt), whole)
+        assert same_bits(conv2d(x, wq, bias, geom, fmt, relu=True),
+                         conv2d_reference(x, wq, bias, geom, fmt, relu=True))
 
 
 def test_stochastic_rounding_uses_the_reference() -> None:
