@@ -62,15 +62,17 @@ def _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cov
     """
     ow = v.shape[1]
     max_m = np.float64((1 << mbits) - 1)
-    amax = scratch[0, :ow]  # max |v|, or -1 once a NaN or an infinity is seen
+    amax = scratch[0, :ow]  # max |v|, then -1 if a NaN or an infinity was seen
+    bad = scratch[1, :ow]  # NaN once a NaN or an infinity is seen (a - a), else 0
     amax[:] = 0.0
-    for b in range(nb):
+    bad[:] = 0.0
+    for b in range(nb):  # branch-free, so the loops vectorize
         for ox in range(ow):
             a = abs(np.float64(v[b, ox]))
-            if a == np.inf or a != a:
-                amax[ox] = -1.0
-            elif a > amax[ox] >= 0.0:
-                amax[ox] = a
+            amax[ox] = a if a > amax[ox] else amax[ox]
+            bad[ox] += a - a
+    for ox in range(ow):
+        amax[ox] = amax[ox] if bad[ox] == 0.0 else -1.0
     bits = amax.view(np.int64)
     mult = scratch[1, :ow].view(np.int64)
     scale = scratch[2, :ow].view(np.int64)
