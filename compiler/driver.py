@@ -156,7 +156,39 @@ def node_report(source: nx.DiGraph, values: list[dict]) -> list[dict]:
                          "why": "no effect at inference, or feeds nothing"})
         else:
             rows.append({"node": label, "op": op, "where": hit["where"], "why": hit["why"]})
-    return rows
+    return _fold_unrolled(rows, source.graph.get("unrolled", {}))
+
+
+def _fold_unrolled(rows: list[dict], unrolled: dict[str, dict]) -> list[dict]:
+    """One row per recurrent node the compiler unrolled (:mod:`compiler.recurrent`), in
+    place of the rows of its steps' ops."""
+    if not unrolled:
+        return rows
+    out: list[dict] = []
+    parts: dict[str, list[dict]] = {}
+    for r in rows:
+        prefix = next((p for p in unrolled if r["node"].startswith(p + "/")), None)
+        if prefix is None:
+            out.append(r)
+            continue
+        if prefix not in parts:
+            parts[prefix] = []
+            out.append({"node": unrolled[prefix]["node"], "op": unrolled[prefix]["op"],
+                        "prefix": prefix})
+        parts[prefix].append(r)
+    for r in out:
+        prefix = r.pop("prefix", None)
+        if prefix is None:
+            continue
+        u, steps = unrolled[prefix], parts[prefix]
+        count = {w: sum(s["where"] == w for s in steps) for w in ("device", "host")}
+        products = sum(s["op"] in ("Gemm", "MatMul") and s["where"] == "device" for s in steps)
+        r["where"] = ("device" if count["device"] else "host" if count["host"]
+                      else "constant")
+        r["why"] = (f"unrolled: {u['steps']} time steps x {u['directions']} direction(s), "
+                    f"{count['device']} ops on the device ({products} matrix-unit products)"
+                    + (f", {count['host']} on the host" if count["host"] else ""))
+    return out
 
 
 def compile_model(model: str | Path | onnx.ModelProto | bytes,

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from compiler import recurrent
 from compiler.errors import CompileError, UnsupportedOpError, one_line
 from compiler.ir import NON_TENSOR, ONNX_OPS, Node, Op, add_node, make_attrs, verify
 from compiler.model_check import (
@@ -134,12 +135,16 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes,
     become ``Op.ONNX`` nodes, which run on the host.
     """
     proto, types, folded = resolve_shapes(load_onnx(model), input_shapes)
+    unrolled = recurrent.expand(proto, types)
+    if unrolled is not None:  # the unrolled steps' own shapes, and constants folded
+        proto, types, more = resolve_shapes(unrolled[0], input_shapes)
+        folded += more
     dynamic = data_dependent(proto, types)
     gp = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     g = nx.MultiDiGraph(name=gp.name or "model", inputs=[], outputs=[o.name for o in gp.output],
                         opsets=[(o.domain, o.version) for o in proto.opset_import],
-                        folded=folded)
+                        folded=folded, unrolled=unrolled[1] if unrolled else {})
     inits = {t.name: t for t in gp.initializer}
     for name, t in inits.items():
         try:

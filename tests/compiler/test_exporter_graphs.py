@@ -14,6 +14,7 @@ import re
 
 import exporter_graphs_attention
 import exporter_graphs_host
+import exporter_graphs_recurrent
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -27,7 +28,8 @@ from simulator.numerics import FORMAT_NAMES
 from simulator.program import Program
 
 DEVICE = "brainwave-s10"
-BUILDERS = {**BUILDERS, **exporter_graphs_host.BUILDERS, **exporter_graphs_attention.BUILDERS}
+BUILDERS = {**BUILDERS, **exporter_graphs_host.BUILDERS, **exporter_graphs_attention.BUILDERS,
+            **exporter_graphs_recurrent.BUILDERS}
 NAMES = list(BUILDERS)
 WHERE = {"device", "host", "constant", "removed"}
 MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}

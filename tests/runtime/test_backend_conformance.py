@@ -46,7 +46,9 @@ OPS = ("Conv", "ConvTranspose", "BatchNormalization", "Relu", "LeakyRelu", "Clip
        "Max", "Min", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare",
        "ReduceL2", "LayerNormalization", "InstanceNormalization", "Resize", "Upsample", "Slice",
        "Split", "Gather", "Expand", "DepthToSpace", "SpaceToDepth", "Cast", "TopK", "Shape",
-       "Size", "Range", "Where", "Equal")
+       "Size", "Range", "Where", "Equal",
+       # recurrent layers (unrolled on the device when their weights are constants)
+       "LSTM", "GRU", "RNN")
 """The ops whose node tests run here."""
 
 SKIPS: dict[str, str] = {
@@ -71,8 +73,11 @@ SKIPS: dict[str, str] = {
 }
 """Case-name pattern (a regular expression matched against the whole name) -> reason."""
 
-MATRIX_OPS = ("Conv", "BatchNormalization", "Gemm", "MatMul")
+MATRIX_OPS = ("Conv", "BatchNormalization", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
 """Ops whose weights ``test_matrix_unit`` freezes, so that they run on the matrix unit."""
+
+UNROLLED = ("LSTM", "GRU", "RNN")
+"""Ops the compiler unrolls into matrix-unit products and vector ops (compiler.recurrent)."""
 
 MATRIX_SKIPS: dict[str, str] = {
     r"test_batchnorm_(epsilon|example)_training_mode":
@@ -224,6 +229,9 @@ def test_matrix_unit(case: str) -> None:
     rows = run_matrix_case(case)
     where = {r["where"] for r in rows if r["op"] == op}
     assert where == {"device"}, f"{case}: {op} ran on {where}: {rows}"
+    if op in UNROLLED:  # its steps' products ran on the matrix unit
+        assert all(re.search(r"\([1-9]\d* matrix-unit products\)", r["why"])
+                   for r in rows if r["op"] == op), rows
 
 
 # --- the selection itself ---

@@ -1,0 +1,385 @@
+# SPDX-License-Identifier: Apache-2.0
+"""ONNX LSTM, GRU and RNN unrolled into the ops the device runs, the way Brainwave runs
+them: per time step, the gate products on the matrix unit, then a chain of vector ops.
+
+The input products of every time step do not depend on the recurrence, so they are one
+``Gemm`` over all ``T x batch`` rows (the input weights and both biases folded in); each
+step then multiplies the previous hidden state by the recurrent weights (one more
+``Gemm``), adds the two, slices out the gates and runs their element-wise arithmetic.
+Both weight matrices are constants, so the compiler pins them like any layer's weights;
+step ``t + 1``'s product reads step ``t``'s hidden state, so the timing model serializes
+the recurrence by itself. The rounding order of every step is the order of these ONNX
+ops, which the golden model and the simulator both follow; in fp32 the result matches
+onnxruntime's to rounding.
+
+Supported: every direction (forward, reverse, bidirectional), every output
+(``Y``, ``Y_h``, ``Y_c``), initial states, peepholes, ``clip``, ``input_forget``, both
+layouts, GRU's ``linear_before_reset``, and the activations with an ONNX op of their
+own (plus ``ScaledTanh`` and ``Affine``). A node whose weights are not constants, whose
+``sequence_lens`` is not the full length for every sequence, or whose shapes are not
+static is left as it is (the host runs it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"),
+                       "RNN": ("Tanh",)}
+_ALPHA = {"LeakyRelu": 0.01, "ThresholdedRelu": 1.0, "ScaledTanh": 1.0, "HardSigmoid": 0.2,
+          "Elu": 1.0, "Affine": 1.0}
+_BETA = {"ScaledTanh": 1.0, "HardSigmoid": 0.5, "Affine": 0.0}
+_PLAIN = {"Sigmoid", "Tanh", "Relu", "Softsign", "Softplus"}
+
+
+class _Unsupported(Exception):
+    """This node keeps its ONNX form."""
+
+
+def _static(types: dict, name: str) -> tuple[int, ...]:
+    t = types.get(name)
+    if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        raise _Unsupported
+    dims = tuple(d.dim_value if d.HasField("dim_value") else -1
+                 for d in t.tensor_type.shape.dim)
+    if any(d < 0 for d in dims):
+        raise _Unsupported
+    return dims
+
+
+class _Builder:
+    """Emits the nodes and initializers of one unrolled node, under unique names."""
+
+    def __init__(self, prefix: str, taken: set[str], opset: int) -> None:
+        self.prefix, self.taken, self.opset = prefix, taken, opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def name(self, hint: str) -> str:
+        base = f"{self.prefix}/{hint}"
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+    def const(self, hint: str, value) -> str:
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.array(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str, out: str | None = None,
+           **attrs) -> str:
+        out = out or self.name(hint)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(hint + "_op"),
+                                           **attrs))
+        return out
+
+    def rows(self, x: str, start: int, stop: int, axis: int, hint: str) -> str:
+        """``x[start:stop]`` along ``axis`` (Slice takes its bounds as inputs from opset 10)."""
+        if self.opset < 10:
+            return self.op("Slice", [x], hint, starts=[start], ends=[stop], axes=[axis])
+        return self.op("Slice", [x, self.const("starts", np.array([start], np.int64)),
+                                 self.const("ends", np.array([stop], np.int64)),
+                                 self.const("axes", np.array([axis], np.int64))], hint)
+
+    def unsqueeze(self, x: str, axes: list[int], hint: str) -> str:
+        if self.opset < 13:
+            return self.op("Unsqueeze", [x], hint, axes=axes)
+        return self.op("Unsqueeze", [x, self.const("axes", np.array(axes, np.int64))], hint)
+
+    def clip(self, x: str, bound: float, hint: str) -> str:
+        if self.opset < 11:
+            return self.op("Clip", [x], hint, min=-bound, max=bound)
+        return self.op("Clip", [x, self.const("lo", np.array(-bound, np.float32)),
+                                self.const("hi", np.array(bound, np.float32))], hint)
+
+
+class _Activations:
+    """The node's activation functions in order, with their alpha and beta, as ORT reads
+    ``activations``/``activation_alpha``/``activation_beta`` (each function takes the
+    next alpha and beta if it has such a parameter, else its ONNX default)."""
+
+    def __init__(self, names: list[str], alphas: list[float], betas: list[float]) -> None:
+        self.funcs: list[tuple[str, float, float]] = []
+        a, b = list(alphas), list(betas)
+        for raw in names:
+            name = next((k for k in (*_PLAIN, *_ALPHA) if k.lower() == raw.lower()), None)
+            if name is None:
+                raise _Unsupported
+            alpha = (a.pop(0) if a else _ALPHA[name]) if name in _ALPHA else 0.0
+            beta = (b.pop(0) if b else _BETA[name]) if name in _BETA else 0.0
+            self.funcs.append((name, alpha, beta))
+
+    def apply(self, bld: _Builder, k: int, x: str, clip: float | None, hint: str) -> str:
+        name, alpha, beta = self.funcs[k]
+        if clip is not None:
+            x = bld.clip(x, clip, hint + "_clip")
+        if name in _PLAIN:
+            return bld.op(name, [x], hint)
+        if name in ("LeakyRelu", "ThresholdedRelu", "Elu"):
+            return bld.op(name, [x], hint, alpha=alpha)
+        if name == "HardSigmoid":
+            return bld.op(name, [x], hint, alpha=alpha, beta=beta)
+        if name == "ScaledTanh":  # alpha * tanh(beta * x)
+            t = bld.op("Tanh", [bld.op("Mul", [x, bld.const("beta", np.float32(beta))], hint)],
+                       hint)
+            return bld.op("Mul", [t, bld.const("alpha", np.float32(alpha))], hint)
+        # Affine: alpha * x + beta
+        y = bld.op("Mul", [x, bld.const("alpha", np.float32(alpha))], hint)
+        return bld.op("Add", [y, bld.const("beta", np.float32(beta))], hint)
+
+
+def _unroll(n: onnx.NodeProto, consts: dict[str, np.ndarray], types: dict,
+            bld: _Builder, wanted: set[str]) -> tuple[int, int]:
+    """Emit ``n``'s steps into ``bld``; return (time steps, directions)."""
+    op = n.op_type
+    gates = GATES[op]
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    inputs = list(n.input) + [""] * (8 - len(n.input))
+    x_name, w_name, r_name, b_name, lens_name, h0_name = inputs[:6]
+    layout = int(attrs.get("layout", 0))
+    xs = _static(types, x_name)
+    if len(xs) != 3:
+        raise _Unsupported
+    steps, batch, _ = (xs[1], xs[0], xs[2]) if layout else xs
+    ws, rs = _static(types, w_name), _static(types, r_name)
+    if len(ws) != 3 or len(rs) != 3:
+        raise _Unsupported
+    dirs, hidden = ws[0], rs[2]
+    if lens_name:
+        lens = consts.get(lens_name)
+        if lens is None or lens.shape != (batch,) or np.any(lens != steps):
+            raise _Unsupported
+    direction = attrs.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction not in ("forward", "reverse", "bidirectional") or \
+            dirs != (2 if direction == "bidirectional" else 1):
+        raise _Unsupported
+    names = [s.decode() if isinstance(s, bytes) else s for s in attrs.get("activations", [])]
+    per_dir = len(DEFAULT_ACTIVATIONS[op])
+    names = names or list(DEFAULT_ACTIVATIONS[op]) * dirs
+    if len(names) != per_dir * dirs:
+        raise _Unsupported
+    acts = _Activations(names, list(attrs.get("activation_alpha", [])),
+                        list(attrs.get("activation_beta", [])))
+    clip = float(attrs["clip"]) if "clip" in attrs else None
+    lbr = int(attrs.get("linear_before_reset", 0))
+    coupled = int(attrs.get("input_forget", 0))
+    extra = {}  # initial states and peepholes: constants, or graph values
+    for k, key in ((5, "h0"), (6, "c0"), (7, "p")):
+        if inputs[k]:
+            extra[key] = inputs[k]
+
+    x = x_name
+    if layout:  # [batch, T, I] -> [T, batch, I]
+        x = bld.op("Transpose", [x], "x_tbi", perm=[1, 0, 2])
+    x2 = bld.op("Reshape", [x, bld.const("rows", np.array([steps * batch, -1], np.int64))],
+                "x_rows")
+    ys, last_h, last_c = [], [], []
+    for d in range(dirs):
+        reverse = direction == "reverse" or d == 1
+        tag = f"d{d}"
+        gh = gates * hidden
+
+        def part(src, rows, shape, hint, d=d):  # src[d] (rows of it), as a 2D or 1D value
+            v = bld.op("Reshape", [bld.rows(src, d, d + 1, 0, hint),
+                                   bld.const("shape", np.array(shape, np.int64))], hint)
+            return bld.rows(v, *rows, 0, hint) if rows else v
+
+        if b_name:
+            b = part(b_name, None, [2 * gh], f"b_{tag}")
+            wb, rb = bld.rows(b, 0, gh, 0, f"wb_{tag}"), bld.rows(b, gh, 2 * gh, 0, f"rb_{tag}")
+        else:
+            wb = rb = bld.const(f"nobias_{tag}", np.zeros(gh, np.float32))
+        if op == "GRU" and lbr:
+            in_bias = wb
+        elif op == "GRU":  # h's recurrent bias goes inside r * (...)
+            in_bias = bld.op("Concat", [
+                bld.op("Add", [bld.rows(wb, 0, 2 * hidden, 0, f"wbzr_{tag}"),
+                               bld.rows(rb, 0, 2 * hidden, 0, f"rbzr_{tag}")], f"bzr_{tag}"),
+                bld.rows(wb, 2 * hidden, gh, 0, f"wbh_{tag}")], f"bias_{tag}", axis=0)
+        else:
+            in_bias = bld.op("Add", [wb, rb], f"bias_{tag}")
+        xw = bld.op("Gemm", [x2, part(w_name, None, [gh, -1], f"W_{tag}"), in_bias], f"xw_{tag}",
+                    transB=1)
+        zero = bld.const(f"nobias_{tag}", np.zeros(gates * hidden, np.float32))
+
+        def state(key, tag=tag, d=d):
+            if key in extra:
+                return bld.rows(extra[key], d, d + 1, 0, f"{key}_{tag}_3d")
+            return None
+
+        h = state("h0")
+        h = (bld.op("Reshape", [h, bld.const("bh", np.array([batch, hidden], np.int64))],
+                    f"h0_{tag}") if h else bld.const(f"h0_{tag}", np.zeros((batch, hidden),
+                                                                           np.float32)))
+        c = None
+        if op == "LSTM":
+            c = state("c0")
+            c = (bld.op("Reshape", [c, bld.const("bc", np.array([batch, hidden], np.int64))],
+                        f"c0_{tag}") if c else
+                 bld.const(f"c0_{tag}", np.zeros((batch, hidden), np.float32)))
+        peep = None
+        if op == "LSTM" and "p" in extra:
+            p = bld.op("Reshape", [bld.rows(extra["p"], d, d + 1, 0, f"p_{tag}"),
+                                   bld.const("p3", np.array([3, hidden], np.int64))],
+                       f"p_{tag}_rows")
+            peep = [bld.rows(p, k, k + 1, 0, f"p{k}_{tag}") for k in range(3)]  # i, o, f
+        f0 = d * per_dir
+        r_d = part(r_name, None, [gh, hidden], f"R_{tag}")
+        if op == "GRU" and lbr:
+            rw = (r_d, rb)
+        elif op == "GRU":
+            rw = (bld.rows(r_d, 0, 2 * hidden, 0, f"Rzr_{tag}"),
+                  bld.rows(r_d, 2 * hidden, gh, 0, f"Rh_{tag}"),
+                  bld.rows(rb, 2 * hidden, gh, 0, f"Rbh_{tag}"),
+                  bld.const(f"nobias_zr_{tag}", np.zeros(2 * hidden, np.float32)))
+        else:
+            rw = (r_d,)
+        out_h: list[str | None] = [None] * steps
+        for step in range(steps):
+            t = steps - 1 - step if reverse else step
+            s = f"{tag}_t{t}"
+            xw_t = bld.rows(xw, t * batch, (t + 1) * batch, 0, f"xw_{s}")
+            if op == "GRU":
+                h, c = _gru_step(bld, acts, f0, clip, lbr, xw_t, h, rw, hidden, s)
+            else:
+                pre = bld.op("Add", [xw_t, bld.op("Gemm", [h, rw[0], zero],
+                                                  f"hr_{s}", transB=1)], f"gates_{s}")
+                if op == "RNN":
+                    h = acts.apply(bld, f0, pre, clip, f"h_{s}")
+                else:
+                    h, c = _lstm_step(bld, acts, f0, clip, coupled, pre, c, peep, hidden, s)
+            out_h[t] = h
+        ys.append(out_h)
+        last_h.append(h)
+        last_c.append(c)
+
+    y_name, yh_name, yc_name = (list(n.output) + ["", "", ""])[:3]
+    if y_name and y_name in wanted:
+        per_dir_y = [bld.op("Concat", [bld.unsqueeze(hs, [0, 1], "y_step") for hs in out],
+                            "y_dir", axis=0) for out in ys]
+        y = per_dir_y[0] if dirs == 1 else bld.op("Concat", per_dir_y, "y", axis=1)
+        if layout:  # [T, dirs, batch, H] -> [batch, T, dirs, H]
+            bld.op("Transpose", [y], "y", out=y_name, perm=[2, 0, 1, 3])
+        else:
+            bld.op("Identity", [y], "y", out=y_name)
+    for out_name, last in ((yh_name, last_h), (yc_name, last_c)):
+        if not out_name or out_name not in wanted:
+            continue
+        per = [bld.unsqueeze(v, [0], "last") for v in last]
+        v = per[0] if dirs == 1 else bld.op("Concat", per, "last", axis=0)
+        if layout:  # [dirs, batch, H] -> [batch, dirs, H]
+            bld.op("Transpose", [v], "last", out=out_name, perm=[1, 0, 2])
+        else:
+            bld.op("Identity", [v], "last", out=out_name)
+    return steps, dirs
+
+
+def _gate(bld: _Builder, pre: str, k: int, hidden: int, s: str, name: str) -> str:
+    return bld.rows(pre, k * hidden, (k + 1) * hidden, 1, f"{name}_{s}")
+
+
+def _lstm_step(bld, acts, f0, clip, coupled, pre, c_prev, peep, hidden, s):
+    """ONNX LSTM: gates i, o, f, c in that order of W; C = f * C' + i * g(c);
+    H = o * h(C); peepholes add P * C' to i and f, and P * C to o."""
+    gi, go, gf, gc = (_gate(bld, pre, k, hidden, s, g) for k, g in enumerate("iofc"))
+    if peep:
+        gi = bld.op("Add", [gi, bld.op("Mul", [peep[0], c_prev], f"pi_{s}")], f"gi_{s}")
+        gf = bld.op("Add", [gf, bld.op("Mul", [peep[2], c_prev], f"pf_{s}")], f"gf_{s}")
+    i = acts.apply(bld, f0, gi, clip, f"i_{s}")
+    if coupled:
+        f = bld.op("Sub", [bld.const("one", np.float32(1.0)), i], f"f_{s}")
+    else:
+        f = acts.apply(bld, f0, gf, clip, f"f_{s}")
+    g = acts.apply(bld, f0 + 1, gc, clip, f"g_{s}")
+    c = bld.op("Add", [bld.op("Mul", [f, c_prev], f"fc_{s}"),
+                       bld.op("Mul", [i, g], f"ig_{s}")], f"c_{s}")
+    if peep:
+        go = bld.op("Add", [go, bld.op("Mul", [peep[1], c], f"po_{s}")], f"go_{s}")
+    o = acts.apply(bld, f0, go, clip, f"o_{s}")
+    h = bld.op("Mul", [o, acts.apply(bld, f0 + 2, c, None, f"hc_{s}")], f"h_{s}")
+    return h, c
+
+
+def _gru_step(bld, acts, f0, clip, lbr, xw_t, h_prev, rw, hidden, s):
+    """ONNX GRU: gates z, r, h in that order of W; H = (1 - z) * h~ + z * H'. With
+    ``linear_before_reset`` h~ = g(x W_h + r * (H' R_h + Rb_h) + Wb_h), else
+    h~ = g(x W_h + (r * H') R_h + Rb_h + Wb_h)."""
+    if lbr:
+        hr = bld.op("Gemm", [h_prev, rw[0], rw[1]], f"hr_{s}", transB=1)
+        zr = bld.op("Add", [bld.rows(xw_t, 0, 2 * hidden, 1, f"xzr_{s}"),
+                            bld.rows(hr, 0, 2 * hidden, 1, f"hzr_{s}")], f"zr_{s}")
+    else:
+        hzr = bld.op("Gemm", [h_prev, rw[0], rw[3]], f"hzr_{s}", transB=1)
+        zr = bld.op("Add", [bld.rows(xw_t, 0, 2 * hidden, 1, f"xzr_{s}"), hzr], f"zr_{s}")
+    z = acts.apply(bld, f0, _gate(bld, zr, 0, hidden, s, "gz"), clip, f"z_{s}")
+    r = acts.apply(bld, f0, _gate(bld, zr, 1, hidden, s, "gr"), clip, f"r_{s}")
+    xh = _gate(bld, xw_t, 2, hidden, s, "xh")
+    if lbr:
+        pre = bld.op("Add", [xh, bld.op("Mul", [r, _gate(bld, hr, 2, hidden, s, "hh")],
+                                        f"rh_{s}")], f"gh_{s}")
+    else:
+        rh = bld.op("Mul", [r, h_prev], f"rh_{s}")
+        hh = bld.op("Gemm", [rh, rw[1], rw[2]], f"hh_{s}", transB=1)
+        pre = bld.op("Add", [xh, hh], f"gh_{s}")
+    cand = acts.apply(bld, f0 + 1, pre, clip, f"hc_{s}")
+    keep = bld.op("Mul", [bld.op("Sub", [bld.const("one", np.float32(1.0)), z], f"nz_{s}"),
+                          cand], f"a_{s}")
+    return bld.op("Add", [keep, bld.op("Mul", [z, h_prev], f"b_{s}")], f"h_{s}"), None
+
+
+def expand(proto: onnx.ModelProto, types: dict
+           ) -> tuple[onnx.ModelProto, dict[str, dict]] | None:
+    """``proto`` with every LSTM, GRU and RNN of the main graph that the device can run
+    unrolled (``types``: every value's type, as :func:`compiler.shapes.resolve_shapes`
+    gives them), or None when there is none.
+
+    Also returns, per unrolled node, the prefix of its new nodes' names: ``{prefix:
+    {"node": its name, "op": "LSTM", "steps": T, "directions": 1 or 2}}`` (the
+    placement report folds the steps back into one row).
+    """
+    g = proto.graph
+    if not any(n.op_type in GATES and n.domain in ("", "ai.onnx") for n in g.node):
+        return None
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    taken = {v for n in g.node for v in (*n.input, *n.output, n.name)} | set(consts) | {
+        v.name for v in (*g.input, *g.output)}
+    wanted = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    unrolled: dict[str, dict] = {}
+    for n in g.node:
+        if n.op_type in GATES and n.domain in ("", "ai.onnx"):
+            label = n.name or n.output[0] or n.op_type
+            prefix, k = f"{label}/unrolled", 1
+            while prefix in unrolled or any(v.startswith(prefix + "/") for v in taken):
+                prefix, k = f"{label}/unrolled{k}", k + 1
+            bld = _Builder(prefix, taken, opset)
+            try:
+                steps, dirs = _unroll(n, consts, types, bld, wanted)
+            except _Unsupported:
+                nodes.append(n)
+                continue
+            nodes += bld.nodes
+            inits += bld.inits
+            unrolled[prefix] = {"node": label, "op": n.op_type, "steps": steps,
+                                "directions": dirs}
+        else:
+            nodes.append(n)
+    if not unrolled:
+        return None
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(inits)
+    return out, unrolled
