@@ -143,6 +143,7 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     A BatchNormalization that no Conv absorbed becomes a per-channel Mul and Add.
     """
     g = g.copy()
+    shared: dict = {}
     for name in topo_order(g):
         n = node(g, name)
         srcs = inputs_of(g, name)
@@ -167,7 +168,7 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
                 and n.dtype == "float32" and len(n.shape) == 4 and -1 not in n.shape:
             _conv_transpose(g, name, n, srcs)
         elif n.op in (Op.GEMM, Op.MATMUL) and _dense_form(g, n, srcs):
-            _dense(g, name, n, srcs)
+            _dense(g, name, n, srcs, shared)
         elif n.op == Op.MATMUL:
             _activation_matmul(g, name, n, srcs)  # leaves any other MatMul to the host
         elif n.op == Op.ONNX and n.attr("onnx_op") == "Einsum":
@@ -229,14 +230,20 @@ def _activation_matmul(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> bo
     return True
 
 
-def _dense(g: nx.DiGraph, name: str, n: Node, srcs: list[str]) -> None:
-    b = node(g, srcs[1]).value
-    w = (b if n.attr("transB", 0) else b.T) * np.float32(n.attr("alpha", 1.0))
-    bias = np.zeros(w.shape[0], np.float32)
+def _dense(g: nx.DiGraph, name: str, n: Node, srcs: list[str], shared: dict) -> None:
+    """``x @ W + b`` as ``NpuDense``. Layers that read the same weight constant the same
+    way (an unrolled RNN's steps, tied weights) share one weight tensor (``shared``: the
+    canonical weights made so far), so the program holds and pins it once."""
+    key = (srcs[1], bool(n.attr("transB", 0)), float(n.attr("alpha", 1.0)))
+    wn = shared.get(key)
+    if wn is None:
+        b = node(g, srcs[1]).value
+        w = (b if n.attr("transB", 0) else b.T) * np.float32(n.attr("alpha", 1.0))
+        wn = shared[key] = add_const(g, f"{name}.w", np.ascontiguousarray(w, np.float32))
+    bias = np.zeros(node(g, wn).shape[0], np.float32)
     if len(srcs) > 2:
         c = node(g, srcs[2]).value.reshape(-1).astype(np.float32)
         bias = bias + np.float32(n.attr("beta", 1.0)) * c
-    wn = add_const(g, f"{name}.w", np.ascontiguousarray(w, dtype=np.float32))
     bn = add_const(g, f"{name}.b", bias.astype(np.float32))
     rewire(g, name, Node(Op.NPU_DENSE, n.shape, n.dtype, make_attrs(relu=False),
                           origin=n.origin), [srcs[0], wn, bn])

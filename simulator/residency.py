@@ -16,6 +16,7 @@ per instruction what must be loaded from DRAM and what must be stored there:
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from simulator.timing import Operand, Work
@@ -24,7 +25,7 @@ NEVER = 1 << 62
 """The next use of a tensor that is not read again."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Tensor:
     key: str
     ranges: list[Operand]
@@ -32,17 +33,71 @@ class _Tensor:
     in_dram: bool = False
     producer: int = -1
     uses: list[int] = field(default_factory=list)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(r.nbytes for r in self.ranges)
+    """Instructions that read it, in increasing order."""
+    nbytes: int = 0
+    """Bytes of its ranges (set once its ranges are complete)."""
+    serial: int = 0
+    """Order of creation (the order operands list the tensors they overlap)."""
 
     def overlaps(self, op: Operand) -> bool:
         return any(r.addr < op.addr + op.nbytes and op.addr < r.addr + r.nbytes
                    for r in self.ranges)
 
     def next_use(self, after: int) -> int:
-        return next((u for u in self.uses if u > after), NEVER)
+        k = bisect.bisect_right(self.uses, after)
+        return self.uses[k] if k < len(self.uses) else NEVER
+
+
+class _Live:
+    """The live tensors' byte ranges, sorted by address, for finding the tensors an operand
+    overlaps in time logarithmic in their number. Ranges of different tensors never
+    overlap (a write drops the tensors it overlaps); a tensor's own overlapping ranges are
+    merged here (its ``ranges`` keep every write)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.entries: list[tuple[int, int, _Tensor]] = []  # (start, end, tensor), by start
+        self.empty: list[_Tensor] = []  # tensors with an empty range (checked one by one)
+
+    def overlapping(self, op: Operand) -> list[_Tensor]:
+        """The tensors with a range that overlaps ``op``, oldest first."""
+        if not op.nbytes:  # an empty operand: the definition, by a scan
+            found = [t for t in dict.fromkeys(e[2] for e in self.entries) if t.overlaps(op)]
+        else:
+            end = op.addr + op.nbytes
+            k = bisect.bisect_left(self.starts, end)
+            found = []
+            while k > 0 and self.entries[k - 1][1] > op.addr:
+                k -= 1
+                if self.entries[k][2] not in found:
+                    found.append(self.entries[k][2])
+        found += [t for t in self.empty if t not in found and t.overlaps(op)]
+        return sorted(found, key=lambda t: t.serial)
+
+    def remove(self, t: _Tensor) -> None:
+        keep = [k for k, e in enumerate(self.entries) if e[2] is not t]
+        self.entries = [self.entries[k] for k in keep]
+        self.starts = [self.starts[k] for k in keep]
+        if t in self.empty:
+            self.empty.remove(t)
+
+    def add(self, t: _Tensor, op: Operand) -> None:
+        start, end = op.addr, op.addr + op.nbytes
+        if not op.nbytes:
+            if t not in self.empty:
+                self.empty.append(t)
+            return
+        k = bisect.bisect_left(self.starts, end)
+        while k > 0 and self.entries[k - 1][1] >= start:  # merge t's touching ranges
+            k -= 1
+            s0, e0, owner = self.entries[k]
+            if owner is t:
+                start, end = min(start, s0), max(end, e0)
+                del self.entries[k]
+                del self.starts[k]
+        k = bisect.bisect_left(self.starts, start)
+        self.starts.insert(k, start)
+        self.entries.insert(k, (start, end, t))
 
 
 @dataclass(frozen=True)
@@ -64,27 +119,36 @@ class Traffic:
 def _tensors(works: list[Work], keys: list[str]) -> tuple[list[list[_Tensor]],
                                                           list[list[_Tensor]]]:
     """Per instruction, the tensors it reads and the tensors it writes."""
-    live: list[_Tensor] = []
+    live = _Live()
+    by_key: dict[str, _Tensor] = {}  # the live tensor of each key
     reads, writes = [], []
+    made: list[_Tensor] = []
     for i, (w, key) in enumerate(zip(works, keys)):
-        rd = []
+        rd: list[_Tensor] = []
         for op in w.reads:
-            for t in live:
-                if t.overlaps(op) and t not in rd:
+            for t in live.overlapping(op):
+                if t not in rd:
                     rd.append(t)
                     t.uses.append(i)
-        wr = []
+        wr: list[_Tensor] = []
         for op in w.writes:
-            live = [t for t in live if t.key == key or not t.overlaps(op)]
-            t = next((t for t in live if t.key == key), None)
+            for t in live.overlapping(op):
+                if t.key != key:  # overwritten: dead from here on
+                    live.remove(t)
+                    if by_key.get(t.key) is t:
+                        del by_key[t.key]
+            t = by_key.get(key)
             if t is None:
-                t = _Tensor(key, [], producer=i)
-                live.append(t)
+                t = by_key[key] = _Tensor(key, [], producer=i, serial=len(made))
+                made.append(t)
             t.ranges.append(op)
+            live.add(t, op)
             if t not in wr:
                 wr.append(t)
         reads.append(rd)
         writes.append(wr)
+    for t in made:
+        t.nbytes = sum(r.nbytes for r in t.ranges)
     return reads, writes
 
 
@@ -150,13 +214,19 @@ def _make_room(on_chip: list[_Tensor], keep: list[_Tensor], capacity: int,
                now: int) -> list[tuple[int, int]]:
     """Evict from ``on_chip`` (in place) until ``keep`` fits; returns the writebacks."""
     wbs = []
-    for t in list(on_chip):  # dead tensors leave for free
-        if t not in keep and t.next_use(now - 1) == NEVER:
+    kept = {id(t) for t in keep}
+    alive = []
+    for t in on_chip:  # dead tensors leave for free
+        if id(t) not in kept and t.next_use(now - 1) == NEVER:
             t.on_chip = False
-            on_chip.remove(t)
+        else:
+            alive.append(t)
+    on_chip[:] = alive
     need = sum(t.nbytes for t in keep)
-    used = sum(t.nbytes for t in on_chip if t not in keep)
-    victims = sorted((t for t in on_chip if t not in keep), key=lambda t: -t.next_use(now))
+    used = sum(t.nbytes for t in on_chip if id(t) not in kept)
+    if used + need <= capacity:
+        return wbs
+    victims = sorted((t for t in on_chip if id(t) not in kept), key=lambda t: -t.next_use(now))
     for t in victims:
         if used + need <= capacity:
             break
