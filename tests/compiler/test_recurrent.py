@@ -87,3 +87,11 @@ def test_recurrence_is_priced_step_after_step():
     step = (cycles[8] - cycles[4]) / 4
     assert abs((cycles[12] - cycles[8]) / 4 - step) <= 0.05 * step, cycles
     assert 4 * step >= 0.6 * cycles[4], cycles
+
+
+def test_every_step_reads_one_copy_of_the_recurrent_weights():
+    """The steps' products share the recurrent weight tensor: the program holds the input
+    and the recurrent weights once each, however many steps there are."""
+    for steps in (3, 9):
+        comp = compile_full(_lstm(17, steps=steps), device=DEVICE, numerics="msfp16")
+        assert len(comp.program.weight_tensors) == 2, comp.program.weight_tensors
