@@ -190,23 +190,31 @@ def _unroll(n: onnx.NodeProto, consts: dict[str, np.ndarray], types: dict,
                                    bld.const("shape", np.array(shape, np.int64))], hint)
             return bld.rows(v, *rows, 0, hint) if rows else v
 
+        w_d = part(w_name, None, [gh, -1], f"W_{tag}")
+        r_d = part(r_name, None, [gh, hidden], f"R_{tag}")
         if b_name:
             b = part(b_name, None, [2 * gh], f"b_{tag}")
-            wb, rb = bld.rows(b, 0, gh, 0, f"wb_{tag}"), bld.rows(b, gh, 2 * gh, 0, f"rb_{tag}")
-        else:
-            wb = rb = bld.const(f"nobias_{tag}", np.zeros(gh, np.float32))
-        if op == "GRU" and lbr:
-            in_bias = wb
-        elif op == "GRU":  # h's recurrent bias goes inside r * (...)
-            in_bias = bld.op("Concat", [
-                bld.op("Add", [bld.rows(wb, 0, 2 * hidden, 0, f"wbzr_{tag}"),
-                               bld.rows(rb, 0, 2 * hidden, 0, f"rbzr_{tag}")], f"bzr_{tag}"),
-                bld.rows(wb, 2 * hidden, gh, 0, f"wbh_{tag}")], f"bias_{tag}", axis=0)
-        else:
-            in_bias = bld.op("Add", [wb, rb], f"bias_{tag}")
-        xw = bld.op("Gemm", [x2, part(w_name, None, [gh, -1], f"W_{tag}"), in_bias], f"xw_{tag}",
-                    transB=1)
-        zero = bld.const(f"nobias_{tag}", np.zeros(gates * hidden, np.float32))
+        zero = bld.const(f"nobias_{tag}", np.zeros(hidden, np.float32))
+        # one weight matrix per gate, as Brainwave keeps them: x W_g for every step at once
+        # (rows t*batch... of xw[g] are step t's), h R_g + Rb_g per step
+        xw, rec, rbias = [], [], []
+        for g in range(gates):
+            def bias(k, g=g, tag=tag):  # Wb_g (k = 0) or Rb_g (k = 1)
+                if not b_name:
+                    return zero
+                return bld.rows(b, (k * gates + g) * hidden, (k * gates + g + 1) * hidden, 0,
+                                f"{'wr'[k]}b{g}_{tag}")
+            # the input product takes both biases, except where ONNX adds Rb_g inside the
+            # reset (GRU's h gate, either form) or after the recurrent product (GRU with
+            # linear_before_reset, every gate)
+            own = op == "GRU" and (lbr or g == 2)
+            in_bias = bias(0) if own else (bld.op("Add", [bias(0), bias(1)], f"bias{g}_{tag}")
+                                           if b_name else zero)
+            xw.append(bld.op("Gemm", [x2, bld.rows(w_d, g * hidden, (g + 1) * hidden, 0,
+                                                   f"W{g}_{tag}"), in_bias],
+                             f"xw{g}_{tag}", transB=1))
+            rec.append(bld.rows(r_d, g * hidden, (g + 1) * hidden, 0, f"R{g}_{tag}"))
+            rbias.append(bias(1) if own else zero)
 
         def state(key, tag=tag, d=d):
             if key in extra:
@@ -230,30 +238,25 @@ def _unroll(n: onnx.NodeProto, consts: dict[str, np.ndarray], types: dict,
                        f"p_{tag}_rows")
             peep = [bld.rows(p, k, k + 1, 0, f"p{k}_{tag}") for k in range(3)]  # i, o, f
         f0 = d * per_dir
-        r_d = part(r_name, None, [gh, hidden], f"R_{tag}")
-        if op == "GRU" and lbr:
-            rw = (r_d, rb)
-        elif op == "GRU":
-            rw = (bld.rows(r_d, 0, 2 * hidden, 0, f"Rzr_{tag}"),
-                  bld.rows(r_d, 2 * hidden, gh, 0, f"Rh_{tag}"),
-                  bld.rows(rb, 2 * hidden, gh, 0, f"Rbh_{tag}"),
-                  bld.const(f"nobias_zr_{tag}", np.zeros(2 * hidden, np.float32)))
-        else:
-            rw = (r_d,)
         out_h: list[str | None] = [None] * steps
         for step in range(steps):
             t = steps - 1 - step if reverse else step
             s = f"{tag}_t{t}"
-            xw_t = bld.rows(xw, t * batch, (t + 1) * batch, 0, f"xw_{s}")
+            xw_t = [bld.rows(v, t * batch, (t + 1) * batch, 0, f"xw{g}_{s}")
+                    for g, v in enumerate(xw)]
+
+            def product(g, v, s=s):  # v R_g^T + Rb_g on the matrix unit
+                return bld.op("Gemm", [v, rec[g], rbias[g]], f"hr{g}_{s}", transB=1)
+
             if op == "GRU":
-                h, c = _gru_step(bld, acts, f0, clip, lbr, xw_t, h, rw, hidden, s)
+                h = _gru_step(bld, acts, f0, clip, lbr, xw_t, h, product, s)
             else:
-                pre = bld.op("Add", [xw_t, bld.op("Gemm", [h, rw[0], zero],
-                                                  f"hr_{s}", transB=1)], f"gates_{s}")
+                pre = [bld.op("Add", [xw_t[g], product(g, h)], f"pre{g}_{s}")
+                       for g in range(gates)]
                 if op == "RNN":
-                    h = acts.apply(bld, f0, pre, clip, f"h_{s}")
+                    h = acts.apply(bld, f0, pre[0], clip, f"h_{s}")
                 else:
-                    h, c = _lstm_step(bld, acts, f0, clip, coupled, pre, c, peep, hidden, s)
+                    h, c = _lstm_step(bld, acts, f0, clip, coupled, pre, c, peep, s)
             out_h[t] = h
         ys.append(out_h)
         last_h.append(h)
@@ -280,14 +283,10 @@ def _unroll(n: onnx.NodeProto, consts: dict[str, np.ndarray], types: dict,
     return steps, dirs
 
 
-def _gate(bld: _Builder, pre: str, k: int, hidden: int, s: str, name: str) -> str:
-    return bld.rows(pre, k * hidden, (k + 1) * hidden, 1, f"{name}_{s}")
-
-
-def _lstm_step(bld, acts, f0, clip, coupled, pre, c_prev, peep, hidden, s):
+def _lstm_step(bld, acts, f0, clip, coupled, pre, c_prev, peep, s):
     """ONNX LSTM: gates i, o, f, c in that order of W; C = f * C' + i * g(c);
     H = o * h(C); peepholes add P * C' to i and f, and P * C to o."""
-    gi, go, gf, gc = (_gate(bld, pre, k, hidden, s, g) for k, g in enumerate("iofc"))
+    gi, go, gf, gc = pre
     if peep:
         gi = bld.op("Add", [gi, bld.op("Mul", [peep[0], c_prev], f"pi_{s}")], f"gi_{s}")
         gf = bld.op("Add", [gf, bld.op("Mul", [peep[2], c_prev], f"pf_{s}")], f"gf_{s}")
@@ -306,31 +305,22 @@ def _lstm_step(bld, acts, f0, clip, coupled, pre, c_prev, peep, hidden, s):
     return h, c
 
 
-def _gru_step(bld, acts, f0, clip, lbr, xw_t, h_prev, rw, hidden, s):
+def _gru_step(bld, acts, f0, clip, lbr, xw_t, h_prev, product, s):
     """ONNX GRU: gates z, r, h in that order of W; H = (1 - z) * h~ + z * H'. With
-    ``linear_before_reset`` h~ = g(x W_h + r * (H' R_h + Rb_h) + Wb_h), else
-    h~ = g(x W_h + (r * H') R_h + Rb_h + Wb_h)."""
+    ``linear_before_reset`` h~ = g(x W_h + Wb_h + r * (H' R_h + Rb_h)), else
+    h~ = g(x W_h + Wb_h + (r * H') R_h + Rb_h)."""
+    z = acts.apply(bld, f0, bld.op("Add", [xw_t[0], product(0, h_prev)], f"gz_{s}"), clip,
+                   f"z_{s}")
+    r = acts.apply(bld, f0, bld.op("Add", [xw_t[1], product(1, h_prev)], f"gr_{s}"), clip,
+                   f"r_{s}")
     if lbr:
-        hr = bld.op("Gemm", [h_prev, rw[0], rw[1]], f"hr_{s}", transB=1)
-        zr = bld.op("Add", [bld.rows(xw_t, 0, 2 * hidden, 1, f"xzr_{s}"),
-                            bld.rows(hr, 0, 2 * hidden, 1, f"hzr_{s}")], f"zr_{s}")
+        hh = bld.op("Mul", [r, product(2, h_prev)], f"rh_{s}")
     else:
-        hzr = bld.op("Gemm", [h_prev, rw[0], rw[3]], f"hzr_{s}", transB=1)
-        zr = bld.op("Add", [bld.rows(xw_t, 0, 2 * hidden, 1, f"xzr_{s}"), hzr], f"zr_{s}")
-    z = acts.apply(bld, f0, _gate(bld, zr, 0, hidden, s, "gz"), clip, f"z_{s}")
-    r = acts.apply(bld, f0, _gate(bld, zr, 1, hidden, s, "gr"), clip, f"r_{s}")
-    xh = _gate(bld, xw_t, 2, hidden, s, "xh")
-    if lbr:
-        pre = bld.op("Add", [xh, bld.op("Mul", [r, _gate(bld, hr, 2, hidden, s, "hh")],
-                                        f"rh_{s}")], f"gh_{s}")
-    else:
-        rh = bld.op("Mul", [r, h_prev], f"rh_{s}")
-        hh = bld.op("Gemm", [rh, rw[1], rw[2]], f"hh_{s}", transB=1)
-        pre = bld.op("Add", [xh, hh], f"gh_{s}")
-    cand = acts.apply(bld, f0 + 1, pre, clip, f"hc_{s}")
+        hh = product(2, bld.op("Mul", [r, h_prev], f"rh_{s}"))
+    cand = acts.apply(bld, f0 + 1, bld.op("Add", [xw_t[2], hh], f"gh_{s}"), clip, f"hc_{s}")
     keep = bld.op("Mul", [bld.op("Sub", [bld.const("one", np.float32(1.0)), z], f"nz_{s}"),
                           cand], f"a_{s}")
-    return bld.op("Add", [keep, bld.op("Mul", [z, h_prev], f"b_{s}")], f"h_{s}"), None
+    return bld.op("Add", [keep, bld.op("Mul", [z, h_prev], f"b_{s}")], f"h_{s}")
 
 
 def expand(proto: onnx.ModelProto, types: dict

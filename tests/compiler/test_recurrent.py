@@ -90,8 +90,8 @@ def test_recurrence_is_priced_step_after_step():
 
 
 def test_every_step_reads_one_copy_of_the_recurrent_weights():
-    """The steps' products share the recurrent weight tensor: the program holds the input
-    and the recurrent weights once each, however many steps there are."""
+    """One weight matrix per gate, as Brainwave keeps them, each held once: the steps'
+    products share the recurrent ones, however many steps there are."""
     for steps in (3, 9):
         comp = compile_full(_lstm(17, steps=steps), device=DEVICE, numerics="msfp16")
-        assert len(comp.program.weight_tensors) == 2, comp.program.weight_tensors
+        assert len(comp.program.weight_tensors) == 2 * 4, comp.program.weight_tensors
