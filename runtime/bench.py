@@ -30,8 +30,10 @@ from simulator.stats import STALL_CAUSES, RunStats
 
 def resolve_model(spec: str | Path | onnx.ModelProto, seed: int = 0) -> tuple[str,
                                                                                onnx.ModelProto]:
-    """``(name, model)`` for a zoo name, ``light:NAME`` or an ONNX file."""
+    """``(name, model)`` for a zoo name, ``light:NAME``, ``npu:NAME`` (a workload of the
+    open-source Brainwave-style NPU, :mod:`runtime.zoo.npu_workloads`) or an ONNX file."""
     from runtime.zoo import MODELS, load_light_model
+    from runtime.zoo.npu_workloads import BUILDERS as NPU_WORKLOADS
 
     if isinstance(spec, onnx.ModelProto):
         return spec.graph.name or "model", spec
@@ -40,6 +42,8 @@ def resolve_model(spec: str | Path | onnx.ModelProto, seed: int = 0) -> tuple[st
         return text, MODELS[text](seed=seed)
     if text.startswith("light:"):
         return text, load_light_model(text[len("light:"):], seed=seed)
+    if text.startswith("npu:") and text[len("npu:"):] in NPU_WORKLOADS:
+        return text, NPU_WORKLOADS[text[len("npu:"):]](seed=seed)
     return Path(text).stem, load_onnx(text)
 
 
