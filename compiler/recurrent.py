@@ -57,18 +57,28 @@ class _Builder:
         self.prefix, self.taken, self.opset = prefix, taken, opset
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self._suffix: dict[str, int] = {}  # the next suffix to try for a name
+        self._small: dict[tuple, str] = {}  # small constants (bounds, shapes, scalars)
 
     def name(self, hint: str) -> str:
         base = f"{self.prefix}/{hint}"
-        name, k = base, 1
+        name, k = base, self._suffix.get(base, 1)
         while name in self.taken:
             name, k = f"{base}_{k}", k + 1
+        self._suffix[base] = k
         self.taken.add(name)
         return name
 
     def const(self, hint: str, value) -> str:
+        """An initializer; a small one (a slice bound, a shape, a scalar) made once."""
+        arr = np.array(value)
+        key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 8 else None
+        if key in self._small:
+            return self._small[key]
         name = self.name(hint)
-        self.inits.append(numpy_helper.from_array(np.array(value), name))
+        self.inits.append(numpy_helper.from_array(arr, name))
+        if key is not None:
+            self._small[key] = name
         return name
 
     def op(self, op_type: str, inputs: list[str], hint: str, out: str | None = None,

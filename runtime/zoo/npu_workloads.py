@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compiler.recurrent import GATES as RECURRENT_GATES
+
 STEPS = 8
 BATCH = 6
 
@@ -80,7 +82,8 @@ PUBLISHED: dict[str, Workload] = {
 }
 """Workload name (as in ``scripts/workloads/``) -> its layers and published TOPS."""
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+GATES = {op.lower(): n for op, n in RECURRENT_GATES.items()}
+"""Weight matrices per recurrent layer kind (``rnn``, ``gru``, ``lstm``)."""
 CLOCK_MHZ = 300.0
 """The clock that NPU's flow divides by (``compiler/compiler.py``: ``freq = 300``)."""
 
