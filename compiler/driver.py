@@ -49,7 +49,7 @@ def compile_full(model: str | Path | onnx.ModelProto | bytes,
                  input_shapes: dict[str, tuple[int, ...]] | None = None) -> Compiled:
     """Like :func:`compile_model`, also returning the optimized graph."""
     opts = CompileOptions.make(device, numerics, rounding, seed, strict)
-    source = to_graph(model, input_shapes)
+    source = to_graph(model, input_shapes, per_step=opts.device.mvu is not None)
     check_sizes(source, opts)
     graph = run_passes(source, opts)
     program = lower(graph, opts, _model_name(model))

@@ -126,16 +126,18 @@ def _outer_refs(graph: onnx.GraphProto) -> list[str]:
 
 
 def to_graph(model: str | Path | onnx.ModelProto | bytes,
-             input_shapes: dict[str, tuple[int, ...]] | None = None) -> nx.DiGraph:
+             input_shapes: dict[str, tuple[int, ...]] | None = None,
+             per_step: bool = False) -> nx.DiGraph:
     """Build the IR of an ONNX model: one :class:`Node` per value, every static shape known.
 
     ``input_shapes`` fixes symbolic input dimensions (``{"images": (1, 3, 224, 224)}``).
     Shape arithmetic is folded first (:mod:`compiler.shapes`); values whose shape depends
     on data keep ``-1`` dimensions and run on the host. Ops the compiler has no kind for
-    become ``Op.ONNX`` nodes, which run on the host.
+    become ``Op.ONNX`` nodes, which run on the host. ``per_step``: recurrent layers take
+    their input products step by step (:func:`compiler.recurrent.expand`).
     """
     proto, types, folded = resolve_shapes(load_onnx(model), input_shapes)
-    unrolled = recurrent.expand(proto, types)
+    unrolled = recurrent.expand(proto, types, per_step)
     if unrolled is not None:  # the unrolled steps' own shapes, and constants folded
         proto, types, more = resolve_shapes(unrolled[0], input_shapes)
         folded += more

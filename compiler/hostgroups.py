@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import networkx as nx
@@ -47,23 +48,51 @@ def _on_host(g: nx.DiGraph, v: str) -> bool:
     return n.op not in (Op.INPUT, Op.CONST) and place(g, v)[0] == HOST
 
 
-def run_order(g: nx.DiGraph) -> list[str]:
+def run_order(g: nx.DiGraph, cost: Callable[[str], int] | None = None) -> list[str]:
     """A topological order that runs ready device work before ready host work (ties by
-    name), so host ops bunch into few groups."""
+    name), so host ops bunch into few groups.
+
+    With ``cost`` (a value's cycles from issue to its result being usable; for a
+    matrix-vector unit, whose units run in order and wait on each result's whole round
+    trip), ties go first to the longest chain of cycles still to come: work off the
+    critical path, such as a recurrent layer's input products, is then issued just early
+    enough for the step that needs it, not all at the start. An element-wise op that is
+    the sole consumer of the op before it follows it at once, to ride along in its vector
+    pass (and costs nothing on the path).
+    """
     # an extra output goes right after its op; then device work; then host work
     rank = {v: 0 if node(g, v).op == Op.OUTPUT else 1 + _on_host(g, v) for v in g.nodes}
+    height = dict.fromkeys(g.nodes, 0)
+    if cost is not None:
+        for v in reversed(list(nx.topological_sort(g))):
+            preds = set(g.predecessors(v))
+            chained = any(set(g.successors(u)) == {v} and _chains(g, u, v) for u in preds)
+            own = 0 if chained else cost(v)
+            height[v] = own + max((height[w] for w in g.successors(v)), default=0)
     indeg = {v: g.in_degree(v) for v in g.nodes}
-    ready = [(rank[v], v) for v, d in indeg.items() if d == 0]
+    ready = [(rank[v], -height[v], v) for v, d in indeg.items() if d == 0]
     heapq.heapify(ready)
     order = []
-    while ready:
-        _, v = heapq.heappop(ready)
+    nxt = None
+    while ready or nxt:
+        v, nxt = (nxt, None) if nxt else (heapq.heappop(ready)[-1], None)
         order.append(v)
-        for w in sorted(set(g.successors(v))):
+        succ = sorted(set(g.successors(v)))
+        for w in succ:
             indeg[w] -= g.number_of_edges(v, w)
             if indeg[w] == 0:
-                heapq.heappush(ready, (rank[w], w))
+                if cost is not None and succ == [w] and _chains(g, v, w):
+                    nxt = w  # its sole consumer rides along in the same vector pass
+                else:
+                    heapq.heappush(ready, (rank[w], -height[w], w))
     return order
+
+
+def _chains(g: nx.DiGraph, v: str, w: str) -> bool:
+    """Whether ``w`` can follow ``v`` in one pass of the vector chain: both on the device,
+    ``w`` an element-wise op."""
+    return (not _on_host(g, v) and not _on_host(g, w)
+            and node(g, w).op in (Op.ADD, Op.SUB, Op.MUL, Op.MAX, Op.RELU, Op.NPU_UNARY))
 
 
 def host_groups(g: nx.DiGraph, order: list[str] | None = None) -> list[HostGroup]:

@@ -12,6 +12,8 @@ reads stays in host memory and never crosses the link.
 
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import numpy as np
 
@@ -24,6 +26,7 @@ from compiler.placement import ALIAS_OPS, DEVICE, HOST, place
 from compiler.select import instructions, op_label
 from simulator import isa
 from simulator.host import HostOpError, host_kernel
+from simulator.mvu import round_trip
 from simulator.numerics import BfpTensor, pack
 from simulator.program import HostOp, Program, ProgramError, TensorDesc, align
 from simulator.program_schema import NUMERIC_DTYPES
@@ -59,6 +62,16 @@ class _Arena:
             else:
                 merged.append((o, s))
         self.free = merged
+
+
+def _window(g: nx.DiGraph, v: str, n: Node) -> bool:
+    """A move that reads one contiguous range of its input (a slice of leading rows, for
+    example) and keeps its type: the consumers read the input in place, so it costs
+    nothing (like the layout-only ops)."""
+    if n.op != Op.NPU_MOVE or node(g, inputs_of(g, v)[0]).dtype != n.dtype:
+        return False
+    used = [(d, s) for d, s in zip(n.attr("dims"), n.attr("strides"), strict=True) if d > 1]
+    return not used or used == [(math.prod(n.shape), 1)]
 
 
 def _nbytes(n: Node) -> int:
@@ -111,9 +124,24 @@ def _host_model(g: nx.DiGraph, grp) -> bytes:
     return model
 
 
+def _mvu_cost(g: nx.DiGraph, opts: CompileOptions):
+    """Each device value's round trip on a matrix-vector unit, from its instructions as the
+    timing model prices them alone (:func:`simulator.mvu.round_trip`)."""
+    def cost(v: str) -> int:
+        n = node(g, v)
+        if n.op in (Op.INPUT, Op.CONST, Op.OUTPUT) or n.op in ALIAS_OPS \
+                or place(g, v)[0] != DEVICE:
+            return 0
+        try:
+            return sum(round_trip(i, opts.device) for i in instructions(g, v, lambda _: 0))
+        except (CompileError, ValueError, KeyError):  # no device form: priced when placed
+            return 0
+    return cost
+
+
 def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
     """Turn an optimized graph into a :class:`Program` for ``opts.device``."""
-    order = run_order(g)
+    order = run_order(g, _mvu_cost(g, opts) if opts.device.mvu else None)
     outputs = g.graph["outputs"]
     where = {v: place(g, v) for v in order}
     if opts.strict:
@@ -158,10 +186,16 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
 
     # --- activation arena: liveness, aliases, first-fit reuse ---
     root: dict[str, str] = {}
+    shift: dict[str, int] = {}  # a window's byte offset in its root's buffer
     for v in order:
         n = node(g, v)
         if n.op in ALIAS_OPS and where[v][0] == DEVICE:
             root[v] = root[inputs_of(g, v)[0]]
+            shift[v] = shift.get(inputs_of(g, v)[0], 0)
+        elif _window(g, v, n) and where[v][0] == DEVICE and inputs_of(g, v)[0] in root:
+            src = inputs_of(g, v)[0]
+            root[v] = root[src]
+            shift[v] = shift.get(src, 0) + n.attr("offset") * np.dtype(n.dtype).itemsize
         elif n.op != Op.CONST and v not in on_host \
                 and (v not in group_of or v in group_of[v].outputs):
             root[v] = v
@@ -195,7 +229,7 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         if v in const_addr:
             region, off = const_addr[v]
             return (wbase if region == "weights" else cbase) + off
-        return abase + offset[root[v]]
+        return abase + offset[root[v]] + shift.get(v, 0)
 
     def desc(v: str) -> TensorDesc:
         n = node(g, v)
@@ -222,7 +256,7 @@ def lower(g: nx.DiGraph, opts: CompileOptions, name: str = "model") -> Program:
         emit(isa.VRd(i, t.addr, t.nbytes), t.name, "HostToDevice")
     for v in order:
         n = node(g, v)
-        if n.op in (Op.INPUT, Op.CONST) or (n.op in ALIAS_OPS and where[v][0] == DEVICE):
+        if n.op in (Op.INPUT, Op.CONST) or (v in root and root[v] != v):
             continue
         if v in group_of:
             grp = group_of[v]

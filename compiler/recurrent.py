@@ -3,9 +3,10 @@
 them: per time step, the gate products on the matrix unit, then a chain of vector ops.
 
 The input products of every time step do not depend on the recurrence, so they are one
-``Gemm`` over all ``T x batch`` rows (the input weights and both biases folded in); each
-step then multiplies the previous hidden state by the recurrent weights (one more
-``Gemm``), adds the two, slices out the gates and runs their element-wise arithmetic.
+``Gemm`` over all ``T x batch`` rows (the input weights and both biases folded in; for a
+matrix-vector unit, one ``Gemm`` per step); each step then multiplies the previous
+hidden state by the recurrent weights (one more ``Gemm``), adds the two, slices out the
+gates and runs their element-wise arithmetic.
 Both weight matrices are constants, so the compiler pins them like any layer's weights;
 step ``t + 1``'s product reads step ``t``'s hidden state, so the timing model serializes
 the recurrence by itself. The rounding order of every step is the order of these ONNX
@@ -144,7 +145,7 @@ class _Activations:
 
 
 def _unroll(n: onnx.NodeProto, consts: dict[str, np.ndarray], types: dict,
-            bld: _Builder, wanted: set[str]) -> tuple[int, int]:
+            bld: _Builder, wanted: set[str], per_step: bool) -> tuple[int, int]:
     """Emit ``n``'s steps into ``bld``; return (time steps, directions)."""
     op = n.op_type
     gates = GATES[op]
@@ -220,9 +221,9 @@ def _unroll(n: onnx.NodeProto, consts: dict[str, np.ndarray], types: dict,
             own = op == "GRU" and (lbr or g == 2)
             in_bias = bias(0) if own else (bld.op("Add", [bias(0), bias(1)], f"bias{g}_{tag}")
                                            if b_name else zero)
-            xw.append(bld.op("Gemm", [x2, bld.rows(w_d, g * hidden, (g + 1) * hidden, 0,
-                                                   f"W{g}_{tag}"), in_bias],
-                             f"xw{g}_{tag}", transB=1))
+            w_g = bld.rows(w_d, g * hidden, (g + 1) * hidden, 0, f"W{g}_{tag}")
+            xw.append((w_g, in_bias) if per_step else
+                      bld.op("Gemm", [x2, w_g, in_bias], f"xw{g}_{tag}", transB=1))
             rec.append(bld.rows(r_d, g * hidden, (g + 1) * hidden, 0, f"R{g}_{tag}"))
             rbias.append(bias(1) if own else zero)
 
@@ -252,8 +253,13 @@ def _unroll(n: onnx.NodeProto, consts: dict[str, np.ndarray], types: dict,
         for step in range(steps):
             t = steps - 1 - step if reverse else step
             s = f"{tag}_t{t}"
-            xw_t = [bld.rows(v, t * batch, (t + 1) * batch, 0, f"xw{g}_{s}")
-                    for g, v in enumerate(xw)]
+            if per_step:  # x_t W_g: rows t*batch... of x, read in place
+                x_t = bld.rows(x2, t * batch, (t + 1) * batch, 0, f"x_{s}")
+                xw_t = [bld.op("Gemm", [x_t, w_g, b_g], f"xw{g}_{s}", transB=1)
+                        for g, (w_g, b_g) in enumerate(xw)]
+            else:
+                xw_t = [bld.rows(v, t * batch, (t + 1) * batch, 0, f"xw{g}_{s}")
+                        for g, v in enumerate(xw)]
 
             def product(g, v, s=s):  # v R_g^T + Rb_g on the matrix unit
                 return bld.op("Gemm", [v, rec[g], rbias[g]], f"hr{g}_{s}", transB=1)
@@ -261,7 +267,7 @@ def _unroll(n: onnx.NodeProto, consts: dict[str, np.ndarray], types: dict,
             if op == "GRU":
                 h = _gru_step(bld, acts, f0, clip, lbr, xw_t, h, product, s)
             else:
-                pre = [bld.op("Add", [xw_t[g], product(g, h)], f"pre{g}_{s}")
+                pre = [bld.op("Add", [product(g, h), xw_t[g]], f"pre{g}_{s}")
                        for g in range(gates)]
                 if op == "RNN":
                     h = acts.apply(bld, f0, pre[0], clip, f"h_{s}")
@@ -319,25 +325,32 @@ def _gru_step(bld, acts, f0, clip, lbr, xw_t, h_prev, product, s):
     """ONNX GRU: gates z, r, h in that order of W; H = (1 - z) * h~ + z * H'. With
     ``linear_before_reset`` h~ = g(x W_h + Wb_h + r * (H' R_h + Rb_h)), else
     h~ = g(x W_h + Wb_h + (r * H') R_h + Rb_h)."""
-    z = acts.apply(bld, f0, bld.op("Add", [xw_t[0], product(0, h_prev)], f"gz_{s}"), clip,
+    z = acts.apply(bld, f0, bld.op("Add", [product(0, h_prev), xw_t[0]], f"gz_{s}"), clip,
                    f"z_{s}")
-    r = acts.apply(bld, f0, bld.op("Add", [xw_t[1], product(1, h_prev)], f"gr_{s}"), clip,
+    r = acts.apply(bld, f0, bld.op("Add", [product(1, h_prev), xw_t[1]], f"gr_{s}"), clip,
                    f"r_{s}")
     if lbr:
         hh = bld.op("Mul", [r, product(2, h_prev)], f"rh_{s}")
     else:
         hh = product(2, bld.op("Mul", [r, h_prev], f"rh_{s}"))
-    cand = acts.apply(bld, f0 + 1, bld.op("Add", [xw_t[2], hh], f"gh_{s}"), clip, f"hc_{s}")
+    cand = acts.apply(bld, f0 + 1, bld.op("Add", [hh, xw_t[2]], f"gh_{s}"), clip, f"hc_{s}")
     keep = bld.op("Mul", [bld.op("Sub", [bld.const("one", np.float32(1.0)), z], f"nz_{s}"),
                           cand], f"a_{s}")
     return bld.op("Add", [keep, bld.op("Mul", [z, h_prev], f"b_{s}")], f"h_{s}")
 
 
-def expand(proto: onnx.ModelProto, types: dict
+def expand(proto: onnx.ModelProto, types: dict, per_step: bool = False
            ) -> tuple[onnx.ModelProto, dict[str, dict]] | None:
     """``proto`` with every LSTM, GRU and RNN of the main graph that the device can run
     unrolled (``types``: every value's type, as :func:`compiler.shapes.resolve_shapes`
     gives them), or None when there is none.
+
+    ``per_step`` makes each step's input products its own, as a matrix-vector unit runs
+    them: they then fill the matrix unit while the recurrence waits for the previous
+    step's state, instead of running all at once before the first step. (The rows are
+    independent, so the result is the same to the bit.) Either way the recurrent product
+    comes first in each gate's sum, so that it takes the input product as its residual:
+    the input product, free of the recurrence, is ready by then.
 
     Also returns, per unrolled node, the prefix of its new nodes' names: ``{prefix:
     {"node": its name, "op": "LSTM", "steps": T, "directions": 1 or 2}}`` (the
@@ -365,7 +378,7 @@ def expand(proto: onnx.ModelProto, types: dict
                 prefix, k = f"{label}/unrolled{k}", k + 1
             bld = _Builder(prefix, taken, opset)
             try:
-                steps, dirs = _unroll(n, consts, types, bld, wanted)
+                steps, dirs = _unroll(n, consts, types, bld, wanted, per_step)
             except _Unsupported:
                 nodes.append(n)
                 continue

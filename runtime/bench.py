@@ -31,8 +31,10 @@ from simulator.stats import STALL_CAUSES, RunStats
 def resolve_model(spec: str | Path | onnx.ModelProto, seed: int = 0) -> tuple[str,
                                                                                onnx.ModelProto]:
     """``(name, model)`` for a zoo name, ``light:NAME``, ``npu:NAME`` (a workload of the
-    open-source Brainwave-style NPU, :mod:`runtime.zoo.npu_workloads`) or an ONNX file."""
+    open-source Brainwave-style NPU, :mod:`runtime.zoo.npu_workloads`), ``deepbench:NAME``
+    (a DeepBench recurrent layer, :mod:`runtime.zoo.deepbench`) or an ONNX file."""
     from runtime.zoo import MODELS, load_light_model
+    from runtime.zoo.deepbench import BUILDERS as DEEPBENCH
     from runtime.zoo.npu_workloads import BUILDERS as NPU_WORKLOADS
 
     if isinstance(spec, onnx.ModelProto):
@@ -44,6 +46,8 @@ def resolve_model(spec: str | Path | onnx.ModelProto, seed: int = 0) -> tuple[st
         return text, load_light_model(text[len("light:"):], seed=seed)
     if text.startswith("npu:") and text[len("npu:"):] in NPU_WORKLOADS:
         return text, NPU_WORKLOADS[text[len("npu:"):]](seed=seed)
+    if text.startswith("deepbench:") and text[len("deepbench:"):] in DEEPBENCH:
+        return text, DEEPBENCH[text[len("deepbench:"):]](seed=seed)
     return Path(text).stem, load_onnx(text)
 
 

@@ -31,8 +31,13 @@ UNITS: dict[str, str] = {
     "host_link_gbps": "GB/s",
     "host_link_latency_us": "us",
     "dram_mib": "MiB",
+    "matrix_unit": "",
 }
 """Unit shown after each primary field (every field of DeviceConfig but ``name``)."""
+
+MVU_UNITS: dict[str, str] = {"cores": "", "dot_rows": "rows/engine", "row_chunk": "row groups",
+                             "mfus": ""}
+"""Units of the matrix-vector unit's fields (``cycles`` for the others)."""
 
 _LABEL_WIDTH = 22
 
@@ -57,8 +62,12 @@ def format_device(cfg: DeviceConfig) -> str:
     """Primary fields, one per line with units, then the derived figures."""
     lines = [f"device {cfg.name}"]
     for f in dataclasses.fields(cfg):
-        if f.name != "name":
+        if f.name not in ("name", "mvu"):
             lines.append(_line(f.name, getattr(cfg, f.name), UNITS[f.name]))
+    if cfg.mvu:
+        lines.append("matrix-vector unit")
+        lines += [_line(f.name, getattr(cfg.mvu, f.name), MVU_UNITS.get(f.name, "cycles"))
+                  for f in dataclasses.fields(cfg.mvu)]
     fmt = cfg.format()
     lines += [
         "derived",
@@ -76,9 +85,12 @@ def format_device(cfg: DeviceConfig) -> str:
 
 
 def format_device_list() -> str:
-    """One line per preset: array shape, clock, numerics, peak TOPS."""
+    """One line per preset: array shape (tiles x (lanes x columns), and for a
+    matrix-vector unit its cores and rows per engine), clock, numerics, peak TOPS."""
     cfgs = [load_device(name) for name in preset_names()]
-    shapes = [f"{c.tiles} x ({c.native_dim} x {c.array_cols})" for c in cfgs]
+    shapes = [f"{c.tiles} x ({c.native_dim} x {c.array_cols})"
+              + (f" x {c.mvu.cores} cores x {c.mvu.dot_rows} rows" if c.mvu else "")
+              for c in cfgs]
     w_name = max(len(c.name) for c in cfgs)
     w_shape = max(len(s) for s in shapes)
     w_fmt = max(len(c.numerics) for c in cfgs)

@@ -34,6 +34,58 @@ class ConfigError(ValueError):
     """A device configuration that cannot be used."""
 
 
+MATRIX_UNITS = ("systolic", "mvu")
+
+
+@dataclass(frozen=True)
+class MvuConfig:
+    """A Brainwave-style matrix-vector unit: ``cores`` identical cores, each of ``tiles``
+    tile engines of ``array_cols`` dot-product engines that reduce ``native_dim`` lanes,
+    each engine ``dot_rows`` dot products per cycle (one per activation row it holds),
+    feeding an external vector register file, ``mfus`` multifunction units and a loader
+    that writes results back. The pipeline figures are cycles; ``docs/timing.md`` gives
+    the formulas that use them."""
+
+    cores: int
+    """Identical cores, each running its own share of the activation rows."""
+    dot_rows: int
+    """Activation rows a dot-product engine holds and reduces at once."""
+    row_chunk: int
+    """Row groups (of ``array_cols`` outputs) the accumulators hold: a matrix is issued in
+    chunks of this many (the last chunk takes up to twice as many), and has at least one."""
+    start_cycles: int
+    """From the start of a run to the first instruction reaching the units."""
+    init_cycles: int
+    """Lost by a unit's scheduler at the start of each macro-op it runs."""
+    hop_cycles: int
+    """Per tile engine, for an instruction to travel down the chain of tiles."""
+    tile_cycles: int
+    """Through one tile engine: from its instruction to its partial dot products."""
+    accum_cycles: int
+    """From the last tile's sums through the accumulators to the output queue."""
+    output_bubble: int
+    """Cycles the output queue pauses after each group of ``dot_rows`` vectors."""
+    evrf_cycles: int
+    """Through the external vector register file."""
+    mfu_cycles: int
+    """Through one multifunction unit (activation, add, multiply)."""
+    mfus: int
+    """Multifunction units in the chain."""
+    loader_cycles: int
+    """From a vector entering the loader to it being written."""
+    tag_cycles: int
+    """From a write-back's end to a waiting unit seeing it."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            low = 1 if f.name in ("cores", "dot_rows", "row_chunk", "mfus") else 0
+            if isinstance(value, bool) or not isinstance(value, int) \
+                    or not low <= value <= 2**20:
+                raise ConfigError(f"device field 'mvu.{f.name}' must be an integer in "
+                                  f"[{low}, {2**20}], got {value!r}")
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     """One accelerator: a set of matrix tiles (systolic arrays), a vector unit, memories."""
@@ -66,8 +118,26 @@ class DeviceConfig:
     """Latency of one host transfer, microseconds."""
     dram_mib: int = 4096
     """Device DRAM capacity."""
+    matrix_unit: str = "systolic"
+    """``systolic`` (weight-stationary arrays) or ``mvu`` (matrix-vector unit)."""
+    mvu: MvuConfig | None = None
+    """The matrix-vector unit's figures (``matrix_unit = "mvu"`` only)."""
 
     def __post_init__(self) -> None:
+        if self.matrix_unit not in MATRIX_UNITS:
+            raise ConfigError(f"device field 'matrix_unit' must be one of "
+                              f"{', '.join(MATRIX_UNITS)}, got {self.matrix_unit!r}")
+        if isinstance(self.mvu, dict):
+            known = {f.name for f in dataclasses.fields(MvuConfig)}
+            if sorted(self.mvu) != sorted(known):
+                raise ConfigError(f"device table 'mvu' must have exactly the fields "
+                                  f"{', '.join(sorted(known))}")
+            object.__setattr__(self, "mvu", MvuConfig(**self.mvu))
+        if self.mvu is not None and not isinstance(self.mvu, MvuConfig):
+            raise ConfigError("device field 'mvu' must be a table of fields")
+        if (self.matrix_unit == "mvu") != isinstance(self.mvu, MvuConfig):
+            raise ConfigError("a device has an 'mvu' table exactly when its matrix_unit "
+                              "is 'mvu'")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
@@ -86,7 +156,8 @@ class DeviceConfig:
     # --- derived figures (computed here only) ---
     @property
     def peak_macs_per_cycle(self) -> int:
-        return self.native_dim * self.array_cols * self.tiles
+        per_tile = self.native_dim * self.array_cols * self.tiles
+        return per_tile * (self.mvu.cores * self.mvu.dot_rows if self.mvu else 1)
 
     @property
     def peak_tops(self) -> float:
@@ -114,7 +185,12 @@ class DeviceConfig:
         return get_format(name or self.numerics, self.native_dim)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field; the matrix-unit fields only for a matrix-vector unit (so that a
+        systolic device has the description, and the fingerprint, it always had)."""
+        out = dataclasses.asdict(self)
+        if self.mvu is None:
+            del out["matrix_unit"], out["mvu"]
+        return out
 
     def fingerprint(self) -> bytes:
         """SHA-256 of every field but the name: what a program is built for."""
@@ -140,7 +216,7 @@ def _from_mapping(data: dict, name: str) -> DeviceConfig:
     if unknown:
         raise ConfigError(f"device {name}: unknown field(s) {', '.join(unknown)}")
     data = {"name": name, **data}
-    missing = sorted(known - set(data) - {"dram_mib"})
+    missing = sorted(known - set(data) - {"dram_mib", "matrix_unit", "mvu"})
     if missing:
         raise ConfigError(f"device {name}: missing field(s) {', '.join(missing)}")
     return DeviceConfig(**data)

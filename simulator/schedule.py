@@ -85,17 +85,28 @@ def schedule(program: Program, cfg: DeviceConfig) -> RunStats:
     keys = [rec.get("tensor") or f"#{k}" for k, rec in enumerate(program.layers)]
     traffic = plan(works, keys, cfg.activation_buffer_kib * 1024)
     names = [(rec["name"], rec["op"]) for rec in program.layers]
-    return simulate(works, traffic, cfg, names)
+    return simulate(works, traffic, cfg, names, program.instructions)
 
 
 def simulate(works: list[Work], traffic: list[Traffic], cfg: DeviceConfig,
-             names: list[tuple[str, str]] | None = None) -> RunStats:
+             names: list[tuple[str, str]] | None = None,
+             instructions: tuple[isa.Instruction, ...] | None = None) -> RunStats:
     """Run the queues over priced instructions: the timeline and the statistics.
 
-    ``names`` gives each instruction's ``(layer name, op)`` for the report.
+    ``names`` gives each instruction's ``(layer name, op)`` for the report. A
+    matrix-vector unit (:mod:`simulator.mvu`) also needs the ``instructions``.
     """
     names = names or [(f"#{k}", w.unit) for k, w in enumerate(works)]
-    return _Scheduler(cfg).run(works, traffic, names)
+    if cfg.mvu is None:
+        return _Scheduler(cfg).run(works, traffic, names)
+    if instructions is None or len(instructions) != len(works):
+        raise ValueError("a matrix-vector unit is scheduled from the program's instructions")
+    from simulator.mvu import MvuScheduler  # it builds on _Scheduler
+    consumers: list[list[int]] = [[] for _ in works]
+    for k, tr in enumerate(traffic):
+        for p in sorted(set(tr.after) | set(tr.load_after)):
+            consumers[p].append(k)
+    return MvuScheduler(cfg, instructions, consumers).run(works, traffic, names)
 
 
 class _Scheduler:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from simulator.stats import RunStats
 
-TRACKS = ("host", "load", "matrix", "vector", "store")
+TRACKS = ("host", "load", "matrix", "vector", "loader", "store")
+"""``loader``: a matrix-vector unit's write-backs and input loads (:mod:`simulator.mvu`)."""
 
 
 def chrome_trace(stats: RunStats, title: str = "npusim device") -> dict:

@@ -32,7 +32,7 @@ def preset_text(name: str) -> str:
 
 
 def test_every_field_has_a_unit_entry():
-    assert set(UNITS) == {f.name for f in dataclasses.fields(DeviceConfig)} - {"name"}
+    assert set(UNITS) == {f.name for f in dataclasses.fields(DeviceConfig)} - {"name", "mvu"}
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -42,7 +42,7 @@ def test_every_preset_formats_its_fields_and_properties(name):
     rows = shown(text)
     assert text.splitlines()[0] == f"device {name}"
     for f in dataclasses.fields(cfg):
-        if f.name == "name":
+        if f.name in ("name", "mvu"):
             continue
         value = getattr(cfg, f.name)
         if isinstance(value, str):
@@ -50,6 +50,8 @@ def test_every_preset_formats_its_fields_and_properties(name):
         else:
             assert number(rows[f.name]) == pytest.approx(value, rel=1e-3), f.name
         assert rows[f.name].endswith(UNITS[f.name])
+    for f in dataclasses.fields(cfg.mvu) if cfg.mvu else ():  # the matrix-vector unit's table
+        assert number(rows[f.name]) == getattr(cfg.mvu, f.name), f.name
     assert number(rows["peak MACs per cycle"]) == cfg.peak_macs_per_cycle
     assert number(rows["peak TOPS"]) == pytest.approx(cfg.peak_tops, rel=1e-3)
     assert number(rows["on-chip capacity"]) == pytest.approx(cfg.on_chip_kib / 1024, rel=1e-3)

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compiler import compile_model
 from simulator import fileio
 from simulator import program as program_module
-from simulator.config import ConfigError, DeviceConfig, load_device, preset_names
+from simulator.config import ConfigError, DeviceConfig, MvuConfig, load_device, preset_names
 from simulator.device import Device
 from simulator.numerics import FORMAT_NAMES
 from simulator.program import Program, ProgramError, Section
@@ -455,10 +455,33 @@ def test_fingerprint_covers_every_field_but_the_name():
     assert len(fp) == 32
     assert base.replace(name="renamed").fingerprint() == fp
     for f in dataclasses.fields(DeviceConfig):
-        if f.name == "name":
+        if f.name in ("name", "matrix_unit", "mvu"):
             continue
         changed = base.replace(**{f.name: _changed(getattr(base, f.name))})
         assert changed.fingerprint() != fp, f.name
+    # the matrix-vector unit's figures, each of them
+    npu = load_device("intel-npu")
+    assert npu.fingerprint() != npu.replace(matrix_unit="systolic", mvu=None).fingerprint()
+    for f in dataclasses.fields(MvuConfig):
+        mvu = dataclasses.replace(npu.mvu, **{f.name: getattr(npu.mvu, f.name) + 1})
+        assert npu.replace(mvu=mvu).fingerprint() != npu.fingerprint(), f.name
+
+
+def test_systolic_devices_keep_their_description():
+    """The matrix-unit fields appear only for a matrix-vector unit, so a program built for a
+    systolic device before they existed still loads."""
+    tiny = load_device("tiny")
+    assert "mvu" not in tiny.to_dict() and "matrix_unit" not in tiny.to_dict()
+    assert tiny.fingerprint().hex().startswith("5c27095edbd5")
+    with pytest.raises(ConfigError, match="exactly when its matrix_unit"):
+        tiny.replace(matrix_unit="mvu")
+    with pytest.raises(ConfigError, match="matrix_unit"):
+        tiny.replace(matrix_unit="tpu")
+    with pytest.raises(ConfigError, match="mvu.cores"):
+        load_device("intel-npu").replace(mvu={**load_device("intel-npu").to_dict()["mvu"],
+                                              "cores": 0})
+    with pytest.raises(ConfigError, match="exactly the fields"):
+        load_device("intel-npu").replace(mvu={"cores": 2})
 
 
 def test_fingerprint_ignores_int_versus_float(tmp_path):
