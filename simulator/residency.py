@@ -7,6 +7,8 @@ once, in order, with the knowledge a compiler has of every future use, and decid
 per instruction what must be loaded from DRAM and what must be stored there:
 
 * an operand that is not on chip is loaded (a tensor written by the host always is);
+  an instruction that reads part of a tensor loads that part, and the tensor stays
+  in DRAM;
 * a result stays on chip when the instruction's operands and results fit together;
   otherwise the instruction streams: its result goes out to DRAM as it is produced;
 * to make room, dead tensors are dropped first, then the live tensor whose next use is
@@ -180,17 +182,20 @@ def plan(works: list[Work], keys: list[str], capacity: int) -> list[Traffic]:
             out.append(Traffic())
             continue
         load, load_after, after = 0, [], []
+        part = {t: _part(t, w.reads) for t in rd}  # a slice of a tensor reads only its bytes
         for t in rd:
             if t.on_chip:
                 after.append(t.producer)
             else:
-                load += t.nbytes
+                load += part[t]
                 load_after.append(t.producer)
-        need = sum(t.nbytes for t in rd) + sum(t.nbytes for t in wr if t not in rd)
+        whole = [t for t in rd if t.on_chip or part[t] == t.nbytes]
+        need = (sum(t.nbytes for t in whole) + sum(part[t] for t in rd if t not in whole)
+                + sum(t.nbytes for t in wr if t not in rd))
         streams = need > capacity
-        keep = [t for t in rd + wr if t.on_chip or not streams]
+        keep = [t for t in whole + wr if t.on_chip or not streams]
         wbs = _make_room(on_chip, keep, capacity, i)
-        for t in rd:
+        for t in whole:  # a tensor read in part stays in DRAM; the part passes through
             if not t.on_chip and not streams:
                 t.on_chip = True
                 on_chip.append(t)
@@ -208,6 +213,15 @@ def plan(works: list[Work], keys: list[str], capacity: int) -> list[Traffic]:
         out.append(Traffic(load, store, tuple(wbs), tuple(sorted(set(load_after))),
                            tuple(sorted(set(after)))))
     return out
+
+
+def _part(t: _Tensor, ops: tuple[Operand, ...]) -> int:
+    """The bytes of ``t`` that ``ops`` read (all of it at most)."""
+    got = 0
+    for op in ops:
+        for r in t.ranges:
+            got += max(0, min(op.addr + op.nbytes, r.addr + r.nbytes) - max(op.addr, r.addr))
+    return min(got, t.nbytes)
 
 
 def _make_room(on_chip: list[_Tensor], keep: list[_Tensor], capacity: int,
