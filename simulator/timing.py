@@ -11,7 +11,9 @@ the layer's activation vectors stream through it, one per cycle; the wave ends w
 the last result has drained out of the array (:func:`mv_mul_waves`). Activations
 entering the array are converted to block floating point on the way in, which adds the
 depth of the converter's pipeline (a max tree over the block, then shift and round) to
-each wave.
+each wave. Each array has a second (shadow) weight bank: the next wave's tile loads
+into it while a wave runs, so only an instruction's first tile load is exposed
+(:func:`weight_load_cycles`).
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ def mv_mul_waves(i: isa.MvMul, cfg: DeviceConfig) -> tuple[int, int]:
     vectors through each tile: ``N`` cycles, plus ``native_dim`` for a partial sum to run
     down a column and ``array_cols`` for the rows to skew across the array and come out
     de-skewed. A tile that uses fewer rows or columns still pays the whole array: the
-    partial sums pass every row. ``rtl/systolic_array`` takes exactly these cycles.
+    partial sums pass every row. ``rtl/systolic_array`` takes exactly these cycles; a
+    wave starts once the previous one has drained. Loading the tiles is priced apart
+    (:func:`wave_cycles`).
     With an input dilation the address generator makes up the zeros between pixels: they
     stream through the array like real pixels (``N`` counts every output of the dilated
     input), but are never read from DRAM.
@@ -118,12 +122,33 @@ def mv_mul_waves(i: isa.MvMul, cfg: DeviceConfig) -> tuple[int, int]:
     return ceil_div(jobs, cfg.tiles), rows + cfg.native_dim + cfg.array_cols
 
 
+def weight_load_cycles(cfg: DeviceConfig) -> int:
+    """Cycles to load one weight tile into an array's shadow bank: one column per cycle,
+    ``array_cols`` in all (``rtl/systolic_array``'s weight port). The ``tiles`` arrays
+    load their tiles in parallel."""
+    return cfg.array_cols
+
+
+def wave_cycles(waves: int, wave: int, load: int, chunks: int) -> tuple[int, ...]:
+    """The cycles of ``waves`` waves of ``wave`` cycles each in ``chunks`` chunks, weight
+    loads included: the first tile's ``load`` is exposed (an instruction is priced
+    alone, as if it started on an idle array), and each wave but the last takes
+    ``max(wave, load)``, its successor's tile loading into the shadow bank meanwhile
+    (for the systolic array a wave, at least ``1 + native_dim + array_cols``, always
+    outlasts a load). The first chunk carries the exposed load, the last one the last
+    wave."""
+    step = max(wave, load)
+    compute = [n * step for n in split(waves, chunks)]
+    compute[0] += load
+    compute[-1] -= step - wave
+    return tuple(compute)
+
+
 def mv_mul_work(i: isa.MvMul, cfg: DeviceConfig, fmt: Format, weight_bytes: int) -> Work:
     oh, ow = conv_output_hw(i)
     waves, wave = mv_mul_waves(i, cfg)
     wave += bfp_convert_depth(fmt)
-    chunks = min(waves, MAX_CHUNKS)
-    compute = tuple(n * wave for n in split(waves, chunks))
+    compute = wave_cycles(waves, wave, weight_load_cycles(cfg), min(waves, MAX_CHUNKS))
     k = i.kernel_h * i.kernel_w * i.channels // i.groups
     reads = [Operand(i.src, 4 * i.batch * i.channels * i.height * i.width)]
     out = Operand(i.dst, 4 * i.batch * i.out_channels * oh * ow)
@@ -137,9 +162,10 @@ def mm_mul_work(i: isa.MmMul, cfg: DeviceConfig, fmt: Format) -> Work:
     """A product of two activations. ``B`` is the stationary operand, so its tiles are
     loaded into the array like a layer's weights, but they were computed at run time:
     each tile passes the fp32 -> BFP converter and is shifted into the array's rows
-    (``native_dim`` cycles) before ``A``'s ``M`` rows stream through it; no wave can
-    preload its tile while the previous one runs, because nothing holds the tile but
-    the array. ``B`` is read from DRAM as an activation (4 bytes per element)."""
+    (``native_dim`` cycles) before ``A``'s ``M`` rows stream through it. The shadow
+    weight bank does not help: its port takes BFP codes, and the only converter is the
+    one in front of the array's rows, so each tile is converted and shifted in while the
+    array waits. ``B`` is read from DRAM as an activation (4 bytes per element)."""
     jobs = i.batch * ceil_div(i.k, cfg.native_dim) * ceil_div(i.n, cfg.array_cols)
     waves = ceil_div(jobs, cfg.tiles)
     wave = i.m + 2 * cfg.native_dim + cfg.array_cols + 2 * bfp_convert_depth(fmt)
@@ -151,10 +177,16 @@ def mm_mul_work(i: isa.MmMul, cfg: DeviceConfig, fmt: Format) -> Work:
 
 
 def gemm_cycles(n: int, k: int, o: int, cfg: DeviceConfig, fmt: Format | None = None) -> int:
-    """Compute cycles the matrix unit takes for ``[n, k] @ [o, k].T`` with pinned weights.
+    """Compute cycles the matrix unit takes for ``[n, k] @ [o, k].T`` with pinned weights,
+    weight-tile loads included.
 
     The same pricing as a compiled dense layer of that shape (an ``MV_MUL`` over ``n``
     activation vectors); the RTL testbench of the systolic array checks it.
+
+    >>> from simulator.config import load_device
+    >>> tiny = load_device("tiny").replace(numerics="msfp8")  # 8 x 8 array, block 8
+    >>> gemm_cycles(1, 24, 16, tiny)  # 8 (first load) + 6 waves of 1 + 8 + 8 + 5
+    140
     """
     i = isa.MvMul(src=0, dst=0, weights=0, bias=0, residual=0, batch=1, channels=k,
                   height=n, width=1, out_channels=o, groups=1, kernel_h=1, kernel_w=1,

@@ -35,12 +35,29 @@
 // 1 for the last accumulator register). Throughput one row per cycle when not stalled,
 // so an always-valid, always-ready pass of N rows takes N + LATENCY cycles from the
 // first input handshake to the last output handshake, both counted. out_ready_i low
-// stalls everything; in_ready_o depends combinationally on out_ready_i (no skid buffer).
+// stalls everything; in_ready_o depends combinationally on out_ready_i (no skid buffer)
+// and on in_swap_i (a swap row waits for a complete shadow bank).
 //
-// Weights: one column per w_valid_i/w_ready_o beat (w_col_i, its SEGS stored exponents
-// and ROWS codes). w_ready_o is high only while no data is in flight (quantizers, array,
-// output register empty); while w_valid_i is high no activation row is accepted, so a
-// row never meets a half-loaded tile.
+// Weights: two banks, each a whole tile (every PE's code and every column's SEGS stored
+// exponents). Rows compute with the *active* bank; the weight port writes the other, the
+// *shadow* bank, one column per w_valid_i/w_ready_o beat (w_col_i, its SEGS stored
+// exponents and ROWS codes), while the active bank computes. A row with in_swap_i high
+// starts a new tile: it is accepted only once every column of the shadow bank has been
+// written since the last swap (in_ready_o stays low until then), and at its handshake the
+// banks trade places, so it and the rows after it use the new tile. Each row carries its
+// bank bit through the pipeline (beside its codes along the skew and from PE to PE, beside
+// its block exponents to the bottom of each segment), so the last rows of the old tile
+// finish with the old weights while the new tile's rows follow them without a gap: a row
+// never meets a half-loaded tile. w_ready_o is high while the shadow bank is incomplete and
+// no row that uses it is in flight (rows are counted per bank from their input to their
+// output handshake), so a tile is never overwritten under a row that uses it; a complete
+// shadow bank takes no more beats until its swap. The first row after reset must carry
+// in_swap_i (bank 0, active out of reset, holds no tile).
+//
+// Weight timing: beats are accepted one per cycle; the shadow bank's state is registered,
+// so a tile whose first beat is accepted at edge t lets its swap row in at edge
+// t + COLS at the earliest, and a shadow bank freed at edge t (the swap, or the output
+// handshake of the last row using it) takes its first beat at edge t + 1.
 //
 // Layout: in_x_i[32*r +: 32] is element r (fp32 bits); in_acc_i / out_acc_o[32*c +: 32]
 // is column c; w_exps_i[EXP_BITS*j +: EXP_BITS] is segment j's stored exponent;
@@ -73,6 +90,7 @@ module systolic_array #(
     // activation rows and the accumulators they add to
     input  logic                       in_valid_i,
     output logic                       in_ready_o,
+    input  logic                       in_swap_i,   // the row starts the shadow bank's tile
     input  logic [ROWS*32-1:0]         in_x_i,
     input  logic [COLS*32-1:0]         in_acc_i,
     // results: one row of COLS fp32 accumulators per beat
@@ -83,6 +101,7 @@ module systolic_array #(
   localparam int                  FIFO_DEPTH = QUANT_LATENCY;  // rows inside the quantizers
   localparam int                  PTR_W      = (FIFO_DEPTH > 1) ? $clog2(FIFO_DEPTH) : 1;
   localparam int                  CNT_W      = $clog2(FIFO_DEPTH + 1);
+  localparam int                  ROW_CNT_W  = $clog2(LATENCY + 1);  // rows in flight
   localparam int                  BACK       = LATENCY - QUANT_LATENCY;  // ROWS + COLS stages
   localparam logic [EXP_BITS-1:0] NAN_EXP    = {EXP_BITS{1'b1}};
 
@@ -100,8 +119,10 @@ module systolic_array #(
   logic [SEGS*EXP_BITS-1:0] q_exp;
   logic [ROWS*CODE_W-1:0]   q_codes;
   logic                     q_valid, q_in_valid, accept_ok, push, pop;
+  logic                     shadow_full, in_bank;  // set in the bank section below
 
-  logic [COLS*32-1:0] fifo_mem [FIFO_DEPTH];
+  logic [COLS*32-1:0] fifo_mem  [FIFO_DEPTH];
+  logic               fifo_bank [FIFO_DEPTH];  // the weight bank of each row
   logic [PTR_W-1:0]   wr_ptr, rd_ptr;
   logic [CNT_W-1:0]   fifo_cnt;
   logic               fifo_full;
@@ -110,7 +131,7 @@ module systolic_array #(
   assign q_valid    = &q_out_valid;
   assign pop        = q_valid && adv;
   assign fifo_full  = fifo_cnt == CNT_W'(FIFO_DEPTH);
-  assign accept_ok  = !w_valid_i && (!fifo_full || pop);
+  assign accept_ok  = (!fifo_full || pop) && (!in_swap_i || shadow_full);
   assign q_in_valid = in_valid_i && accept_ok;
   assign in_ready_o = accept_ok && (&q_in_ready);
   assign push       = in_valid_i && in_ready_o;
@@ -141,7 +162,8 @@ module systolic_array #(
       fifo_cnt <= '0;
     end else begin
       if (push) begin
-        fifo_mem[wr_ptr] <= in_acc_i;
+        fifo_mem[wr_ptr]  <= in_acc_i;
+        fifo_bank[wr_ptr] <= in_bank;
         wr_ptr           <= (wr_ptr == PTR_W'(FIFO_DEPTH - 1)) ? '0 : wr_ptr + 1'b1;
       end
       if (pop) rd_ptr <= (rd_ptr == PTR_W'(FIFO_DEPTH - 1)) ? '0 : rd_ptr + 1'b1;
@@ -150,7 +172,9 @@ module systolic_array #(
   end
 
   logic [COLS*32-1:0] acc_head;    // in_acc_i of the row on the quantizers' output
-  assign acc_head = fifo_mem[rd_ptr];
+  logic               bank_head;   // and its weight bank
+  assign acc_head  = fifo_mem[rd_ptr];
+  assign bank_head = fifo_bank[rd_ptr];
 
   // ---- valid bits: BACK stages behind the quantizers -------------------------------------
   logic [BACK-1:0] vpipe;
@@ -163,15 +187,51 @@ module systolic_array #(
   end
   assign out_valid_o = vpipe[BACK-1];
 
-  // ---- weight load ------------------------------------------------------------------------
-  logic w_fire;
-  assign w_ready_o = (fifo_cnt == '0) && (vpipe == '0);
-  assign w_fire    = w_valid_i && w_ready_o;
+  // ---- weight banks: which one is active, what the shadow holds, who still uses it -------
+  logic                 active_q;     // the bank that rows accepted now compute with
+  logic [COLS-1:0]      loaded_q;     // shadow bank columns written since the last swap
+  logic [ROW_CNT_W-1:0] n_act_q;      // rows in flight on the active bank
+  logic [ROW_CNT_W-1:0] n_old_q;      // rows in flight on the shadow bank (the old tile's)
+  logic                 w_fire, swap, out_fire;
 
-  logic [COLS*SEGS*EXP_BITS-1:0] w_exp_q;   // column c, segment j at (c*SEGS + j)*EXP_BITS
+  assign shadow_full = &loaded_q;
+  assign in_bank     = in_swap_i ? !active_q : active_q;
+  assign swap        = push && in_swap_i;
+  assign out_fire    = out_valid_o && out_ready_i;
+  assign w_ready_o   = !shadow_full && (n_old_q == '0);
+  assign w_fire      = w_valid_i && w_ready_o;
+
+  // Rows leave in order and the old tile's rows are older than every row of the active
+  // one. A swap needs a complete shadow bank, which was written only with n_old_q = 0, so
+  // at a swap every row in flight is on the active bank and becomes the old tile's.
+  always_ff @(posedge clk_i) begin
+    if (!rst_ni) begin
+      active_q <= 1'b0;
+      loaded_q <= '0;
+      n_act_q  <= '0;
+      n_old_q  <= '0;
+    end else if (swap) begin
+      active_q <= !active_q;
+      loaded_q <= '0;
+      n_old_q  <= n_act_q - ROW_CNT_W'(out_fire);
+      n_act_q  <= ROW_CNT_W'(1);
+    end else begin
+      for (int c = 0; c < COLS; c++) begin
+        if (w_fire && w_col_i == COL_W'(c)) loaded_q[c] <= 1'b1;
+      end
+      if (out_fire && n_old_q != '0) n_old_q <= n_old_q - 1'b1;
+      n_act_q <= n_act_q + ROW_CNT_W'(push) - ROW_CNT_W'(out_fire && n_old_q == '0);
+    end
+  end
+
+  // stored exponents per bank: column c, segment j at (c*SEGS + j)*EXP_BITS
+  logic [COLS*SEGS*EXP_BITS-1:0] w_exp0_q, w_exp1_q;
   always_ff @(posedge clk_i) begin
     for (int c = 0; c < COLS; c++) begin
-      if (w_fire && w_col_i == COL_W'(c)) w_exp_q[SEGS*EXP_BITS*c +: SEGS*EXP_BITS] <= w_exps_i;
+      if (w_fire && w_col_i == COL_W'(c)) begin
+        if (active_q) w_exp0_q[SEGS*EXP_BITS*c +: SEGS*EXP_BITS] <= w_exps_i;
+        else          w_exp1_q[SEGS*EXP_BITS*c +: SEGS*EXP_BITS] <= w_exps_i;
+      end
     end
   end
 
@@ -180,29 +240,39 @@ module systolic_array #(
   // a slice of one wide bus: a simulator then wakes only the neighbours of a PE that moved.
   for (genvar r = 0; r < ROWS; r++) begin : g_row
     logic [CODE_W-1:0] a_skewed;               // the code entering PE (r, 0)
+    logic              bank_skewed;            // and its row's weight bank
     if (r == 0) begin : g_no_skew
-      assign a_skewed = q_codes[0 +: CODE_W];
+      assign a_skewed    = q_codes[0 +: CODE_W];
+      assign bank_skewed = bank_head;
     end else begin : g_skew
       logic [r*CODE_W-1:0] sr;
+      logic [r-1:0]        bank_sr;
       always_ff @(posedge clk_i) begin
         if (adv) begin
           sr[0 +: CODE_W] <= q_codes[CODE_W*r +: CODE_W];
           for (int i = 1; i < r; i++) sr[CODE_W*i +: CODE_W] <= sr[CODE_W*(i-1) +: CODE_W];
+          bank_sr[0] <= bank_head;
+          for (int i = 1; i < r; i++) bank_sr[i] <= bank_sr[i-1];
         end
       end
-      assign a_skewed = sr[CODE_W*(r-1) +: CODE_W];
+      assign a_skewed    = sr[CODE_W*(r-1) +: CODE_W];
+      assign bank_skewed = bank_sr[r-1];
     end
 
     for (genvar c = 0; c < COLS; c++) begin : g_col
       logic [CODE_W-1:0]       a_in;
+      logic                    bank_in;
       /* verilator lint_off UNUSEDSIGNAL */
       logic [CODE_W-1:0]       a_out;          // unused after the last column
+      logic                    bank_out;
       /* verilator lint_on UNUSEDSIGNAL */
       logic signed [DOT_W-1:0] psum_in, psum_out;
       if (c == 0) begin : g_left
-        assign a_in = a_skewed;
+        assign a_in    = a_skewed;
+        assign bank_in = bank_skewed;
       end else begin : g_inner
-        assign a_in = g_col[c-1].a_out;
+        assign a_in    = g_col[c-1].a_out;
+        assign bank_in = g_col[c-1].bank_out;
       end
       if (r % BLOCK == 0) begin : g_top        // a segment starts a new block dot
         assign psum_in = '0;
@@ -213,29 +283,38 @@ module systolic_array #(
           .clk_i   (clk_i),
           .en_i    (adv),
           .w_load_i(w_fire && w_col_i == COL_W'(c)),
+          .w_bank_i(!active_q),                // the shadow bank
           .w_code_i(w_codes_i[CODE_W*r +: CODE_W]),
           .a_i     (a_in),
+          .bank_i  (bank_in),
           .a_o     (a_out),
+          .bank_o  (bank_out),
           .psum_i  (psum_in),
           .psum_o  (psum_out)
       );
     end
   end
 
-  // ---- activation block exponents along the skew -----------------------------------------
+  // ---- activation block exponents (and the row's bank) along the skew -------------------
   // ea_h[(j*COLS + c)*EXP_BITS +: EXP_BITS]: segment j's exponent at the bottom of segment
-  // j of column c, (j+1)*BLOCK + c cycles after the quantizer output, with its block dot
+  // j of column c, (j+1)*BLOCK + c cycles after the quantizer output, with its block dot;
+  // bank_h[j*COLS + c]: the weight bank of the same row there
   logic [SEGS*COLS*EXP_BITS-1:0] ea_h;
+  logic [SEGS*COLS-1:0]          bank_h;
   for (genvar j = 0; j < SEGS; j++) begin : g_aexp
     localparam int L = (j + 1) * BLOCK + COLS - 1;   // down the segment, then across
     logic [L*EXP_BITS-1:0] sr;
+    logic [L-1:0]          bank_sr;
     always_ff @(posedge clk_i) begin
       if (adv) begin
         sr[0 +: EXP_BITS] <= q_exp[EXP_BITS*j +: EXP_BITS];
         for (int i = 1; i < L; i++) sr[EXP_BITS*i +: EXP_BITS] <= sr[EXP_BITS*(i-1) +: EXP_BITS];
+        bank_sr[0] <= bank_head;
+        for (int i = 1; i < L; i++) bank_sr[i] <= bank_sr[i-1];
       end
     end
     assign ea_h[EXP_BITS*COLS*j +: EXP_BITS*COLS] = sr[EXP_BITS*(L-COLS) +: EXP_BITS*COLS];
+    assign bank_h[COLS*j +: COLS]                 = bank_sr[L-COLS +: COLS];
   end
 
   // ---- the fp32 accumulator down each column ----------------------------------------------
@@ -262,7 +341,8 @@ module systolic_array #(
       logic [31:0]              prod, sum, acc_q;
 
       assign ea   = ea_h[EXP_BITS*(COLS*j + c) +: EXP_BITS];
-      assign ew   = w_exp_q[EXP_BITS*(SEGS*c + j) +: EXP_BITS];
+      assign ew   = bank_h[COLS*j + c] ? w_exp1_q[EXP_BITS*(SEGS*c + j) +: EXP_BITS]
+                                       : w_exp0_q[EXP_BITS*(SEGS*c + j) +: EXP_BITS];
       assign nan  = (ea == NAN_EXP) || (ew == NAN_EXP);
       assign esum = nan ? '0 : ESUM_W'(int'(ea) + int'(ew) - 2 * BIAS);
 

@@ -1,25 +1,36 @@
 # SPDX-License-Identifier: Apache-2.0
 """cocotb testbench of systolic_array.sv: whole GEMMs against the golden matrix product.
 
-The testbench plays the matrix unit's sequencer and accumulator memory. A GEMM
-``[N, K] @ [O, K].T`` is cut into column tiles of ``COLS`` outputs (zero weights in the
-unused columns) and K passes of ``ROWS`` (the last one zero-padded); for each (tile,
-pass) it loads the weight tile through the weight port (untimed), streams the N
-activation rows with the previous pass's outputs as ``acc_in`` (+0.0 on the first pass)
-and collects the N output rows. The final outputs must equal
-``numerics.matmul(a, numerics.quantize(w, fmt), fmt)`` bit for bit (NaN: both NaN).
+The testbench plays the matrix unit's sequencer, its weight DMA and its accumulator
+memory. A GEMM ``[N, K] @ [O, K].T`` is cut into column tiles of ``COLS`` outputs (zero
+weights in the unused columns) and K passes of ``ROWS`` (the last one zero-padded); each
+(tile, pass) is a *job*: one weight tile and the N activation rows that stream through
+it, the previous pass's outputs as ``acc_in`` (+0.0 on the first pass). The final
+outputs must equal ``numerics.matmul(a, numerics.quantize(w, fmt), fmt)`` bit for bit
+(NaN: both NaN).
 
-The next tile's weights are offered as soon as the last row of a tile has been
-accepted, so the weight port's rule (no load while data is in flight) is exercised: a
-load that slipped in early would change the tile's outputs.
+The weight DMA queues every job's tile, one column per beat, as soon as the GEMM starts;
+the array takes a tile into its shadow bank only when that bank is free, so the next
+tile loads while the current tile's rows stream. The first row of each job carries
+``in_swap_i``. Two sequencers feed the rows:
 
-Cycles: under always-valid/always-ready, each pass takes N + LATENCY cycles from its
-first input handshake to its last output handshake, both counted; the per-shape sums
-are checked against simulator/timing.py gemm_cycles (the pytest side).
+* ``serial`` (what ``simulator/timing.py`` prices): a job's rows start once the previous
+  job's last result has come out; a wave fills and drains the array.
+* ``overlap``: a job's rows follow the previous job's at once, except that a row of a
+  later K pass waits for its own row of the pass before (its ``acc_in``). Rows of two
+  tiles are then in the array together, which exercises the bank rules.
+
+Cycles: from the first weight beat of the GEMM to its last output handshake, both
+counted, weight loads included. Serial and always valid/ready, that is ``COLS`` (the
+first tile's load, exposed) plus ``N + LATENCY`` per job (every later load hides under
+the job before), checked against ``simulator/timing.py`` ``gemm_cycles`` on the pytest
+side; overlapped, the cocotb side checks the array's own weight-timing rules
+(:func:`overlap_cycles`).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -35,7 +46,6 @@ from simulator import numerics  # noqa: E402
 from simulator.numerics import Format, get_format  # noqa: E402
 
 cocotb = pytest.importorskip("cocotb", reason="cocotb 2.x is not installed")
-from cocotb.triggers import ReadOnly, RisingEdge  # noqa: E402
 
 from rtl.tb.bench import (  # noqa: E402
     BACKPRESSURE,
@@ -44,10 +54,18 @@ from rtl.tb.bench import (  # noqa: E402
     format_from_dut,
     hdl_parameters,
 )
-from rtl.tb.stream import ALWAYS  # noqa: E402
+from rtl.tb.stream import ALWAYS, StreamSource  # noqa: E402
 
-CYCLE_SHAPES = [(1, 8, 8), (16, 8, 8), (16, 24, 8), (7, 40, 16), (32, 16, 5), (49, 64, 8)]
-"""(n, k, o) GEMMs whose cycles are measured (sized for the tiny device's 8x8 array)."""
+CYCLE_SHAPES = [(1, 8, 8), (16, 8, 8), (16, 24, 8), (7, 40, 16), (32, 16, 5), (49, 64, 8),
+                (1, 24, 16), (2, 40, 24), (3, 72, 40), (4, 16, 33)]
+"""(n, k, o) GEMMs whose cycles are measured against the model (sized for the tiny
+device's 8x8 array): many rows per job, and 1 to 4 rows, fewer than a tile's beats."""
+
+OVERLAP_SHAPES = [(1, 8, 40), (2, 8, 40), (4, 8, 40), (12, 8, 40), (40, 8, 40)]
+"""(n, k, o) GEMMs of independent jobs (one K pass on every build) run overlapped."""
+
+W_IDLE = (1, 1, 0)
+"""The weight source idles one cycle in three."""
 
 BUILDS = {
     # name: (ROWS, COLS, format name, native_dim)
@@ -123,50 +141,32 @@ def gauss_matrix(rng: np.random.Generator, rows: int, k: int) -> np.ndarray:
         np.float32)
 
 
-# --- testbench -----------------------------------------------------------------------
-
-
-class WeightDriver:
-    """Drives one weight column per beat on ``w_*`` and waits for ``w_ready_o``."""
-
-    def __init__(self, dut, cycles) -> None:
-        self.dut, self.cycles = dut, cycles
-        self.accepted: list[int] = []
-        """Cycle of each weight handshake."""
-        dut.w_valid_i.value = 0
-
-    async def load(self, beats: list[dict[str, int]]) -> None:
-        clk = self.dut.clk_i
-        for beat in beats:
-            await RisingEdge(clk)
-            for name, value in beat.items():
-                getattr(self.dut, name).value = value
-            self.dut.w_valid_i.value = 1
-            while True:
-                await ReadOnly()
-                if int(self.dut.w_ready_o.value):
-                    self.accepted.append(self.cycles.now)
-                    break
-                await RisingEdge(clk)
-        await RisingEdge(clk)
-        self.dut.w_valid_i.value = 0
+# --- testbench ---------------------------------------------------------------------
 
 
 class ArrayTB(StreamBench):
-    """The sequencer (tiles, passes, weight loads, accumulator memory) on top of the
-    stream drivers of :class:`StreamBench`, the golden model and the checker, kept apart."""
+    """The sequencer (jobs, weight DMA, accumulator memory) on top of the stream drivers
+    of :class:`StreamBench`, the golden model and the checker, kept apart."""
 
-    def __init__(self, dut, in_pattern=ALWAYS, out_pattern=ALWAYS) -> None:
-        super().__init__(dut, format_from_dut(dut), {"x": dut.in_x_i, "acc": dut.in_acc_i},
+    def __init__(self, dut, in_pattern=ALWAYS, out_pattern=ALWAYS, w_pattern=ALWAYS) -> None:
+        super().__init__(dut, format_from_dut(dut),
+                         {"x": dut.in_x_i, "acc": dut.in_acc_i, "swap": dut.in_swap_i},
                          {"acc": dut.out_acc_o}, in_pattern, out_pattern)
         self.rows, self.cols = int(dut.ROWS.value), int(dut.COLS.value)
         self.latency = int(dut.LATENCY.value)
-        self.weights = WeightDriver(dut, self.cycles)
-        self.passes: list[dict] = []
-        """Per pass: rows, index of its first input / output, cycles (filled by gemm)."""
+        self.weights = StreamSource(dut.clk_i, dut.w_valid_i, dut.w_ready_o,
+                                    {"col": dut.w_col_i, "exps": dut.w_exps_i,
+                                     "codes": dut.w_codes_i}, self.cycles, w_pattern)
+        self.jobs: list[dict] = []
+        """Per job: rows, index of its first row (input and output) and of its first
+        weight beat (filled by gemm)."""
+
+    async def start(self) -> None:
+        await super().start()
+        self.weights.start()
 
     async def reset(self) -> None:
-        self.dut.w_valid_i.value = 0
+        self.dut.in_swap_i.value = 0
         await super().reset()
 
     # -- golden model
@@ -194,65 +194,109 @@ class ArrayTB(StreamBench):
                     if k < k_total:
                         q = int(wq.q[o, k])
                         codes |= ((int(q < 0) << fmt.mantissa_bits) | abs(q)) << (code_w * r)
-            beats.append({"w_col_i": c, "w_exps_i": exps, "w_codes_i": codes})
+            beats.append({"col": c, "exps": exps, "codes": codes})
         return beats
 
-    def send(self, x_rows: np.ndarray, acc_rows: np.ndarray) -> None:
-        """Stream one pass: ``x_rows`` fp32 ``[N, ROWS]``, ``acc_rows`` fp32 bits
-        ``[N, COLS]``."""
-        xb = x_rows.astype(np.float32).view(np.uint32)
-        for n in range(x_rows.shape[0]):
-            self.source.send({"x": _join(xb[n], 32), "acc": _join(acc_rows[n], 32)})
-            self.sent.append(n)
-            self.expected.append(n)
+    def _row(self, x: np.ndarray, swap: bool, acc_from: int | None):
+        """Row ``x`` as a transaction; its ``acc_in`` is output ``acc_from`` (read when the
+        row is offered, so after that output came out) or +0.0."""
+        xbits = _join(x.astype(np.float32).view(np.uint32), 32)
 
-    async def gemm(self, a: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Run ``a @ w.T`` through the array; the fp32 result bits ``[N, O]``."""
+        def txn() -> dict[str, int]:
+            acc = 0 if acc_from is None else self.sink.received[acc_from]["acc"]
+            return {"x": xbits, "acc": acc, "swap": int(swap)}
+        return txn
+
+    async def gemm(self, a: np.ndarray, w: np.ndarray, mode: str = "serial") -> dict:
+        """Run ``a @ w.T`` through the array from an idle array; returns ``out`` (the fp32
+        result bits ``[N, O]``), ``jobs`` (this GEMM's) and ``cycles`` (first weight beat
+        to last output handshake, both counted)."""
+        assert mode in ("serial", "overlap"), mode
+        assert not self.source.queue and len(self.sink.received) == len(self.expected)
         n, k = a.shape
         o = w.shape[0]
         wq = numerics.quantize(w, self.fmt)
         kpasses, tiles = -(-k // self.rows), -(-o // self.cols)
         xp = np.zeros((n, kpasses * self.rows), np.float32)
         xp[:, :k] = a
-        out = np.zeros((n, tiles * self.cols), np.uint32)
-        last_of_tile = []
+        beat0, jobs = len(self.weights.accepted), []
         for tile in range(tiles):
-            acc = np.zeros((n, self.cols), np.uint32)          # +0.0
             for p in range(kpasses):
-                if p > 0:                                      # acc_in = the last pass
-                    await self.drain(limit=20 * (n + self.latency) + 200)
-                    acc = self._outputs(self.passes[-1])
-                else:                                          # all rows of the last tile in
-                    while len(self.source.accepted) < len(self.expected):
-                        await RisingEdge(self.dut.clk_i)
-                await self.weights.load(self.weight_beats(wq, tile, p))
-                # w_ready_o must have waited for every row in flight to come out
-                assert len(self.sink.received) == len(self.expected), "weights loaded early"
-                self.passes.append({"rows": n, "first_in": len(self.expected),
-                                    "first_out": len(self.expected)})
-                self.send(xp[:, p * self.rows:(p + 1) * self.rows], acc)
-            last_of_tile.append(self.passes[-1])
-        await self.drain(limit=20 * (n + self.latency) + 200)
-        for tile, ps in enumerate(last_of_tile):
-            out[:, tile * self.cols:(tile + 1) * self.cols] = self._outputs(ps)
-        return out[:, :o]
+                for beat in self.weight_beats(wq, tile, p):
+                    self.weights.send(beat)
+                first = len(self.expected)
+                prev = first - n if p > 0 else None  # the pass before: its outputs are acc_in
+                for r in range(n):
+                    acc_from = None if prev is None else prev + r
+                    if mode == "serial":   # the previous job has drained
+                        when = functools.partial(self._outputs_at_least, first)
+                    elif acc_from is not None:  # this row's acc_in has come out
+                        when = functools.partial(self._outputs_at_least, acc_from + 1)
+                    else:
+                        when = None
+                    self.source.send(self._row(xp[r, p * self.rows:(p + 1) * self.rows],
+                                               r == 0, acc_from), when)
+                    self.sent.append(r)
+                    self.expected.append(r)
+                jobs.append({"rows": n, "first": first, "beat": beat0 + len(jobs) * self.cols})
+        await self.drain(limit=40 * len(jobs) * (n + self.latency + self.cols) + 200)
+        self.jobs += jobs
+        out = np.zeros((n, tiles * self.cols), np.uint32)
+        for tile in range(tiles):
+            last = jobs[(tile + 1) * kpasses - 1]
+            got = [self.sink.received[last["first"] + i]["acc"] for i in range(n)]
+            out[:, tile * self.cols:(tile + 1) * self.cols] = [_split(v, 32, self.cols)
+                                                               for v in got]
+        self.check_bank_rules(jobs)
+        cycles = self.sink.times[jobs[-1]["first"] + n - 1] - self.weights.accepted[beat0] + 1
+        return {"out": out[:, :o], "jobs": jobs, "cycles": cycles}
 
-    def _outputs(self, ps: dict) -> np.ndarray:
-        got = [self.sink.received[ps["first_out"] + i]["acc"] for i in range(ps["rows"])]
-        return np.array([_split(v, 32, self.cols) for v in got], np.uint32)
-
-    def pass_cycles(self, ps: dict) -> int:
-        """First input handshake to last output handshake of a pass, both counted; checks
-        one row per cycle after LATENCY."""
-        first = self.source.accepted[ps["first_in"]]
-        ins = self.source.accepted[ps["first_in"]:ps["first_in"] + ps["rows"]]
-        outs = self.sink.times[ps["first_out"]:ps["first_out"] + ps["rows"]]
-        assert ins == list(range(first, first + ps["rows"])), "input stalled"
-        assert outs[0] - first == self.latency, f"latency {outs[0] - first} != {self.latency}"
-        assert outs == list(range(outs[0], outs[0] + ps["rows"])), "output not one per cycle"
-        return outs[-1] - first + 1
+    def _outputs_at_least(self, count: int) -> bool:
+        return len(self.sink.received) >= count
 
     # -- checker
+    def check_bank_rules(self, jobs: list[dict]) -> None:
+        """The weight port's rules, from the handshake cycles: a job's first row (its swap)
+        comes after the last beat of its tile; a tile's first beat comes after the swap of
+        the job before it (its bank was the shadow until then) and after the last output
+        of the job two before (the last rows that used the bank)."""
+        beats, ins, outs = self.weights.accepted, self.source.accepted, self.sink.times
+        for j, job in enumerate(jobs):
+            first_beat, last_beat = beats[job["beat"]], beats[job["beat"] + self.cols - 1]
+            assert ins[job["first"]] > last_beat, f"job {j}: a row met a half-loaded tile"
+            if j >= 1:
+                assert first_beat > ins[jobs[j - 1]["first"]], f"job {j}: loaded before swap"
+            if j >= 2:
+                old = jobs[j - 2]
+                assert first_beat > outs[old["first"] + old["rows"] - 1], \
+                    f"job {j}: tile overwritten under rows in flight"
+
+    def job_cycles(self, job: dict) -> int:
+        """First input handshake to last output handshake of a job, both counted; checks
+        one row per cycle after LATENCY."""
+        first, rows = self.source.accepted[job["first"]], job["rows"]
+        ins = self.source.accepted[job["first"]:job["first"] + rows]
+        outs = self.sink.times[job["first"]:job["first"] + rows]
+        assert ins == list(range(first, first + rows)), "input stalled"
+        assert outs[0] - first == self.latency, f"latency {outs[0] - first} != {self.latency}"
+        assert outs == list(range(outs[0], outs[0] + rows)), "output not one per cycle"
+        return outs[-1] - first + 1
+
+    def check_serial_timing(self, run: dict) -> int:
+        """Always valid/ready, serial: the first tile's ``COLS`` beats come back to back
+        and its swap row follows the last one; every job takes ``N + LATENCY`` and the next
+        one starts the cycle after its last output (its tile was loaded under it). Returns
+        the cycles from the first beat to the first row: the load nothing hides."""
+        jobs, ins, outs = run["jobs"], self.source.accepted, self.sink.times
+        beats = self.weights.accepted[jobs[0]["beat"]:jobs[0]["beat"] + self.cols]
+        assert beats == list(range(beats[0], beats[0] + self.cols)), "first tile stalled"
+        assert ins[jobs[0]["first"]] == beats[-1] + 1, "first row not right after the load"
+        for prev, job in zip(jobs, jobs[1:]):
+            gap = ins[job["first"]] - outs[prev["first"] + prev["rows"] - 1] - 1
+            assert gap == 0, f"a job waited {gap} cycles for its tile"
+        assert run["cycles"] == self.cols + sum(self.job_cycles(j) for j in jobs)
+        return ins[jobs[0]["first"]] - beats[0]
+
     def check(self, a: np.ndarray, w: np.ndarray, got: np.ndarray, what: str) -> None:
         want = self.model(a, w)
         wb = want.view(np.uint32)
@@ -266,6 +310,22 @@ class ArrayTB(StreamBench):
             raise AssertionError(f"{what}: {int(bad.sum())} of {bad.size} outputs differ: "
                                  f"{detail}")
         self.checked += got.size
+
+
+def overlap_cycles(n: int, jobs: int, cols: int, latency: int) -> tuple[int, int]:
+    """Cycles of ``jobs`` independent jobs of ``n`` rows, overlapped, always valid/ready,
+    from the array's weight-timing rules (systolic_array.sv header), and the cycles the
+    rows waited for a tile. Cycles count from the first beat (cycle 0). Tile ``j``'s
+    first beat ``b[j]`` comes the cycle after job ``j - 1``'s swap and after the output of
+    the last row of job ``j - 2`` (the rows on its bank); its swap row ``s[j]`` after its
+    ``cols`` beats, and not before the job before has sent its ``n`` rows."""
+    b, s = [0], [cols]
+    for j in range(1, jobs):
+        free = s[j - 2] + n + latency if j >= 2 else 0
+        b.append(max(s[j - 1] + 1, free))
+        s.append(max(b[j] + cols, s[j - 1] + n))
+    waited = s[0] + sum(s[j] - s[j - 1] - n for j in range(1, jobs))
+    return s[-1] + n + latency, waited
 
 
 def _join(values, width: int) -> int:
@@ -297,48 +357,73 @@ def numeric_cases(tb: ArrayTB, seed: int) -> list[tuple[str, np.ndarray, np.ndar
     ]
 
 
-async def _run_numeric(dut, in_pattern, out_pattern, seed: int) -> ArrayTB:
-    tb = ArrayTB(dut, in_pattern, out_pattern)
+async def _run_numeric(dut, mode: str, in_pattern=ALWAYS, out_pattern=ALWAYS,
+                       w_pattern=ALWAYS, seed: int = 0) -> tuple[ArrayTB, list[dict]]:
+    tb = ArrayTB(dut, in_pattern, out_pattern, w_pattern)
     await tb.start()
+    runs = []
     for name, a, w in numeric_cases(tb, seed):
-        tb.check(a, w, await tb.gemm(a, w), name)
-    return tb
+        runs.append(await tb.gemm(a, w, mode))
+        tb.check(a, w, runs[-1]["out"], name)
+    return tb, runs
 
 
 @cocotb.test()
 async def array_numerics(dut):
-    """Always valid, always ready: corner-case GEMMs bit-exact, one row per cycle."""
-    tb = await _run_numeric(dut, ALWAYS, ALWAYS, seed=1)
-    for ps in tb.passes:
-        tb.pass_cycles(ps)
-    report("numerics", vectors=tb.checked, rows=len(tb.sink.received), passes=len(tb.passes))
+    """Always valid, always ready, serial: corner-case GEMMs bit-exact, one row per cycle,
+    every tile but the first loaded under the job before."""
+    tb, runs = await _run_numeric(dut, "serial", seed=1)
+    for r in runs:
+        tb.check_serial_timing(r)
+    report("numerics", vectors=tb.checked, rows=len(tb.sink.received), jobs=len(tb.jobs))
 
 
 @cocotb.test()
 async def array_idle_backpressure(dut):
-    """Source idles one cycle in four, the sink stalls in a 7-cycle pattern: bit-exact."""
-    tb = await _run_numeric(dut, IDLE, BACKPRESSURE, seed=2)
+    """Overlapped jobs; the row source idles one cycle in four, the weight source one in
+    three, the sink stalls in a 7-cycle pattern: bit-exact, bank rules kept."""
+    tb, _ = await _run_numeric(dut, "overlap", IDLE, BACKPRESSURE, W_IDLE, seed=2)
     report("idle_backpressure", vectors=tb.checked, rows=len(tb.sink.received),
-           passes=len(tb.passes))
+           jobs=len(tb.jobs))
 
 
 @cocotb.test()
 async def array_cycles(dut):
-    """The GEMM shapes of CYCLE_SHAPES, always valid/ready: bit-exact, and the cycles of
-    each shape summed over its passes (weight loads excluded)."""
+    """The GEMM shapes of CYCLE_SHAPES, serial, always valid/ready: bit-exact, and the
+    cycles from the first weight beat to the last output (weight loads included)."""
     tb = ArrayTB(dut)
     # the array's LATENCY counts the quantizers' latency; it must be theirs
     assert int(dut.QUANT_LATENCY.value) == int(dut.g_quant[0].u_quant.LATENCY.value)
     await tb.start()
     rng = np.random.default_rng(3)
     for n, k, o in CYCLE_SHAPES:
-        first = len(tb.passes)
         a, w = gauss_matrix(rng, n, k), gauss_matrix(rng, o, k)
-        tb.check(a, w, await tb.gemm(a, w), f"shape {(n, k, o)}")
-        passes = tb.passes[first:]
-        report(f"cycles_{n}_{k}_{o}", n=n, k=k, o=o, passes=len(passes),
-               rtl_cycles=sum(tb.pass_cycles(ps) for ps in passes), latency=tb.latency,
+        r = await tb.gemm(a, w, "serial")
+        tb.check(a, w, r["out"], f"shape {(n, k, o)}")
+        report(f"cycles_{n}_{k}_{o}", n=n, k=k, o=o, jobs=len(r["jobs"]),
+               rtl_cycles=r["cycles"], load_exposed=tb.check_serial_timing(r),
+               latency=tb.latency, vectors=n * o)
+
+
+@cocotb.test()
+async def array_overlap(dut):
+    """Overlapped jobs, always valid/ready: the corner-case GEMMs bit-exact with rows of
+    two tiles in the array at once, and the cycles of OVERLAP_SHAPES as the array's
+    weight-timing rules give them (:func:`overlap_cycles`); with few rows per job the
+    next tile's load cannot hide."""
+    tb, _ = await _run_numeric(dut, "overlap", seed=4)
+    rng = np.random.default_rng(5)
+    for n, k, o in OVERLAP_SHAPES:
+        assert k <= tb.rows, "independent jobs: one K pass"
+        a, w = gauss_matrix(rng, n, k), gauss_matrix(rng, o, k)
+        r = await tb.gemm(a, w, "overlap")
+        tb.check(a, w, r["out"], f"overlapped shape {(n, k, o)}")
+        want, waited = overlap_cycles(n, len(r["jobs"]), tb.cols, tb.latency)
+        assert r["cycles"] == want, f"{(n, k, o)}: {r['cycles']} cycles, rules give {want}"
+        report(f"overlap_{n}_{k}_{o}", jobs=len(r["jobs"]), rtl_cycles=r["cycles"],
+               load_wait=waited, serial=tb.cols + len(r["jobs"]) * (n + tb.latency),
                vectors=n * o)
+    report("overlap_numerics", vectors=tb.checked, jobs=len(tb.jobs))
 
 
 # --- pytest --------------------------------------------------------------------------
@@ -346,15 +431,16 @@ async def array_cycles(dut):
 
 CYCLE_TOLERANCE = 0.0
 """Relative error allowed between the RTL's cycles and simulator.timing's: none. The model
-prices a wave as the array is built (N + native_dim + array_cols + converter depth)."""
+prices a wave as the array is built (N + native_dim + array_cols + converter depth) and
+the first weight tile's load (array_cols beats) as exposed."""
 
 
 @pytest.mark.rtl
 @requires_simulator()
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_systolic_array(build: str) -> None:
-    """Bit-exact GEMM tiles, and their cycles against the timing model of the same array
-    (the tiny preset's shape for the ``tiny`` build)."""
+    """Bit-exact GEMMs, and their cycles (weight loads included) against the timing model
+    of the same array (the tiny preset's shape for the ``tiny`` build)."""
     from simulator.config import load_device
     from simulator.timing import gemm_cycles
 
@@ -362,7 +448,9 @@ def test_systolic_array(build: str) -> None:
     fmt = get_format(name, native_dim)
     stats = run("systolic_array", {"ROWS": rows, "COLS": cols, **hdl_parameters(fmt)}, __file__)
     shapes = {f"cycles_{n}_{k}_{o}" for n, k, o in CYCLE_SHAPES}
-    assert set(stats) == {"numerics", "idle_backpressure"} | shapes
+    overlapped = {f"overlap_{n}_{k}_{o}" for n, k, o in OVERLAP_SHAPES}
+    assert set(stats) == {"numerics", "idle_backpressure", "overlap_numerics"} | shapes | \
+        overlapped
     assert all(s["vectors"] > 0 for s in stats.values())
     cfg = load_device("tiny").replace(native_dim=rows, array_cols=cols, numerics=name)
     if build == "tiny":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
@@ -44,22 +44,30 @@ class CycleCounter:
             self.now += 1
 
 
+Txn = Mapping[str, int] | Callable[[], Mapping[str, int]]
+"""A transaction: field values, or a function that returns them when it is offered."""
+
+
 class StreamSource:
     """Drives ``fields`` (name -> handle) and ``valid``; a new transaction is offered
-    only in cycles where ``pattern`` yields 1, and once offered it is held until taken."""
+    only in cycles where ``pattern`` yields 1 (and its ``when``, if any, holds), and once
+    offered it is held until taken."""
 
     def __init__(self, clk, valid, ready, fields: Mapping[str, object], cycles: CycleCounter,
                  pattern: Iterable[int] = ALWAYS) -> None:
         self.clk, self.valid, self.ready, self.fields = clk, valid, ready, dict(fields)
         self.cycles = cycles
         self.pattern = itertools.cycle(pattern)
-        self.queue: deque[Mapping[str, int]] = deque()
+        self.queue: deque[tuple[Txn, Callable[[], bool] | None]] = deque()
         self.accepted: list[int] = []
         """Cycle of each handshake, in order."""
         self.valid.value = 0
 
-    def send(self, txn: Mapping[str, int]) -> None:
-        self.queue.append(txn)
+    def send(self, txn: Txn, when: Callable[[], bool] | None = None) -> None:
+        """Queue ``txn``. ``when`` gates it: it is offered only from a cycle whose rising
+        edge finds ``when()`` true; every handshake of the cycles before is recorded by
+        then, so a testbench can make a transaction wait for an output (a sequencer)."""
+        self.queue.append((txn, when))
 
     def start(self) -> None:
         cocotb.start_soon(self._run())
@@ -68,8 +76,10 @@ class StreamSource:
         holding = False
         while True:
             await RisingEdge(self.clk)
-            if not holding and self.queue and next(self.pattern):
-                for name, value in self.queue[0].items():
+            if not holding and self.queue and (self.queue[0][1] is None or self.queue[0][1]()) \
+                    and next(self.pattern):
+                txn = self.queue[0][0]
+                for name, value in (txn() if callable(txn) else txn).items():
                     self.fields[name].value = value
                 holding = True
             self.valid.value = int(holding)

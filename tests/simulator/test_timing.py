@@ -15,7 +15,7 @@ from simulator import isa
 from simulator.config import load_device
 from simulator.residency import Traffic
 from simulator.schedule import schedule, simulate
-from simulator.timing import Work, bfp_convert_depth
+from simulator.timing import Work, bfp_convert_depth, gemm_cycles, wave_cycles
 
 TINY = load_device("tiny")  # 8 x 8 array, 100 MHz: 8 DRAM bytes/cycle, 20 cycles DRAM latency;
 # host link 4 bytes/cycle with a 100-cycle latency
@@ -82,12 +82,13 @@ def test_single_gemm_tile():
     host = 100 + nbytes // 4                 # latency + 4 bytes/cycle: 132
     dram = nbytes // 8                       # 16 cycles
     depth = math.ceil(math.log2(TINY.format().block_size)) + 2
+    load = 8                                 # the tile's 8 columns, one per cycle, exposed
     wave = 4 + 8 + 8 + depth                 # 4 vectors stream, 8 rows fill, 8 columns drain
     # V_RD (host -> DRAM); load x (+ latency); compute; write y back; V_WR (DRAM -> host)
-    expected = host + (dram + 20) + wave + (dram + 20) + host
+    expected = host + (dram + 20) + load + wave + (dram + 20) + host
     assert st.cycles == expected
     mv = st.layers[1]
-    assert mv.compute_cycles == wave and mv.macs == 4 * 8 * 8 and mv.pinned is True
+    assert mv.compute_cycles == load + wave and mv.macs == 4 * 8 * 8 and mv.pinned is True
     assert mv.roofline_cycles == max(1, math.ceil(mv.macs / 64), dram)
 
 
@@ -124,10 +125,30 @@ def test_pinned_and_streamed_layer():
     assert streamed.metadata["streamed_weight_bytes"] == wbytes
     a, b = schedule(pinned, TINY), schedule(streamed, small)
     assert b.layers[1].dram_bytes == wbytes + 64 * 4  # the weights and the input vector
-    # 64 waves of (1 + 8 + 8 + depth) cycles; streaming at 8 bytes/cycle is slower
+    # the first tile's 8 columns, then 64 waves of (1 + 8 + 8 + depth) cycles, each hiding
+    # the next tile's 8-cycle load; streaming at 8 bytes/cycle is slower
     wave = 1 + 8 + 8 + bfp_convert_depth(TINY.format())
-    assert a.layers[1].compute_cycles == b.layers[1].compute_cycles == 64 * wave
+    assert a.layers[1].compute_cycles == b.layers[1].compute_cycles == 8 + 64 * wave
     assert b.cycles > a.cycles
+
+
+def test_weight_tile_loads():
+    # msfp8 on tiny: block 8, so d = log2(8) + 2 = 5 and a wave of N rows is N + 8 + 8 + 5.
+    # [1 x 24] @ [24 x 16]: ceil(24 / 8) = 3 passes x ceil(16 / 8) = 2 column tiles = 6
+    # waves of 22 cycles. The first tile's 8 columns load before any row can enter; each
+    # later tile loads into the shadow bank during the wave before it (8 <= 22).
+    cfg = TINY.replace(numerics="msfp8")
+    assert gemm_cycles(1, 24, 16, cfg) == 8 + 6 * 22
+    # two arrays: 3 waves, and the two tiles of a wave load side by side (still 8 cycles)
+    assert gemm_cycles(1, 24, 16, cfg.replace(tiles=2)) == 8 + 3 * 22
+    # a 16-wide array: 3 waves of 1 + 8 + 16 + 5 = 30, each tile 16 columns
+    assert gemm_cycles(1, 24, 16, cfg.replace(array_cols=16)) == 16 + 3 * 30
+    # 70 waves in 64 chunks (6 of two waves, 58 of one): the first carries the exposed load
+    compute = wave_cycles(70, 22, 8, 64)
+    assert compute[:7] == (8 + 44, 44, 44, 44, 44, 44, 22) and sum(compute) == 8 + 70 * 22
+    # a load longer than a wave (not this array's case) stretches every wave but the last:
+    # 25 + (25 + 25) + 10 over 3 waves of 10 cycles, in 2 chunks (2 waves, then 1)
+    assert wave_cycles(3, 10, 25, 2) == (25 + 25 + 25, 10)
 
 
 def test_pinning_prefers_the_layers_that_would_stall():
