@@ -15,11 +15,13 @@ compute cycles for the layer.
 Both cut a layer into the same folds: ``ceil(K / rows) * ceil(O / cols)`` array loads of
 weights, each streaming the layer's ``N`` output pixels. Per fold npusim counts
 ``N + rows + cols`` (the pixels, a partial sum running down a column, the skew across
-the columns); SCALE-Sim counts ``rows`` cycles to load the fold's weights, then the
-pixels, the drain (``cols - 1``) and the skew (``rows - 1``): ``N + 2 rows + cols - 2``.
-So the model predicts SCALE-Sim = npusim + ``folds * (rows - 2)``: the weight fill of
-every fold, which npusim assumes overlaps the previous fold (the array's second weight
-bank). The table shows that prediction and what is left over.
+the columns), plus ``cols`` once for the first fold's weights (one column a cycle): the
+later folds' weights load into the array's second bank while the fold before runs
+(``rtl/systolic_array`` does exactly that). SCALE-Sim counts ``rows`` cycles to load
+every fold's weights, then the pixels, the drain (``cols - 1``) and the skew
+(``rows - 1``): ``N + 2 rows + cols - 2``. So the model predicts SCALE-Sim = npusim -
+``cols + folds * (rows - 2)``: the weight fill of every fold but the first, which npusim
+hides in the second bank. The table shows that prediction and what is left over.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def layers(model: str, rows: int, cols: int) -> list[dict]:
             "filter": (i.kernel_h, i.kernel_w), "channels": i.channels,
             "filters": i.out_channels, "stride": i.stride_h, "pixels": oh * ow,
             "folds": folds, "npusim": cycles,
-            "predicted": cycles + folds * (rows - 2)})
+            "predicted": cycles - cols + folds * (rows - 2)})
     return out
 
 
@@ -150,7 +152,7 @@ def markdown(rows_: list[dict]) -> str:
                r["scalesim"])
         groups.setdefault(key, []).append(r)
     lines = ["| layers | kernel/stride | K | O | pixels | folds | npusim | SCALE-Sim | ratio | "
-             "npusim + folds x (rows - 2) | left over |",
+             "npusim - cols + folds x (rows - 2) | left over |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for same in groups.values():
         r = same[0]

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The SCALE-Sim comparison's claim, on two small layers: a stride-1 layer differs from
-npusim by exactly the weight fill of every fold, a stride-2 layer with a half window past
-its input also by SCALE-Sim's rounded-up output size."""
+npusim by exactly the weight fill of every fold but the first, a stride-2 layer with a
+half window past its input also by SCALE-Sim's rounded-up output size."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_scalesim_differs_by_the_weight_fill_and_the_strided_rounding(tmp_path):
     sims = run_scalesim(got, rows, cols)
     one, two = got
     assert sims[0] - one["predicted"] == -1  # stride 1: the fill of every fold, exactly
-    assert one["predicted"] - one["npusim"] == one["folds"] * (rows - 2)
+    assert one["predicted"] - one["npusim"] == one["folds"] * (rows - 2) - cols
     # stride 2 on a 14-wide padded input with a 3-wide window: (14 - 3) / 2 + 1 = 6.5,
     # SCALE-Sim streams 7 x 7 pixels per fold where the layer has 6 x 6
     extra = (7 * 7 - 6 * 6) * two["folds"]
