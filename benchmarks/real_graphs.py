@@ -2,7 +2,7 @@
 """The README's table of real exporter graphs: placement, latency and fp32 agreement.
 
     python benchmarks/real_graphs.py MODEL.onnx|DIR ... [--input-shape NAME=1x3x224x224]
-        [--device brainwave-s10] [--json FILE]
+        [--device brainwave-s10] [--json FILE] [--latency-only]
 
 For each model (a folder means every ``.onnx`` in it): compile for the device in fp32,
 run it on the simulated device and compare with onnxruntime on the same seeded input
@@ -12,6 +12,9 @@ and run it in msfp16; compile it in the
 device's own format for the simulated latency. Prints one markdown row per model as it
 goes. Symbolic input dimensions take ``--input-shape``, or the shapes recorded in the
 folder's ``export_results.json`` (written by ``benchmarks/export_torchvision.py``).
+``--latency-only`` compiles each model in the device's format and prints its simulated
+latency alone (seconds a model, where the whole row takes minutes): what a change to
+the timing model moves.
 """
 
 from __future__ import annotations
@@ -81,6 +84,15 @@ def measure(path: Path, shapes: dict[str, tuple[int, ...]], device: str) -> dict
                                 if r["where"] == "host"})}
 
 
+def latency(path: Path, shapes: dict[str, tuple[int, ...]], device: str) -> dict:
+    """The simulated latency alone, in the device's own format."""
+    model = onnx.load(str(path))
+    given = {k: v for k, v in shapes.items() if k in {i.name for i in model.graph.input}}
+    native = compile_full(model, device, input_shapes=given or None)
+    return {"model": path.stem, "folder": path.parent.name,
+            "latency_ms": Session(native.program).device.stats.latency_us / 1e3}
+
+
 def row(r: dict) -> str:
     if "error" in r:
         return f"| {r['folder']}/{r['model']} | {r['error']} |"
@@ -101,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS")
     ap.add_argument("--device", default="brainwave-s10")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--latency-only", action="store_true",
+                    help="compile in the device's format and print the latency alone")
     args = ap.parse_args(argv)
     given = {k: tuple(int(d) for d in v.split("x"))
              for k, _, v in (s.rpartition("=") for s in args.input_shape)}
@@ -111,17 +125,21 @@ def main(argv: list[str] | None = None) -> int:
             files += [(f, {**rec.get(f.name, {}), **given}) for f in sorted(p.glob("*.onnx"))]
         else:
             files.append((p, {**recorded_shapes(p.parent).get(p.name, {}), **given}))
-    print("| model | device nodes | MACs on device | host calls | host link KiB/run | "
-          f"latency ms ({args.device}) | fp32 vs onnxruntime | onnxruntime vs itself |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|", flush=True)
+    if args.latency_only:
+        print(f"| model | latency ms ({args.device}) |\n|---|--:|", flush=True)
+    else:
+        print("| model | device nodes | MACs on device | host calls | host link KiB/run | "
+              f"latency ms ({args.device}) | fp32 vs onnxruntime | onnxruntime vs itself |")
+        print("|---|--:|--:|--:|--:|--:|--:|--:|", flush=True)
     results = []
     for path, shapes in files:
         try:
-            r = measure(path, shapes, args.device)
+            r = (latency if args.latency_only else measure)(path, shapes, args.device)
         except CompileError as exc:
             r = {"model": path.stem, "folder": path.parent.name, "error": str(exc)}
         results.append(r)
-        print(row(r), flush=True)
+        print(f"| {r['folder']}/{r['model']} | {r['latency_ms']:.2f} |"
+              if args.latency_only and "error" not in r else row(r), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float) + "\n")
     return 0

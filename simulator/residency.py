@@ -7,8 +7,8 @@ once, in order, with the knowledge a compiler has of every future use, and decid
 per instruction what must be loaded from DRAM and what must be stored there:
 
 * an operand that is not on chip is loaded (a tensor written by the host always is);
-  an instruction that reads part of a tensor loads that part, and the tensor stays
-  in DRAM;
+  an instruction that streams and reads part of a tensor loads that part, and the
+  tensor stays in DRAM;
 * a result stays on chip when the instruction's operands and results fit together;
   otherwise the instruction streams: its result goes out to DRAM as it is produced;
 * to make room, dead tensors are dropped first, then the live tensor whose next use is
@@ -182,7 +182,10 @@ def plan(works: list[Work], keys: list[str], capacity: int) -> list[Traffic]:
             out.append(Traffic())
             continue
         load, load_after, after = 0, [], []
-        part = {t: _part(t, w.reads) for t in rd}  # a slice of a tensor reads only its bytes
+        need = sum(t.nbytes for t in rd) + sum(t.nbytes for t in wr if t not in rd)
+        streams = need > capacity
+        # streaming, a slice of a tensor in DRAM is read alone, and the tensor stays there
+        part = {t: _part(t, w.reads) if streams else t.nbytes for t in rd}
         for t in rd:
             if t.on_chip:
                 after.append(t.producer)
@@ -190,9 +193,6 @@ def plan(works: list[Work], keys: list[str], capacity: int) -> list[Traffic]:
                 load += part[t]
                 load_after.append(t.producer)
         whole = [t for t in rd if t.on_chip or part[t] == t.nbytes]
-        need = (sum(t.nbytes for t in whole) + sum(part[t] for t in rd if t not in whole)
-                + sum(t.nbytes for t in wr if t not in rd))
-        streams = need > capacity
         keep = [t for t in whole + wr if t.on_chip or not streams]
         wbs = _make_room(on_chip, keep, capacity, i)
         for t in whole:  # a tensor read in part stays in DRAM; the part passes through
