@@ -7,8 +7,8 @@ once, in order, with the knowledge a compiler has of every future use, and decid
 per instruction what must be loaded from DRAM and what must be stored there:
 
 * an operand that is not on chip is loaded (a tensor written by the host always is);
-  an instruction that streams and reads part of a tensor loads that part, and the
-  tensor stays in DRAM;
+  an instruction that reads part of a tensor loads that part, and the tensor stays
+  in DRAM, unless the whole tensor fits in the room left beside the live tensors;
 * a result stays on chip when the instruction's operands and results fit together;
   otherwise the instruction streams: its result goes out to DRAM as it is produced;
 * to make room, dead tensors are dropped first, then the live tensor whose next use is
@@ -182,10 +182,20 @@ def plan(works: list[Work], keys: list[str], capacity: int) -> list[Traffic]:
             out.append(Traffic())
             continue
         load, load_after, after = 0, [], []
-        need = sum(t.nbytes for t in rd) + sum(t.nbytes for t in wr if t not in rd)
+        # a slice of a tensor in DRAM is read alone, and the tensor stays there, unless
+        # the whole tensor fits in the memory's free room beside what is live: then it
+        # comes in whole, and its next slices are read on chip
+        part = {t: _part(t, w.reads) for t in rd}
+        live = sum(t.nbytes for t in on_chip if t.next_use(i - 1) != NEVER and t not in rd)
+        room = capacity - live - sum(t.nbytes for t in wr if t not in rd)
+        for t in rd:
+            if not t.on_chip and part[t] < t.nbytes and t.nbytes <= room:
+                part[t] = t.nbytes
+            if part[t] == t.nbytes or t.on_chip:
+                room -= t.nbytes
+        need = (sum(t.nbytes if t.on_chip or part[t] == t.nbytes else part[t] for t in rd)
+                + sum(t.nbytes for t in wr if t not in rd))
         streams = need > capacity
-        # streaming, a slice of a tensor in DRAM is read alone, and the tensor stays there
-        part = {t: _part(t, w.reads) if streams else t.nbytes for t in rd}
         for t in rd:
             if t.on_chip:
                 after.append(t.producer)

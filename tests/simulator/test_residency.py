@@ -34,3 +34,15 @@ def test_a_tensor_on_chip_is_read_in_place():
     works = [_vector([], [t]), _vector([Operand(KIB, KIB)], [Operand(8 * KIB, KIB)])]
     tr = plan(works, ["t", "u"], capacity=64 * KIB)
     assert tr[1].load_bytes == 0 and tr[1].after == (0,)
+
+
+def test_a_slice_of_a_tensor_that_fits_brings_it_whole():
+    """A tensor the host wrote is in DRAM; when its whole fits in the room left beside the
+    live tensors, the first slice read brings it all in, and the next slices are free."""
+    x = Operand(0, 8 * KIB)
+    works = [Work("host", writes=(x,), host_bytes=x.nbytes, host_transfers=1),
+             _vector([Operand(0, KIB)], [Operand(100 * KIB, KIB)]),
+             _vector([Operand(4 * KIB, KIB)], [Operand(102 * KIB, KIB)])]
+    tr = plan(works, ["x", "a", "b"], capacity=64 * KIB)
+    assert tr[1].load_bytes == 8 * KIB
+    assert tr[2].load_bytes == 0 and tr[2].after == (0,)  # read on chip
