@@ -46,18 +46,15 @@ ACT, ADD, MUL = 0, 1, 2
 """The stages of one multifunction unit, in the order a vector passes them."""
 
 
-def layout(k: int, o: int, cfg: DeviceConfig) -> tuple[int, int, list[int]]:
-    """``(v, G, chunks)`` of an ``O x K`` matrix: words per row group, row groups, and
-    the row groups of each accumulator chunk."""
+def layout(k: int, o: int, cfg: DeviceConfig) -> tuple[int, int, tuple[int, int, int]]:
+    """``(v, G, (n, Q, A))`` of an ``O x K`` matrix: words per row group, row groups, and
+    its accumulator chunks: ``n`` of ``Q`` row groups, then a last one of ``A`` (``Q`` to
+    ``2Q - 1``)."""
     m = cfg.mvu
     v = ceil_div(k, cfg.tiles * cfg.native_dim)
     groups = max(ceil_div(o, cfg.array_cols), m.row_chunk)
-    chunks, left = [], groups
-    while left >= 2 * m.row_chunk:
-        chunks.append(m.row_chunk)
-        left -= m.row_chunk
-    chunks.append(left)
-    return v, groups, chunks
+    n = groups // m.row_chunk - 1
+    return v, groups, (n, m.row_chunk, groups - n * m.row_chunk)
 
 
 def mvu_latency(m: MvuConfig, cfg: DeviceConfig) -> int:
@@ -86,17 +83,19 @@ class _Product:
 def product(n_rows: int, k: int, o: int, matrices: int, cfg: DeviceConfig) -> _Product:
     """``matrices`` products of ``O x K`` matrices with ``n_rows`` activation rows each."""
     m = cfg.mvu
-    v, groups, chunks = layout(k, o, cfg)
+    v, groups, (n, q, a) = layout(k, o, cfg)
     passes = matrices * ceil_div(n_rows, m.cores * m.dot_rows)
     lat = mvu_latency(m, cfg)
     deliver = m.dot_rows + m.output_bubble  # cycles per row group at the output queue
-    t, free, first = m.init_cycles, 0, None
-    for a in chunks:  # one pass, chunk by chunk: results leave on the last word pass
-        out = t + (v - 1) * a + lat
-        start = max(free, out)
-        first = start if first is None else first
-        free = start + a * deliver
-        t += v * a
+    # one pass, chunk by chunk: chunk c's results leave on its last word pass, at
+    # out_c = init + c v Q + (v - 1) Q + L, and the queue delivers them in order; out_c
+    # grows by v Q a chunk, the queue takes Q (D + b), so the queue is busiest from the
+    # first chunk on or from the last equal chunk on (closed form: no loop over chunks)
+    out0 = m.init_cycles + (v - 1) * q + lat
+    free = max(out0 + n * q * deliver, out0 + (n - 1) * v * q + q * deliver) if n else 0
+    out_last = m.init_cycles + n * v * q + (v - 1) * a + lat
+    first = out0 if n else out_last
+    free = max(free, out_last) + a * deliver
     period = m.init_cycles + v * groups  # one mv_mul macro-op
     last = max((passes - 1) * period + free, first + passes * groups * deliver)
     load = passes * cfg.tiles * (v * m.dot_rows + m.init_cycles)

@@ -39,7 +39,8 @@ def test_preset_is_the_npu_of_its_sources():
     (1792, 7, 45, [12, 12, 21])])
 def test_layout_follows_that_npus_compiler(size, v, groups, chunks):
     """v = ceil(C / 280) words, G = ceil(R / 40) row groups (at least 12), chunks of 12."""
-    assert layout(size, size, NPU) == (v, groups, chunks)
+    got_v, got_groups, (n, q, last) = layout(size, size, NPU)
+    assert (got_v, got_groups, [q] * n + [last]) == (v, groups, chunks)
 
 
 def _gemv_cycles(name: str) -> int:
@@ -57,8 +58,7 @@ def test_gemv_is_the_sum_of_its_stages(name, size):
     latency, then the vector chain and the loader: with the preset's figures that is
     159 + 21 v + v G + 3 A, the closed form that fits that NPU's published RTL cycles."""
     m = NPU.mvu
-    v, groups, chunks = layout(size, size, NPU)
-    a = chunks[-1]
+    v, groups, (_, _, a) = layout(size, size, NPU)
     load = NPU.tiles * (v * m.dot_rows + m.init_cycles)
     chain = m.evrf_cycles + m.mfus * m.mfu_cycles
     derived = (m.start_cycles + load + m.loader_cycles + m.tag_cycles + m.init_cycles
@@ -74,6 +74,18 @@ def test_output_queue_paces_a_short_product():
     p = product(6, 280, 480, 1, NPU)
     assert p.issue == 1 + 12 and p.vectors == 12 * 3
     assert p.last - p.first == 12 * 4
+
+
+def test_a_hostile_shape_is_priced_in_constant_time():
+    """A program may come from anyone: a matrix of 2**30 row groups, one per chunk, is
+    priced by formula, not by a loop over its chunks."""
+    import dataclasses
+    import time
+
+    cfg = NPU.replace(array_cols=1, mvu=dataclasses.replace(NPU.mvu, row_chunk=1))
+    t0 = time.perf_counter()
+    p = product(6, 1, 2**30, 1, cfg)
+    assert time.perf_counter() - t0 < 0.1 and p.last > 2**30
 
 
 def test_chain_stages_run_in_order():
