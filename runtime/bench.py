@@ -48,6 +48,8 @@ def resolve_model(spec: str | Path | onnx.ModelProto, seed: int = 0) -> tuple[st
         return text, NPU_WORKLOADS[text[len("npu:"):]](seed=seed)
     if text.startswith("deepbench:") and text[len("deepbench:"):] in DEEPBENCH:
         return text, DEEPBENCH[text[len("deepbench:"):]](seed=seed)
+    if not Path(text).is_file():
+        raise FileNotFoundError(text)
     return Path(text).stem, load_onnx(text)
 
 

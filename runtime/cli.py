@@ -230,8 +230,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     row = bench_model(spec, device, fmt, rounds=args.rounds, seed=args.seed,
                                       reference=not args.no_reference)
                 except FileNotFoundError:
-                    raise UsageError(f"model not found: {spec} (a zoo name, light:NAME or "
-                                     "an ONNX file)") from None
+                    raise UsageError(f"model not found: {spec} (a zoo name, light:NAME, "
+                                     "npu:NAME, deepbench:NAME or an ONNX file)") from None
                 rows.append(row)
                 if args.layers:
                     print(f"\n{row['model']} on {row['device']} ({row['numerics']})")
@@ -491,11 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a program on the simulated device")
     r.add_argument("program")
     r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
-    r.add_argument("--output-dir", default=".")
+    r.add_argument("--output-dir", default=".",
+                   help="folder for the outputs, NAME.npy each (default: the current folder)")
     r.add_argument("--stats", help="write cycle statistics (whole model and per layer) as JSON")
     r.add_argument("--trace", help="write the simulated timeline as a Chrome trace (Perfetto)")
     layers_opt(r)
-    device_opts(r, numerics=False)
+    r.add_argument("--device", help="preset name or TOML/JSON file to run on (default: the "
+                   "program's own target; another must have its fingerprint)")
     r.set_defaults(fn=cmd_run)
 
     i = sub.add_parser("inspect", help="show a program's header, target, sections, code")

@@ -131,15 +131,12 @@ def _input_shapes(proto) -> dict[str, tuple[int, ...]] | None:
 
 def _resolve(model) -> tuple[str, object]:
     from runtime.bench import resolve_model
-    from runtime.zoo import MODELS
 
-    text = str(model)
-    if isinstance(model, (str, Path)) and text not in MODELS and not text.startswith("light:") \
-            and not Path(text).is_file():
-        raise EvalError(f"model not found: {model} (a .npub program, an ONNX file, a zoo "
-                        "name or light:NAME)")
     try:
         return resolve_model(model)
+    except FileNotFoundError:
+        raise EvalError(f"model not found: {model} (a .npub program, an ONNX file, a zoo "
+                        "name, light:NAME, npu:NAME or deepbench:NAME)") from None
     except ValueError as exc:
         raise EvalError(f"model {model}: {exc}") from None
 

@@ -199,8 +199,8 @@ def run_sweep(model: str | Path | onnx.ModelProto, grid_path: str | Path,
     try:
         name, proto = resolve_model(model, grid.model_seed)
     except FileNotFoundError:
-        raise SweepError(f"model not found: {model} (a zoo name, light:NAME or an ONNX "
-                         "file)") from None
+        raise SweepError(f"model not found: {model} (a zoo name, light:NAME, npu:NAME, "
+                         "deepbench:NAME or an ONNX file)") from None
     except ValueError as exc:
         raise SweepError(f"model {model}: {exc}") from None
     mode = Mode.SERIAL if serial else Mode.RAY

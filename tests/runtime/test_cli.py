@@ -93,6 +93,12 @@ def test_missing_model(tmp_path):
                              str(tmp_path / "o.npub")), "not found")
 
 
+@pytest.mark.parametrize("spec", ["nosuch", "npu:nosuch", "deepbench:nosuch"])
+def test_bench_names_what_a_model_may_be(tmp_path, spec):
+    assert_user_error(npusim("bench", spec), "model not found", spec, "zoo name",
+                      "npu:NAME", "deepbench:NAME", "ONNX file")
+
+
 def test_unsupported_op_goes_to_host_or_is_refused_with_strict(tmp_path):
     m = make_model([helper.make_node("Cos", ["x"], ["c"], name="my_cos"),
                     helper.make_node("Relu", ["c"], ["y"], name="my_relu")], {"x": [4]},
