@@ -132,12 +132,13 @@ def format_layers(stats: RunStats, top: int | None = None) -> str:
     if top:
         layers = sorted(layers, key=lambda kl: -kl[1].cycles)[:top]
     width = min(max([len(layer.name) for _, layer in layers] + [5]), 32)
-    lines = [f"{'layer':<{width}} {'op':<14} {'cycles':>8} {'share':>6} {'MACs':>11} "
+    op_width = max([len(layer.op) for _, layer in layers] + [2])
+    lines = [f"{'layer':<{width}} {'op':<{op_width}} {'cycles':>8} {'share':>6} {'MACs':>11} "
              f"{'util':>6} {'bound':<7} {'x roof':>6} {'pinned':<6} stalls"]
     for _, layer in layers:
         stalls = " ".join(f"{c}={layer.stalls[c]}" for c in STALL_CAUSES if c in layer.stalls)
         pinned = "-" if layer.pinned is None else ("yes" if layer.pinned else "no")
-        lines.append(f"{layer.name[:width]:<{width}} {layer.op[:14]:<14} {layer.cycles:>8} "
+        lines.append(f"{layer.name[:width]:<{width}} {layer.op:<{op_width}} {layer.cycles:>8} "
                      f"{layer.cycles / max(1, stats.cycles):>6.1%} {layer.macs:>11} "
                      f"{layer.utilization:>6.1%} {layer.bound:<7} "
                      f"{(layer.end - layer.start) / max(1, layer.roofline_cycles):>6.2f} "
@@ -147,4 +148,6 @@ def format_layers(stats: RunStats, top: int | None = None) -> str:
                  f"{stats.clock_mhz:g} MHz, {stats.macs / 1e9:.2f} GMAC, "
                  f"{stats.achieved_tops:.2f} TOPS achieved, array utilization "
                  f"{stats.utilization:.1%}, {stats.roofline_ratio:.2f}x the roofline bound")
+    lines.append("cycles: what the layer adds to the latency; its stalls (cycles its units "
+                 "waited) can be larger, because they overlap earlier layers' work")
     return "\n".join(lines)

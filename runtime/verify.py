@@ -70,7 +70,8 @@ class _Collector:
             records = self._records.get(report.nodeid, [])
             kernel = records[0]["toplevel"] if records else report.nodeid.split("::")[0]
             params = report.nodeid.split("[", 1)[1].rstrip("]") if "[" in report.nodeid else ""
-            seconds = time.perf_counter() - self._started.get(report.nodeid, time.perf_counter())
+            now = time.perf_counter()  # a test skipped before it started took no time
+            seconds = now - self._started.get(report.nodeid, now)
             reason = ""
             if report.skipped:
                 reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""

@@ -73,7 +73,11 @@ def test_bench_rows_agree_with_timing_point():
     assert row["cycles"] == point["cycles"] and row["macs"] == point["macs"]
     assert "block" not in format_bench([row]).splitlines()[0]
     table = format_layers(row["stats"], top=2)
-    assert len(table.splitlines()) == 4  # header, two layers, total
+    lines = table.splitlines()
+    assert len(lines) == 5  # header, two layers, total, what the cycles and stalls mean
+    assert lines[-1].startswith("cycles: what the layer adds to the latency")
+    ops = [layer.op for layer in row["stats"].layers]
+    assert all(any(op in line for op in ops) for line in lines[1:3])  # op names whole
     assert set(row["stats"].stalls()) == set(STALL_CAUSES)
 
 
