@@ -107,7 +107,8 @@ def layer_breakdown(stats: RunStats, path: str | Path, title: str = "") -> Path:
             left = [a + b for a, b in zip(left, widths)]
     ax.set_yticks(range(len(bars)), [name for name, _ in bars], fontsize=7)
     ax.invert_yaxis()  # program order, top to bottom
-    ax.set_xlabel("microseconds of latency")
+    ax.set_xlabel("microseconds of latency (what each layer adds)\noverlap/other: waiting "
+                  "on work that is not its own, such as an earlier layer's store", fontsize=8)
     ax.set_title(title or f"latency by layer: {stats.latency_us:.1f} us in total")
     if bars:
         ax.legend(loc="lower right", fontsize=8)
