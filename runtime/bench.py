@@ -107,19 +107,24 @@ def bench_model(model: str | Path | onnx.ModelProto, device: str | Path | Device
             **weights, **summary(stats), "stats": stats}
 
 
+BENCH_HEAD = (f"{'model':<14} {'device':<14} {'format':<7} {'latency ms':>10} {'util':>6} "
+              f"{'TOPS':>6} {'x roof':>6} {'compile s':>9} {'sim ms':>8} {'ort ms':>8} "
+              f"{'sim/ort':>7}")
+"""The benchmark table's header line."""
+
+
+def format_bench_row(r: dict) -> str:
+    """One line of the benchmark table (printed as each measurement ends)."""
+    return (f"{r['model'][:14]:<14} {r['device'][:14]:<14} {r['numerics']:<7} "
+            f"{r['latency_ms']:>10.3f} {r['utilization']:>6.1%} "
+            f"{r['achieved_tops']:>6.2f} {r['roofline_ratio']:>6.2f} "
+            f"{r['compile_s']:>9.2f} {r['sim_ms']:>8.1f} {r['ort_ms']:>8.1f} "
+            f"{r['sim_over_ort']:>7.1f}")
+
+
 def format_bench(rows: list[dict]) -> str:
     """The benchmark table: one line per row."""
-    head = (f"{'model':<14} {'device':<14} {'format':<7} {'latency ms':>10} {'util':>6} "
-            f"{'TOPS':>6} {'x roof':>6} {'compile s':>9} {'sim ms':>8} {'ort ms':>8} "
-            f"{'sim/ort':>7}")
-    lines = [head]
-    for r in rows:
-        lines.append(f"{r['model'][:14]:<14} {r['device'][:14]:<14} {r['numerics']:<7} "
-                     f"{r['latency_ms']:>10.3f} {r['utilization']:>6.1%} "
-                     f"{r['achieved_tops']:>6.2f} {r['roofline_ratio']:>6.2f} "
-                     f"{r['compile_s']:>9.2f} {r['sim_ms']:>8.1f} {r['ort_ms']:>8.1f} "
-                     f"{r['sim_over_ort']:>7.1f}")
-    return "\n".join(lines)
+    return "\n".join([BENCH_HEAD] + [format_bench_row(r) for r in rows])
 
 
 def format_layers(stats: RunStats, top: int | None = None) -> str:

@@ -219,10 +219,13 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from runtime.bench import bench_model, format_bench
+    from runtime.bench import BENCH_HEAD, bench_model, format_bench, format_bench_row
 
-    rows = []
+    rows, plotted = [], []
     devices = args.device or ["brainwave-s10"]
+    stream = not args.layers  # rows as they come; with --layers, the table at the end
+    if stream:
+        print(BENCH_HEAD, flush=True)
     for spec in args.models:
         for device in devices:
             for fmt in args.numerics or [None]:
@@ -233,12 +236,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     raise UsageError(f"model not found: {spec} (a zoo name, light:NAME, "
                                      "npu:NAME, deepbench:NAME or an ONNX file)") from None
                 rows.append(row)
-                if args.layers:
+                if stream:
+                    print(format_bench_row(row), flush=True)
+                else:
                     print(f"\n{row['model']} on {row['device']} ({row['numerics']})")
                     _print_layers(row["stats"], args.layers)
                 if args.plot:
-                    _plots(Path(args.plot), row, device)
-    print(format_bench(rows))
+                    plotted.append(_plots(Path(args.plot), row, device))
+    if not stream:
+        print(format_bench(rows))
+    for line in plotted:
+        print(line)
     if args.json:
         _write_json(Path(args.json), [{k: v for k, v in r.items() if k != "stats"}
                                       | {"layers": r["stats"].to_dict()["layers"]}
@@ -246,7 +254,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plots(outdir: Path, row: dict, device) -> None:
+def _plots(outdir: Path, row: dict, device) -> str:
     from runtime import plots
     from simulator.config import load_device
 
@@ -255,7 +263,7 @@ def _plots(outdir: Path, row: dict, device) -> None:
     title = f"{row['model']} on {row['device']} ({row['numerics']})"
     a = plots.layer_breakdown(row["stats"], outdir / f"{stem}-layers.png", title)
     b = plots.roofline(row["stats"], cfg, outdir / f"{stem}-roofline.png", title)
-    print(f"plots: {a}, {b}")
+    return f"plots: {a}, {b}"
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

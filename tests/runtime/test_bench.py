@@ -92,3 +92,14 @@ def test_device_show_and_list():
 def test_bench_bad_model_is_one_line(tmp_path):
     assert_user_error(npusim("bench", str(tmp_path / "missing.onnx"), "--device", "tiny"),
                       "missing.onnx")
+
+
+def test_bench_prints_each_row_as_it_comes_and_the_plots_after(tmp_path):
+    onnx.save(conv_block(), tmp_path / "a.onnx")
+    res = npusim("bench", str(tmp_path / "a.onnx"), "--device", "tiny", "--device", "tiny",
+                 "--rounds", "1", "--no-reference", "--plot", str(tmp_path / "plots"))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["model", "device", "format"]
+    assert [line.split()[:2] for line in lines[1:3]] == [["a", "tiny"], ["a", "tiny"]]
+    assert all(line.startswith("plots: ") for line in lines[3:]) and len(lines) == 5
