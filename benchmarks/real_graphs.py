@@ -61,9 +61,14 @@ def agreement(ref: list, got: list) -> float:
     return worst
 
 
-def measure(path: Path, shapes: dict[str, tuple[int, ...]], device: str) -> dict:
+def _open(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, dict]:
+    """The model and the recorded shapes of its inputs."""
     model = onnx.load(str(path))
-    given = {k: v for k, v in shapes.items() if k in {i.name for i in model.graph.input}}
+    return model, {k: v for k, v in shapes.items() if k in {i.name for i in model.graph.input}}
+
+
+def measure(path: Path, shapes: dict[str, tuple[int, ...]], device: str) -> dict:
+    model, given = _open(path, shapes)
     feeds = seeded_inputs(model, given)
     t0 = time.perf_counter()
     fp32 = compile_full(model, device, "fp32", input_shapes=given or None)
@@ -86,8 +91,7 @@ def measure(path: Path, shapes: dict[str, tuple[int, ...]], device: str) -> dict
 
 def latency(path: Path, shapes: dict[str, tuple[int, ...]], device: str) -> dict:
     """The simulated latency alone, in the device's own format."""
-    model = onnx.load(str(path))
-    given = {k: v for k, v in shapes.items() if k in {i.name for i in model.graph.input}}
+    model, given = _open(path, shapes)
     native = compile_full(model, device, input_shapes=given or None)
     return {"model": path.stem, "folder": path.parent.name,
             "latency_ms": Session(native.program).device.stats.latency_us / 1e3}

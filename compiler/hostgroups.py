@@ -65,9 +65,7 @@ def run_order(g: nx.DiGraph, cost: Callable[[str], int] | None = None) -> list[s
     height = dict.fromkeys(g.nodes, 0)
     if cost is not None:
         for v in reversed(list(nx.topological_sort(g))):
-            preds = set(g.predecessors(v))
-            chained = any(set(g.successors(u)) == {v} and _chains(g, u, v) for u in preds)
-            own = 0 if chained else cost(v)
+            own = 0 if any(_rides(g, u, v) for u in set(g.predecessors(v))) else cost(v)
             height[v] = own + max((height[w] for w in g.successors(v)), default=0)
     indeg = {v: g.in_degree(v) for v in g.nodes}
     ready = [(rank[v], -height[v], v) for v, d in indeg.items() if d == 0]
@@ -77,21 +75,20 @@ def run_order(g: nx.DiGraph, cost: Callable[[str], int] | None = None) -> list[s
     while ready or nxt:
         v, nxt = (nxt, None) if nxt else (heapq.heappop(ready)[-1], None)
         order.append(v)
-        succ = sorted(set(g.successors(v)))
-        for w in succ:
+        for w in sorted(set(g.successors(v))):
             indeg[w] -= g.number_of_edges(v, w)
             if indeg[w] == 0:
-                if cost is not None and succ == [w] and _chains(g, v, w):
+                if cost is not None and _rides(g, v, w):
                     nxt = w  # its sole consumer rides along in the same vector pass
                 else:
                     heapq.heappush(ready, (rank[w], -height[w], w))
     return order
 
 
-def _chains(g: nx.DiGraph, v: str, w: str) -> bool:
-    """Whether ``w`` can follow ``v`` in one pass of the vector chain: both on the device,
-    ``w`` an element-wise op."""
-    return (not _on_host(g, v) and not _on_host(g, w)
+def _rides(g: nx.DiGraph, v: str, w: str) -> bool:
+    """Whether ``w`` rides along in ``v``'s pass of the vector chain: ``w`` is ``v``'s sole
+    consumer, an element-wise op, and both run on the device."""
+    return (set(g.successors(v)) == {w} and not _on_host(g, v) and not _on_host(g, w)
             and node(g, w).op in (Op.ADD, Op.SUB, Op.MUL, Op.MAX, Op.RELU, Op.NPU_UNARY))
 
 

@@ -132,10 +132,7 @@ def _mvu_cost(g: nx.DiGraph, opts: CompileOptions):
         if n.op in (Op.INPUT, Op.CONST, Op.OUTPUT) or n.op in ALIAS_OPS \
                 or place(g, v)[0] != DEVICE:
             return 0
-        try:
-            return sum(round_trip(i, opts.device) for i in instructions(g, v, lambda _: 0))
-        except (CompileError, ValueError, KeyError):  # no device form: priced when placed
-            return 0
+        return sum(round_trip(i, opts.device) for i in instructions(g, v, lambda _: 0))
     return cost
 
 

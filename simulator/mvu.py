@@ -178,6 +178,10 @@ class _Chain:
     """Write-backs (one per ``mv_mul`` macro-op)."""
 
 
+_OPEN = 1 << 62
+"""The ready time of an instruction whose pass is not written back yet."""
+
+
 def _overlaps(ops, op) -> bool:
     return any(o.addr < op.addr + op.nbytes and op.addr < o.addr + o.nbytes for o in ops)
 
@@ -274,22 +278,20 @@ class MvuScheduler(_Scheduler):
                 c.members.append(i)
                 c.operands = max([c.operands, ready] + [self.done.get(p, 0)
                                                        for p in tr.after if p != i - 1])
-                self.done[i] = 1 << 62  # until the pass is written back
+                self.done[i] = _OPEN
                 if slot is not None:
                     self.slot_free[slot] = c.arrive
-                self._finish(i, w, tr, stalls)
+                self._finish(i, tr)
                 return
         self._close()
-        dep = max([wb_done, ready] + [self.done.get(p, 0) for p in tr.after])
+        # the MVU waits for the rows it multiplies; a residual is added in the first
+        # multifunction unit, which waits for it there
+        late = set()
+        if getattr(ins, "has_residual", 0):
+            late = {q for q in tr.after if not _overlaps(self.works[q].writes, w.reads[0])}
+        dep = max([wb_done, ready] + [self.done.get(q, 0) for q in tr.after if q not in late])
         if w.unit == "matrix":
             p = product_of(ins, self.cfg)
-            # the MVU waits for the rows it multiplies; a residual is added in the first
-            # multifunction unit, which waits for it there
-            late = set()
-            if getattr(ins, "has_residual", 0):
-                late = {q for q in tr.after if not _overlaps(self.works[q].writes, w.reads[0])}
-            dep = max([wb_done, ready] + [self.done.get(q, 0) for q in tr.after
-                                          if q not in late])
             operands = max([0] + [self.done.get(q, 0) for q in late])
             dep = max(dep, self._fetch(i, ready))
             begin = max(self.mvu_free, dep)
@@ -312,10 +314,10 @@ class MvuScheduler(_Scheduler):
                                 3 * m.mfus - 1 if used is None else used, [i])
             if slot is not None:
                 self.slot_free[slot] = max(self.chain_free, begin) + vectors
-        self.done[i] = 1 << 62
-        self._finish(i, w, tr, stalls)
+        self.done[i] = _OPEN
+        self._finish(i, tr)
 
-    def _finish(self, i: int, w: Work, tr: Traffic, stalls: dict[str, int]) -> None:
+    def _finish(self, i: int, tr: Traffic) -> None:
         """Close the pass now if nothing can join it; stores follow the write-back."""
         nxt = i + 1
         joinable = (nxt < len(self.instructions) and self.consumers[i] == [nxt]
