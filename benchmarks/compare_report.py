@@ -10,9 +10,9 @@ error is largest. ``npusim compare MODEL --numerics FORMAT`` prints every layer.
 
 from __future__ import annotations
 
-from runtime.compare import compare_layers, default_inputs
-from runtime.zoo import build_resnet50
-from simulator.numerics import FORMAT_NAMES
+from npusim.runtime.compare import compare_layers, default_inputs
+from npusim.runtime.zoo import build_resnet50
+from npusim.simulator.numerics import FORMAT_NAMES
 
 
 def main() -> None:

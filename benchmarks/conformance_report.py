@@ -5,7 +5,7 @@
 
 The selection, the skips and their reasons are those of
 ``tests/runtime/test_backend_conformance.py``. Each case runs directly through
-:class:`runtime.backend.NpusimBackend` with the onnx test runner's comparison and
+:class:`npusim.runtime.backend.NpusimBackend` with the onnx test runner's comparison and
 tolerances. Skipped cases run too: the list says how each one fails today, and
 flags a skip that has gone stale (the case passes). "runs on" says where the
 compiler placed the op in the cases that passed. The exit status is 1 if a case
@@ -26,7 +26,7 @@ from types import ModuleType
 import numpy as np
 from onnx.backend.test.runner import Runner
 
-from runtime.backend import NpusimBackend
+from npusim.runtime.backend import NpusimBackend
 
 TEST_FILE = Path(__file__).resolve().parents[1] / "tests/runtime/test_backend_conformance.py"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.zoo import build_resnet50
+from npusim.runtime.zoo import build_resnet50
 
 
 @pytest.fixture(scope="session")

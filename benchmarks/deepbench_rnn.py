@@ -4,7 +4,7 @@ TFLOPS, beside what Brainwave's ISCA 2018 paper states for them.
 
     python benchmarks/deepbench_rnn.py [--device DEVICE ...] [--layers NAME ...] [--json FILE]
 
-The layers are :mod:`runtime.zoo.deepbench` (``deepbench:NAME`` for every npusim
+The layers are :mod:`npusim.runtime.zoo.deepbench` (``deepbench:NAME`` for every npusim
 command). The latency is the whole program's: the sequence in over the host link, every
 step, the last hidden state out; the TFLOPS count the layer's gate products over every
 step (2 operations per multiply-add) over that latency, as "effective" TFLOPS do.
@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from compiler import compile_model
-from runtime.zoo.deepbench import LAYERS, build, flops
-from simulator.config import load_device
-from simulator.schedule import schedule
+from npusim.compiler import compile_model
+from npusim.runtime.zoo.deepbench import LAYERS, build, flops
+from npusim.simulator.config import load_device
+from npusim.simulator.schedule import schedule
 
 ISCA_2018 = ("Fowers et al., ISCA 2018, on a Stratix 10 280 at batch 1: every DeepBench "
              "layer under 4 ms, up to 35.9 effective TFLOPS (a large GRU)")

@@ -4,7 +4,7 @@ TOPS its RTL simulation reached and its own C++ simulator predicted.
 
     python benchmarks/npu_workloads.py [--device DEVICE] [--numerics FORMAT] [--json FILE]
 
-The workloads are :mod:`runtime.zoo.npu_workloads` (``npu:NAME`` for every npusim
+The workloads are :mod:`npusim.runtime.zoo.npu_workloads` (``npu:NAME`` for every npusim
 command). Each is compiled for ``--device`` (default ``intel-npu``, the preset that
 models that NPU) and scheduled. Its cycles run from the first job of a device unit (the
 input and the weights already on the device, as that NPU's testbench preloads them) to
@@ -23,10 +23,10 @@ import json
 import sys
 from pathlib import Path
 
-from compiler import compile_model
-from runtime.zoo.npu_workloads import PUBLISHED, build, counted_ops
-from simulator.config import load_device
-from simulator.schedule import schedule
+from npusim.compiler import compile_model
+from npusim.runtime.zoo.npu_workloads import PUBLISHED, build, counted_ops
+from npusim.simulator.config import load_device
+from npusim.simulator.schedule import schedule
 
 
 def measure(name: str, device: str, numerics: str | None) -> dict:

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compiler import CompileError, compile_full
-from compiler.shapes import seeded_inputs
-from runtime.reference import onnxruntime_session
-from runtime.session import Session
+from npusim.compiler import CompileError, compile_full
+from npusim.compiler.shapes import seeded_inputs
+from npusim.runtime.reference import onnxruntime_session
+from npusim.runtime.session import Session
 
 
 def recorded_shapes(folder: Path) -> dict[str, dict[str, tuple[int, ...]]]:

@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 
-from compiler import compile_model
-from runtime import Session
-from runtime.reference import median_seconds, onnxruntime_session
-from runtime.zoo import build_resnet50
-from simulator.numerics import FORMAT_NAMES
+from npusim.compiler import compile_model
+from npusim.runtime import Session
+from npusim.runtime.reference import median_seconds, onnxruntime_session
+from npusim.runtime.zoo import build_resnet50
+from npusim.simulator.numerics import FORMAT_NAMES
 
 
 def main() -> None:

@@ -36,10 +36,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compiler import compile_model
-from runtime.bench import resolve_model
-from simulator import isa, timing
-from simulator.config import load_device
+from npusim.compiler import compile_model
+from npusim.runtime.bench import resolve_model
+from npusim.simulator import isa, timing
+from npusim.simulator.config import load_device
 
 _LAYOUT = ["1"] * 6 + ["0", "1", "2"] * 3 + ["0", "1", "2", "3"] * 2
 """A SCALE-Sim layout row (the default, unused when no custom layout is asked for)."""

@@ -54,9 +54,9 @@ def main() -> None:
 
     from serving_helpers import encoded_images, self_signed
 
-    from runtime.client import PredictionClient
-    from runtime.pipeline import import_tensorflow
-    from runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.client import PredictionClient
+    from npusim.runtime.pipeline import import_tensorflow
+    from npusim.runtime.tfstages import featurizer_pipeline
 
     tf = import_tensorflow()
     work = Path(tempfile.mkdtemp(prefix="serve_load-"))
@@ -69,8 +69,8 @@ def main() -> None:
     key = secrets.token_urlsafe(32)
     (work / "keys.txt").write_text(key + "\n")
     server = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "serve", str(work / "model.zip"), "--port", "0",
-         "--tls-cert", str(cert), "--tls-key", str(key_pem), "--api-key-file",
+        [sys.executable, "-m", "npusim.runtime.cli", "serve", str(work / "model.zip"),
+         "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key_pem), "--api-key-file",
          str(work / "keys.txt"), "--devices", str(args.devices), "--metrics-port", "0",
          "--workers", str(max(4, args.clients))],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,

@@ -29,17 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler import CompileError, compile_model
-from compiler.shapes import seeded_inputs
-from runtime.bench import resolve_model
-from runtime.reference import onnxruntime_session
-from runtime.session import Session
+from npusim.compiler import CompileError, compile_model
+from npusim.compiler.shapes import seeded_inputs
+from npusim.runtime.bench import resolve_model
+from npusim.runtime.reference import onnxruntime_session
+from npusim.runtime.session import Session
 
 FORMATS = ("fp32", "msfp16", "mxint8", "msfp8")
 
 
 def default_models() -> list[str]:
-    from runtime.zoo import LIGHT_MODELS, MODELS
+    from npusim.runtime.zoo import LIGHT_MODELS, MODELS
 
     return [*MODELS, *(f"light:{n}" for n in LIGHT_MODELS)]
 

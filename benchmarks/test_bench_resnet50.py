@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler import compile_model
-from runtime import Session
-from runtime.reference import median_seconds, onnxruntime_session
+from npusim.compiler import compile_model
+from npusim.runtime import Session
+from npusim.runtime.reference import median_seconds, onnxruntime_session
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from sim_speed import best_seconds
 
-from compiler import compile_full
-from compiler.interpret import Numerics, evaluate
-from compiler.shapes import seeded_inputs
-from runtime.reference import onnxruntime_session
-from runtime.session import Session
-from runtime.zoo import MODELS
+from npusim.compiler import compile_full
+from npusim.compiler.interpret import Numerics, evaluate
+from npusim.compiler.shapes import seeded_inputs
+from npusim.runtime.reference import onnxruntime_session
+from npusim.runtime.session import Session
+from npusim.runtime.zoo import MODELS
 
 
 @pytest.fixture(scope="module", params=["mobilenet_v3_small", "resnext26_32x4d"])

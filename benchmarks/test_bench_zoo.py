@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler import compile_model
-from runtime import Session
-from runtime.compare import default_inputs
-from runtime.reference import median_seconds, onnxruntime_session
-from runtime.zoo import MODELS
-from simulator.config import load_device
-from simulator.schedule import schedule
+from npusim.compiler import compile_model
+from npusim.runtime import Session
+from npusim.runtime.compare import default_inputs
+from npusim.runtime.reference import median_seconds, onnxruntime_session
+from npusim.runtime.zoo import MODELS
+from npusim.simulator.config import load_device
+from npusim.simulator.schedule import schedule
 
 DEVICES = ("brainwave-s10", "arria10-pbs")
 

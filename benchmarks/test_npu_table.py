@@ -6,7 +6,7 @@ from __future__ import annotations
 import npu_workloads
 import pytest
 
-from runtime.zoo.npu_workloads import PUBLISHED
+from npusim.runtime.zoo.npu_workloads import PUBLISHED
 
 
 @pytest.mark.slow

@@ -22,11 +22,11 @@ import time
 def measure(name: str, fmt: str, device: str | None) -> dict:
     import numpy as np
 
-    from compiler import compile_model
-    from runtime import Session
-    from runtime.compare import default_inputs
-    from runtime.reference import median_seconds, onnxruntime_session
-    from runtime.zoo import MODELS
+    from npusim.compiler import compile_model
+    from npusim.runtime import Session
+    from npusim.runtime.compare import default_inputs
+    from npusim.runtime.reference import median_seconds, onnxruntime_session
+    from npusim.runtime.zoo import MODELS
 
     model = MODELS[name](seed=0)
     feeds = default_inputs(model)

@@ -11,18 +11,18 @@ import networkx as nx
 import numpy as np
 import onnx
 
-from compiler.errors import CompileError
-from compiler.frontend import to_graph
-from compiler.ir import NON_TENSOR, Op, inputs_of, node, topo_order
-from compiler.lower import lower
-from compiler.options import CompileOptions
-from compiler.pipeline import run_passes
-from compiler.placement import HOST, place
-from simulator import isa
-from simulator.config import DeviceConfig
-from simulator.numerics import Rounding
-from simulator.program import Program
-from simulator.schedule import program_work
+from npusim.compiler.errors import CompileError
+from npusim.compiler.frontend import to_graph
+from npusim.compiler.ir import NON_TENSOR, Op, inputs_of, node, topo_order
+from npusim.compiler.lower import lower
+from npusim.compiler.options import CompileOptions
+from npusim.compiler.pipeline import run_passes
+from npusim.compiler.placement import HOST, place
+from npusim.simulator import isa
+from npusim.simulator.config import DeviceConfig
+from npusim.simulator.numerics import Rounding
+from npusim.simulator.program import Program
+from npusim.simulator.schedule import program_work
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,7 +160,7 @@ def node_report(source: nx.DiGraph, values: list[dict]) -> list[dict]:
 
 
 def _fold_unrolled(rows: list[dict], unrolled: dict[str, dict]) -> list[dict]:
-    """One row per recurrent node the compiler unrolled (:mod:`compiler.recurrent`), in
+    """One row per recurrent node the compiler unrolled (:mod:`npusim.compiler.recurrent`), in
     place of the rows of its steps' ops."""
     if not unrolled:
         return rows
@@ -205,7 +205,7 @@ def compile_model(model: str | Path | onnx.ModelProto | bytes,
     by name.
 
     Example:
-        >>> from runtime.zoo import build_resnet50
+        >>> from npusim.runtime.zoo import build_resnet50
         >>> prog = compile_model(build_resnet50(seed=0), numerics="msfp16")  # doctest: +SKIP
         >>> prog.save("resnet50.npub")                                        # doctest: +SKIP
     """

@@ -6,8 +6,8 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from compiler.ir import Op, inputs_of, node, topo_order
-from simulator.numerics import BfpTensor
+from npusim.compiler.ir import Op, inputs_of, node, topo_order
+from npusim.simulator.numerics import BfpTensor
 
 
 def _attr_text(value) -> str:

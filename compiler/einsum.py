@@ -16,9 +16,9 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from compiler.ir import Node, Op, add_node, make_attrs, node
-from compiler.passes import rewire
-from compiler.vector_forms import NoForm, _move, strides_of
+from npusim.compiler.ir import Node, Op, add_node, make_attrs, node
+from npusim.compiler.passes import rewire
+from npusim.compiler.vector_forms import NoForm, _move, strides_of
 
 
 def _parse(equation: str) -> tuple[str, str, str] | None:

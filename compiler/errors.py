@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from simulator.text import one_line, shorten  # noqa: F401  (re-exported)
+from npusim.simulator.text import one_line, shorten  # noqa: F401  (re-exported)
 
 
 class CompileError(ValueError):

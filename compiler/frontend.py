@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""ONNX model -> IR graph, with every static shape known (:mod:`compiler.shapes`)."""
+"""ONNX model -> IR graph, with every static shape known (:mod:`npusim.compiler.shapes`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compiler import recurrent
-from compiler.errors import CompileError, UnsupportedOpError, one_line
-from compiler.ir import NON_TENSOR, ONNX_OPS, Node, Op, add_node, make_attrs, verify
-from compiler.model_check import (
+from npusim.compiler import recurrent
+from npusim.compiler.errors import CompileError, UnsupportedOpError, one_line
+from npusim.compiler.ir import NON_TENSOR, ONNX_OPS, Node, Op, add_node, make_attrs, verify
+from npusim.compiler.model_check import (
     MAX_ELEMENTS,
     attr_value,
     check_model,
@@ -22,9 +22,9 @@ from compiler.model_check import (
     parse,
     with_unknown_dims,
 )
-from compiler.node_checks import check_node
-from compiler.shapes import data_dependent, resolve_shapes
-from simulator.program_schema import MAX_RANK
+from npusim.compiler.node_checks import check_node
+from npusim.compiler.shapes import data_dependent, resolve_shapes
+from npusim.simulator.program_schema import MAX_RANK
 
 
 def load_onnx(model: str | Path | onnx.ModelProto | bytes) -> onnx.ModelProto:
@@ -131,10 +131,10 @@ def to_graph(model: str | Path | onnx.ModelProto | bytes,
     """Build the IR of an ONNX model: one :class:`Node` per value, every static shape known.
 
     ``input_shapes`` fixes symbolic input dimensions (``{"images": (1, 3, 224, 224)}``).
-    Shape arithmetic is folded first (:mod:`compiler.shapes`); values whose shape depends
+    Shape arithmetic is folded first (:mod:`npusim.compiler.shapes`); values whose shape depends
     on data keep ``-1`` dimensions and run on the host. Ops the compiler has no kind for
     become ``Op.ONNX`` nodes, which run on the host. ``per_step``: recurrent layers take
-    their input products step by step (:func:`compiler.recurrent.expand`).
+    their input products step by step (:func:`npusim.compiler.recurrent.expand`).
     """
     proto, types, folded = resolve_shapes(load_onnx(model), input_shapes)
     unrolled = recurrent.expand(proto, types, per_step)

@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compiler.errors import UnsupportedOpError
-from compiler.ir import NON_TENSOR, Op, inputs_of, is_dynamic, node
-from compiler.placement import HOST, place
+from npusim.compiler.errors import UnsupportedOpError
+from npusim.compiler.ir import NON_TENSOR, Op, inputs_of, is_dynamic, node
+from npusim.compiler.placement import HOST, place
 
 
 @dataclass(frozen=True)

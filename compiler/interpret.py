@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Golden evaluation of an IR graph with the device's numerics.
 
-Every op the device runs is computed by :mod:`simulator.kernels` (hence by
-:mod:`simulator.numerics`); every other op runs on the host exactly as the program
+Every op the device runs is computed by :mod:`npusim.simulator.kernels` (hence by
+:mod:`npusim.simulator.numerics`); every other op runs on the host exactly as the program
 runs it (the same one-node onnxruntime model). So evaluating the compiled graph
 gives bit for bit what the simulated device gives for the compiled program.
 Constant folding uses it too.
@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from compiler.errors import UnsupportedOpError
-from compiler.hostgroups import group_model, host_groups, run_order, single
-from compiler.ir import Node, Op, inputs_of, node
-from compiler.placement import on_device, softmax_rows
-from simulator import kernels
-from simulator.host import host_kernel
-from simulator.kernels import ConvGeometry
-from simulator.numerics import FP32, Format, Rounding
+from npusim.compiler.errors import UnsupportedOpError
+from npusim.compiler.hostgroups import group_model, host_groups, run_order, single
+from npusim.compiler.ir import Node, Op, inputs_of, node
+from npusim.compiler.placement import on_device, softmax_rows
+from npusim.simulator import kernels
+from npusim.simulator.host import host_kernel
+from npusim.simulator.kernels import ConvGeometry
+from npusim.simulator.numerics import FP32, Format, Rounding
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ DEVICE_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
     Op.NPU_CONV: _npu_conv,
     Op.NPU_DENSE: _npu_dense,
 }
-"""Golden kernels of the ops the device runs (see :mod:`compiler.placement`)."""
+"""Golden kernels of the ops the device runs (see :mod:`npusim.compiler.placement`)."""
 
 FOLD_OPS: dict[Op, Callable[[Node, list, Numerics], np.ndarray]] = {
     Op.CONSTANT_OF_SHAPE: _const_of_shape,

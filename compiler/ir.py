@@ -19,8 +19,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from compiler.errors import CompileError
-from simulator.program_schema import HOST_ONLY_DTYPE
+from npusim.compiler.errors import CompileError
+from npusim.simulator.program_schema import HOST_ONLY_DTYPE
 
 
 class Op(StrEnum):

@@ -5,8 +5,8 @@ DRAM holds three regions, each 64-byte aligned: the weight image (packed BFP, or
 fp32 in fp32 mode), the constant image (fp32 biases and operands) and the
 activation arena. Arena buffers are reused once their value is dead (first fit);
 layout-only ops (Reshape, Flatten, Squeeze, ...) alias their input's buffer and
-cost nothing. Runs of ops placed on the host (:mod:`compiler.placement`) become
-one ``HOST_CALL`` each (:mod:`compiler.hostgroups`); a host value that no device op
+cost nothing. Runs of ops placed on the host (:mod:`npusim.compiler.placement`) become
+one ``HOST_CALL`` each (:mod:`npusim.compiler.hostgroups`); a host value that no device op
 reads stays in host memory and never crosses the link.
 """
 
@@ -17,19 +17,19 @@ import math
 import networkx as nx
 import numpy as np
 
-from compiler.errors import CompileError, UnsupportedOpError
-from compiler.hostgroups import group_model, host_groups, run_order
-from compiler.ir import NON_TENSOR, Node, Op, inputs_of, node, topo_order
-from compiler.options import CompileOptions
-from compiler.pinning import pin_weights
-from compiler.placement import ALIAS_OPS, DEVICE, HOST, place
-from compiler.select import instructions, op_label
-from simulator import isa
-from simulator.host import HostOpError, host_kernel
-from simulator.mvu import round_trip
-from simulator.numerics import BfpTensor, pack
-from simulator.program import HostOp, Program, ProgramError, TensorDesc, align
-from simulator.program_schema import NUMERIC_DTYPES
+from npusim.compiler.errors import CompileError, UnsupportedOpError
+from npusim.compiler.hostgroups import group_model, host_groups, run_order
+from npusim.compiler.ir import NON_TENSOR, Node, Op, inputs_of, node, topo_order
+from npusim.compiler.options import CompileOptions
+from npusim.compiler.pinning import pin_weights
+from npusim.compiler.placement import ALIAS_OPS, DEVICE, HOST, place
+from npusim.compiler.select import instructions, op_label
+from npusim.simulator import isa
+from npusim.simulator.host import HostOpError, host_kernel
+from npusim.simulator.mvu import round_trip
+from npusim.simulator.numerics import BfpTensor, pack
+from npusim.simulator.program import HostOp, Program, ProgramError, TensorDesc, align
+from npusim.simulator.program_schema import NUMERIC_DTYPES
 
 
 def _label(name: str, n: Node) -> str:
@@ -126,7 +126,7 @@ def _host_model(g: nx.DiGraph, grp) -> bytes:
 
 def _mvu_cost(g: nx.DiGraph, opts: CompileOptions):
     """Each device value's round trip on a matrix-vector unit, from its instructions as the
-    timing model prices them alone (:func:`simulator.mvu.round_trip`)."""
+    timing model prices them alone (:func:`npusim.simulator.mvu.round_trip`)."""
     def cost(v: str) -> int:
         n = node(g, v)
         if n.op in (Op.INPUT, Op.CONST, Op.OUTPUT) or n.op in ALIAS_OPS \

@@ -22,8 +22,8 @@ import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.errors import CompileError, one_line, shorten
-from simulator.program_schema import MAX_NAME
+from npusim.compiler.errors import CompileError, one_line, shorten
+from npusim.simulator.program_schema import MAX_NAME
 
 MAX_ELEMENTS = 1 << 30
 """Largest tensor the compiler takes (elements): 4 GiB of float32, half the largest

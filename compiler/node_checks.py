@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compiler.errors import CompileError, shorten
-from compiler.ir import NON_TENSOR, Node, Op
-from compiler.model_check import attr_value
+from npusim.compiler.errors import CompileError, shorten
+from npusim.compiler.ir import NON_TENSOR, Node, Op
+from npusim.compiler.model_check import attr_value
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 RESIZE_MODES = ("nearest", "linear", "cubic", "bilinear")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.config import DeviceConfig, load_device
-from simulator.numerics import Format, Rounding
+from npusim.simulator.config import DeviceConfig, load_device
+from npusim.simulator.numerics import Format, Rounding
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Graph passes. Each is a plain function ``(graph, options) -> graph`` on a copy.
 
-The order they run in is listed once, in :mod:`compiler.pipeline`.
+The order they run in is listed once, in :mod:`npusim.compiler.pipeline`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from compiler.errors import CompileError
-from compiler.interpret import conv_geometry, conv_weight_rows, evaluate_node
-from compiler.ir import (
+from npusim.compiler.errors import CompileError
+from npusim.compiler.interpret import conv_geometry, conv_weight_rows, evaluate_node
+from npusim.compiler.ir import (
     Node,
     Op,
     add_node,
@@ -27,10 +27,10 @@ from compiler.ir import (
     set_node,
     topo_order,
 )
-from compiler.options import CompileOptions
-from compiler.placement import is_identity, on_device
-from simulator.host import HostOpError
-from simulator.numerics import quantize
+from npusim.compiler.options import CompileOptions
+from npusim.compiler.placement import is_identity, on_device
+from npusim.simulator.host import HostOpError
+from npusim.simulator.numerics import quantize
 
 _ADD = helper.make_node("Add", ["a", "b"], ["y"]).SerializeToString()
 _MUL = helper.make_node("Mul", ["a", "b"], ["y"]).SerializeToString()
@@ -172,7 +172,7 @@ def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
         elif n.op == Op.MATMUL:
             _activation_matmul(g, name, n, srcs)  # leaves any other MatMul to the host
         elif n.op == Op.ONNX and n.attr("onnx_op") == "Einsum":
-            from compiler.einsum import einsum_as_matmul
+            from npusim.compiler.einsum import einsum_as_matmul
 
             einsum_as_matmul(g, name, n, srcs)
         elif n.op == Op.BATCHNORM and len(n.shape) >= 2 \
@@ -283,7 +283,7 @@ def _absorb_pad(g: nx.DiGraph, x: str, conv: str,
                 pads: tuple[int, ...]) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
     """A zero Pad of the spatial axes in front of a Conv becomes the Conv's own padding
     (the matrix unit's address generator makes the zeros): ``(input, pads, origin)``."""
-    from compiler.vector_forms import NoForm, pad_amounts
+    from npusim.compiler.vector_forms import NoForm, pad_amounts
 
     p = node(g, x)
     srcs = inputs_of(g, x)

@@ -12,7 +12,7 @@ This pass does either, layer by layer:
   array consumes them gains only the DMA latency from being pinned.
 
 Pinned weights are loaded once, with the program; streamed ones cost DRAM traffic on
-every run (:mod:`simulator.schedule`).
+every run (:mod:`npusim.simulator.schedule`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from simulator import isa, timing
-from simulator.config import DeviceConfig
-from simulator.program import TensorDesc, align
+from npusim.simulator import isa, timing
+from npusim.simulator.config import DeviceConfig
+from npusim.simulator.program import TensorDesc, align
 
 
 def pin_weights(instrs: list[isa.Instruction], weights: list[TensorDesc],

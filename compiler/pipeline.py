@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import networkx as nx
 
-from compiler import passes
-from compiler.errors import CompileError
-from compiler.ir import verify
-from compiler.options import CompileOptions
-from compiler.vector_forms import vector_forms
+from npusim.compiler import passes
+from npusim.compiler.errors import CompileError
+from npusim.compiler.ir import verify
+from npusim.compiler.options import CompileOptions
+from npusim.compiler.vector_forms import vector_forms
 
 PIPELINE: tuple[tuple[str, Callable[[nx.DiGraph, CompileOptions], nx.DiGraph]], ...] = (
     ("fold_constants", passes.fold_constants),

@@ -10,14 +10,14 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from compiler.ir import NON_TENSOR, Node, Op, inputs_of, is_dynamic, node
+from npusim.compiler.ir import NON_TENSOR, Node, Op, inputs_of, is_dynamic, node
 
 ALIAS_OPS = (Op.RESHAPE, Op.FLATTEN, Op.IDENTITY, Op.DROPOUT, Op.SQUEEZE, Op.UNSQUEEZE)
 MATRIX_OPS = (Op.NPU_CONV, Op.NPU_DENSE, Op.NPU_MATMUL)
 ALU_OPS = (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAX, Op.MIN, Op.POW)
 VECTOR_FORMS = (Op.NPU_UNARY, Op.NPU_REDUCE, Op.NPU_NORM, Op.NPU_RESIZE, Op.NPU_MOVE,
                 Op.NPU_GATHER, Op.NPU_PAD)
-"""Made by :mod:`compiler.vector_forms` only where the vector unit can run them."""
+"""Made by :mod:`npusim.compiler.vector_forms` only where the vector unit can run them."""
 VECTOR_OPS = (Op.RELU, Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.GLOBAL_MAXPOOL, Op.SOFTMAX,
               Op.CONCAT) + ALU_OPS + VECTOR_FORMS
 

@@ -342,7 +342,7 @@ def _gru_step(bld, acts, f0, clip, lbr, xw_t, h_prev, product, s):
 def expand(proto: onnx.ModelProto, types: dict, per_step: bool = False
            ) -> tuple[onnx.ModelProto, dict[str, dict]] | None:
     """``proto`` with every LSTM, GRU and RNN of the main graph that the device can run
-    unrolled (``types``: every value's type, as :func:`compiler.shapes.resolve_shapes`
+    unrolled (``types``: every value's type, as :func:`npusim.compiler.shapes.resolve_shapes`
     gives them), or None when there is none.
 
     ``per_step`` makes each step's input products its own, as a matrix-vector unit runs

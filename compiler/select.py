@@ -2,7 +2,7 @@
 """Instruction selection: the one instruction (or few) that computes a device value.
 
 ``addr(v)`` gives the DRAM byte address of value ``v``; the memory plan is
-:mod:`compiler.lower`'s.
+:mod:`npusim.compiler.lower`'s.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Callable
 import networkx as nx
 import numpy as np
 
-from compiler.interpret import conv_geometry
-from compiler.ir import Node, Op, inputs_of, node
-from compiler.placement import ALU_OPS, alu_form, softmax_rows
-from simulator import isa
-from simulator.isa import PoolMode, f32_bits, to_u32
+from npusim.compiler.interpret import conv_geometry
+from npusim.compiler.ir import Node, Op, inputs_of, node
+from npusim.compiler.placement import ALU_OPS, alu_form, softmax_rows
+from npusim.simulator import isa
+from npusim.simulator.isa import PoolMode, f32_bits, to_u32
 
 Addr = Callable[[str], int]
 

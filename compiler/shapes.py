@@ -14,7 +14,7 @@ onnxruntime on inputs of the fixed shapes (:func:`_probe`).
 The model is untrusted: a node that would make a negative size is refused before
 ONNX's whole-graph inference sees it (:func:`guard_negative_dims`), the last inference
 is strict (a node whose types or shapes disagree is refused by name, as onnxruntime
-would refuse it), and a failure is explained by :mod:`compiler.node_checks` when it can
+would refuse it), and a failure is explained by :mod:`npusim.compiler.node_checks` when it can
 name the attribute or operand at fault.
 """
 
@@ -27,9 +27,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from compiler.errors import CompileError, one_line
-from compiler.model_check import MAX_ELEMENTS
-from compiler.node_checks import check_before_folding, check_onnx_nodes
+from npusim.compiler.errors import CompileError, one_line
+from npusim.compiler.model_check import MAX_ELEMENTS
+from npusim.compiler.node_checks import check_before_folding, check_onnx_nodes
 
 MAX_ROUNDS = 256
 """Fold-and-infer rounds before giving up on a fixed point. A chain can need two rounds
@@ -422,7 +422,7 @@ def _probe(model: onnx.ModelProto, names: list[str],
     """
     import onnxruntime as ort
 
-    from simulator.host import ort_reason, quiet_run
+    from npusim.simulator.host import ort_reason, quiet_run
 
     inits = {t.name for t in model.graph.initializer}
     size = sum(math.prod(static_dims(vi.type) or ()) for vi in model.graph.input

@@ -16,8 +16,8 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from compiler.interpret import clip_bounds
-from compiler.ir import (
+from npusim.compiler.interpret import clip_bounds
+from npusim.compiler.ir import (
     Node,
     Op,
     add_node,
@@ -29,9 +29,9 @@ from compiler.ir import (
     set_node,
     topo_order,
 )
-from compiler.options import CompileOptions
-from compiler.passes import add_const, rewire
-from compiler.placement import ALU_OPS, alu_form
+from npusim.compiler.options import CompileOptions
+from npusim.compiler.passes import add_const, rewire
+from npusim.compiler.placement import ALU_OPS, alu_form
 
 MOVE_DIMS = 6
 """Dimensions the vector unit's strided address generator walks (``V_MOVE``)."""

@@ -18,8 +18,8 @@ import pytest
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rtl.tb.kernels import KERNELS, sources  # noqa: E402
-from simulator.numerics import get_format  # noqa: E402
+from npusim.rtl.tb.kernels import KERNELS, sources  # noqa: E402
+from npusim.simulator.numerics import get_format  # noqa: E402
 
 _BFP = {"bfp_quantize", "bfp_dot", "bfp_acc", "systolic_array"}
 _CASES = [(k, None) for k in KERNELS] + [(k, "msfp8") for k in sorted(_BFP)]

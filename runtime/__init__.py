@@ -1,32 +1,33 @@
 # SPDX-License-Identifier: Apache-2.0
 """npusim's runtime: sessions over the simulated device, pipelines, packages, the zoo and the CLI.
 
-Every name is imported on first use (``runtime.Session``, ``runtime.ModelDefinition``), so
-that importing ``runtime`` (the CLI does) loads neither numba nor TensorFlow.
+Every name is imported on first use (``npusim.runtime.Session``,
+``npusim.runtime.ModelDefinition``), so that importing ``npusim.runtime`` (the CLI does)
+loads neither numba nor TensorFlow.
 """
 
 from __future__ import annotations
 
-from simulator.lazy import lazy_names
+from npusim.simulator.lazy import lazy_names
 
 _LAZY = {
-    "Session": "runtime.session",
-    "Device": "runtime.device",
-    "DevicePool": "runtime.device",
-    "DeviceStats": "runtime.device",
-    "AcceleratorStage": "runtime.pipeline",
-    "ModelDefinition": "runtime.pipeline",
-    "PipelineError": "runtime.pipeline",
-    "PipelineInputError": "runtime.pipeline",
-    "TensorSpec": "runtime.pipeline",
-    "TensorflowStage": "runtime.pipeline",
-    "PredictionClient": "runtime.client",
-    "PredictionError": "runtime.client",
-    "load_package": "runtime.package",
-    "save_package": "runtime.package",
-    "classifier_stage": "runtime.tfstages",
-    "featurizer_pipeline": "runtime.tfstages",
-    "preprocess_stage": "runtime.tfstages",
+    "Session": "npusim.runtime.session",
+    "Device": "npusim.runtime.device",
+    "DevicePool": "npusim.runtime.device",
+    "DeviceStats": "npusim.runtime.device",
+    "AcceleratorStage": "npusim.runtime.pipeline",
+    "ModelDefinition": "npusim.runtime.pipeline",
+    "PipelineError": "npusim.runtime.pipeline",
+    "PipelineInputError": "npusim.runtime.pipeline",
+    "TensorSpec": "npusim.runtime.pipeline",
+    "TensorflowStage": "npusim.runtime.pipeline",
+    "PredictionClient": "npusim.runtime.client",
+    "PredictionError": "npusim.runtime.client",
+    "load_package": "npusim.runtime.package",
+    "save_package": "npusim.runtime.package",
+    "classifier_stage": "npusim.runtime.tfstages",
+    "featurizer_pipeline": "npusim.runtime.tfstages",
+    "preprocess_stage": "npusim.runtime.tfstages",
 }
 
 __all__ = list(_LAZY)

@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """An ONNX backend (``onnx.backend.base.Backend``) over the simulated npusim device.
 
-``prepare`` compiles a model with :func:`compiler.compile_model` and runs it in a
-:class:`runtime.Session`: the ops the datapath has kernels for run on the simulated
-device, the others on the host through onnxruntime (see :mod:`compiler.placement`).
+``prepare`` compiles a model with :func:`npusim.compiler.compile_model` and runs it in a
+:class:`npusim.runtime.Session`: the ops the datapath has kernels for run on the simulated
+device, the others on the host through onnxruntime (see :mod:`npusim.compiler.placement`).
 The device is "CPU" for the ONNX test runner, the only device this backend reports.
 
 The compiler needs static shapes. A model whose inputs all have fixed sizes is
@@ -14,7 +14,7 @@ signature.
 Example:
     >>> import numpy as np
     >>> from onnx import helper
-    >>> from runtime import backend
+    >>> from npusim.runtime import backend
     >>> relu = helper.make_node("Relu", ["x"], ["y"])
     >>> (y,) = backend.run_node(relu, [np.array([-1.0, 2.0], np.float32)], opset_version=17)
     >>> y
@@ -32,12 +32,12 @@ import onnx
 from onnx import helper, shape_inference
 from onnx.backend.base import Backend, BackendRep
 
-from compiler import CompileError, compile_model
-from compiler.frontend import load_onnx
-from runtime.session import Session
-from simulator.config import DeviceConfig
-from simulator.device import InputError, RunStats
-from simulator.program import Program
+from npusim.compiler import CompileError, compile_model
+from npusim.compiler.frontend import load_onnx
+from npusim.runtime.session import Session
+from npusim.simulator.config import DeviceConfig
+from npusim.simulator.device import InputError, RunStats
+from npusim.simulator.program import Program
 
 DEVICE = "CPU"
 """The one device name: the simulated npusim device, with host (onnxruntime) fallback."""

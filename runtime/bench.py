@@ -2,7 +2,7 @@
 """Latency benchmarks: simulated device time beside the host's own timings.
 
 For each model, :func:`bench_model` compiles it, prices it with the timing model
-(:mod:`simulator.schedule`), runs it functionally on the simulator and on
+(:mod:`npusim.simulator.schedule`), runs it functionally on the simulator and on
 onnxruntime in the same process, and returns one row. :func:`timing_point` does only
 the compile and the schedule, for design-space sweeps.
 
@@ -18,24 +18,24 @@ from pathlib import Path
 
 import onnx
 
-from compiler import compile_model
-from compiler.frontend import load_onnx
-from runtime.compare import default_inputs
-from runtime.reference import median_seconds, onnxruntime_session
-from runtime.session import Session
-from simulator.config import DeviceConfig, load_device
-from simulator.schedule import schedule
-from simulator.stats import STALL_CAUSES, RunStats
+from npusim.compiler import compile_model
+from npusim.compiler.frontend import load_onnx
+from npusim.runtime.compare import default_inputs
+from npusim.runtime.reference import median_seconds, onnxruntime_session
+from npusim.runtime.session import Session
+from npusim.simulator.config import DeviceConfig, load_device
+from npusim.simulator.schedule import schedule
+from npusim.simulator.stats import STALL_CAUSES, RunStats
 
 
 def resolve_model(spec: str | Path | onnx.ModelProto, seed: int = 0) -> tuple[str,
                                                                                onnx.ModelProto]:
     """``(name, model)`` for a zoo name, ``light:NAME``, ``npu:NAME`` (a workload of the
-    open-source Brainwave-style NPU, :mod:`runtime.zoo.npu_workloads`), ``deepbench:NAME``
-    (a DeepBench recurrent layer, :mod:`runtime.zoo.deepbench`) or an ONNX file."""
-    from runtime.zoo import MODELS, load_light_model
-    from runtime.zoo.deepbench import BUILDERS as DEEPBENCH
-    from runtime.zoo.npu_workloads import BUILDERS as NPU_WORKLOADS
+    open-source Brainwave-style NPU, :mod:`npusim.runtime.zoo.npu_workloads`), ``deepbench:NAME``
+    (a DeepBench recurrent layer, :mod:`npusim.runtime.zoo.deepbench`) or an ONNX file."""
+    from npusim.runtime.zoo import MODELS, load_light_model
+    from npusim.runtime.zoo.deepbench import BUILDERS as DEEPBENCH
+    from npusim.runtime.zoo.npu_workloads import BUILDERS as NPU_WORKLOADS
 
     if isinstance(spec, onnx.ModelProto):
         return spec.graph.name or "model", spec

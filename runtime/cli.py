@@ -18,7 +18,7 @@ import numpy as np
 
 
 def _atomic_write(path: Path, write) -> None:
-    from simulator.fileio import atomic_write
+    from npusim.simulator.fileio import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
@@ -29,14 +29,14 @@ def _write_json(path: Path, obj) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from compiler.dump import dump_graph
-    from compiler.frontend import to_graph
-    from compiler.options import CompileOptions
-    from compiler.pipeline import run_passes
+    from npusim.compiler.dump import dump_graph
+    from npusim.compiler.frontend import to_graph
+    from npusim.compiler.options import CompileOptions
+    from npusim.compiler.pipeline import run_passes
 
     shapes = _parse_shapes(args.input_shape)
     if args.stop_after:
-        from compiler.pipeline import PASS_NAMES
+        from npusim.compiler.pipeline import PASS_NAMES
 
         if args.stop_after not in PASS_NAMES:
             raise UsageError(f"--stop-after: no pass '{args.stop_after}'; the passes are "
@@ -50,8 +50,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         raise UsageError("compile needs -o OUT.npub (or --stop-after PASS to dump the graph)")
-    from compiler import compile_model
-    from compiler.driver import summary_line
+    from npusim.compiler import compile_model
+    from npusim.compiler.driver import summary_line
 
     t0 = time.perf_counter()
     prog = compile_model(args.model, args.device, args.numerics, args.rounding, args.seed,
@@ -120,7 +120,7 @@ def _safe_name(name: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runtime.session import Session
+    from npusim.runtime.session import Session
 
     sess = Session(args.program, args.device)
     feeds = _parse_inputs(args.input, [t.name for t in sess.get_inputs()])
@@ -152,13 +152,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_layers(stats, top: int) -> None:
     """``--layers``: every layer (-1, the flag alone) or the ``top`` slowest."""
-    from runtime.bench import format_layers
+    from npusim.runtime.bench import format_layers
 
     print(format_layers(stats, top if top > 0 else None))
 
 
 def _write_trace(path: Path, stats, sess) -> None:
-    from simulator.trace import chrome_trace
+    from npusim.simulator.trace import chrome_trace
 
     title = f"{sess.program.metadata.get('model', 'model')} on {sess.device.config.name}"
     trace = chrome_trace(stats, title)
@@ -167,7 +167,7 @@ def _write_trace(path: Path, stats, sess) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from simulator.program import Program
+    from npusim.simulator.program import Program
 
     prog = Program.load(args.program)
     t = prog.target
@@ -208,8 +208,8 @@ def _pinning(prog) -> str:
 
 
 def cmd_device(args: argparse.Namespace) -> int:
-    from runtime.devicecmd import format_device, format_device_list
-    from simulator.config import load_device
+    from npusim.runtime.devicecmd import format_device, format_device_list
+    from npusim.simulator.config import load_device
 
     if args.device_command == "list":
         print(format_device_list())
@@ -219,7 +219,7 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from runtime.bench import BENCH_HEAD, bench_model, format_bench, format_bench_row
+    from npusim.runtime.bench import BENCH_HEAD, bench_model, format_bench, format_bench_row
 
     rows, plotted = [], []
     devices = args.device or ["brainwave-s10"]
@@ -255,8 +255,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _plots(outdir: Path, row: dict, device) -> str:
-    from runtime import plots
-    from simulator.config import load_device
+    from npusim.runtime import plots
+    from npusim.simulator.config import load_device
 
     cfg = load_device(device).replace(numerics=row["numerics"])
     stem = _safe_name(f"{row['model']}-{row['device']}-{row['numerics']}")
@@ -267,7 +267,7 @@ def _plots(outdir: Path, row: dict, device) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from runtime.sweep import format_sweep, run_sweep
+    from npusim.runtime.sweep import format_sweep, run_sweep
 
     rows = run_sweep(args.model, Path(args.grid), Path(args.out) if args.out else None,
                      address=args.address, serial=args.serial)
@@ -276,11 +276,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from compiler import compile_model
-    from runtime.reference import median_seconds, onnxruntime_session
-    from runtime.session import Session
-    from runtime.zoo import build_resnet50
-    from simulator.config import load_device
+    from npusim.compiler import compile_model
+    from npusim.runtime.reference import median_seconds, onnxruntime_session
+    from npusim.runtime.session import Session
+    from npusim.runtime.zoo import build_resnet50
+    from npusim.simulator.config import load_device
 
     model = build_resnet50(seed=args.seed)
     feeds = {"images": np.random.default_rng(args.seed).standard_normal((1, 3, 224, 224))
@@ -317,7 +317,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from runtime.zoo import LIGHT_MODELS, MODELS, ZOO_DESCRIPTIONS, load_light_model
+    from npusim.runtime.zoo import LIGHT_MODELS, MODELS, ZOO_DESCRIPTIONS, load_light_model
 
     if args.zoo_command == "list":
         width = max(len(n) for n in MODELS)
@@ -345,8 +345,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from compiler.frontend import load_onnx
-    from runtime.compare import compare_layers, default_inputs, format_rows
+    from npusim.compiler.frontend import load_onnx
+    from npusim.runtime.compare import compare_layers, default_inputs, format_rows
 
     model = load_onnx(args.model)
     feeds = default_inputs(model, args.seed)
@@ -360,8 +360,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from runtime.signing import key_id, load_private_key
-    from runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.signing import key_id, load_private_key
+    from npusim.runtime.tfstages import featurizer_pipeline
 
     key = load_private_key(args.sign_key) if args.sign_key else None  # before the slow build
     model = featurizer_pipeline(args.model, args.device or "brainwave-s10", args.numerics,
@@ -380,7 +380,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from runtime.signing import generate_keypair, key_id, load_public_key
+    from npusim.runtime.signing import generate_keypair, key_id, load_public_key
 
     private, public = generate_keypair(args.out)
     print(f"key {key_id(load_public_key(public))[:16]}: sign with {private} (keep it secret), "
@@ -389,7 +389,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from runtime.verify import format_summary, verify
+    from npusim.runtime.verify import format_summary, verify
 
     rows = verify(args.sim, args.k, progress=lambda line: print(line, flush=True))
     print()
@@ -403,8 +403,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import os
 
-    from runtime.pipeline import import_tensorflow
-    from runtime.serving import ServerConfig, read_api_key_file, serve
+    from npusim.runtime.pipeline import import_tensorflow
+    from npusim.runtime.serving import ServerConfig, read_api_key_file, serve
 
     keys = tuple(args.api_key or ()) + (read_api_key_file(args.api_key_file)
                                         if args.api_key_file else ())
@@ -438,7 +438,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import os
 
-    from runtime.client import PredictionClient, format_top, parse_address
+    from npusim.runtime.client import PredictionClient, format_top, parse_address
 
     try:
         host, port = parse_address(args.address)
@@ -464,7 +464,7 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from simulator.numerics import FORMAT_NAMES
+    from npusim.simulator.numerics import FORMAT_NAMES
 
     p = argparse.ArgumentParser(prog="npusim", description="Brainwave-class NPU toolkit: "
                                 "compile ONNX models, simulate them bit-exactly, count cycles.")
@@ -580,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--serial", action="store_true", help="run the points here, without Ray")
     sw.set_defaults(fn=cmd_sweep)
 
-    from runtime.evalcmd import add_arguments, cmd_eval
+    from npusim.runtime.evalcmd import add_arguments, cmd_eval
 
     ev = sub.add_parser("eval", help="accuracy of a program, or of every format, over a "
                         "dataset (top-1, top-5, agreement with fp32)")
@@ -648,19 +648,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 USER_ERRORS = {
-    "compiler.errors": ("CompileError",),
-    "simulator.program": ("ProgramError",),
-    "simulator.device": ("InputError", "ExecutionError"),
-    "simulator.config": ("ConfigError",),
-    "simulator.isa_fields": ("EncodingError",),
-    "simulator.host": ("HostOpError",),
-    "runtime.sweep": ("SweepError",),
-    "runtime.evaluate": ("EvalError",),
-    "runtime.datasets": ("DatasetError",),
-    "runtime.parallel": ("ParallelError",),
-    "runtime.verify": ("VerifyError",),
-    "runtime.pipeline": ("PipelineError",),
-    "runtime.serving": ("ServingConfigError",),
+    "npusim.compiler.errors": ("CompileError",),
+    "npusim.simulator.program": ("ProgramError",),
+    "npusim.simulator.device": ("InputError", "ExecutionError"),
+    "npusim.simulator.config": ("ConfigError",),
+    "npusim.simulator.isa_fields": ("EncodingError",),
+    "npusim.simulator.host": ("HostOpError",),
+    "npusim.runtime.sweep": ("SweepError",),
+    "npusim.runtime.evaluate": ("EvalError",),
+    "npusim.runtime.datasets": ("DatasetError",),
+    "npusim.runtime.parallel": ("ParallelError",),
+    "npusim.runtime.verify": ("VerifyError",),
+    "npusim.runtime.pipeline": ("PipelineError",),
+    "npusim.runtime.serving": ("ServingConfigError",),
 }
 """Errors a user causes (bad files, models, requests), printed as one line with exit 2. They
 are looked up among the modules a command imported: an error of a module it never loaded
@@ -678,7 +678,7 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simulator.text import one_line
+    from npusim.simulator.text import one_line
 
     args = build_parser().parse_args(argv)
     try:
@@ -691,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except Exception as exc:
-        client = sys.modules.get("runtime.client")
+        client = sys.modules.get("npusim.runtime.client")
         if client is not None and isinstance(exc, client.PredictionError):
             # the server's answer; 1 when it could not be reached
             print(f"npusim: error: {one_line(exc, 1000)}", file=sys.stderr)

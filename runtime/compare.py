@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compiler import compile_full
-from compiler.interpret import Numerics, evaluate
-from compiler.ir import Op, inputs_of, node, topo_order
-from compiler.select import op_label
+from npusim.compiler import compile_full
+from npusim.compiler.interpret import Numerics, evaluate
+from npusim.compiler.ir import Op, inputs_of, node, topo_order
+from npusim.compiler.select import op_label
 
 
 def default_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
@@ -40,7 +40,7 @@ def compare_layers(model: str | Path | onnx.ModelProto, numerics: str,
                    feeds: dict[str, np.ndarray] | None = None, device=None) -> list[dict]:
     """Per layer: relative L2 error, cosine similarity and max abs error against fp32."""
     if not isinstance(model, onnx.ModelProto):
-        from compiler.frontend import load_onnx
+        from npusim.compiler.frontend import load_onnx
 
         model = load_onnx(model)
     feeds = feeds if feeds is not None else default_inputs(model)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Datasets of :mod:`runtime.evaluate`: arrays in ``.npz``/``.npy`` files, folders of images.
+"""Datasets of :mod:`npusim.runtime.evaluate`: arrays in ``.npz``/``.npy`` files, folders of images.
 
 :func:`load_dataset` takes
 
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from simulator.text import shorten
+from npusim.simulator.text import shorten
 
 if TYPE_CHECKING:
-    from runtime.pipeline import ModelDefinition
+    from npusim.runtime.pipeline import ModelDefinition
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 """The files a folder dataset takes (case-insensitive)."""
@@ -295,11 +295,11 @@ def image_preprocessing(input_shape: tuple[int, ...], package: str | Path | None
     """The stages that turn image bytes into a program's input, as a ModelDefinition.
 
     With ``package``, its stages before its first accelerator stage. Otherwise the
-    featurizer service's own (:func:`runtime.tfstages.preprocess_stage`): decode, resize
+    featurizer service's own (:func:`npusim.runtime.tfstages.preprocess_stage`): decode, resize
     the short side to ``round(H * 256 / 224)``, crop the centre ``H x H``, subtract the
     ImageNet channel means, BGR, CHW; it needs a program input ``[1, 3, H, H]``.
     """
-    from runtime.pipeline import AcceleratorStage, ModelDefinition, PipelineError
+    from npusim.runtime.pipeline import AcceleratorStage, ModelDefinition, PipelineError
 
     if package is None:
         shape = tuple(input_shape)
@@ -307,12 +307,12 @@ def image_preprocessing(input_shape: tuple[int, ...], package: str | Path | None
             raise DatasetError(f"the default image preprocessing makes [1, 3, H, H] inputs; "
                                f"the program takes {list(shape)}: give --package with the "
                                "model's preprocessing")
-        from runtime.tfstages import preprocess_stage
+        from npusim.runtime.tfstages import preprocess_stage
 
         size = shape[2]
         return ModelDefinition("preprocess", 1, [preprocess_stage(size, max(
             size, round(size * 256 / 224)))])
-    from runtime.package import load_package
+    from npusim.runtime.package import load_package
 
     try:
         loaded = load_package(package)
@@ -333,7 +333,7 @@ def image_preprocessing(input_shape: tuple[int, ...], package: str | Path | None
 
 
 def _read_image(path: Path) -> bytes:
-    from runtime.imageheader import DEFAULT_MAX_PIXELS, ImageHeaderError, check_image
+    from npusim.runtime.imageheader import DEFAULT_MAX_PIXELS, ImageHeaderError, check_image
 
     size = path.stat().st_size
     if size > MAX_IMAGE_BYTES:
@@ -347,7 +347,7 @@ def _read_image(path: Path) -> bytes:
 
 
 def _decode(ds: Dataset, files: tuple[Path, ...]) -> np.ndarray:
-    from runtime.pipeline import PipelineInputError
+    from npusim.runtime.pipeline import PipelineInputError
 
     model = ds.preprocess
     name = model.inputs[0].name

@@ -7,7 +7,7 @@ one request at a time. A :class:`DevicePool` hands requests to free devices of
 one configuration and loads the requested program where it is not loaded yet.
 
 Example:
-    >>> from runtime.device import DevicePool           # doctest: +SKIP
+    >>> from npusim.runtime.device import DevicePool           # doctest: +SKIP
     >>> pool = DevicePool(2, "brainwave-s10")           # doctest: +SKIP
     >>> outputs, stats = pool.run(program, {"images": x})  # doctest: +SKIP
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator import device as simdevice
-from simulator.config import DeviceConfig, load_device
-from simulator.program import Program, ProgramError
-from simulator.stats import RunStats
+from npusim.simulator import device as simdevice
+from npusim.simulator.config import DeviceConfig, load_device
+from npusim.simulator.program import Program, ProgramError
+from npusim.simulator.stats import RunStats
 
 __all__ = ["Device", "DevicePool", "DeviceStats"]
 

@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """``npusim device``: a device configuration in text, primary fields then derived figures.
 
-Every derived figure comes from a :class:`~simulator.config.DeviceConfig` property; this
+Every derived figure comes from a :class:`~npusim.simulator.config.DeviceConfig` property; this
 module only lays them out (and converts KiB to MiB for display).
 
 Example:
-    >>> from simulator.config import load_device
+    >>> from npusim.simulator.config import load_device
     >>> text = format_device(load_device("brainwave-s10"))
     >>> [line for line in text.splitlines() if "peak MACs" in line]
     ['  peak MACs per cycle    96,000']
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from simulator.config import DeviceConfig, load_device, preset_names
+from npusim.simulator.config import DeviceConfig, load_device, preset_names
 
 UNITS: dict[str, str] = {
     "native_dim": "elements",

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """``npusim eval``: the accuracy of a program, or of every format, over a dataset.
 
-Prints one row per format (:func:`runtime.evaluate.format_eval`) and, with ``--json``,
+Prints one row per format (:func:`npusim.runtime.evaluate.format_eval`) and, with ``--json``,
 writes the figures atomically. Notes (no labels, a class-folder count that differs from
 the model's outputs) go to stderr.
 
@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from runtime.evaluate import EvalError, evaluate, format_eval
-    from simulator.fileio import atomic_write
+    from npusim.runtime.evaluate import EvalError, evaluate, format_eval
+    from npusim.simulator.fileio import atomic_write
 
     out = Path(args.json) if args.json else None
     if out is not None and out.is_dir():  # found out now, not after the whole run

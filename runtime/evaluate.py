@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Accuracy of a program, or of every number format at once, over a dataset.
 
-:func:`evaluate` runs every sample of a dataset (:mod:`runtime.datasets`) through one or
+:func:`evaluate` runs every sample of a dataset (:mod:`npusim.runtime.datasets`) through one or
 more programs and compares the predictions, the top-k indices of each program's first
 output flattened per sample, with the labels and with each other:
 
@@ -12,10 +12,10 @@ output flattened per sample, with the labels and with each other:
 - a ``.npub`` program runs in its own format; ``reference=`` (an ONNX model) gives it an
   fp32 reference, compiled for the program's device.
 
-The samples go in chunks of ``chunk`` to workers (:mod:`runtime.parallel`): serially,
+The samples go in chunks of ``chunk`` to workers (:mod:`npusim.runtime.parallel`): serially,
 on ``workers`` local processes (the default: one per core), or on a Ray cluster at
 ``address`` (``"local"``: a fresh local Ray instance). Each worker
-(:mod:`runtime.evalworker`) loads the programs once from their bytes. The simulator is
+(:mod:`npusim.runtime.evalworker`) loads the programs once from their bytes. The simulator is
 deterministic, so every mode gives the same predictions.
 
 Example:
@@ -35,15 +35,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.datasets import DatasetError, image_preprocessing, load_dataset
-from runtime.evalworker import TOP_K, load_worker, run_chunk, sample_shape
-from runtime.parallel import Mode, ParallelError, map_chunks
+from npusim.runtime.datasets import DatasetError, image_preprocessing, load_dataset
+from npusim.runtime.evalworker import TOP_K, load_worker, run_chunk, sample_shape
+from npusim.runtime.parallel import Mode, ParallelError, map_chunks
 
 if TYPE_CHECKING:
     import onnx
 
-    from simulator.config import DeviceConfig
-    from simulator.program import Program
+    from npusim.simulator.config import DeviceConfig
+    from npusim.simulator.program import Program
 
 MAX_SAMPLES = 1_000_000
 """Samples one evaluation takes (``limit`` is at most this)."""
@@ -101,7 +101,7 @@ class EvalResult:
 
 
 def _formats(numerics, default: str) -> list[str]:
-    from simulator.numerics import FORMAT_NAMES
+    from npusim.simulator.numerics import FORMAT_NAMES
 
     if numerics is None:
         return [default]
@@ -130,7 +130,7 @@ def _input_shapes(proto) -> dict[str, tuple[int, ...]] | None:
 
 
 def _resolve(model) -> tuple[str, object]:
-    from runtime.bench import resolve_model
+    from npusim.runtime.bench import resolve_model
 
     try:
         return resolve_model(model)
@@ -144,9 +144,9 @@ def _resolve(model) -> tuple[str, object]:
 def _programs(model, numerics, device, reference, check) -> tuple[str, list, str | None]:
     """``(name, [(row name, Program)], reference row name or None)``; ``check(name,
     program)`` sees the first program before any other is compiled."""
-    from compiler import compile_model
-    from simulator.config import load_device
-    from simulator.program import Program
+    from npusim.compiler import compile_model
+    from npusim.simulator.config import load_device
+    from npusim.simulator.program import Program
 
     if isinstance(model, Program) or str(model).endswith(".npub"):
         prog = model if isinstance(model, Program) else Program.load(model)

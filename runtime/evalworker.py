@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""What an evaluation's workers run (:mod:`runtime.evaluate`): load the programs once,
+"""What an evaluation's workers run (:mod:`npusim.runtime.evaluate`): load the programs once,
 then run chunks of samples through them.
 
 The state :func:`load_worker` builds from the programs' bytes holds one Session per
@@ -35,7 +35,7 @@ def _predict(session, xs: np.ndarray) -> np.ndarray:
     """The first output of ``session``'s program for each sample of ``xs`` (``[n,
     *sample_shape(input shape)]``), flattened: ``[n, outputs]``.
 
-    The samples run as batches (:meth:`runtime.session.Session.run` takes ``n`` in place
+    The samples run as batches (:meth:`npusim.runtime.session.Session.run` takes ``n`` in place
     of the input's leading 1, or a new leading axis), bit for bit the one-by-one result.
     """
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
@@ -62,9 +62,9 @@ class Worker:
 def load_worker(shared: tuple) -> Worker:
     """A worker's state from ``(((row name, program bytes), ...), reference row name,
     compute threads or None)``: a worker among several takes its share of the cores."""
-    from runtime.session import Session
-    from simulator import threads
-    from simulator.program import Program
+    from npusim.runtime.session import Session
+    from npusim.simulator import threads
+    from npusim.simulator.program import Program
 
     programs, reference, compute_threads = shared
     if compute_threads:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.manifest import (
+from npusim.runtime.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -55,14 +55,14 @@ from runtime.manifest import (
     name_problem,
     parse_manifest,
 )
-from runtime.pipeline import (
+from npusim.runtime.pipeline import (
     AcceleratorStage,
     ModelDefinition,
     PipelineError,
     TensorflowStage,
     import_tensorflow,
 )
-from runtime.signing import (
+from npusim.runtime.signing import (
     MAX_SIGNATURE_BYTES,
     SIGNATURE,
     PrivateKeyLike,
@@ -73,8 +73,8 @@ from runtime.signing import (
     load_trust_keys,
     sign_manifest,
 )
-from simulator.fileio import atomic_write
-from simulator.program import Program
+from npusim.simulator.fileio import atomic_write
+from npusim.simulator.program import Program
 
 __all__ = ["DEFAULT_LIMITS", "FORMAT", "FORMAT_VERSION", "MANIFEST", "PackageError",
            "PackageLimits", "extract_package", "load_package", "save_package"]

@@ -11,7 +11,7 @@ of the batch at a time because the device serves batch 1.
 TensorFlow is imported only when a TensorFlow stage is built or loaded.
 
 Example:
-    >>> from runtime.tfstages import featurizer_pipeline    # doctest: +SKIP
+    >>> from npusim.runtime.tfstages import featurizer_pipeline    # doctest: +SKIP
     >>> model = featurizer_pipeline("resnet50")             # doctest: +SKIP
     >>> probs = model.run({"images": np.array([jpeg_bytes], dtype=object)})  # doctest: +SKIP
     >>> model.save("resnet50.zip")                          # doctest: +SKIP
@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from simulator.config import DeviceConfig
-from simulator.device import InputError
-from simulator.program import Program
-from simulator.text import one_line
+from npusim.simulator.config import DeviceConfig
+from npusim.simulator.device import InputError
+from npusim.simulator.program import Program
+from npusim.simulator.text import one_line
 
 if TYPE_CHECKING:
-    from runtime.device import Device, DevicePool
-    from runtime.signing import PrivateKeyLike, PublicKeyLike
+    from npusim.runtime.device import Device, DevicePool
+    from npusim.runtime.signing import PrivateKeyLike, PublicKeyLike
 
 __all__ = ["AcceleratorStage", "ModelDefinition", "PipelineError", "PipelineInputError",
            "Stage", "TensorSpec", "TensorflowStage", "check_feeds"]
@@ -337,7 +337,7 @@ class AcceleratorStage:
 
     The device serves batch 1: a program whose inputs have batch 1 takes a batch of
     any size here, its rows run one after another on one device
-    (:meth:`simulator.device.Device.run_batch`), the outputs concatenated.
+    (:meth:`npusim.simulator.device.Device.run_batch`), the outputs concatenated.
     """
 
     kind = "accelerator"
@@ -363,7 +363,7 @@ class AcceleratorStage:
             return pool.run(self.program, feeds, batch)[0]
         with self._lock:
             if self._device is None:
-                from runtime.device import Device
+                from npusim.runtime.device import Device
 
                 dev = Device(self.program.target)
                 dev.load(self.program)
@@ -488,12 +488,12 @@ class ModelDefinition:
         return {"inputs": table(self.inputs), "outputs": table(self.outputs)}
 
     def save(self, path: str | Path, sign_key: PrivateKeyLike | None = None) -> Path:
-        """Write the model as one package file (see :mod:`runtime.package`).
+        """Write the model as one package file (see :mod:`npusim.runtime.package`).
 
         ``sign_key``: an Ed25519 private key (PEM file path, PEM bytes or key object) to
-        sign the package with (see :mod:`runtime.signing`).
+        sign the package with (see :mod:`npusim.runtime.signing`).
         """
-        from runtime.package import save_package
+        from npusim.runtime.package import save_package
 
         return save_package(self, path, sign_key=sign_key)
 
@@ -505,7 +505,7 @@ class ModelDefinition:
         ``trust_keys``: Ed25519 public keys (PEM file paths, PEM bytes or key objects);
         when given, the package must be signed by one of them.
         """
-        from runtime.package import load_package
+        from npusim.runtime.package import load_package
 
         return load_package(path, trust_keys=trust_keys)
 

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from simulator.stats import STALL_CAUSES, LayerStats, RunStats
+from npusim.simulator.stats import STALL_CAUSES, LayerStats, RunStats
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from simulator.config import DeviceConfig
+    from npusim.simulator.config import DeviceConfig
 
 CATEGORIES = ("compute", *(f"stall: {c}" for c in STALL_CAUSES), "host link", "overlap/other")
 """What a layer's cycles are spent on, in the order the bars stack."""
@@ -45,7 +45,7 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    from simulator.fileio import atomic_write
+    from npusim.simulator.fileio import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ _AXIS_LABELS = {"peak_macs_per_cycle": "peak MACs per cycle", "latency_ms": "lat
 
 
 def _varying(rows: Sequence[dict], exclude: Sequence[str]) -> list[str]:
-    from runtime.sweep import GRID_FIELDS
+    from npusim.runtime.sweep import GRID_FIELDS
 
     return [k for k in GRID_FIELDS if k not in exclude and len({r.get(k) for r in rows}) > 1]
 
@@ -195,13 +195,13 @@ def pareto(rows: Sequence[dict], path: str | Path, x: str = "peak_macs_per_cycle
            title: str = "") -> Path:
     """Scatter of sweep rows (``x`` against ``y``, lower-left is better) with the Pareto front.
 
-    The front (:func:`runtime.sweep.pareto_front`) is drawn as a step line and its points
+    The front (:func:`npusim.runtime.sweep.pareto_front`) is drawn as a step line and its points
     labelled with their ``label_keys`` values (default: the device fields that vary).
     Points are coloured by number format when the rows have more than one.
     """
     from matplotlib import colormaps
 
-    from runtime.sweep import pareto_front
+    from npusim.runtime.sweep import pareto_front
 
     front = pareto_front(rows, x, y)
     ok = [r for r in rows if all(isinstance(r.get(k), (int, float)) and math.isfinite(r[k])

@@ -2,7 +2,7 @@
 """A TensorFlow Serving-compatible gRPC server for a pipeline package.
 
 It speaks the stock ``tensorflow.serving.PredictionService`` protocol, so any TF
-Serving client (the Azure accelerated-models SDK, ``runtime.client``, grpcurl
+Serving client (the Azure accelerated-models SDK, ``npusim.runtime.client``, grpcurl
 with the TF Serving protos) can call it: ``Predict`` takes ``inputs['images']``,
 a DT_STRING tensor of raw JPEG/PNG bytes, and answers every final output of the
 pipeline by name (``outputs['output_alias']`` for a featurizer pipeline);
@@ -19,7 +19,7 @@ Limits: a request over ``max_request_bytes`` or with a batch over ``max_batch`` 
 refused with RESOURCE_EXHAUSTED, as is a Predict call when ``max_queued`` calls are
 already held (running or waiting for one of ``workers``); an image whose header
 declares more than ``max_image_pixels`` is refused with INVALID_ARGUMENT before it is
-decoded (:mod:`runtime.serving_service` checks every request field). A model name or
+decoded (:mod:`npusim.runtime.serving_service` checks every request field). A model name or
 version the server does not serve is NOT_FOUND, as in TF Serving.
 
 Life cycle: the health service answers NOT_SERVING until one warm-up inference has
@@ -42,7 +42,7 @@ server only:
   ``npusim_device_runs_total``: from ``DevicePool.stats()`` (the warm-up run included).
 
 Example:
-    >>> from runtime.serving import PredictionServer, ServerConfig     # doctest: +SKIP
+    >>> from npusim.runtime.serving import PredictionServer, ServerConfig     # doctest: +SKIP
     >>> server = PredictionServer(ServerConfig("resnet50.zip", port=0))  # doctest: +SKIP
     >>> server.start(); print(server.port)                               # doctest: +SKIP
     >>> server.stop(grace=5.0)                                           # doctest: +SKIP
@@ -68,9 +68,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from runtime.imageheader import DEFAULT_MAX_PIXELS
-from runtime.serving_gate import Gate, Metrics
-from runtime.serving_service import (
+from npusim.runtime.imageheader import DEFAULT_MAX_PIXELS
+from npusim.runtime.serving_gate import Gate, Metrics
+from npusim.runtime.serving_service import (
     SIGNATURE_NAME,
     PredictionServicer,
     RequestError,
@@ -132,7 +132,7 @@ class ServerConfig:
     """Seconds the calls already received get to finish when the server is told to stop."""
     trust_keys: tuple[str | Path | bytes, ...] = ()
     """Ed25519 public keys (PEM file paths or PEM bytes); when given, the package must be
-    signed by one of them (see :mod:`runtime.signing`)."""
+    signed by one of them (see :mod:`npusim.runtime.signing`)."""
 
     @property
     def tls(self) -> bool:
@@ -187,7 +187,7 @@ class ServerConfig:
         if package and not Path(self.package).is_file():
             raise ServingConfigError(f"package not found: {self.package}")
         if self.trust_keys:
-            from runtime.signing import SigningError, load_trust_keys
+            from npusim.runtime.signing import SigningError, load_trust_keys
 
             try:
                 load_trust_keys(self.trust_keys)
@@ -230,8 +230,8 @@ class PredictionServer:
 
     def start(self) -> PredictionServer:
         """Load the package (if not given), bind the ports and start answering."""
-        from runtime.device import DevicePool
-        from runtime.pipeline import ModelDefinition, PipelineError
+        from npusim.runtime.device import DevicePool
+        from npusim.runtime.pipeline import ModelDefinition, PipelineError
 
         if self._server is not None:
             raise RuntimeError("the server is already started")
@@ -304,7 +304,7 @@ class PredictionServer:
     def _warm_up(self) -> None:
         """One inference through the pipeline before the server reports SERVING, so that the
         first request does not pay for TensorFlow's tracing and the device program load."""
-        from runtime.pipeline import PipelineInputError
+        from npusim.runtime.pipeline import PipelineInputError
 
         t0 = time.perf_counter()
         try:

@@ -2,7 +2,7 @@
 """An onnxruntime-like session over a program on a simulated device.
 
 Example:
-    >>> from runtime import Session                       # doctest: +SKIP
+    >>> from npusim.runtime import Session                       # doctest: +SKIP
     >>> sess = Session("resnet50.npub")                    # doctest: +SKIP
     >>> (features,) = sess.run(None, {"images": x})        # doctest: +SKIP
     >>> sess.last_stats.latency_us                         # doctest: +SKIP
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.config import DeviceConfig, load_device
-from simulator.device import Device, InputError, RunStats
-from simulator.program import Program
+from npusim.simulator.config import DeviceConfig, load_device
+from npusim.simulator.device import Device, InputError, RunStats
+from npusim.simulator.program import Program
 
 
 class Session:

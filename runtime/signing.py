@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from runtime.pipeline import PipelineError
+from npusim.runtime.pipeline import PipelineError
 
 __all__ = ["PRIVATE_KEY_FILE", "PUBLIC_KEY_FILE", "SIGNATURE", "SigningError", "check_signature",
            "generate_keypair", "key_id", "load_private_key", "load_public_key", "load_trust_keys",

@@ -15,7 +15,7 @@ The points are the cartesian product of the lists, in file order with the last f
 varying fastest. Every point's :class:`DeviceConfig` is built (and so validated) before
 any work starts; a bad grid raises :class:`SweepError` naming the field and value.
 
-Each point is compiled and priced by :func:`runtime.bench.timing_point` (no functional
+Each point is compiled and priced by :func:`npusim.runtime.bench.timing_point` (no functional
 run). With Ray installed the points run as Ray tasks, on a local Ray instance or on the
 cluster at ``address`` (whose workers must be able to import npusim); otherwise, or
 with ``serial=True``, one after the other in this process. :func:`run_sweep` writes
@@ -41,8 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runtime.parallel import Mode, ParallelError, map_chunks, ray_installed
-from simulator.config import DEFAULT_DEVICE, ConfigError, DeviceConfig, load_device, preset_names
+from npusim.runtime.parallel import Mode, ParallelError, map_chunks, ray_installed
+from npusim.simulator.config import (
+    DEFAULT_DEVICE,
+    ConfigError,
+    DeviceConfig,
+    load_device,
+    preset_names,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -170,8 +176,8 @@ def pareto_front(rows: Sequence[dict], x: str, y: str) -> list[int]:
 def _price(model: onnx.ModelProto, cfg: DeviceConfig) -> dict | str:
     """One point: the timing figures, or the message of a user error (bad model or device),
     returned rather than raised so that it crosses from a Ray worker intact."""
-    from compiler.errors import CompileError
-    from runtime.bench import timing_point
+    from npusim.compiler.errors import CompileError
+    from npusim.runtime.bench import timing_point
 
     try:
         return timing_point(model, cfg)
@@ -191,7 +197,7 @@ def run_sweep(model: str | Path | onnx.ModelProto, grid_path: str | Path,
     A row is the point's grid values followed by the :func:`timing_point` figures.
     ``out_dir`` (default ``sweep-<model>``) receives ``points.csv`` and ``pareto.png``.
     """
-    from runtime.bench import resolve_model
+    from npusim.runtime.bench import resolve_model
 
     if address and serial:
         raise SweepError("a Ray address and a serial run exclude each other")
@@ -226,7 +232,7 @@ def run_sweep(model: str | Path | onnx.ModelProto, grid_path: str | Path,
     out = Path(out_dir) if out_dir is not None else Path(f"sweep-{_safe_name(name)}")
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "points.csv")
-    from runtime import plots
+    from npusim.runtime import plots
 
     plots.pareto(rows, out / "pareto.png", label_keys=grid.fields,
                  title=f"{name}: {len(rows)} points around {grid.base.name}")
@@ -235,7 +241,7 @@ def run_sweep(model: str | Path | onnx.ModelProto, grid_path: str | Path,
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     """Write ``rows`` as CSV (columns in first-seen order) atomically; returns the path."""
-    from simulator.fileio import atomic_write
+    from npusim.simulator.fileio import atomic_write
 
     columns = list(dict.fromkeys(k for r in rows for k in r))
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.imageheader import DEFAULT_MAX_PIXELS, ImageHeaderError, check_image
-from runtime.pipeline import (
+from npusim.runtime.imageheader import DEFAULT_MAX_PIXELS, ImageHeaderError, check_image
+from npusim.runtime.pipeline import (
     AcceleratorStage,
     ModelDefinition,
     PipelineError,
@@ -28,7 +28,7 @@ from runtime.pipeline import (
     check_feeds,
     import_tensorflow,
 )
-from simulator.config import DeviceConfig
+from npusim.simulator.config import DeviceConfig
 
 __all__ = ["CHANNEL_MEANS", "classifier_stage", "classifier_weights", "featurizer_pipeline",
            "preprocess_stage"]
@@ -64,7 +64,7 @@ def preprocess_stage(size: int = 224, resize: int = 256, name: str = "preprocess
     rounded to the nearest pixel, aspect kept), crop the centre ``size`` x ``size``,
     subtract :data:`CHANNEL_MEANS`, reverse the channels to BGR and lay out as CHW.
     Output ``images`` (float32, ``[N, 3, size, size]``). An image whose header declares
-    more than ``max_pixels`` pixels (see :mod:`runtime.imageheader`) is refused undecoded.
+    more than ``max_pixels`` pixels (see :mod:`npusim.runtime.imageheader`) is refused undecoded.
     """
     if not (isinstance(size, int) and isinstance(resize, int) and 0 < size <= resize):
         raise PipelineError(f"preprocessing needs 0 < size <= resize, got size={size!r}, "
@@ -126,7 +126,7 @@ def classifier_stage(features: int, classes: int = 1000, seed: int = 0,
 
 
 def _onnx_model(model: str | Path, seed: int):
-    from runtime.zoo import MODELS
+    from npusim.runtime.zoo import MODELS
 
     if isinstance(model, str) and model in MODELS:
         return MODELS[model](seed=seed), model
@@ -151,8 +151,8 @@ def featurizer_pipeline(model: str | Path = "resnet50",
         >>> [s.name for s in m.stages]                                    # doctest: +SKIP
         ['preprocess', 'featurizer', 'classifier']
     """
-    from compiler import compile_model
-    from simulator.config import load_device
+    from npusim.compiler import compile_model
+    from npusim.simulator.config import load_device
 
     cfg = load_device(device)  # a bad device fails here, before anything is compiled
     source, default_name = _onnx_model(model, seed)

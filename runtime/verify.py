@@ -2,13 +2,13 @@
 """``npusim verify``: run the RTL kernels' cocotb suite and summarise it.
 
 Each kernel test builds its SystemVerilog under the chosen HDL simulator, checks every
-output against :mod:`simulator.numerics` bit for bit, and reports how many vectors it
+output against :mod:`npusim.simulator.numerics` bit for bit, and reports how many vectors it
 checked; the systolic array's tests also report the cycles the RTL took for GEMM tiles
-next to what :mod:`simulator.timing` predicts. This module runs that suite through
+next to what :mod:`npusim.simulator.timing` predicts. This module runs that suite through
 pytest, prints one progress line per parameter set, and a summary table.
 
 Example:
-    >>> from runtime.verify import verify                 # doctest: +SKIP
+    >>> from npusim.runtime.verify import verify                 # doctest: +SKIP
     >>> rows = verify(sim="icarus", pattern="bfp_dot")     # doctest: +SKIP
 """
 
@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import npusim
 
 SIMULATORS = ("icarus", "verilator")
 
@@ -55,7 +57,7 @@ class _Collector:
         self._started[item.nodeid] = time.perf_counter()
 
     def pytest_runtest_call(self, item):
-        from rtl.tb.runner import RECORDS
+        from npusim.rtl.tb.runner import RECORDS
 
         before = len(RECORDS)
         try:
@@ -97,7 +99,7 @@ def verify(sim: str | None = None, pattern: str | None = None,
         if sim not in SIMULATORS:
             raise VerifyError(f"unknown simulator {sim!r}; choose {' or '.join(SIMULATORS)}")
         os.environ["SIM"] = sim
-    from rtl.tb.runner import missing_tools
+    from npusim.rtl.tb.runner import missing_tools
 
     reason = missing_tools()
     if reason:
@@ -108,8 +110,9 @@ def verify(sim: str | None = None, pattern: str | None = None,
             "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
     if pattern:
         args += ["-k", pattern]
-    if str(root.parent) not in sys.path:
-        sys.path.insert(0, str(root.parent))
+    home = str(Path(npusim.__file__).resolve().parents[1])  # where npusim is imported from
+    if home not in sys.path:
+        sys.path.insert(0, home)
     code = pytest.main(args, plugins=[collector])
     if code == pytest.ExitCode.NO_TESTS_COLLECTED or not collector.rows:
         raise VerifyError(f"no RTL test matches -k {pattern!r}" if pattern

@@ -13,7 +13,7 @@ import math
 import numba
 import numpy as np
 
-from simulator import threads
+from npusim.simulator import threads
 
 
 @numba.njit(cache=True)
@@ -30,7 +30,7 @@ def _accumulate(partials, a_scale, w_scale, out):  # pragma: no cover - compiled
 
 def accumulate_blocks(partials: np.ndarray, a_scale: np.ndarray,
                       w_scale: np.ndarray) -> np.ndarray:
-    """numba version of :func:`simulator.numerics.accumulate_blocks_reference`."""
+    """numba version of :func:`npusim.simulator.numerics.accumulate_blocks_reference`."""
     out = np.empty(partials.shape[1:], dtype=np.float32)
     _accumulate(np.ascontiguousarray(partials, dtype=np.float32),
                 np.ascontiguousarray(a_scale, dtype=np.float64),

@@ -7,7 +7,7 @@ NCHW. Activations are quantized while they are gathered (im2col): float32 mantis
 ``q[J, B, N]`` (small integers) and float32 block scales ``sa[J, N]`` (powers of two,
 exact in fp32 for every format of the device; NaN for a block that held a NaN or an
 infinity). The integer block dot products are then a batched fp32 GEMM, exact since
-every one is below 2**24 (done by BLAS, see :mod:`simulator.gemm`), and
+every one is below 2**24 (done by BLAS, see :mod:`npusim.simulator.gemm`), and
 :func:`accumulate_cols` sums the block products in the device's order.
 
 The product of two block scales is a power of two; when it is a normal fp32 number,
@@ -274,8 +274,8 @@ def _epilogue(out, bias, res, relu, clip, lo, hi):  # pragma: no cover - compile
 
 
 # --- entry points: one worker's share of a product, around the compiled kernels ------
-# Each runs in one thread and releases the GIL; simulator.gemm splits the work between
-# the compute threads (simulator.threads).
+# Each runs in one thread and releases the GIL; npusim.simulator.gemm splits the work between
+# the compute threads (npusim.simulator.threads).
 
 
 def im2col_quantize(xp: np.ndarray, taps: tuple, rows: tuple[int, int], ow: int, strides,

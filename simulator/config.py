@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from simulator.numerics import FORMAT_NAMES, Format, get_format
+from npusim.simulator.numerics import FORMAT_NAMES, Format, get_format
 
 DEFAULT_DEVICE = "brainwave-s10"
 
@@ -206,7 +206,7 @@ class DeviceConfig:
 
 
 def preset_names() -> list[str]:
-    files = resources.files("simulator.presets").iterdir()
+    files = resources.files("npusim.simulator.presets").iterdir()
     return sorted(p.name[:-5] for p in files if p.name.endswith(".toml"))
 
 
@@ -233,7 +233,7 @@ def load_device(spec: str | Path | DeviceConfig | None = None) -> DeviceConfig:
         return spec
     text_spec = str(spec)
     if text_spec in preset_names():
-        raw = resources.files("simulator.presets").joinpath(f"{text_spec}.toml").read_text()
+        raw = resources.files("npusim.simulator.presets").joinpath(f"{text_spec}.toml").read_text()
         return _from_mapping(tomllib.loads(raw), text_spec)
     path = Path(text_spec)
     if not path.is_file():

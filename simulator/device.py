@@ -2,7 +2,7 @@
 """The simulated device: loads a program, runs it with the golden numerics, counts cycles.
 
 Example:
-    >>> from compiler import compile_model            # doctest: +SKIP
+    >>> from npusim.compiler import compile_model            # doctest: +SKIP
     >>> dev = Device(load_device("brainwave-s10"))    # doctest: +SKIP
     >>> dev.load(compile_model("model.onnx"))         # doctest: +SKIP
     >>> outputs, stats = dev.run({"images": x})       # doctest: +SKIP
@@ -14,14 +14,14 @@ import math
 
 import numpy as np
 
-from simulator import isa, kernels, threads
-from simulator.config import DeviceConfig
-from simulator.host import HostKernel, HostOpError, host_kernel
-from simulator.kernels import ConvGeometry
-from simulator.numerics import BfpTensor, Rounding, unpack
-from simulator.program import Program, ProgramError, TensorDesc
-from simulator.schedule import schedule
-from simulator.stats import LayerStats, RunStats
+from npusim.simulator import isa, kernels, threads
+from npusim.simulator.config import DeviceConfig
+from npusim.simulator.host import HostKernel, HostOpError, host_kernel
+from npusim.simulator.kernels import ConvGeometry
+from npusim.simulator.numerics import BfpTensor, Rounding, unpack
+from npusim.simulator.program import Program, ProgramError, TensorDesc
+from npusim.simulator.schedule import schedule
+from npusim.simulator.stats import LayerStats, RunStats
 
 __all__ = ["Device", "ExecutionError", "InputError", "LayerStats", "RunStats"]
 

@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """The matrix unit's products, fast, with the golden model's result bit for bit.
 
-:mod:`simulator.numerics` defines a block-floating-point product as exact integer block
+:mod:`npusim.simulator.numerics` defines a block-floating-point product as exact integer block
 dot products summed block by block in fp32; this module computes the same numbers the
 way a CPU is fast at:
 
 * the activations are gathered into columns (im2col, one column per output pixel) and
-  quantized in the same numba pass (:mod:`simulator._fast_gemm`);
+  quantized in the same numba pass (:mod:`npusim.simulator._fast_gemm`);
 * the integer block dot products of all blocks are one batched fp32 GEMM (BLAS via
   ``np.matmul``; exact, since every partial sum is an integer below 2**24), a slice of
   columns at a time so the partials stay in cache;
@@ -18,7 +18,7 @@ its input in place; a product with few activation rows reads the int8 weights
 directly. The result comes out ``[O, pixels]``, that is NCHW.
 
 ``tests/simulator/test_fast_gemm.py`` compares every path with the numpy reference
-(:func:`simulator.kernels.conv2d_reference`) bit for bit in every format.
+(:func:`npusim.simulator.kernels.conv2d_reference`) bit for bit in every format.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import weakref
 
 import numpy as np
 
-from simulator import _fast_gemm, threads
-from simulator import _tiles as _tiles_mod
-from simulator.numerics import BfpTensor, Format, block_scales, quantize
+from npusim.simulator import _fast_gemm, threads
+from npusim.simulator import _tiles as _tiles_mod
+from npusim.simulator.numerics import BfpTensor, Format, block_scales, quantize
 
 PARTIAL_BYTES = 1 << 20
 """Bytes of block partials (or fp32 columns) made per GEMM: a slice of output rows sized
@@ -74,7 +74,7 @@ class _Tiles:
 
     def scales32(self, w: BfpTensor, groups: int) -> np.ndarray:
         """float32 ``[G, J, O/G]``; 1 for a finite block of zero mantissas (as the
-        activations' scales in :func:`simulator._fast_gemm._quantize_block`)."""
+        activations' scales in :func:`npusim.simulator._fast_gemm._quantize_block`)."""
         if groups not in self._scales32:
             o, kp = w.q.shape
             zero = ~w.q.reshape(o, kp // w.fmt.block_size, -1).any(axis=2)
@@ -285,7 +285,7 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
 def _conv_tiled(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
                 finish) -> None:
     """One image and group in a block format with many output pixels, by the
-    register-tiled kernel (:mod:`simulator._tiles`): quantize a slice of output rows (its
+    register-tiled kernel (:mod:`npusim.simulator._tiles`): quantize a slice of output rows (its
     columns padded to whole vectors), then its block products and their accumulation in
     one pass; ``out [O, OH*OW]``."""
     fmt = w.fmt

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar
 
-from simulator.config import DeviceConfig
-from simulator.isa_fields import (  # noqa: F401  (field values, re-exported)
+from npusim.simulator.config import DeviceConfig
+from npusim.simulator.isa_fields import (  # noqa: F401  (field values, re-exported)
     AluOp,
     CoordMode,
     EncodingError,

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The values of instruction fields: mode enums and the signed and fp32 field encodings.
 
-:mod:`simulator.isa` re-exports every name here.
+:mod:`npusim.simulator.isa` re-exports every name here.
 """
 
 from __future__ import annotations

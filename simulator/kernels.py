@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator import gemm
-from simulator.numerics import (
+from npusim.simulator import gemm
+from npusim.simulator.numerics import (
     BfpTensor,
     Format,
     Rounding,
@@ -29,7 +29,7 @@ from simulator.numerics import (
     quantize,
     quantize_reference,
 )
-from simulator.vector import (  # noqa: F401  (the vector unit's kernels, re-exported)
+from npusim.simulator.vector import (  # noqa: F401  (the vector unit's kernels, re-exported)
     ALU,
     PAD_MODES,
     UNARY_FUNCTIONS,
@@ -128,7 +128,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | Non
     """Convolution on the matrix unit; ``weight`` is ``[O, KH*KW*C/groups]``.
 
     The numbers are :func:`conv2d_reference`'s; nearest-even rounding runs the fast
-    kernels of :mod:`simulator.gemm`, stochastic rounding the reference itself.
+    kernels of :mod:`npusim.simulator.gemm`, stochastic rounding the reference itself.
     """
     if geom.input_dilation != (1, 1):
         x = _input_dilated(np.asarray(x, np.float32), geom)

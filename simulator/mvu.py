@@ -35,12 +35,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simulator import isa
-from simulator.config import DeviceConfig, MvuConfig
-from simulator.residency import Traffic
-from simulator.schedule import _Scheduler
-from simulator.stats import Slice
-from simulator.timing import Work, ceil_div, conv_output_hw, work
+from npusim.simulator import isa
+from npusim.simulator.config import DeviceConfig, MvuConfig
+from npusim.simulator.residency import Traffic
+from npusim.simulator.schedule import _Scheduler
+from npusim.simulator.stats import Slice
+from npusim.simulator.timing import Work, ceil_div, conv_output_hw, work
 
 ACT, ADD, MUL = 0, 1, 2
 """The stages of one multifunction unit, in the order a vector passes them."""
@@ -187,7 +187,7 @@ def _overlaps(ops, op) -> bool:
 
 
 class MvuScheduler(_Scheduler):
-    """:class:`simulator.schedule._Scheduler` with the matrix-vector unit's compute."""
+    """:class:`npusim.simulator.schedule._Scheduler` with the matrix-vector unit's compute."""
 
     def __init__(self, cfg: DeviceConfig, instructions, consumers) -> None:
         super().__init__(cfg)

@@ -28,7 +28,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from simulator import _fast
+from npusim.simulator import _fast
 
 STOCHASTIC_FRACTION_BITS = 16
 """Stochastic rounding adds a 16-bit random fraction to the magnitude truncated to 16
@@ -347,7 +347,7 @@ def bfp_matmul(a: BfpTensor, w: BfpTensor, accumulate=None) -> np.ndarray:
         raise ValueError(f"reduction lengths differ: {a.length} and {w.length}")
     if accumulate is not None:
         return accumulate(block_partials(a, w), block_scales(a), block_scales(w))
-    from simulator import gemm  # the fast kernels build on this module
+    from npusim.simulator import gemm  # the fast kernels build on this module
 
     if not gemm.supported(a.fmt):
         return accumulate_blocks(block_partials(a, w), block_scales(a), block_scales(w))
@@ -374,7 +374,7 @@ def matmul(a: np.ndarray, w: np.ndarray | BfpTensor, fmt: Format,
         raise ValueError(f"operand formats differ: {fmt.name} and {w.fmt.name}")
     if a.shape[-1] != w.length:
         raise ValueError(f"reduction lengths differ: {a.shape[-1]} and {w.length}")
-    from simulator import gemm
+    from npusim.simulator import gemm
 
     if Rounding(rounding) == Rounding.NEAREST_EVEN and gemm.supported(fmt):
         return gemm.matmul(a, w)

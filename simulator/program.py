@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
-from simulator import program_schema as schema
-from simulator.config import ConfigError, DeviceConfig, _from_mapping
-from simulator.fileio import atomic_write
-from simulator.isa import INSTRUCTION_BYTES, EncodingError, FieldWidths, Instruction
-from simulator.program_check import CheckError, check_program
-from simulator.program_schema import SchemaError, parse
+from npusim.simulator import program_schema as schema
+from npusim.simulator.config import ConfigError, DeviceConfig, _from_mapping
+from npusim.simulator.fileio import atomic_write
+from npusim.simulator.isa import INSTRUCTION_BYTES, EncodingError, FieldWidths, Instruction
+from npusim.simulator.program_check import CheckError, check_program
+from npusim.simulator.program_schema import SchemaError, parse
 
 MAGIC = b"NPUB"
 VERSION = (2, 0)
@@ -226,7 +226,7 @@ class Program:
 
     def check(self, where: str = "program") -> None:
         """Raise :class:`ProgramError` unless every part of the program fits the others
-        (:mod:`simulator.program_check`): what makes it safe to execute and to price."""
+        (:mod:`npusim.simulator.program_check`): what makes it safe to execute and to price."""
         try:
             check_program(self)
         except CheckError as exc:

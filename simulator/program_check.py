@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Whole-program checks: what a loaded program may ask of the device.
 
-After :mod:`simulator.program_schema` has checked each JSON section on its own, this
+After :mod:`npusim.simulator.program_schema` has checked each JSON section on its own, this
 module checks the program as a whole, so that the executor and the timing model can
 trust what they are given:
 
@@ -12,7 +12,7 @@ trust what they are given:
   the activation arena);
 * every weight tensor: a whole packed image of its shape and format inside the weights;
 * every instruction: enum fields in range, no zero divisor or empty extent, a geometry
-  with an output, and every byte it reads or writes (as :func:`simulator.timing.work`
+  with an output, and every byte it reads or writes (as :func:`npusim.simulator.timing.work`
   lists them, plus the operands the timing model does not move: biases, norm scales)
   inside a region; writes only in the activation arena;
 * the host calls: each names an entry of the host table; the I/O instructions name an
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from simulator import isa, timing
-from simulator.numerics import FORMAT_NAMES, packed_size
-from simulator.program_schema import NUMERIC_DTYPES
+from npusim.simulator import isa, timing
+from npusim.simulator.numerics import FORMAT_NAMES, packed_size
+from npusim.simulator.program_schema import NUMERIC_DTYPES
 
 if TYPE_CHECKING:
-    from simulator.program import Program, TensorDesc
+    from npusim.simulator.program import Program, TensorDesc
 
 MAX_NATIVE_DIM = 4096
 """Largest block (array rows) a program's target may declare: the quantizer pads every

@@ -3,7 +3,7 @@
 
 A program may come from anyone, so every JSON section is parsed strictly (no ``NaN`` or
 ``Infinity``, bounded nesting) and validated with :mod:`jsonschema` against the schemas
-below: types, ranges, enum values and sizes. :mod:`simulator.program_check` then checks
+below: types, ranges, enum values and sizes. :mod:`npusim.simulator.program_check` then checks
 what a schema cannot say (extents against the memory map, field consistency).
 ``docs/isa.md`` lists the sections.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 
-from simulator.numerics import FORMAT_NAMES, Rounding
+from npusim.simulator.numerics import FORMAT_NAMES, Rounding
 
 MAX_DEPTH = 32
 """JSON nesting deeper than this is refused (the sections this build writes use 4)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from simulator.timing import Operand, Work
+from npusim.simulator.timing import Operand, Work
 
 NEVER = 1 << 62
 """The next use of a tensor that is not read again."""

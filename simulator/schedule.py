@@ -26,12 +26,12 @@ from __future__ import annotations
 import bisect
 import math
 
-from simulator import isa, timing
-from simulator.config import DeviceConfig
-from simulator.program import Program
-from simulator.residency import Traffic, plan
-from simulator.stats import LayerStats, RunStats, Slice
-from simulator.timing import MAX_CHUNKS, Operand, Work, split
+from npusim.simulator import isa, timing
+from npusim.simulator.config import DeviceConfig
+from npusim.simulator.program import Program
+from npusim.simulator.residency import Traffic, plan
+from npusim.simulator.stats import LayerStats, RunStats, Slice
+from npusim.simulator.timing import MAX_CHUNKS, Operand, Work, split
 
 
 class _Calendar:
@@ -94,14 +94,14 @@ def simulate(works: list[Work], traffic: list[Traffic], cfg: DeviceConfig,
     """Run the queues over priced instructions: the timeline and the statistics.
 
     ``names`` gives each instruction's ``(layer name, op)`` for the report. A
-    matrix-vector unit (:mod:`simulator.mvu`) also needs the ``instructions``.
+    matrix-vector unit (:mod:`npusim.simulator.mvu`) also needs the ``instructions``.
     """
     names = names or [(f"#{k}", w.unit) for k, w in enumerate(works)]
     if cfg.mvu is None:
         return _Scheduler(cfg).run(works, traffic, names)
     if instructions is None or len(instructions) != len(works):
         raise ValueError("a matrix-vector unit is scheduled from the program's instructions")
-    from simulator.mvu import MvuScheduler  # it builds on _Scheduler
+    from npusim.simulator.mvu import MvuScheduler  # it builds on _Scheduler
     consumers: list[list[int]] = [[] for _ in works]
     for k, tr in enumerate(traffic):
         for p in sorted(set(tr.after) | set(tr.load_after)):

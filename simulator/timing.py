@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """What each instruction asks of the device's units: compute cycles, MACs, bytes, operands.
 
-This module prices one instruction in isolation; :mod:`simulator.schedule` places the
+This module prices one instruction in isolation; :mod:`npusim.simulator.schedule` places the
 pieces on the load, compute, store and host queues and lets them overlap.
 ``docs/timing.md`` derives every formula.
 
@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from simulator import isa
-from simulator.config import DeviceConfig
-from simulator.numerics import Format
-from simulator.vector import move_span
+from npusim.simulator import isa
+from npusim.simulator.config import DeviceConfig
+from npusim.simulator.numerics import Format
+from npusim.simulator.vector import move_span
 
 MAX_CHUNKS = 64
 """An instruction is pipelined in at most this many chunks (groups of waves)."""
@@ -183,7 +183,7 @@ def gemm_cycles(n: int, k: int, o: int, cfg: DeviceConfig, fmt: Format | None = 
     The same pricing as a compiled dense layer of that shape (an ``MV_MUL`` over ``n``
     activation vectors); the RTL testbench of the systolic array checks it.
 
-    >>> from simulator.config import load_device
+    >>> from npusim.simulator.config import load_device
     >>> tiny = load_device("tiny").replace(numerics="msfp8")  # 8 x 8 array, block 8
     >>> gemm_cycles(1, 24, 16, tiny)  # 8 (first load) + 6 waves of 1 + 8 + 8 + 5
     140

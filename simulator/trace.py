@@ -12,10 +12,10 @@ Example:
 
 from __future__ import annotations
 
-from simulator.stats import RunStats
+from npusim.simulator.stats import RunStats
 
 TRACKS = ("host", "load", "matrix", "vector", "loader", "store")
-"""``loader``: a matrix-vector unit's write-backs and input loads (:mod:`simulator.mvu`)."""
+"""``loader``: a matrix-vector unit's write-backs and input loads (:mod:`npusim.simulator.mvu`)."""
 
 
 def chrome_trace(stats: RunStats, title: str = "npusim device") -> dict:

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The vector unit's element-wise, reduction and data-movement kernels.
 
-Like :mod:`simulator.kernels` (which re-exports these names), each function is both the
+Like :mod:`npusim.simulator.kernels` (which re-exports these names), each function is both the
 golden model the compiler evaluates a graph with and what the simulated device runs for
 one instruction, so the two agree bit for bit. The vector unit works in fp32; where a
 function is transcendental or a sum, the hardware's wider internal datapath is modelled
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from simulator import _fast
+from npusim.simulator import _fast
 
 F32 = np.float32
 
@@ -85,7 +85,8 @@ UNARY_FUNCTIONS = tuple(_WIDE) + tuple(_EXACT)
 
 
 def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0) -> np.ndarray:
-    """``fn(x; alpha, beta)`` per element; ``fn`` a lowercase :class:`~simulator.isa.UnaryFn`."""
+    """``fn(x; alpha, beta)`` per element; ``fn`` a lowercase
+    :class:`~npusim.simulator.isa.UnaryFn`."""
     with np.errstate(all="ignore"):
         if fn in _WIDE:
             return np.asarray(_WIDE[fn](np.asarray(x, np.float64), float(alpha), float(beta)),

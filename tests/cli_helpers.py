@@ -8,7 +8,7 @@ import sys
 
 
 def npusim(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "npusim.runtime.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -5,7 +5,7 @@
 recurrent product and a given initial state, and the attributes exporters rarely set
 (peepholes, ``input_forget``, ``clip``, activations with parameters, a reverse LSTM with a
 full ``sequence_lens``). Registered with the corpus in
-``tests/compiler/test_exporter_graphs.py``; ``compiler.recurrent`` unrolls them all. (The
+``tests/compiler/test_exporter_graphs.py``; ``npusim.compiler.recurrent`` unrolls them all. (The
 batch-first ``layout = 1`` form, which onnxruntime does not run, is covered by the ONNX
 node tests in ``tests/runtime/test_backend_conformance.py``.)"""
 

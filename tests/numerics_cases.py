@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.numerics import Format, get_format
+from npusim.simulator.numerics import Format, get_format
 
 #: Every BFP format, with the ms-fp8/9 exponent shared over several native dimensions.
 DIFF_FORMATS = [get_format(n, d) for n in ("msfp8", "msfp9") for d in (8, 16, 128)] + [

@@ -76,8 +76,8 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def build_package(directory: Path) -> Package:
-    from runtime.pipeline import ModelDefinition, import_tensorflow
-    from runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.pipeline import ModelDefinition, import_tensorflow
+    from npusim.runtime.tfstages import featurizer_pipeline
 
     tf = import_tensorflow()
     onnx.save(small_featurizer(channels=16), directory / "tiny.onnx")
@@ -94,7 +94,7 @@ def build_package(directory: Path) -> Package:
 def make_server(pkg: Package, tls: bool = True, model=None, **overrides):
     """A PredictionServer (not started) on a free loopback port, ``model`` (default: the
     package's, already loaded) given."""
-    from runtime.serving import PredictionServer, ServerConfig
+    from npusim.runtime.serving import PredictionServer, ServerConfig
 
     opts = dict(port=0, devices=2, metrics_port=0, max_request_bytes=2**20, max_batch=4)
     if tls:
@@ -109,7 +109,7 @@ def start_server(pkg: Package, tls: bool = True, model=None, **overrides):
 
 
 def client_for(server, pkg: Package, key: str | None = KEYS[0], **kw):
-    from runtime.client import PredictionClient
+    from npusim.runtime.client import PredictionClient
 
     tls = server.config.tls
     return PredictionClient("127.0.0.1", server.port, use_ssl=tls,

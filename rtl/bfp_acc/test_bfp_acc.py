@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""cocotb testbench of bfp_acc.sv against ``simulator.numerics.accumulate_block``.
+"""cocotb testbench of bfp_acc.sv against ``npusim.simulator.numerics.accumulate_block``.
 
 One step is ``(acc, dot, a_exp, w_exp)``: the fp32 running sum and one block pair's exact
 integer dot product and stored shared exponents. The DUT gets what bfp_dot makes of the
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parents[1]) not in sys.path:  # the repository, for rtl.tb under plain `pytest`
+if str(HERE.parents[1]) not in sys.path:  # the repository, for npusim.rtl.tb under plain `pytest`
     sys.path.insert(0, str(HERE.parents[1]))
 
-from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
-from simulator.numerics import (  # noqa: E402
+from npusim.rtl.tb.runner import report, requires_simulator, run  # noqa: E402
+from npusim.simulator.numerics import (  # noqa: E402
     BfpTensor,
     Format,
     accumulate_block,
@@ -33,7 +33,7 @@ from simulator.numerics import (  # noqa: E402
 )
 
 cocotb = pytest.importorskip("cocotb", reason="cocotb 2.x is not installed")
-from rtl.tb.bench import (  # noqa: E402
+from npusim.rtl.tb.bench import (  # noqa: E402
     BACKPRESSURE,
     FORMATS,
     IDLE,
@@ -41,7 +41,7 @@ from rtl.tb.bench import (  # noqa: E402
     format_from_dut,
     hdl_parameters,
 )
-from rtl.tb.stream import ALWAYS  # noqa: E402
+from npusim.rtl.tb.stream import ALWAYS  # noqa: E402
 
 LATENCY = 1
 """Cycles from the accepting edge to out_valid_o (one register stage)."""

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parents[1]) not in sys.path:  # the repository, for rtl.tb under plain `pytest`
+if str(HERE.parents[1]) not in sys.path:  # the repository, for npusim.rtl.tb under plain `pytest`
     sys.path.insert(0, str(HERE.parents[1]))
 
-from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
-from simulator.numerics import (  # noqa: E402
+from npusim.rtl.tb.runner import report, requires_simulator, run  # noqa: E402
+from npusim.simulator.numerics import (  # noqa: E402
     BfpTensor,
     Format,
     accumulate_blocks_reference,
@@ -31,7 +31,7 @@ from simulator.numerics import (  # noqa: E402
 )
 
 cocotb = pytest.importorskip("cocotb", reason="cocotb 2.x is not installed")
-from rtl.tb.bench import (  # noqa: E402
+from npusim.rtl.tb.bench import (  # noqa: E402
     BACKPRESSURE,
     FORMATS,
     IDLE,
@@ -39,7 +39,7 @@ from rtl.tb.bench import (  # noqa: E402
     format_from_dut,
     hdl_parameters,
 )
-from rtl.tb.stream import ALWAYS  # noqa: E402
+from npusim.rtl.tb.stream import ALWAYS  # noqa: E402
 
 LATENCY = 1
 """Cycles from the accepting edge to out_valid_o (one register stage)."""

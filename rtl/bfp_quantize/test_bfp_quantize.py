@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""cocotb testbench of bfp_quantize.sv against ``simulator.numerics.quantize_reference``.
+"""cocotb testbench of bfp_quantize.sv against ``npusim.simulator.numerics.quantize_reference``.
 
 The pytest function at the bottom builds the kernel per format and runs the cocotb tests
 above it in the simulator; every output block is compared bit for bit with the golden
@@ -18,20 +18,20 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parents[1]) not in sys.path:  # the repository, for rtl.tb under plain `pytest`
+if str(HERE.parents[1]) not in sys.path:  # the repository, for npusim.rtl.tb under plain `pytest`
     sys.path.insert(0, str(HERE.parents[1]))
 
-from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
-from simulator.numerics import (  # noqa: E402
+from npusim.rtl.tb.runner import report, requires_simulator, run  # noqa: E402
+from npusim.simulator.numerics import (  # noqa: E402
     Format,
     Rounding,
     get_format,
     quantize_reference,
 )
-from simulator.timing import bfp_convert_depth  # noqa: E402
+from npusim.simulator.timing import bfp_convert_depth  # noqa: E402
 
 cocotb = pytest.importorskip("cocotb", reason="cocotb 2.x is not installed")
-from rtl.tb.bench import (  # noqa: E402
+from npusim.rtl.tb.bench import (  # noqa: E402
     BACKPRESSURE,
     FORMATS,
     IDLE,
@@ -39,7 +39,7 @@ from rtl.tb.bench import (  # noqa: E402
     format_from_dut,
     hdl_parameters,
 )
-from rtl.tb.stream import ALWAYS  # noqa: E402
+from npusim.rtl.tb.stream import ALWAYS  # noqa: E402
 
 EXTRA_FORMATS = [("mxint8", 32), ("msfp9", 12), ("msfp8", 2)]
 """Beyond the shared FORMATS: a 32-element block with 7 mantissa bits, a block that is not

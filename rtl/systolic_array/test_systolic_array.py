@@ -38,23 +38,23 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parents[1]) not in sys.path:  # the repository, for rtl.tb under plain `pytest`
+if str(HERE.parents[1]) not in sys.path:  # the repository, for npusim.rtl.tb under plain `pytest`
     sys.path.insert(0, str(HERE.parents[1]))
 
-from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
-from simulator import numerics  # noqa: E402
-from simulator.numerics import Format, get_format  # noqa: E402
+from npusim.rtl.tb.runner import report, requires_simulator, run  # noqa: E402
+from npusim.simulator import numerics  # noqa: E402
+from npusim.simulator.numerics import Format, get_format  # noqa: E402
 
 cocotb = pytest.importorskip("cocotb", reason="cocotb 2.x is not installed")
 
-from rtl.tb.bench import (  # noqa: E402
+from npusim.rtl.tb.bench import (  # noqa: E402
     BACKPRESSURE,
     IDLE,
     StreamBench,
     format_from_dut,
     hdl_parameters,
 )
-from rtl.tb.stream import ALWAYS, StreamSource  # noqa: E402
+from npusim.rtl.tb.stream import ALWAYS, StreamSource  # noqa: E402
 
 CYCLE_SHAPES = [(1, 8, 8), (16, 8, 8), (16, 24, 8), (7, 40, 16), (32, 16, 5), (49, 64, 8),
                 (1, 24, 16), (2, 40, 24), (3, 72, 40), (4, 16, 33)]
@@ -430,7 +430,7 @@ async def array_overlap(dut):
 
 
 CYCLE_TOLERANCE = 0.0
-"""Relative error allowed between the RTL's cycles and simulator.timing's: none. The model
+"""Relative error allowed between the RTL's cycles and npusim.simulator.timing's: none. The model
 prices a wave as the array is built (N + native_dim + array_cols + converter depth) and
 the first weight tile's load (array_cols beats) as exposed."""
 
@@ -441,8 +441,8 @@ the first weight tile's load (array_cols beats) as exposed."""
 def test_systolic_array(build: str) -> None:
     """Bit-exact GEMMs, and their cycles (weight loads included) against the timing model
     of the same array (the tiny preset's shape for the ``tiny`` build)."""
-    from simulator.config import load_device
-    from simulator.timing import gemm_cycles
+    from npusim.simulator.config import load_device
+    from npusim.simulator.timing import gemm_cycles
 
     rows, cols, name, native_dim = BUILDS[build]
     fmt = get_format(name, native_dim)

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from rtl.tb.stream import ALWAYS, CycleCounter, StreamSink, StreamSource
-from simulator.numerics import FORMAT_NAMES, Format, get_format
+from npusim.rtl.tb.stream import ALWAYS, CycleCounter, StreamSink, StreamSource
+from npusim.simulator.numerics import FORMAT_NAMES, Format, get_format
 
 IDLE = (1, 1, 1, 0)
 """The source idles one cycle in four."""

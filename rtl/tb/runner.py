@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from rtl.tb.kernels import sources
+import npusim
+from npusim.rtl.tb.kernels import sources
 
 RTL_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = RTL_DIR.parent
@@ -97,7 +98,7 @@ def build_dir(toplevel: str, parameters: Mapping[str, object]) -> Path:
 
 def run(toplevel: str, parameters: Mapping[str, object], test_file: str | Path,
         extra_env: Mapping[str, str] | None = None) -> dict:
-    """Build ``toplevel`` from its sources (:mod:`rtl.tb.kernels`) with ``parameters`` and
+    """Build ``toplevel`` from its sources (:mod:`npusim.rtl.tb.kernels`) with ``parameters`` and
     run the cocotb tests of ``test_file``.
 
     Returns the counters the cocotb side wrote with :func:`report`; raises if a cocotb
@@ -107,9 +108,9 @@ def run(toplevel: str, parameters: Mapping[str, object], test_file: str | Path,
     from cocotb_tools.runner import get_runner
 
     test_file = Path(test_file).resolve()
-    # the simulator's Python gets PYTHONPATH = sys.path: make the test module and the
-    # repository (simulator.numerics, rtl.tb) importable there
-    for path in (str(REPO_DIR), str(test_file.parent)):
+    # the simulator's Python gets PYTHONPATH = sys.path: make the test module and npusim
+    # (npusim.simulator.numerics, npusim.rtl.tb) importable there
+    for path in (str(Path(npusim.__file__).resolve().parents[1]), str(test_file.parent)):
         if path not in sys.path:
             sys.path.insert(0, path)
     out = build_dir(toplevel, parameters)

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """cocotb testbench of vector_unit.sv against the golden vector kernels.
 
-The golden model of one vector is ``simulator.kernels``: ``relu(a)`` (op 0),
+The golden model of one vector is ``npusim.simulator.kernels``: ``relu(a)`` (op 0),
 ``alu("add", a, b)`` (op 1) and ``max_step(a, b)`` (op 2). Every lane is compared bit for
 bit, except that a NaN result is compared as "both NaN": the adder returns the canonical
 NaN 7FC00000 while numpy returns an operand's payload (or the x86 default NaN), and
@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parents[1]) not in sys.path:  # the repository, for rtl.tb under plain `pytest`
+if str(HERE.parents[1]) not in sys.path:  # the repository, for npusim.rtl.tb under plain `pytest`
     sys.path.insert(0, str(HERE.parents[1]))
 
-from rtl.tb.runner import report, requires_simulator, run  # noqa: E402
-from simulator.kernels import alu, max_step, relu  # noqa: E402
+from npusim.rtl.tb.runner import report, requires_simulator, run  # noqa: E402
+from npusim.simulator.kernels import alu, max_step, relu  # noqa: E402
 
 cocotb = pytest.importorskip("cocotb", reason="cocotb 2.x is not installed")
-from rtl.tb.bench import BACKPRESSURE, IDLE, StreamBench  # noqa: E402
-from rtl.tb.stream import ALWAYS  # noqa: E402
+from npusim.rtl.tb.bench import BACKPRESSURE, IDLE, StreamBench  # noqa: E402
+from npusim.rtl.tb.stream import ALWAYS  # noqa: E402
 
 LATENCY = 1
 """Cycles from the accepting edge to out_valid_o (one register stage)."""

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.recurrent import GATES
+from npusim.compiler.recurrent import GATES
 
 LAYERS: dict[str, tuple[str, int, int]] = {
     f"{kind}_{hidden}_{steps}": (kind, hidden, steps)

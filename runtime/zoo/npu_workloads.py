@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.recurrent import GATES as RECURRENT_GATES
+from npusim.compiler.recurrent import GATES as RECURRENT_GATES
 
 STEPS = 8
 BATCH = 6
@@ -140,4 +140,4 @@ def build(name: str, seed: int = 0) -> onnx.ModelProto:
 
 BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     name: (lambda seed=0, name=name: build(name, seed)) for name in PUBLISHED}
-"""``npu:NAME`` for :func:`runtime.bench.resolve_model`."""
+"""``npu:NAME`` for :func:`npusim.runtime.bench.resolve_model`."""

@@ -21,11 +21,11 @@ import onnxruntime as ort
 import pytest
 from exporter_graphs import BUILDERS, ExporterGraph, op_key
 
-from compiler import Compiled, CompileError, compile_full
-from compiler.interpret import Numerics, evaluate
-from runtime import Session
-from simulator.numerics import FORMAT_NAMES
-from simulator.program import Program
+from npusim.compiler import Compiled, CompileError, compile_full
+from npusim.compiler.interpret import Numerics, evaluate
+from npusim.runtime import Session
+from npusim.simulator.numerics import FORMAT_NAMES
+from npusim.simulator.program import Program
 
 DEVICE = "brainwave-s10"
 BUILDERS = {**BUILDERS, **exporter_graphs_host.BUILDERS, **exporter_graphs_attention.BUILDERS,

@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler import compile_full
-from compiler.interpret import Numerics, evaluate
-from runtime import Session
-from runtime.reference import onnxruntime_session
+from npusim.compiler import compile_full
+from npusim.compiler.interpret import Numerics, evaluate
+from npusim.runtime import Session
+from npusim.runtime.reference import onnxruntime_session
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.tf,

@@ -11,11 +11,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx_helpers import conv_block, make_model, rand
 
-from compiler import CompileError, compile_model
-from compiler.ir import IRError
-from runtime import Session
-from runtime.cli import main
-from simulator.host import HostKernel, HostOpError
+from npusim.compiler import CompileError, compile_model
+from npusim.compiler.ir import IRError
+from npusim.runtime import Session
+from npusim.runtime.cli import main
+from npusim.simulator.host import HostKernel, HostOpError
 
 
 def compile_error(model, *words: str, **kw) -> str:
@@ -450,7 +450,7 @@ def test_constant_folding_checks_a_node_before_evaluating_it(monkeypatch):
     billion ones (24 GB): the node's checks must run before it is evaluated."""
     from exporter_graphs import vit_patch_embed
 
-    import compiler.shapes as shapes
+    import npusim.compiler.shapes as shapes
 
     eg = vit_patch_embed()
     node = next(n for n in eg.model.graph.node if n.name == "cls_shape")

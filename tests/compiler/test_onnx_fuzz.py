@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx_helpers import rand
 
-from compiler import CompileError, compile_model
-from runtime import Session
-from simulator.device import ExecutionError, InputError
-from simulator.host import HostOpError
-from simulator.program import Program, ProgramError
+from npusim.compiler import CompileError, compile_model
+from npusim.runtime import Session
+from npusim.simulator.device import ExecutionError, InputError
+from npusim.simulator.host import HostOpError
+from npusim.simulator.program import Program, ProgramError
 
 SAFE = (CompileError, HostOpError, ProgramError, ExecutionError, InputError)
 """What a hostile model may raise, at compile or at run time: nothing raw."""

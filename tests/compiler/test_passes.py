@@ -8,13 +8,13 @@ import pytest
 from onnx import helper
 from onnx_helpers import conv_block, make_model, rand
 
-from compiler import passes
-from compiler.frontend import to_graph
-from compiler.interpret import Numerics, evaluate
-from compiler.ir import IRError, Node, Op, add_node, inputs_of, node, verify
-from compiler.options import CompileOptions
-from compiler.pipeline import PASS_NAMES, run_passes
-from simulator.numerics import BfpTensor
+from npusim.compiler import passes
+from npusim.compiler.frontend import to_graph
+from npusim.compiler.interpret import Numerics, evaluate
+from npusim.compiler.ir import IRError, Node, Op, add_node, inputs_of, node, verify
+from npusim.compiler.options import CompileOptions
+from npusim.compiler.pipeline import PASS_NAMES, run_passes
+from npusim.simulator.numerics import BfpTensor
 
 FP32 = CompileOptions.make("tiny", "fp32")
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""compiler.recurrent: LSTM, GRU and RNN unrolled onto the device (the exporter corpus and
+"""npusim.compiler.recurrent: LSTM, GRU and RNN unrolled onto the device (the exporter corpus and
 the ONNX node tests cover the op's forms; these cover the opsets, the host fallback and
 the price of the recurrence)."""
 
@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler import compile_full
-from runtime import Session
-from simulator.schedule import schedule
+from npusim.compiler import compile_full
+from npusim.runtime import Session
+from npusim.simulator.schedule import schedule
 
 DEVICE = "brainwave-s10"
 

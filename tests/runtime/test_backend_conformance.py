@@ -4,7 +4,7 @@
 The cases are the node tests (``onnx.backend.test.data.node``) of the ops in
 ``OPS``: a case belongs to the op of its single node, and an ``_expanded`` case
 (the op's function body) to the op of its base case. They run through
-:class:`runtime.backend.NpusimBackend` in fp32 on the default device, with the
+:class:`npusim.runtime.backend.NpusimBackend` in fp32 on the default device, with the
 test runner's own tolerances. Every case that cannot pass is excluded with its
 reason in ``SKIPS``; ``benchmarks/conformance_report.py`` prints the per-op table.
 
@@ -31,9 +31,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.test.loader import load_model_tests
 from onnx.backend.test.runner import Runner
 
-from runtime import backend
-from runtime.backend import NpusimBackend
-from simulator.device import InputError
+from npusim.runtime import backend
+from npusim.runtime.backend import NpusimBackend
+from npusim.simulator.device import InputError
 
 OPS = ("Conv", "ConvTranspose", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid",
        "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Add", "Sum",
@@ -77,7 +77,7 @@ MATRIX_OPS = ("Conv", "BatchNormalization", "Gemm", "MatMul", "LSTM", "GRU", "RN
 """Ops whose weights ``test_matrix_unit`` freezes, so that they run on the matrix unit."""
 
 UNROLLED = ("LSTM", "GRU", "RNN")
-"""Ops the compiler unrolls into matrix-unit products and vector ops (compiler.recurrent)."""
+"""Ops the compiler unrolls into matrix-unit products and vector ops (npusim.compiler.recurrent)."""
 
 MATRIX_SKIPS: dict[str, str] = {
     r"test_batchnorm_(epsilon|example)_training_mode":

@@ -12,7 +12,7 @@ from cli_helpers import assert_user_error, npusim
 from onnx import helper
 from onnx_helpers import conv_block, make_model
 
-from runtime.cli import main
+from npusim.runtime.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,10 @@ def test_unknown_pass_lists_the_passes(workdir):
 def test_the_cli_starts_without_the_heavy_packages():
     """`npusim --help` and `npusim device list` import neither numba's kernels' users nor
     onnx, TensorFlow, gRPC or the compiler: they start in well under a second."""
-    code = ("import sys; from runtime.cli import main\n"
+    code = ("import sys; from npusim.runtime.cli import main\n"
             "try:\n    main(['device', 'list'])\nexcept SystemExit:\n    pass\n"
-            "heavy = {'tensorflow', 'onnx', 'onnxruntime', 'grpc', 'networkx', 'compiler.driver',"
-            " 'simulator.device'}\n"
+            "heavy = {'tensorflow', 'onnx', 'onnxruntime', 'grpc', 'networkx',"
+            " 'npusim.compiler.driver', 'npusim.simulator.device'}\n"
             "print(sorted(heavy & set(sys.modules)))")
     import subprocess
     import sys

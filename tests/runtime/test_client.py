@@ -20,9 +20,9 @@ from serving_helpers import (
     start_server,
 )
 
-from runtime.cli import main
-from runtime.client import PredictionClient, PredictionError, format_top, parse_address
-from runtime.serving import PredictionServer
+from npusim.runtime.cli import main
+from npusim.runtime.client import PredictionClient, PredictionError, format_top, parse_address
+from npusim.runtime.serving import PredictionServer
 
 pytest.importorskip("cryptography", reason="the test certificate needs cryptography")
 pytestmark = pytest.mark.tf

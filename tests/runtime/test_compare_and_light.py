@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 from onnx_helpers import conv_block
 
-from compiler import compile_full
-from compiler.interpret import Numerics, evaluate
-from runtime import Session
-from runtime.cli import main
-from runtime.compare import compare_layers
-from runtime.zoo import LIGHT_MODELS, light_model_input, load_light_model
+from npusim.compiler import compile_full
+from npusim.compiler.interpret import Numerics, evaluate
+from npusim.runtime import Session
+from npusim.runtime.cli import main
+from npusim.runtime.compare import compare_layers
+from npusim.runtime.zoo import LIGHT_MODELS, light_model_input, load_light_model
 
 HEAVY = {"bvlc_alexnet", "vgg19", "zfnet512"}
 """Light models with 60M+ weights: each step below holds several copies of them, so they run

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""runtime.zoo.deepbench: DeepBench's recurrent inference layers as npusim models."""
+"""npusim.runtime.zoo.deepbench: DeepBench's recurrent inference layers as npusim models."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from compiler import compile_model
-from runtime import Session
-from runtime.bench import resolve_model
-from runtime.zoo.deepbench import LAYERS, flops
+from npusim.compiler import compile_model
+from npusim.runtime import Session
+from npusim.runtime.bench import resolve_model
+from npusim.runtime.zoo.deepbench import LAYERS, flops
 
 
 def test_layers_are_deepbenchs_batch_one_inference_set():

@@ -9,8 +9,8 @@ from importlib import resources
 
 import pytest
 
-from runtime.devicecmd import UNITS, format_device, format_device_list
-from simulator.config import DeviceConfig, load_device, preset_names
+from npusim.runtime.devicecmd import UNITS, format_device, format_device_list
+from npusim.simulator.config import DeviceConfig, load_device, preset_names
 
 
 def shown(text: str) -> dict[str, str]:
@@ -28,7 +28,7 @@ def number(value: str) -> float:
 
 
 def preset_text(name: str) -> str:
-    return resources.files("simulator.presets").joinpath(f"{name}.toml").read_text()
+    return resources.files("npusim.simulator.presets").joinpath(f"{name}.toml").read_text()
 
 
 def test_every_field_has_a_unit_entry():

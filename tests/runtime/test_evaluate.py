@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``runtime.evaluate`` and ``npusim eval``: datasets, metrics against hand-computed
+"""``npusim.runtime.evaluate`` and ``npusim eval``: datasets, metrics against hand-computed
 expectations, identical results serially / on processes / on Ray, one-line user errors."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from cli_helpers import assert_user_error, npusim
 from onnx import helper
 from onnx_helpers import make_model, rand
 
-from compiler import compile_model
-from runtime.cli import main
-from runtime.evaluate import EvalError, evaluate, format_eval
-from runtime.reference import onnxruntime_session
-from runtime.session import Session
-from simulator.config import load_device
-from simulator.numerics import FORMAT_NAMES
+from npusim.compiler import compile_model
+from npusim.runtime.cli import main
+from npusim.runtime.evaluate import EvalError, evaluate, format_eval
+from npusim.runtime.reference import onnxruntime_session
+from npusim.runtime.session import Session
+from npusim.simulator.config import load_device
+from npusim.simulator.numerics import FORMAT_NAMES
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
@@ -184,9 +184,9 @@ def test_limit_takes_the_first_samples(data, serial):
 
 
 def test_batches_of_any_size_give_the_same_results(data, serial, monkeypatch):
-    import runtime.evalworker
+    import npusim.runtime.evalworker
 
-    monkeypatch.setattr(runtime.evalworker, "ARENA_BUDGET", 1)  # one image per device run
+    monkeypatch.setattr(npusim.runtime.evalworker, "ARENA_BUDGET", 1)  # one image per device run
     _same(run(data.model, data.dir / "data.npz", chunk=7), serial)
 
 
@@ -243,7 +243,7 @@ def test_ray_gives_the_serial_results(data, serial):
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     """Class folders ant (2 images), bee (none), cat (3 PNGs), plus files to skip."""
-    from runtime.pipeline import import_tensorflow
+    from npusim.runtime.pipeline import import_tensorflow
 
     tf = import_tensorflow()
     root = tmp_path_factory.mktemp("tree")
@@ -261,8 +261,8 @@ def tree(tmp_path_factory):
 @pytest.mark.tf
 @pytest.mark.skipif(not HAS_TF, reason="TensorFlow is not installed")
 def test_class_folders_give_the_labels_and_the_preprocessed_predictions(tree, tmp_path):
-    from runtime.pipeline import AcceleratorStage, ModelDefinition
-    from runtime.tfstages import preprocess_stage
+    from npusim.runtime.pipeline import AcceleratorStage, ModelDefinition
+    from npusim.runtime.tfstages import preprocess_stage
 
     model = small_cnn(channels=3, classes=3)
     res = run(model, tree, numerics="fp32", chunk=2)
@@ -393,8 +393,9 @@ def test_cli_unreachable_ray_address(data):
 
 
 def test_importing_evaluate_starts_nothing():
-    code = ("import sys, runtime.evaluate, runtime.evalcmd; heavy = [m for m in ('ray', 'tqdm',"
-            " 'tensorflow', 'onnx', 'compiler.driver', 'simulator.device') if m in "
+    code = ("import sys, npusim.runtime.evaluate, npusim.runtime.evalcmd; "
+            "heavy = [m for m in ('ray', 'tqdm', 'tensorflow', 'onnx', 'npusim.compiler.driver',"
+            " 'npusim.simulator.device') if m in "
             "sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
                    cwd=Path(__file__).resolve().parents[2])

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The open-source NPU's 19 workloads as npusim models (runtime.zoo.npu_workloads)."""
+"""The open-source NPU's 19 workloads as npusim models (npusim.runtime.zoo.npu_workloads)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from compiler import compile_full
-from runtime import Session
-from runtime.bench import resolve_model
-from runtime.zoo.npu_workloads import GATES, PUBLISHED, build, counted_ops
+from npusim.compiler import compile_full
+from npusim.runtime import Session
+from npusim.runtime.bench import resolve_model
+from npusim.runtime.zoo.npu_workloads import GATES, PUBLISHED, build, counted_ops
 
 # ops that NPU's flow printed (ops / TOPS / 300 MHz gives its cycles), from its own
 # accounting in compiler/npu_layers.py

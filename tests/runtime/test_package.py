@@ -15,9 +15,9 @@ from cli_helpers import assert_user_error, npusim
 from onnx import helper
 from onnx_helpers import make_model, small_featurizer
 
-from runtime.cli import main
-from runtime.package import load_package, save_package
-from runtime.pipeline import ModelDefinition, PipelineError, import_tensorflow
+from npusim.runtime.cli import main
+from npusim.runtime.package import load_package, save_package
+from npusim.runtime.pipeline import ModelDefinition, PipelineError, import_tensorflow
 
 pytestmark = [pytest.mark.tf,
               pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.tf,
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    from runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.tfstages import featurizer_pipeline
 
     tf = import_tensorflow()
     d = tmp_path_factory.mktemp("package")
@@ -79,7 +79,7 @@ def test_round_trip_is_bit_identical(work, tmp_path):
 
 
 def test_stage_variables_are_saved(tmp_path):
-    from runtime.pipeline import TensorflowStage
+    from npusim.runtime.pipeline import TensorflowStage
 
     tf = import_tensorflow()
     scale = tf.Variable([2.0, -3.0])

@@ -22,12 +22,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx_helpers import small_featurizer
 
-from compiler import compile_model
-from runtime import package
-from runtime.cli import build_parser, main
-from runtime.package import PackageError, PackageLimits, extract_package, load_package
-from runtime.pipeline import AcceleratorStage, ModelDefinition, PipelineError
-from runtime.signing import generate_keypair
+from npusim.compiler import compile_model
+from npusim.runtime import package
+from npusim.runtime.cli import build_parser, main
+from npusim.runtime.package import PackageError, PackageLimits, extract_package, load_package
+from npusim.runtime.pipeline import AcceleratorStage, ModelDefinition, PipelineError
+from npusim.runtime.signing import generate_keypair
 
 PROGRAM = "stages/0-featurizer.npub"
 
@@ -73,7 +73,7 @@ def write_pkg(path, entries, manifest=None, rehash=True, sign=None):
         if m is not None:
             z.writestr("manifest.json", text, zipfile.ZIP_DEFLATED)
         if sign is not None:
-            from runtime.signing import load_private_key, sign_manifest
+            from npusim.runtime.signing import load_private_key, sign_manifest
 
             z.writestr("manifest.sig", sign_manifest(load_private_key(sign), text))
         for name, data in entries:
@@ -118,7 +118,7 @@ def test_unsafe_entry_names(base, tmp_path, evil):
 
 def test_extraction_stays_inside_its_root(base, tmp_path, monkeypatch):
     """Defence in depth: with the name checks switched off, '..' is still caught."""
-    from runtime import manifest
+    from npusim.runtime import manifest
 
     monkeypatch.setattr(package, "name_problem", lambda n: None)
     monkeypatch.setattr(manifest, "name_problem", lambda n: None)
@@ -309,8 +309,8 @@ def test_bad_keys(base, tmp_path):
 
 
 def test_cli_keygen_package_and_serve(base, tmp_path, monkeypatch, capsys):
-    from runtime import pipeline, tfstages
-    from runtime.serving import ServerConfig, ServingConfigError
+    from npusim.runtime import pipeline, tfstages
+    from npusim.runtime.serving import ServerConfig, ServingConfigError
 
     assert main(["keygen", "--out", str(tmp_path / "k")]) == 0
     private, public = tmp_path / "k" / "npusim-sign.pem", tmp_path / "k" / "npusim-sign.pub.pem"

@@ -14,9 +14,9 @@ import pytest
 from onnx import helper
 from onnx_helpers import conv_block, make_model, small_featurizer
 
-from compiler import compile_model
-from runtime.device import Device, DevicePool, DeviceStats
-from runtime.pipeline import (
+from npusim.compiler import compile_model
+from npusim.runtime.device import Device, DevicePool, DeviceStats
+from npusim.runtime.pipeline import (
     AcceleratorStage,
     ModelDefinition,
     PipelineError,
@@ -25,9 +25,9 @@ from runtime.pipeline import (
     TensorSpec,
     import_tensorflow,
 )
-from runtime.session import Session
-from simulator.config import load_device
-from simulator.program import ProgramError
+from npusim.runtime.session import Session
+from npusim.simulator.config import load_device
+from npusim.simulator.program import ProgramError
 
 needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                               reason="TensorFlow is not installed")
@@ -51,8 +51,9 @@ def feeds_b(seed: int) -> dict:
 
 
 def test_importing_the_runtime_does_not_import_tensorflow():
-    code = ("import sys, runtime, runtime.device, runtime.pipeline, runtime.package, "
-            "runtime.tfstages; runtime.ModelDefinition; runtime.featurizer_pipeline; "
+    code = ("import sys, npusim.runtime, npusim.runtime.device, npusim.runtime.pipeline, "
+            "npusim.runtime.package, npusim.runtime.tfstages; npusim.runtime.ModelDefinition; "
+            "npusim.runtime.featurizer_pipeline; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
@@ -211,7 +212,7 @@ def tf():
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory, tf):
-    from runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.tfstages import featurizer_pipeline
 
     path = tmp_path_factory.mktemp("small") / "small.onnx"
     onnx.save(small_featurizer(), path)
@@ -221,7 +222,7 @@ def small_model(tmp_path_factory, tf):
 @needs_tf
 @pytest.mark.tf
 def test_preprocess_hand_checked_colour(tf):
-    from runtime.tfstages import preprocess_stage
+    from npusim.runtime.tfstages import preprocess_stage
 
     stage = preprocess_stage()
     wide = np.broadcast_to(np.array([200, 100, 50]), (30, 60, 3))  # R, G, B
@@ -239,7 +240,7 @@ def test_preprocess_hand_checked_colour(tf):
 @needs_tf
 @pytest.mark.tf
 def test_preprocess_follows_the_documented_steps(tf):
-    from runtime.tfstages import preprocess_stage
+    from npusim.runtime.tfstages import preprocess_stage
 
     rng = np.random.default_rng(7)
     wide = rng.integers(0, 256, (32, 50, 3))  # -> 256 x 400, crop rows 16.., columns 88..
@@ -287,7 +288,7 @@ def test_bad_requests_name_the_problem(small_model, tf):
 @needs_tf
 @pytest.mark.tf
 def test_pipeline_equals_the_stages_by_hand(small_model, tf):
-    from runtime.tfstages import classifier_weights
+    from npusim.runtime.tfstages import classifier_weights
 
     pre, acc, head = small_model.stages
     assert [s.kind for s in small_model.stages] == ["tensorflow", "accelerator", "tensorflow"]
@@ -313,7 +314,7 @@ def test_pipeline_equals_the_stages_by_hand(small_model, tf):
 @needs_tf
 @pytest.mark.tf
 def test_classifier_flattens_its_input(tf):
-    from runtime.tfstages import classifier_stage
+    from npusim.runtime.tfstages import classifier_stage
 
     head = classifier_stage(8, classes=5, seed=1)
     assert head.inputs == [TensorSpec("features", "float32", None)]
@@ -344,7 +345,7 @@ def test_stage_from_function_and_links(tf):
         TensorflowStage.from_function(sum_diff, "arith", ["only"])
     with pytest.raises(PipelineError, match="input_signature"):
         TensorflowStage.from_function(tf.function(lambda x: x), "nosig", ["y"])
-    from runtime.tfstages import preprocess_stage
+    from npusim.runtime.tfstages import preprocess_stage
 
     with pytest.raises(PipelineError, match="'preprocess' gives 1 output.*'arith' takes 2"):
         ModelDefinition("m", 1, [preprocess_stage(), stage])
@@ -354,7 +355,7 @@ def test_stage_from_function_and_links(tf):
 @pytest.mark.tf
 @pytest.mark.slow
 def test_resnet50_featurizer_pipeline(tf):
-    from runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.tfstages import featurizer_pipeline
 
     model = featurizer_pipeline()  # resnet50, brainwave-s10, ms-fp8, 1000 classes
     pre, acc, head = model.stages

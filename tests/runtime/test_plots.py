@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``runtime.plots``: each chart is a valid PNG for real timing statistics; its data add up."""
+"""``npusim.runtime.plots``: each chart is a valid PNG for real timing statistics; its data
+add up."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from compiler import compile_model
-from runtime import plots
-from runtime.bench import resolve_model
-from simulator.config import load_device
-from simulator.schedule import schedule
-from simulator.stats import LayerStats, RunStats
+from npusim.compiler import compile_model
+from npusim.runtime import plots
+from npusim.runtime.bench import resolve_model
+from npusim.simulator.config import load_device
+from npusim.simulator.schedule import schedule
+from npusim.simulator.stats import LayerStats, RunStats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -136,7 +137,7 @@ def test_plots_leave_the_backend_and_pyplot_alone(run, tmp_path):
 
 
 def test_importing_plots_imports_no_matplotlib():
-    code = "import sys, runtime.plots; assert 'matplotlib' not in sys.modules"
+    code = "import sys, npusim.runtime.plots; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
                    cwd=Path(__file__).resolve().parents[2])
 

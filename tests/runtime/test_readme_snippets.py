@@ -24,8 +24,8 @@ def _snippet(first_line: str) -> str:
 
 def test_every_snippet_is_covered():
     firsts = sorted(s.splitlines()[0] for s in snippets())
-    assert firsts == ["from compiler import compile_model", "from runtime import PredictionClient",
-                      "import numpy as np"], firsts
+    assert firsts == ["from npusim.compiler import compile_model",
+                      "from npusim.runtime import PredictionClient", "import numpy as np"], firsts
 
 
 def test_the_python_tour_runs(tmp_path, monkeypatch):
@@ -39,9 +39,9 @@ def test_the_python_tour_runs(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_the_pipeline_snippet_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exec(compile(_snippet("from compiler import compile_model"), "README.md (pipeline)",
+    exec(compile(_snippet("from npusim.compiler import compile_model"), "README.md (pipeline)",
                  "exec"), {})
-    from runtime import ModelDefinition
+    from npusim.runtime import ModelDefinition
 
     assert ModelDefinition.load(tmp_path / "resnet50.zip").name == "resnet50"
 
@@ -56,7 +56,7 @@ def test_the_client_snippet_runs(tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
         (tmp_path / "cat.jpg").write_bytes(pkg.images[0])
         (tmp_path / "server.crt").write_bytes(pkg.cert.read_bytes())
-        code = _snippet("from runtime import PredictionClient").replace(
+        code = _snippet("from npusim.runtime import PredictionClient").replace(
             '"localhost", 8500', f'"localhost", {server.port}')
         scope = {"key": KEYS[0]}
         exec(compile(code, "README.md (client)", "exec"), scope)

@@ -11,12 +11,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from compiler import compile_full
-from compiler.interpret import Numerics, evaluate
-from runtime import Session
-from runtime.zoo import build_resnet50, light_model_input, load_light_model
-from simulator.numerics import FORMAT_NAMES
-from simulator.program import Program
+from npusim.compiler import compile_full
+from npusim.compiler.interpret import Numerics, evaluate
+from npusim.runtime import Session
+from npusim.runtime.zoo import build_resnet50, light_model_input, load_light_model
+from npusim.simulator.numerics import FORMAT_NAMES
+from npusim.simulator.program import Program
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:

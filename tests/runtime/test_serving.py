@@ -24,9 +24,9 @@ from serving_helpers import (
     start_server,
 )
 
-from runtime.cli import main
-from runtime.client import PredictionError
-from runtime.serving import PredictionServer, ServerConfig, ServingConfigError
+from npusim.runtime.cli import main
+from npusim.runtime.client import PredictionError
+from npusim.runtime.serving import PredictionServer, ServerConfig, ServingConfigError
 
 pytest.importorskip("cryptography", reason="the test certificate needs cryptography")
 pytestmark = pytest.mark.tf
@@ -42,7 +42,7 @@ def _code(fn) -> PredictionError:
 
 
 def test_authenticated_answer_is_the_direct_run_bit_for_bit(server, pkg):
-    from runtime.session import Session
+    from npusim.runtime.session import Session
 
     pre, featurizer, head = pkg.model.stages
     session = Session(featurizer.program)
@@ -82,7 +82,7 @@ def test_missing_or_wrong_key_is_unauthenticated(server, pkg):
 
 
 def test_plaintext_client_to_tls_port_fails_fast(server, pkg):
-    from runtime.client import PredictionClient
+    from npusim.runtime.client import PredictionClient
 
     t0 = time.monotonic()
     with PredictionClient("127.0.0.1", server.port, retries=0, timeout=10) as client:
@@ -310,7 +310,7 @@ def test_model_metadata_is_the_signature_def(server, pkg):
 
 
 def test_metrics_count_what_happened(pkg):
-    from runtime.session import Session
+    from npusim.runtime.session import Session
 
     srv = start_server(pkg)
     try:
@@ -390,7 +390,7 @@ def test_serve_cli_refuses_bad_config(pkg, tmp_path, capsys):
 @pytest.mark.slow
 def test_serve_cli_prints_ready_and_stops_on_sigterm(pkg):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "serve", str(pkg.path), "--port", "0",
+        [sys.executable, "-m", "npusim.runtime.cli", "serve", str(pkg.path), "--port", "0",
          "--tls-cert", str(pkg.cert), "--tls-key", str(pkg.key), "--api-key", KEYS[0],
          "--devices", "2", "--grace", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -399,7 +399,7 @@ def test_serve_cli_prints_ready_and_stops_on_sigterm(pkg):
         assert line.startswith("serving tiny version 1 on 127.0.0.1:"), (line, proc.stderr)
         assert "TLS on" in line and "1 API key(s)" in line and "2 device(s)" in line
         port = int(line.split("127.0.0.1:")[1].split()[0])
-        from runtime.client import PredictionClient
+        from npusim.runtime.client import PredictionClient
 
         with PredictionClient("127.0.0.1", port, use_ssl=True, access_token=KEYS[0],
                               root_certificates=pkg.cert) as client:

@@ -30,8 +30,8 @@ from serving_helpers import (
     start_server,
 )
 
-from runtime.client import PredictionError
-from runtime.serving import ServerConfig, ServingConfigError, serve
+from npusim.runtime.client import PredictionError
+from npusim.runtime.serving import ServerConfig, ServingConfigError, serve
 
 pytestmark = pytest.mark.tf
 
@@ -217,7 +217,7 @@ _TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
 # the CLI with a model whose calls take 0.5 s (30 s for one image) on the server's threads
 _SLOW_SERVE = """
 import os, sys, threading, time
-import runtime.pipeline as pipeline
+import npusim.runtime.pipeline as pipeline
 hang = open(os.environ["HANG_IMAGE"], "rb").read()
 run = pipeline.ModelDefinition.run
 def slow(self, feeds, pool=None):
@@ -225,7 +225,7 @@ def slow(self, feeds, pool=None):
         time.sleep(30 if feeds["images"][0] == hang else 0.5)
     return run(self, feeds, pool)
 pipeline.ModelDefinition.run = slow
-from runtime.cli import main
+from npusim.runtime.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

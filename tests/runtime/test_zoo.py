@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tests for runtime.zoo: the seeded ResNet builder and the seeded onnx "light" models."""
+"""Tests for npusim.runtime.zoo: the seeded ResNet builder and the seeded onnx "light" models."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from runtime import zoo
-from runtime.zoo import (
+from npusim.runtime import zoo
+from npusim.runtime.zoo import (
     LIGHT_MODELS,
     MODELS,
     build_resnet50,

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from runtime import zoo
-from runtime.zoo import (
+from npusim.runtime import zoo
+from npusim.runtime.zoo import (
     MODELS,
     ZOO_DESCRIPTIONS,
     build_densenet121,
@@ -21,7 +21,7 @@ from runtime.zoo import (
     build_ssd_vgg,
     build_vgg16,
 )
-from runtime.zoo.ssd import ssd_source_sizes
+from npusim.runtime.zoo.ssd import ssd_source_sizes
 
 #: Expected (input side, {output name: shape}, Conv count) of each default featurizer.
 _EXPECTED: dict[str, tuple[int, dict[str, tuple[int, ...]], int]] = {

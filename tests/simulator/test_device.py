@@ -9,12 +9,12 @@ import pytest
 from onnx import helper
 from onnx_helpers import conv_block, make_model, rand
 
-from compiler import UnsupportedOpError, compile_full
-from compiler.interpret import Numerics, evaluate
-from runtime import Session
-from simulator.device import InputError
-from simulator.numerics import FORMAT_NAMES
-from simulator.program import Program
+from npusim.compiler import UnsupportedOpError, compile_full
+from npusim.compiler.interpret import Numerics, evaluate
+from npusim.runtime import Session
+from npusim.simulator.device import InputError
+from npusim.simulator.numerics import FORMAT_NAMES
+from npusim.simulator.program import Program
 
 
 def _models():

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The fast matrix-unit kernels (simulator.gemm) against the numpy reference, bit for bit.
+"""The fast matrix-unit kernels (npusim.simulator.gemm) against the numpy reference, bit for bit.
 
 Every BFP format (ms-fp8/9 over several native dimensions, MSFP12/16, MXINT8), every
-path of :func:`simulator.gemm.conv2d` (pointwise, im2col, per-group GEMMs, the direct
+path of :func:`npusim.simulator.gemm.conv2d` (pointwise, im2col, per-group GEMMs, the direct
 grouped and depthwise kernel) and of the products (few rows, many rows), with awkward
 values: ties, subnormals, NaN, infinities, block scales outside fp32's normal range.
 """
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from numerics_cases import DIFF_FORMATS, fid, nasty
 
-from simulator import gemm
-from simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
-from simulator.numerics import (
+from npusim.simulator import gemm
+from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
+from npusim.simulator.numerics import (
     FP32,
     Format,
     Rounding,

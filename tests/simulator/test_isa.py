@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from simulator.config import load_device, preset_names
-from simulator.isa import (
+from npusim.simulator.config import load_device, preset_names
+from npusim.simulator.isa import (
     INSTRUCTION_BYTES,
     INSTRUCTIONS,
     OPCODE_BITS,

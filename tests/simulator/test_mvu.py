@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""simulator.mvu: the matrix-vector unit's timing (the `intel-npu` preset), its layout,
+"""npusim.simulator.mvu: the matrix-vector unit's timing (the `intel-npu` preset), its layout,
 its chained vector passes, the recurrence it serializes, and the compiler's step-by-step
 unrolling for it, which must not change a bit."""
 
@@ -9,17 +9,17 @@ import exporter_graphs_recurrent
 import numpy as np
 import pytest
 
-from compiler import compile_full
-from compiler.frontend import to_graph
-from compiler.interpret import Numerics, evaluate
-from compiler.options import CompileOptions
-from compiler.pipeline import run_passes
-from runtime import Session
-from runtime.zoo.npu_workloads import build
-from simulator import isa
-from simulator.config import load_device
-from simulator.mvu import layout, mvu_latency, place, product
-from simulator.schedule import schedule
+from npusim.compiler import compile_full
+from npusim.compiler.frontend import to_graph
+from npusim.compiler.interpret import Numerics, evaluate
+from npusim.compiler.options import CompileOptions
+from npusim.compiler.pipeline import run_passes
+from npusim.runtime import Session
+from npusim.runtime.zoo.npu_workloads import build
+from npusim.simulator import isa
+from npusim.simulator.config import load_device
+from npusim.simulator.mvu import layout, mvu_latency, place, product
+from npusim.simulator.schedule import schedule
 
 NPU = load_device("intel-npu")
 

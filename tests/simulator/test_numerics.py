@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tests for simulator.numerics: formats, quantization, rounding, packing, and the numba
+"""Tests for npusim.simulator.numerics: formats, quantization, rounding, packing, and the numba
 quantizer against its reference. The block dot product is in ``test_numerics_matmul.py``.
 
 Expected values are computed here from the documented definitions (``docs/numerics.md``)
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from numerics_cases import DIFF_FORMATS, fid, nasty
 
-from simulator.numerics import (
+from npusim.simulator.numerics import (
     FORMAT_NAMES,
     FP32,
     STOCHASTIC_FRACTION_BITS,

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tests for the block dot product and its accumulation order in simulator.numerics.
+"""Tests for the block dot product and its accumulation order in npusim.simulator.numerics.
 
 Quantization, packing and rounding are tested in ``test_numerics.py``.
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from numerics_cases import DIFF_FORMATS, fid, nasty
 
-from simulator.numerics import (
+from npusim.simulator.numerics import (
     FORMAT_NAMES,
     FP32,
     BfpTensor,

@@ -21,13 +21,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler import compile_model
-from simulator import fileio
-from simulator import program as program_module
-from simulator.config import ConfigError, DeviceConfig, MvuConfig, load_device, preset_names
-from simulator.device import Device
-from simulator.numerics import FORMAT_NAMES
-from simulator.program import Program, ProgramError, Section
+from npusim.compiler import compile_model
+from npusim.simulator import fileio
+from npusim.simulator import program as program_module
+from npusim.simulator.config import ConfigError, DeviceConfig, MvuConfig, load_device, preset_names
+from npusim.simulator.device import Device
+from npusim.simulator.numerics import FORMAT_NAMES
+from npusim.simulator.program import Program, ProgramError, Section
 
 # The documented layout (docs/isa.md), spelled out here rather than imported.
 REQUIRED = [k for k in Section if k not in program_module.OPTIONAL_SECTIONS]

@@ -33,12 +33,12 @@ from hypothesis import strategies as st
 from onnx import helper
 from onnx_helpers import make_model, small_featurizer
 
-from compiler import compile_model
-from simulator import isa
-from simulator.device import Device, ExecutionError, InputError
-from simulator.host import HostOpError
-from simulator.isa import INSTRUCTION_BYTES, FieldWidths
-from simulator.program import Program, ProgramError, Section, pack_sections, unpack_sections
+from npusim.compiler import compile_model
+from npusim.simulator import isa
+from npusim.simulator.device import Device, ExecutionError, InputError
+from npusim.simulator.host import HostOpError
+from npusim.simulator.isa import INSTRUCTION_BYTES, FieldWidths
+from npusim.simulator.program import Program, ProgramError, Section, pack_sections, unpack_sections
 
 SAFE = (ProgramError, ExecutionError, InputError, HostOpError)
 """What a hostile program may raise: the project's own errors, nothing else."""

@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""simulator.residency: what each instruction loads from DRAM and stores there."""
+"""npusim.simulator.residency: what each instruction loads from DRAM and stores there."""
 
 from __future__ import annotations
 
-from simulator.residency import plan
-from simulator.timing import Operand, Work
+from npusim.simulator.residency import plan
+from npusim.simulator.timing import Operand, Work
 
 KIB = 1024
 

@@ -10,12 +10,12 @@ import pytest
 from onnx import helper
 from onnx_helpers import conv_block, make_model, rand
 
-from compiler import compile_model
-from simulator import isa
-from simulator.config import load_device
-from simulator.residency import Traffic
-from simulator.schedule import schedule, simulate
-from simulator.timing import Work, bfp_convert_depth, gemm_cycles, wave_cycles
+from npusim.compiler import compile_model
+from npusim.simulator import isa
+from npusim.simulator.config import load_device
+from npusim.simulator.residency import Traffic
+from npusim.simulator.schedule import schedule, simulate
+from npusim.simulator.timing import Work, bfp_convert_depth, gemm_cycles, wave_cycles
 
 TINY = load_device("tiny")  # 8 x 8 array, 100 MHz: 8 DRAM bytes/cycle, 20 cycles DRAM latency;
 # host link 4 bytes/cycle with a 100-cycle latency
@@ -228,7 +228,7 @@ def test_invariants_of_a_real_program(block):
 
 
 def test_a_program_larger_than_device_dram_is_refused():
-    from compiler.errors import CompileError
+    from npusim.compiler.errors import CompileError
 
     cfg = TINY.replace(dram_mib=1, numerics="fp32")  # 512 x 1024 fp32 weights: 2 MiB
     with pytest.raises(CompileError, match="2097152 bytes, more than the 1 MiB of DRAM of tiny"):
@@ -254,7 +254,7 @@ def _mv(in_dil: int, **kw) -> isa.MvMul:
 
 
 def test_vector_instructions_price_their_elements():
-    from simulator.timing import Operand, work
+    from npusim.simulator.timing import Operand, work
 
     fmt = TINY.format()
     f32 = isa.f32_bits
@@ -286,7 +286,7 @@ def test_vector_instructions_price_their_elements():
 
 
 def test_an_input_dilated_conv_streams_its_zeros_but_reads_only_its_pixels():
-    from simulator.timing import conv_output_hw, mv_mul_waves, work
+    from npusim.simulator.timing import conv_output_hw, mv_mul_waves, work
 
     plain, stuffed = _mv(1), _mv(2)
     assert conv_output_hw(plain) == (7, 7)

@@ -13,12 +13,12 @@ import pytest
 from onnx import helper
 from onnx_helpers import make_model
 
-from simulator import isa, kernels
-from simulator.config import load_device
-from simulator.device import Device, ExecutionError
-from simulator.kernels import ConvGeometry
-from simulator.numerics import pack, quantize
-from simulator.program import Program, ProgramError, TensorDesc
+from npusim.simulator import isa, kernels
+from npusim.simulator.config import load_device
+from npusim.simulator.device import Device, ExecutionError
+from npusim.simulator.kernels import ConvGeometry
+from npusim.simulator.numerics import pack, quantize
+from npusim.simulator.program import Program, ProgramError, TensorDesc
 
 F32 = np.float32
 TINY = load_device("tiny")
