@@ -10,7 +10,7 @@ error is largest. ``npusim compare MODEL --numerics FORMAT`` prints every layer.
 
 from __future__ import annotations
 
-from npusim.runtime.compare import compare_layers, default_inputs
+from npusim.runtime.analysis.compare import compare_layers, default_inputs
 from npusim.runtime.zoo import build_resnet50
 from npusim.simulator.numerics import FORMAT_NAMES
 

@@ -30,7 +30,7 @@ import onnx
 
 from npusim.compiler import CompileError, compile_full
 from npusim.compiler.shapes import seeded_inputs
-from npusim.runtime.reference import onnxruntime_session
+from npusim.runtime.analysis.reference import onnxruntime_session
 from npusim.runtime.session import Session
 
 

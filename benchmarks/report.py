@@ -18,7 +18,7 @@ import numpy as np
 
 from npusim.compiler import compile_model
 from npusim.runtime import Session
-from npusim.runtime.reference import median_seconds, onnxruntime_session
+from npusim.runtime.analysis.reference import median_seconds, onnxruntime_session
 from npusim.runtime.zoo import build_resnet50
 from npusim.simulator.numerics import FORMAT_NAMES
 

@@ -37,7 +37,7 @@ import tempfile
 from pathlib import Path
 
 from npusim.compiler import compile_model
-from npusim.runtime.bench import resolve_model
+from npusim.runtime.analysis.bench import resolve_model
 from npusim.simulator import isa, timing
 from npusim.simulator.config import load_device
 

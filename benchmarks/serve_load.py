@@ -54,15 +54,16 @@ def main() -> None:
 
     from serving_helpers import encoded_images, self_signed
 
-    from npusim.runtime.client import PredictionClient
-    from npusim.runtime.pipeline import import_tensorflow
-    from npusim.runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.serving.client import PredictionClient
+    from npusim.runtime.serving.package import save_package
+    from npusim.runtime.serving.pipeline import import_tensorflow
+    from npusim.runtime.serving.tfstages import featurizer_pipeline
 
     tf = import_tensorflow()
     work = Path(tempfile.mkdtemp(prefix="serve_load-"))
     t0 = time.perf_counter()
-    featurizer_pipeline(args.model, device="brainwave-s10", numerics=args.numerics).save(
-        work / "model.zip")
+    save_package(featurizer_pipeline(args.model, device="brainwave-s10", numerics=args.numerics),
+                 work / "model.zip")
     print(f"packaged {args.model} (brainwave-s10, {args.numerics}) in "
           f"{time.perf_counter() - t0:.1f} s")
     cert, key_pem = self_signed(work)

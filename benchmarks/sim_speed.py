@@ -31,8 +31,8 @@ import numpy as np
 
 from npusim.compiler import CompileError, compile_model
 from npusim.compiler.shapes import seeded_inputs
-from npusim.runtime.bench import resolve_model
-from npusim.runtime.reference import onnxruntime_session
+from npusim.runtime.analysis.bench import resolve_model
+from npusim.runtime.analysis.reference import onnxruntime_session
 from npusim.runtime.session import Session
 
 FORMATS = ("fp32", "msfp16", "mxint8", "msfp8")

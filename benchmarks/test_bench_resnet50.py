@@ -13,7 +13,7 @@ import pytest
 
 from npusim.compiler import compile_model
 from npusim.runtime import Session
-from npusim.runtime.reference import median_seconds, onnxruntime_session
+from npusim.runtime.analysis.reference import median_seconds, onnxruntime_session
 
 
 @pytest.fixture(scope="module")

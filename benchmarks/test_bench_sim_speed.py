@@ -18,7 +18,7 @@ from sim_speed import best_seconds
 from npusim.compiler import compile_full
 from npusim.compiler.interpret import Numerics, evaluate
 from npusim.compiler.shapes import seeded_inputs
-from npusim.runtime.reference import onnxruntime_session
+from npusim.runtime.analysis.reference import onnxruntime_session
 from npusim.runtime.session import Session
 from npusim.runtime.zoo import MODELS
 

@@ -15,8 +15,8 @@ import pytest
 
 from npusim.compiler import compile_model
 from npusim.runtime import Session
-from npusim.runtime.compare import default_inputs
-from npusim.runtime.reference import median_seconds, onnxruntime_session
+from npusim.runtime.analysis.compare import default_inputs
+from npusim.runtime.analysis.reference import median_seconds, onnxruntime_session
 from npusim.runtime.zoo import MODELS
 from npusim.simulator.config import load_device
 from npusim.simulator.schedule import schedule

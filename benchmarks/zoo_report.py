@@ -24,8 +24,8 @@ def measure(name: str, fmt: str, device: str | None) -> dict:
 
     from npusim.compiler import compile_model
     from npusim.runtime import Session
-    from npusim.runtime.compare import default_inputs
-    from npusim.runtime.reference import median_seconds, onnxruntime_session
+    from npusim.runtime.analysis.compare import default_inputs
+    from npusim.runtime.analysis.reference import median_seconds, onnxruntime_session
     from npusim.runtime.zoo import MODELS
 
     model = MODELS[name](seed=0)

@@ -44,10 +44,10 @@ _LAZY = {
     "Session": "npusim.runtime.session",
     "Device": "npusim.runtime.device",
     "DevicePool": "npusim.runtime.device",
-    "ModelDefinition": "npusim.runtime.pipeline",
-    "PredictionClient": "npusim.runtime.client",
-    "load_package": "npusim.runtime.package",
-    "save_package": "npusim.runtime.package",
+    "ModelDefinition": "npusim.runtime.serving.pipeline",
+    "PredictionClient": "npusim.runtime.serving.client",
+    "load_package": "npusim.runtime.serving.package",
+    "save_package": "npusim.runtime.serving.package",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -76,14 +76,15 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def build_package(directory: Path) -> Package:
-    from npusim.runtime.pipeline import ModelDefinition, import_tensorflow
-    from npusim.runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.serving.package import load_package, save_package
+    from npusim.runtime.serving.pipeline import import_tensorflow
+    from npusim.runtime.serving.tfstages import featurizer_pipeline
 
     tf = import_tensorflow()
     onnx.save(small_featurizer(channels=16), directory / "tiny.onnx")
-    featurizer_pipeline(directory / "tiny.onnx", classes=CLASSES, name="tiny").save(
-        directory / "tiny.zip")
-    model = ModelDefinition.load(directory / "tiny.zip")
+    save_package(featurizer_pipeline(directory / "tiny.onnx", classes=CLASSES, name="tiny"),
+                 directory / "tiny.zip")
+    model = load_package(directory / "tiny.zip")
     images = encoded_images(tf)
     expected = [model.run({"images": np.array([im], dtype=object)})["output_alias"]
                 for im in images]
@@ -94,7 +95,7 @@ def build_package(directory: Path) -> Package:
 def make_server(pkg: Package, tls: bool = True, model=None, **overrides):
     """A PredictionServer (not started) on a free loopback port, ``model`` (default: the
     package's, already loaded) given."""
-    from npusim.runtime.serving import PredictionServer, ServerConfig
+    from npusim.runtime.serving.server import PredictionServer, ServerConfig
 
     opts = dict(port=0, devices=2, metrics_port=0, max_request_bytes=2**20, max_batch=4)
     if tls:
@@ -109,7 +110,7 @@ def start_server(pkg: Package, tls: bool = True, model=None, **overrides):
 
 
 def client_for(server, pkg: Package, key: str | None = KEYS[0], **kw):
-    from npusim.runtime.client import PredictionClient
+    from npusim.runtime.serving.client import PredictionClient
 
     tls = server.config.tls
     return PredictionClient("127.0.0.1", server.port, use_ssl=tls,

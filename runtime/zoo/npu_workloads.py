@@ -140,4 +140,4 @@ def build(name: str, seed: int = 0) -> onnx.ModelProto:
 
 BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     name: (lambda seed=0, name=name: build(name, seed)) for name in PUBLISHED}
-"""``npu:NAME`` for :func:`npusim.runtime.bench.resolve_model`."""
+"""``npu:NAME`` for :func:`npusim.runtime.analysis.bench.resolve_model`."""

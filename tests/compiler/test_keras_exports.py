@@ -23,7 +23,7 @@ import pytest
 from npusim.compiler import compile_full
 from npusim.compiler.interpret import Numerics, evaluate
 from npusim.runtime import Session
-from npusim.runtime.reference import onnxruntime_session
+from npusim.runtime.analysis.reference import onnxruntime_session
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.tf,

@@ -63,7 +63,8 @@ def test_the_wheel_installs_npusim_and_nothing_else_at_the_top(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", "build", "__pycache__", "*.egg-info", ".pytest_cache", "*.png"))
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "out"), str(src)],
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                          str(tmp_path / "out"), str(src)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     (wheel,) = (tmp_path / "out").glob("npusim-*.whl")
@@ -75,3 +76,37 @@ def test_the_wheel_installs_npusim_and_nothing_else_at_the_top(tmp_path):
         assert must in names, must
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "npusim = npusim.runtime.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def _import_graph(folder: str, package: str):
+    """Module -> the modules of ``package`` it imports anywhere (in functions too, and
+    under ``TYPE_CHECKING``): every edge that can make an import circle."""
+    import ast
+
+    import networkx as nx
+
+    mods = {}
+    for f in (REPO / folder).rglob("*.py"):
+        rel = f.relative_to(REPO / folder).with_suffix("").parts
+        name = ".".join((package, *rel)).removesuffix(".__init__")
+        mods[name] = f
+    g = nx.DiGraph()
+    g.add_nodes_from(mods)
+    for name, f in mods.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            g.add_edges_from((name, t) for t in targets if t in mods and t != name)
+    return g
+
+
+def test_the_runtime_has_no_import_circles():
+    import networkx as nx
+
+    g = _import_graph("runtime", "npusim.runtime")
+    assert {"npusim.runtime.serving.pipeline", "npusim.runtime.analysis.sweep",
+            "npusim.runtime.cli.program"} <= set(g)
+    assert list(nx.simple_cycles(g)) == []

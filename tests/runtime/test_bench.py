@@ -11,7 +11,7 @@ import pytest
 from cli_helpers import assert_user_error, npusim
 from onnx_helpers import conv_block
 
-from npusim.runtime.bench import bench_model, format_bench, format_layers, timing_point
+from npusim.runtime.analysis.bench import bench_model, format_bench, format_layers, timing_point
 from npusim.runtime.cli import main
 from npusim.simulator.stats import STALL_CAUSES
 

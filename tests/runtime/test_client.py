@@ -21,8 +21,13 @@ from serving_helpers import (
 )
 
 from npusim.runtime.cli import main
-from npusim.runtime.client import PredictionClient, PredictionError, format_top, parse_address
-from npusim.runtime.serving import PredictionServer
+from npusim.runtime.serving.client import (
+    PredictionClient,
+    PredictionError,
+    format_top,
+    parse_address,
+)
+from npusim.runtime.serving.server import PredictionServer
 
 pytest.importorskip("cryptography", reason="the test certificate needs cryptography")
 pytestmark = pytest.mark.tf

@@ -14,8 +14,8 @@ from onnx_helpers import conv_block
 from npusim.compiler import compile_full
 from npusim.compiler.interpret import Numerics, evaluate
 from npusim.runtime import Session
+from npusim.runtime.analysis.compare import compare_layers
 from npusim.runtime.cli import main
-from npusim.runtime.compare import compare_layers
 from npusim.runtime.zoo import LIGHT_MODELS, light_model_input, load_light_model
 
 HEAVY = {"bvlc_alexnet", "vgg19", "zfnet512"}

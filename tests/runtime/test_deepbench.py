@@ -9,7 +9,7 @@ import pytest
 
 from npusim.compiler import compile_model
 from npusim.runtime import Session
-from npusim.runtime.bench import resolve_model
+from npusim.runtime.analysis.bench import resolve_model
 from npusim.runtime.zoo.deepbench import LAYERS, flops
 
 

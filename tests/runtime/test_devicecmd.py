@@ -9,7 +9,7 @@ from importlib import resources
 
 import pytest
 
-from npusim.runtime.devicecmd import UNITS, format_device, format_device_list
+from npusim.runtime.cli.device import UNITS, format_device, format_device_list
 from npusim.simulator.config import DeviceConfig, load_device, preset_names
 
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``npusim.runtime.evaluate`` and ``npusim eval``: datasets, metrics against hand-computed
+"""``npusim.runtime.analysis.evaluate`` and ``npusim eval``: datasets, metrics against hand-computed
 expectations, identical results serially / on processes / on Ray, one-line user errors."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from onnx import helper
 from onnx_helpers import make_model, rand
 
 from npusim.compiler import compile_model
+from npusim.runtime.analysis.evaluate import EvalError, evaluate, format_eval
+from npusim.runtime.analysis.reference import onnxruntime_session
 from npusim.runtime.cli import main
-from npusim.runtime.evaluate import EvalError, evaluate, format_eval
-from npusim.runtime.reference import onnxruntime_session
 from npusim.runtime.session import Session
 from npusim.simulator.config import load_device
 from npusim.simulator.numerics import FORMAT_NAMES
@@ -184,9 +184,9 @@ def test_limit_takes_the_first_samples(data, serial):
 
 
 def test_batches_of_any_size_give_the_same_results(data, serial, monkeypatch):
-    import npusim.runtime.evalworker
+    import npusim.runtime.analysis.evalworker
 
-    monkeypatch.setattr(npusim.runtime.evalworker, "ARENA_BUDGET", 1)  # one image per device run
+    monkeypatch.setattr(npusim.runtime.analysis.evalworker, "ARENA_BUDGET", 1)  # an image per run
     _same(run(data.model, data.dir / "data.npz", chunk=7), serial)
 
 
@@ -243,7 +243,7 @@ def test_ray_gives_the_serial_results(data, serial):
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     """Class folders ant (2 images), bee (none), cat (3 PNGs), plus files to skip."""
-    from npusim.runtime.pipeline import import_tensorflow
+    from npusim.runtime.serving.pipeline import import_tensorflow
 
     tf = import_tensorflow()
     root = tmp_path_factory.mktemp("tree")
@@ -261,8 +261,9 @@ def tree(tmp_path_factory):
 @pytest.mark.tf
 @pytest.mark.skipif(not HAS_TF, reason="TensorFlow is not installed")
 def test_class_folders_give_the_labels_and_the_preprocessed_predictions(tree, tmp_path):
-    from npusim.runtime.pipeline import AcceleratorStage, ModelDefinition
-    from npusim.runtime.tfstages import preprocess_stage
+    from npusim.runtime.serving.package import save_package
+    from npusim.runtime.serving.pipeline import AcceleratorStage, ModelDefinition
+    from npusim.runtime.serving.tfstages import preprocess_stage
 
     model = small_cnn(channels=3, classes=3)
     res = run(model, tree, numerics="fp32", chunk=2)
@@ -278,8 +279,8 @@ def test_class_folders_give_the_labels_and_the_preprocessed_predictions(tree, tm
 
     # the same preprocessing out of a package; and on two processes, TensorFlow loaded here
     prog = compile_model(model, load_device("tiny").replace(numerics="fp32"))
-    ModelDefinition("p", 1, [preprocess_stage(8, 9), AcceleratorStage(prog)]).save(
-        tmp_path / "p.zip")
+    save_package(ModelDefinition("p", 1, [preprocess_stage(8, 9), AcceleratorStage(prog)]),
+                 tmp_path / "p.zip")
     _same(run(model, tree, numerics="fp32", package=tmp_path / "p.zip"), res)
     _same(run(model, tree, numerics="fp32", chunk=2, serial=False, workers=2), res)
 
@@ -393,7 +394,7 @@ def test_cli_unreachable_ray_address(data):
 
 
 def test_importing_evaluate_starts_nothing():
-    code = ("import sys, npusim.runtime.evaluate, npusim.runtime.evalcmd; "
+    code = ("import sys, npusim.runtime.analysis.evaluate, npusim.runtime.cli.evaluate; "
             "heavy = [m for m in ('ray', 'tqdm', 'tensorflow', 'onnx', 'npusim.compiler.driver',"
             " 'npusim.simulator.device') if m in "
             "sys.modules]; assert not heavy, heavy")

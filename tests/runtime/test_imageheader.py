@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from serving_helpers import bmp, gif, gif_claiming, png_claiming
 
-from npusim.runtime.imageheader import (
+from npusim.runtime.serving.imageheader import (
     DEFAULT_MAX_PIXELS,
     ImageHeaderError,
     ImageSize,
@@ -24,7 +24,7 @@ from npusim.runtime.imageheader import (
 
 @functools.cache
 def _tf():
-    from npusim.runtime.pipeline import import_tensorflow
+    from npusim.runtime.serving.pipeline import import_tensorflow
 
     return import_tensorflow()
 
@@ -185,8 +185,8 @@ def test_fuzz_mutated_images_against_tensorflow(data):
 
 @pytest.mark.tf
 def test_the_preprocessing_stage_checks_headers_before_decoding():
-    from npusim.runtime.pipeline import PipelineInputError
-    from npusim.runtime.tfstages import preprocess_stage
+    from npusim.runtime.serving.pipeline import PipelineInputError
+    from npusim.runtime.serving.tfstages import preprocess_stage
 
     tf = _tf()
     stage = preprocess_stage(8, 8, max_pixels=30 * 30)

@@ -9,7 +9,7 @@ import pytest
 
 from npusim.compiler import compile_full
 from npusim.runtime import Session
-from npusim.runtime.bench import resolve_model
+from npusim.runtime.analysis.bench import resolve_model
 from npusim.runtime.zoo.npu_workloads import GATES, PUBLISHED, build, counted_ops
 
 # ops that NPU's flow printed (ops / TOPS / 300 MHz gives its cycles), from its own

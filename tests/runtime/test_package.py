@@ -16,8 +16,8 @@ from onnx import helper
 from onnx_helpers import make_model, small_featurizer
 
 from npusim.runtime.cli import main
-from npusim.runtime.package import load_package, save_package
-from npusim.runtime.pipeline import ModelDefinition, PipelineError, import_tensorflow
+from npusim.runtime.serving.package import load_package, save_package
+from npusim.runtime.serving.pipeline import ModelDefinition, PipelineError, import_tensorflow
 
 pytestmark = [pytest.mark.tf,
               pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.tf,
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    from npusim.runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.serving.tfstages import featurizer_pipeline
 
     tf = import_tensorflow()
     d = tmp_path_factory.mktemp("package")
@@ -68,18 +68,18 @@ def test_round_trip_is_bit_identical(work, tmp_path):
     assert set(m["files"]) == set(files) - {"manifest.json"}
     assert all(hashlib.sha256(files[n]).hexdigest() == h for n, h in m["files"].items())
 
-    loaded = ModelDefinition.load(work["zip"])
+    loaded = load_package(work["zip"])
     assert (loaded.name, loaded.version) == ("small", 1)
     assert loaded.signature() == work["model"].signature()
     for a, b in zip(loaded.stages, work["model"].stages):
         assert (a.kind, a.name, a.inputs, a.outputs) == (b.kind, b.name, b.inputs, b.outputs)
     np.testing.assert_array_equal(loaded.run(work["feeds"])["output_alias"], work["expected"])
-    again = load_package(loaded.save(tmp_path / "again.zip"))  # a restored model saves too
+    again = load_package(save_package(loaded, tmp_path / "again.zip"))  # a restored model saves too
     np.testing.assert_array_equal(again.run(work["feeds"])["output_alias"], work["expected"])
 
 
 def test_stage_variables_are_saved(tmp_path):
-    from npusim.runtime.pipeline import TensorflowStage
+    from npusim.runtime.serving.pipeline import TensorflowStage
 
     tf = import_tensorflow()
     scale = tf.Variable([2.0, -3.0])
@@ -90,7 +90,7 @@ def test_stage_variables_are_saved(tmp_path):
 
     model = ModelDefinition("vars", 4, [TensorflowStage.from_function(scaled, "s", ["y", "n"])])
     x = np.array([[1.0, 2.0], [0.5, 0.25]], np.float32)
-    loaded = load_package(model.save(tmp_path / "v.zip"))
+    loaded = load_package(save_package(model, tmp_path / "v.zip"))
     assert loaded.version == 4 and [s.name for s in loaded.outputs] == ["y", "n"]
     out = loaded.run({"x": x})
     np.testing.assert_array_equal(out["y"], [[2, -6], [1, -0.75]])
@@ -188,7 +188,7 @@ def test_failed_save_leaves_nothing(work, tmp_path):
     target = tmp_path / "m.zip"
     target.write_bytes(b"previous")
     with pytest.raises(PipelineError, match="cannot save a stage of kind 'other'"):
-        model.save(target)
+        save_package(model, target)
     assert target.read_bytes() == b"previous" and sorted(tmp_path.iterdir()) == [target]
 
 

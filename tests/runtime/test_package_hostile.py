@@ -23,11 +23,17 @@ from hypothesis import strategies as st
 from onnx_helpers import small_featurizer
 
 from npusim.compiler import compile_model
-from npusim.runtime import package
 from npusim.runtime.cli import build_parser, main
-from npusim.runtime.package import PackageError, PackageLimits, extract_package, load_package
-from npusim.runtime.pipeline import AcceleratorStage, ModelDefinition, PipelineError
-from npusim.runtime.signing import generate_keypair
+from npusim.runtime.serving import package
+from npusim.runtime.serving.package import (
+    PackageError,
+    PackageLimits,
+    extract_package,
+    load_package,
+    save_package,
+)
+from npusim.runtime.serving.pipeline import AcceleratorStage, ModelDefinition, PipelineError
+from npusim.runtime.serving.signing import generate_keypair
 
 PROGRAM = "stages/0-featurizer.npub"
 
@@ -38,8 +44,8 @@ def base(tmp_path_factory):
     prog = compile_model(small_featurizer(), "brainwave-s10")
     model = ModelDefinition("tiny", 1, [AcceleratorStage(prog)])
     keys = {who: generate_keypair(d / who) for who in ("alice", "mallory")}
-    plain = model.save(d / "plain.zip")
-    signed = model.save(d / "signed.zip", sign_key=keys["alice"][0])
+    plain = save_package(model, d / "plain.zip")
+    signed = save_package(model, d / "signed.zip", sign_key=keys["alice"][0])
     with zipfile.ZipFile(plain) as z:
         files = {n: z.read(n) for n in z.namelist()}
     manifest = json.loads(files.pop("manifest.json"))
@@ -73,7 +79,7 @@ def write_pkg(path, entries, manifest=None, rehash=True, sign=None):
         if m is not None:
             z.writestr("manifest.json", text, zipfile.ZIP_DEFLATED)
         if sign is not None:
-            from npusim.runtime.signing import load_private_key, sign_manifest
+            from npusim.runtime.serving.signing import load_private_key, sign_manifest
 
             z.writestr("manifest.sig", sign_manifest(load_private_key(sign), text))
         for name, data in entries:
@@ -118,7 +124,7 @@ def test_unsafe_entry_names(base, tmp_path, evil):
 
 def test_extraction_stays_inside_its_root(base, tmp_path, monkeypatch):
     """Defence in depth: with the name checks switched off, '..' is still caught."""
-    from npusim.runtime import manifest
+    from npusim.runtime.serving import manifest
 
     monkeypatch.setattr(package, "name_problem", lambda n: None)
     monkeypatch.setattr(manifest, "name_problem", lambda n: None)
@@ -268,7 +274,7 @@ def test_failed_extraction_removes_what_it_wrote(base, tmp_path):
 
 def test_signed_package_loads_under_its_key(base):
     alice, mallory = base["keys"]["alice"][1], base["keys"]["mallory"][1]
-    model = ModelDefinition.load(base["signed"], trust_keys=[mallory, alice])
+    model = load_package(base["signed"], trust_keys=[mallory, alice])
     assert model.name == "tiny" and model.stages[0].program.to_bytes() == base["files"][PROGRAM]
     load_package(base["signed"], trust_keys=alice.read_bytes())  # PEM bytes, alone
     load_package(base["signed"])  # no trusted keys: not verified, loads
@@ -303,14 +309,14 @@ def test_bad_keys(base, tmp_path):
     refused(base["signed"], "that is a private key", trust_keys=[alice[0]])
     refused(base["signed"], "trust key file not found", trust_keys=[tmp_path / "nope.pem"])
     with pytest.raises(PipelineError, match="not an Ed25519 private key"):  # an EC key
-        base["model"].save(tmp_path / "x.zip", sign_key=self_signed(tmp_path)[1])
+        save_package(base["model"], tmp_path / "x.zip", sign_key=self_signed(tmp_path)[1])
     with pytest.raises(PipelineError, match="already exists"):
         generate_keypair(alice[0].parent)
 
 
 def test_cli_keygen_package_and_serve(base, tmp_path, monkeypatch, capsys):
-    from npusim.runtime import pipeline, tfstages
-    from npusim.runtime.serving import ServerConfig, ServingConfigError
+    from npusim.runtime.serving import pipeline, tfstages
+    from npusim.runtime.serving.server import ServerConfig, ServingConfigError
 
     assert main(["keygen", "--out", str(tmp_path / "k")]) == 0
     private, public = tmp_path / "k" / "npusim-sign.pem", tmp_path / "k" / "npusim-sign.pub.pem"
@@ -342,8 +348,8 @@ def test_signed_tensorflow_pipeline(pkg, tmp_path):
     import numpy as np
 
     private, public = generate_keypair(tmp_path / "k")
-    signed = pkg.model.save(tmp_path / "signed.zip", sign_key=private)
-    model = ModelDefinition.load(signed, trust_keys=[public])
+    signed = save_package(pkg.model, tmp_path / "signed.zip", sign_key=private)
+    model = load_package(signed, trust_keys=[public])
     out = model.run({"images": np.array([pkg.images[0]], dtype=object)})["output_alias"]
     np.testing.assert_array_equal(out, pkg.expected[0])
 

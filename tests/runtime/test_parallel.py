@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``npusim.runtime.parallel``: results in input order, errors raised as themselves, early stops,
-in every mode. ``pow(shared, item)`` is the work: a builtin, so any worker can run it."""
+"""``npusim.runtime.analysis.parallel``: results in input order, errors raised as themselves, early
+stops, in every mode. ``pow(shared, item)`` is the work: a builtin, so any worker can run it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from npusim.runtime.parallel import Mode, map_chunks
+from npusim.runtime.analysis.parallel import Mode, map_chunks
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 ITEMS = list(range(12))

@@ -16,7 +16,7 @@ from onnx_helpers import conv_block, make_model, small_featurizer
 
 from npusim.compiler import compile_model
 from npusim.runtime.device import Device, DevicePool, DeviceStats
-from npusim.runtime.pipeline import (
+from npusim.runtime.serving.pipeline import (
     AcceleratorStage,
     ModelDefinition,
     PipelineError,
@@ -51,8 +51,9 @@ def feeds_b(seed: int) -> dict:
 
 
 def test_importing_the_runtime_does_not_import_tensorflow():
-    code = ("import sys, npusim.runtime, npusim.runtime.device, npusim.runtime.pipeline, "
-            "npusim.runtime.package, npusim.runtime.tfstages; npusim.runtime.ModelDefinition; "
+    code = ("import sys, npusim.runtime, npusim.runtime.device, npusim.runtime.serving.pipeline, "
+            "npusim.runtime.serving.package, npusim.runtime.serving.tfstages; "
+            "npusim.runtime.ModelDefinition; "
             "npusim.runtime.featurizer_pipeline; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -212,7 +213,7 @@ def tf():
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory, tf):
-    from npusim.runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.serving.tfstages import featurizer_pipeline
 
     path = tmp_path_factory.mktemp("small") / "small.onnx"
     onnx.save(small_featurizer(), path)
@@ -222,7 +223,7 @@ def small_model(tmp_path_factory, tf):
 @needs_tf
 @pytest.mark.tf
 def test_preprocess_hand_checked_colour(tf):
-    from npusim.runtime.tfstages import preprocess_stage
+    from npusim.runtime.serving.tfstages import preprocess_stage
 
     stage = preprocess_stage()
     wide = np.broadcast_to(np.array([200, 100, 50]), (30, 60, 3))  # R, G, B
@@ -240,7 +241,7 @@ def test_preprocess_hand_checked_colour(tf):
 @needs_tf
 @pytest.mark.tf
 def test_preprocess_follows_the_documented_steps(tf):
-    from npusim.runtime.tfstages import preprocess_stage
+    from npusim.runtime.serving.tfstages import preprocess_stage
 
     rng = np.random.default_rng(7)
     wide = rng.integers(0, 256, (32, 50, 3))  # -> 256 x 400, crop rows 16.., columns 88..
@@ -288,7 +289,7 @@ def test_bad_requests_name_the_problem(small_model, tf):
 @needs_tf
 @pytest.mark.tf
 def test_pipeline_equals_the_stages_by_hand(small_model, tf):
-    from npusim.runtime.tfstages import classifier_weights
+    from npusim.runtime.serving.tfstages import classifier_weights
 
     pre, acc, head = small_model.stages
     assert [s.kind for s in small_model.stages] == ["tensorflow", "accelerator", "tensorflow"]
@@ -314,7 +315,7 @@ def test_pipeline_equals_the_stages_by_hand(small_model, tf):
 @needs_tf
 @pytest.mark.tf
 def test_classifier_flattens_its_input(tf):
-    from npusim.runtime.tfstages import classifier_stage
+    from npusim.runtime.serving.tfstages import classifier_stage
 
     head = classifier_stage(8, classes=5, seed=1)
     assert head.inputs == [TensorSpec("features", "float32", None)]
@@ -345,7 +346,7 @@ def test_stage_from_function_and_links(tf):
         TensorflowStage.from_function(sum_diff, "arith", ["only"])
     with pytest.raises(PipelineError, match="input_signature"):
         TensorflowStage.from_function(tf.function(lambda x: x), "nosig", ["y"])
-    from npusim.runtime.tfstages import preprocess_stage
+    from npusim.runtime.serving.tfstages import preprocess_stage
 
     with pytest.raises(PipelineError, match="'preprocess' gives 1 output.*'arith' takes 2"):
         ModelDefinition("m", 1, [preprocess_stage(), stage])
@@ -355,7 +356,7 @@ def test_stage_from_function_and_links(tf):
 @pytest.mark.tf
 @pytest.mark.slow
 def test_resnet50_featurizer_pipeline(tf):
-    from npusim.runtime.tfstages import featurizer_pipeline
+    from npusim.runtime.serving.tfstages import featurizer_pipeline
 
     model = featurizer_pipeline()  # resnet50, brainwave-s10, ms-fp8, 1000 classes
     pre, acc, head = model.stages

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``npusim.runtime.plots``: each chart is a valid PNG for real timing statistics; its data
+"""``npusim.runtime.analysis.plots``: each chart is a valid PNG for real timing statistics; its data
 add up."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from npusim.compiler import compile_model
-from npusim.runtime import plots
-from npusim.runtime.bench import resolve_model
+from npusim.runtime.analysis import plots
+from npusim.runtime.analysis.bench import resolve_model
 from npusim.simulator.config import load_device
 from npusim.simulator.schedule import schedule
 from npusim.simulator.stats import LayerStats, RunStats
@@ -137,7 +137,7 @@ def test_plots_leave_the_backend_and_pyplot_alone(run, tmp_path):
 
 
 def test_importing_plots_imports_no_matplotlib():
-    code = "import sys, npusim.runtime.plots; assert 'matplotlib' not in sys.modules"
+    code = "import sys, npusim.runtime.analysis.plots; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
                    cwd=Path(__file__).resolve().parents[2])
 

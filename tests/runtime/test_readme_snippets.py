@@ -41,9 +41,9 @@ def test_the_pipeline_snippet_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(_snippet("from npusim.compiler import compile_model"), "README.md (pipeline)",
                  "exec"), {})
-    from npusim.runtime import ModelDefinition
+    from npusim.runtime import load_package
 
-    assert ModelDefinition.load(tmp_path / "resnet50.zip").name == "resnet50"
+    assert load_package(tmp_path / "resnet50.zip").name == "resnet50"
 
 
 @pytest.mark.slow

@@ -20,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from serving_helpers import bmp, client_for, gif, gif_claiming, png_claiming
 
-from npusim.runtime.pipeline import TensorSpec
-from npusim.runtime.serving import ServerConfig
-from npusim.runtime.serving_service import RequestDecoder, RequestError
+from npusim.runtime.serving.pipeline import TensorSpec
+from npusim.runtime.serving.server import ServerConfig
+from npusim.runtime.serving.service import RequestDecoder, RequestError
 
 pytestmark = pytest.mark.tf
 
@@ -37,7 +37,7 @@ _VALUE_FIELDS = ["string_val", "float_val", "double_val", "int_val", "int64_val"
 
 @functools.cache
 def _apis():
-    from npusim.runtime.pipeline import import_tensorflow
+    from npusim.runtime.serving.pipeline import import_tensorflow
 
     tf = import_tensorflow()
     from tensorflow.core.framework import tensor_pb2

@@ -25,8 +25,8 @@ from serving_helpers import (
 )
 
 from npusim.runtime.cli import main
-from npusim.runtime.client import PredictionError
-from npusim.runtime.serving import PredictionServer, ServerConfig, ServingConfigError
+from npusim.runtime.serving.client import PredictionError
+from npusim.runtime.serving.server import PredictionServer, ServerConfig, ServingConfigError
 
 pytest.importorskip("cryptography", reason="the test certificate needs cryptography")
 pytestmark = pytest.mark.tf
@@ -82,7 +82,7 @@ def test_missing_or_wrong_key_is_unauthenticated(server, pkg):
 
 
 def test_plaintext_client_to_tls_port_fails_fast(server, pkg):
-    from npusim.runtime.client import PredictionClient
+    from npusim.runtime.serving.client import PredictionClient
 
     t0 = time.monotonic()
     with PredictionClient("127.0.0.1", server.port, retries=0, timeout=10) as client:
@@ -399,7 +399,7 @@ def test_serve_cli_prints_ready_and_stops_on_sigterm(pkg):
         assert line.startswith("serving tiny version 1 on 127.0.0.1:"), (line, proc.stderr)
         assert "TLS on" in line and "1 API key(s)" in line and "2 device(s)" in line
         port = int(line.split("127.0.0.1:")[1].split()[0])
-        from npusim.runtime.client import PredictionClient
+        from npusim.runtime.serving.client import PredictionClient
 
         with PredictionClient("127.0.0.1", port, use_ssl=True, access_token=KEYS[0],
                               root_certificates=pkg.cert) as client:

@@ -30,8 +30,8 @@ from serving_helpers import (
     start_server,
 )
 
-from npusim.runtime.client import PredictionError
-from npusim.runtime.serving import ServerConfig, ServingConfigError, serve
+from npusim.runtime.serving.client import PredictionError
+from npusim.runtime.serving.server import ServerConfig, ServingConfigError, serve
 
 pytestmark = pytest.mark.tf
 
@@ -217,7 +217,7 @@ _TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
 # the CLI with a model whose calls take 0.5 s (30 s for one image) on the server's threads
 _SLOW_SERVE = """
 import os, sys, threading, time
-import npusim.runtime.pipeline as pipeline
+import npusim.runtime.serving.pipeline as pipeline
 hang = open(os.environ["HANG_IMAGE"], "rb").read()
 run = pipeline.ModelDefinition.run
 def slow(self, feeds, pool=None):

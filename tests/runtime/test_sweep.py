@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``npusim.runtime.sweep``: grid files good and bad, serial and Ray runs, outputs, Pareto front."""
+"""``npusim.runtime.analysis.sweep``: grid files good and bad, serial and Ray runs, outputs, Pareto
+front."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ import pytest
 from onnx import helper
 from onnx_helpers import make_model, rand
 
-import npusim.runtime.bench
+import npusim.runtime.analysis.bench
 from npusim.compiler.errors import CompileError
-from npusim.runtime.bench import resolve_model, timing_point
-from npusim.runtime.sweep import (
+from npusim.runtime.analysis.bench import resolve_model, timing_point
+from npusim.runtime.analysis.sweep import (
     MAX_POINTS,
     SweepError,
     format_sweep,
@@ -141,7 +142,7 @@ def test_too_many_points_refused_before_building_them(tmp_path):
 
 def test_bad_grid_fails_before_any_work(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(npusim.runtime.bench, "timing_point", lambda *a: calls.append(a))
+    monkeypatch.setattr(npusim.runtime.analysis.bench, "timing_point", lambda *a: calls.append(a))
     path = grid_file(tmp_path, '[grid]\ntiles = [1, 2, 3]\nnumerics = ["msfp8", "bogus"]\n')
     with pytest.raises(SweepError, match="bogus"):
         run_sweep(two_conv(), path, tmp_path / "out", serial=True, progress=False)
@@ -164,7 +165,7 @@ def test_a_point_the_compiler_refuses_names_the_point(tmp_path, monkeypatch):
             raise CompileError("does not fit")
         return timing_point(model, cfg)
 
-    monkeypatch.setattr(npusim.runtime.bench, "timing_point", fake)
+    monkeypatch.setattr(npusim.runtime.analysis.bench, "timing_point", fake)
     with pytest.raises(SweepError, match=r"point \{'tiles': 2, 'numerics': 'msfp8'\}.*fit"):
         run_sweep(two_conv(), grid_file(tmp_path, SMALL_GRID), tmp_path / "o", serial=True,
                   progress=False)
@@ -308,7 +309,8 @@ def test_format_sweep_marks_the_pareto_rows(serial_run):
 
 
 def test_importing_sweep_starts_nothing():
-    code = ("import sys, npusim.runtime.sweep; heavy = [m for m in ('ray', 'tqdm', 'matplotlib', "
-            "'npusim.runtime.bench') if m in sys.modules]; assert not heavy, heavy")
+    code = ("import sys, npusim.runtime.analysis.sweep; "
+            "heavy = [m for m in ('ray', 'tqdm', 'matplotlib', "
+            "'npusim.runtime.analysis.bench') if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
                    cwd=Path(__file__).resolve().parents[2])

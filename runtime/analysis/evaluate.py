@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Accuracy of a program, or of every number format at once, over a dataset.
 
-:func:`evaluate` runs every sample of a dataset (:mod:`npusim.runtime.datasets`) through one or
-more programs and compares the predictions, the top-k indices of each program's first
+:func:`evaluate` runs every sample of a dataset (:mod:`npusim.runtime.analysis.datasets`) through
+one or more programs and compares the predictions, the top-k indices of each program's first
 output flattened per sample, with the labels and with each other:
 
 - an ONNX model (file, zoo name or ``light:NAME``) is compiled once per format of
@@ -12,11 +12,11 @@ output flattened per sample, with the labels and with each other:
 - a ``.npub`` program runs in its own format; ``reference=`` (an ONNX model) gives it an
   fp32 reference, compiled for the program's device.
 
-The samples go in chunks of ``chunk`` to workers (:mod:`npusim.runtime.parallel`): serially,
-on ``workers`` local processes (the default: one per core), or on a Ray cluster at
+The samples go in chunks of ``chunk`` to workers (:mod:`npusim.runtime.analysis.parallel`):
+serially, on ``workers`` local processes (the default: one per core), or on a Ray cluster at
 ``address`` (``"local"``: a fresh local Ray instance). Each worker
-(:mod:`npusim.runtime.evalworker`) loads the programs once from their bytes. The simulator is
-deterministic, so every mode gives the same predictions.
+(:mod:`npusim.runtime.analysis.evalworker`) loads the programs once from their bytes. The simulator
+is deterministic, so every mode gives the same predictions.
 
 Example:
     >>> result = evaluate("digits.onnx", "digits-test.npz", numerics="all")  # doctest: +SKIP
@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from npusim.runtime.datasets import DatasetError, image_preprocessing, load_dataset
-from npusim.runtime.evalworker import TOP_K, load_worker, run_chunk, sample_shape
-from npusim.runtime.parallel import Mode, ParallelError, map_chunks
+from npusim.runtime.analysis.datasets import DatasetError, image_preprocessing, load_dataset
+from npusim.runtime.analysis.evalworker import TOP_K, load_worker, run_chunk, sample_shape
+from npusim.runtime.analysis.parallel import Mode, ParallelError, map_chunks
 
 if TYPE_CHECKING:
     import onnx
@@ -130,7 +130,7 @@ def _input_shapes(proto) -> dict[str, tuple[int, ...]] | None:
 
 
 def _resolve(model) -> tuple[str, object]:
-    from npusim.runtime.bench import resolve_model
+    from npusim.runtime.analysis.bench import resolve_model
 
     try:
         return resolve_model(model)

@@ -6,7 +6,7 @@ raw bytes in ``inputs['images']`` (DT_STRING, shape [1]), the answer is
 ``outputs['output_alias']``, and the API key as ``authorization: Bearer <key>``.
 
 Example:
-    >>> from npusim.runtime.client import PredictionClient                     # doctest: +SKIP
+    >>> from npusim.runtime.serving.client import PredictionClient  # doctest: +SKIP
     >>> with PredictionClient("127.0.0.1", 8500, use_ssl=True,          # doctest: +SKIP
     ...                       access_token=key, root_certificates="ca.pem") as client:
     ...     probs = client.score_file("cat.jpg")        # [1, classes]
@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from npusim.runtime.pipeline import import_tensorflow
+from npusim.runtime.serving.pipeline import import_tensorflow
 
 __all__ = ["PredictionClient", "PredictionError", "format_top", "parse_address"]
 

@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from npusim.runtime.pipeline import TensorSpec
+from npusim.runtime.serving.pipeline import TensorSpec
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "Manifest", "ManifestError", "StageEntry",
            "name_problem", "parse_manifest"]

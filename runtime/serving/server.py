@@ -2,7 +2,7 @@
 """A TensorFlow Serving-compatible gRPC server for a pipeline package.
 
 It speaks the stock ``tensorflow.serving.PredictionService`` protocol, so any TF
-Serving client (the Azure accelerated-models SDK, ``npusim.runtime.client``, grpcurl
+Serving client (the Azure accelerated-models SDK, ``npusim.runtime.serving.client``, grpcurl
 with the TF Serving protos) can call it: ``Predict`` takes ``inputs['images']``,
 a DT_STRING tensor of raw JPEG/PNG bytes, and answers every final output of the
 pipeline by name (``outputs['output_alias']`` for a featurizer pipeline);
@@ -19,7 +19,7 @@ Limits: a request over ``max_request_bytes`` or with a batch over ``max_batch`` 
 refused with RESOURCE_EXHAUSTED, as is a Predict call when ``max_queued`` calls are
 already held (running or waiting for one of ``workers``); an image whose header
 declares more than ``max_image_pixels`` is refused with INVALID_ARGUMENT before it is
-decoded (:mod:`npusim.runtime.serving_service` checks every request field). A model name or
+decoded (:mod:`npusim.runtime.serving.service` checks every request field). A model name or
 version the server does not serve is NOT_FOUND, as in TF Serving.
 
 Life cycle: the health service answers NOT_SERVING until one warm-up inference has
@@ -42,7 +42,7 @@ server only:
   ``npusim_device_runs_total``: from ``DevicePool.stats()`` (the warm-up run included).
 
 Example:
-    >>> from npusim.runtime.serving import PredictionServer, ServerConfig     # doctest: +SKIP
+    >>> from npusim.runtime.serving.server import PredictionServer, ServerConfig  # doctest: +SKIP
     >>> server = PredictionServer(ServerConfig("resnet50.zip", port=0))  # doctest: +SKIP
     >>> server.start(); print(server.port)                               # doctest: +SKIP
     >>> server.stop(grace=5.0)                                           # doctest: +SKIP
@@ -56,21 +56,19 @@ import logging
 import select
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from npusim.runtime.imageheader import DEFAULT_MAX_PIXELS
-from npusim.runtime.serving_gate import Gate, Metrics
-from npusim.runtime.serving_service import (
+from npusim.runtime.serving.config import ServerConfig, ServingConfigError
+from npusim.runtime.serving.gate import Gate, Metrics
+from npusim.runtime.serving.service import (
     SIGNATURE_NAME,
     PredictionServicer,
     RequestError,
@@ -80,126 +78,14 @@ from npusim.runtime.serving_service import (
 )
 
 __all__ = ["SIGNATURE_NAME", "PredictionServer", "RequestError", "ServerConfig",
-           "ServingConfigError", "read_api_key_file", "serve"]
+           "ServingConfigError", "serve"]
 
 log = logging.getLogger("npusim.serving")
 
 SERVICE_NAME = "tensorflow.serving.PredictionService"
-MAX_KEYS = 2
 _SPARE_THREADS = 4  # beyond max_queued: health checks and metadata never wait for Predict
 _QUIET = 0.25  # seconds without a new call after which the transport has handed over all
 _MAX_DRAIN = 2.0  # ... or at most this long (or half the grace) under a steady stream of calls
-
-
-class ServingConfigError(ValueError):
-    """A server configuration that cannot be started (the message names the problem)."""
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """What ``npusim serve`` serves, where, and under which limits."""
-
-    package: str | Path
-    """The pipeline package (zip) to serve."""
-    host: str = "127.0.0.1"
-    """Address to listen on; loopback by default, ``0.0.0.0`` to listen on every interface."""
-    port: int = 8500
-    """gRPC port (TF Serving's default); 0 picks a free one (see ``PredictionServer.port``)."""
-    devices: int = 1
-    """Simulated accelerators in the pool; concurrent requests share them."""
-    tls_cert: str | Path | None = None
-    """PEM certificate chain; with ``tls_key`` the server speaks TLS only."""
-    tls_key: str | Path | None = None
-    """PEM private key of ``tls_cert``."""
-    api_keys: tuple[str, ...] = ()
-    """Accepted ``Bearer`` keys (at most two, for rotation); needs TLS."""
-    max_request_bytes: int = 16 * 2**20
-    """Largest request message accepted (bigger ones: RESOURCE_EXHAUSTED)."""
-    max_batch: int = 16
-    """Largest batch (first dimension of an input) accepted (bigger: RESOURCE_EXHAUSTED)."""
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    """Largest image accepted, in pixels as its header declares them, checked before it is
-    decoded (bigger: INVALID_ARGUMENT); about 15 bytes of memory each while it is decoded."""
-    max_queued: int = 64
-    """Predict calls held at once, running or waiting for a worker (more: RESOURCE_EXHAUSTED
-    at once, so that a burst costs bounded memory and clients learn to back off)."""
-    metrics_port: int | None = None
-    """Prometheus HTTP port on ``host`` (None: no metrics endpoint; 0: a free one)."""
-    workers: int = 8
-    """Predict calls running the pipeline at once (they queue for the devices of the pool);
-    the other held calls wait for a turn."""
-    grace: float = 10.0
-    """Seconds the calls already received get to finish when the server is told to stop."""
-    trust_keys: tuple[str | Path | bytes, ...] = ()
-    """Ed25519 public keys (PEM file paths or PEM bytes); when given, the package must be
-    signed by one of them (see :mod:`npusim.runtime.signing`)."""
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None or self.tls_key is not None
-
-    def validate(self, *, package: bool = True) -> None:
-        """Raise :class:`ServingConfigError` naming the first problem of this configuration.
-
-        ``package=False`` skips the check that the package file exists (for a server
-        given its model already loaded).
-        """
-        if self.tls and (self.tls_cert is None or self.tls_key is None):
-            raise ServingConfigError("TLS needs both a certificate and its private key")
-        if self.tls:
-            for what, path in (("certificate", self.tls_cert), ("private key", self.tls_key)):
-                if not Path(path).is_file():
-                    raise ServingConfigError(f"TLS {what} file not found: {path}")
-            try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert,
-                                                                         self.tls_key)
-            except (ssl.SSLError, OSError) as exc:
-                raise ServingConfigError(f"TLS certificate {self.tls_cert} and key "
-                                         f"{self.tls_key} are not a valid PEM pair: "
-                                         f"{exc.reason if isinstance(exc, ssl.SSLError) else exc}"
-                                         ) from None
-        if self.api_keys and not self.tls:
-            raise ServingConfigError("API keys need TLS (--tls-cert and --tls-key): a key sent "
-                                     "in plaintext is given away")
-        if len(self.api_keys) > MAX_KEYS:
-            raise ServingConfigError(f"{len(self.api_keys)} API keys given; at most {MAX_KEYS} "
-                                     "can be active at once (the current one and the next)")
-        for i, key in enumerate(self.api_keys):
-            if not key or any(c.isspace() for c in key) or not key.isprintable():
-                raise ServingConfigError(f"API key #{i + 1} is empty or holds whitespace or "
-                                         "control characters")
-            if len(key) < 16:
-                raise ServingConfigError(f"API key #{i + 1} is shorter than 16 characters")
-        if len(set(self.api_keys)) != len(self.api_keys):
-            raise ServingConfigError("the same API key is given twice")
-        if not 0 <= self.port <= 65535:
-            raise ServingConfigError(f"port {self.port} is not in 0..65535")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ServingConfigError(f"metrics port {self.metrics_port} is not in 0..65535")
-        if self.metrics_port is not None and self.metrics_port and self.metrics_port == self.port:
-            raise ServingConfigError("the metrics port must differ from the gRPC port")
-        for name in ("devices", "max_request_bytes", "max_batch", "workers", "max_queued",
-                     "max_image_pixels"):
-            if getattr(self, name) < 1:
-                raise ServingConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.grace < 0:
-            raise ServingConfigError(f"grace must be >= 0 seconds, not {self.grace}")
-        if package and not Path(self.package).is_file():
-            raise ServingConfigError(f"package not found: {self.package}")
-        if self.trust_keys:
-            from npusim.runtime.signing import SigningError, load_trust_keys
-
-            try:
-                load_trust_keys(self.trust_keys)
-            except SigningError as exc:
-                raise ServingConfigError(str(exc)) from None
-
-
-def read_api_key_file(path: str | Path) -> tuple[str, ...]:
-    """The keys of a key file: one per line; blank lines and ``#`` comments are skipped."""
-    lines = Path(path).read_text().splitlines()
-    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip()
-                 .startswith("#"))
 
 
 class PredictionServer:
@@ -231,14 +117,15 @@ class PredictionServer:
     def start(self) -> PredictionServer:
         """Load the package (if not given), bind the ports and start answering."""
         from npusim.runtime.device import DevicePool
-        from npusim.runtime.pipeline import ModelDefinition, PipelineError
+        from npusim.runtime.serving.package import load_package
+        from npusim.runtime.serving.pipeline import PipelineError
 
         if self._server is not None:
             raise RuntimeError("the server is already started")
         cfg = self.config
         if self.model is None:
             try:
-                self.model = ModelDefinition.load(cfg.package, trust_keys=cfg.trust_keys)
+                self.model = load_package(cfg.package, trust_keys=cfg.trust_keys)
             except PipelineError as exc:
                 raise ServingConfigError(one_line(exc)) from None
         a = tf_apis()
@@ -304,7 +191,7 @@ class PredictionServer:
     def _warm_up(self) -> None:
         """One inference through the pipeline before the server reports SERVING, so that the
         first request does not pay for TensorFlow's tracing and the device program load."""
-        from npusim.runtime.pipeline import PipelineInputError
+        from npusim.runtime.serving.pipeline import PipelineInputError
 
         t0 = time.perf_counter()
         try:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from npusim.runtime.manifest import (
+from npusim.runtime.serving.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -55,14 +55,14 @@ from npusim.runtime.manifest import (
     name_problem,
     parse_manifest,
 )
-from npusim.runtime.pipeline import (
+from npusim.runtime.serving.pipeline import (
     AcceleratorStage,
     ModelDefinition,
     PipelineError,
     TensorflowStage,
     import_tensorflow,
 )
-from npusim.runtime.signing import (
+from npusim.runtime.serving.signing import (
     MAX_SIGNATURE_BYTES,
     SIGNATURE,
     PrivateKeyLike,

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from npusim.runtime.analysis.points import GRID_FIELDS, pareto_front
 from npusim.simulator.stats import STALL_CAUSES, LayerStats, RunStats
 
 if TYPE_CHECKING:
@@ -185,8 +186,6 @@ _AXIS_LABELS = {"peak_macs_per_cycle": "peak MACs per cycle", "latency_ms": "lat
 
 
 def _varying(rows: Sequence[dict], exclude: Sequence[str]) -> list[str]:
-    from npusim.runtime.sweep import GRID_FIELDS
-
     return [k for k in GRID_FIELDS if k not in exclude and len({r.get(k) for r in rows}) > 1]
 
 
@@ -195,13 +194,11 @@ def pareto(rows: Sequence[dict], path: str | Path, x: str = "peak_macs_per_cycle
            title: str = "") -> Path:
     """Scatter of sweep rows (``x`` against ``y``, lower-left is better) with the Pareto front.
 
-    The front (:func:`npusim.runtime.sweep.pareto_front`) is drawn as a step line and its points
-    labelled with their ``label_keys`` values (default: the device fields that vary).
+    The front (:func:`npusim.runtime.analysis.points.pareto_front`) is drawn as a step line and its
+    points labelled with their ``label_keys`` values (default: the device fields that vary).
     Points are coloured by number format when the rows have more than one.
     """
     from matplotlib import colormaps
-
-    from npusim.runtime.sweep import pareto_front
 
     front = pareto_front(rows, x, y)
     ok = [r for r in rows if all(isinstance(r.get(k), (int, float)) and math.isfinite(r[k])

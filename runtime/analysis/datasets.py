@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Datasets of :mod:`npusim.runtime.evaluate`: arrays in ``.npz``/``.npy`` files, folders of images.
+"""Datasets of :mod:`npusim.runtime.analysis.evaluate`: arrays in ``.npz``/``.npy`` files, folders
+of images.
 
 :func:`load_dataset` takes
 
@@ -40,7 +41,7 @@ import numpy as np
 from npusim.simulator.text import shorten
 
 if TYPE_CHECKING:
-    from npusim.runtime.pipeline import ModelDefinition
+    from npusim.runtime.serving.pipeline import ModelDefinition
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 """The files a folder dataset takes (case-insensitive)."""
@@ -295,11 +296,11 @@ def image_preprocessing(input_shape: tuple[int, ...], package: str | Path | None
     """The stages that turn image bytes into a program's input, as a ModelDefinition.
 
     With ``package``, its stages before its first accelerator stage. Otherwise the
-    featurizer service's own (:func:`npusim.runtime.tfstages.preprocess_stage`): decode, resize
-    the short side to ``round(H * 256 / 224)``, crop the centre ``H x H``, subtract the
+    featurizer service's own (:func:`npusim.runtime.serving.tfstages.preprocess_stage`): decode,
+    resize the short side to ``round(H * 256 / 224)``, crop the centre ``H x H``, subtract the
     ImageNet channel means, BGR, CHW; it needs a program input ``[1, 3, H, H]``.
     """
-    from npusim.runtime.pipeline import AcceleratorStage, ModelDefinition, PipelineError
+    from npusim.runtime.serving.pipeline import AcceleratorStage, ModelDefinition, PipelineError
 
     if package is None:
         shape = tuple(input_shape)
@@ -307,12 +308,12 @@ def image_preprocessing(input_shape: tuple[int, ...], package: str | Path | None
             raise DatasetError(f"the default image preprocessing makes [1, 3, H, H] inputs; "
                                f"the program takes {list(shape)}: give --package with the "
                                "model's preprocessing")
-        from npusim.runtime.tfstages import preprocess_stage
+        from npusim.runtime.serving.tfstages import preprocess_stage
 
         size = shape[2]
         return ModelDefinition("preprocess", 1, [preprocess_stage(size, max(
             size, round(size * 256 / 224)))])
-    from npusim.runtime.package import load_package
+    from npusim.runtime.serving.package import load_package
 
     try:
         loaded = load_package(package)
@@ -333,7 +334,7 @@ def image_preprocessing(input_shape: tuple[int, ...], package: str | Path | None
 
 
 def _read_image(path: Path) -> bytes:
-    from npusim.runtime.imageheader import DEFAULT_MAX_PIXELS, ImageHeaderError, check_image
+    from npusim.runtime.serving.imageheader import DEFAULT_MAX_PIXELS, ImageHeaderError, check_image
 
     size = path.stat().st_size
     if size > MAX_IMAGE_BYTES:
@@ -347,7 +348,7 @@ def _read_image(path: Path) -> bytes:
 
 
 def _decode(ds: Dataset, files: tuple[Path, ...]) -> np.ndarray:
-    from npusim.runtime.pipeline import PipelineInputError
+    from npusim.runtime.serving.pipeline import PipelineInputError
 
     model = ds.preprocess
     name = model.inputs[0].name

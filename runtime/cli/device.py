@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 from npusim.simulator.config import DeviceConfig, load_device, preset_names
@@ -98,3 +99,21 @@ def format_device_list() -> str:
         f"{c.name:<{w_name}}  {shape:<{w_shape}}  {_num(c.clock_mhz):>7} MHz  "
         f"{c.numerics:<{w_fmt}}  {_num(c.peak_tops):>7} peak TOPS"
         for c, shape in zip(cfgs, shapes, strict=True))
+
+
+def add_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...]) -> None:
+    """Add ``npusim device`` to the ``npusim`` parser."""
+    dv = sub.add_parser("device", help="device configurations: list presets, show one")
+    dvsub = dv.add_subparsers(dest="device_command", required=True)
+    dvsub.add_parser("list", help="list the presets")
+    ds = dvsub.add_parser("show", help="a configuration with its derived figures")
+    ds.add_argument("spec", metavar="PRESET_OR_FILE")
+    dv.set_defaults(fn=cmd_device)
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    if args.device_command == "list":
+        print(format_device_list())
+    else:
+        print(format_device(load_device(args.spec)))
+    return 0

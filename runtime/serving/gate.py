@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """What every call of ``npusim serve`` passes through: the API key check, the
-Prometheus metrics, status codes and the crash guard (see :mod:`npusim.runtime.serving`).
+Prometheus metrics, status codes and the crash guard (see :mod:`npusim.runtime.serving.server`).
 
 The gate also notes when the last call arrived, which is how a stopping server
 knows that gRPC has handed it every call its transport had already received.
@@ -17,7 +17,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from npusim.runtime.serving_service import RequestError
+from npusim.runtime.serving.service import RequestError
 
 __all__ = ["Gate", "Metrics"]
 

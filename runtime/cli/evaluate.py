@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """``npusim eval``: the accuracy of a program, or of every format, over a dataset.
 
-Prints one row per format (:func:`npusim.runtime.evaluate.format_eval`) and, with ``--json``,
-writes the figures atomically. Notes (no labels, a class-folder count that differs from
+Prints one row per format (:func:`npusim.runtime.analysis.evaluate.format_eval`) and, with
+``--json``, writes the figures atomically. Notes (no labels, a class-folder count that differs from
 the model's outputs) go to stderr.
 
 Example::
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from npusim.runtime.evaluate import EvalError, evaluate, format_eval
+    from npusim.runtime.analysis.evaluate import EvalError, evaluate, format_eval
     from npusim.simulator.fileio import atomic_write
 
     out = Path(args.json) if args.json else None

@@ -15,8 +15,8 @@ The points are the cartesian product of the lists, in file order with the last f
 varying fastest. Every point's :class:`DeviceConfig` is built (and so validated) before
 any work starts; a bad grid raises :class:`SweepError` naming the field and value.
 
-Each point is compiled and priced by :func:`npusim.runtime.bench.timing_point` (no functional
-run). With Ray installed the points run as Ray tasks, on a local Ray instance or on the
+Each point is compiled and priced by :func:`npusim.runtime.analysis.bench.timing_point` (no
+functional run). With Ray installed the points run as Ray tasks, on a local Ray instance or on the
 cluster at ``address`` (whose workers must be able to import npusim); otherwise, or
 with ``serial=True``, one after the other in this process. :func:`run_sweep` writes
 ``points.csv`` and ``pareto.png`` to the output folder and returns the rows in grid order.
@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import itertools
 import math
 import os
@@ -41,7 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from npusim.runtime.parallel import Mode, ParallelError, map_chunks, ray_installed
+from npusim.runtime.analysis import plots
+from npusim.runtime.analysis.parallel import Mode, ParallelError, map_chunks, ray_installed
+from npusim.runtime.analysis.points import GRID_FIELDS, pareto_front
 from npusim.simulator.config import (
     DEFAULT_DEVICE,
     ConfigError,
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
 MAX_POINTS = 10_000
 """A grid with more points than this is refused (a typo in a list is the likelier cause)."""
 
-GRID_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceConfig) if f.name != "name")
-"""The device fields a grid may vary."""
 
 SUMMARY = ("peak_macs_per_cycle", "latency_ms", "utilization", "roofline_ratio")
 """The timing figures :func:`format_sweep` shows beside the grid values."""
@@ -155,29 +154,11 @@ def load_grid(path: str | Path) -> Grid:
     return parse_grid(data, str(path), path.parent)
 
 
-def pareto_front(rows: Sequence[dict], x: str, y: str) -> list[int]:
-    """Indices of the rows no other row beats on both ``x`` and ``y`` (lower is better).
-
-    Returned in increasing ``x`` (so decreasing ``y``); rows with equal ``(x, y)`` are
-    all on the front. Rows whose ``x`` or ``y`` is missing or not finite are left out.
-    """
-    ok = [k for k, r in enumerate(rows) if all(isinstance(r.get(key), (int, float))
-                                               and math.isfinite(r[key]) for key in (x, y))]
-    front: list[int] = []
-    best, last = math.inf, None
-    for k in sorted(ok, key=lambda k: (rows[k][x], rows[k][y])):
-        here = (rows[k][x], rows[k][y])
-        if here[1] < best or here == last:
-            front.append(k)
-            best, last = here[1], here
-    return front
-
-
 def _price(model: onnx.ModelProto, cfg: DeviceConfig) -> dict | str:
     """One point: the timing figures, or the message of a user error (bad model or device),
     returned rather than raised so that it crosses from a Ray worker intact."""
     from npusim.compiler.errors import CompileError
-    from npusim.runtime.bench import timing_point
+    from npusim.runtime.analysis.bench import timing_point
 
     try:
         return timing_point(model, cfg)
@@ -197,7 +178,7 @@ def run_sweep(model: str | Path | onnx.ModelProto, grid_path: str | Path,
     A row is the point's grid values followed by the :func:`timing_point` figures.
     ``out_dir`` (default ``sweep-<model>``) receives ``points.csv`` and ``pareto.png``.
     """
-    from npusim.runtime.bench import resolve_model
+    from npusim.runtime.analysis.bench import resolve_model
 
     if address and serial:
         raise SweepError("a Ray address and a serial run exclude each other")
@@ -232,8 +213,6 @@ def run_sweep(model: str | Path | onnx.ModelProto, grid_path: str | Path,
     out = Path(out_dir) if out_dir is not None else Path(f"sweep-{_safe_name(name)}")
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "points.csv")
-    from npusim.runtime import plots
-
     plots.pareto(rows, out / "pareto.png", label_keys=grid.fields,
                  title=f"{name}: {len(rows)} points around {grid.base.name}")
     return rows

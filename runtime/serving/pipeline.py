@@ -11,10 +11,10 @@ of the batch at a time because the device serves batch 1.
 TensorFlow is imported only when a TensorFlow stage is built or loaded.
 
 Example:
-    >>> from npusim.runtime.tfstages import featurizer_pipeline    # doctest: +SKIP
+    >>> from npusim.runtime.serving.tfstages import featurizer_pipeline    # doctest: +SKIP
     >>> model = featurizer_pipeline("resnet50")             # doctest: +SKIP
     >>> probs = model.run({"images": np.array([jpeg_bytes], dtype=object)})  # doctest: +SKIP
-    >>> model.save("resnet50.zip")                          # doctest: +SKIP
+    >>> save_package(model, "resnet50.zip")                 # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from npusim.simulator.text import one_line
 
 if TYPE_CHECKING:
     from npusim.runtime.device import Device, DevicePool
-    from npusim.runtime.signing import PrivateKeyLike, PublicKeyLike
 
 __all__ = ["AcceleratorStage", "ModelDefinition", "PipelineError", "PipelineInputError",
            "Stage", "TensorSpec", "TensorflowStage", "check_feeds"]
@@ -486,28 +485,6 @@ class ModelDefinition:
                              "shape": None if s.shape is None else list(s.shape)}
                     for s in specs}
         return {"inputs": table(self.inputs), "outputs": table(self.outputs)}
-
-    def save(self, path: str | Path, sign_key: PrivateKeyLike | None = None) -> Path:
-        """Write the model as one package file (see :mod:`npusim.runtime.package`).
-
-        ``sign_key``: an Ed25519 private key (PEM file path, PEM bytes or key object) to
-        sign the package with (see :mod:`npusim.runtime.signing`).
-        """
-        from npusim.runtime.package import save_package
-
-        return save_package(self, path, sign_key=sign_key)
-
-    @classmethod
-    def load(cls, path: str | Path,
-             trust_keys: Iterable[PublicKeyLike] = ()) -> ModelDefinition:
-        """Read a package written by :meth:`save`.
-
-        ``trust_keys``: Ed25519 public keys (PEM file paths, PEM bytes or key objects);
-        when given, the package must be signed by one of them.
-        """
-        from npusim.runtime.package import load_package
-
-        return load_package(path, trust_keys=trust_keys)
 
     def __repr__(self) -> str:
         return (f"ModelDefinition({self.name!r}, version={self.version}, "

@@ -8,7 +8,7 @@ next to what :mod:`npusim.simulator.timing` predicts. This module runs that suit
 pytest, prints one progress line per parameter set, and a summary table.
 
 Example:
-    >>> from npusim.runtime.verify import verify                 # doctest: +SKIP
+    >>> from npusim.runtime.analysis.verify import verify                 # doctest: +SKIP
     >>> rows = verify(sim="icarus", pattern="bfp_dot")     # doctest: +SKIP
 """
 

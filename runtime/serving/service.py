@@ -5,7 +5,7 @@ Every field of a request is the client's to get wrong, or to forge:
 :class:`RequestDecoder` checks the model spec, the input names, dtypes and
 shapes, the value counts against the shape and the decoded size against the
 limits *before* anything is allocated, and every image's declared pixel count
-(:mod:`npusim.runtime.imageheader`) before anything is decoded. Each refusal is a
+(:mod:`npusim.runtime.serving.imageheader`) before anything is decoded. Each refusal is a
 :class:`RequestError`: a gRPC status code and a one-line message naming the
 problem. The codes follow TF Serving: NOT_FOUND for a model or version it does
 not serve, INVALID_ARGUMENT for a malformed request, RESOURCE_EXHAUSTED for a
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from npusim.runtime.imageheader import ImageHeaderError, check_image
+from npusim.runtime.serving.imageheader import ImageHeaderError, check_image
 
 if TYPE_CHECKING:
-    from npusim.runtime.serving import ServerConfig
+    from npusim.runtime.serving.config import ServerConfig
 
 __all__ = ["PredictionServicer", "RequestDecoder", "RequestError", "warmup_feeds"]
 
@@ -236,7 +236,7 @@ class PredictionServicer:
     """
 
     def __init__(self, model, pool, config: ServerConfig) -> None:
-        from npusim.runtime.pipeline import PipelineInputError
+        from npusim.runtime.serving.pipeline import PipelineInputError
 
         self.model, self.pool, self.config = model, pool, config
         self.decoder = RequestDecoder(model, config)

@@ -18,8 +18,8 @@ PEM bytes, or ``cryptography`` key objects.
 
 Example:
     >>> private, public = generate_keypair("keys")                     # doctest: +SKIP
-    >>> model.save("m.zip", sign_key=private)                          # doctest: +SKIP
-    >>> ModelDefinition.load("m.zip", trust_keys=[public])             # doctest: +SKIP
+    >>> save_package(model, "m.zip", sign_key=private)                # doctest: +SKIP
+    >>> load_package("m.zip", trust_keys=[public])                    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from npusim.runtime.pipeline import PipelineError
+from npusim.runtime.serving.pipeline import PipelineError
 
 __all__ = ["PRIVATE_KEY_FILE", "PUBLIC_KEY_FILE", "SIGNATURE", "SigningError", "check_signature",
            "generate_keypair", "key_id", "load_private_key", "load_public_key", "load_trust_keys",

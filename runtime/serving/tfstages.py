@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npusim.runtime.imageheader import DEFAULT_MAX_PIXELS, ImageHeaderError, check_image
-from npusim.runtime.pipeline import (
+from npusim.runtime.serving.imageheader import DEFAULT_MAX_PIXELS, ImageHeaderError, check_image
+from npusim.runtime.serving.pipeline import (
     AcceleratorStage,
     ModelDefinition,
     PipelineError,
@@ -64,7 +64,8 @@ def preprocess_stage(size: int = 224, resize: int = 256, name: str = "preprocess
     rounded to the nearest pixel, aspect kept), crop the centre ``size`` x ``size``,
     subtract :data:`CHANNEL_MEANS`, reverse the channels to BGR and lay out as CHW.
     Output ``images`` (float32, ``[N, 3, size, size]``). An image whose header declares
-    more than ``max_pixels`` pixels (see :mod:`npusim.runtime.imageheader`) is refused undecoded.
+    more than ``max_pixels`` pixels (see :mod:`npusim.runtime.serving.imageheader`) is refused
+    undecoded.
     """
     if not (isinstance(size, int) and isinstance(resize, int) and 0 < size <= resize):
         raise PipelineError(f"preprocessing needs 0 < size <= resize, got size={size!r}, "

@@ -20,8 +20,8 @@ import onnx
 
 from npusim.compiler import compile_model
 from npusim.compiler.frontend import load_onnx
-from npusim.runtime.compare import default_inputs
-from npusim.runtime.reference import median_seconds, onnxruntime_session
+from npusim.runtime.analysis.compare import default_inputs
+from npusim.runtime.analysis.reference import median_seconds, onnxruntime_session
 from npusim.runtime.session import Session
 from npusim.simulator.config import DeviceConfig, load_device
 from npusim.simulator.schedule import schedule

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""What an evaluation's workers run (:mod:`npusim.runtime.evaluate`): load the programs once,
-then run chunks of samples through them.
+"""What an evaluation's workers run (:mod:`npusim.runtime.analysis.evaluate`): load the programs
+once, then run chunks of samples through them.
 
 The state :func:`load_worker` builds from the programs' bytes holds one Session per
 program; :func:`run_chunk` returns, per program, each sample's top-k output indices,
