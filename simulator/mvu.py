@@ -22,7 +22,10 @@ one core's. A core is a chain of in-order units joined by queues:
   chain; any other vector op is a pass of its own, started from the register file;
 * the **loader**: writes each pass's vectors back (to the ``tiles`` MVU register files
   when a product reads them), and loads the host's inputs into the MVU's register
-  files. In order, one vector a cycle, ``init_cycles`` per macro-op.
+  files. In order, one vector a cycle, ``init_cycles`` per macro-op. The host's rows
+  come in one pass at a time, each pass's behind the write-back of the pass before, as
+  that NPU's compiler orders them, so a product of several passes fed by the host pays a
+  round trip per pass; a product that reads rows on chip issues its passes back to back.
 
 A unit waits for its operands by the loader's write-back count: a consumer starts
 ``loader_cycles + tag_cycles`` after the write-back it needs has ended, so a recurrence
@@ -40,7 +43,7 @@ from npusim.simulator.config import DeviceConfig, MvuConfig
 from npusim.simulator.residency import Traffic
 from npusim.simulator.schedule import _Scheduler
 from npusim.simulator.stats import Slice
-from npusim.simulator.timing import Work, ceil_div, conv_output_hw, work
+from npusim.simulator.timing import MAX_CHUNKS, Work, ceil_div, conv_output_hw, work
 
 ACT, ADD, MUL = 0, 1, 2
 """The stages of one multifunction unit, in the order a vector passes them."""
@@ -103,10 +106,15 @@ def product(n_rows: int, k: int, o: int, matrices: int, cfg: DeviceConfig) -> _P
                     passes)
 
 
-def product_of(i: isa.Instruction, cfg: DeviceConfig) -> _Product:
+def product_of(i: isa.Instruction, cfg: DeviceConfig, one_pass: bool = False) -> _Product:
+    """The product ``i`` makes; with ``one_pass``, one ``mv_mul`` macro-op of an
+    ``MV_MUL``."""
     if isinstance(i, isa.MvMul):
         oh, ow = conv_output_hw(i)
         k = i.kernel_h * i.kernel_w * i.channels // i.groups
+        if one_pass:
+            return product(cfg.mvu.cores * cfg.mvu.dot_rows, k, i.out_channels // i.groups,
+                           1, cfg)
         return product(i.batch * oh * ow, k, i.out_channels // i.groups, i.groups, cfg)
     # MM_MUL: the stationary operand B is written into the matrix register files first,
     # one word per engine per cycle (the rate they are read at), then used as weights
@@ -176,6 +184,13 @@ class _Chain:
     """When every other operand the chain's ops read is written."""
     passes: int = 1
     """Write-backs (one per ``mv_mul`` macro-op)."""
+    rest: int = 0
+    """Passes of its product still to run, each on host rows the loader brings behind the
+    write-back of the pass before."""
+    step: _Product | None = None
+    """One of those passes."""
+    slot: int | None = None
+    """The load slot of its product's operands, freed when the last pass has read them."""
 
 
 _OPEN = 1 << 62
@@ -197,6 +212,7 @@ class MvuScheduler(_Scheduler):
         self.consumers = consumers
         self.mvu_free = self.chain_free = self.loader_free = m.start_cycles
         self.loaded: dict[tuple[int, int], int] = {}  # (host op, address) -> rows written
+        self.stepped: set[int] = set()  # products that bring their host rows pass by pass
         self.chain: _Chain | None = None
         self.lat_chain = m.evrf_cycles + m.mfus * m.mfu_cycles
 
@@ -220,17 +236,39 @@ class MvuScheduler(_Scheduler):
 
     def _fetch(self, i: int, data: int) -> int:
         """Load product ``i``'s rows from the host's input (in the loader's order, after
-        what it already holds); returns when they can be read."""
+        what it already holds; only its first pass's rows if it has several passes);
+        returns when they can be read."""
         new = [k for k in self.fed[i] if k not in self.loaded]
         if new:
-            n = product_of(self.instructions[i], self.cfg).load
-            start = max(self.loader_free, data, *(self.done.get(q, 0) for q, _ in new))
-            self.loader_free = start + n
-            written = self.loader_free + self.m.loader_cycles
-            self.slices.append(Slice("loader", i, start, written, "input"))
+            step = self._step(i)
+            if step:
+                self.stepped.add(i)
+            n = step.load if step else product_of(self.instructions[i], self.cfg).load
+            ready = self._load_rows(i, n, max([data] + [self.done.get(q, 0) for q, _ in new]))
             for k in new:
-                self.loaded[k] = written + self.m.tag_cycles
+                self.loaded[k] = ready
         return max((self.loaded[k] for k in self.fed[i]), default=0)
+
+    def _step(self, i: int) -> _Product | None:
+        """One pass (``mv_mul`` macro-op) of product ``i`` if it has several: the host's
+        rows it reads then come in pass by pass, each pass's behind the write-back of the
+        pass before. That NPU's compiler emits load, ``mv_mul``, write-back for each group
+        of rows, every group's rows at the same register-file addresses
+        (compiler/npu_layers.py 19-55), and its loader runs them in order (rtl/ld.sv
+        170-182)."""
+        ins = self.instructions[i]
+        if isinstance(ins, isa.MvMul) and product_of(ins, self.cfg).passes > 1:
+            return product_of(ins, self.cfg, one_pass=True)
+        return None
+
+    def _load_rows(self, i: int, n: int, data: int) -> int:
+        """``n`` loader cycles of host rows for product ``i``, in the loader's order;
+        returns when the MVU can read them."""
+        start = max(self.loader_free, data)
+        self.loader_free = start + n
+        written = self.loader_free + self.m.loader_cycles
+        self.slices.append(Slice("loader", i, start, written, "input"))
+        return written + self.m.tag_cycles
 
     def _writebacks(self, i: int, tr: Traffic) -> int:
         if self.chain and any(p in self.chain.members for _, p in tr.writebacks):
@@ -238,10 +276,49 @@ class MvuScheduler(_Scheduler):
         return super()._writebacks(i, tr)
 
     def _close(self) -> None:
-        """Write the open chain back: its vectors through the chain and the loader."""
+        """Write the open chain back: its vectors through the chain and the loader; then
+        the passes of its product still to run, one at a time."""
         c, self.chain = self.chain, None
         if c is None:
             return
+        done = self._write_back(c)
+        begins: list[int] = []
+        while c.rest:
+            if len(begins) == MAX_CHUNKS - 1 and c.rest > 1:
+                self._repeat(c, c.rest - 1, begins[-1] - begins[-2])
+                c.rest = 1
+            c.rest -= 1
+            # the next rows come in behind this write-back: the loader is in order
+            begins.append(max(self.mvu_free, self._load_rows(c.head, c.step.load, 0)))
+            self.mvu_free = begins[-1] + c.step.issue
+            self.slices.append(Slice("matrix", c.head, begins[-1], self.mvu_free, "compute"))
+            if c.slot is not None:
+                self.slot_free[c.slot] = self.mvu_free
+            c.ready, c.arrive = begins[-1] + c.step.first, begins[-1] + c.step.last
+            done = self._write_back(c)
+        for k in c.members:
+            self.done[k] = done
+        if c.head in self.ahead:  # the next rows of its input, right behind
+            self._fetch(self.ahead[c.head], 0)
+
+    def _repeat(self, c: _Chain, n: int, period: int) -> None:
+        """``n`` more passes of ``c`` in closed form. From the second pass on, each starts
+        when its rows are in, behind the write-back of the one before, with every unit
+        free: they repeat the last pass ``period`` cycles apart. Their jobs are summed
+        into one slice per track, as the systolic arrays' waves are into chunks."""
+        self.mvu_free += n * period
+        self.chain_free += n * period
+        self.loader_free += n * period
+        rows, matrix, chain, back = self.slices[-4:]
+        loader = rows.start + period + n * (rows.end - rows.start)
+        for s, start in ((matrix, matrix.start + period), (chain, chain.start + period),
+                         (rows, rows.start + period), (back, loader)):
+            self.slices.append(Slice(s.track, s.layer, start, start + n * (s.end - s.start),
+                                     s.what))
+
+    def _write_back(self, c: _Chain) -> int:
+        """One write-back of ``c``: its vectors through the chain and the loader; returns
+        when a unit waiting on it can start."""
         m = self.m
         start = max(self.chain_free, c.ready, c.operands)
         end = max(start + c.vectors, c.arrive)  # queued vectors wait at the entry
@@ -253,14 +330,10 @@ class MvuScheduler(_Scheduler):
         dur = max(c.vectors + ops * m.init_cycles, end + self.lat_chain - ld)
         ld_end = self.loader_free = ld + dur
         ld_end += m.loader_cycles  # the last vector written
-        done = ld_end + m.tag_cycles
-        for k in c.members:
-            self.done[k] = done
         last = c.members[-1]
         self.slices.append(Slice("vector", last, start, end, "chain"))
         self.slices.append(Slice("loader", last, ld, ld_end, "write-back"))
-        if c.head in self.ahead:  # the next rows of its input, right behind
-            self._fetch(self.ahead[c.head], 0)
+        return ld_end + m.tag_cycles
 
     def _compute(self, i: int, w: Work, tr: Traffic, wb_done: int, dep_dram: int,
                  stalls: dict[str, int], waits_on_host: bool) -> None:
@@ -291,9 +364,12 @@ class MvuScheduler(_Scheduler):
             late = {q for q in tr.after if not _overlaps(self.works[q].writes, w.reads[0])}
         dep = max([wb_done, ready] + [self.done.get(q, 0) for q in tr.after if q not in late])
         if w.unit == "matrix":
-            p = product_of(ins, self.cfg)
             operands = max([0] + [self.done.get(q, 0) for q in late])
             dep = max(dep, self._fetch(i, ready))
+            # rows it brought from the host pass by pass: the first pass now, the others
+            # when the chain closes, each behind the write-back of the one before
+            step = self._step(i) if i in self.stepped else None
+            p = step or product_of(ins, self.cfg)
             begin = max(self.mvu_free, dep)
             self.mvu_free = begin + p.issue
             if slot is not None:
@@ -304,8 +380,10 @@ class MvuScheduler(_Scheduler):
                 used = place(used, [ADD], m.mfus)
             if getattr(ins, "relu", 0):
                 used = place(used, [ACT], m.mfus)
+            rest = product_of(ins, self.cfg).passes - 1 if step else 0
             self.chain = _Chain(i, begin + p.first, begin + p.last, p.vectors,
-                                -1 if used is None else used, [i], operands, p.passes)
+                                -1 if used is None else used, [i], operands, p.passes,
+                                rest, step, slot)
         else:
             vectors = ceil_div(w.compute_cycles, m.cores)
             begin = dep + m.init_cycles

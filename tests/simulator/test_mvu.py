@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import exporter_graphs_recurrent
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from npusim.compiler import compile_full
 from npusim.compiler.frontend import to_graph
@@ -16,7 +18,7 @@ from npusim.compiler.options import CompileOptions
 from npusim.compiler.pipeline import run_passes
 from npusim.runtime import Session
 from npusim.runtime.zoo.npu_workloads import build
-from npusim.simulator import isa
+from npusim.simulator import isa, mvu
 from npusim.simulator.config import load_device
 from npusim.simulator.mvu import layout, mvu_latency, place, product
 from npusim.simulator.schedule import schedule
@@ -66,6 +68,71 @@ def test_gemv_is_the_sum_of_its_stages(name, size):
                + chain + m.loader_cycles)
     assert derived == 159 + 21 * v + v * groups + 3 * a
     assert _gemv_cycles(name) == derived
+
+
+def test_rows_from_the_host_come_in_pass_by_pass():
+    """Batch 18 is three passes of 6 rows (3 a core). That NPU's compiler emits load,
+    mv_mul, write-back for each group, every group's rows at the same register-file
+    addresses, and its loader runs in order: the first layer's passes are a round trip
+    apart. Each pass's rows take 7 x (v D + i) loader cycles, are seen l + g later, the
+    MVU issues after i, the one chunk's first result leaves (v - 1) A + L later, its A row
+    groups come out D + b cycles apart through the vector chain (e + F f) and the loader
+    writes them back: then the next rows come in. The later layers read rows on chip and
+    issue their three passes back to back."""
+    m = NPU.mvu
+    program = compile_full(build("19_mlp3_1024_512_256_256_batched"), NPU).program
+    tl = schedule(program, NPU).timeline
+    first, second, _ = [k for k, ins in enumerate(program.instructions)
+                        if isinstance(ins, isa.MvMul)]
+    v, groups, (n, _, a) = layout(1024, 512, NPU)
+    assert (v, groups, n) == (4, 13, 0)  # one chunk
+    rows = NPU.tiles * (v * m.dot_rows + m.init_cycles)
+    drain = a * (m.dot_rows + m.output_bubble)
+    assert drain >= a * m.dot_rows + NPU.tiles * m.init_cycles  # the queue, not the loader
+    period = (rows + m.loader_cycles + m.tag_cycles + m.init_cycles + (v - 1) * a
+              + mvu_latency(m, NPU) + drain + m.evrf_cycles + m.mfus * m.mfu_cycles)
+    assert period == 297
+
+    def starts(layer, track, what):
+        return [s.start for s in tl if s.layer == layer and s.track == track and s.what == what]
+
+    loads, issues = starts(first, "loader", "input"), starts(first, "matrix", "compute")
+    assert [y - x for x, y in zip(loads, loads[1:])] == [period, period]
+    assert [y - x for x, y in zip(issues, issues[1:])] == [period, period]
+    assert [y - x for x, y in zip(loads, issues)] == [rows + m.loader_cycles
+                                                       + m.tag_cycles] * 3
+    on_chip = [s for s in tl if s.layer == second and s.track == "matrix"]
+    v2, groups2, _ = layout(512, 256, NPU)
+    assert len(on_chip) == 1 and on_chip[0].end - on_chip[0].start == 3 * (
+        m.init_cycles + v2 * groups2)
+
+
+def test_many_passes_are_priced_in_closed_form(monkeypatch):
+    """Past the first passes every pass repeats the one before a period later: a product
+    of 1,000 passes from the host ends where the pass-by-pass loop ends, with the same
+    busy cycles on every track, in a bounded number of slices."""
+    w = numpy_helper.from_array(np.ones((280, 40), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6000, 280])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6000, 40])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    program = compile_full(model, NPU).program
+    closed, cap = schedule(program, NPU), mvu.MAX_CHUNKS
+    monkeypatch.setattr(mvu, "MAX_CHUNKS", 10**6)
+    looped = schedule(program, NPU)
+
+    def busy(st):
+        return {t: sum(s.end - s.start for s in st.timeline if s.track == t)
+                for t in ("matrix", "vector", "loader")}
+
+    assert len([s for s in looped.timeline if s.track == "matrix"]) == 1000
+    assert closed.cycles == looped.cycles and busy(closed) == busy(looped)
+    assert [(x.cycles, x.compute_cycles) for x in closed.layers] == [
+        (x.cycles, x.compute_cycles) for x in looped.layers]
+    assert len([s for s in closed.timeline if s.track == "matrix"]) <= cap + 2
 
 
 def test_output_queue_paces_a_short_product():
