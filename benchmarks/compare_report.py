@@ -13,6 +13,7 @@ from __future__ import annotations
 from npusim.runtime.analysis.compare import compare_layers, default_inputs
 from npusim.runtime.zoo import build_resnet50
 from npusim.simulator.numerics import FORMAT_NAMES
+from npusim.simulator.progress import shown
 
 
 def main() -> None:
@@ -20,7 +21,7 @@ def main() -> None:
     feeds = default_inputs(model)
     print("| format | conv1 | layer1 | layer2 | layer3 | layer4 | features (after pool) "
           "| features cosine | worst layer |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for fmt in FORMAT_NAMES[1:]:
         rows = compare_layers(model, fmt, feeds)
         by_stage = {}
@@ -32,8 +33,9 @@ def main() -> None:
                  ("conv1", "layer1", "layer2", "layer3", "layer4")]
         last = rows[-1]
         print(f"| {fmt} | {' | '.join(cells)} | {last['rel_error']:.2%} | "
-              f"{last['cosine']:.5f} | {worst['layer']} ({worst['rel_error']:.1%}) |")
+              f"{last['cosine']:.5f} | {worst['layer']} ({worst['rel_error']:.1%}) |", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    with shown():  # progress bars on a terminal
+        main()

@@ -27,6 +27,7 @@ import numpy as np
 from onnx.backend.test.runner import Runner
 
 from npusim.runtime.backend import NpusimBackend
+from npusim.simulator.progress import shown, task
 
 TEST_FILE = Path(__file__).resolve().parents[1] / "tests/runtime/test_backend_conformance.py"
 
@@ -135,17 +136,21 @@ def main() -> int:
     loaded = time.perf_counter()
 
     main_outcomes = []
-    for case, op in sel.case_ops().items():
-        error, where = run_case(cases[case], op)
-        main_outcomes.append(outcome(case, op, error, where, sel.skip_reason(case)))
+    with task("node tests", total=len(sel.case_ops()), unit="case") as progress:
+        for case, op in sel.case_ops().items():
+            error, where = run_case(cases[case], op)
+            main_outcomes.append(outcome(case, op, error, where, sel.skip_reason(case)))
+            progress.update()
     matrix_outcomes = []
-    for case in sel.matrix_cases():
-        op = sel.case_ops()[case]
-        error, where = run_matrix_case(sel, case, op)
-        if not error and where != {"device"}:
-            error = f"ran on {', '.join(sorted(where))}, not on the device"
-        matrix_outcomes.append(outcome(case, op, error, where,
-                                       sel.skip_reason(case, sel.MATRIX_SKIPS)))
+    with task("matrix unit", total=len(sel.matrix_cases()), unit="case") as progress:
+        for case in sel.matrix_cases():
+            op = sel.case_ops()[case]
+            error, where = run_matrix_case(sel, case, op)
+            if not error and where != {"device"}:
+                error = f"ran on {', '.join(sorted(where))}, not on the device"
+            matrix_outcomes.append(outcome(case, op, error, where,
+                                           sel.skip_reason(case, sel.MATRIX_SKIPS)))
+            progress.update()
     done = time.perf_counter()
 
     lines = ["## npusim ONNX backend conformance (fp32, default device)", ""]
@@ -165,4 +170,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with shown():  # progress bars on a terminal
+        sys.exit(main())

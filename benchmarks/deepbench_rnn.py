@@ -21,6 +21,7 @@ from pathlib import Path
 from npusim.compiler import compile_model
 from npusim.runtime.zoo.deepbench import LAYERS, build, flops
 from npusim.simulator.config import load_device
+from npusim.simulator.progress import shown
 from npusim.simulator.schedule import schedule
 
 ISCA_2018 = ("Fowers et al., ISCA 2018, on a Stratix 10 280 at batch 1: every DeepBench "
@@ -72,4 +73,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with shown():  # progress bars on a terminal
+        sys.exit(main())

@@ -26,6 +26,7 @@ from pathlib import Path
 from npusim.compiler import compile_model
 from npusim.runtime.zoo.npu_workloads import PUBLISHED, build, counted_ops
 from npusim.simulator.config import load_device
+from npusim.simulator.progress import shown
 from npusim.simulator.schedule import schedule
 
 
@@ -74,4 +75,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with shown():  # progress bars on a terminal
+        sys.exit(main())

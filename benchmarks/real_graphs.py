@@ -32,6 +32,7 @@ from npusim.compiler import CompileError, compile_full
 from npusim.compiler.shapes import seeded_inputs
 from npusim.runtime.analysis.reference import onnxruntime_session
 from npusim.runtime.session import Session
+from npusim.simulator.progress import shown
 
 
 def recorded_shapes(folder: Path) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -150,4 +151,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with shown():  # progress bars on a terminal
+        sys.exit(main())

@@ -20,7 +20,9 @@ from npusim.compiler import compile_model
 from npusim.runtime import Session
 from npusim.runtime.analysis.reference import median_seconds, onnxruntime_session
 from npusim.runtime.zoo import build_resnet50
+from npusim.simulator.config import load_device
 from npusim.simulator.numerics import FORMAT_NAMES
+from npusim.simulator.progress import shown
 
 
 def main() -> None:
@@ -32,7 +34,11 @@ def main() -> None:
     feeds = {"images": np.random.default_rng(0).standard_normal((1, 3, 224, 224))
              .astype(np.float32)}
     ref = onnxruntime_session(model)
-    rows, fp32 = [], None
+    fp32 = None
+    print(f"ResNet-50 featurizer, batch 1, device {load_device(args.device).name}")
+    print("| format | simulated latency (ms) | cycles | compile (s) | functional sim (ms) "
+          "| onnxruntime (ms) | sim / ort | rel. L2 error vs fp32 | cosine vs fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for fmt in FORMAT_NAMES:
         t0 = time.perf_counter()
         prog = compile_model(model, args.device, fmt)
@@ -45,15 +51,11 @@ def main() -> None:
         rel = np.linalg.norm(out - fp32) / np.linalg.norm(fp32)
         cos = float(out.ravel() @ fp32.ravel() / (np.linalg.norm(out) * np.linalg.norm(fp32)))
         st = sess.last_stats
-        rows.append(f"| {fmt} | {st.latency_us / 1000:.3f} | {st.cycles} | {t_compile:.2f} | "
-                    f"{t_sim * 1000:.0f} | {t_ort * 1000:.0f} | {t_sim / t_ort:.1f} | "
-                    f"{rel:.2%} | {cos:.5f} |")
-    print(f"ResNet-50 featurizer, batch 1, device {prog.target.name}")
-    print("| format | simulated latency (ms) | cycles | compile (s) | functional sim (ms) "
-          "| onnxruntime (ms) | sim / ort | rel. L2 error vs fp32 | cosine vs fp32 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
+        print(f"| {fmt} | {st.latency_us / 1000:.3f} | {st.cycles} | {t_compile:.2f} | "
+              f"{t_sim * 1000:.0f} | {t_ort * 1000:.0f} | {t_sim / t_ort:.1f} | "
+              f"{rel:.2%} | {cos:.5f} |", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    with shown():  # progress bars on a terminal
+        main()

@@ -40,6 +40,7 @@ from npusim.compiler import compile_model
 from npusim.runtime.analysis.bench import resolve_model
 from npusim.simulator import isa, timing
 from npusim.simulator.config import load_device
+from npusim.simulator.progress import shown
 
 _LAYOUT = ["1"] * 6 + ["0", "1", "2"] * 3 + ["0", "1", "2", "3"] * 2
 """A SCALE-Sim layout row (the default, unused when no custom layout is asked for)."""
@@ -190,4 +191,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with shown():  # progress bars on a terminal
+        sys.exit(main())

@@ -34,6 +34,7 @@ from npusim.compiler.shapes import seeded_inputs
 from npusim.runtime.analysis.bench import resolve_model
 from npusim.runtime.analysis.reference import onnxruntime_session
 from npusim.runtime.session import Session
+from npusim.simulator.progress import shown
 
 FORMATS = ("fp32", "msfp16", "mxint8", "msfp8")
 
@@ -160,5 +161,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
-    sys.exit(main())
+    with shown():  # progress bars on a terminal
+        np.seterr(all="ignore")
+        sys.exit(main())

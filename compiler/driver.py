@@ -16,12 +16,13 @@ from npusim.compiler.frontend import to_graph
 from npusim.compiler.ir import NON_TENSOR, Op, inputs_of, node, topo_order
 from npusim.compiler.lower import lower
 from npusim.compiler.options import CompileOptions
-from npusim.compiler.pipeline import run_passes
+from npusim.compiler.pipeline import PIPELINE, run_passes
 from npusim.compiler.placement import HOST, place
 from npusim.simulator import isa
 from npusim.simulator.config import DeviceConfig
 from npusim.simulator.numerics import Rounding
 from npusim.simulator.program import Program
+from npusim.simulator.progress import task
 from npusim.simulator.schedule import program_work
 
 
@@ -49,10 +50,15 @@ def compile_full(model: str | Path | onnx.ModelProto | bytes,
                  input_shapes: dict[str, tuple[int, ...]] | None = None) -> Compiled:
     """Like :func:`compile_model`, also returning the optimized graph."""
     opts = CompileOptions.make(device, numerics, rounding, seed, strict)
-    source = to_graph(model, input_shapes, per_step=opts.device.mvu is not None)
-    check_sizes(source, opts)
-    graph = run_passes(source, opts)
-    program = lower(graph, opts, _model_name(model))
+    with task("compile", total=len(PIPELINE) + 2, unit="step") as progress:
+        progress.note("load")
+        source = to_graph(model, input_shapes, per_step=opts.device.mvu is not None)
+        check_sizes(source, opts)
+        progress.update()
+        graph = run_passes(source, opts, progress=progress)
+        progress.note("lower")
+        program = lower(graph, opts, _model_name(model))
+        progress.update()
     program.metadata["placement"] = node_report(source, program.metadata["placement"])
     program.metadata["summary"] = summary(program, graph)
     return Compiled(program, graph, opts)

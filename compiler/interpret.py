@@ -24,6 +24,7 @@ from npusim.simulator import kernels
 from npusim.simulator.host import host_kernel
 from npusim.simulator.kernels import ConvGeometry
 from npusim.simulator.numerics import FP32, Format, Rounding
+from npusim.simulator.progress import task
 
 
 @dataclass(frozen=True)
@@ -234,18 +235,20 @@ def evaluate(g: nx.DiGraph, inputs: dict[str, np.ndarray], ctx: Numerics = Numer
         first[grp.values[0]] = grp
     in_group = {v for grp in first.values() for v in grp.values}
     values: dict[str, np.ndarray] = {}
-    for name in order:
-        n = node(g, name)
-        if n.op == Op.INPUT:
-            values[name] = np.asarray(inputs[name], dtype=n.dtype)
-        elif n.op == Op.CONST:
-            values[name] = n.value
-        elif name in first:
-            grp = first[name]
-            got = host_kernel(group_model(g, grp)).run([values[i] for i in grp.inputs])
-            values.update(zip(grp.outputs, got, strict=True))
-        elif name not in in_group:
-            values[name] = evaluate_node(g, name, values, ctx)
+    with task(f"evaluate ({ctx.fmt.name})", total=len(order), unit="node") as progress:
+        for name in order:
+            n = node(g, name)
+            if n.op == Op.INPUT:
+                values[name] = np.asarray(inputs[name], dtype=n.dtype)
+            elif n.op == Op.CONST:
+                values[name] = n.value
+            elif name in first:
+                grp = first[name]
+                got = host_kernel(group_model(g, grp)).run([values[i] for i in grp.inputs])
+                values.update(zip(grp.outputs, got, strict=True))
+            elif name not in in_group:
+                values[name] = evaluate_node(g, name, values, ctx)
+            progress.update()
     if keep_all:
         return values
     return {o: values[o] for o in g.graph["outputs"]}

@@ -27,13 +27,19 @@ PIPELINE: tuple[tuple[str, Callable[[nx.DiGraph, CompileOptions], nx.DiGraph]], 
 PASS_NAMES = tuple(name for name, _ in PIPELINE)
 
 
-def run_passes(g: nx.DiGraph, opts: CompileOptions, stop_after: str | None = None) -> nx.DiGraph:
-    """Run the pipeline on ``g``, verifying the IR after every pass."""
+def run_passes(g: nx.DiGraph, opts: CompileOptions, stop_after: str | None = None,
+               progress=None) -> nx.DiGraph:
+    """Run the pipeline on ``g``, verifying the IR after every pass; ``progress`` (a
+    :func:`npusim.simulator.progress.task`) hears of each pass."""
     if stop_after is not None and stop_after not in PASS_NAMES:
         raise CompileError(f"unknown pass {stop_after!r}; passes: {', '.join(PASS_NAMES)}")
     for name, fn in PIPELINE:
+        if progress is not None:
+            progress.note(name)
         g = fn(g, opts)
         verify(g)
+        if progress is not None:
+            progress.update()
         if name == stop_after:
             break
     return g

@@ -20,6 +20,7 @@ from npusim.simulator.host import HostKernel, HostOpError, host_kernel
 from npusim.simulator.kernels import ConvGeometry
 from npusim.simulator.numerics import BfpTensor, Rounding, unpack
 from npusim.simulator.program import Program, ProgramError, TensorDesc
+from npusim.simulator.progress import task
 from npusim.simulator.schedule import schedule
 from npusim.simulator.stats import LayerStats, RunStats
 
@@ -187,9 +188,11 @@ class Device:
         # host-resident values, one run's worth per image
         self._host_mem: list[dict[str, object]] = [{} for _ in range(images)]
         try:
-            with np.errstate(all="ignore"):  # fp32 arithmetic as the device's: inf and NaN
+            with (np.errstate(all="ignore"),  # fp32 arithmetic as the device's: inf and NaN
+                  task("simulate", total=len(prog.instructions), unit="instr") as progress):
                 for i in prog.instructions:
                     self._execute(i, host_in, host_out, fmt, rounding)
+                    progress.update()
             for t in prog.outputs:  # outputs the host computed never went to the device
                 if t.name not in host_out and t.name in self._host_mem[0]:
                     host_out[t.name] = np.stack([np.asarray(m[t.name]) for m in self._host_mem])

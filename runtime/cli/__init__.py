@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="npusim", description="Brainwave-class NPU toolkit: "
                                 "compile ONNX models, simulate them bit-exactly, count cycles.")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (they show only on a terminal anyway)")
     sub = p.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.add_commands(sub, FORMAT_NAMES)
@@ -68,11 +70,13 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from npusim.simulator.progress import shown
     from npusim.simulator.text import one_line
 
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        with shown(not args.quiet):
+            return args.fn(args)
     except BrokenPipeError:  # `npusim inspect --disasm | head`
         sys.stderr.close()
         return 0

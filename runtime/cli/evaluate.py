@@ -47,13 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from npusim.runtime.analysis.evaluate import EvalError, evaluate, format_eval
     from npusim.simulator.fileio import atomic_write
+    from npusim.simulator.progress import enabled
 
     out = Path(args.json) if args.json else None
     if out is not None and out.is_dir():  # found out now, not after the whole run
         raise EvalError(f"--json {out}: is a directory")
     result = evaluate(args.model, args.data, numerics=args.numerics, labels=args.labels,
                       workers=args.workers, address=args.address, serial=args.serial,
-                      progress=not args.no_progress, device=args.device,
+                      progress=not args.no_progress and enabled(), device=args.device,
                       package=args.package, reference=args.reference, limit=args.limit)
     for note in result.notes:
         print(f"npusim eval: {note}", file=sys.stderr)

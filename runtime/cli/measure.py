@@ -137,9 +137,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from npusim.runtime.analysis.sweep import format_sweep, run_sweep
+    from npusim.simulator.progress import enabled
 
     rows = run_sweep(args.model, Path(args.grid), Path(args.out) if args.out else None,
-                     address=args.address, serial=args.serial)
+                     address=args.address, serial=args.serial, progress=enabled())
     print(format_sweep(rows))
     return 0
 
