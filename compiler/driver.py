@@ -47,9 +47,10 @@ def compile_full(model: str | Path | onnx.ModelProto | bytes,
                  device: str | Path | DeviceConfig | None = None, numerics: str | None = None,
                  rounding: Rounding | str = Rounding.NEAREST_EVEN, seed: int = 0,
                  strict: bool = False,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> Compiled:
+                 input_shapes: dict[str, tuple[int, ...]] | None = None,
+                 layer_formats: dict[str, str] | None = None) -> Compiled:
     """Like :func:`compile_model`, also returning the optimized graph."""
-    opts = CompileOptions.make(device, numerics, rounding, seed, strict)
+    opts = CompileOptions.make(device, numerics, rounding, seed, strict, layer_formats)
     with task("compile", total=len(PIPELINE) + 2, unit="step") as progress:
         progress.note("load")
         source = to_graph(model, input_shapes, per_step=opts.device.mvu is not None)
@@ -201,20 +202,23 @@ def compile_model(model: str | Path | onnx.ModelProto | bytes,
                   device: str | Path | DeviceConfig | None = None, numerics: str | None = None,
                   rounding: Rounding | str = Rounding.NEAREST_EVEN, seed: int = 0,
                   strict: bool = False,
-                  input_shapes: dict[str, tuple[int, ...]] | None = None) -> Program:
+                  input_shapes: dict[str, tuple[int, ...]] | None = None,
+                  layer_formats: dict[str, str] | None = None) -> Program:
     """Compile an ONNX model (path, bytes or ``ModelProto``) for a device.
 
     ``device`` is a preset name, a config file or a :class:`DeviceConfig` (default
     ``brainwave-s10``); ``numerics`` overrides the device's number format;
     ``input_shapes`` fixes symbolic input dimensions (``{"x": (1, 3, 224, 224)}``).
     Ops the device cannot run are placed on the host, unless ``strict`` refuses them
-    by name.
+    by name. ``layer_formats`` gives matrix-unit layers (by ONNX node name) a format of
+    their own (``{"conv1": "msfp16"}``): their weights, and the activations they multiply.
 
     Example:
         >>> from npusim.runtime.zoo import build_resnet50
         >>> prog = compile_model(build_resnet50(seed=0), numerics="msfp16")  # doctest: +SKIP
         >>> prog.save("resnet50.npub")                                        # doctest: +SKIP
     """
-    compiled = compile_full(model, device, numerics, rounding, seed, strict, input_shapes)
+    compiled = compile_full(model, device, numerics, rounding, seed, strict, input_shapes,
+                            layer_formats)
     compiled.graph.clear()  # its weights go now, not when the cycle collector gets to them
     return compiled.program

@@ -23,7 +23,7 @@ from npusim.compiler.placement import on_device, softmax_rows
 from npusim.simulator import kernels
 from npusim.simulator.host import host_kernel
 from npusim.simulator.kernels import ConvGeometry
-from npusim.simulator.numerics import FP32, Format, Rounding
+from npusim.simulator.numerics import FP32, BfpTensor, Format, Rounding
 from npusim.simulator.progress import task
 
 
@@ -81,19 +81,27 @@ def _softmax(n: Node, args: list, ctx: Numerics) -> np.ndarray:
     return kernels.softmax(args[0].reshape(rows, cols), -1).reshape(n.shape)
 
 
+def layer_format(n: Node, weight, ctx: Numerics) -> Format:
+    """The format a matrix-unit layer multiplies in: its weights' once they are quantized,
+    fp32 for a layer marked so, else the evaluation's."""
+    if isinstance(weight, BfpTensor):
+        return weight.fmt
+    return FP32 if n.attr("format") == "fp32" else ctx.fmt
+
+
 def _npu_conv(n: Node, args: list, ctx: Numerics) -> np.ndarray:
     geom = ConvGeometry(n.attr("kernel"), n.attr("strides"), n.attr("pads"),
                         n.attr("dilations"), n.attr("groups"),
                         tuple(n.attr("input_dilation", (1, 1))))
     res = args[3] if len(args) > 3 else None
-    return kernels.conv2d(args[0], args[1], args[2], geom, ctx.fmt, res, n.attr("relu"),
-                          ctx.rounding, ctx.seed, n.attr("clip"))
+    return kernels.conv2d(args[0], args[1], args[2], geom, layer_format(n, args[1], ctx), res,
+                          n.attr("relu"), ctx.rounding, ctx.seed, n.attr("clip"))
 
 
 def _npu_dense(n: Node, args: list, ctx: Numerics) -> np.ndarray:
     res = args[3] if len(args) > 3 else None
-    return kernels.dense(args[0], args[1], args[2], ctx.fmt, res, n.attr("relu"),
-                         ctx.rounding, ctx.seed, n.attr("clip"))
+    return kernels.dense(args[0], args[1], args[2], layer_format(n, args[1], ctx), res,
+                         n.attr("relu"), ctx.rounding, ctx.seed, n.attr("clip"))
 
 
 def _const_of_shape(n: Node, args: list, ctx: Numerics) -> np.ndarray:

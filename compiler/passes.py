@@ -431,17 +431,29 @@ def _same_operands(g: nx.DiGraph, name: str, n: Node) -> bool:
 
 
 def quantize_weights(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
-    """Quantize every matrix-unit weight to the target format with the golden quantizer."""
+    """Quantize every matrix-unit weight with the golden quantizer, to its layer's format
+    (``opts.layer_formats``, else the target's). A layer whose format is not the target's
+    is marked with it (``format``), so that an fp32 layer of a block-format program is
+    known as one; a quantized layer's format is its weights'."""
     g = g.copy()
-    fmt = opts.format
-    if fmt.is_fp32:
-        return g
+    unused = set(dict(opts.layer_formats))
     for name in topo_order(g):
-        if node(g, name).op not in (Op.NPU_CONV, Op.NPU_DENSE):
+        n = node(g, name)
+        if n.op not in (Op.NPU_CONV, Op.NPU_DENSE):
             continue
+        fmt = opts.layer_format(n.origin)
+        unused -= set(n.origin)
+        if fmt != opts.format:
+            set_node(g, name, n.with_attrs(format=fmt.name))
         wname = inputs_of(g, name)[1]
         w = node(g, wname)
-        if isinstance(w.value, np.ndarray):
+        if isinstance(w.value, np.ndarray) and not fmt.is_fp32:
             q = quantize(w.value.astype(np.float32), fmt, opts.rounding, opts.seed)
             set_node(g, wname, Node(Op.CONST, w.shape, fmt.name, value=q, origin=w.origin))
+    if unused:
+        layers = sorted({o for v in g if node(g, v).op in (Op.NPU_CONV, Op.NPU_DENSE)
+                         for o in node(g, v).origin[:1]})
+        raise CompileError(f"--layer-format: no matrix-unit layer named "
+                           f"{', '.join(map(repr, sorted(unused)))}; the layers are "
+                           f"{', '.join(layers[:20])}{' ...' if len(layers) > 20 else ''}")
     return g

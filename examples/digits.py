@@ -9,10 +9,11 @@ downloaded. A stratified fifth of them is held out for testing. The CNN (two 3x3
 convolutions, max-pooling, two dense layers) trains with Keras for 30 epochs with fixed
 seeds and deterministic ops (a few seconds on 2 CPU cores) and is exported with tf2onnx
 (opset 17) taking NCHW images ``[1, 1, 8, 8]``, pixels scaled to [0, 1], and giving ten
-logits. Writes ``OUT/digits.onnx`` and ``OUT/digits-test.npz`` (``x``: ``float32 [360,
-1, 8, 8]``, ``y``: ``int64 [360]``), and prints the test accuracy of Keras and of
-onnxruntime on the exported model. Needs scikit-learn and tf2onnx (``pip install -e
-".[test]"``).
+logits. Writes ``OUT/digits.onnx``, ``OUT/digits-test.npz`` (``x``: ``float32 [360,
+1, 8, 8]``, ``y``: ``int64 [360]``) and ``OUT/digits-calib.npz`` (the first 128 training
+digits: calibration data for ``npusim compile --numerics auto``, apart from the test
+set), and prints the test accuracy of Keras and of onnxruntime on the exported model.
+Needs scikit-learn and tf2onnx (``pip install -e ".[test]"``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 SEED = 0
 EPOCHS = 30
+CALIBRATION = 128
 
 
 def load_digits_split() -> tuple[np.ndarray, ...]:
@@ -120,12 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path, npz_path = out / "digits.onnx", out / "digits-test.npz"
+    calib_path = out / "digits-calib.npz"
     atomic_write(onnx_path, lambda tmp: export(model, Path(tmp)))
     atomic_write(npz_path, lambda tmp: tmp.write_bytes(_npz_bytes(x=x_test, y=y_test)))
+    atomic_write(calib_path, lambda tmp: tmp.write_bytes(_npz_bytes(x=x_train[:CALIBRATION],
+                                                                    y=y_train[:CALIBRATION])))
     print(f"trained on {len(x_train)} digits, {EPOCHS} epochs; test accuracy on "
           f"{len(x_test)}: Keras {keras_acc:.2%}, onnxruntime "
           f"{onnx_accuracy(onnx_path, x_test, y_test):.2%}")
-    print(f"wrote {onnx_path} and {npz_path}")
+    print(f"wrote {onnx_path}, {npz_path} and {calib_path}")
     return 0
 
 

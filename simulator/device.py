@@ -18,7 +18,7 @@ from npusim.simulator import isa, kernels, threads
 from npusim.simulator.config import DeviceConfig
 from npusim.simulator.host import HostKernel, HostOpError, host_kernel
 from npusim.simulator.kernels import ConvGeometry
-from npusim.simulator.numerics import BfpTensor, Rounding, unpack
+from npusim.simulator.numerics import FP32, BfpTensor, Rounding, unpack
 from npusim.simulator.program import Program, ProgramError, TensorDesc
 from npusim.simulator.progress import task
 from npusim.simulator.schedule import schedule
@@ -210,7 +210,7 @@ class Device:
         elif isinstance(i, isa.HostCall):
             self._host_call(i)
         elif isinstance(i, isa.MvMul):
-            self._mv_mul(i, fmt, rounding)
+            self._mv_mul(i, rounding)
         elif isinstance(i, isa.MmMul):
             a = self._f32(i.src_a, (i.batch, i.m, i.k))
             b = self._f32(i.src_b, (1 if i.b_shared else i.batch, i.k, i.n))
@@ -370,13 +370,16 @@ class Device:
         self._store(i.dst, [kernels.move(np.ascontiguousarray(w), -lo, i.dims, i.strides)
                             for w in window])
 
-    def _mv_mul(self, i: isa.MvMul, fmt, rounding) -> None:
+    def _mv_mul(self, i: isa.MvMul, rounding) -> None:
         if i.in_dil_h < 1 or i.in_dil_w < 1:
             raise ExecutionError(f"MV_MUL: input dilation {i.in_dil_h} x {i.in_dil_w} "
                                  "must be at least 1")
         x = self._f32(i.src, (i.batch, i.channels, i.height, i.width))
         images = x.shape[0]
         w = self._weights[i.weights]
+        # a layer multiplies in its weights' format (a program may mix them); fp32 weights
+        # make an fp32 layer
+        fmt = w.fmt if isinstance(w, BfpTensor) else FP32
         bias = self._f32(i.bias, (i.out_channels,))[0]
         geom = ConvGeometry((i.kernel_h, i.kernel_w), (i.stride_h, i.stride_w),
                             (i.pad_top, i.pad_left, i.pad_bottom, i.pad_right),

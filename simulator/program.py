@@ -24,7 +24,13 @@ from pathlib import Path
 from npusim.simulator import program_schema as schema
 from npusim.simulator.config import ConfigError, DeviceConfig, _from_mapping
 from npusim.simulator.fileio import atomic_write
-from npusim.simulator.isa import INSTRUCTION_BYTES, EncodingError, FieldWidths, Instruction
+from npusim.simulator.isa import (
+    INSTRUCTION_BYTES,
+    EncodingError,
+    FieldWidths,
+    Instruction,
+    MvMul,
+)
 from npusim.simulator.program_check import CheckError, check_program
 from npusim.simulator.program_schema import SchemaError, parse
 
@@ -150,6 +156,26 @@ class Program:
     @property
     def numerics(self) -> str:
         return self.target.numerics
+
+    def layer_formats(self) -> dict[str, int]:
+        """Matrix-unit layers (MV_MUL instructions) per format, as their weights are stored
+        (a program may mix formats layer by layer)."""
+        wbase = self.memory_map.get("weights", (0, 0))[0]
+        dtype = {wbase + t.addr: t.dtype for t in self.weight_tensors}
+        out: dict[str, int] = {}
+        for i in self.instructions:
+            if isinstance(i, MvMul) and i.weights in dtype:
+                fmt = "fp32" if dtype[i.weights] == "float32" else dtype[i.weights]
+                out[fmt] = out.get(fmt, 0) + 1
+        return out
+
+    @property
+    def numerics_label(self) -> str:
+        """The format, or ``mixed (a/b)`` for a program whose layers mix formats."""
+        formats = self.layer_formats()
+        if len(formats) > 1:
+            return f"mixed ({'/'.join(sorted(formats))})"
+        return self.numerics
 
     # --- serialization ---
     def to_bytes(self) -> bytes:

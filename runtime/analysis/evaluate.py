@@ -159,7 +159,7 @@ def _programs(model, numerics, device, reference, check) -> tuple[str, list, str
                             "ONNX model to evaluate other formats")
         check(name, prog)
         if reference is None:
-            return name, [(prog.numerics, prog)], None
+            return name, [(prog.numerics_label, prog)], None
         _, proto = _resolve(reference)
         ref = compile_model(proto, prog.target.replace(numerics="fp32"),
                             input_shapes=_input_shapes(proto))
@@ -167,7 +167,7 @@ def _programs(model, numerics, device, reference, check) -> tuple[str, list, str
                 [t.shape for t in prog.inputs[:1] + prog.outputs[:1]]:
             raise EvalError(f"reference {reference} takes or gives other shapes than "
                             f"program {name}")
-        return name, [("fp32 (reference)", ref), (prog.numerics, prog)], "fp32 (reference)"
+        return name, [("fp32 (reference)", ref), (prog.numerics_label, prog)], "fp32 (reference)"
     if reference is not None:
         raise EvalError("--reference is for .npub programs; an ONNX model is its own")
     name, proto = _resolve(model)
@@ -342,3 +342,37 @@ def format_eval(result: EvalResult) -> str:
                  f"{where} in {result.wall_s:.1f} s "
                  f"(img/s: simulation of one program on one worker)")
     return "\n".join(lines)
+
+
+def calibration_feeds(data: str | Path, model, input_shapes: dict | None = None,
+                      limit: int = 64, package: str | Path | None = None) -> list[dict]:
+    """The first ``limit`` samples of a dataset (anything :func:`load_dataset` reads) as
+    one feed dict each, shaped as ``model``'s single input: the calibration inputs of
+    ``npusim compile --numerics auto``."""
+    from npusim.compiler.frontend import to_graph
+    from npusim.compiler.ir import node
+
+    if not (isinstance(limit, int) and limit > 0):
+        raise EvalError(f"calibration samples must be a positive integer, not {limit!r}")
+    g = to_graph(model, input_shapes)
+    inputs = g.graph["inputs"]
+    if len(inputs) != 1:
+        raise EvalError(f"the model takes {len(inputs)} inputs; calibration data feeds one")
+    name = inputs[0]
+    shape, dtype = tuple(node(g, name).shape), np.dtype(node(g, name).dtype)
+    try:
+        ds = load_dataset(data)
+        if ds.is_images:
+            ds = ds.with_preprocessing(image_preprocessing(shape, package))
+        else:
+            _fit(ds.sample_shape, shape, ds.source)
+        count = min(ds.count, limit)
+        feeds = []
+        for xs in ds.chunks(16, count):
+            _fit(xs.shape[1:], shape, ds.source)
+            feeds += [{name: np.ascontiguousarray(x.reshape(shape), dtype=dtype)} for x in xs]
+    except DatasetError as exc:
+        raise EvalError(str(exc)) from None
+    if not feeds:
+        raise EvalError(f"dataset {data} has no samples")
+    return feeds

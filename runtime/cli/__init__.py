@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.add_commands(sub, FORMAT_NAMES)
+    for command in sub.choices.values():  # -q after the command too
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="no progress bars")
     return p
 
 

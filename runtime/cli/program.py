@@ -13,7 +13,6 @@ import numpy as np
 
 from npusim.runtime.cli.common import (
     UsageError,
-    device_opts,
     layers_opt,
     parse_inputs,
     parse_shapes,
@@ -30,7 +29,24 @@ def add_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...]) -> N
     c = sub.add_parser("compile", help="compile an ONNX model to a .npub program")
     c.add_argument("model")
     c.add_argument("-o", "--output")
-    device_opts(c, formats)
+    c.add_argument("--device", help="preset name or TOML/JSON file (default brainwave-s10)")
+    c.add_argument("--numerics", choices=(*formats, "auto"),
+                   help="override the format; auto: per layer, the narrowest that keeps the "
+                   "outputs within --tolerance of fp32 on --calibration data")
+    c.add_argument("--layer-format", action="append", default=[], metavar="NAME=FMT",
+                   help="give one matrix-unit layer (its ONNX node name, as `npusim compare` "
+                   "lists it) a format of its own (repeatable; with auto: kept as given)")
+    c.add_argument("--calibration", metavar="DATA", help="with auto: .npz/.npy of inputs or "
+                   "a folder of images (the first --calibration-samples)")
+    c.add_argument("--calibration-samples", type=int, default=64, metavar="N",
+                   help="with auto: samples used (default 64)")
+    c.add_argument("--tolerance", default="1%", metavar="PCT",
+                   help="with auto: how far from fp32 the outputs may go (default 1%%)")
+    c.add_argument("--metric", choices=("agreement", "error"), default="agreement",
+                   help="with auto: what --tolerance bounds: the share of top-1 choices that "
+                   "differ from fp32's (default), or the outputs' relative L2 error")
+    c.add_argument("--formats", metavar="F1,F2,...", help="with auto: the candidates "
+                   "(default msfp8,msfp9,msfp12,mxint8,msfp16; the widest is the program's)")
     c.add_argument("--rounding", choices=["nearest_even", "stochastic"], default="nearest_even")
     c.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
     c.add_argument("--strict", action="store_true",
@@ -89,8 +105,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from npusim.compiler.driver import summary_line
 
     t0 = time.perf_counter()
-    prog = compile_model(args.model, args.device, args.numerics, args.rounding, args.seed,
-                         args.strict, shapes)
+    layer_formats = parse_layer_formats(args.layer_format)
+    numerics, choice = args.numerics, None
+    if numerics == "auto":
+        choice = _choose(args, shapes)
+        numerics = choice.default
+        layer_formats = {**choice.formats, **layer_formats}
+    elif args.calibration:
+        raise UsageError("--calibration is for --numerics auto")
+    prog = compile_model(args.model, args.device, numerics, args.rounding, args.seed,
+                         args.strict, shapes, layer_formats or None)
+    if choice is not None:
+        prog.metadata["numerics_auto"] = choice.to_dict()
     elapsed = time.perf_counter() - t0
     placement = prog.metadata["placement"]
     if args.report:
@@ -99,10 +125,47 @@ def cmd_compile(args: argparse.Namespace) -> int:
     prog.save(args.output)
     host = sorted({r["op"] for r in placement if r["where"] == "host"})
     print(summary_line(prog.metadata["summary"]) + (f" (host: {', '.join(host)})" if host else ""))
-    print(f"compiled {args.model} for {prog.target.name} ({prog.numerics}): "
+    print(f"compiled {args.model} for {prog.target.name} ({prog.numerics_label}): "
           f"{len(prog.instructions)} instructions, {len(prog.weights) / 2**20:.2f} MiB weights, "
           f"{elapsed:.2f} s -> {args.output}")
     return 0
+
+
+def parse_layer_formats(specs: list[str]) -> dict[str, str]:
+    """``NAME=FMT`` -> ``{"NAME": "FMT"}`` (the compiler checks both)."""
+    out = {}
+    for spec in specs:
+        name, sep, fmt = spec.rpartition("=")
+        if not sep or not name or not fmt:
+            raise UsageError(f"--layer-format {spec}: expected NAME=FORMAT, e.g. conv1=msfp16")
+        out[name] = fmt
+    return out
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 1:  # NaN fails too
+        raise UsageError(f"--tolerance {text}: expected a share such as 1% or 0.01")
+    return value
+
+
+def _choose(args: argparse.Namespace, shapes):
+    """``--numerics auto``: the per-layer formats from the calibration data, printed."""
+    from npusim.compiler.mixed import choose_formats, format_choice
+    from npusim.runtime.analysis.evaluate import calibration_feeds
+
+    if not args.calibration:
+        raise UsageError("--numerics auto needs --calibration DATA (inputs to measure on)")
+    tolerance = _tolerance(args.tolerance)
+    candidates = [f.strip() for f in args.formats.split(",")] if args.formats else None
+    feeds = calibration_feeds(args.calibration, args.model, shapes, args.calibration_samples)
+    choice = choose_formats(args.model, args.device, feeds, tolerance, candidates,
+                            args.metric, args.rounding, args.seed, shapes)
+    print(format_choice(choice), flush=True)
+    return choice
 
 
 def format_placement(rows: list[dict]) -> str:
@@ -164,6 +227,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"program   {args.program}  model={prog.metadata.get('model')}")
     print(f"target    {t.name}  numerics={t.numerics}  fingerprint={t.fingerprint().hex()[:16]}")
     print(f"array     {t.tiles} x ({t.native_dim} x {t.array_cols}) @ {t.clock_mhz:g} MHz")
+    formats = prog.layer_formats()
+    if len(formats) > 1 or set(formats) - {t.numerics}:
+        print("formats   " + ", ".join(f"{f} on {n} matrix layer{'s' if n > 1 else ''}"
+                                       for f, n in sorted(formats.items(), key=lambda kv: -kv[1])))
+    if "numerics_auto" in prog.metadata:
+        auto = prog.metadata["numerics_auto"]
+        print(f"          chosen per layer (--numerics auto): within {auto['tolerance']:.2%} "
+              f"on {auto['metric']} over {auto['samples']} calibration samples")
     print(f"code      {len(prog.instructions)} instructions")
     print("memory map")
     for region, (base, size) in sorted(prog.memory_map.items(), key=lambda kv: kv[1][0]):

@@ -1,0 +1,295 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Per-layer formats chosen from calibration data: ``npusim compile --numerics auto``.
+
+A block format's error is not spread evenly over a network: a few layers (often the
+first convolution, a 1x1 projection, the classifier) lose most of the accuracy, and the
+others can go narrow for free. :func:`choose_formats` finds, layer by layer, the
+narrowest format that keeps the model's outputs within a tolerance of fp32's on the
+calibration inputs:
+
+1. *Sensitivity.* The model runs in each candidate format ``f`` (every matrix-unit layer
+   in ``f``) on the calibration inputs, beside fp32, and the per-layer comparison of
+   ``npusim compare`` gives each layer's relative L2 error against fp32. What a layer
+   *adds* is its output's error less its input's (never below 0): ``added[f][layer]``.
+2. *Assignment by threshold.* For a threshold ``t``, every layer takes the narrowest
+   candidate (by bits per element) whose added error is at most ``t``, else the widest.
+   The assignment only gets wider as ``t`` falls, and so the output error only falls
+   (near enough): a bisection over the measured added errors finds the largest ``t``
+   whose assignment keeps the outputs within the tolerance, measured on the whole
+   calibration set with the golden model (which the simulator matches bit for bit).
+
+The tolerance is on ``metric``: ``"agreement"`` (default) is the fraction of the first
+output's top-1 choices (the argmax over its last axis, at every position: one per image
+for a classifier, one per time step for a sequence) that differ from fp32's, so 1% means
+at most one prediction in a hundred changes, and accuracy can fall by at most that;
+``"error"`` is the outputs' relative L2 error against fp32, for models whose outputs are
+not scores. The candidates are run as the device would (the golden model), ``F + log2``
+of the number of distinct added errors evaluations of the calibration set in all.
+
+Example:
+    >>> choice = choose_formats("digits.onnx", "brainwave-s10", feeds, 0.01)  # doctest: +SKIP
+    >>> choice.formats                                  # doctest: +SKIP
+    {'conv1': 'msfp12', 'conv2': 'msfp8', 'dense': 'msfp8', 'logits': 'msfp16'}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import onnx
+
+from npusim.compiler.errors import CompileError
+from npusim.compiler.frontend import to_graph
+from npusim.compiler.interpret import Numerics, evaluate
+from npusim.compiler.ir import Op, inputs_of, node, topo_order
+from npusim.compiler.options import CompileOptions
+from npusim.compiler.passes import quantize_weights
+from npusim.compiler.select import op_label
+from npusim.simulator.config import DeviceConfig
+from npusim.simulator.numerics import FP32, Rounding
+from npusim.simulator.progress import task
+
+DEFAULT_FORMATS = ("msfp8", "msfp9", "msfp12", "mxint8", "msfp16")
+"""The candidates of ``--numerics auto`` unless told otherwise: every block format, fp32
+left out (a block-format datapath has no fp32 multipliers)."""
+
+METRICS = ("agreement", "error")
+
+
+@dataclass
+class Choice:
+    """What :func:`choose_formats` found."""
+
+    formats: dict[str, str]
+    """Layer (its ONNX node name) -> format."""
+    default: str
+    """The program's own format: the widest candidate (what any other matrix work, such as
+    attention's products of two activations, runs in)."""
+    layers: list[dict] = field(default_factory=list)
+    """Per layer: ``layer``, ``op``, ``macs``, ``format`` and ``added`` (format -> the
+    relative error the layer adds in it)."""
+    metric: str = "agreement"
+    tolerance: float = 0.0
+    disagreement: float = 0.0
+    """Fraction of the first output's top-1 choices that differ from fp32's."""
+    rel_error: float = 0.0
+    """Relative L2 error of the outputs against fp32's, over the calibration set."""
+    samples: int = 0
+    evaluations: int = 0
+
+    @property
+    def value(self) -> float:
+        return self.disagreement if self.metric == "agreement" else self.rel_error
+
+    def mac_share(self) -> dict[str, float]:
+        """Fraction of the matrix-unit layers' MACs in each format."""
+        total = sum(r["macs"] for r in self.layers) or 1
+        share: dict[str, float] = {}
+        for r in self.layers:
+            share[r["format"]] = share.get(r["format"], 0) + r["macs"] / total
+        return share
+
+    def to_dict(self) -> dict:
+        return {"formats": self.formats, "default": self.default, "metric": self.metric,
+                "tolerance": self.tolerance, "disagreement": self.disagreement,
+                "rel_error": self.rel_error, "samples": self.samples,
+                "evaluations": self.evaluations, "mac_share": self.mac_share(),
+                "layers": self.layers}
+
+
+def _layers(g: nx.DiGraph) -> list[tuple[str, str, int]]:
+    """``(IR node, layer name, MACs)`` of every matrix-unit layer with constant weights."""
+    out = []
+    for v in topo_order(g):
+        n = node(g, v)
+        if n.op not in (Op.NPU_CONV, Op.NPU_DENSE) or not n.origin:
+            continue
+        w = node(g, inputs_of(g, v)[1])
+        if not isinstance(w.value, np.ndarray):
+            continue
+        out.append((v, n.origin[0], math.prod(n.shape) * int(w.shape[-1])))
+    return out
+
+
+def _assign(names: Sequence[str], added: dict[str, dict[str, float]],
+            formats: Sequence[str], threshold: float) -> dict[str, str]:
+    return {name: next((f for f in formats if added[f][name] <= threshold), formats[-1])
+            for name in names}
+
+
+class _Runner:
+    """The model before weight quantization, the calibration inputs and fp32's results."""
+
+    def __init__(self, g: nx.DiGraph, opts: CompileOptions, feeds: list[dict]) -> None:
+        self.g, self.opts, self.feeds = g, opts, feeds
+        self.ctx = Numerics(opts.format, opts.rounding, opts.seed)
+        self.runs = 0
+        with task("fp32 reference", total=len(feeds), unit="sample") as progress:
+            self.ref = []
+            for f in feeds:
+                self.ref.append(evaluate(g, f, Numerics(FP32), keep_all=True))
+                progress.update()
+
+    def graph(self, formats: dict[str, str]) -> nx.DiGraph:
+        return quantize_weights(self.g, CompileOptions(self.opts.device, self.opts.rounding,
+                                                       self.opts.seed, self.opts.strict,
+                                                       tuple(sorted(formats.items()))))
+
+    def layer_errors(self, formats: dict[str, str], layers) -> dict[str, float]:
+        """Each layer's added relative error (output's less input's) with ``formats``."""
+        g = self.graph(formats)
+        sums = {v: np.zeros(4) for v, _, _ in layers}  # |d_out|^2, |out|^2, |d_in|^2, |in|^2
+        self.runs += 1
+        with task(f"sensitivity ({next(iter(formats.values()))})", total=len(self.feeds),
+                  unit="sample") as progress:
+            for f, ref in zip(self.feeds, self.ref):
+                got = evaluate(g, f, self.ctx, keep_all=True)
+                for v, _, _ in layers:
+                    src = inputs_of(g, v)[0]
+                    for k, name in ((0, v), (2, src)):
+                        a = np.asarray(ref[name], np.float64)
+                        d = np.asarray(got[name], np.float64) - a
+                        sums[v][k:k + 2] += (np.vdot(d, d).real, np.vdot(a, a).real)
+                progress.update()
+        out = {}
+        for v, name, _ in layers:
+            s = sums[v]
+            err_out = math.sqrt(s[0] / s[1]) if s[1] else 0.0
+            err_in = math.sqrt(s[2] / s[3]) if s[3] else 0.0
+            out[name] = max(0.0, err_out - err_in) if math.isfinite(err_out) else math.inf
+        return out
+
+    def outputs_error(self, formats: dict[str, str]) -> tuple[float, float]:
+        """``(disagreement, relative error)`` of the outputs with ``formats``."""
+        g = self.graph(formats)
+        outputs = g.graph["outputs"]
+        self.runs += 1
+        changed = total = 0
+        d2 = r2 = 0.0
+        with task("outputs", total=len(self.feeds), unit="sample") as progress:
+            for f, ref in zip(self.feeds, self.ref):
+                got = evaluate(g, f, self.ctx)
+                for k, o in enumerate(outputs):
+                    a = np.asarray(ref[o], np.float64)
+                    b = np.asarray(got[o], np.float64)
+                    d2 += float(np.sum((b - a) ** 2))
+                    r2 += float(np.sum(a ** 2))
+                    if k == 0 and a.size:
+                        top_a = a.reshape(-1, a.shape[-1] if a.ndim else 1).argmax(-1)
+                        top_b = b.reshape(-1, b.shape[-1] if b.ndim else 1).argmax(-1)
+                        changed += int(np.sum(top_a != top_b))
+                        total += top_a.size
+                progress.update()
+        rel = math.sqrt(d2 / r2) if r2 else (0.0 if d2 == 0 else math.inf)
+        return (changed / total if total else 0.0), (rel if math.isfinite(rel) else math.inf)
+
+
+def choose_formats(model: str | Path | onnx.ModelProto | bytes,
+                   device: str | Path | DeviceConfig | None, feeds: Sequence[dict],
+                   tolerance: float, formats: Sequence[str] | None = None,
+                   metric: str = "agreement",
+                   rounding: Rounding | str = Rounding.NEAREST_EVEN, seed: int = 0,
+                   input_shapes: dict[str, tuple[int, ...]] | None = None) -> Choice:
+    """The per-layer formats of ``model`` (see the module docstring): the narrowest that
+    keep ``metric`` within ``tolerance`` (a fraction: 0.01 is 1%) on ``feeds`` (one dict
+    of inputs per calibration sample). Raises :class:`CompileError` when even every
+    layer in the widest candidate misses the tolerance."""
+    from npusim.compiler.driver import check_sizes
+    from npusim.compiler.pipeline import run_passes
+
+    if metric not in METRICS:
+        raise CompileError(f"unknown metric {metric!r}; choose {' or '.join(METRICS)}")
+    if not (math.isfinite(tolerance) and 0 <= tolerance < 1):
+        raise CompileError(f"tolerance {tolerance!r} is not a fraction in [0, 1)")
+    if not feeds:
+        raise CompileError("no calibration inputs")
+    candidates = list(formats or DEFAULT_FORMATS)
+    if not candidates or len(set(candidates)) != len(candidates):
+        raise CompileError(f"candidate formats {candidates}: give each once")
+    cfg = CompileOptions.make(device).device
+    try:
+        fmts = {f: cfg.format(f) for f in candidates}
+    except ValueError as exc:
+        raise CompileError(str(exc)) from None
+    candidates.sort(key=lambda f: (fmts[f].bits_per_element, fmts[f].mantissa_bits))
+    widest = candidates[-1]
+    opts = CompileOptions.make(cfg, widest, rounding, seed)
+    source = to_graph(model, input_shapes, per_step=opts.device.mvu is not None)
+    check_sizes(source, opts)
+    g = run_passes(source, opts, stop_after="keep_host_work_together")
+    layers = _layers(g)
+    if not layers:
+        raise CompileError("the model has no matrix-unit layer with constant weights to "
+                           "give a format")
+    names = list(dict.fromkeys(name for _, name, _ in layers))
+    run = _Runner(g, opts, list(feeds))
+    added = {f: run.layer_errors(dict.fromkeys(names, f), layers) for f in candidates}
+
+    def measure(threshold: float) -> tuple[dict[str, str], tuple[float, float]]:
+        chosen = _assign(names, added, candidates, threshold)
+        errors = run.outputs_error(chosen)
+        return chosen, errors
+
+    def ok(errors: tuple[float, float]) -> bool:
+        return (errors[0] if metric == "agreement" else errors[1]) <= tolerance
+
+    # thresholds from widest-everywhere (-1) to narrowest-everywhere (inf)
+    steps = [-1.0, *sorted({a for per in added.values() for a in per.values()
+                            if math.isfinite(a)}), math.inf]
+    best = measure(steps[0])
+    if not ok(best[1]):
+        which = "disagreement" if metric == "agreement" else "relative error"
+        value = best[1][0] if metric == "agreement" else best[1][1]
+        raise CompileError(f"with every layer in {widest}, the {which} against fp32 is "
+                           f"{value:.2%}, above the tolerance {tolerance:.2%}: widen the "
+                           "candidates (--formats ..., fp32) or loosen the tolerance")
+    lo, hi = 0, len(steps) - 1  # steps[lo] meets the tolerance
+    top = measure(steps[hi])
+    if ok(top[1]):
+        best, lo = top, hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        got = measure(steps[mid])
+        if ok(got[1]):
+            best, lo = got, mid
+        else:
+            hi = mid
+    chosen, (disagreement, rel) = best
+    rows = []
+    seen = set()
+    for v, name, macs in layers:
+        if name in seen:  # a recurrent layer's steps: one row
+            next(r for r in rows if r["layer"] == name)["macs"] += macs
+            continue
+        seen.add(name)
+        rows.append({"layer": name, "op": op_label(node(g, v), False),
+                     "macs": macs, "format": chosen[name],
+                     "added": {f: added[f][name] for f in candidates}})
+    return Choice(chosen, widest, rows, metric, tolerance, disagreement, rel, len(feeds),
+                  run.runs)
+
+
+def format_choice(choice: Choice) -> str:
+    """The assignment as a table (layer, op, MACs, format, added error per candidate) and
+    a summary line."""
+    fmts = list(next(iter(choice.layers))["added"]) if choice.layers else []
+    w = min(max([len(r["layer"]) for r in choice.layers] + [5]), 40)
+    wop = max([len(r["op"]) for r in choice.layers] + [2])
+    head = f"{'layer':<{w}}  {'op':<{wop}}  {'MMACs':>8}  {'format':<8}  " + "  ".join(
+        f"{f:>8}" for f in fmts)
+    lines = [head + "   (relative error each layer adds, per format)"]
+    for r in choice.layers:
+        lines.append(f"{r['layer'][:w]:<{w}}  {r['op']:<{wop}}  {r['macs'] / 1e6:>8.2f}  "
+                     f"{r['format']:<8}  " + "  ".join(f"{r['added'][f]:>8.2%}" for f in fmts))
+    share = ", ".join(f"{f} {s:.0%}" for f, s in sorted(choice.mac_share().items(),
+                                                        key=lambda kv: -kv[1]))
+    lines.append(f"MACs by format: {share}; against fp32 on {choice.samples} calibration "
+                 f"samples: {choice.disagreement:.2%} of top-1 choices differ, relative error "
+                 f"{choice.rel_error:.2%} (tolerance {choice.tolerance:.2%} on "
+                 f"{choice.metric}; {choice.evaluations} evaluations)")
+    return "\n".join(lines)
