@@ -160,6 +160,20 @@ class DeviceConfig:
         return per_tile * (self.mvu.cores * self.mvu.dot_rows if self.mvu else 1)
 
     @property
+    def input_lanes(self) -> int:
+        """Elements entering the matrix unit per cycle (each through a converter)."""
+        return self.native_dim * self.tiles * (self.mvu.cores * self.mvu.dot_rows
+                                               if self.mvu else 1)
+
+    @property
+    def matrix_alms(self) -> float:
+        """The matrix unit's logic in ALMs, by the first-order model of
+        :mod:`npusim.simulator.area` (its lanes and converters in this device's format)."""
+        from npusim.simulator.area import unit_alms
+
+        return unit_alms(self.peak_macs_per_cycle, self.input_lanes, self.format())
+
+    @property
     def peak_tops(self) -> float:
         """Tera-operations per second, counting a MAC as two operations."""
         return 2 * self.peak_macs_per_cycle * self.clock_mhz * 1e6 / 1e12

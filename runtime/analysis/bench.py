@@ -80,7 +80,8 @@ def timing_point(model: str | Path | onnx.ModelProto, device: str | Path | Devic
     """Compile ``model`` for ``device`` and price it; no functional run."""
     _, _, cfg, prog, compile_s, weights = _compile(model, device, numerics)
     return {"numerics": cfg.numerics, "peak_macs_per_cycle": cfg.peak_macs_per_cycle,
-            "peak_tops": cfg.peak_tops, "compile_s": compile_s, **weights,
+            "peak_tops": cfg.peak_tops, "matrix_kalms": cfg.matrix_alms / 1000,
+            "compile_s": compile_s, **weights,
             **summary(schedule(prog, cfg))}
 
 

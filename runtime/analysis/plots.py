@@ -182,7 +182,8 @@ def roofline(stats: RunStats, cfg: DeviceConfig, path: str | Path, title: str = 
 
 
 _AXIS_LABELS = {"peak_macs_per_cycle": "peak MACs per cycle", "latency_ms": "latency (ms)",
-                "peak_tops": "peak TOPS", "cycles": "cycles"}
+                "peak_tops": "peak TOPS", "cycles": "cycles",
+                "matrix_kalms": "matrix unit logic (thousand ALMs, simulator/area.py)"}
 
 
 def _varying(rows: Sequence[dict], exclude: Sequence[str]) -> list[str]:
@@ -194,10 +195,62 @@ def pareto(rows: Sequence[dict], path: str | Path, x: str = "peak_macs_per_cycle
            title: str = "") -> Path:
     """Scatter of sweep rows (``x`` against ``y``, lower-left is better) with the Pareto front.
 
-    The front (:func:`npusim.runtime.analysis.points.pareto_front`) is drawn as a step line and its
-    points labelled with their ``label_keys`` values (default: the device fields that vary).
-    Points are coloured by number format when the rows have more than one.
+    The front (:func:`npusim.runtime.analysis.points.pareto_front`) is drawn as a step line
+    and its points labelled with their ``label_keys`` values (default: the device fields
+    that vary). Points are coloured by number format when the rows have more than one.
     """
+    fig = _figure(8, 5.5)
+    _front_panel(fig.add_subplot(), rows, x, y, label_keys, title or f"{y} against {x}")
+    return _save(fig, path)
+
+
+QUALITY = (("top1", "top-1 error", lambda v: 1 - v), ("output_error",
+           "output error against fp32", lambda v: v))
+"""Measures of a format's answers a sweep row may carry, lower is better once mapped."""
+
+
+def sweep_tradeoff(rows: Sequence[dict], path: str | Path,
+                   label_keys: Sequence[str] | None = None, title: str = "") -> Path:
+    """A sweep's trade-offs: latency against the matrix unit's logic (its area), and,
+    when the rows measure each format's answers, their error against latency. Each
+    panel draws its Pareto front; with area and error both present, the points no other
+    point beats on area, latency and error at once are ringed in both."""
+    x = "matrix_kalms" if any("matrix_kalms" in r for r in rows) else "peak_macs_per_cycle"
+    quality = next(((key, label, fn) for key, label, fn in QUALITY
+                    if any(isinstance(r.get(key), (int, float)) for r in rows)), None)
+    fig = _figure(13 if quality else 8, 5.5)
+    ax = fig.add_subplot(1, 2 if quality else 1, 1)
+    _front_panel(ax, rows, x, "latency_ms", label_keys, "latency against area")
+    if quality:
+        key, label, fn = quality
+        scored = [{**r, "_quality": fn(r[key])} if isinstance(r.get(key), (int, float)) else r
+                  for r in rows]
+        both = _front3(scored, (x, "latency_ms", "_quality"))
+        _front_panel(fig.add_subplot(1, 2, 2), scored, "latency_ms", "_quality", label_keys,
+                     f"{label} against latency", ylabel=label)
+        for a, px, py in ((ax, x, "latency_ms"), (fig.axes[1], "latency_ms", "_quality")):
+            if both:
+                a.scatter([scored[k][px] for k in both], [scored[k][py] for k in both], s=140,
+                          facecolors="none", edgecolors="crimson", lw=1.2,
+                          label="best on area, latency and error")
+                a.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _front3(rows: Sequence[dict], keys: Sequence[str]) -> list[int]:
+    """Indices of the rows that no other row beats on every one of ``keys`` (lower is
+    better, at least as good on all and better on one)."""
+    ok = [k for k, r in enumerate(rows) if all(isinstance(r.get(c), (int, float))
+                                               and math.isfinite(r[c]) for c in keys)]
+    return [k for k in ok if not any(
+        all(rows[j][c] <= rows[k][c] for c in keys) and any(rows[j][c] < rows[k][c]
+                                                            for c in keys) for j in ok)]
+
+
+def _front_panel(ax, rows: Sequence[dict], x: str, y: str,
+                 label_keys: Sequence[str] | None, title: str, ylabel: str = "") -> None:
     from matplotlib import colormaps
 
     front = pareto_front(rows, x, y)
@@ -205,8 +258,6 @@ def pareto(rows: Sequence[dict], path: str | Path, x: str = "peak_macs_per_cycle
                                  for k in (x, y))]
     if label_keys is None:
         label_keys = _varying(rows, (x, y))
-    fig = _figure(8, 5.5)
-    ax = fig.add_subplot()
     formats = list(dict.fromkeys(r.get("numerics") for r in ok))
     cmap = colormaps["tab10"]
     for j, fmt in enumerate(formats):
@@ -231,9 +282,10 @@ def pareto(rows: Sequence[dict], path: str | Path, x: str = "peak_macs_per_cycle
         if vals and min(vals) > 0 and max(vals) / min(vals) > 20:
             setter("log")
         axis.set_label_text(_AXIS_LABELS.get(key, key))
+    if ylabel:
+        ax.yaxis.set_label_text(ylabel)
     if not ok:
         ax.text(0.5, 0.5, "no points", transform=ax.transAxes, ha="center")
-    ax.set_title(title or f"{y} against {x}")
+    ax.set_title(title)
     if ok:
         ax.legend(fontsize=8)
-    return _save(fig, path)

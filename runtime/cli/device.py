@@ -80,6 +80,8 @@ def format_device(cfg: DeviceConfig) -> str:
         _line("host latency", cfg.host_latency_cycles, "cycles"),
         _line("block size", fmt.block_size, "(fp32: no shared exponent)" if fmt.is_fp32
               else f"elements per shared exponent ({fmt.name})"),
+        _line("matrix unit logic", round(cfg.matrix_alms), "ALMs (first-order model, "
+              "simulator/area.py)"),
         _line("fingerprint", cfg.fingerprint().hex()[:16]),
     ]
     return "\n".join(lines)

@@ -200,7 +200,8 @@ def test_csv_has_grid_fields_then_timing_figures(serial_run):
     with open(out / "points.csv", newline="") as f:
         table = list(csv.reader(f))
     timing_keys = [k for k in timing_point(two_conv(), load_device("tiny")) if k != "numerics"]
-    assert table[0] == ["tiles", "numerics", *timing_keys]
+    # two formats: each one's output error against fp32 too
+    assert table[0] == ["tiles", "numerics", *timing_keys, "output_error"]
     assert len(table) == 1 + len(rows)
     for line, row in zip(table[1:], rows):
         assert line == [str(row[k]) for k in table[0]]
@@ -301,7 +302,7 @@ def test_format_sweep_marks_the_pareto_rows(serial_run):
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["tiles", "numerics"]
     body = lines[1:1 + len(rows)]
-    front = set(pareto_front(rows, "peak_macs_per_cycle", "latency_ms"))
+    front = set(pareto_front(rows, "matrix_kalms", "latency_ms"))
     assert front and {k for k, line in enumerate(body) if line.startswith("*")} == front
     for line, row in zip(body, rows):
         assert line.lstrip("* ").split()[:2] == [str(row["tiles"]), row["numerics"]]
@@ -314,3 +315,45 @@ def test_importing_sweep_starts_nothing():
             "'npusim.runtime.analysis.bench') if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
                    cwd=Path(__file__).resolve().parents[2])
+
+
+# --- formats cost what they cost ---
+def test_hold_area_gives_a_narrower_format_more_columns(tmp_path):
+    grid = load_grid(grid_file(tmp_path, """
+base = "brainwave-s10"
+hold_area = true
+[grid]
+numerics = ["msfp8", "msfp12", "msfp16", "fp32"]
+"""))
+    base = grid.base.matrix_alms
+    cols = {c.numerics: c.array_cols for c in grid.configs}
+    assert cols["msfp8"] == grid.base.array_cols  # the base's own format: its own array
+    assert cols["msfp8"] > cols["msfp12"] > cols["msfp16"] > cols["fp32"] >= 1
+    for c in grid.configs:  # the most columns that fit, not one fewer
+        assert c.matrix_alms <= base < c.replace(array_cols=c.array_cols + 1).matrix_alms
+    assert [p["array_cols"] for p in grid.points()] == [c.array_cols for c in grid.configs]
+    with pytest.raises(SweepError, match="hold_area sets each point's array_cols"):
+        load_grid(grid_file(tmp_path, 'hold_area = true\n[grid]\narray_cols = [8, 16]\n',
+                            "g2.toml"))
+    with pytest.raises(SweepError, match="hold_area must be true or false"):
+        load_grid(grid_file(tmp_path, 'hold_area = 1\n[grid]\ntiles = [1]\n', "g3.toml"))
+
+
+def test_accuracy_data_measures_each_format_once(tmp_path):
+    x = np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=np.arange(6) % 2)
+    grid = grid_file(tmp_path, """
+base = "tiny"
+accuracy_data = "data.npz"
+[grid]
+tiles = [1, 2]
+numerics = ["msfp8", "fp32"]
+""")
+    rows = run_sweep(two_conv(), grid, tmp_path / "out", serial=True, progress=False)
+    by_format = {r["numerics"]: (r["top1"], r["agree_fp32"]) for r in rows}
+    assert by_format["fp32"][1] == 1.0
+    assert all(r["top1"] == by_format[r["numerics"]][0] for r in rows)  # the array can't change it
+    assert "top-1" in format_sweep(rows)
+    with pytest.raises(SweepError, match="accuracy_data .* not found"):
+        load_grid(grid_file(tmp_path, 'accuracy_data = "none.npz"\n[grid]\ntiles = [1]\n',
+                            "g2.toml"))
