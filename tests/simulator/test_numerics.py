@@ -33,7 +33,8 @@ from npusim.simulator.numerics import (
     unpack,
 )
 
-BFP_NAMES = tuple(n for n in FORMAT_NAMES if n != "fp32")
+BFP_NAMES = tuple(n for n in FORMAT_NAMES
+                  if n != "fp32" and not get_format(n).is_minifloat)
 QUANTIZERS = {"fast": quantize, "reference": quantize_reference}
 M32 = 0xFFFFFFFF
 
@@ -77,9 +78,11 @@ EXPECTED_FORMATS = {
 }
 
 
-def test_format_names_are_fp32_and_the_bfp_formats() -> None:
+def test_format_names_are_fp32_the_bfp_and_the_mx_formats() -> None:
     assert FORMAT_NAMES[0] == "fp32"
-    assert set(FORMAT_NAMES) == {"fp32", *EXPECTED_FORMATS}
+    assert set(FORMAT_NAMES) == {"fp32", *EXPECTED_FORMATS, "mxfp8_e4m3", "mxfp8_e5m2",
+                                 "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1"}
+    assert set(BFP_NAMES) == set(EXPECTED_FORMATS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FORMATS))

@@ -30,7 +30,8 @@ from npusim.simulator.numerics import (
     quantize_reference,
 )
 
-BFP_NAMES = tuple(n for n in FORMAT_NAMES if n != "fp32")
+BFP_NAMES = tuple(n for n in FORMAT_NAMES
+                  if n != "fp32" and not get_format(n).is_minifloat)
 QUANTIZERS = {"fast": quantize, "reference": quantize_reference}
 M32 = 0xFFFFFFFF
 
