@@ -344,7 +344,8 @@ def dequantize(t: BfpTensor) -> np.ndarray:
     minifloat element under a scale above any quantize makes can overflow to infinity)."""
     b = t.fmt.block_size
     blocks = t.q.reshape(*t.q.shape[:-1], -1, b).astype(np.float64)
-    out = (blocks * block_scales(t)[..., None]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = (blocks * block_scales(t)[..., None]).astype(np.float32)
     return out.reshape(t.q.shape)[..., : t.length]
 
 

@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from numerics_cases import DIFF_FORMATS, fid, nasty
+from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
 from npusim.simulator.numerics import (
     FORMAT_NAMES,
@@ -333,7 +333,7 @@ def test_zero_and_negative_zero(fmt: Format, kind: str) -> None:
     assert pack(t) == bytes(len(pack(t)))
 
 
-@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
+@pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
 @pytest.mark.parametrize("rounding", list(Rounding))
 @pytest.mark.parametrize("kind", QUANTIZERS)
 def test_nonfinite_blocks(fmt: Format, rounding: Rounding, kind: str) -> None:
@@ -458,7 +458,7 @@ def test_stochastic_is_unbiased() -> None:
 # --- differential: numba kernels against the numpy references -----------------------
 
 
-@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
+@pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
 @pytest.mark.parametrize("rounding", list(Rounding))
 @pytest.mark.parametrize("shape", [(5, 37), (3, 4, 129), (64, 300), (300,)])
 def test_quantize_matches_reference(fmt: Format, rounding: Rounding,
@@ -469,7 +469,7 @@ def test_quantize_matches_reference(fmt: Format, rounding: Rounding,
     fast = quantize(x, fmt, rounding, seed=5)
     ref = quantize_reference(x, fmt, rounding, seed=5)
     assert fast.shape == ref.shape == shape
-    assert fast.q.dtype == ref.q.dtype == np.int8
+    assert fast.q.dtype == ref.q.dtype == fmt.q_dtype
     assert fast.exponents.dtype == ref.exponents.dtype == np.uint8
     assert np.array_equal(fast.q, ref.q)
     assert np.array_equal(fast.exponents, ref.exponents)
