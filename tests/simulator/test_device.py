@@ -139,6 +139,23 @@ def test_stochastic_rounding_program_matches_golden():
     assert not np.array_equal(out, rne)
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4_e2m1", "mxint8"])
+def test_nearest_away_program_matches_golden(fmt):
+    """Ties away from zero (microxcaling's default) through the program file's rounding."""
+    model = conv_block()
+    feeds = {"x": np.round(rand(np.random.default_rng(3), 1, 8, 8, 8) * 8) / 8}  # ties
+    compiled = compile_full(model, device="tiny", numerics=fmt, rounding="nearest_away")
+    prog = Program.from_bytes(compiled.program.to_bytes())
+    assert prog.metadata["rounding"] == "nearest_away"
+    (out,) = Session(prog).run(None, feeds)
+    ctx = Numerics(compiled.options.format, compiled.options.rounding, 0)
+    assert np.array_equal(out, evaluate(compiled.graph, feeds, ctx)["y"])
+    if fmt == "mxfp4_e2m1":  # eighths are ties on E2M1's grid, not on INT8's
+        (rne,) = Session(compile_full(model, device="tiny", numerics=fmt).program).run(
+            None, feeds)
+        assert not np.array_equal(out, rne)
+
+
 def test_every_layer_has_cycles_and_the_total_adds_up():
     prog = compile_full(conv_block(), device="tiny").program
     sess = Session(prog)
