@@ -22,7 +22,8 @@ from npusim.rtl.tb.kernels import KERNELS, sources  # noqa: E402
 from npusim.simulator.numerics import get_format  # noqa: E402
 
 _BFP = {"bfp_quantize", "bfp_dot", "bfp_acc", "systolic_array"}
-_CASES = [(k, None) for k in KERNELS] + [(k, "msfp8") for k in sorted(_BFP)]
+_CASES = ([(k, None) for k in KERNELS] + [(k, "msfp8") for k in sorted(_BFP)]
+          + [("bfp_quantize", "mxint8"), ("bfp_quantize", "mxfp8_e4m3")])
 
 
 def _lint(toplevel: str, fmt: str | None) -> subprocess.CompletedProcess:
@@ -31,6 +32,10 @@ def _lint(toplevel: str, fmt: str | None) -> subprocess.CompletedProcess:
         f = get_format(fmt, native_dim=8)
         args += [f"-GBLOCK={f.block_size}", f"-GMANT={f.mantissa_bits}",
                  f"-GEXP_BITS={f.exponent_bits}", f"-GBIAS={f.exponent_bias}"]
+        if f.is_minifloat:  # an OCP MX minifloat element (bfp_quantize)
+            el = f.element
+            args += [f"-GELEM_EXP={el.exponent_bits}", f"-GELEM_MAN={el.mantissa_bits}",
+                     f"-GELEM_BIAS={el.bias}", f"-GELEM_MAXC={el.max_code}"]
         if toplevel == "systolic_array":
             args += ["-GROWS=8", "-GCOLS=8"]
     return subprocess.run([*args, *map(str, sources(toplevel))], capture_output=True,

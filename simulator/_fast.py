@@ -30,11 +30,103 @@ def _accumulate(partials, a_scale, w_scale, out):  # pragma: no cover - compiled
 
 def accumulate_blocks(partials: np.ndarray, a_scale: np.ndarray,
                       w_scale: np.ndarray) -> np.ndarray:
-    """numba version of :func:`npusim.simulator.numerics.accumulate_blocks_reference`."""
+    """numba version of :func:`npusim.simulator.numerics.accumulate_blocks_reference`:
+    float32 or float64 partials as they come, Python-integer ones as ``hi * 2**32 + lo``."""
     out = np.empty(partials.shape[1:], dtype=np.float32)
-    _accumulate(np.ascontiguousarray(partials, dtype=np.float32),
-                np.ascontiguousarray(a_scale, dtype=np.float64),
-                np.ascontiguousarray(w_scale, dtype=np.float64), out)
+    a_scale = np.ascontiguousarray(a_scale, dtype=np.float64)
+    w_scale = np.ascontiguousarray(w_scale, dtype=np.float64)
+    if partials.dtype == object:
+        hi = (partials >> 32).astype(np.int64)
+        lo = (partials & 0xFFFFFFFF).astype(np.int64)
+        _accumulate_wide(hi, lo, a_scale, w_scale, out)
+        return out
+    dtype = np.float64 if partials.dtype == np.float64 else np.float32
+    _accumulate(np.ascontiguousarray(partials, dtype=dtype), a_scale, w_scale, out)
+    return out
+
+
+@numba.njit(cache=True, inline="always")
+def _wide_product(hi, lo, scale, word):  # pragma: no cover - compiled
+    """``fp32(p * scale)`` for ``p = hi * 2**32 + lo`` (``0 <= lo < 2**32``), rounded once.
+
+    ``s + err`` is ``p`` exactly (TwoSum of two exact float64 halves); scaling by a power
+    of two keeps both exact. ``s`` is then rounded to odd (an inexact result gets an odd
+    last bit), and a float64 rounded to odd rounds to fp32 as the exact value would,
+    since 53 >= 24 + 2. ``word`` is a float64 [1] scratch with an int64 view ``word[1]``.
+    """
+    a = np.float64(hi) * 4294967296.0
+    b = np.float64(lo)
+    s = a + b
+    bb = s - a
+    err = (a - (s - bb)) + (b - bb)
+    s *= scale
+    err *= scale
+    if err != 0.0 and s == s:
+        word[0][0] = s
+        if (word[1][0] & 1) == 0:
+            word[1][0] += 1 if (err > 0.0) == (s > 0.0) else -1
+        s = word[0][0]
+    return np.float32(s)
+
+
+@numba.njit(cache=True)
+def _accumulate_wide(hi, lo, a_scale, w_scale, out):  # pragma: no cover - compiled
+    nblocks, rows, cols = hi.shape
+    f = np.empty(1, np.float64)
+    word = (f, f.view(np.int64))
+    for n in range(rows):
+        for o in range(cols):
+            acc = np.float32(0.0)
+            for j in range(nblocks):
+                d = _wide_product(hi[j, n, o], lo[j, n, o], a_scale[n, j] * w_scale[o, j],
+                                  word)
+                acc = np.float32(acc + d)
+            out[n, o] = acc
+
+
+_EXACT_BYTES = 1 << 24
+"""Bytes of float64 block partials made at a time by :func:`matmul_exact`."""
+
+
+def matmul_exact(aq: np.ndarray, wq: np.ndarray, block: int, a_scale: np.ndarray,
+                 w_scale: np.ndarray, wide: bool) -> np.ndarray:
+    """``[N, O]`` fp32: the block product of any format, a slice of rows at a time.
+
+    The integer block partials are float64 GEMMs (exact below 2**53); ``wide`` (partials
+    up to 2**72, mxfp8_e5m2) splits each ``q`` into 16-bit halves, makes the three exact
+    half-product GEMMs and joins them as ``hi * 2**32 + lo`` in int64 for
+    :func:`_wide_product`. Same result as the reference, bit for bit.
+    """
+    n, kp = aq.shape
+    o = wq.shape[0]
+    nblocks = kp // block
+    a_scale = np.ascontiguousarray(a_scale, np.float64)
+    w_scale = np.ascontiguousarray(w_scale, np.float64)
+
+    def operand(q, rows, part, order):
+        q = q.astype(np.int64)
+        if part is not None:
+            q = q >> 16 if part == 0 else q & 0xFFFF
+        return np.ascontiguousarray(q.astype(np.float64).reshape(rows, nblocks, block)
+                                    .transpose(order))
+
+    parts = (0, 1) if wide else (None,)
+    ws = [operand(wq, o, p, (1, 2, 0)) for p in parts]
+    out = np.empty((n, o), np.float32)
+    step = max(1, _EXACT_BYTES // (8 * nblocks * o * (3 if wide else 1)))
+    for n0 in range(0, n, step):
+        n1 = min(n, n0 + step)
+        rows = [operand(aq[n0:n1], n1 - n0, p, (1, 0, 2)) for p in parts]
+        sa = np.ascontiguousarray(a_scale[n0:n1])
+        if not wide:
+            _accumulate(np.matmul(rows[0], ws[0]), sa, w_scale, out[n0:n1])
+            continue
+        hi = np.matmul(rows[0], ws[0]).astype(np.int64)
+        mid = (np.matmul(rows[0], ws[1]) + np.matmul(rows[1], ws[0])).astype(np.int64)
+        lo = np.matmul(rows[1], ws[1]).astype(np.int64)
+        low = lo + ((mid & 0xFFFF) << 16)
+        _accumulate_wide(hi + (mid >> 16) + (low >> 32), low & 0xFFFFFFFF, sa, w_scale,
+                         out[n0:n1])
     return out
 
 
@@ -82,6 +174,68 @@ def quantize_rne(x2d: np.ndarray, block: int, mbits: int, emin: int, emax: int, 
 
     def share(r0: int, r1: int) -> None:
         _quantize_rne(x2d, block, mbits, emin, emax, bias, nan_exp, r0, r1, q, exps)
+
+    threads.run(share, rows, grain=max(1, (1 << 18) // max(1, width)))
+    return q, exps
+
+
+@numba.njit(cache=True, nogil=True)
+def _quantize_mx(x, block, mbits, emax_elem, shift, emin, emax, bias, nan_exp, max_units, away,
+                 r0, r1, q, exps):  # pragma: no cover - compiled
+    width = x.shape[1]
+    nblocks = width // block
+    top = np.float64(max_units)
+    for r in range(r0, r1):
+        for j in range(nblocks):
+            amax = 0.0
+            finite = True
+            for b in range(block):
+                v = np.float64(x[r, j * block + b])
+                if math.isfinite(v):
+                    amax = max(amax, abs(v))
+                else:
+                    finite = False
+            if not finite:
+                exps[r, j] = nan_exp
+                for b in range(block):
+                    q[r, j * block + b] = 0
+                continue
+            e = emin
+            if amax > 0.0:
+                e = math.frexp(amax)[1] - 1 - emax_elem
+                e = min(max(e, emin), emax)
+            exps[r, j] = e + bias
+            scale = math.ldexp(1.0, shift - e)  # exact: a power of two in float64 range
+            for b in range(block):
+                v = np.float64(x[r, j * block + b])
+                a = min(abs(v) * scale, 2.0 * top)
+                k = 0
+                if a > 0.0:
+                    k = max(math.frexp(a)[1] - 1 - mbits, 0)  # the grid steps by 2**k
+                t = math.ldexp(a, -k)
+                if away:
+                    m = math.floor(t)
+                    if t - m >= 0.5:
+                        m += 1.0
+                else:
+                    m = np.rint(t)
+                u = np.int64(min(math.ldexp(m, k), top))
+                q[r, j * block + b] = -u if v < 0 else u
+
+
+def quantize_mx(x2d: np.ndarray, block: int, mbits: int, emax_elem: int, shift: int, emin: int,
+                emax: int, bias: int, nan_exp: int, max_units: int, away: bool,
+                q_dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-even or nearest-away quantization of a padded ``[rows, nblocks * block]``
+    fp32 matrix to an MX minifloat format (``mbits``: the element's mantissa bits)."""
+    rows, width = x2d.shape
+    q = np.empty((rows, width), q_dtype)
+    exps = np.empty((rows, width // block), np.uint8)
+    x2d = np.ascontiguousarray(x2d, dtype=np.float32)
+
+    def share(r0: int, r1: int) -> None:
+        _quantize_mx(x2d, block, mbits, emax_elem, shift, emin, emax, bias, nan_exp,
+                     max_units, bool(away), r0, r1, q, exps)
 
     threads.run(share, rows, grain=max(1, (1 << 18) // max(1, width)))
     return q, exps

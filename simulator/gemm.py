@@ -106,8 +106,10 @@ def _tiled(fmt: Format) -> bool:
 
 
 def supported(fmt: Format) -> bool:
-    """Whether these kernels compute ``fmt`` (every format of the device does)."""
-    return fmt.is_fp32 or _direct(fmt)
+    """Whether these kernels compute ``fmt``: fp32, the BFP formats and mxint8 (int8
+    mantissas). The MX minifloat formats take the general path
+    (:func:`npusim.simulator.kernels.conv2d`, :func:`npusim.simulator._fast.matmul_exact`)."""
+    return fmt.is_fp32 or (not fmt.is_minifloat and _direct(fmt))
 
 
 def _rows_per_step(nblocks: int, out_rows: int, width: int) -> int:

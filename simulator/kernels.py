@@ -128,11 +128,16 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | Non
     """Convolution on the matrix unit; ``weight`` is ``[O, KH*KW*C/groups]``.
 
     The numbers are :func:`conv2d_reference`'s; nearest-even rounding runs the fast
-    kernels of :mod:`npusim.simulator.gemm`, stochastic rounding the reference itself.
+    kernels of :mod:`npusim.simulator.gemm`, other roundings of those formats the
+    reference itself. The MX minifloat formats run the reference's im2col GEMM with
+    the numba quantizer and block products (:func:`numerics.bfp_matmul`).
     """
     if geom.input_dilation != (1, 1):
         x = _input_dilated(np.asarray(x, np.float32), geom)
         geom = dataclasses.replace(geom, input_dilation=(1, 1))
+    if fmt.is_minifloat:
+        return _im2col_conv(x, weight, bias, geom, fmt, residual, relu, rounding, seed, clip,
+                            quantize, None)
     if (not fmt.is_fp32 and Rounding(rounding) != Rounding.NEAREST_EVEN) \
             or not gemm.supported(fmt):
         return conv2d_reference(x, weight, bias, geom, fmt, residual, relu, rounding, seed,
@@ -163,6 +168,14 @@ def conv2d_reference(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.nda
     by the group's weights (:func:`numerics.bfp_matmul` with the reference
     accumulation); in fp32, one fp32 GEMM per group.
     """
+    return _im2col_conv(x, weight, bias, geom, fmt, residual, relu, rounding, seed, clip,
+                        quantize_reference, accumulate_blocks_reference)
+
+
+def _im2col_conv(x, weight, bias, geom: ConvGeometry, fmt: Format, residual, relu: bool,
+                 rounding, seed: int, clip, quantizer, accumulate) -> np.ndarray:
+    """:func:`conv2d_reference` with a given quantizer and block accumulation (the
+    reference's, or the fast kernels with the same result)."""
     x = _input_dilated(np.asarray(x, np.float32), geom)
     geom = dataclasses.replace(geom, input_dilation=(1, 1))
     b, c, h, w_ = x.shape
@@ -173,7 +186,7 @@ def conv2d_reference(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.nda
     n = b * oh * ow
     patches = _windows(x, geom, 0.0, (oh, ow)).reshape(n, *geom.kernel, g, cg)
     a = np.ascontiguousarray(patches.transpose(3, 0, 1, 2, 4)).reshape(g, n, -1)
-    qa = None if fmt.is_fp32 else quantize_reference(a, fmt, rounding, seed)
+    qa = None if fmt.is_fp32 else quantizer(a, fmt, rounding, seed)
     cols = []
     for grp in range(g):
         wg = _weight_rows(weight, grp * og, (grp + 1) * og)
@@ -181,7 +194,7 @@ def conv2d_reference(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.nda
             cols.append(np.matmul(a[grp], np.asarray(wg, np.float32).T))
         else:
             cols.append(bfp_matmul(_weight_rows(qa, grp, grp + 1, squeeze=True), wg,
-                                   accumulate=accumulate_blocks_reference))
+                                   accumulate=accumulate))
     y = np.concatenate(cols, axis=1).reshape(b, oh, ow, o).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(epilogue(y, bias[:, None, None] if bias is not None else None,
                                          residual, relu, clip))

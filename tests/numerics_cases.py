@@ -13,6 +13,11 @@ DIFF_FORMATS = [get_format(n, d) for n in ("msfp8", "msfp9") for d in (8, 16, 12
 ]
 
 
+#: The OCP MX minifloat formats (MXFP8, MXFP6, MXFP4).
+MX_FORMATS = [get_format(n) for n in ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3",
+                                      "mxfp4_e2m1")]
+
+
 def fid(fmt: Format) -> str:
     return f"{fmt.name}-b{fmt.block_size}"
 

@@ -31,13 +31,33 @@
 // because BIAS <= 127 (checked below), so their fp32 exponent field 0 can stand for it in
 // the max, and the all-zero block (max field 0) lands on EMIN by the same clamp.
 //
+// OCP MX minifloat elements (ELEM_EXP > 0: MXFP8 E4M3/E5M2, MXFP6, MXFP4), the golden
+// model's minifloat grid (numerics.quantize_reference, docs/numerics.md "MX formats"):
+//
+//   e    = clamp(floor(log2(max |x_i|)) - EMAX_ELEM, EMIN, EMAX)   EMAX_ELEM from ELEM_MAXC
+//   a_i  = |x_i| * 2**(SHIFT - e)        units of the smallest subnormal, SHIFT = BIAS_E-1+M_E
+//   k_i  = max(floor(log2 a_i) - ELEM_MAN, 0)                        the grid step is 2**k_i
+//   t_i  = a_i / 2**k_i, rounded to an integer as above (nearest even or stochastic)
+//   c_i  = min((k_i << ELEM_MAN) + t_i, ELEM_MAXC)   the magnitude code: a carry out of the
+//          mantissa moves to the next binade by itself, and too large a code saturates
+//
+// floor(log2 a_i) comes from the element's own leading one (an fp32 subnormal's too: under
+// the smallest scale it can reach a normal binade of the element); the shift stage aligns
+// the grid's last place at FRAC bits, so the round stage is the BFP one.
+//
 // Layout: in_data_i[32*i +: 32] is element i (IEEE binary32 bits);
-// out_codes_o[CODE_W*i +: CODE_W] is element i's code {s_i, m_i}; out_exp_o = e + BIAS.
+// out_codes_o[CODE_W*i +: CODE_W] is element i's code {s_i, m_i} (a minifloat's {s, E, M});
+// out_exp_o = e + BIAS.
 module bfp_quantize #(
-    parameter int BLOCK    = 16,   // elements per block (>= 2)
-    parameter int MANT     = 3,    // M: mantissa bits, no hidden bit
-    parameter int EXP_BITS = 8,    // E: stored shared-exponent bits
-    parameter int BIAS     = 127,  // stored exponent = e + BIAS
+    parameter int BLOCK     = 16,   // elements per block (>= 2)
+    parameter int MANT      = 3,    // M: magnitude bits of a code (BFP: mantissa, no hidden
+                                    // bit; a minifloat: ELEM_EXP + ELEM_MAN)
+    parameter int EXP_BITS  = 8,    // E: stored shared-exponent bits
+    parameter int BIAS      = 127,  // stored exponent = e + BIAS
+    parameter int ELEM_EXP  = 0,    // minifloat exponent bits; 0: BFP or integer elements
+    parameter int ELEM_MAN  = 0,    // minifloat mantissa bits
+    parameter int ELEM_BIAS = 0,    // minifloat exponent bias
+    parameter int ELEM_MAXC = 0,    // the largest finite minifloat magnitude code
     // derived
     localparam int LEVELS  = $clog2(BLOCK),   // comparator-tree levels, one register each
     localparam int LATENCY = LEVELS + 2       // tree levels, shift, round
@@ -60,6 +80,10 @@ module bfp_quantize #(
   localparam int EMIN   = -BIAS;                          // stored 0
   localparam int EMAX   = (1 << EXP_BITS) - 2 - BIAS;     // all ones is reserved for NaN
   localparam int MAXM   = (1 << MANT) - 1;                // saturation value
+  localparam bit MINI   = ELEM_EXP > 0;                    // minifloat elements
+  localparam int EMAX_ELEM = MINI ? (ELEM_MAXC >> ELEM_MAN) - ELEM_BIAS : 0;
+  localparam int SHIFT  = MINI ? ELEM_BIAS - 1 + ELEM_MAN : MANT - 1;  // x = q * 2**(e-SHIFT)
+  localparam int KW     = 8;                               // grid-step field k_i
   localparam int FRAC   = 16;                             // numerics.STOCHASTIC_FRACTION_BITS
   localparam int WIDE_W = 24 + FRAC;                      // significand, FRAC bits below
   localparam int LEAVES = 1 << LEVELS;                    // tree leaves, BLOCK padded
@@ -72,6 +96,8 @@ module bfp_quantize #(
     if (BIAS > 127) $fatal(1, "bfp_quantize: BIAS > 127 needs subnormal exponents");
     if (MANT < 1 || MANT > 22) $fatal(1, "bfp_quantize: MANT out of range");
     if (BLOCK < 2) $fatal(1, "bfp_quantize: BLOCK < 2 has no comparator tree");
+    if (MINI && MANT != ELEM_EXP + ELEM_MAN)
+      $fatal(1, "bfp_quantize: a minifloat code has MANT = ELEM_EXP + ELEM_MAN bits");
   end
 
   // ---- global stall: every stage moves when the output register can ----------------
@@ -161,23 +187,36 @@ module bfp_quantize #(
   end
 
   // ---- shift stage: e from the tree's root, each |x_i| to FRAC fraction bits ------------
-  // element fields after the shift: {sign, saturated, floor(a) (MANT bits),
-  // FRAC fraction bits of a, sticky (any bit below those)}
-  localparam int ELEM_W = 1 + 1 + MANT + FRAC + 1;
+  // element fields after the shift: {sign, saturated, grid step k (minifloat), floor(t)
+  // (MANT bits), FRAC fraction bits of t, sticky (any bit below those)}; BFP: t = a, k = 0
+  localparam int ELEM_W = 1 + 1 + KW + MANT + FRAC + 1;
+
+  // floor(log2 |x|) + 127 from the leading one (an fp32 subnormal's too); x = 0: -200
+  function automatic int lead_exponent(input logic [31:0] x);
+    int r;
+    r = -200;
+    if (x[30:23] != 8'd0) r = int'(x[30:23]);
+    else for (int b = 0; b <= 22; b++) if (x[b]) r = b - 22;
+    return r;
+  endfunction
 
   function automatic logic [ELEM_W-1:0] shift_element(input logic [31:0] x,
                                                       input logic [8:0] e_plus_127);
     logic [7:0]        f;
     logic [23:0]       sig;
-    logic [9:0]        rsh_raw;      // 151 - MANT - max(f,1) + e, two's complement
-    int                rsh;
+    int                rsh, lead, k;
     logic [WIDE_W-1:0] wide, lost;
     logic              sat;
     f   = x[30:23];
     sig = {f != 8'd0, x[22:0]};                  // |x| = sig * 2**(max(f,1) - 150), exactly
-    // a * 2**FRAC = sig * 2**(FRAC - rsh), rsh = 151 - MANT - max(f,1) + e
-    rsh_raw = 10'(24 - MANT) + 10'(e_plus_127) - ((f == 8'd0) ? 10'd1 : 10'(f));
-    rsh     = int'($signed(rsh_raw));
+    // minifloat: the binade of a = |x| * 2**(SHIFT - e) fixes the grid step 2**k
+    k = 0;
+    if (MINI) begin
+      lead = lead_exponent(x) - 127 + SHIFT - (int'(e_plus_127) - 127);  // floor(log2 a)
+      if (lead > ELEM_MAN) k = lead - ELEM_MAN;
+    end
+    // t * 2**FRAC = sig * 2**(FRAC - rsh), rsh = 150 - SHIFT - max(f,1) + e + k
+    rsh = 23 - SHIFT + int'(e_plus_127) - ((f == 8'd0) ? 1 : int'(f)) + k;
     if (rsh <= 0) begin
       // a >= 2**23 >= 2**MANT (only normals get here): saturates
       wide = '0;
@@ -189,7 +228,7 @@ module bfp_quantize #(
       lost = {sig, {FRAC{1'b0}}} & ~({WIDE_W{1'b1}} << rsh);
       sat  = wide[WIDE_W-1:FRAC+MANT] != '0;
     end
-    return {x[31], sat, wide[FRAC+MANT-1:0], lost != '0};
+    return {x[31], sat, KW'(k), wide[FRAC+MANT-1:0], lost != '0};
   endfunction
 
   logic [8:0]              root_c;       // {nonfinite, largest exponent field}
@@ -200,7 +239,7 @@ module bfp_quantize #(
   // the unbiased shared exponent of the largest exponent field, clamped
   function automatic int shared_exponent(input logic [7:0] fmax);
     int e;
-    e = int'(fmax) - 127;
+    e = int'(fmax) - 127 - EMAX_ELEM;
     if (e < EMIN) e = EMIN;
     if (e > EMAX) e = EMAX;
     return e;
@@ -231,17 +270,24 @@ module bfp_quantize #(
                                                       input logic [FRAC-1:0] r,
                                                       input logic stochastic);
     logic            sign, sat, sticky, up;
+    logic [KW-1:0]   k;
     logic [MANT-1:0] ip;
     logic [FRAC-1:0] fp;
     logic [FRAC:0]   fsum;
     logic [MANT:0]   q;
     logic [MANT-1:0] m;
-    {sign, sat, ip, fp, sticky} = el;
+    int              code;
+    {sign, sat, k, ip, fp, sticky} = el;
     fsum = {1'b0, fp} + {1'b0, r};
     if (stochastic) up = fsum[FRAC];                                       // carry out
     else            up = fp[FRAC-1] & ((fp[FRAC-2:0] != '0) | sticky | ip[0]);  // RNE
     q = {1'b0, ip} + (MANT+1)'(up);
-    m = (sat || q[MANT]) ? MANT'(MAXM) : q[MANT-1:0];
+    if (MINI) begin  // a carry into the next binade is the next code; past the top: saturate
+      code = (int'(k) << ELEM_MAN) + int'(q);
+      m = (code > ELEM_MAXC) ? MANT'(ELEM_MAXC) : MANT'(code);
+    end else begin
+      m = (sat || q[MANT]) ? MANT'(MAXM) : q[MANT-1:0];
+    end
     return {sign & (m != '0), m};
   endfunction
 

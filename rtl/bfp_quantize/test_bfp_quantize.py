@@ -1,6 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """cocotb testbench of bfp_quantize.sv against ``npusim.simulator.numerics.quantize_reference``.
 
+Formats: BFP (ms-fp8/9, MSFP12), OCP MXINT8, and OCP MX minifloat elements (MXFP8 E4M3;
+MXFP4 E2M1 behind the slow marker), whose codes are compared with the golden model's
+elements through the spec's code table.
+
 The pytest function at the bottom builds the kernel per format and runs the cocotb tests
 above it in the simulator; every output block is compared bit for bit with the golden
 model, under a free-running stream and under idle/backpressure patterns. Nearest-even
@@ -41,9 +45,11 @@ from npusim.rtl.tb.bench import (  # noqa: E402
 )
 from npusim.rtl.tb.stream import ALWAYS  # noqa: E402
 
-EXTRA_FORMATS = [("mxint8", 32), ("msfp9", 12), ("msfp8", 2)]
-"""Beyond the shared FORMATS: a 32-element block with 7 mantissa bits, a block that is not
-a power of two (a padded comparator tree) and the smallest block (a one-level tree)."""
+EXTRA_FORMATS = [("mxint8", 32), ("msfp9", 12), ("msfp8", 2), ("mxfp8_e4m3", 32),
+                 ("mxfp4_e2m1", 32)]
+"""Beyond the shared FORMATS: a 32-element block with 7 mantissa bits (OCP MXINT8), a
+block that is not a power of two (a padded comparator tree), the smallest block (a
+one-level tree), and OCP MX minifloat elements (MXFP8 E4M3, MXFP4 E2M1)."""
 
 SEEDS = (0, 1, 0xDEADBEEF, 2**32 - 1)
 """Stochastic-rounding seeds; the last two make ``index + seed * 0x9E3779B9`` wrap."""
@@ -111,6 +117,8 @@ def corner_blocks(fmt: Format) -> list[np.ndarray]:
     blocks.append(block(_f32([0x00000001, 0x807FFFFF, 0x00400000, 0x00200000, 0x00600000,
                               0x80100000, 0x00080000, 0x00000000])))
     blocks.append(block(_f32([0x00800000, 0x007FFFFF, 0x80400000, 0x00000003])))
+    if fmt.is_minifloat:
+        blocks += minifloat_blocks(fmt)
     # non-finite blocks
     nan_bits = [0x7FC00000, 0xFFC00001, 0x7F800001, 0x7F800000, 0xFF800000]
     for nb in nan_bits:
@@ -119,6 +127,38 @@ def corner_blocks(fmt: Format) -> list[np.ndarray]:
         blocks.append(values)
     blocks.append(block(_f32([0x7FC00000] * b)))
     blocks.append(block(_f32([0x7F800000, 0, 0x80000000])))
+    return blocks
+
+
+def minifloat_blocks(fmt: Format) -> list[np.ndarray]:
+    """An MX minifloat format's own corners, under scales from 2**-127 up: every magnitude
+    of the element type, the midpoints between neighbours (ties: the next binade's first
+    code, the subnormal/normal boundary) and values just off them, values between the
+    largest normal and the next binade (saturation), and fp32 subnormals that reach a
+    normal binade of the element under the smallest scale."""
+    el = fmt.element
+    b = fmt.block_size
+    mags = np.ldexp(el.units_table.astype(np.float64), el.unit_exponent)
+    mids = (mags[:-1] + mags[1:]) / 2
+    top = 2.0 ** (el.emax + 1)
+    over = el.max_normal + (top - el.max_normal) * np.array([0.25, 0.5, 0.75, 0.999])
+    blocks = []
+    for e in (-127, -126, -5, 0, 3, 127 - el.emax):
+        with np.errstate(over="ignore"):
+            pool = np.concatenate([mags, mids, over]) * 2.0**e
+            near = np.concatenate([np.nextafter(np.float32(mids * 2.0**e), np.float32(0)),
+                                   np.nextafter(np.float32(mids * 2.0**e), np.float32(1e38))])
+        pool = np.concatenate([pool.astype(np.float32), near])
+        pool = pool[np.isfinite(pool)]
+        for start in range(0, pool.size, b - 1):
+            blk = np.zeros(b, np.float32)
+            vals = np.concatenate([[2.0 ** (el.emax + e)], pool[start:start + b - 1]])
+            blk[: vals.size] = vals
+            blk[1::3] *= -1
+            blocks.append(blk)
+    # the smallest scale: fp32 subnormals are normal numbers of the element type there
+    blocks.append(_f32([0x00400000, 0x80200000, 0x00300000, 0x00280000, 0x00000001,
+                        0x007FFFFF, 0x00000000, 0x80000000] * (b // 8)))
     return blocks
 
 
@@ -194,11 +234,14 @@ class QuantizeTB(StreamBench):
         ports, one entry per row: exponent and packed codes."""
         t = quantize_reference(x, self.fmt, rounding, seed)
         mb = self.fmt.mantissa_bits
+        mags = np.abs(t.q.astype(np.int64))
+        if self.fmt.is_minifloat:  # an element's units to its magnitude code
+            mags = self.fmt.element.codes_of_units(mags).astype(np.int64)
         rows = []
         for r in range(x.shape[0]):
             codes = 0
-            for i, q in enumerate(t.q[r].tolist()):
-                codes |= ((int(q < 0) << mb) | abs(q)) << (i * (mb + 1))
+            for i, (q, c) in enumerate(zip(t.q[r].tolist(), mags[r].tolist())):
+                codes |= ((int(q < 0) << mb) | c) << (i * (mb + 1))
             rows.append({"exp": int(t.exponents[r, 0]), "codes": codes})
         return rows
 
@@ -295,8 +338,9 @@ async def quantize_stochastic_idle_backpressure(dut):
 
 @pytest.mark.rtl
 @requires_simulator()
-@pytest.mark.parametrize(("name", "native_dim"), FORMATS + EXTRA_FORMATS,
-                         ids=[f"{n}-{d}" for n, d in FORMATS + EXTRA_FORMATS])
+@pytest.mark.parametrize(("name", "native_dim"), [
+    pytest.param(n, d, id=f"{n}-{d}", marks=[pytest.mark.slow] if n == "mxfp4_e2m1" else [])
+    for n, d in FORMATS + EXTRA_FORMATS])
 def test_bfp_quantize(name: str, native_dim: int) -> None:
     fmt = get_format(name, native_dim)
     stats = run("bfp_quantize", hdl_parameters(fmt), __file__)

@@ -27,14 +27,28 @@ FORMATS = [("msfp12", 128), ("msfp8", 8)]
 """(name, native_dim); msfp8 with a small native dimension keeps the block at 8."""
 
 
+ELEMENT_PARAMETERS = ("ELEM_EXP", "ELEM_MAN", "ELEM_BIAS", "ELEM_MAXC")
+"""The minifloat element's parameters (bfp_quantize only; 0 for BFP and integer elements)."""
+
+
 def hdl_parameters(fmt: Format) -> dict[str, int]:
-    return {"BLOCK": fmt.block_size, "MANT": fmt.mantissa_bits,
-            "EXP_BITS": fmt.exponent_bits, "BIAS": fmt.exponent_bias}
+    """The HDL parameters of ``fmt``; an MX minifloat format adds its element's."""
+    params = {"BLOCK": fmt.block_size, "MANT": fmt.mantissa_bits,
+              "EXP_BITS": fmt.exponent_bits, "BIAS": fmt.exponent_bias}
+    if fmt.is_minifloat:
+        el = fmt.element
+        params.update(ELEM_EXP=el.exponent_bits, ELEM_MAN=el.mantissa_bits, ELEM_BIAS=el.bias,
+                      ELEM_MAXC=el.max_code)
+    return params
 
 
 def format_of(parameters: Mapping[str, int]) -> Format:
-    """The format whose :func:`hdl_parameters` are ``parameters`` (the inverse)."""
-    wanted = {k: int(parameters[k]) for k in ("BLOCK", "MANT", "EXP_BITS", "BIAS")}
+    """The format whose :func:`hdl_parameters` are ``parameters`` (the inverse; element
+    parameters of 0 mean none)."""
+    names = ("BLOCK", "MANT", "EXP_BITS", "BIAS")
+    if int(parameters.get("ELEM_EXP", 0)):
+        names += ELEMENT_PARAMETERS
+    wanted = {k: int(parameters[k]) for k in names}
     for name in FORMAT_NAMES[1:]:
         fmt = get_format(name, native_dim=wanted["BLOCK"])
         if hdl_parameters(fmt) == wanted:
@@ -44,8 +58,10 @@ def format_of(parameters: Mapping[str, int]) -> Format:
 
 def format_from_dut(dut) -> Format:
     """The format the DUT was built for, read from its parameters."""
-    return format_of({name: int(getattr(dut, name).value)
-                      for name in ("BLOCK", "MANT", "EXP_BITS", "BIAS")})
+    names = ("BLOCK", "MANT", "EXP_BITS", "BIAS")
+    if hasattr(dut, "ELEM_EXP"):
+        names += ELEMENT_PARAMETERS
+    return format_of({name: int(getattr(dut, name).value) for name in names})
 
 
 class StreamBench:

@@ -24,7 +24,7 @@ from exporter_graphs import BUILDERS, ExporterGraph, op_key
 from npusim.compiler import Compiled, CompileError, compile_full
 from npusim.compiler.interpret import Numerics, evaluate
 from npusim.runtime import Session
-from npusim.simulator.numerics import FORMAT_NAMES
+from npusim.simulator.numerics import FORMAT_NAMES, get_format
 from npusim.simulator.program import Program
 
 DEVICE = "brainwave-s10"
@@ -97,7 +97,12 @@ def test_fp32_program_matches_onnxruntime(name):
     assert_close_to_onnxruntime(name, outs, reference(name), output_names(g))
 
 
-@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+# the MX minifloat formats share one simulator path: one of them in the fast suite
+_FMTS = [pytest.param(f, marks=[pytest.mark.slow] if get_format(f).is_minifloat
+                      and f != "mxfp8_e4m3" else []) for f in FORMAT_NAMES]
+
+
+@pytest.mark.parametrize("fmt", _FMTS)
 @pytest.mark.parametrize("name", NAMES)
 def test_program_matches_golden_bit_for_bit(name, fmt):
     g = case(name)

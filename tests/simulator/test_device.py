@@ -13,7 +13,7 @@ from npusim.compiler import UnsupportedOpError, compile_full
 from npusim.compiler.interpret import Numerics, evaluate
 from npusim.runtime import Session
 from npusim.simulator.device import InputError
-from npusim.simulator.numerics import FORMAT_NAMES
+from npusim.simulator.numerics import FORMAT_NAMES, get_format, packed_size
 from npusim.simulator.program import Program
 
 
@@ -105,6 +105,27 @@ def test_program_matches_golden_and_onnxruntime(name, fmt):
             np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_mx_programs_carry_their_codes_and_differ_by_format():
+    """Each MX minifloat program packs its weights at its element's bits (the bytes the
+    timing model streams) and computes in its own format."""
+    feeds = {"x": rand(np.random.default_rng(4), 1, 8, 8, 8)}
+    outs, sizes = {}, {}
+    for fmt in [n for n in FORMAT_NAMES if get_format(n).is_minifloat]:
+        prog = compile_full(conv_block(), device="tiny", numerics=fmt).program
+        assert prog.weight_tensors
+        for t in prog.weight_tensors:
+            assert t.dtype == fmt and t.nbytes == packed_size(t.shape, get_format(fmt))
+        sizes[fmt] = sum(t.nbytes for t in prog.weight_tensors)
+        (outs[fmt],) = Session(prog).run(None, feeds)
+    assert sizes["mxfp4_e2m1"] < sizes["mxfp6_e3m2"] == sizes["mxfp6_e2m3"] \
+        < sizes["mxfp8_e4m3"] == sizes["mxfp8_e5m2"]
+    (ref,) = Session(compile_full(conv_block(), device="tiny", numerics="fp32").program).run(
+        None, feeds)
+    assert all(not np.array_equal(o, ref) for o in outs.values())
+    # E5M2 and E3M2 keep the same 3 significant bits: on a small model they may agree
+    assert len({o.tobytes() for o in outs.values()}) >= 4
+
+
 def test_stochastic_rounding_program_matches_golden():
     model = conv_block()
     feeds = {"x": rand(np.random.default_rng(3), 1, 8, 8, 8)}
@@ -116,6 +137,23 @@ def test_stochastic_rounding_program_matches_golden():
     (rne,) = Session(compile_full(model, device="tiny", numerics="msfp12").program).run(
         None, feeds)
     assert not np.array_equal(out, rne)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4_e2m1", "mxint8"])
+def test_nearest_away_program_matches_golden(fmt):
+    """Ties away from zero (microxcaling's default) through the program file's rounding."""
+    model = conv_block()
+    feeds = {"x": np.round(rand(np.random.default_rng(3), 1, 8, 8, 8) * 8) / 8}  # ties
+    compiled = compile_full(model, device="tiny", numerics=fmt, rounding="nearest_away")
+    prog = Program.from_bytes(compiled.program.to_bytes())
+    assert prog.metadata["rounding"] == "nearest_away"
+    (out,) = Session(prog).run(None, feeds)
+    ctx = Numerics(compiled.options.format, compiled.options.rounding, 0)
+    assert np.array_equal(out, evaluate(compiled.graph, feeds, ctx)["y"])
+    if fmt == "mxfp4_e2m1":  # eighths are ties on E2M1's grid, not on INT8's
+        (rne,) = Session(compile_full(model, device="tiny", numerics=fmt).program).run(
+            None, feeds)
+        assert not np.array_equal(out, rne)
 
 
 def test_every_layer_has_cycles_and_the_total_adds_up():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from numerics_cases import DIFF_FORMATS, fid, nasty
+from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
 from npusim.simulator import gemm
 from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
@@ -92,6 +92,22 @@ def test_conv2d_matches_reference(fmt: Format, name: str, extreme: bool, split: 
             assert same_bits(conv2d(x, w, bias, geom, fmt, **kw), ref), (name, kw)
 
 
+@pytest.mark.parametrize("fmt", MX_FORMATS, ids=fid)
+@pytest.mark.parametrize("name", list(CONVS))
+@pytest.mark.parametrize("extreme", [False, True], ids=["scales-normal", "scales-extreme"])
+def test_mx_conv2d_matches_reference(fmt: Format, name: str, extreme: bool) -> None:
+    """The MX minifloat formats' general path (numba quantizer, exact float64 or split
+    block products) against the reference (numpy quantizer, Python-integer products)."""
+    x, w, bias, geom = _conv_case(name, fmt, seed=len(name), extreme=extreme)
+    with np.errstate(all="ignore"):
+        for kw in ({}, {"relu": True, "clip": (-1.0, 0.5)}):
+            ref = conv2d_reference(x, w, bias, geom, fmt, **kw)
+            assert same_bits(conv2d(x, w, bias, geom, fmt, **kw), ref), (name, kw)
+            away = conv2d(x, w, bias, geom, fmt, rounding=Rounding.NEAREST_AWAY, **kw)
+            assert same_bits(away, conv2d_reference(x, w, bias, geom, fmt,
+                                                    rounding=Rounding.NEAREST_AWAY, **kw))
+
+
 @pytest.mark.parametrize("name", list(CONVS))
 def test_conv2d_fp32_matches_reference(name: str, split: str) -> None:
     x, w, bias, geom = _conv_case(name, FP32, seed=3)
@@ -101,7 +117,7 @@ def test_conv2d_fp32_matches_reference(name: str, split: str) -> None:
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
+@pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
 @pytest.mark.parametrize("rows", [1, 3, gemm.GEMV_ROWS + 1, 70])
 def test_products_match_reference(fmt: Format, rows: int) -> None:
     rng = np.random.default_rng(rows + fmt.block_size)

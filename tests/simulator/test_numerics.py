@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from numerics_cases import DIFF_FORMATS, fid, nasty
+from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
 from npusim.simulator.numerics import (
     FORMAT_NAMES,
@@ -33,7 +33,8 @@ from npusim.simulator.numerics import (
     unpack,
 )
 
-BFP_NAMES = tuple(n for n in FORMAT_NAMES if n != "fp32")
+BFP_NAMES = tuple(n for n in FORMAT_NAMES
+                  if n != "fp32" and not get_format(n).is_minifloat)
 QUANTIZERS = {"fast": quantize, "reference": quantize_reference}
 M32 = 0xFFFFFFFF
 
@@ -77,9 +78,11 @@ EXPECTED_FORMATS = {
 }
 
 
-def test_format_names_are_fp32_and_the_bfp_formats() -> None:
+def test_format_names_are_fp32_the_bfp_and_the_mx_formats() -> None:
     assert FORMAT_NAMES[0] == "fp32"
-    assert set(FORMAT_NAMES) == {"fp32", *EXPECTED_FORMATS}
+    assert set(FORMAT_NAMES) == {"fp32", *EXPECTED_FORMATS, "mxfp8_e4m3", "mxfp8_e5m2",
+                                 "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1"}
+    assert set(BFP_NAMES) == set(EXPECTED_FORMATS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FORMATS))
@@ -330,7 +333,7 @@ def test_zero_and_negative_zero(fmt: Format, kind: str) -> None:
     assert pack(t) == bytes(len(pack(t)))
 
 
-@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
+@pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
 @pytest.mark.parametrize("rounding", list(Rounding))
 @pytest.mark.parametrize("kind", QUANTIZERS)
 def test_nonfinite_blocks(fmt: Format, rounding: Rounding, kind: str) -> None:
@@ -455,7 +458,7 @@ def test_stochastic_is_unbiased() -> None:
 # --- differential: numba kernels against the numpy references -----------------------
 
 
-@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
+@pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
 @pytest.mark.parametrize("rounding", list(Rounding))
 @pytest.mark.parametrize("shape", [(5, 37), (3, 4, 129), (64, 300), (300,)])
 def test_quantize_matches_reference(fmt: Format, rounding: Rounding,
@@ -466,7 +469,7 @@ def test_quantize_matches_reference(fmt: Format, rounding: Rounding,
     fast = quantize(x, fmt, rounding, seed=5)
     ref = quantize_reference(x, fmt, rounding, seed=5)
     assert fast.shape == ref.shape == shape
-    assert fast.q.dtype == ref.q.dtype == np.int8
+    assert fast.q.dtype == ref.q.dtype == fmt.q_dtype
     assert fast.exponents.dtype == ref.exponents.dtype == np.uint8
     assert np.array_equal(fast.q, ref.q)
     assert np.array_equal(fast.exponents, ref.exponents)

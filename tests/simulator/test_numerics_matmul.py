@@ -9,9 +9,11 @@ with Python integers and ``fractions``, never by calling the code under test.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
-from numerics_cases import DIFF_FORMATS, fid, nasty
+from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
 from npusim.simulator.numerics import (
     FORMAT_NAMES,
@@ -30,7 +32,8 @@ from npusim.simulator.numerics import (
     quantize_reference,
 )
 
-BFP_NAMES = tuple(n for n in FORMAT_NAMES if n != "fp32")
+BFP_NAMES = tuple(n for n in FORMAT_NAMES
+                  if n != "fp32" and not get_format(n).is_minifloat)
 QUANTIZERS = {"fast": quantize, "reference": quantize_reference}
 M32 = 0xFFFFFFFF
 
@@ -47,7 +50,7 @@ def _matmul_operands(fmt: Format, n: int, o: int, k: int, seed: int
     return quantize(a, fmt), quantize(w, fmt)
 
 
-@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
+@pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
 @pytest.mark.parametrize("nok", [(5, 7, 37), (17, 33, 300)])
 def test_bfp_matmul_kernels_agree(fmt: Format, nok: tuple[int, int, int]) -> None:
     qa, qw = _matmul_operands(fmt, *nok, seed=sum(nok) + fmt.block_size)
@@ -161,6 +164,73 @@ def test_bfp_matmul_equals_python_loop(fmt: Format) -> None:
     sw = np.ldexp(1.0, qw.exponents.astype(int) - fmt.exponent_bias - fmt.mantissa_bits + 1)
     d = (parts * sa.T[:, :, None] * sw.T[:, None, :]).astype(np.float32).astype(np.float64)
     assert np.any(d.sum(axis=0).astype(np.float32) != y)
+
+
+def _f32_nearest_even(v: Fraction) -> np.float32:
+    """The fp32 number nearest to ``v``, ties to an even last bit (beyond the largest
+    finite number by half an ulp or more: infinity), found by comparing neighbours."""
+    guess = np.float32(float(v)) if abs(v) < 2**129 else np.float32(np.sign(v) * np.inf)
+    best = None
+    for cand in (np.nextafter(guess, np.float32(-np.inf)), guess,
+                 np.nextafter(guess, np.float32(np.inf))):
+        if not np.isfinite(cand):
+            continue
+        d = abs(Fraction(float(cand)) - v)
+        even = int(np.array(cand, np.float32).view(np.int32)) % 2 == 0
+        if best is None or d < best[0] or (d == best[0] and even):
+            best = (d, cand)
+    top = Fraction(float(np.finfo(np.float32).max))
+    if abs(v) >= top + Fraction(2) ** 103:  # half an ulp past the largest: overflow
+        return np.float32(np.inf) if v > 0 else np.float32(-np.inf)
+    return np.float32(best[1])
+
+
+@pytest.mark.parametrize("fmt", MX_FORMATS, ids=fid)
+def test_mx_block_product_is_exact_then_rounded_once(fmt: Format) -> None:
+    """The definition with Python integers and fractions: ``p`` exact (E5M2's needs up to
+    72 bits), ``d = fp32(p * 2**(ea + ew - 2 * shift))`` rounded once, ``acc`` in fp32."""
+    rng = np.random.default_rng(31)
+    el = fmt.element
+    k = 4 * 32
+
+    def spread(rows: int) -> np.ndarray:  # each block spans the element type's whole range
+        e = rng.integers(el.unit_exponent, el.emax + 1, (rows, k))
+        x = rng.choice([-1.0, 1.0], (rows, k)) * rng.uniform(1, 2, (rows, k)) * 2.0**e
+        x[:, ::32] = 2.0**el.emax
+        return (x * 2.0 ** rng.integers(-60, 60, (rows, 1))).astype(np.float32)
+
+    qa, qw = quantize(spread(3), fmt), quantize(spread(4), fmt)
+    got = bfp_matmul(qa, qw)
+    for acc in (accumulate_blocks_reference, accumulate_blocks):
+        assert np.array_equal(bfp_matmul(qa, qw, accumulate=acc), got)
+    shift = fmt.scale_shift
+    for n in range(3):
+        for o in range(4):
+            acc = np.float32(0.0)
+            for j in range(4):
+                sl = slice(j * 32, (j + 1) * 32)
+                p = sum(int(x) * int(y) for x, y in zip(qa.q[n, sl], qw.q[o, sl]))
+                e = int(qa.exponents[n, j]) + int(qw.exponents[o, j]) - 254 - 2 * shift
+                acc = np.float32(acc + _f32_nearest_even(Fraction(p) * Fraction(2) ** e))
+            assert got[n, o] == acc, (n, o)
+
+
+def test_e5m2_block_product_needs_every_bit() -> None:
+    """``p = 2**62 + 2**38 + 1``: under the scales 2**-32 it is a hair above the midpoint
+    between two fp32 neighbours, 2**30 and 2**30 + 2**7. float64 drops the last 1 and
+    would round the tie to even (down); the exact product rounds up."""
+    fmt = get_format("mxfp8_e5m2")
+    q = np.zeros((2, 32), np.int64)
+    q[0, :3] = [2**31, 2**19, 1]
+    q[1, :3] = [-(2**31), -(2**19), -1]
+    ones = np.zeros((1, 32), np.int64)
+    ones[0, :3] = [2**31, 2**19, 1]
+    a = BfpTensor(fmt, q, np.full((2, 1), 127, np.uint8), 32)
+    w = BfpTensor(fmt, ones, np.full((1, 1), 127, np.uint8), 32)
+    want = [[2.0**30 + 2**7], [-(2.0**30 + 2**7)]]
+    assert float(np.float32(np.float64(2**62 + 2**38 + 1) * 2.0**-32)) == 2.0**30
+    for acc in (None, accumulate_blocks_reference, accumulate_blocks):
+        assert bfp_matmul(a, w, accumulate=acc).tolist() == want
 
 
 # --- matmul --------------------------------------------------------------------------------
