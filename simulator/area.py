@@ -20,6 +20,11 @@ Per multiply-add lane of a block format with ``m`` magnitude bits per element, b
 - its share of the block's accumulation: one exponent add (``E`` cells) and one fp32 add
   (:data:`FP32_ADD_CELLS`) per block, ``(E + FP32_ADD_CELLS) / B`` cells.
 
+An MX minifloat element (OCP MX: ``x`` exponent and ``y`` mantissa bits, a hidden bit)
+multiplies its significands (``(y + 1)**2`` cells), adds its exponents (``x + 1``) and
+shifts its ``2y + 2``-bit product into place over ``x + 1`` stages before the block's
+fixed-point adder tree, whose width ``2y + 2 + 2**(x + 1)`` spans every product exponent:
+``(y + 1)**2 + x + 1 + (2y + 2)(x + 1) + W + log2(B) / 2`` cells, plus the block share.
 An fp32 lane is an fp32 multiplier (:data:`FP32_MUL_CELLS`) and adder. Each input lane of
 the unit also has a converter (quantizer) from fp32: a max-exponent tree of ``E``-bit
 comparisons and an ``m + 2``-bit shifter of ``min(E, 5)`` stages (the shifts beyond 31
@@ -53,7 +58,12 @@ def mac_cells(fmt: Format) -> float:
     if fmt.is_fp32:
         return float(FP32_MUL_CELLS + FP32_ADD_CELLS)
     m, b, e = fmt.mantissa_bits, fmt.block_size, fmt.exponent_bits
-    return m * m + 2 * m + math.log2(b) / 2 + (e + FP32_ADD_CELLS) / b
+    block = (e + FP32_ADD_CELLS) / b
+    if fmt.is_minifloat:
+        x, y = fmt.element.exponent_bits, fmt.element.mantissa_bits
+        width = 2 * y + 2 + 2 ** (x + 1)
+        return (y + 1) ** 2 + x + 1 + (2 * y + 2) * (x + 1) + width + math.log2(b) / 2 + block
+    return m * m + 2 * m + math.log2(b) / 2 + block
 
 
 def converter_cells(fmt: Format) -> float:

@@ -47,7 +47,9 @@ def add_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...]) -> N
                    "differ from fp32's (default), or the outputs' relative L2 error")
     c.add_argument("--formats", metavar="F1,F2,...", help="with auto: the candidates "
                    "(default msfp8,msfp9,msfp12,mxint8,msfp16; the widest is the program's)")
-    c.add_argument("--rounding", choices=["nearest_even", "stochastic"], default="nearest_even")
+    c.add_argument("--rounding", choices=["nearest_even", "nearest_away", "stochastic"],
+                   default="nearest_even", help="how values round to the format (nearest_away: "
+                   "ties away from zero, as microsoft/microxcaling does)")
     c.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
     c.add_argument("--strict", action="store_true",
                    help="refuse (by name) any op the device cannot run instead of using the host")

@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.tf,
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 FLOORS = {"fp32": 0.97, "msfp16": 0.965, "mxint8": 0.965, "msfp12": 0.955,
-          "msfp9": 0.955, "msfp8": 0.90}
+          "msfp9": 0.955, "msfp8": 0.90, "mxfp8_e4m3": 0.965, "mxfp8_e5m2": 0.965,
+          "mxfp6_e3m2": 0.965, "mxfp6_e2m3": 0.965, "mxfp4_e2m1": 0.95}
 """Top-1 accuracy each format keeps on the 360 test digits (fp32 scores 97.8%)."""
 
 

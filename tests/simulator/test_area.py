@@ -35,3 +35,12 @@ def test_the_device_figure_is_lanes_and_converters(preset):
             + cfg.input_lanes * area.converter_cells(f)) / 2
     assert cfg.matrix_alms == pytest.approx(want)
     assert cfg.replace(array_cols=cfg.array_cols * 2).matrix_alms > cfg.matrix_alms
+
+
+def test_a_minifloat_lane_aligns_its_products_before_the_tree():
+    f = get_format("mxfp8_e4m3")  # x = 4, y = 3, B = 32, E = 8
+    width = 2 * 3 + 2 + 2 ** 5
+    assert area.mac_cells(f) == (16 + 5 + 8 * 5 + width + math.log2(32) / 2 + 308 / 32)
+    # the same storage, more logic than an integer element: the alignment
+    assert area.mac_cells(f) > area.mac_cells(get_format("mxint8"))
+    assert area.mac_cells(get_format("mxfp4_e2m1")) < area.mac_cells(get_format("mxfp6_e3m2"))
