@@ -329,7 +329,8 @@ def test_metrics_count_what_happened(pkg):
     assert requests_total(m, "Predict", "INVALID_ARGUMENT") == 2
     assert requests_total(m, "Predict", "UNAUTHENTICATED") == 1
     assert requests_total(m, "GetModelMetadata", "OK") == 1
-    assert m[("npusim_request_latency_seconds_count", (("method", "Predict"),))] == 6
+    assert m[("npusim_request_latency_seconds_count",
+              (("entrypoint", "GRPC"), ("method", "Predict")))] == 6
     assert m[("npusim_requests_in_flight", ())] == 0
     assert m[("npusim_device_runs_total", ())] == 3 + 1  # and the warm-up run
     session = Session(pkg.model.stages[1].program)
