@@ -161,9 +161,9 @@ class RestServer:
     on a ``ThreadingHTTPServer`` (the standard library's: no dependency, and its thread per
     connection is what a call that waits for a worker needs, as gRPC's thread per call)."""
 
-    def __init__(self, config, model, servicer: PredictionServicer, gate: Gate,
+    def __init__(self, config, servicer: PredictionServicer, gate: Gate,
                  metrics: Metrics) -> None:
-        self.config, self.model, self.servicer = config, model, servicer
+        self.config, self.servicer = config, servicer
         self.gate, self.metrics = gate, metrics
         self.keys = tuple(k.encode() for k in config.api_keys)
         self.state = "LOADING"
@@ -172,7 +172,6 @@ class RestServer:
         self.cancelled = threading.Event()
         self._tls: ssl.SSLContext | None = None
         self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._parse = threading.Lock()
         self._lock = threading.Condition()
         self._open = 0  # connections accepted and not yet closed
@@ -198,15 +197,14 @@ class RestServer:
             raise ServingConfigError(f"cannot serve the REST API on {cfg.host}:{cfg.rest_port}: "
                                      f"{exc.strerror or exc}") from None
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
-                                        name="npusim-rest-accept", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                         name="npusim-rest-accept", daemon=True).start()
         return self.port
 
     def close(self) -> None:
         """Take no new connection; idle kept-alive connections end now, busy ones after
         their answer (``Connection: close``)."""
-        if self._httpd is None:
+        if self._httpd is None or self._closed:
             return
         self._httpd.shutdown()
         self._httpd.server_close()

@@ -183,8 +183,7 @@ class PredictionServer:
                         f"{exc.strerror or exc}") from None
                 self.metrics_port = self._httpd.server_address[1]
             if cfg.rest_port is not None:
-                self._rest = RestServer(cfg, self.model, self._servicer, self._gate,
-                                        self.metrics)
+                self._rest = RestServer(cfg, self._servicer, self._gate, self.metrics)
                 self.rest_port = self._rest.start()
             self._warm_up()
         except BaseException:

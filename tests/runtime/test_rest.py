@@ -600,3 +600,61 @@ def test_the_readme_curl_example_runs_as_written(rest, pkg, tmp_path):
     with client_for(rest, pkg) as client:
         expected = client.score_image(pkg.images[1])
     assert np.array_equal(_bits(predict["predictions"]), _bits(expected))
+
+
+# --- life cycle and configuration ---
+def test_status_is_loading_until_the_warm_up_has_run(pkg):
+    from serving_helpers import make_server
+
+    release = threading.Event()
+    model = HookedModel(pkg.model, lambda feeds: release.wait(30) if model.runs == 1 else None)
+    srv = make_server(pkg, tls=False, metrics_port=None, rest_port=0, model=model)
+    starter = threading.Thread(target=srv.start)
+    try:
+        starter.start()
+        _until(lambda: model.runs == 1 and srv.rest_port)
+        state = call(srv, pkg, "GET", "/v1/models/tiny", key=None).json
+        assert state["model_version_status"][0]["state"] == "LOADING"
+        release.set()
+        starter.join(30)
+        state = call(srv, pkg, "GET", "/v1/models/tiny", key=None).json
+        assert state["model_version_status"][0]["state"] == "AVAILABLE"
+    finally:
+        release.set()
+        starter.join(30)
+        srv.stop(1.0)
+
+
+def test_rest_port_configuration_errors(pkg):
+    from npusim.runtime.serving.server import ServerConfig, ServingConfigError
+
+    for kw, words in ((dict(port=8500, rest_port=8500), "REST port must differ"),
+                      (dict(metrics_port=9100, rest_port=9100), "REST port must differ"),
+                      (dict(rest_port=70000), "REST port 70000")):
+        with pytest.raises(ServingConfigError, match=words):
+            ServerConfig(pkg.path, **kw).validate()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ServingConfigError, match="cannot serve the REST API on 127.0.0.1"):
+            start_server(pkg, tls=False, metrics_port=None, rest_port=taken.getsockname()[1])
+
+
+def test_connections_past_the_cap_are_closed_at_once(pkg):
+    srv = start_server(pkg, rest_port=0, metrics_port=None, max_queued=1)
+    cap = srv._rest.max_connections
+    idle = []
+    try:
+        for _ in range(cap):  # connected, silent: each holds a thread until its timeout
+            idle.append(socket.create_connection(("127.0.0.1", srv.rest_port), timeout=10))
+        _until(lambda: srv._rest._open == cap)
+        with socket.create_connection(("127.0.0.1", srv.rest_port), timeout=10) as extra:
+            assert extra.recv(1) == b""  # closed by the server, not left waiting
+        for sock in idle:
+            sock.close()
+        _until(lambda: srv._rest._open == 0)
+        assert call(srv, pkg, "GET", "/v1/models/tiny", key=None).status == 200
+    finally:
+        for sock in idle:
+            sock.close()
+        srv.stop(1.0)
