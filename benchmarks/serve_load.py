@@ -123,7 +123,8 @@ def main() -> None:
         server.wait(60)
 
     n = len(latencies)
-    ok = after["npusim_requests_total[OK][Predict]"] - before["npusim_requests_total[OK][Predict]"]
+    ok_key = "npusim_requests_total[OK][GRPC][Predict]"  # labels code, entrypoint, method
+    ok = after[ok_key] - before.get(ok_key, 0.0)
     sim = (after["npusim_device_simulated_seconds_total"]
            - before["npusim_device_simulated_seconds_total"])
     lat = np.array(latencies) * 1e3

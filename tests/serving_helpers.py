@@ -130,8 +130,10 @@ def scrape(server) -> dict[tuple[str, tuple], float]:
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
-def requests_total(metrics: dict, method: str, code: str) -> float:
-    return metrics.get(("npusim_requests_total", (("code", code), ("method", method))), 0.0)
+def requests_total(metrics: dict, method: str, code: str, entrypoint: str = "GRPC") -> float:
+    """Calls of ``method`` that ended with ``code`` through ``entrypoint`` (GRPC or REST)."""
+    labels = (("code", code), ("entrypoint", entrypoint), ("method", method))
+    return metrics.get(("npusim_requests_total", labels), 0.0)
 
 
 class HookedModel:

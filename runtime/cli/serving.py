@@ -32,11 +32,15 @@ def add_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...]) -> N
                     "(private, mode 0600) and npusim-sign.pub.pem (default: here)")
     kg.set_defaults(fn=cmd_keygen)
 
-    sv = sub.add_parser("serve", help="serve a pipeline package over the TF Serving gRPC API")
+    sv = sub.add_parser("serve", help="serve a pipeline package over the TF Serving gRPC "
+                        "(and REST) API")
     sv.add_argument("package", help="pipeline package (.zip)")
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     sv.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0: any)")
+    sv.add_argument("--rest-port", type=int, metavar="P",
+                    help="also serve TF Serving's REST API on this port (TF Serving's is 8501; "
+                    "default: off; 0: any), with the same TLS, keys and limits")
     sv.add_argument("--devices", type=int, default=1, help="simulated devices (default 1)")
     sv.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain (enables TLS)")
     sv.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
@@ -123,6 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           tls_cert=args.tls_cert, tls_key=args.tls_key, api_keys=keys,
                           max_request_bytes=int(args.max_request_mb * 2**20),
                           max_batch=args.max_batch, metrics_port=args.metrics_port,
+                          rest_port=args.rest_port,
                           max_image_pixels=args.max_image_pixels, max_queued=args.max_queued,
                           workers=args.workers, grace=args.grace,
                           trust_keys=tuple(args.trust_key or ()))
@@ -133,6 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(server) -> None:
         metrics = (f", metrics on {args.host}:{server.metrics_port}"
                    if server.metrics_port is not None else "")
+        if server.rest_port is not None:
+            metrics = f", REST on {args.host}:{server.rest_port}" + metrics
         print(f"serving {server.model.name} version {server.model.version} on "
               f"{server.address} (TLS {'on' if config.tls else 'off'}, {len(keys)} API key(s), "
               f"{config.devices} device(s){metrics})", flush=True)

@@ -51,6 +51,9 @@ class ServerConfig:
     at once, so that a burst costs bounded memory and clients learn to back off)."""
     metrics_port: int | None = None
     """Prometheus HTTP port on ``host`` (None: no metrics endpoint; 0: a free one)."""
+    rest_port: int | None = None
+    """TF Serving's REST API (HTTP/1.1, HTTPS with the same certificate and keys as gRPC)
+    on ``host`` (None: off; 0: a free one, see ``PredictionServer.rest_port``)."""
     workers: int = 8
     """Predict calls running the pipeline at once (they queue for the devices of the pool);
     the other held calls wait for a turn."""
@@ -102,8 +105,13 @@ class ServerConfig:
             raise ServingConfigError(f"port {self.port} is not in 0..65535")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ServingConfigError(f"metrics port {self.metrics_port} is not in 0..65535")
+        if self.rest_port is not None and not 0 <= self.rest_port <= 65535:
+            raise ServingConfigError(f"REST port {self.rest_port} is not in 0..65535")
         if self.metrics_port is not None and self.metrics_port and self.metrics_port == self.port:
             raise ServingConfigError("the metrics port must differ from the gRPC port")
+        if self.rest_port and self.rest_port in (self.port, self.metrics_port):
+            raise ServingConfigError("the REST port must differ from the gRPC and metrics "
+                                     "ports")
         for name in ("devices", "max_request_bytes", "max_batch", "workers", "max_queued",
                      "max_image_pixels"):
             if getattr(self, name) < 1:

@@ -3,7 +3,10 @@
 Prometheus metrics, status codes and the crash guard (see :mod:`npusim.runtime.serving.server`).
 
 The gate also notes when the last call arrived, which is how a stopping server
-knows that gRPC has handed it every call its transport had already received.
+knows that gRPC has handed it every call its transport had already received. The REST
+API (:mod:`npusim.runtime.serving.rest`) checks its keys with :func:`bearer_matches`,
+counts its calls in the same :class:`Metrics` (``entrypoint="REST"``) and notes its
+arrivals here too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from npusim.runtime.serving.service import RequestError
 
-__all__ = ["Gate", "Metrics"]
+__all__ = ["Gate", "Metrics", "bearer_matches"]
 
 log = logging.getLogger("npusim.serving")
 
@@ -32,18 +35,35 @@ class Metrics:
 
     def __init__(self, pool, devices: int) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("npusim_requests", "gRPC calls by method and status code",
-                                ["method", "code"], registry=self.registry)
-        self.latency = Histogram("npusim_request_latency_seconds", "gRPC call latency",
-                                 ["method"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        # entrypoint GRPC or REST, as TF Serving labels its own request metrics
+        self.requests = Counter("npusim_requests", "calls by entrypoint (GRPC or REST), "
+                                "method and status code", ["entrypoint", "method", "code"],
+                                registry=self.registry)
+        self.latency = Histogram("npusim_request_latency_seconds", "call latency",
+                                 ["entrypoint", "method"], buckets=_LATENCY_BUCKETS,
+                                 registry=self.registry)
         self.in_flight = Gauge("npusim_requests_in_flight",
-                               "gRPC calls being handled (running or waiting for a worker)",
+                               "calls being handled (running or waiting for a worker)",
                                registry=self.registry)
         self.registry.register(_PoolCollector(pool, devices))
 
-    def record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.requests.labels(method, code.name).inc()
-        self.latency.labels(method).observe(seconds)
+    def record(self, method: str, code: grpc.StatusCode, seconds: float,
+               entrypoint: str = "GRPC") -> None:
+        self.requests.labels(entrypoint, method, code.name).inc()
+        self.latency.labels(entrypoint, method).observe(seconds)
+
+
+def bearer_matches(keys: tuple[bytes, ...], header: str | bytes) -> bool:
+    """An ``authorization`` value ``Bearer <key>`` names one of ``keys``; compared in
+    constant time against every key, so that the time says nothing of which or how close."""
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    scheme, _, token = header.strip().partition(" ")
+    presented = token.strip().encode("utf-8", "replace") if scheme.lower() == "bearer" else b""
+    ok = False
+    for key in keys:  # every key, no early exit
+        ok |= hmac.compare_digest(key, presented)
+    return ok and bool(presented)
 
 
 class _PoolCollector:
@@ -86,25 +106,22 @@ class Gate(grpc.ServerInterceptor):
         self._last_arrival = time.monotonic()
 
     def quiet_for(self) -> float:
-        """Seconds since gRPC last handed the server a call."""
+        """Seconds since gRPC (or the REST server) last handed the server a call."""
         with self._lock:
             return time.monotonic() - self._last_arrival
 
+    def arrived(self) -> None:
+        """Note that a call has just been handed over."""
+        with self._lock:
+            self._last_arrival = time.monotonic()
+
     def authorized(self, metadata) -> bool:
         value = next((v for k, v in metadata if k == "authorization"), "")
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        scheme, _, token = value.strip().partition(" ")
-        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
-        ok = False
-        for key in self.keys:  # every key, no early exit: the time says nothing of which
-            ok |= hmac.compare_digest(key, presented)
-        return ok and bool(presented)
+        return bearer_matches(self.keys, value)
 
     def intercept_service(self, continuation, details):
         # runs on gRPC's polling thread as the call leaves the transport's queue
-        with self._lock:
-            self._last_arrival = time.monotonic()
+        self.arrived()
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler  # unknown method (UNIMPLEMENTED) or the health Watch stream

@@ -6,7 +6,9 @@ Serving client (the Azure accelerated-models SDK, ``npusim.runtime.serving.clien
 with the TF Serving protos) can call it: ``Predict`` takes ``inputs['images']``,
 a DT_STRING tensor of raw JPEG/PNG bytes, and answers every final output of the
 pipeline by name (``outputs['output_alias']`` for a featurizer pipeline);
-``GetModelMetadata`` answers the ``signature_def`` as TF Serving does.
+``GetModelMetadata`` answers the ``signature_def`` as TF Serving does. With
+``rest_port`` it serves TF Serving's REST API as well (:mod:`npusim.runtime.serving.rest`),
+through the same checks, queue, keys and metrics.
 
 Security: with a TLS certificate and key the server listens with TLS, and then
 every call except the gRPC health service needs ``authorization: Bearer <key>``
@@ -31,10 +33,12 @@ Metrics (Prometheus text format, plain HTTP, no key: bind it where only the
 scraper can reach it) are served on ``metrics_port`` from a registry of this
 server only:
 
-- ``npusim_requests_total{method,code}``: calls by gRPC method and status code
-  (calls that gRPC refuses before they reach the server, such as a message over
-  ``max_request_bytes`` or a failed TLS handshake, are not counted);
-- ``npusim_request_latency_seconds{method}``: latency histogram;
+- ``npusim_requests_total{entrypoint,method,code}``: calls by API (``GRPC`` or ``REST``),
+  method (the gRPC name; the REST model status is ``GetModelStatus``) and status code
+  (the gRPC code a REST answer maps from); calls refused before they reach the
+  server, such as a gRPC message over ``max_request_bytes``, a failed TLS handshake or
+  a request to a REST path that does not exist, are not counted;
+- ``npusim_request_latency_seconds{entrypoint,method}``: latency histogram;
 - ``npusim_requests_in_flight``;
 - ``npusim_device_utilization``: busy seconds over wall seconds since the start,
   per device (the mean over the pool);
@@ -68,6 +72,7 @@ from prometheus_client import start_http_server
 
 from npusim.runtime.serving.config import ServerConfig, ServingConfigError
 from npusim.runtime.serving.gate import Gate, Metrics
+from npusim.runtime.serving.rest import RestServer
 from npusim.runtime.serving.service import (
     SIGNATURE_NAME,
     PredictionServicer,
@@ -103,11 +108,13 @@ class PredictionServer:
         self.metrics: Metrics | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.rest_port: int | None = None
         self._server: grpc.Server | None = None
         self._health: health.HealthServicer | None = None
         self._gate: Gate | None = None
         self._servicer: PredictionServicer | None = None
         self._httpd = None
+        self._rest: RestServer | None = None
 
     @property
     def address(self) -> str:
@@ -175,11 +182,16 @@ class PredictionServer:
                         f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: "
                         f"{exc.strerror or exc}") from None
                 self.metrics_port = self._httpd.server_address[1]
+            if cfg.rest_port is not None:
+                self._rest = RestServer(cfg, self._servicer, self._gate, self.metrics)
+                self.rest_port = self._rest.start()
             self._warm_up()
         except BaseException:
             self.stop(None)
             raise
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self._rest is not None:
+            self._rest.state = "AVAILABLE"
         log.debug("serving %s version %s on %s", self.model.name, self.model.version,
                   self.address)
         return self
@@ -212,7 +224,8 @@ class PredictionServer:
         until none has arrived for a quarter of a second (at most two seconds, or half the
         grace, under a steady stream of calls); then it closes the port and the calls it
         holds, running or waiting for a worker, get the rest of the grace before gRPC
-        cancels them.
+        cancels them. The REST port takes in its connections alike, then closes;
+        its requests get the same grace.
         ``grace`` None or 0 cancels everything now; ``abort`` set (a second signal) cuts
         the grace short.
         """
@@ -221,6 +234,9 @@ class PredictionServer:
             return
         t0 = time.monotonic()
         self._health.enter_graceful_shutdown()
+        rest = self._rest
+        if rest is not None:
+            rest.state = "UNLOADING"
         remaining = None
         if grace:
             # no new run starts meanwhile: runs holding the GIL would starve gRPC's polling
@@ -233,6 +249,8 @@ class PredictionServer:
             self._servicer.pause(False)
             log.debug("took in calls for %.2f s before closing", time.monotonic() - t0)
             remaining = max(t0 + grace - time.monotonic(), 0.0)
+        if rest is not None:
+            rest.close()
         done = server.stop(remaining)
         patience = time.monotonic() + (remaining or 0.0) + 1.0
         while not done.wait(0.05):
@@ -242,11 +260,15 @@ class PredictionServer:
             if time.monotonic() > patience:  # handlers still busy after their calls ended
                 log.warning("stopped waiting for calls still running after the grace period")
                 break
+        if rest is not None:
+            rest.finish(t0 + grace if grace else None, abort)
+            self._rest = None
         self._server = None
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        self._rest: RestServer | None = None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops (True) or ``timeout`` passes (False)."""

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -125,18 +126,25 @@ class RequestDecoder:
         if spec.version_label:
             raise _invalid(f"version labels are not supported (got {_show(spec.version_label)})")
 
+    def check_signature(self, name: str) -> None:
+        """``name`` is this model's signature (or empty: the default one)."""
+        if name not in ("", SIGNATURE_NAME):
+            raise _invalid(f"unknown signature {_show(name)}; this model has '{SIGNATURE_NAME}'")
+
+    def unknown_input(self, name: str) -> RequestError:
+        """The refusal of an input this model does not take."""
+        takes = ", ".join(f"'{n}'" for n in self.inputs)
+        return _invalid(f"unknown input {_show(name)}; the model takes {takes}")
+
     def predict(self, request) -> tuple[dict[str, np.ndarray], list[str]]:
         """The feeds and the wanted output names of a ``PredictRequest``."""
         self.check_spec(request.model_spec)
-        if request.model_spec.signature_name not in ("", SIGNATURE_NAME):
-            raise _invalid(f"unknown signature {_show(request.model_spec.signature_name)}; this "
-                           f"model has '{SIGNATURE_NAME}'")
+        self.check_signature(request.model_spec.signature_name)
         if not request.inputs:
             raise _invalid("the request has no inputs")
-        takes = ", ".join(f"'{n}'" for n in self.inputs)
         for name in request.inputs:
             if name not in self.inputs:
-                raise _invalid(f"unknown input {_show(name)}; the model takes {takes}")
+                raise self.unknown_input(name)
         for name, spec in self.inputs.items():
             if name not in request.inputs:
                 raise _invalid(f"missing input '{name}' ({spec.dtype}, {spec.shape_text()})")
@@ -232,7 +240,9 @@ class PredictionServicer:
 
     At most ``config.max_queued`` Predict calls are held at once (running or waiting
     for one of ``config.workers`` turns); one more is refused with RESOURCE_EXHAUSTED
-    at once rather than queued without bound.
+    at once rather than queued without bound. The REST API's predict calls
+    (:mod:`npusim.runtime.serving.rest`) are held and run through the same
+    :meth:`admitted` and :meth:`run`, so both APIs share one queue and one set of workers.
     """
 
     def __init__(self, model, pool, config: ServerConfig) -> None:
@@ -267,28 +277,40 @@ class PredictionServicer:
             self._free += 1
             self._turns.notify()
 
-    # --- the PredictionService methods ---
-    def Predict(self, request, context):
+    @contextlib.contextmanager
+    def admitted(self):
+        """Hold one of the ``max_queued`` places for a Predict call, or refuse it at once."""
         if not self._admitted.acquire(blocking=False):
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"the server already holds {self.config.max_queued} Predict "
                                "calls (its max_queued); try again later")
         try:
-            feeds, wanted = self.decoder.predict(request)
-            self._take_turn(context)
-            try:
-                outputs = self.model.run(feeds, pool=self.pool)
-            except self._input_error as exc:
-                raise _invalid(one_line(exc)) from None
-            finally:
-                self._end_turn()
+            yield
         finally:
             self._admitted.release()
+
+    def run(self, request, context) -> dict[str, np.ndarray]:
+        """The wanted outputs of an admitted ``PredictRequest``, by name, in order: the
+        request checked and decoded, then run on the pipeline in a worker's turn."""
+        feeds, wanted = self.decoder.predict(request)
+        self._take_turn(context)
+        try:
+            outputs = self.model.run(feeds, pool=self.pool)
+        except self._input_error as exc:
+            raise _invalid(one_line(exc)) from None
+        finally:
+            self._end_turn()
+        return {name: outputs[name] for name in wanted}
+
+    # --- the PredictionService methods ---
+    def Predict(self, request, context):
+        with self.admitted():
+            outputs = self.run(request, context)
         a = tf_apis()
         response = a.predict_pb2.PredictResponse()
         self._fill_spec(response.model_spec)
-        for name in wanted:
-            response.outputs[name].CopyFrom(a.tf.make_tensor_proto(outputs[name]))
+        for name, value in outputs.items():
+            response.outputs[name].CopyFrom(a.tf.make_tensor_proto(value))
         return response
 
     def GetModelMetadata(self, request, context):

@@ -329,7 +329,8 @@ def test_metrics_count_what_happened(pkg):
     assert requests_total(m, "Predict", "INVALID_ARGUMENT") == 2
     assert requests_total(m, "Predict", "UNAUTHENTICATED") == 1
     assert requests_total(m, "GetModelMetadata", "OK") == 1
-    assert m[("npusim_request_latency_seconds_count", (("method", "Predict"),))] == 6
+    assert m[("npusim_request_latency_seconds_count",
+              (("entrypoint", "GRPC"), ("method", "Predict")))] == 6
     assert m[("npusim_requests_in_flight", ())] == 0
     assert m[("npusim_device_runs_total", ())] == 3 + 1  # and the warm-up run
     session = Session(pkg.model.stages[1].program)
@@ -392,13 +393,25 @@ def test_serve_cli_prints_ready_and_stops_on_sigterm(pkg):
     proc = subprocess.Popen(
         [sys.executable, "-m", "npusim.runtime.cli", "serve", str(pkg.path), "--port", "0",
          "--tls-cert", str(pkg.cert), "--tls-key", str(pkg.key), "--api-key", KEYS[0],
-         "--devices", "2", "--grace", "2"],
+         "--devices", "2", "--grace", "2", "--rest-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving tiny version 1 on 127.0.0.1:"), (line, proc.stderr)
         assert "TLS on" in line and "1 API key(s)" in line and "2 device(s)" in line
         port = int(line.split("127.0.0.1:")[1].split()[0])
+        rest_port = int(line.split("REST on 127.0.0.1:")[1].split(")")[0].split(",")[0])
+        import http.client
+        import json
+        import ssl
+
+        conn = http.client.HTTPSConnection("127.0.0.1", rest_port, timeout=30,
+                                           context=ssl.create_default_context(
+                                               cafile=str(pkg.cert)))
+        conn.request("GET", "/v1/models/tiny")
+        status = json.loads(conn.getresponse().read())["model_version_status"]
+        assert status[0]["state"] == "AVAILABLE"
+        conn.close()
         from npusim.runtime.serving.client import PredictionClient
 
         with PredictionClient("127.0.0.1", port, use_ssl=True, access_token=KEYS[0],
