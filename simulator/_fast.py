@@ -253,3 +253,34 @@ def erf(x: np.ndarray) -> np.ndarray:
     out = np.empty(x.shape, np.float64)
     _erf(x.reshape(-1), out.reshape(-1))
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _hard(x, a, b, swish, out):  # pragma: no cover - compiled
+    # t = a*x + b (hard sigmoid) or x/6 + 0.5 (hard swish) in float64, then
+    # np.maximum(0.0, np.minimum(1.0, t)) as numpy computes it (a NaN stays; -0.0 stays),
+    # times x for the swish; one rounding to fp32
+    for k in range(x.size):
+        v = np.float64(x[k])
+        t = v / 6.0 + 0.5 if swish else a * v + b
+        t = 1.0 if t > 1.0 else t
+        t = 0.0 if t < 0.0 else t
+        out[k] = np.float32(v * t if swish else t)
+
+
+def hard_sigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """fp32 ``max(0, min(1, alpha * x + beta))`` computed in float64, rounded once: the
+    numpy formula of :data:`npusim.simulator.vector._WIDE` in one pass."""
+    return _hard_call(x, alpha, beta, False)
+
+
+def hard_swish(x: np.ndarray) -> np.ndarray:
+    """fp32 ``x * max(0, min(1, x / 6 + 0.5))`` computed in float64, rounded once."""
+    return _hard_call(x, 0.0, 0.0, True)
+
+
+def _hard_call(x: np.ndarray, alpha: float, beta: float, swish: bool) -> np.ndarray:
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty(x.shape, np.float32)
+    _hard(x.reshape(-1), float(alpha), float(beta), swish, out.reshape(-1))
+    return out

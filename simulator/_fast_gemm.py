@@ -30,21 +30,22 @@ _MAX_SCALE = 2.0**(127 - 24)  # so p * scale (p below 2**24) is finite and exact
 def _gather(xp, c, dy, dx, oy0, oy1, ow, sy, sx, out):  # pragma: no cover - compiled
     """``out[(oy - oy0) * ow + ox] = xp[c, oy * sy + dy, ox * sx + dx]`` (``xp`` padded).
 
-    The tap's plane is sliced once, so the loops index with counters that numba knows
-    are not negative: no wraparound check, and the copy vectorizes.
+    Each row is sliced on its own, an integer index then a step-free slice, so numba
+    keeps it C-contiguous (a slice with a step makes the inner stride a run-time
+    value), and the loops index with counters that numba knows are not negative: no
+    wraparound check, and the copy vectorizes.
     """
-    rows = oy1 - oy0
-    y0 = oy0 * sy + dy
-    if sx == 1:
-        plane = xp[c, y0:y0 + (rows - 1) * sy + 1:sy, dx:dx + ow]
-        for r in range(rows):
+    for r in range(oy1 - oy0):
+        y = (oy0 + r) * sy + dy
+        dst = out[r * ow:(r + 1) * ow]
+        if sx == 1:
+            src = xp[c, y, dx:dx + ow]
             for ox in range(ow):
-                out[r * ow + ox] = plane[r, ox]
-    else:
-        splane = xp[c, y0:y0 + (rows - 1) * sy + 1:sy, dx:dx + (ow - 1) * sx + 1:sx]
-        for r in range(rows):
+                dst[ox] = src[ox]
+        else:
+            src = xp[c, y, dx:dx + (ow - 1) * sx + 1]
             for ox in range(ow):
-                out[r * ow + ox] = splane[r, ox]
+                dst[ox] = src[ox * sx]
 
 
 @numba.njit(cache=True, inline="always")
@@ -185,61 +186,144 @@ def _gemv(xq, sa, wq, sw, o0, o1, out):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _grouped_quantized(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, block, mbits, emin, emax, wq,
-                       sw, g0, g1, out):  # pragma: no cover - compiled
+                       sw, g0, g1, step, out):  # pragma: no cover - compiled
     # A grouped (or depthwise) convolution, one group per task (g0 <= g < g1): gather the
-    # group's K_g taps (channel offsets within the group in kc) over the whole output
-    # plane, quantize them, and multiply by each of the group's og weight rows, vectorized
-    # along the plane. xp padded; wq [O, J*B] int8, sw [O, J] f64, out [O, oh*ow].
+    # group's K_g taps (channel offsets within the group in kc) over ``step`` output rows
+    # at a time (so the columns stay in L1), quantize them, and multiply by each of the
+    # group's og weight rows, vectorized along the columns. xp padded; wq [O, J*B] int8,
+    # sw [O, J] f64, out [O, oh*ow].
     nk = kc.shape[0]
     nblocks = sw.shape[1]
-    n = oh * ow
     rows = min(block, nk)  # a block longer than K (ms-fp8's 128) is mostly padding: skip it
-    v = np.empty((rows, n), np.float32)
-    q = np.empty((nblocks, rows, n), np.float32)
-    sa = np.empty((nblocks, n), np.float32)
+    width = min(oh, step) * ow
+    vbuf = np.empty(rows * width, np.float32)
+    qbuf = np.empty(nblocks * rows * width, np.float32)
+    sbuf = np.empty(nblocks * width, np.float32)
     lo = np.empty(nblocks, np.float64)
     hi = np.empty(nblocks, np.float64)
-    p = np.empty(n, np.float32)
-    scratch = np.empty((3, n), np.float64)
+    pbuf = np.empty(width, np.float32)
+    scratch = np.empty((3, width), np.float64)
     for g in range(g0, g1):
-        for j in range(nblocks):
-            nb = min(block, nk - j * block)
-            for b in range(nb):
-                k = j * block + b
-                _gather(xp, g * cg + kc[k], ky[k], kx[k], 0, oh, ow, sy, sx, v[b])
-            _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
-            lo[j], hi[j] = _scale_range(sa[j])
-        for o in range(g * og, (g + 1) * og):
-            acc = out[o]
-            acc[:] = 0.0
+        for oy0 in range(0, oh, step):
+            oy1 = min(oh, oy0 + step)
+            n = (oy1 - oy0) * ow
+            v = vbuf[:rows * n].reshape(rows, n)
+            q = qbuf[:nblocks * rows * n].reshape(nblocks, rows, n)
+            sa = sbuf[:nblocks * n].reshape(nblocks, n)
+            p = pbuf[:n]
             for j in range(nblocks):
-                p[:] = 0.0
-                for b in range(min(block, nk - j * block)):
-                    wv = np.float32(wq[o, j * block + b])
-                    if wv != 0.0:  # integer products and sums: exact in fp32
-                        qb = q[j, b]
-                        for i in range(n):
-                            p[i] += wv * qb[i]
-                _accumulate_block(acc, p, sa[j], sw[o, j], lo[j], hi[j])
+                nb = min(block, nk - j * block)
+                for b in range(nb):
+                    k = j * block + b
+                    _gather(xp, g * cg + kc[k], ky[k], kx[k], oy0, oy1, ow, sy, sx, v[b])
+                _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
+                lo[j], hi[j] = _scale_range(sa[j])
+            for o in range(g * og, (g + 1) * og):
+                acc = out[o, oy0 * ow:oy1 * ow]
+                acc[:] = 0.0
+                for j in range(nblocks):
+                    p[:] = 0.0
+                    for b in range(min(block, nk - j * block)):
+                        wv = np.float32(wq[o, j * block + b])
+                        if wv != 0.0:  # integer products and sums: exact in fp32
+                            qb = q[j, b]
+                            for i in range(n):
+                                p[i] += wv * qb[i]
+                    _accumulate_block(acc, p, sa[j], sw[o, j], lo[j], hi[j])
 
 
 @numba.njit(cache=True, nogil=True)
-def _grouped_f32(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, wf, g0, g1,
+def _grouped_f32(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, wf, g0, g1, step,
                  out):  # pragma: no cover - compiled
     # fp32 twin of _grouped_quantized: wf [O, K_g] f32; the sum runs in K order
     nk = kc.shape[0]
-    v = np.empty((nk, oh * ow), np.float32)
+    vbuf = np.empty(nk * min(oh, step) * ow, np.float32)
     for g in range(g0, g1):
-        for k in range(nk):
-            _gather(xp, g * cg + kc[k], ky[k], kx[k], 0, oh, ow, sy, sx, v[k])
-        for o in range(g * og, (g + 1) * og):
-            acc = out[o]
-            acc[:] = 0.0
+        for oy0 in range(0, oh, step):
+            oy1 = min(oh, oy0 + step)
+            n = (oy1 - oy0) * ow
+            v = vbuf[:nk * n].reshape(nk, n)
             for k in range(nk):
-                wv = wf[o, k]
-                vk = v[k]
-                for i in range(acc.shape[0]):
-                    acc[i] = acc[i] + wv * vk[i]
+                _gather(xp, g * cg + kc[k], ky[k], kx[k], oy0, oy1, ow, sy, sx, v[k])
+            for o in range(g * og, (g + 1) * og):
+                acc = out[o, oy0 * ow:oy1 * ow]
+                acc[:] = 0.0
+                for k in range(nk):
+                    wv = wf[o, k]
+                    vk = v[k]
+                    for i in range(n):
+                        acc[i] = acc[i] + wv * vk[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _depthwise_quantized(xt, ky, kx, ow, sy, sx, block, mbits, emin, emax, wt, swt, oy0, oy1,
+                         out):  # pragma: no cover - compiled
+    # A convolution with one input channel per group, vectorized along the channels (for
+    # small planes, where the plane's rows are too short to vectorize): output rows
+    # oy0 <= oy < oy1, every channel. xt [Hp, Wp, G] f32 padded and channel-last; tap k of
+    # pixel (oy, ox) reads xt[oy*sy + ky[k], ox*sx + kx[k]]. wt [og, K, G] f32 mantissas
+    # and swt [og, J, G] f64 scales of weight row g*og + r; out [O, oh*ow].
+    groups = xt.shape[2]
+    og, nk, _ = wt.shape
+    nblocks = swt.shape[1]
+    rows = min(block, nk)
+    v = np.empty((rows, groups), np.float32)
+    q = np.empty((rows, groups), np.float32)
+    sa = np.empty(groups, np.float32)
+    p = np.empty(groups, np.float32)
+    acc = np.empty((og, groups), np.float32)
+    scratch = np.empty((3, groups), np.float64)
+    for oy in range(oy0, oy1):
+        for ox in range(ow):
+            acc[:] = 0.0
+            for j in range(nblocks):
+                nb = min(block, nk - j * block)
+                for b in range(nb):
+                    k = j * block + b
+                    src = xt[oy * sy + ky[k], ox * sx + kx[k]]
+                    vb = v[b]
+                    for c in range(groups):
+                        vb[c] = src[c]
+                _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch)
+                for r in range(og):
+                    p[:] = 0.0
+                    for b in range(nb):  # integer products and sums: exact in fp32
+                        wb = wt[r, j * block + b]
+                        qb = q[b]
+                        for c in range(groups):
+                            p[c] += wb[c] * qb[c]
+                    # the float64 path of _accumulate_block, lane by lane (it gives the
+                    # device's result for every scale; the fp32 path is a shortcut)
+                    a = acc[r]
+                    s = swt[r, j]
+                    for c in range(groups):
+                        a[c] = np.float32(a[c] + np.float32(np.float64(p[c])
+                                                            * (np.float64(sa[c]) * s[c])))
+            n = oy * ow + ox
+            for r in range(og):
+                a = acc[r]
+                for c in range(groups):
+                    out[c * og + r, n] = a[c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _depthwise_f32(xt, ky, kx, ow, sy, sx, wt, oy0, oy1, out):  # pragma: no cover - compiled
+    # fp32 twin of _depthwise_quantized: wt [og, K, G] f32; each sum runs in K order
+    groups = xt.shape[2]
+    og, nk, _ = wt.shape
+    acc = np.empty(groups, np.float32)
+    for oy in range(oy0, oy1):
+        for ox in range(ow):
+            n = oy * ow + ox
+            for r in range(og):
+                acc[:] = 0.0
+                for k in range(nk):
+                    src = xt[oy * sy + ky[k], ox * sx + kx[k]]
+                    wk = wt[r, k]
+                    for c in range(groups):
+                        acc[c] = acc[c] + wk[c] * src[c]
+                for c in range(groups):
+                    out[c * og + r, n] = acc[c]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -314,7 +398,15 @@ gemv = _gemv
 """``gemv(xq, sa, wq, sw, o0, o1, out)``: outputs ``o0:o1`` of a product of a few rows."""
 
 grouped_quantized = _grouped_quantized
-"""A grouped convolution of one padded image in a block format, groups ``[g0, g1)``."""
+"""A grouped convolution of one padded image in a block format, groups ``[g0, g1)``, ``step``
+output rows at a time."""
+
+depthwise_quantized = _depthwise_quantized
+"""A convolution of one input channel per group in a block format, vectorized along the
+channels: output rows ``[oy0, oy1)`` of one padded channel-last image."""
+
+depthwise_f32 = _depthwise_f32
+"""The fp32 one, same tasks."""
 
 grouped_f32 = _grouped_f32
 """The fp32 grouped convolution, same tasks."""

@@ -83,10 +83,25 @@ _EXACT: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
 
 UNARY_FUNCTIONS = tuple(_WIDE) + tuple(_EXACT)
 
+_ONE_PASS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
+    "hard_sigmoid": lambda x, a, b: _fast.hard_sigmoid(x, a, b),
+    "hard_swish": lambda x, a, b: _fast.hard_swish(x),
+}
+"""Functions of ``_WIDE`` with a numba kernel of the same float64 operations (MobileNetV3
+runs one after most of its layers)."""
+
 
 def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0) -> np.ndarray:
     """``fn(x; alpha, beta)`` per element; ``fn`` a lowercase
     :class:`~npusim.simulator.isa.UnaryFn`."""
+    if fn in _ONE_PASS:  # the same float64 operations as _WIDE's, in one numba pass
+        return _ONE_PASS[fn](x, alpha, beta)
+    return unary_reference(fn, x, alpha, beta)
+
+
+def unary_reference(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0
+                    ) -> np.ndarray:
+    """:func:`unary` by the numpy formulas alone."""
     with np.errstate(all="ignore"):
         if fn in _WIDE:
             return np.asarray(_WIDE[fn](np.asarray(x, np.float64), float(alpha), float(beta)),

@@ -92,6 +92,39 @@ def test_conv2d_matches_reference(fmt: Format, name: str, extreme: bool, split: 
             assert same_bits(conv2d(x, w, bias, geom, fmt, **kw), ref), (name, kw)
 
 
+DEPTHWISE = [n for n, (c, _, _, _, g) in CONVS.items() if g.groups == c]
+
+
+@pytest.mark.parametrize("path", ["by-channels", "by-pixels-in-slices"])
+@pytest.mark.parametrize("fmt", [FP32, *DIFF_FORMATS], ids=fid)
+@pytest.mark.parametrize("name", DEPTHWISE)
+@pytest.mark.parametrize("extreme", [False, True], ids=["scales-normal", "scales-extreme"])
+def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, path: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One input channel per group (depthwise, and a channel multiplier of 2): vectorized
+    along the channels, or along the plane a few output rows at a time (the small cases
+    would otherwise take one of the two whole)."""
+    if path == "by-channels":
+        monkeypatch.setattr(gemm, "CHANNEL_WIDTH", 10**9)
+        monkeypatch.setattr(gemm, "CHANNEL_GROUPS", 1)
+    else:
+        monkeypatch.setattr(gemm, "CHANNEL_WIDTH", 0)
+        monkeypatch.setattr(gemm, "GROUPED_COLUMNS", 1)
+    x, w, bias, geom = _conv_case(name, fmt, seed=len(name) + fmt.block_size, extreme=extreme)
+    if fmt.is_fp32:  # a sum in K order per pixel whichever way it is vectorized
+        x = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    res = np.random.default_rng(1).standard_normal(
+        conv2d_reference(x, w, None, geom, fmt).shape).astype(np.float32)
+    with np.errstate(all="ignore"):
+        for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)}):
+            ref = conv2d_reference(x, w, bias, geom, fmt, **kw)
+            got = conv2d(x, w, bias, geom, fmt, **kw)
+            if fmt.is_fp32:
+                np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+            else:
+                assert same_bits(got, ref), (name, kw)
+
+
 @pytest.mark.parametrize("fmt", MX_FORMATS, ids=fid)
 @pytest.mark.parametrize("name", list(CONVS))
 @pytest.mark.parametrize("extreme", [False, True], ids=["scales-normal", "scales-extreme"])

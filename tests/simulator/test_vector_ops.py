@@ -19,6 +19,7 @@ from npusim.simulator.device import Device, ExecutionError
 from npusim.simulator.kernels import ConvGeometry
 from npusim.simulator.numerics import pack, quantize
 from npusim.simulator.program import Program, ProgramError, TensorDesc
+from npusim.simulator.vector import unary_reference
 
 F32 = np.float32
 TINY = load_device("tiny")
@@ -123,6 +124,24 @@ def test_unary_matches_a_float64_reference(fn):
     fin = ~np.isnan(ref)
     # rounded once from float64: at most one ulp from an independent float64 formula
     assert ulps(y[fin], ref[fin]).max() <= 1, fn
+
+
+@pytest.mark.parametrize("fn,a,b", [("hard_sigmoid", 0.25, 0.4), ("hard_sigmoid", 0.2, 0.5),
+                                     ("hard_sigmoid", -1.5, -0.0), ("hard_swish", 0.0, 0.0)])
+@pytest.mark.parametrize("n", [1, 7, 16, 1000, 3001])
+def test_one_pass_unary_is_the_numpy_formula_bit_for_bit(fn, a, b, n):
+    """The numba kernels give the numpy formulas' fp32 bits, signed zeros and NaN included,
+    on arrays of every length (numpy's vector loops and their tails)."""
+    x = inputs(n, n, 8.0)
+    x[::5] = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 3.0, -3.0, 1.6, 2.0, -2.0],
+                      F32)[np.arange(len(x[::5])) % 10]
+    a32, b32 = float(F32(a)), float(F32(b))
+    got, ref = kernels.unary(fn, x, a32, b32), unary_reference(fn, x, a32, b32)
+    assert got.dtype == ref.dtype == F32
+    assert np.array_equal(got.view(np.int32), ref.view(np.int32)) or (
+        np.array_equal(np.isnan(got), np.isnan(ref))
+        and np.array_equal(got[~np.isnan(ref)].view(np.int32),
+                           ref[~np.isnan(ref)].view(np.int32)))
 
 
 def test_gelu_tanh_approximation():
