@@ -7,14 +7,16 @@ others can go narrow for free. :func:`choose_formats` finds, layer by layer, the
 narrowest format that keeps the model's outputs within a tolerance of fp32's on the
 calibration inputs:
 
-1. *Sensitivity.* The model runs in each candidate format ``f`` (every matrix-unit layer
-   in ``f``) on the calibration inputs, beside fp32, and the per-layer comparison of
-   ``npusim compare`` gives each layer's relative L2 error against fp32. What a layer
-   *adds* is its output's error less its input's (never below 0): ``added[f][layer]``.
+1. *Sensitivity.* The model runs in fp32 on the calibration inputs, and each
+   matrix-unit layer runs again in each candidate format ``f`` on the fp32 values of its
+   inputs: its relative L2 error against the fp32 output, over the calibration samples,
+   is the error the layer makes on its own, ``added[f][layer]`` (the per-layer
+   comparison of ``npusim compare`` measures a whole narrow run, where the errors of the
+   layers before mix in; a layer's own error is what matters once those run wider).
 2. *Assignment by threshold.* For a threshold ``t``, every layer takes the narrowest
-   candidate (by bits per element) whose added error is at most ``t``, else the widest.
+   candidate (by bits per element) whose own error is at most ``t``, else the widest.
    The assignment only gets wider as ``t`` falls, and so the output error only falls
-   (near enough): a bisection over the measured added errors finds the largest ``t``
+   (near enough): a bisection over the measured errors finds the largest ``t``
    whose assignment keeps the outputs within the tolerance, measured on the whole
    calibration set with the golden model (which the simulator matches bit for bit).
 
@@ -23,8 +25,11 @@ output's top-1 choices (the argmax over its last axis, at every position: one pe
 for a classifier, one per time step for a sequence) that differ from fp32's, so 1% means
 at most one prediction in a hundred changes, and accuracy can fall by at most that;
 ``"error"`` is the outputs' relative L2 error against fp32, for models whose outputs are
-not scores. The candidates are run as the device would (the golden model), ``F + log2``
-of the number of distinct added errors evaluations of the calibration set in all.
+not scores; ``"ctc"`` is the character error rate of the first output's greedy CTC
+decoding (top-1 per step, repeats collapsed, blank 0 dropped) against fp32's, for text
+recognizers, where a flip between a blank and a repeated character changes no text.
+The candidates are run as the device would (the golden model), ``F + log2``
+of the number of distinct layer errors evaluations of the calibration set in all.
 
 Example:
     >>> choice = choose_formats("digits.onnx", "brainwave-s10", feeds, 0.01)  # doctest: +SKIP
@@ -45,7 +50,7 @@ import onnx
 
 from npusim.compiler.errors import CompileError
 from npusim.compiler.frontend import to_graph
-from npusim.compiler.interpret import Numerics, evaluate
+from npusim.compiler.interpret import Numerics, evaluate, evaluate_node
 from npusim.compiler.ir import Op, inputs_of, node, topo_order
 from npusim.compiler.options import CompileOptions
 from npusim.compiler.passes import quantize_weights
@@ -54,11 +59,36 @@ from npusim.simulator.config import DeviceConfig
 from npusim.simulator.numerics import FP32, Rounding
 from npusim.simulator.progress import task
 
-DEFAULT_FORMATS = ("msfp8", "msfp9", "msfp12", "mxint8", "msfp16")
-"""The candidates of ``--numerics auto`` unless told otherwise: every block format, fp32
-left out (a block-format datapath has no fp32 multipliers)."""
+DEFAULT_FORMATS = ("msfp8", "msfp9", "msfp12", "mxint8", "msfp16", "fp32")
+"""The candidates of ``--numerics auto`` unless told otherwise: the MSFP family and MX INT8,
+and fp32 for the layers that no block format serves within the tolerance."""
 
-METRICS = ("agreement", "error")
+METRICS = ("agreement", "error", "ctc")
+"""What the tolerance bounds (see the module docstring)."""
+_MEASURES = {"agreement": "share of top-1 choices that differ", "error": "relative error",
+             "ctc": "character error rate of the greedy CTC decoding"}
+
+
+def _ctc(scores: np.ndarray) -> list[tuple[int, ...]]:
+    """Greedy CTC decoding of ``[..., T, C]`` scores (blank 0): per sequence, the top-1
+    labels with repeats collapsed and blanks dropped."""
+    top = scores.reshape(-1, *scores.shape[-2:]).argmax(-1) if scores.ndim >= 2 else \
+        scores.reshape(1, -1).argmax(-1)[:, None]
+    out = []
+    for seq in top:
+        keep = np.concatenate([[True], seq[1:] != seq[:-1]]) & (seq != 0)
+        out.append(tuple(int(s) for s in seq[keep]))
+    return out
+
+
+def _edits(a: Sequence[int], b: Sequence[int]) -> int:
+    """Levenshtein distance."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
 
 
 @dataclass
@@ -68,23 +98,27 @@ class Choice:
     formats: dict[str, str]
     """Layer (its ONNX node name) -> format."""
     default: str
-    """The program's own format: the widest candidate (what any other matrix work, such as
-    attention's products of two activations, runs in)."""
+    """The program's own format: the widest block-format candidate (what any other matrix
+    work, such as attention's products of two activations, runs in)."""
     layers: list[dict] = field(default_factory=list)
     """Per layer: ``layer``, ``op``, ``macs``, ``format`` and ``added`` (format -> the
-    relative error the layer adds in it)."""
+    layer's own relative error in it)."""
     metric: str = "agreement"
     tolerance: float = 0.0
     disagreement: float = 0.0
     """Fraction of the first output's top-1 choices that differ from fp32's."""
     rel_error: float = 0.0
     """Relative L2 error of the outputs against fp32's, over the calibration set."""
+    ctc_error: float = 0.0
+    """Edits between the greedy CTC decodings of the first output and fp32's, per character
+    of fp32's."""
     samples: int = 0
     evaluations: int = 0
 
     @property
     def value(self) -> float:
-        return self.disagreement if self.metric == "agreement" else self.rel_error
+        return {"agreement": self.disagreement, "error": self.rel_error,
+                "ctc": self.ctc_error}[self.metric]
 
     def mac_share(self) -> dict[str, float]:
         """Fraction of the matrix-unit layers' MACs in each format."""
@@ -97,7 +131,7 @@ class Choice:
     def to_dict(self) -> dict:
         return {"formats": self.formats, "default": self.default, "metric": self.metric,
                 "tolerance": self.tolerance, "disagreement": self.disagreement,
-                "rel_error": self.rel_error, "samples": self.samples,
+                "rel_error": self.rel_error, "ctc_error": self.ctc_error, "samples": self.samples,
                 "evaluations": self.evaluations, "mac_share": self.mac_share(),
                 "layers": self.layers}
 
@@ -141,35 +175,36 @@ class _Runner:
                                                        tuple(sorted(formats.items()))))
 
     def layer_errors(self, formats: dict[str, str], layers) -> dict[str, float]:
-        """Each layer's added relative error (output's less input's) with ``formats``."""
+        """Each layer's own relative error with ``formats``: the layer run in its format on
+        the fp32 model's values of its inputs, against the fp32 model's output. (Errors
+        measured in a run of the whole model in a narrow format mix in those of the layers
+        before, and say little of the layer once those run wider.)"""
         g = self.graph(formats)
-        sums = {v: np.zeros(4) for v, _, _ in layers}  # |d_out|^2, |out|^2, |d_in|^2, |in|^2
+        sums = {v: np.zeros(2) for v, _, _ in layers}  # |error|^2, |output|^2
         self.runs += 1
         with task(f"sensitivity ({next(iter(formats.values()))})", total=len(self.feeds),
                   unit="sample") as progress:
-            for f, ref in zip(self.feeds, self.ref):
-                got = evaluate(g, f, self.ctx, keep_all=True)
+            for ref in self.ref:
                 for v, _, _ in layers:
-                    src = inputs_of(g, v)[0]
-                    for k, name in ((0, v), (2, src)):
-                        a = np.asarray(ref[name], np.float64)
-                        d = np.asarray(got[name], np.float64) - a
-                        sums[v][k:k + 2] += (np.vdot(d, d).real, np.vdot(a, a).real)
+                    args = {i: (node(g, i).value if node(g, i).op == Op.CONST else ref[i])
+                            for i in inputs_of(g, v)}
+                    a = np.asarray(ref[v], np.float64)
+                    d = np.asarray(evaluate_node(g, v, args, self.ctx), np.float64) - a
+                    sums[v] += (np.vdot(d, d).real, np.vdot(a, a).real)
                 progress.update()
         out = {}
         for v, name, _ in layers:
-            s = sums[v]
-            err_out = math.sqrt(s[0] / s[1]) if s[1] else 0.0
-            err_in = math.sqrt(s[2] / s[3]) if s[3] else 0.0
-            out[name] = max(0.0, err_out - err_in) if math.isfinite(err_out) else math.inf
+            err, norm = sums[v]
+            rel = math.sqrt(err / norm) if norm else (0.0 if err == 0 else math.inf)
+            out[name] = max(out.get(name, 0.0), rel if math.isfinite(rel) else math.inf)
         return out
 
-    def outputs_error(self, formats: dict[str, str]) -> tuple[float, float]:
-        """``(disagreement, relative error)`` of the outputs with ``formats``."""
+    def outputs_error(self, formats: dict[str, str]) -> dict[str, float]:
+        """Each metric of :data:`METRICS` for the outputs with ``formats``."""
         g = self.graph(formats)
         outputs = g.graph["outputs"]
         self.runs += 1
-        changed = total = 0
+        changed = total = edits = chars = 0
         d2 = r2 = 0.0
         with task("outputs", total=len(self.feeds), unit="sample") as progress:
             for f, ref in zip(self.feeds, self.ref):
@@ -184,9 +219,14 @@ class _Runner:
                         top_b = b.reshape(-1, b.shape[-1] if b.ndim else 1).argmax(-1)
                         changed += int(np.sum(top_a != top_b))
                         total += top_a.size
+                        for sa, sb in zip(_ctc(a), _ctc(b)):
+                            edits += _edits(sa, sb)
+                            chars += len(sa)
                 progress.update()
         rel = math.sqrt(d2 / r2) if r2 else (0.0 if d2 == 0 else math.inf)
-        return (changed / total if total else 0.0), (rel if math.isfinite(rel) else math.inf)
+        return {"agreement": changed / total if total else 0.0,
+                "error": rel if math.isfinite(rel) else math.inf,
+                "ctc": edits / chars if chars else float(edits > 0)}
 
 
 def choose_formats(model: str | Path | onnx.ModelProto | bytes,
@@ -203,7 +243,7 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
     from npusim.compiler.pipeline import run_passes
 
     if metric not in METRICS:
-        raise CompileError(f"unknown metric {metric!r}; choose {' or '.join(METRICS)}")
+        raise CompileError(f"unknown metric {metric!r}; choose {', '.join(METRICS)}")
     if not (math.isfinite(tolerance) and 0 <= tolerance < 1):
         raise CompileError(f"tolerance {tolerance!r} is not a fraction in [0, 1)")
     if not feeds:
@@ -218,7 +258,8 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
         raise CompileError(str(exc)) from None
     candidates.sort(key=lambda f: (fmts[f].bits_per_element, fmts[f].mantissa_bits))
     widest = candidates[-1]
-    opts = CompileOptions.make(cfg, widest, rounding, seed)
+    default = next((f for f in reversed(candidates) if f != "fp32"), widest)
+    opts = CompileOptions.make(cfg, default, rounding, seed)
     source = to_graph(model, input_shapes, per_step=opts.device.mvu is not None)
     check_sizes(source, opts)
     g = run_passes(source, opts, stop_after="keep_host_work_together")
@@ -230,23 +271,22 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
     run = _Runner(g, opts, list(feeds))
     added = {f: run.layer_errors(dict.fromkeys(names, f), layers) for f in candidates}
 
-    def measure(threshold: float) -> tuple[dict[str, str], tuple[float, float]]:
+    def measure(threshold: float) -> tuple[dict[str, str], dict[str, float]]:
         chosen = _assign(names, added, candidates, threshold)
         errors = run.outputs_error(chosen)
         return chosen, errors
 
-    def ok(errors: tuple[float, float]) -> bool:
-        return (errors[0] if metric == "agreement" else errors[1]) <= tolerance
+    def ok(errors: dict[str, float]) -> bool:
+        return errors[metric] <= tolerance
 
     # thresholds from widest-everywhere (-1) to narrowest-everywhere (inf)
     steps = [-1.0, *sorted({a for per in added.values() for a in per.values()
                             if math.isfinite(a)}), math.inf]
     best = measure(steps[0])
     if not ok(best[1]):
-        which = "disagreement" if metric == "agreement" else "relative error"
-        value = best[1][0] if metric == "agreement" else best[1][1]
-        raise CompileError(f"with every layer in {widest}, the {which} against fp32 is "
-                           f"{value:.2%}, above the tolerance {tolerance:.2%}: widen the "
+        raise CompileError(f"with every layer in {widest}, the {_MEASURES[metric]} against "
+                           f"fp32 is {best[1][metric]:.2%}, above the tolerance "
+                           f"{tolerance:.2%}: widen the "
                            "candidates (--formats ..., fp32) or loosen the tolerance")
     lo, hi = 0, len(steps) - 1  # steps[lo] meets the tolerance
     top = measure(steps[hi])
@@ -259,7 +299,7 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
             best, lo = got, mid
         else:
             hi = mid
-    chosen, (disagreement, rel) = best
+    chosen, errors = best
     rows = []
     seen = set()
     for v, name, macs in layers:
@@ -270,26 +310,27 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
         rows.append({"layer": name, "op": op_label(node(g, v), False),
                      "macs": macs, "format": chosen[name],
                      "added": {f: added[f][name] for f in candidates}})
-    return Choice(chosen, widest, rows, metric, tolerance, disagreement, rel, len(feeds),
-                  run.runs)
+    return Choice(chosen, default, rows, metric, tolerance, errors["agreement"], errors["error"],
+                  errors["ctc"], len(feeds), run.runs)
 
 
 def format_choice(choice: Choice) -> str:
-    """The assignment as a table (layer, op, MACs, format, added error per candidate) and
+    """The assignment as a table (layer, op, MACs, format, own error per candidate) and
     a summary line."""
     fmts = list(next(iter(choice.layers))["added"]) if choice.layers else []
     w = min(max([len(r["layer"]) for r in choice.layers] + [5]), 40)
     wop = max([len(r["op"]) for r in choice.layers] + [2])
     head = f"{'layer':<{w}}  {'op':<{wop}}  {'MMACs':>8}  {'format':<8}  " + "  ".join(
         f"{f:>8}" for f in fmts)
-    lines = [head + "   (relative error each layer adds, per format)"]
+    lines = [head + "   (each layer's own relative error, per format)"]
     for r in choice.layers:
         lines.append(f"{r['layer'][:w]:<{w}}  {r['op']:<{wop}}  {r['macs'] / 1e6:>8.2f}  "
                      f"{r['format']:<8}  " + "  ".join(f"{r['added'][f]:>8.2%}" for f in fmts))
     share = ", ".join(f"{f} {s:.0%}" for f, s in sorted(choice.mac_share().items(),
                                                         key=lambda kv: -kv[1]))
+    ctc = f", CTC character error {choice.ctc_error:.2%}" if choice.metric == "ctc" else ""
     lines.append(f"MACs by format: {share}; against fp32 on {choice.samples} calibration "
                  f"samples: {choice.disagreement:.2%} of top-1 choices differ, relative error "
-                 f"{choice.rel_error:.2%} (tolerance {choice.tolerance:.2%} on "
+                 f"{choice.rel_error:.2%}{ctc} (tolerance {choice.tolerance:.2%} on "
                  f"{choice.metric}; {choice.evaluations} evaluations)")
     return "\n".join(lines)

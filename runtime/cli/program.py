@@ -42,11 +42,13 @@ def add_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...]) -> N
                    help="with auto: samples used (default 64)")
     c.add_argument("--tolerance", default="1%", metavar="PCT",
                    help="with auto: how far from fp32 the outputs may go (default 1%%)")
-    c.add_argument("--metric", choices=("agreement", "error"), default="agreement",
+    c.add_argument("--metric", choices=("agreement", "error", "ctc"), default="agreement",
                    help="with auto: what --tolerance bounds: the share of top-1 choices that "
-                   "differ from fp32's (default), or the outputs' relative L2 error")
+                   "differ from fp32's (default), the outputs' relative L2 error, or the "
+                   "character error rate of a CTC text recognizer's greedy decoding")
     c.add_argument("--formats", metavar="F1,F2,...", help="with auto: the candidates "
-                   "(default msfp8,msfp9,msfp12,mxint8,msfp16; the widest is the program's)")
+                   "(default msfp8,msfp9,msfp12,mxint8,msfp16,fp32; the widest block format "
+                   "is the program's own)")
     c.add_argument("--rounding", choices=["nearest_even", "nearest_away", "stochastic"],
                    default="nearest_even", help="how values round to the format (nearest_away: "
                    "ties away from zero, as microsoft/microxcaling does)")

@@ -87,13 +87,19 @@ def cmd_package(args: argparse.Namespace) -> int:
     from npusim.runtime.serving.package import save_package
     from npusim.runtime.serving.signing import key_id, load_private_key
     from npusim.runtime.serving.tfstages import featurizer_pipeline
+    from npusim.simulator.progress import task
 
     key = load_private_key(args.sign_key) if args.sign_key else None  # before the slow build
-    model = featurizer_pipeline(args.model, args.device or "brainwave-s10", args.numerics,
-                                args.seed, args.classes, args.name)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_package(model, out, sign_key=key)
+    with task("package", total=2, unit="step") as progress:
+        progress.note("build the stages")
+        model = featurizer_pipeline(args.model, args.device or "brainwave-s10", args.numerics,
+                                    args.seed, args.classes, args.name)
+        progress.update()
+        progress.note("save them")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_package(model, out, sign_key=key)
+        progress.update()
     stages = " -> ".join(f"{s.name} ({s.kind})" for s in model.stages)
     cfg = model.device_config()
     size = out.stat().st_size
@@ -132,8 +138,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           workers=args.workers, grace=args.grace,
                           trust_keys=tuple(args.trust_key or ()))
     config.validate()  # before the slow TensorFlow import
-    import_tensorflow()
     logging.basicConfig(level=logging.INFO, format="npusim serve: %(levelname)s %(message)s")
+    logging.getLogger("npusim.serving").info("importing TensorFlow")
+    import_tensorflow()
 
     def ready(server) -> None:
         metrics = (f", metrics on {args.host}:{server.metrics_port}"

@@ -131,6 +131,7 @@ class PredictionServer:
             raise RuntimeError("the server is already started")
         cfg = self.config
         if self.model is None:
+            log.info("loading %s", cfg.package)
             try:
                 self.model = load_package(cfg.package, trust_keys=cfg.trust_keys)
             except PipelineError as exc:

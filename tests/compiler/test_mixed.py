@@ -80,3 +80,17 @@ def test_the_command(tmp_path):
     assert_user_error(npusim("compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "x.npub"),
                              "--numerics", "auto"), "--calibration")
     assert not (tmp_path / "x.npub").exists()
+
+
+def test_the_ctc_measure_decodes_greedily_and_counts_edits():
+    from npusim.compiler.mixed import _ctc, _edits
+
+    steps = [0, 2, 2, 0, 2, 3, 3, 0]  # blank 0: "2 2 3" (the blank splits the two 2s)
+    scores = np.eye(4)[steps][None]
+    assert _ctc(scores) == [(2, 2, 3)]
+    assert _edits((2, 2, 3), (2, 3)) == 1 and _edits((), (1, 2)) == 2
+    assert _edits((1, 2, 3), (1, 2, 3)) == 0 and _edits((1, 2, 3), (3, 2, 1)) == 2
+    # a flip between a blank and a repeat changes the top-1 choices, not the text
+    flipped = np.eye(4)[[0, 2, 2, 2, 0, 2, 3, 0]][None]
+    assert _ctc(flipped) == _ctc(scores)
+    assert (flipped.argmax(-1) != scores.argmax(-1)).any()
