@@ -25,7 +25,8 @@ DEVICES = ("brainwave-s10", "arria10-pbs")
 
 
 @pytest.fixture(scope="module", params=[
-    pytest.param(n, marks=pytest.mark.slow) if n == "resnet152" else n for n in MODELS])
+    pytest.param(n, marks=pytest.mark.slow) if n in ("resnet152", "ssd_vgg") else n
+    for n in MODELS])
 def zoo_model(request):
     model = MODELS[request.param](seed=0)
     return request.param, model, default_inputs(model, seed=0)

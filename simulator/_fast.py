@@ -130,6 +130,25 @@ def matmul_exact(aq: np.ndarray, wq: np.ndarray, block: int, a_scale: np.ndarray
     return out
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _shared_exponent(x, r, start, block, emax_elem, emin, emax):  # pragma: no cover - compiled
+    """``(finite, e)`` of the block ``x[r, start:start + block]``: whether every element is
+    finite, and its unbiased shared exponent ``clamp(floor(log2 amax) - emax_elem, emin,
+    emax)`` (``emin`` for an all-zero block; ``emax_elem`` is 0 for a BFP format)."""
+    amax = 0.0
+    finite = True
+    for b in range(block):
+        v = np.float64(x[r, start + b])
+        if math.isfinite(v):
+            amax = max(amax, abs(v))
+        else:
+            finite = False
+    e = emin
+    if amax > 0.0:
+        e = min(max(math.frexp(amax)[1] - 1 - emax_elem, emin), emax)
+    return finite, e
+
+
 @numba.njit(cache=True, nogil=True)
 def _quantize_rne(x, block, mbits, emin, emax, bias, nan_exp, r0, r1, q,
                   exps):  # pragma: no cover - compiled
@@ -138,23 +157,12 @@ def _quantize_rne(x, block, mbits, emin, emax, bias, nan_exp, r0, r1, q,
     max_m = (1 << mbits) - 1
     for r in range(r0, r1):
         for j in range(nblocks):
-            amax = 0.0
-            finite = True
-            for b in range(block):
-                v = np.float64(x[r, j * block + b])
-                if math.isfinite(v):
-                    amax = max(amax, abs(v))
-                else:
-                    finite = False
+            finite, e = _shared_exponent(x, r, j * block, block, 0, emin, emax)
             if not finite:
                 exps[r, j] = nan_exp
                 for b in range(block):
                     q[r, j * block + b] = 0
                 continue
-            e = emin
-            if amax > 0.0:
-                e = math.frexp(amax)[1] - 1
-                e = min(max(e, emin), emax)
             exps[r, j] = e + bias
             scale = math.ldexp(1.0, mbits - 1 - e)  # exact: a power of two in float64 range
             for b in range(block):
@@ -187,23 +195,12 @@ def _quantize_mx(x, block, mbits, emax_elem, shift, emin, emax, bias, nan_exp, m
     top = np.float64(max_units)
     for r in range(r0, r1):
         for j in range(nblocks):
-            amax = 0.0
-            finite = True
-            for b in range(block):
-                v = np.float64(x[r, j * block + b])
-                if math.isfinite(v):
-                    amax = max(amax, abs(v))
-                else:
-                    finite = False
+            finite, e = _shared_exponent(x, r, j * block, block, emax_elem, emin, emax)
             if not finite:
                 exps[r, j] = nan_exp
                 for b in range(block):
                     q[r, j * block + b] = 0
                 continue
-            e = emin
-            if amax > 0.0:
-                e = math.frexp(amax)[1] - 1 - emax_elem
-                e = min(max(e, emin), emax)
             exps[r, j] = e + bias
             scale = math.ldexp(1.0, shift - e)  # exact: a power of two in float64 range
             for b in range(block):

@@ -28,7 +28,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b))
 
 
-@pytest.fixture(scope="module", params=["builder", "light"])
+@pytest.fixture(scope="module", params=["builder", pytest.param("light", marks=pytest.mark.slow)])
 def model_and_input(request):
     if request.param == "builder":
         model = build_resnet50(seed=0)
