@@ -76,6 +76,17 @@ def shown(enable: bool = True, stream: TextIO | None = None) -> Iterator[None]:
         _DISPLAY.reset(token)
 
 
+def say(text: str) -> None:
+    """Print a line of a command's output on stdout, above any bars being shown."""
+    if _DISPLAY.get() is None:
+        print(text, flush=True)
+        return
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()
+
+
 @contextmanager
 def task(desc: str, total: int | None = None, unit: str = "it") -> Iterator[_Bar | _Null]:
     """A unit of long work of ``total`` steps (None: unknown); ``update()`` after each."""

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import npusim
+from npusim.simulator.progress import task
 
 SIMULATORS = ("icarus", "verilator")
 
@@ -46,15 +48,24 @@ class _Collector:
         self.total = 0
         self._records: dict[str, list[dict]] = {}
         self._started: dict[str, float] = {}
+        self._bar = None
+        self._stack = contextlib.ExitStack()
 
     def pytest_configure(self, config) -> None:
         config.addinivalue_line("markers", "rtl: needs an HDL simulator")
 
     def pytest_collection_finish(self, session) -> None:
         self.total = len(session.items)
+        # a build and run can take most of a minute: on a terminal, a bar says which
+        self._bar = self._stack.enter_context(task("verify", total=self.total, unit="test"))
+
+    def pytest_sessionfinish(self, session) -> None:
+        self._stack.close()
 
     def pytest_runtest_setup(self, item) -> None:
         self._started[item.nodeid] = time.perf_counter()
+        if self._bar is not None:
+            self._bar.note(item.name)
 
     def pytest_runtest_call(self, item):
         from npusim.rtl.tb.runner import RECORDS
@@ -83,6 +94,8 @@ class _Collector:
                    "params": params, "result": report.outcome, "seconds": round(seconds, 1),
                    "reason": reason, "runs": records}
             self.rows.append(row)
+            if self._bar is not None:
+                self._bar.update()
             self.progress(f"[{len(self.rows)}/{self.total}] {row['kernel']} [{params}] "
                           f"{report.outcome} in {seconds:.1f} s"
                           + (f": {reason}" if reason else ""))

@@ -147,8 +147,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from npusim.runtime.analysis.verify import format_summary, verify
+    from npusim.simulator.progress import say
 
-    rows = verify(args.sim, args.k, progress=lambda line: print(line, flush=True))
+    rows = verify(args.sim, args.k, progress=say)
     print()
     print(format_summary(rows))
     if args.json:
