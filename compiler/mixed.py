@@ -24,8 +24,10 @@ calibration inputs:
 
 The tolerance is on ``metric``: ``"agreement"`` (default) is the fraction of the first
 output's top-1 choices (the argmax over its last axis, at every position: one per image
-for a classifier, one per time step for a sequence) that differ from fp32's, so 1% means
-at most one prediction in a hundred changes, and accuracy can fall by at most that;
+for a classifier, one per time step for a sequence) that differ from fp32's, held to half
+the tolerance on the calibration set (a share of rare changes measured on a few hundred
+samples is noisy), so that on new data at most about one prediction in a hundred changes
+at 1%, and accuracy can fall by at most that;
 ``"error"`` is the outputs' relative L2 error against fp32, for models whose outputs are
 not scores; ``"ctc"`` is the character error rate of the first output's greedy CTC
 decoding (top-1 per step, repeats collapsed, blank 0 dropped) against fp32's, for text
@@ -293,8 +295,14 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
         errors = run.outputs_error(chosen)
         return chosen, errors
 
+    # a share of rare changes measured on a calibration set of tens or hundreds of samples
+    # is noisy: the changed top-1 choices must stay within half the tolerance there, so
+    # that the share on new data stays within it (the narrowing pass below otherwise
+    # stops right at the edge the calibration samples happen to allow)
+    budget = tolerance / 2 if metric == "agreement" else tolerance
+
     def ok(errors: dict[str, float]) -> bool:
-        return errors[metric] <= tolerance
+        return errors[metric] <= budget
 
     # thresholds from widest-everywhere (-1) to narrowest-everywhere (inf)
     steps = [-1.0, *sorted({a for per in added.values() for a in per.values()
@@ -302,7 +310,8 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
     best = measure(steps[0])
     if not ok(best[1]):
         raise CompileError(f"with every layer in {widest}, the {_MEASURES[metric]} against "
-                           f"fp32 is {best[1][metric]:.2%}, above the tolerance "
+                           f"fp32 is {best[1][metric]:.2%}, above "
+                           f"{'half ' if budget < tolerance else ''}the tolerance "
                            f"{tolerance:.2%}: widen the "
                            "candidates (--formats ..., fp32) or loosen the tolerance")
     lo, hi = 0, len(steps) - 1  # steps[lo] meets the tolerance
@@ -358,8 +367,9 @@ def format_choice(choice: Choice) -> str:
     share = ", ".join(f"{f} {s:.0%}" for f, s in sorted(choice.mac_share().items(),
                                                         key=lambda kv: -kv[1]))
     ctc = f", CTC character error {choice.ctc_error:.2%}" if choice.metric == "ctc" else ""
+    half = ", half of it on the calibration set" if choice.metric == "agreement" else ""
     lines.append(f"MACs by format: {share}; against fp32 on {choice.samples} calibration "
                  f"samples: {choice.disagreement:.2%} of top-1 choices differ, relative error "
                  f"{choice.rel_error:.2%}{ctc} (tolerance {choice.tolerance:.2%} on "
-                 f"{choice.metric}; {choice.evaluations} evaluations)")
+                 f"{choice.metric}{half}; {choice.evaluations} evaluations)")
     return "\n".join(lines)

@@ -33,7 +33,7 @@ def _bits(choice) -> float:
 def test_the_choice_holds_on_the_simulator_as_measured():
     model, feeds = three_layers(), _feeds()
     choice = choose_formats(model, "tiny", feeds, 0.05, metric="agreement")
-    assert choice.disagreement <= 0.05 and choice.default == "msfp16"
+    assert choice.disagreement <= 0.025 and choice.default == "msfp16"
     ref = _simulated(model, {}, "fp32", feeds)
     got = _simulated(model, choice.formats, choice.default, feeds)
     # the golden model the choice was measured with is what the device computes
