@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -119,11 +120,6 @@ class Choice:
     samples: int = 0
     evaluations: int = 0
 
-    @property
-    def value(self) -> float:
-        return {"agreement": self.disagreement, "error": self.rel_error,
-                "ctc": self.ctc_error}[self.metric]
-
     def mac_share(self) -> dict[str, float]:
         """Fraction of the matrix-unit layers' MACs in each format."""
         total = sum(r["macs"] for r in self.layers) or 1
@@ -173,10 +169,11 @@ class _Runner:
                 self.ref.append(evaluate(g, f, Numerics(FP32), keep_all=True))
                 progress.update()
 
+    def options(self, formats: dict[str, str]) -> CompileOptions:
+        return dataclasses.replace(self.opts, layer_formats=tuple(sorted(formats.items())))
+
     def graph(self, formats: dict[str, str]) -> nx.DiGraph:
-        return quantize_weights(self.g, CompileOptions(self.opts.device, self.opts.rounding,
-                                                       self.opts.seed, self.opts.strict,
-                                                       tuple(sorted(formats.items()))))
+        return quantize_weights(self.g, self.options(formats))
 
     def layer_errors(self, formats: dict[str, str], layers) -> dict[str, float]:
         """Each layer's own relative error with ``formats``: the layer run in its format on
@@ -210,9 +207,7 @@ class _Runner:
         from npusim.compiler.lower import lower
         from npusim.simulator.device import Device
 
-        opts = CompileOptions(self.opts.device, self.opts.rounding, self.opts.seed,
-                              self.opts.strict, tuple(sorted(formats.items())))
-        program = lower(self.graph(formats), opts, "auto")
+        program = lower(self.graph(formats), self.options(formats), "auto")
         device = Device(program.target)
         device.load(program)
         names = [t.name for t in program.inputs]
@@ -286,7 +281,10 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
     if not layers:
         raise CompileError("the model has no matrix-unit layer with constant weights to "
                            "give a format")
-    names = list(dict.fromkeys(name for _, name, _ in layers))
+    macs_of: dict[str, int] = {}  # a recurrent layer's steps add up under its name
+    for _, name, macs in layers:
+        macs_of[name] = macs_of.get(name, 0) + macs
+    names = list(macs_of)
     run = _Runner(g, opts, list(feeds))
     added = {f: run.layer_errors(dict.fromkeys(names, f), layers) for f in candidates}
 
@@ -328,9 +326,6 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
     # then layer by layer, the most MACs first: one step narrower while the outputs hold
     chosen, errors = best
     rank = {f: k for k, f in enumerate(candidates)}
-    macs_of: dict[str, int] = {}
-    for _, name, macs in layers:
-        macs_of[name] = macs_of.get(name, 0) + macs
     for name in sorted(names, key=lambda n: -macs_of[n]):
         while rank[chosen[name]] > 0:
             trial = {**chosen, name: candidates[rank[chosen[name]] - 1]}
@@ -338,16 +333,12 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
             if not ok(got):
                 break
             chosen, errors = trial, got
-    rows = []
-    seen = set()
-    for v, name, macs in layers:
-        if name in seen:  # a recurrent layer's steps: one row
-            next(r for r in rows if r["layer"] == name)["macs"] += macs
-            continue
-        seen.add(name)
-        rows.append({"layer": name, "op": op_label(node(g, v), False),
-                     "macs": macs, "format": chosen[name],
-                     "added": {f: added[f][name] for f in candidates}})
+    first = {}
+    for v, name, _ in layers:
+        first.setdefault(name, v)
+    rows = [{"layer": name, "op": op_label(node(g, first[name]), False),
+             "macs": macs_of[name], "format": chosen[name],
+             "added": {f: added[f][name] for f in candidates}} for name in names]
     return Choice(chosen, default, rows, metric, tolerance, errors["agreement"], errors["error"],
                   errors["ctc"], len(feeds), run.runs)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from npusim.simulator.area import unit_alms
 from npusim.simulator.numerics import FORMAT_NAMES, Format, get_format
 
 DEFAULT_DEVICE = "brainwave-s10"
@@ -169,8 +170,6 @@ class DeviceConfig:
     def matrix_alms(self) -> float:
         """The matrix unit's logic in ALMs, by the first-order model of
         :mod:`npusim.simulator.area` (its lanes and converters in this device's format)."""
-        from npusim.simulator.area import unit_alms
-
         return unit_alms(self.peak_macs_per_cycle, self.input_lanes, self.format())
 
     @property

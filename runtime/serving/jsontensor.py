@@ -63,7 +63,7 @@ def _invalid(message: str) -> RequestError:
 
 
 class _DuplicateKey(ValueError):
-    pass
+    """A JSON object that names one key twice."""
 
 
 def _object(pairs: list[tuple[str, object]]) -> dict:
