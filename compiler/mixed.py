@@ -61,7 +61,7 @@ from npusim.compiler.options import CompileOptions
 from npusim.compiler.passes import quantize_weights
 from npusim.compiler.select import op_label
 from npusim.simulator.config import DeviceConfig
-from npusim.simulator.numerics import FP32, Rounding
+from npusim.simulator.numerics import FP32, Rounding, get_format
 from npusim.simulator.progress import task
 
 DEFAULT_FORMATS = ("msfp8", "msfp9", "msfp12", "mxint8", "msfp16", "fp32")
@@ -267,7 +267,7 @@ def choose_formats(model: str | Path | onnx.ModelProto | bytes,
         raise CompileError(f"candidate formats {candidates}: give each once")
     cfg = CompileOptions.make(device).device
     try:
-        fmts = {f: cfg.format(f) for f in candidates}
+        fmts = {f: get_format(f, cfg.native_dim) for f in candidates}  # "" is no default
     except ValueError as exc:
         raise CompileError(str(exc)) from None
     candidates.sort(key=lambda f: (fmts[f].bits_per_element, fmts[f].mantissa_bits))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from npusim.compiler.errors import CompileError
 from npusim.simulator.config import DeviceConfig, load_device
-from npusim.simulator.numerics import Format, Rounding
+from npusim.simulator.numerics import Format, Rounding, get_format
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class CompileOptions:
             cfg = cfg.replace(numerics=numerics)
         for name, fmt in (layer_formats or {}).items():
             try:
-                cfg.format(fmt)
+                get_format(fmt, cfg.native_dim)  # not cfg.format: "" would be the default
             except ValueError as exc:
                 raise CompileError(f"layer {name!r}: {exc}") from None
         return cls(cfg, Rounding(rounding), seed, strict,

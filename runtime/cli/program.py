@@ -164,7 +164,8 @@ def _choose(args: argparse.Namespace, shapes):
     if not args.calibration:
         raise UsageError("--numerics auto needs --calibration DATA (inputs to measure on)")
     tolerance = _tolerance(args.tolerance)
-    candidates = [f.strip() for f in args.formats.split(",")] if args.formats else None
+    candidates = (None if args.formats is None
+                  else [f.strip() for f in args.formats.split(",")])
     feeds = calibration_feeds(args.calibration, args.model, shapes, args.calibration_samples)
     choice = choose_formats(args.model, args.device, feeds, tolerance, candidates,
                             args.metric, args.rounding, args.seed, shapes)

@@ -94,3 +94,10 @@ def test_the_ctc_measure_decodes_greedily_and_counts_edits():
     flipped = np.eye(4)[[0, 2, 2, 2, 0, 2, 3, 0]][None]
     assert _ctc(flipped) == _ctc(scores)
     assert (flipped.argmax(-1) != scores.argmax(-1)).any()
+
+
+def test_an_empty_format_name_is_refused_not_taken_for_the_default():
+    with pytest.raises(CompileError, match="unknown number format ''"):
+        choose_formats(three_layers(), "tiny", _feeds(4), 0.01, ["msfp8", ""])
+    with pytest.raises(CompileError, match="layer 'conv1': unknown number format ''"):
+        compile_model(three_layers(), "tiny", "msfp16", layer_formats={"conv1": ""})
