@@ -228,6 +228,7 @@ def test_local_processes_give_the_serial_results(data, serial):
     _same(res, serial)
 
 
+@pytest.mark.slow  # a Ray start-up: 9 s
 @pytest.mark.skipif(not HAS_RAY, reason="ray is not installed")
 def test_ray_gives_the_serial_results(data, serial):
     res = run(data.model, data.dir / "data.npz", serial=False, address="local", workers=2)

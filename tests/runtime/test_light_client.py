@@ -110,6 +110,7 @@ def test_tensorflow_first_then_the_light_client(server, pkg):
         assert sig["outputs"]["output_alias"]["dtype"] == "float32"
 
 
+@pytest.mark.slow  # imports TensorFlow in a fresh process: 8 s
 def test_the_light_client_first_then_tensorflow(pkg, tmp_path):
     """In a fresh process: the light messages, then TensorFlow and its TF Serving modules,
     then a server in that same process, called by the client."""

@@ -232,6 +232,7 @@ def test_without_ray_it_runs_serially_and_says_so(tmp_path, monkeypatch, capsys)
         run_sweep(two_conv(), grid, tmp_path / "o", address="127.0.0.1:6379", progress=False)
 
 
+@pytest.mark.slow  # a Ray start-up: 9 s
 @pytest.mark.skipif(not HAS_RAY, reason="ray is not installed")
 def test_ray_gives_the_serial_rows(serial_run, tmp_path):
     grid_path, _, serial_rows = serial_run
