@@ -54,6 +54,66 @@ def _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cov
     ``nb`` are the zero padding) into ``q[:, ow]`` mantissas and ``sa[ow]`` scales
     (``scratch``: float64 ``[3, >= ow]``, reused between calls).
 
+    In fp32 (twice the lanes of float64) when that gives the same numbers: the format's
+    smallest exponent is at least fp32's (-127), so the exponent read from the fp32 bits
+    of the block maximum clamps as the float64 one does, and every nonzero block maximum
+    is at least ``2**(mbits - 126)``, so its scale and the multiplier ``2**(mbits-1-e)``
+    are normal fp32 numbers and ``|x| * multiplier`` is exact (or below 1/2 either way).
+    Otherwise the float64 version, :func:`_quantize_block64`.
+    """
+    ow = v.shape[1]
+    if emin < -127:
+        _quantize_block64(v, nb, mbits, emin, emax, q, sa, scratch)
+        return
+    # max |v| by the bits of |v| (ordered as the values; a NaN's above an infinity's),
+    # branch-free so that the loop vectorizes
+    bits = scratch[0, :ow].view(np.int32)[:ow]
+    bits[:] = 0
+    vbits = v.view(np.int32)
+    for b in range(nb):
+        for ox in range(ow):
+            a = vbits[b, ox] & 0x7FFFFFFF
+            bits[ox] = a if a > bits[ox] else bits[ox]
+    amax = bits.view(np.float32)
+    bad = scratch[0, :ow].view(np.float32)[ow:]  # NaN for a block with a NaN or an infinity
+    for ox in range(ow):
+        bad[ox] = np.float32(0.0) if bits[ox] < 0x7F800000 else np.float32(np.nan)
+    mult = scratch[1, :ow].view(np.int32)[:ow]
+    scale = scratch[1, :ow].view(np.int32)[ow:]
+    lowest = mbits - 126
+    tiny = 0
+    for ox in range(ow):
+        e = min(max(((bits[ox] >> 23) & 255) - 127, emin), emax)
+        live = amax[ox] > 0.0 and bad[ox] == 0.0
+        tiny += 1 if live and e < lowest else 0
+        e = max(e, lowest)  # (a column it changes is live and tiny: float64 takes over)
+        mult[ox] = (mbits - 1 - e + 127) << 23 if live else 0
+        scale[ox] = (e - mbits + 1 + 127) << 23
+    if tiny:
+        _quantize_block64(v, nb, mbits, emin, emax, q, sa, scratch)
+        return
+    mf = mult.view(np.float32)
+    sf = scale.view(np.float32)
+    one = np.float32(1.0)
+    for ox in range(ow):
+        s = sf[ox] if np.rint(amax[ox] * mf[ox]) != 0.0 else one  # all mantissas zero
+        sa[ox] = s if bad[ox] == 0.0 else np.float32(np.nan)
+    max_m = np.float32((1 << mbits) - 1)
+    zero = np.float32(0.0)
+    for b in range(nb):
+        for ox in range(ow):
+            x = v[b, ox]
+            m = abs(x) * mf[ox]
+            m = min(np.rint(m), max_m) if m == m else zero  # inf * 0 in a non-finite block
+            q[b, ox] = -m if x < 0 else m
+    for b in range(nb, q.shape[0]):
+        q[b, :] = 0.0
+
+
+@numba.njit(cache=True, inline="always")
+def _quantize_block64(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cover - compiled
+    """:func:`_quantize_block` in float64, for every format and scale.
+
     The shared exponent ``clamp(floor(log2(max |v|)), emin, emax)`` is read from the
     float64 bits of the block maximum (an all-zero block's reads -1023 and clamps to
     ``emin``), and the powers of two are built from bits, so the loops vectorize. A block
@@ -255,6 +315,163 @@ def _grouped_f32(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, wf, g0, g1, step,
                         acc[i] = acc[i] + wv * vk[i]
 
 
+@numba.njit(cache=True, inline="always")
+def _pad_phases(x, c, top, left, pad):  # pragma: no cover - compiled
+    """Channel ``c`` of ``x [C, H, W]`` into its zero-padded plane, kept as stride phases
+    ``pad [Sy, Sx, Hq, Wq]``: padded pixel ``(Y, X)`` at ``pad[Y % Sy, X % Sx, Y // Sy,
+    X // Sx]``. Tap ``(ky, kx)`` of output pixel ``(oy, ox)`` is then element
+    ``oy * Wq + ox + (ky // Sy) * Wq + kx // Sx`` of phase plane ``(ky % Sy, kx % Sx)``
+    flattened: one run of every output row at once. The border stays zero (every channel
+    writes the same interior)."""
+    h, w = x.shape[1], x.shape[2]
+    sy, sx = pad.shape[0], pad.shape[1]
+    for y in range(h):
+        yy = top + y
+        if yy // sy >= pad.shape[2]:
+            break
+        src = x[c, y]
+        for ph in range(sx):
+            i0 = (ph - left) % sx  # first input column of this phase
+            if i0 >= w:
+                continue
+            d0 = (left + i0) // sx
+            n = min((w - i0 + sx - 1) // sx, pad.shape[3] - d0)
+            dst = pad[yy % sy, ph, yy // sy, d0:d0 + n]
+            if sx == 1:  # a step-free slice, so the copy vectorizes
+                row = src[i0:i0 + n]
+                for t in range(n):
+                    dst[t] = row[t]
+            elif sx == 2:  # pairs of columns as one int64 each (little-endian: the even
+                # column in the low half), so the deinterleave vectorizes
+                pairs = src[:2 * (w // 2)].view(np.int64)
+                out32 = dst.view(np.int32)
+                m = min(n, pairs.shape[0])
+                if i0 == 0:
+                    for t in range(m):
+                        out32[t] = np.int32(pairs[t] & 0xFFFFFFFF)
+                else:
+                    for t in range(m):
+                        out32[t] = np.int32(pairs[t] >> 32)
+                for t in range(m, n):  # an odd width's last column
+                    dst[t] = src[i0 + 2 * t]
+            else:
+                for t in range(n):
+                    dst[t] = src[i0 + t * sx]
+
+
+@numba.njit(cache=True, inline="always")
+def _phase_tap(pad, ky, kx, wq, n0, n):  # pragma: no cover - compiled
+    """Elements ``n0 <= m < n0 + n`` of tap ``(ky, kx)`` over the wide output (see
+    :func:`_pad_phases`)."""
+    sy, sx = pad.shape[0], pad.shape[1]
+    flat = pad[ky % sy, kx % sx].reshape(-1)
+    d = n0 + (ky // sy) * wq + kx // sx
+    return flat[d:d + n]
+
+
+def _phase_shape(hp: int, wp: int, sy: int, sx: int) -> tuple[int, int, int, int]:
+    """The scratch of :func:`_pad_phases` for a padded ``hp x wp`` plane: one more row than
+    the plane needs, for the wide output's last row (its columns past the output read up
+    to a row further)."""
+    return sy, sx, -(-hp // sy) + 1, -(-wp // sx)
+
+
+@numba.njit(cache=True, nogil=True)
+def _depthwise_planes_f32(x, top, left, pad, ky, kx, oh, ow, og, wf, c0, c1, step,
+                          out):  # pragma: no cover - compiled
+    # One input channel per group, a plane at a time, vectorized along the plane (for
+    # planes wide enough; see _depthwise_f32 for narrow ones): channels c0 <= c < c1 of
+    # the unpadded x [C, H, W], each zero-padded into the scratch `pad` (_pad_phases).
+    # The sums run over a wide output, oh rows of Wq columns (the columns past ow are
+    # dropped), `step` rows at a time; output row o = c*og + r of out [O, oh*ow] is
+    # sum_k wf[o, k] * tap k, in K order as _grouped_f32 sums it.
+    nk = ky.shape[0]
+    wq = pad.shape[3]
+    acc = np.empty(step * wq, np.float32)
+    for c in range(c0, c1):
+        _pad_phases(x, c, top, left, pad)
+        for r in range(og):
+            o = c * og + r
+            for oy0 in range(0, oh, step):
+                rows = min(step, oh - oy0)
+                n = rows * wq
+                a = acc[:n]
+                a[:] = 0.0
+                k = 0
+                while k + 3 < nk:  # four taps a pass (in order): fewer trips through L1
+                    w0, w1, w2, w3 = wf[o, k], wf[o, k + 1], wf[o, k + 2], wf[o, k + 3]
+                    s0 = _phase_tap(pad, ky[k], kx[k], wq, oy0 * wq, n)
+                    s1 = _phase_tap(pad, ky[k + 1], kx[k + 1], wq, oy0 * wq, n)
+                    s2 = _phase_tap(pad, ky[k + 2], kx[k + 2], wq, oy0 * wq, n)
+                    s3 = _phase_tap(pad, ky[k + 3], kx[k + 3], wq, oy0 * wq, n)
+                    for i in range(n):
+                        a[i] = (((a[i] + w0 * s0[i]) + w1 * s1[i]) + w2 * s2[i]) + w3 * s3[i]
+                    k += 4
+                for k in range(k, nk):
+                    wv = wf[o, k]
+                    src = _phase_tap(pad, ky[k], kx[k], wq, oy0 * wq, n)
+                    for i in range(n):
+                        a[i] = a[i] + wv * src[i]
+                for y in range(rows):
+                    out[o, (oy0 + y) * ow:(oy0 + y + 1) * ow] = a[y * wq:y * wq + ow]
+
+
+@numba.njit(cache=True, nogil=True)
+def _depthwise_planes_quantized(x, top, left, pad, ky, kx, oh, ow, og, block, mbits, emin,
+                                emax, wq8, sw, c0, c1, step,
+                                out):  # pragma: no cover - compiled
+    # The block-format twin of _depthwise_planes_f32: the windows of a step of output
+    # rows are gathered (a run per tap) and quantized once for the og outputs of their
+    # channel, their integer block products summed in fp32 (exact) and accumulated in
+    # block order, as _grouped_quantized does. wq8 [O, Kp] int8 mantissas, sw [O, J] f64
+    # scales.
+    nk = ky.shape[0]
+    nblocks = -(-nk // block)
+    wq = pad.shape[3]
+    width = step * wq
+    rows = min(block, nk)
+    vbuf = np.empty(rows * width, np.float32)
+    qbuf = np.empty(nblocks * rows * width, np.float32)
+    sbuf = np.empty(nblocks * width, np.float32)
+    lo = np.empty(nblocks, np.float64)
+    hi = np.empty(nblocks, np.float64)
+    pbuf = np.empty(width, np.float32)
+    abuf = np.empty(width, np.float32)
+    scratch = np.empty((3, width), np.float64)
+    for c in range(c0, c1):
+        _pad_phases(x, c, top, left, pad)
+        for oy0 in range(0, oh, step):
+            n = min(step, oh - oy0) * wq
+            v = vbuf[:rows * n].reshape(rows, n)
+            q = qbuf[:nblocks * rows * n].reshape(nblocks, rows, n)
+            sa = sbuf[:nblocks * n].reshape(nblocks, n)
+            p = pbuf[:n]
+            a = abuf[:n]
+            for j in range(nblocks):
+                nb = min(block, nk - j * block)
+                for b in range(nb):
+                    k = j * block + b
+                    src = _phase_tap(pad, ky[k], kx[k], wq, oy0 * wq, n)
+                    vb = v[b]
+                    for i in range(n):
+                        vb[i] = src[i]
+                _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
+                lo[j], hi[j] = _scale_range(sa[j])
+            for r in range(og):
+                o = c * og + r
+                a[:] = 0.0
+                for j in range(nblocks):
+                    p[:] = 0.0
+                    for b in range(min(block, nk - j * block)):
+                        wv = np.float32(wq8[o, j * block + b])
+                        qb = q[j, b]
+                        for i in range(n):  # integer products and sums: exact in fp32
+                            p[i] += wv * qb[i]
+                    _accumulate_block(a, p, sa[j], sw[o, j], lo[j], hi[j])
+                for y in range(n // wq):
+                    out[o, (oy0 + y) * ow:(oy0 + y + 1) * ow] = a[y * wq:y * wq + ow]
+
+
 @numba.njit(cache=True, nogil=True)
 def _depthwise_quantized(xt, ky, kx, ow, sy, sx, block, mbits, emin, emax, wt, swt, oy0, oy1,
                          out):  # pragma: no cover - compiled
@@ -330,31 +547,26 @@ def _depthwise_f32(xt, ky, kx, ow, sy, sx, wt, oy0, oy1, out):  # pragma: no cov
 def _epilogue(out, bias, res, relu, clip, lo, hi):  # pragma: no cover - compiled
     # out [O, N] in place: + bias[o] (if bias.size), + res[o, n] (if res.size), then
     # ReLU as np.maximum(y, 0) does it (a NaN stays, -0 becomes +0), then the clip
-    # min(max(y, lo), hi) (a NaN stays); each step in fp32
+    # min(max(y, lo), hi) (a NaN stays); each step in fp32, all in one branch-free pass
+    # (selects, not stores under a condition, so that the loop vectorizes)
     rows, n = out.shape
+    zero = np.float32(0.0)
     for o in range(rows):
         y = out[o]
-        if bias.size:
-            b = bias[o]
-            for i in range(n):
-                y[i] = y[i] + b
-        if res.size:
-            r = res[o]
-            for i in range(n):
-                y[i] = y[i] + r[i]
-        if relu:
-            for i in range(n):
-                v = y[i]
-                if not v > 0 and v == v:
-                    y[i] = 0.0
-        if clip:
-            for i in range(n):
-                v = y[i]
-                if v < lo:
-                    v = lo
-                if v > hi:  # after the lower bound, as min(max(y, lo), hi) with lo > hi
-                    v = hi
-                y[i] = v
+        b = bias[o] if bias.size else zero
+        r = res[o] if res.size else y
+        for i in range(n):
+            v = y[i]
+            if bias.size:
+                v = v + b
+            if res.size:
+                v = v + r[i]
+            if relu:
+                v = v if (v > zero or v != v) else zero
+            if clip:
+                v = lo if v < lo else v
+                v = hi if v > hi else v  # after the lower bound: min(max(y, lo), hi)
+            y[i] = v
 
 
 # --- entry points: one worker's share of a product, around the compiled kernels ------
@@ -406,6 +618,16 @@ depthwise_quantized = _depthwise_quantized
 channels: output rows ``[oy0, oy1)`` of one padded channel-last image."""
 
 depthwise_f32 = _depthwise_f32
+"""The fp32 one, same tasks."""
+
+depthwise_planes_quantized = _depthwise_planes_quantized
+"""A convolution of one input channel per group in a block format, a channel plane at a
+time (vectorized along the plane): channels ``[c0, c1)`` of one unpadded image, with a
+scratch plane of :func:`phase_shape` (one per thread)."""
+
+phase_shape = _phase_shape
+
+depthwise_planes_f32 = _depthwise_planes_f32
 """The fp32 one, same tasks."""
 
 grouped_f32 = _grouped_f32

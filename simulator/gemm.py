@@ -131,17 +131,26 @@ def _rows_per_step(nblocks: int, out_rows: int, width: int) -> int:
     return max(1, PARTIAL_BYTES // (4 * nblocks * out_rows * max(1, width)))
 
 
-def padded(x: np.ndarray, geom, out_hw: tuple[int, int], channels_last: bool = False
-           ) -> np.ndarray:
-    """``x [C, H, W]`` with the zero padding every window of ``geom`` reads (top and left
-    as the geometry says; bottom and right as far as the last window reaches); with
-    ``channels_last``, ``[H, W, C]`` (in one copy)."""
-    c, h, w = x.shape
+def pad_extent(hw: tuple[int, int], geom, out_hw: tuple[int, int]
+               ) -> tuple[int, int, int, int]:
+    """``(top, left, Hp, Wp)``: the zero padding every window of ``geom`` reads around an
+    ``hw`` plane (top and left as the geometry says; bottom and right as far as the last
+    window reaches), and the padded plane's size."""
+    h, w = hw
     oh, ow = out_hw
     need_h = (oh - 1) * geom.strides[0] + (geom.kernel[0] - 1) * geom.dilations[0] + 1
     need_w = (ow - 1) * geom.strides[1] + (geom.kernel[1] - 1) * geom.dilations[1] + 1
     top, left = geom.pads[:2]
-    bottom, right = max(need_h - h - top, 0), max(need_w - w - left, 0)
+    return top, left, top + h + max(need_h - h - top, 0), left + w + max(need_w - w - left, 0)
+
+
+def padded(x: np.ndarray, geom, out_hw: tuple[int, int], channels_last: bool = False
+           ) -> np.ndarray:
+    """``x [C, H, W]`` with the zero padding of :func:`pad_extent`; with
+    ``channels_last``, ``[H, W, C]`` (in one copy)."""
+    c, h, w = x.shape
+    top, left, hp, wp = pad_extent((h, w), geom, out_hw)
+    bottom, right = hp - h - top, wp - w - left
     if channels_last:
         xt = np.zeros((h + top + bottom, w + left + right, c), np.float32)
         xt[top:top + h, left:left + w] = x.transpose(1, 2, 0)
@@ -201,6 +210,10 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
             xt = padded(x[i], geom, (oh, ow), channels_last=True)
             _depthwise(xt, weight, tp, geom, fmt, og, out[i].reshape(o, oh * ow), (oh, ow),
                        functools.partial(epi.apply, i))
+            continue
+        if g > 1 and cg == 1:
+            _depthwise_planes(x[i], weight, tp, geom, fmt, og, out[i].reshape(o, oh * ow),
+                              (oh, ow), functools.partial(epi.apply, i))
             continue
         xp = padded(x[i], geom, (oh, ow))
         if g > 1 and _grouped_direct(cg, og, len(tp[0])):
@@ -398,6 +411,43 @@ def _depthwise(xt, weight, tp, geom, fmt: Format, og: int, out, out_hw, finish) 
         finish(0, out[:, r0 * ow:r1 * ow], r0 * ow)
 
     threads.run(share, oh, grain=_grain(out.shape[0] * len(ky) * ow))
+
+
+PLANE_COLUMNS = 2048
+"""Elements of the wide output (output rows of the padded plane's width) per step of a
+plane-wise depthwise kernel: its taps, mantissas and sums stay in L1/L2."""
+
+
+def _depthwise_planes(x, weight, tp, geom, fmt: Format, og: int, out, out_hw,
+                      finish) -> None:
+    """A convolution of one input channel per group, one unpadded image ``x [C, H, W]``, a
+    channel plane at a time (each padded in the kernel's own scratch plane); the threads
+    share the channels."""
+    oh, ow = out_hw
+    _, ky, kx = tp
+    top, left, hp, wp = pad_extent(x.shape[1:], geom, out_hw)
+    shape = _fast_gemm.phase_shape(hp, wp, *geom.strides)
+    step = max(1, PLANE_COLUMNS // shape[3])
+    if fmt.is_fp32:
+        wf = np.ascontiguousarray(weight, np.float32)
+
+        def product(c0: int, c1: int) -> None:
+            _fast_gemm.depthwise_planes_f32(x, top, left, np.zeros(shape, np.float32), ky,
+                                            kx, oh, ow, og, wf, c0, c1, step, out)
+    else:
+        scales = _tiles(weight).scales
+
+        def product(c0: int, c1: int) -> None:
+            _fast_gemm.depthwise_planes_quantized(
+                x, top, left, np.zeros(shape, np.float32), ky, kx, oh, ow, og,
+                fmt.block_size, fmt.mantissa_bits, fmt.emin, fmt.emax, weight.q, scales, c0,
+                c1, step, out)
+
+    def share(c0: int, c1: int) -> None:
+        product(c0, c1)
+        finish(c0 * og, out[c0 * og:c1 * og])
+
+    threads.run(share, x.shape[0], grain=_grain(og * len(ky) * oh * ow))
 
 
 def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,

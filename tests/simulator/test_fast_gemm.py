@@ -9,11 +9,12 @@ values: ties, subnormals, NaN, infinities, block scales outside fp32's normal ra
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
-from npusim.simulator import gemm
+from npusim.simulator import _fast_gemm, gemm
 from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
 from npusim.simulator.numerics import (
     FP32,
@@ -53,9 +54,17 @@ CONVS = {
                                             input_dilation=(2, 2))),
 }
 
+# planes wide enough for the plane-wise depthwise kernel whichever path the test forces:
+# a stride-2 plane of even and odd width, its left column padded or not
+WIDE_DEPTHWISE = {
+    "depthwise-wide-even": (16, 16, 7, 40, ConvGeometry((3, 3), (2, 2), (0, 0, 1, 1),
+                                                        groups=16)),
+    "depthwise-wide-odd": (8, 8, 9, 35, ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1), groups=8)),
+}
+
 
 def _conv_case(name: str, fmt: Format, seed: int, extreme: bool = False):
-    c, o, h, w, geom = CONVS[name]
+    c, o, h, w, geom = CONVS[name] if name in CONVS else WIDE_DEPTHWISE[name]
     rng = np.random.default_rng(seed)
     kg = geom.kernel[0] * geom.kernel[1] * c // geom.groups
     x = nasty(rng, (2, c, h, w), fmt, row_exp=(-145, 125) if extreme else (-30, 30))
@@ -92,24 +101,24 @@ def test_conv2d_matches_reference(fmt: Format, name: str, extreme: bool, split: 
             assert same_bits(conv2d(x, w, bias, geom, fmt, **kw), ref), (name, kw)
 
 
-DEPTHWISE = [n for n, (c, _, _, _, g) in CONVS.items() if g.groups == c]
+DEPTHWISE = [n for n, (c, _, _, _, g) in CONVS.items() if g.groups == c] + list(WIDE_DEPTHWISE)
 
 
-@pytest.mark.parametrize("path", ["by-channels", "by-pixels-in-slices"])
+@pytest.mark.parametrize("path", ["by-channels", "by-planes-a-row-at-a-time"])
 @pytest.mark.parametrize("fmt", [FP32, *DIFF_FORMATS], ids=fid)
 @pytest.mark.parametrize("name", DEPTHWISE)
 @pytest.mark.parametrize("extreme", [False, True], ids=["scales-normal", "scales-extreme"])
 def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, path: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """One input channel per group (depthwise, and a channel multiplier of 2): vectorized
-    along the channels, or along the plane a few output rows at a time (the small cases
-    would otherwise take one of the two whole)."""
+    along the channels, or along each channel's plane, here one output row at a time (the
+    small cases would otherwise take one of the two whole)."""
     if path == "by-channels":
         monkeypatch.setattr(gemm, "CHANNEL_WIDTH", 10**9)
         monkeypatch.setattr(gemm, "CHANNEL_GROUPS", 1)
     else:
         monkeypatch.setattr(gemm, "CHANNEL_WIDTH", 0)
-        monkeypatch.setattr(gemm, "GROUPED_COLUMNS", 1)
+        monkeypatch.setattr(gemm, "PLANE_COLUMNS", 1)
     x, w, bias, geom = _conv_case(name, fmt, seed=len(name) + fmt.block_size, extreme=extreme)
     if fmt.is_fp32:  # a sum in K order per pixel whichever way it is vectorized
         x = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
@@ -206,3 +215,36 @@ def test_stochastic_rounding_uses_the_reference() -> None:
         ref = conv2d_reference(x, w, bias, geom, fmt, rounding=Rounding.STOCHASTIC, seed=7)
         assert same_bits(got, ref)
         assert not same_bits(got, conv2d(x, w, bias, geom, fmt))
+
+
+@numba.njit(cache=True)
+def _both_quantizers(v, nb, mbits, emin, emax, q1, s1, q2, s2, scratch):  # pragma: no cover
+    _fast_gemm._quantize_block(v, nb, mbits, emin, emax, q1, s1, scratch)
+    _fast_gemm._quantize_block64(v, nb, mbits, emin, emax, q2, s2, scratch)
+
+
+@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
+def test_fp32_quantizer_matches_float64_one(fmt: Format) -> None:
+    """The activations' quantizer runs in fp32 where that gives the float64 result, and
+    hands a block with a tiny nonzero maximum to the float64 one: both give the same bits
+    on zeros, subnormals, huge values, infinities and NaNs, block by block."""
+    rng = np.random.default_rng(fmt.block_size + fmt.mantissa_bits)
+    b = fmt.block_size
+    for trial in range(200):
+        n = int(rng.integers(1, 40))
+        nb = int(rng.integers(1, b + 1))
+        with np.errstate(all="ignore"):
+            v = (rng.standard_normal((b, n)) * 2.0 ** rng.integers(-160, 130, (b, n))
+                 ).astype(np.float32)
+        u = rng.random((b, n))
+        v[u < 0.2] = 0.0
+        v[(u > 0.2) & (u < 0.21)] = np.inf
+        v[(u > 0.21) & (u < 0.215)] = np.nan
+        v[:, rng.random(n) < 0.3] = 0.0
+        v[:, rng.random(n) < 0.3] *= np.float32(2.0**-100)
+        if trial % 2:  # the common case: no tiny block, so the fp32 path runs
+            v = np.where(np.abs(v) < 2.0**-90, 0.0, v).astype(np.float32)
+        q1, q2 = np.empty((b, n), np.float32), np.empty((b, n), np.float32)
+        s1, s2 = np.empty(n, np.float32), np.empty(n, np.float32)
+        _both_quantizers(v, nb, fmt.mantissa_bits, fmt.emin, fmt.emax, q1, s1, q2, s2, np.empty((3, n)))
+        assert same_bits(q1, q2) and same_bits(s1, s2), trial
