@@ -246,5 +246,6 @@ def test_fp32_quantizer_matches_float64_one(fmt: Format) -> None:
             v = np.where(np.abs(v) < 2.0**-90, 0.0, v).astype(np.float32)
         q1, q2 = np.empty((b, n), np.float32), np.empty((b, n), np.float32)
         s1, s2 = np.empty(n, np.float32), np.empty(n, np.float32)
-        _both_quantizers(v, nb, fmt.mantissa_bits, fmt.emin, fmt.emax, q1, s1, q2, s2, np.empty((3, n)))
+        _both_quantizers(v, nb, fmt.mantissa_bits, fmt.emin, fmt.emax, q1, s1, q2, s2,
+                         np.empty((3, n)))
         assert same_bits(q1, q2) and same_bits(s1, s2), trial
