@@ -212,15 +212,17 @@ def _im2col(xp, kc, ky, kx, oy0, oy1, ow, sy, sx, cols):  # pragma: no cover - c
 
 
 @numba.njit(cache=True, nogil=True)
-def _accumulate_cols(partials, sw, sa, out):  # pragma: no cover - compiled
-    # partials [J, O, N] exact integers; sw [J, O], sa [J, N] f32 scales; out [O, N]
-    nblocks, rows, _ = partials.shape
+def _accumulate_cols(partials, sw, sa, out, n0):  # pragma: no cover - compiled
+    # partials [J, O, N] exact integers; sw [J, O], sa [J, N] f32 scales; the sums into
+    # columns n0 <= n < n0 + N of out [O, >= n0 + N] (a C array, indexed here, so that
+    # each row is contiguous to the compiler)
+    nblocks, rows, n = partials.shape
     lo = np.empty(nblocks, np.float64)
     hi = np.empty(nblocks, np.float64)
     for j in range(nblocks):
         lo[j], hi[j] = _scale_range(sa[j])
     for o in range(rows):
-        acc = out[o]
+        acc = out[o, n0:n0 + n]
         acc[:] = 0.0
         for j in range(nblocks):
             _accumulate_block(acc, partials[j, o], sa[j], np.float64(sw[j, o]), lo[j], hi[j])
@@ -544,18 +546,20 @@ def _depthwise_f32(xt, ky, kx, ow, sy, sx, wt, oy0, oy1, out):  # pragma: no cov
 
 
 @numba.njit(cache=True, nogil=True)
-def _epilogue(out, bias, res, relu, clip, lo, hi):  # pragma: no cover - compiled
-    # out [O, N] in place: + bias[o] (if bias.size), + res[o, n] (if res.size), then
+def _epilogue(out, o0, o1, n0, n1, bias, res, relu, clip, lo,
+              hi):  # pragma: no cover - compiled
+    # rows o0 <= o < o1, columns n0 <= n < n1 of out [O, N] in place (a C array, indexed
+    # here, so that each row is contiguous to the compiler: a strided view's rows would
+    # not vectorize): + bias[o] (if bias.size), + res[o, n] (res [O, N], if res.size), then
     # ReLU as np.maximum(y, 0) does it (a NaN stays, -0 becomes +0), then the clip
     # min(max(y, lo), hi) (a NaN stays); each step in fp32, all in one branch-free pass
     # (selects, not stores under a condition, so that the loop vectorizes)
-    rows, n = out.shape
     zero = np.float32(0.0)
-    for o in range(rows):
-        y = out[o]
+    for o in range(o0, o1):
+        y = out[o, n0:n1]
         b = bias[o] if bias.size else zero
-        r = res[o] if res.size else y
-        for i in range(n):
+        r = res[o, n0:n1] if res.size else y
+        for i in range(n1 - n0):
             v = y[i]
             if bias.size:
                 v = v + b
@@ -599,12 +603,12 @@ def im2col(xp: np.ndarray, taps: tuple, rows: tuple[int, int], ow: int,
 
 
 epilogue = _epilogue
-"""``epilogue(out [O, N], bias [O] or empty, res [O, N] or empty, relu, clip, lo, hi)``,
-in place."""
+"""``epilogue(out [O, N], o0, o1, n0, n1, bias [O] or empty, res [O, N] or empty, relu,
+clip, lo, hi)``: rows ``[o0, o1)`` and columns ``[n0, n1)`` in place."""
 
 accumulate_cols = _accumulate_cols
-"""``accumulate_cols(partials [J, O, N], sw [J, O], sa [J, N], out [O, N])``: the block
-products summed in the device's order."""
+"""``accumulate_cols(partials [J, O, N], sw [J, O], sa [J, N], out [O, >= n0 + N], n0)``:
+the block products summed in the device's order into columns ``n0...`` of ``out``."""
 
 gemv = _gemv
 """``gemv(xq, sa, wq, sw, o0, o1, out)``: outputs ``o0:o1`` of a product of a few rows."""

@@ -404,9 +404,30 @@ class Device:
             out_shape = (i.batch, i.out_channels, oh, ow)
             res = (self._f32(i.residual, out_shape).reshape(rows, *out_shape[1:])
                    if i.has_residual else None)
+            direct = self._direct_out(i.dst, (rows, *out_shape[1:]),
+                                      [(i.src, x.nbytes // images), (i.bias, bias.nbytes)]
+                                      + ([(i.residual, res.nbytes // images)]
+                                         if res is not None else []))
             y = kernels.conv2d(x.reshape(rows, *x.shape[2:]), w, bias, geom, fmt, res,
-                               bool(i.relu), rounding, seed, clip)
+                               bool(i.relu), rounding, seed, clip, out=direct)
+            if y is direct:
+                return
         self._store(i.dst, y)
+
+    def _direct_out(self, addr: int, shape: tuple[int, ...],
+                    operands: list[tuple[int, int]]) -> np.ndarray | None:
+        """The result's place in the activation arena, for a kernel to write into (one
+        copy fewer), or None: only for one image (its arena is contiguous), and only
+        when the result shares no byte with an operand."""
+        if self._arena.shape[0] != 1:
+            return None
+        nbytes = 4 * math.prod(shape)
+        arena, off = self._region(addr, nbytes, "write")
+        if not arena:
+            return None  # _store raises the error
+        if any(a < addr + nbytes and addr < a + n for a, n in operands):
+            return None
+        return self._arena[0, off:off + nbytes].view(np.float32).reshape(shape)
 
     def _pool(self, i: isa.VPool) -> None:
         x = self._f32(i.src, (i.batch, i.channels, i.height, i.width))

@@ -180,22 +180,31 @@ class Epilogue:
         self.clip = clip is not None
         self.lo, self.hi = (np.float32(clip[0]), np.float32(clip[1])) if clip else (0, 0)
 
-    def apply(self, image: int, o0: int, out: np.ndarray, n0: int = 0) -> None:
-        """On ``out``: rows ``o0...`` and columns ``n0...`` of image ``image``'s result."""
+    def apply(self, image: int, plane: np.ndarray, o0: int, o1: int, n0: int, n1: int
+              ) -> None:
+        """On rows ``[o0, o1)`` and columns ``[n0, n1)`` of image ``image``'s result
+        ``plane [O, N]`` (C-contiguous)."""
         if not self.bias.size and self.residual is None and not self.relu and not self.clip:
             return
-        bias = self.bias[o0:o0 + out.shape[0]] if self.bias.size else _NONE1
-        res = (_NONE2 if self.residual is None else
-               self.residual[image, o0:o0 + out.shape[0], n0:n0 + out.shape[1]])
-        _fast_gemm.epilogue(out, bias, res, self.relu, self.clip, np.float32(self.lo),
-                            np.float32(self.hi))
+        res = _NONE2 if self.residual is None else self.residual[image]
+        _fast_gemm.epilogue(plane, o0, o1, n0, n1, self.bias, res, self.relu, self.clip,
+                            np.float32(self.lo), np.float32(self.hi))
+
+    def finisher(self, image: int, plane: np.ndarray, base: int = 0):
+        """``finish(o0, o1, n0, n1)`` for a product that writes rows ``base...`` of
+        ``plane``: the epilogue on the rows and columns it has just made."""
+        def finish(o0: int, o1: int, n0: int, n1: int) -> None:
+            self.apply(image, plane, base + o0, base + o1, n0, n1)
+        return finish
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
            bias: np.ndarray | None = None, residual: np.ndarray | None = None,
-           relu: bool = False, clip: tuple[float, float] | None = None) -> np.ndarray:
+           relu: bool = False, clip: tuple[float, float] | None = None,
+           out: np.ndarray | None = None) -> np.ndarray:
     """The matrix unit's convolution of ``x [B, C, H, W]`` with its epilogue:
-    ``[B, O, OH, OW]`` float32 (``geom`` without input dilation)."""
+    ``[B, O, OH, OW]`` float32 (``geom`` without input dilation), in ``out`` if given (a
+    C-contiguous float32 array of that shape that shares no memory with the operands)."""
     x = np.ascontiguousarray(x, np.float32)
     b, c, h, w = x.shape
     o = weight.shape[0]
@@ -203,30 +212,30 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
     g = geom.groups
     cg, og = c // g, o // g
     tp = taps(geom.kernel, cg, geom.dilations)
-    out = np.empty((b, o, oh, ow), np.float32)
+    if out is None:
+        out = np.empty((b, o, oh, ow), np.float32)
+    elif out.shape != (b, o, oh, ow) or out.dtype != np.float32 \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"conv2d: out must be C-contiguous float32 {[b, o, oh, ow]}")
     epi = Epilogue(bias, residual, relu, (b, o), clip)
     for i in range(b):
+        plane = out[i].reshape(o, oh * ow)
         if g > 1 and cg == 1 and _by_channels(g, ow):
             xt = padded(x[i], geom, (oh, ow), channels_last=True)
-            _depthwise(xt, weight, tp, geom, fmt, og, out[i].reshape(o, oh * ow), (oh, ow),
-                       functools.partial(epi.apply, i))
+            _depthwise(xt, weight, tp, geom, fmt, og, plane, (oh, ow), epi.finisher(i, plane))
             continue
         if g > 1 and cg == 1:
-            _depthwise_planes(x[i], weight, tp, geom, fmt, og, out[i].reshape(o, oh * ow),
-                              (oh, ow), functools.partial(epi.apply, i))
+            _depthwise_planes(x[i], weight, tp, geom, fmt, og, plane, (oh, ow),
+                              epi.finisher(i, plane))
             continue
         xp = padded(x[i], geom, (oh, ow))
         if g > 1 and _grouped_direct(cg, og, len(tp[0])):
-            _grouped(xp, weight, tp, geom, fmt, cg, og, out[i].reshape(o, oh * ow), (oh, ow),
-                     functools.partial(epi.apply, i))
+            _grouped(xp, weight, tp, geom, fmt, cg, og, plane, (oh, ow), epi.finisher(i, plane))
             continue
         for grp in range(g):
             xs = xp[grp * cg:(grp + 1) * cg]
-            ys = out[i, grp * og:(grp + 1) * og].reshape(og, oh * ow)
-
-            def finish(o_off, y, n0=0, i=i, base=grp * og):  # the group's rows from o_off
-                epi.apply(i, base + o_off, y, n0)
-
+            ys = plane[grp * og:(grp + 1) * og]
+            finish = epi.finisher(i, plane, grp * og)
             if fmt.is_fp32:
                 wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
                 _conv_f32(xs, wf, tp, geom, (oh, ow), ys, finish)
@@ -259,9 +268,8 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish) -> None:
         cols = flat if pointwise else _fast_gemm.im2col(xp, tp, (0, oh), ow, geom.strides)
 
         def by_rows(o0: int, o1: int) -> None:
-            y = out[o0:o1]
-            np.matmul(wf[o0:o1], cols, out=y)
-            finish(o0, y)
+            np.matmul(wf[o0:o1], cols, out=out[o0:o1])
+            finish(o0, o1, 0, oh * ow)
 
         threads.run(by_rows, wf.shape[0], grain=_grain(len(tp[0]) * oh * ow))
         return
@@ -274,9 +282,8 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish) -> None:
                 cols = flat[:, n0:n1]
             else:
                 cols = _fast_gemm.im2col(xp, tp, (a, min(r1, a + step)), ow, geom.strides)
-            y = out[:, n0:n1]
-            np.matmul(wf, cols, out=y)
-            finish(0, y, n0)
+            np.matmul(wf, cols, out=out[:, n0:n1])
+            finish(0, out.shape[0], n0, n1)
 
     threads.run(share, oh, grain=_grain(wf.shape[0] * len(tp[0]) * ow))
 
@@ -303,9 +310,9 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
         def by_rows(o0: int, o1: int) -> None:
             for a in range(o0, o1, ostep):
                 b = min(o1, a + ostep)
-                y = out[a:b]
-                _fast_gemm.accumulate_cols(np.matmul(mant[:, a:b], q), sw[:, a:b], sa, y)
-                finish(a, y)
+                _fast_gemm.accumulate_cols(np.matmul(mant[:, a:b], q), sw[:, a:b], sa,
+                                           out[a:b], 0)
+                finish(a, b, 0, oh * ow)
 
         threads.run(by_rows, o, grain=_grain(len(tp[0]) * oh * ow))
         return
@@ -315,9 +322,8 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
         for a in range(r0, r1, step):
             rows = (a, min(r1, a + step))
             q, sa = quantized(rows)
-            y = out[:, rows[0] * ow:rows[1] * ow]
-            _fast_gemm.accumulate_cols(np.matmul(mant, q), sw, sa, y)
-            finish(0, y, rows[0] * ow)
+            _fast_gemm.accumulate_cols(np.matmul(mant, q), sw, sa, out, rows[0] * ow)
+            finish(0, o, rows[0] * ow, rows[1] * ow)
 
     threads.run(share, oh, grain=_grain(o * len(tp[0]) * ow))
 
@@ -344,9 +350,8 @@ def _conv_tiled(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
                                                fmt.emax, -(-n // VECTOR) * VECTOR)
             t = np.empty((o, q.shape[2]), np.float32)
             product(wrows, sw, q, sa, 0, o, 0, q.shape[2], t)
-            y = out[:, a * ow:b * ow]
-            y[...] = t[:, :n]
-            finish(0, y, a * ow)
+            out[:, a * ow:b * ow] = t[:, :n]
+            finish(0, o, a * ow, b * ow)
 
     threads.run(share, oh, grain=_grain(o * len(tp[0]) * ow))
 
@@ -408,7 +413,7 @@ def _depthwise(xt, weight, tp, geom, fmt: Format, og: int, out, out_hw, finish) 
 
     def share(r0: int, r1: int) -> None:
         product(r0, r1)
-        finish(0, out[:, r0 * ow:r1 * ow], r0 * ow)
+        finish(0, out.shape[0], r0 * ow, r1 * ow)
 
     threads.run(share, oh, grain=_grain(out.shape[0] * len(ky) * ow))
 
@@ -445,7 +450,7 @@ def _depthwise_planes(x, weight, tp, geom, fmt: Format, og: int, out, out_hw,
 
     def share(c0: int, c1: int) -> None:
         product(c0, c1)
-        finish(c0 * og, out[c0 * og:c1 * og])
+        finish(c0 * og, c1 * og, 0, oh * ow)
 
     threads.run(share, x.shape[0], grain=_grain(og * len(ky) * oh * ow))
 
@@ -461,14 +466,14 @@ def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
 
         def share(g0: int, g1: int) -> None:
             _fast_gemm.grouped_f32(*args, wf, g0, g1, step, out)
-            finish(g0 * og, out[g0 * og:g1 * og])
+            finish(g0 * og, g1 * og, 0, out.shape[1])
     else:
         scales = _tiles(weight).scales
 
         def share(g0: int, g1: int) -> None:
             _fast_gemm.grouped_quantized(*args, fmt.block_size, fmt.mantissa_bits, fmt.emin,
                                          fmt.emax, weight.q, scales, g0, g1, step, out)
-            finish(g0 * og, out[g0 * og:g1 * og])
+            finish(g0 * og, g1 * og, 0, out.shape[1])
 
     threads.run(share, groups, grain=_grain(og * len(tp[0]) * out_hw[0] * out_hw[1]))
 
@@ -498,7 +503,7 @@ def _rows_product(q: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
         for a in range(n0, n1, step):
             b = min(n1, a + step)
             _fast_gemm.accumulate_cols(np.matmul(mant, q[:, :, a:b]), sw,
-                                       np.ascontiguousarray(sa[:, a:b]), out[:, a:b])
+                                       np.ascontiguousarray(sa[:, a:b]), out, a)
 
     threads.run(share, n, grain=_grain(mant.shape[1] * w.q.shape[1]))
     return out.T

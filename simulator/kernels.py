@@ -124,13 +124,16 @@ def epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None
 def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None,
            geom: ConvGeometry, fmt: Format, residual: np.ndarray | None = None,
            relu: bool = False, rounding: Rounding = Rounding.NEAREST_EVEN,
-           seed: int = 0, clip: tuple[float, float] | None = None) -> np.ndarray:
+           seed: int = 0, clip: tuple[float, float] | None = None,
+           out: np.ndarray | None = None) -> np.ndarray:
     """Convolution on the matrix unit; ``weight`` is ``[O, KH*KW*C/groups]``.
 
     The numbers are :func:`conv2d_reference`'s; nearest-even rounding runs the fast
     kernels of :mod:`npusim.simulator.gemm`, other roundings of those formats the
     reference itself. The MX minifloat formats run the reference's im2col GEMM with
-    the numba quantizer and block products (:func:`numerics.bfp_matmul`).
+    the numba quantizer and block products (:func:`numerics.bfp_matmul`). The fast
+    kernels write into ``out`` when it is given (see :func:`npusim.simulator.gemm.conv2d`);
+    the other paths return a new array, so the caller compares the result with ``out``.
     """
     if geom.input_dilation != (1, 1):
         x = _input_dilated(np.asarray(x, np.float32), geom)
@@ -142,7 +145,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | Non
             or not gemm.supported(fmt):
         return conv2d_reference(x, weight, bias, geom, fmt, residual, relu, rounding, seed,
                                 clip)
-    return gemm.conv2d(x, weight, geom, fmt, bias, residual, relu, clip)
+    return gemm.conv2d(x, weight, geom, fmt, bias, residual, relu, clip, out)
 
 
 def _input_dilated(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
