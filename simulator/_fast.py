@@ -281,3 +281,85 @@ def _hard_call(x: np.ndarray, alpha: float, beta: float, swish: bool) -> np.ndar
     out = np.empty(x.shape, np.float32)
     _hard(x.reshape(-1), float(alpha), float(beta), swish, out.reshape(-1))
     return out
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # 0 / 0 is NaN, as in numpy
+def _pool(x, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, average, include_pad, p0, p1,
+          out):  # pragma: no cover - compiled
+    # planes p0 <= p < p1 of x [P, H, W] into out [P, OH, OW]. Max: the window's largest
+    # value, padding and the ceil-mode overhang as -inf, a NaN winning (np.max). Average:
+    # the window's sum in float64 in (kh, kw) order, padding as 0, over the count of its
+    # taps inside the input (or, with include_pad, inside the declared padding), rounded
+    # once to fp32. An output row at a time, a tap at a time (so the loops over the row
+    # vectorize); the count is the product of the row's and the column's.
+    h, w = x.shape[1], x.shape[2]
+    oh, ow = out.shape[1], out.shape[2]
+    acc = np.empty(ow, np.float64)
+    cols = np.zeros(ow, np.float64)  # taps of each window's columns that count
+    for ox in range(ow):
+        for j in range(kw):
+            xx = ox * sw - pl + j * dw
+            inside = 0 <= xx < w if not include_pad else -pl <= xx < w + pr
+            cols[ox] += 1.0 if inside else 0.0
+    for p in range(p0, p1):
+        for oy in range(oh):
+            rows = 0
+            for i in range(kh):
+                y = oy * sh - pt + i * dh
+                rows += (0 <= y < h) if not include_pad else (-pt <= y < h + pb)
+            acc[:] = -np.inf
+            first = True
+            for i in range(kh):
+                y = oy * sh - pt + i * dh
+                for j in range(kw):
+                    # output columns whose tap (i, j) is inside the input: [lo, hi)
+                    off = j * dw - pl
+                    lo = min(ow, max(0, -(off // sw) if off < 0 else 0))
+                    hi = max(lo, min(ow, (w - 1 - off) // sw + 1)) if w - 1 - off >= 0 else lo
+                    if average:  # acc = tap (the first) or acc + tap, padding as 0.0
+                        inside_row = 0 <= y < h
+                        a0, a1 = (lo, hi) if inside_row else (ow, ow)
+                        for ox in range(a0):
+                            acc[ox] = 0.0 if first else acc[ox] + 0.0
+                        for ox in range(a1, ow):
+                            acc[ox] = 0.0 if first else acc[ox] + 0.0
+                        if inside_row:
+                            src = x[p, y, a0 * sw + off:]  # so every index is >= 0
+                            dst = acc[a0:a1]
+                            for k in range(a1 - a0):
+                                v = np.float64(src[k * sw])
+                                dst[k] = v if first else dst[k] + v
+                    elif 0 <= y < h:
+                        src = x[p, y, lo * sw + off:]
+                        dst = acc[lo:hi]
+                        for k in range(hi - lo):
+                            v = np.float64(src[k * sw])
+                            m = dst[k]
+                            take = ((v > m) | (v != v)) & (m == m)  # no short circuit:
+                            dst[k] = v if take else m                # a select, vectorized
+                    first = False
+            o = out[p, oy]
+            if average:
+                for ox in range(ow):
+                    o[ox] = np.float32(acc[ox] / (rows * cols[ox]))
+            else:
+                for ox in range(ow):
+                    o[ox] = np.float32(acc[ox])
+
+
+def pool2d(x: np.ndarray, kernel, strides, dilations, pads, out_hw, average: bool,
+           include_pad: bool = False) -> np.ndarray:
+    """Max or average pooling of ``x [N, C, H, W]`` fp32 into ``[N, C, OH, OW]``, as
+    :func:`npusim.simulator.kernels.maxpool_reference` and
+    :func:`~npusim.simulator.kernels.avgpool_reference` define it; the threads share the
+    planes."""
+    n, c, h, w = x.shape
+    planes = np.ascontiguousarray(x, np.float32).reshape(n * c, h, w)
+    out = np.empty((n * c, *out_hw), np.float32)
+
+    def share(p0: int, p1: int) -> None:
+        _pool(planes, *kernel, *strides, *dilations, *pads, average, include_pad, p0, p1, out)
+
+    per_plane = max(1, out_hw[0] * out_hw[1] * kernel[0] * kernel[1])
+    threads.run(share, n * c, grain=max(1, (1 << 16) // per_plane))
+    return out.reshape(n, c, *out_hw)

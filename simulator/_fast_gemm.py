@@ -229,21 +229,45 @@ def _accumulate_cols(partials, sw, sa, out, n0):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _gemv(xq, sa, wq, sw, o0, o1, out):  # pragma: no cover - compiled
-    # xq [N, J*B] int8, sa [N, J] f64; wq [O, J*B] int8, sw [O, J] f64; out [N, O], o0<=o<o1
+def _gemv(xq, sa, wt, swt, o0, o1, out):  # pragma: no cover - compiled
+    # xq [N, J*B] int8, sa [N, J] f32 activation scales; wt [J*B, O] int8 weights
+    # transposed, swt [J, O] f32 scales (1 for a block of zero mantissas); out [N, O],
+    # outputs o0 <= o < o1, vectorized along them: per block, the exact integer products
+    # p[o] summed in fp32, then acc[o] = fp32(acc[o] + fp32(p[o] * sa * sw[o])) in block
+    # order. A block of zero activations adds +0 to every output when its scale and the
+    # weights' are finite, which changes nothing (acc is never -0: it starts at +0 and
+    # an exact zero sum is +0), so it is skipped.
     rows, nblocks = sa.shape
     block = xq.shape[1] // nblocks
-    for o in range(o0, o1):
-        w = wq[o]
-        for n in range(rows):
-            x = xq[n]
-            acc = np.float32(0.0)
-            for j in range(nblocks):
-                p = 0
-                for b in range(j * block, (j + 1) * block):
-                    p += np.int32(w[b]) * np.int32(x[b])
-                acc = np.float32(acc + np.float32(np.float64(p) * (sa[n, j] * sw[o, j])))
-            out[n, o] = acc
+    m = o1 - o0
+    acc = np.empty(m, np.float32)
+    p = np.empty(m, np.float32)
+    finite = np.empty(nblocks, np.bool_)
+    for j in range(nblocks):
+        bad = np.float32(0.0)
+        for i in range(o0, o1):
+            bad += swt[j, i] - swt[j, i]  # NaN once a scale is NaN or infinite
+        finite[j] = bad == 0.0
+    for n in range(rows):
+        acc[:] = 0.0
+        for j in range(nblocks):
+            s = np.float64(sa[n, j])
+            zero = True
+            for b in range(j * block, (j + 1) * block):
+                zero = zero and xq[n, b] == 0
+            if zero and s - s == 0.0 and finite[j]:
+                continue
+            p[:] = 0.0
+            for b in range(j * block, (j + 1) * block):
+                xv = np.float32(xq[n, b])
+                if xv != 0.0:
+                    w = wt[b, o0:o1]
+                    for i in range(m):
+                        p[i] += xv * np.float32(w[i])
+            sw = swt[j, o0:o1]
+            lo, hi = _scale_range(sw)
+            _accumulate_block(acc, p, sw, s, lo, hi)
+        out[n, o0:o1] = acc
 
 
 @numba.njit(cache=True, nogil=True)
@@ -611,7 +635,8 @@ accumulate_cols = _accumulate_cols
 the block products summed in the device's order into columns ``n0...`` of ``out``."""
 
 gemv = _gemv
-"""``gemv(xq, sa, wq, sw, o0, o1, out)``: outputs ``o0:o1`` of a product of a few rows."""
+"""``gemv(xq, sa, wt, swt, o0, o1, out)``: outputs ``o0:o1`` of a product of a few rows,
+from the weights transposed (``[K, O]`` int8, scales ``[J, O]``)."""
 
 grouped_quantized = _grouped_quantized
 """A grouped convolution of one padded image in a block format, groups ``[g0, g1)``, ``step``

@@ -63,6 +63,7 @@ class _Tiles:
         self._mantissas: dict[int, np.ndarray] = {}
         self._scales32: dict[int, np.ndarray] = {}
         self._channels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._transposed: np.ndarray | None = None
 
     def by_channels(self, w: BfpTensor, per_group: int, taps: int
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +77,13 @@ class _Tiles:
             self._channels[per_group] = (np.ascontiguousarray(m, np.float32),
                                          np.ascontiguousarray(s, np.float64))
         return self._channels[per_group]
+
+    def transposed(self, w: BfpTensor) -> np.ndarray:
+        """int8 ``[K, O]``: the mantissas of every output side by side (a product of a few
+        rows is vectorized along the outputs)."""
+        if self._transposed is None:
+            self._transposed = np.ascontiguousarray(w.q.T)
+        return self._transposed
 
     def mantissas(self, w: BfpTensor, groups: int) -> np.ndarray:
         """float32 ``[G, J, O/G, B]`` (the GEMM's left operand per group)."""
@@ -479,13 +487,14 @@ def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
 
 
 def _gemv(xq: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
-    scales = _tiles(w).scales
+    tiles = _tiles(w)
+    wt, swt = tiles.transposed(w), tiles.scales32(w, 1)[0]
     o = w.q.shape[0]
     out = np.empty((xq.shape[0], o), np.float32)
-    sa = np.ascontiguousarray(sa, np.float64)
+    sa = np.ascontiguousarray(sa, np.float32)
 
     def share(o0: int, o1: int) -> None:
-        _fast_gemm.gemv(xq, sa, w.q, scales, o0, o1, out)
+        _fast_gemm.gemv(xq, sa, wt, swt, o0, o1, out)
 
     threads.run(share, o, grain=_grain(xq.shape[0] * w.q.shape[1]))
     return out

@@ -1,0 +1,54 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The numba pooling kernels against their numpy definitions, bit for bit."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from npusim.simulator import kernels
+from npusim.simulator.kernels import ConvGeometry
+
+GEOMETRIES = [
+    (k, s, p, d)
+    for k, s, p, d in itertools.product([(2, 2), (3, 3), (3, 2), (1, 1), (5, 5)],
+                                        [(1, 1), (2, 2), (2, 1), (3, 3)],
+                                        [(0, 0, 0, 0), (1, 1, 1, 1), (0, 1, 2, 0)],
+                                        [(1, 1), (2, 1)])
+    if all(pad < kk for pad, kk in zip(p[:2], k))
+]
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    nan = np.isnan(b)
+    return bool(a.shape == b.shape and np.array_equal(nan, np.isnan(a))
+                and np.array_equal(a[~nan].view(np.int32), b[~nan].view(np.int32)))
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+def test_pools_match_their_definitions(ceil_mode: bool, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    """Every window shape, stride, padding (asymmetric too) and dilation; values over 60
+    binades with a NaN and infinities; windows wholly in the padding or the overhang."""
+    monkeypatch.setattr(kernels, "POOL_ROW", 0)  # the numba kernel on every row
+    rng = np.random.default_rng(int(ceil_mode))
+    x = (rng.standard_normal((2, 3, 9, 11))
+         * 2.0 ** rng.integers(-30, 30, (2, 3, 9, 11))).astype(np.float32)
+    x[0, 0, 1, 2], x[1, 2, 4, 4], x[1, 1, 0, 0] = np.nan, np.inf, -np.inf
+    checked = 0
+    with np.errstate(all="ignore"):
+        for k, s, p, d in GEOMETRIES:
+            geom = ConvGeometry(k, s, p, d)
+            oh, ow = geom.output_hw(9, 11, ceil_mode)
+            if oh <= 0 or ow <= 0:
+                continue
+            assert _same(kernels.maxpool(x, geom, ceil_mode),
+                         kernels.maxpool_reference(x, geom, ceil_mode)), (k, s, p, d)
+            for include in (False, True):
+                assert _same(kernels.avgpool(x, geom, ceil_mode, include),
+                             kernels.avgpool_reference(x, geom, ceil_mode, include)), \
+                    (k, s, p, d, include)
+            checked += 1
+    assert checked > 100
