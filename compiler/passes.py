@@ -111,6 +111,89 @@ def remove_identities(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     return g
 
 
+def _per_channel(g: nx.DiGraph, n: Node, srcs: list[str], channels: int
+                 ) -> tuple[str, np.ndarray] | None:
+    """``(x, k)`` when ``n`` (a Mul or Add) is ``x <op> k`` with ``k`` a finite float32
+    constant, one value per channel (axis 1) or one in all, that leaves ``x``'s shape
+    as it is."""
+    if n.op not in (Op.MUL, Op.ADD) or len(srcs) != 2 or n.dtype != "float32":
+        return None
+    for x, c in (srcs, srcs[::-1]):
+        if not _is_const(g, c) or _is_const(g, x) or node(g, x).shape != n.shape:
+            continue
+        k = node(g, c).value
+        rank = len(n.shape)
+        if k.dtype != np.float32 or k.ndim > rank or rank < 2 or not np.isfinite(k).all():
+            return None
+        aligned = (1,) * (rank - k.ndim) + tuple(k.shape)
+        if k.size == 1 or (aligned[1] == channels == k.size):
+            return x, np.broadcast_to(k.reshape(-1).astype(np.float64), (channels,))
+        return None
+    return None
+
+
+def fold_scale_shift(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
+    """Fold a per-channel constant Mul or Add into the BatchNormalization or the Conv
+    (constant weights) that feeds it, as exporters write a BN's affine part (Caffe2's
+    SpatialBN with a scale layer): ``bn(x) * m + a`` is a BN with scale ``scale * m`` and
+    shift ``shift * m + a``; ``conv(x) * m + a`` a Conv with weights ``w * m`` and bias
+    ``b * m + a`` (each rounded once to fp32, as BN folding does). A chain folds link by
+    link, so the whole affine ends in one BN (then in its Conv) or one Conv."""
+    g = g.copy()
+    changed = True
+    while changed:
+        changed = False
+        for name in topo_order(g):
+            if name not in g:
+                continue
+            n = node(g, name)
+            if n.op not in (Op.MUL, Op.ADD):
+                continue
+            srcs = inputs_of(g, name)
+            src = next((s for s in srcs if not _is_const(g, s)), None)
+            if src is None or not _sole_consumer(g, src, name):
+                continue
+            p = node(g, src)
+            params = inputs_of(g, src)
+            if p.op == Op.BATCHNORM and len(p.shape) >= 2 and len(params) == 5 \
+                    and all(_is_const(g, q) for q in params[1:]):
+                found = _per_channel(g, n, srcs, p.shape[1])
+                if found is None:
+                    continue
+                k = found[1]
+                scale, shift = (node(g, q).value.astype(np.float64) for q in params[1:3])
+                if n.op == Op.MUL:
+                    scale, shift = scale * k, shift * k
+                else:
+                    shift = shift + k
+                new_params = [add_const(g, f"{name}.scale", scale.astype(np.float32)),
+                              add_const(g, f"{name}.shift", shift.astype(np.float32)),
+                              *params[3:]]
+            elif p.op == Op.CONV and len(p.shape) == 4 and len(params) >= 2 \
+                    and all(_is_const(g, q) for q in params[1:]):
+                found = _per_channel(g, n, srcs, p.shape[1])
+                if found is None:
+                    continue
+                k = found[1]
+                w = node(g, params[1]).value.astype(np.float64)
+                b = (node(g, params[2]).value.astype(np.float64) if len(params) > 2
+                     else np.zeros(p.shape[1]))
+                if n.op == Op.MUL:
+                    w, b = w * k[:, None, None, None], b * k
+                else:
+                    b = b + k
+                new_params = [add_const(g, f"{name}.weight", w.astype(np.float32)),
+                              add_const(g, f"{name}.bias", b.astype(np.float32))]
+            else:
+                continue
+            new = Node(p.op, n.shape, n.dtype, p.attrs, origin=p.origin + n.origin,
+                       proto=p.proto)
+            rewire(g, name, new, [params[0], *new_params])
+            remove_dead(g)
+            changed = True
+    return g
+
+
 def fold_batchnorm(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     """Fold an inference BatchNormalization into the Conv that feeds it."""
     g = g.copy()

@@ -16,6 +16,7 @@ from npusim.compiler.vector_forms import vector_forms
 PIPELINE: tuple[tuple[str, Callable[[nx.DiGraph, CompileOptions], nx.DiGraph]], ...] = (
     ("fold_constants", passes.fold_constants),
     ("remove_identities", passes.remove_identities),
+    ("fold_scale_shift", passes.fold_scale_shift),
     ("fold_batchnorm", passes.fold_batchnorm),
     ("canonicalize", passes.canonicalize),
     ("vector_forms", vector_forms),

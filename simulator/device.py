@@ -218,13 +218,14 @@ class Device:
             self._store(i.dst, [kernels.matmul_act(a[n], b[n], fmt, rounding, seed)
                                 for n in range(a.shape[0])])
         elif isinstance(i, isa.VvAdd):
-            def add(a, b, relu=bool(i.relu)):
-                y = kernels.alu("add", a, b)
-                return kernels.relu(y) if relu else y
+            def add(a, b, out, relu=bool(i.relu)):
+                y = kernels.alu("add", a, b, out)
+                return np.maximum(y, np.float32(0), out=y) if relu else y
 
             self._map(i.dst, (i.length,), add, [(i.src0, None), (i.src1, None)])
         elif isinstance(i, isa.VRelu):
-            self._map(i.dst, (i.length,), kernels.relu, [(i.src, None)])
+            self._map(i.dst, (i.length,), lambda x, out: np.maximum(x, np.float32(0), out=out),
+                      [(i.src, None)])
         elif isinstance(i, isa.VSoftmax):
             self._store(i.dst, kernels.softmax(self._f32(i.src, (i.rows, i.cols)), -1))
         elif isinstance(i, isa.VPool):
@@ -234,7 +235,7 @@ class Device:
         elif isinstance(i, isa.VUnary):
             fn = isa.UnaryFn(i.fn).name.lower()
             alpha, beta = isa.bits_f32(i.alpha), isa.bits_f32(i.beta)
-            self._map(i.dst, (i.length,), lambda x: kernels.unary(fn, x, alpha, beta),
+            self._map(i.dst, (i.length,), lambda x, out: kernels.unary(fn, x, alpha, beta),
                       [(i.src, None)])
         elif isinstance(i, isa.VReduce):
             x = self._f32(i.src, (i.outer, i.mid, i.inner))
@@ -329,19 +330,21 @@ class Device:
         shape = (i.length // (i.div * i.mod), i.mod, i.div)
         op = isa.AluOp(i.op).name.lower()
 
-        def fn(a, b):
-            return kernels.alu(op, b, a) if i.rev else kernels.alu(op, a, b)
+        def fn(a, b, out):
+            return kernels.alu(op, b, a, out) if i.rev else kernels.alu(op, a, b, out)
 
         self._map(i.dst, shape, fn, [(i.src0, None), (i.src1, (1, i.mod, 1))])
 
     def _map(self, dst: int, shape: tuple[int, ...], fn,
              srcs: list[tuple[int, tuple[int, ...] | None]]) -> None:
-        """An element-wise instruction: ``fn`` of the sources into ``dst``. A source is
+        """An element-wise instruction: ``fn(*sources, out)`` into ``dst``. A source is
         ``(addr, None)``, read as ``[images, *shape]``, or ``(addr, its shape)``, one
-        broadcast against the others.
+        broadcast against the others. ``fn`` may write into ``out`` (an array of the
+        result's shape) and return it, or return a new array.
 
-        A large one is cut along ``shape[0]`` into one share per thread, each writing its
-        slice of the destination straight into the arena; a destination that overlaps a
+        The result is written straight into the arena, a large one cut along the first
+        axis of ``shape`` longer than 1 into one share per thread (a broadcast source is
+        cut along it too where it has that axis whole). A destination that overlaps a
         source other than exactly (a same-shaped one, in place) is computed whole, then
         stored.
         """
@@ -350,16 +353,25 @@ class Device:
         arena, off = self._region(dst, nbytes, "write")
         overlap = any(not (a == dst and split) and a < dst + nbytes and dst < a + x[0].nbytes
                       for (a, _), (x, split) in zip(srcs, ins, strict=True))
-        total = ins[0][0].size
-        if not arena or overlap or total < ELEMENTWISE_GRAIN or not shape or shape[0] < 2:
-            self._store(dst, fn(*(x for x, _ in ins)))
+        if not arena or overlap or not shape:
+            self._store(dst, fn(*(x for x, _ in ins), None))
             return
         out = self._arena[:, off:off + nbytes].view(np.float32).reshape(-1, *shape)
+        axis = next((k for k, n in enumerate(shape) if n > 1), 0) + 1  # of [images, *shape]
+        tasks = out.shape[axis]
 
         def share(a: int, b: int) -> None:
-            out[:, a:b] = fn(*(x[:, a:b] if split else x for x, split in ins))
+            cut = (slice(None),) * axis + (slice(a, b),)
+            o = out[cut]
+            y = fn(*(x[cut] if x.shape[axis] == tasks else x for x, _ in ins), o)
+            if y is not o:
+                o[...] = y
 
-        threads.run(share, shape[0], grain=max(1, ELEMENTWISE_GRAIN * shape[0] // total))
+        total = out.size
+        if total < ELEMENTWISE_GRAIN or tasks < 2:
+            share(0, tasks)
+            return
+        threads.run(share, tasks, grain=max(1, ELEMENTWISE_GRAIN * tasks // total))
 
     def _move(self, i: isa.VMove) -> None:
         lo, hi = kernels.move_span(i.dims, i.strides)

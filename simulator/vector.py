@@ -26,15 +26,19 @@ ALU = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
        "max": np.maximum, "min": np.minimum}
 
 
-def alu(op: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """One fp32 operation per element, ``b`` broadcast (numpy rules).
+def alu(op: str, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """One fp32 operation per element, ``b`` broadcast (numpy rules), into ``out`` if given.
 
     ``max``/``min`` propagate a NaN; ``pow`` is computed in float64 and rounded once.
     """
     with np.errstate(all="ignore"):
         if op == "pow":
-            return np.power(np.asarray(a, np.float64), np.asarray(b, np.float64)).astype(F32)
-        return ALU[op](a, b, dtype=F32)
+            y = np.power(np.asarray(a, np.float64), np.asarray(b, np.float64)).astype(F32)
+            if out is None:
+                return y
+            out[...] = y
+            return out
+        return ALU[op](a, b, dtype=F32, out=out)
 
 
 def _gelu(x: np.ndarray, alpha: float) -> np.ndarray:

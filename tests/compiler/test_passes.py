@@ -129,3 +129,46 @@ def test_standalone_batchnorm_runs_as_channel_scale_and_shift():
     x = {"x": rand(rng, 1, c, 5, 5)}
     np.testing.assert_allclose(evaluate(g, x)["y"], evaluate(to_graph(m), x)["y"], rtol=1e-5,
                                atol=1e-6)
+
+
+def _affine_model(rng, c: int, after_conv: bool, mul_shape=None):
+    """Relu -> [Conv ->] BatchNormalization -> Mul(k) -> Add(a) -> Relu, as Caffe2 exports
+    a BN with its scale layer; ``mul_shape`` gives the Mul's constant another shape."""
+    w = {"s": rng.uniform(0.5, 1.5, c).astype(np.float32), "b": rand(rng, c),
+         "m": rand(rng, c), "v": rng.uniform(0.5, 1.5, c).astype(np.float32),
+         "k": rng.uniform(0.5, 2.0, mul_shape or (c, 1, 1)).astype(np.float32),
+         "a": rand(rng, 1, c, 1, 1), "cw": rand(rng, c, c, 3, 3)}
+    head = ([helper.make_node("Relu", ["x"], ["r0"]),
+             helper.make_node("Conv", ["r0", "cw"], ["r"], pads=[1, 1, 1, 1])] if after_conv
+            else [helper.make_node("Relu", ["x"], ["r"])])
+    return make_model(head + [
+        helper.make_node("BatchNormalization", ["r", "s", "b", "m", "v"], ["bn"]),
+        helper.make_node("Mul", ["bn", "k"], ["scaled"]),
+        helper.make_node("Add", ["a", "scaled"], ["shifted"]),
+        helper.make_node("Relu", ["shifted"], ["y"])],
+        {"x": [1, c, 5, 5]}, {"y": [1, c, 5, 5]}, w)
+
+
+@pytest.mark.parametrize("after_conv", [False, True], ids=["pre-activation", "after-conv"])
+def test_per_channel_mul_and_add_fold_into_the_batchnorm(after_conv: bool):
+    """BN then a per-channel Mul and Add (constant on either side): one BN, so one scale
+    and shift on the vector unit, or nothing at all once the BN folds into its Conv."""
+    rng = np.random.default_rng(5)
+    m = _affine_model(rng, 4, after_conv)
+    g = run_passes(to_graph(m), FP32)
+    names = ops(g)
+    if after_conv:
+        assert "Mul" not in names and "Add" not in names and names.count("NpuConv") == 1
+    else:
+        assert names.count("Mul") == 1 and names.count("Add") == 1
+    x = {"x": rand(rng, 1, 4, 5, 5)}
+    np.testing.assert_allclose(evaluate(g, x)["y"], evaluate(to_graph(m), x)["y"], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_mul_that_is_not_per_channel_stays():
+    """A constant over the whole plane is not a channel scale: the Mul stays."""
+    rng = np.random.default_rng(6)
+    m = _affine_model(rng, 4, False, mul_shape=(4, 5, 5))
+    g = run_passes(to_graph(m), FP32, stop_after="fold_batchnorm")
+    assert node(g, "scaled").op == Op.MUL and node(g, "bn").op == Op.BATCHNORM
