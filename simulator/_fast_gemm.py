@@ -535,13 +535,21 @@ def _depthwise_quantized(xt, ky, kx, ow, sy, sx, block, mbits, emin, emax, wt, s
                         qb = q[b]
                         for c in range(groups):
                             p[c] += wb[c] * qb[c]
-                    # the float64 path of _accumulate_block, lane by lane (it gives the
-                    # device's result for every scale; the fp32 path is a shortcut)
+                    # _accumulate_block lane by lane: in fp32 when every lane's scale
+                    # product is a normal number of at most 2**103, else in float64
                     a = acc[r]
                     s = swt[r, j]
+                    ok = True
                     for c in range(groups):
-                        a[c] = np.float32(a[c] + np.float32(np.float64(p[c])
-                                                            * (np.float64(sa[c]) * s[c])))
+                        t = np.float64(sa[c]) * s[c]
+                        ok = ok & (t >= _MIN_NORMAL) & (t <= _MAX_SCALE)
+                    if ok:
+                        for c in range(groups):
+                            a[c] = a[c] + p[c] * np.float32(np.float64(sa[c]) * s[c])
+                    else:
+                        for c in range(groups):
+                            a[c] = np.float32(a[c] + np.float32(np.float64(p[c])
+                                                                * (np.float64(sa[c]) * s[c])))
             n = oy * ow + ox
             for r in range(og):
                 a = acc[r]

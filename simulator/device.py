@@ -379,6 +379,10 @@ class Device:
             return
         first, end = i.src + 4 * lo, i.src + 4 * hi + 4
         window = self._bytes(first, end - first, "V_MOVE source").view(np.float32)
+        direct = self._direct_out(i.dst, tuple(i.dims), [(first, end - first)])
+        if direct is not None:
+            kernels.move(window[0], -lo, i.dims, i.strides, out=direct)
+            return
         self._store(i.dst, [kernels.move(np.ascontiguousarray(w), -lo, i.dims, i.strides)
                             for w in window])
 

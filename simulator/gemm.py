@@ -240,20 +240,40 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
         if g > 1 and _grouped_direct(cg, og, len(tp[0])):
             _grouped(xp, weight, tp, geom, fmt, cg, og, plane, (oh, ow), epi.finisher(i, plane))
             continue
-        for grp in range(g):
-            xs = xp[grp * cg:(grp + 1) * cg]
-            ys = plane[grp * og:(grp + 1) * og]
-            finish = epi.finisher(i, plane, grp * og)
-            if fmt.is_fp32:
-                wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
-                _conv_f32(xs, wf, tp, geom, (oh, ow), ys, finish)
-            elif _tiled(fmt) and oh * ow > FEW_COLUMNS:
-                _conv_tiled(xs, weight, g, grp, tp, geom, (oh, ow), ys, finish)
-            else:
-                tiles = _tiles(weight)
-                _conv_bfp(xs, tiles.mantissas(weight, g)[grp], tiles.scales32(weight, g)[grp],
-                          tp, geom, fmt, (oh, ow), ys, finish)
+        def groups(g0: int, g1: int, run=threads.run, i=i, xp=xp, plane=plane) -> None:
+            for grp in range(g0, g1):
+                xs = xp[grp * cg:(grp + 1) * cg]
+                ys = plane[grp * og:(grp + 1) * og]
+                finish = epi.finisher(i, plane, grp * og)
+                if fmt.is_fp32:
+                    wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
+                    _conv_f32(xs, wf, tp, geom, (oh, ow), ys, finish, run)
+                elif _tiled(fmt) and oh * ow > FEW_COLUMNS:
+                    _conv_tiled(xs, weight, g, grp, tp, geom, (oh, ow), ys, finish, run)
+                else:
+                    tiles = _tiles(weight)
+                    _conv_bfp(xs, tiles.mantissas(weight, g)[grp],
+                              tiles.scales32(weight, g)[grp], tp, geom, fmt, (oh, ow), ys,
+                              finish, run)
+
+        if g > 1 and (g % threads.workers() == 0 or og * len(tp[0]) * oh * ow < SMALL_GROUP):
+            # the threads share the groups, each made whole by one (one hand-off)
+            threads.run(lambda g0, g1: groups(g0, g1, _inline), g)
+        else:
+            groups(0, g)  # the threads share each group's rows or columns
     return out
+
+
+SMALL_GROUP = 1 << 22
+"""MACs of a group below which the threads share a grouped convolution's groups rather
+than each group's work: ShuffleNet's 1x1 convolutions in three groups were 1 ms each in
+a block format, nearly all of it hand-offs and serial quantization."""
+
+
+def _inline(fn, tasks: int, grain: int = 1) -> None:
+    """:func:`npusim.simulator.threads.run` on the calling thread alone."""
+    if tasks > 0:
+        fn(0, tasks)
 
 
 VECTOR = 16
@@ -267,7 +287,7 @@ FEW_COLUMNS = 256
 threads (every GEMM then has all the columns) instead of its pixels."""
 
 
-def _conv_f32(xp, wf, tp, geom, out_hw, out, finish) -> None:
+def _conv_f32(xp, wf, tp, geom, out_hw, out, finish, run=threads.run) -> None:
     """One image and group in fp32: ``out [O, OH*OW] = wf [O, K] @ columns``."""
     oh, ow = out_hw
     pointwise = geom.kernel == (1, 1) and geom.strides == (1, 1)
@@ -279,7 +299,7 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish) -> None:
             np.matmul(wf[o0:o1], cols, out=out[o0:o1])
             finish(o0, o1, 0, oh * ow)
 
-        threads.run(by_rows, wf.shape[0], grain=_grain(len(tp[0]) * oh * ow))
+        run(by_rows, wf.shape[0], grain=_grain(len(tp[0]) * oh * ow))
         return
     step = _rows_per_step(1, len(tp[0]) + wf.shape[0], ow)
 
@@ -293,10 +313,11 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish) -> None:
             np.matmul(wf, cols, out=out[:, n0:n1])
             finish(0, out.shape[0], n0, n1)
 
-    threads.run(share, oh, grain=_grain(wf.shape[0] * len(tp[0]) * ow))
+    run(share, oh, grain=_grain(wf.shape[0] * len(tp[0]) * ow))
 
 
-def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
+def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish,
+              run=threads.run) -> None:
     """One image and group in a block format: quantize a slice of output rows, its block
     partials by BLAS, their fused accumulation; ``out [O, OH*OW]``."""
     oh, ow = out_hw
@@ -322,7 +343,7 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
                                            out[a:b], 0)
                 finish(a, b, 0, oh * ow)
 
-        threads.run(by_rows, o, grain=_grain(len(tp[0]) * oh * ow))
+        run(by_rows, o, grain=_grain(len(tp[0]) * oh * ow))
         return
     step = _rows_per_step(nblocks, o, ow)
 
@@ -333,11 +354,11 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish) -> None:
             _fast_gemm.accumulate_cols(np.matmul(mant, q), sw, sa, out, rows[0] * ow)
             finish(0, o, rows[0] * ow, rows[1] * ow)
 
-    threads.run(share, oh, grain=_grain(o * len(tp[0]) * ow))
+    run(share, oh, grain=_grain(o * len(tp[0]) * ow))
 
 
 def _conv_tiled(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
-                finish) -> None:
+                finish, run=threads.run) -> None:
     """One image and group in a block format with many output pixels, by the
     register-tiled kernel (:mod:`npusim.simulator._tiles`): quantize a slice of output rows (its
     columns padded to whole vectors), then its block products and their accumulation in
@@ -361,7 +382,7 @@ def _conv_tiled(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
             out[:, a * ow:b * ow] = t[:, :n]
             finish(0, o, a * ow, b * ow)
 
-    threads.run(share, oh, grain=_grain(o * len(tp[0]) * ow))
+    run(share, oh, grain=_grain(o * len(tp[0]) * ow))
 
 
 def _weight_rows(w: BfpTensor, groups: int) -> np.ndarray:
@@ -385,11 +406,11 @@ GROUPED_COLUMNS = 512
 kernel: its columns, mantissas and products then stay in L1."""
 
 
-CHANNEL_WIDTH = 32
+CHANNEL_WIDTH = 16
 """A convolution with one input channel per group, output rows narrower than this and at
 least ``CHANNEL_GROUPS`` groups runs vectorized along its channels: its rows are too short
-to vectorize (measured: 2-4x faster in fp32 and 1.5-2.5x in MSFP16 on MobileNet's 14x14
-and 7x7 planes, slower on 56x56 and wider)."""
+to vectorize (measured against the plane-wise kernel: 2-4x faster in fp32 and the block
+formats on MobileNet's 7x7 planes, about even on 14x14, slower on 28x28 and wider)."""
 
 CHANNEL_GROUPS = 32
 """Fewest groups worth vectorizing along (see ``CHANNEL_WIDTH``)."""

@@ -296,9 +296,10 @@ def move_span(dims: Sequence[int], strides: Sequence[int]) -> tuple[int, int]:
 
 
 def move(buf: np.ndarray, offset: int, dims: Sequence[int],
-         strides: Sequence[int]) -> np.ndarray:
+         strides: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
     """The strided copy of ``V_MOVE``: element ``offset + sum(i_k * s_k)`` of the fp32
-    vector ``buf`` for every index ``i`` of ``dims``, in row-major order.
+    vector ``buf`` for every index ``i`` of ``dims``, in row-major order; into ``out``
+    (of shape ``dims``, sharing no memory with ``buf``) if given.
 
     Refuses (``ValueError``) a view that would reach outside ``buf``.
     """
@@ -315,4 +316,7 @@ def move(buf: np.ndarray, offset: int, dims: Sequence[int],
     view = np.lib.stride_tricks.as_strided(buf[offset:], dims,
                                            tuple(s * buf.strides[0] for s in strides),
                                            writeable=False)
+    if out is not None:
+        np.copyto(out, view)
+        return out
     return np.array(view, F32)

@@ -249,3 +249,27 @@ def test_fp32_quantizer_matches_float64_one(fmt: Format) -> None:
         _both_quantizers(v, nb, fmt.mantissa_bits, fmt.emin, fmt.emax, q1, s1, q2, s2,
                          np.empty((3, n)))
         assert same_bits(q1, q2) and same_bits(s1, s2), trial
+
+
+@pytest.mark.parametrize("fmt", [FP32, *[f for f in DIFF_FORMATS if f.block_size <= 32]],
+                         ids=fid)
+@pytest.mark.parametrize("by", ["groups", "rows-of-each-group"])
+def test_grouped_convolution_both_ways_of_sharing(fmt: Format, by: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The threads share a grouped convolution's groups (small groups, or as many groups
+    as threads), or each group's rows and columns in turn (large groups)."""
+    from npusim.simulator import threads
+
+    if by == "rows-of-each-group":
+        monkeypatch.setattr(gemm, "SMALL_GROUP", 0)
+        monkeypatch.setattr(threads, "workers", lambda: 3)  # 2 groups: not a multiple
+    x, w, bias, geom = _conv_case("groups-gemm", fmt, seed=3)
+    if fmt.is_fp32:
+        x = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    with np.errstate(all="ignore"):
+        ref = conv2d_reference(x, w, bias, geom, fmt, relu=True)
+        got = conv2d(x, w, bias, geom, fmt, relu=True)
+    if fmt.is_fp32:
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    else:
+        assert same_bits(got, ref)
