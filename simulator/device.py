@@ -27,7 +27,7 @@ from npusim.simulator.stats import LayerStats, RunStats
 __all__ = ["Device", "ExecutionError", "InputError", "LayerStats", "RunStats"]
 
 
-ELEMENTWISE_GRAIN = 1 << 16
+ELEMENTWISE_GRAIN = 1 << 18
 """Elements of an element-wise instruction worth a thread of their own."""
 
 

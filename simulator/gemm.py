@@ -299,7 +299,7 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish, run=threads.run) -> None:
             np.matmul(wf[o0:o1], cols, out=out[o0:o1])
             finish(o0, o1, 0, oh * ow)
 
-        run(by_rows, wf.shape[0], grain=_grain(len(tp[0]) * oh * ow))
+        run(by_rows, wf.shape[0], grain=_grain(len(tp[0]) * oh * ow, "blas"))
         return
     step = _rows_per_step(1, len(tp[0]) + wf.shape[0], ow)
 
@@ -313,7 +313,7 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish, run=threads.run) -> None:
             np.matmul(wf, cols, out=out[:, n0:n1])
             finish(0, out.shape[0], n0, n1)
 
-    run(share, oh, grain=_grain(wf.shape[0] * len(tp[0]) * ow))
+    run(share, oh, grain=_grain(wf.shape[0] * len(tp[0]) * ow, "blas"))
 
 
 def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish,
@@ -391,9 +391,15 @@ def _weight_rows(w: BfpTensor, groups: int) -> np.ndarray:
     return w.q.reshape(groups, o // groups, kp // w.fmt.block_size, w.fmt.block_size)
 
 
-def _grain(macs_per_task: int) -> int:
-    """Tasks per share so that a share is worth a thread hand-off (about 256 K MACs)."""
-    return max(1, (1 << 18) // max(1, macs_per_task))
+SHARE_MACS = {"blas": 1 << 22, "blocks": 1 << 20, "direct": 1 << 19}
+"""MACs a share must hold to be worth a thread hand-off (25-90 us on a virtual machine):
+about 100 us of work for an fp32 GEMM (BLAS), for a block format's products, and for
+the direct kernels (depthwise, grouped, a product of a few rows)."""
+
+
+def _grain(macs_per_task: int, kind: str = "blocks") -> int:
+    """Tasks per share so that a share is worth a thread hand-off (``SHARE_MACS``)."""
+    return max(1, SHARE_MACS[kind] // max(1, macs_per_task))
 
 
 def _grouped_direct(cg: int, og: int, kg: int) -> bool:
@@ -444,7 +450,7 @@ def _depthwise(xt, weight, tp, geom, fmt: Format, og: int, out, out_hw, finish) 
         product(r0, r1)
         finish(0, out.shape[0], r0 * ow, r1 * ow)
 
-    threads.run(share, oh, grain=_grain(out.shape[0] * len(ky) * ow))
+    threads.run(share, oh, grain=_grain(out.shape[0] * len(ky) * ow, "direct"))
 
 
 PLANE_COLUMNS = 2048
@@ -481,7 +487,7 @@ def _depthwise_planes(x, weight, tp, geom, fmt: Format, og: int, out, out_hw,
         product(c0, c1)
         finish(c0 * og, c1 * og, 0, oh * ow)
 
-    threads.run(share, x.shape[0], grain=_grain(og * len(ky) * oh * ow))
+    threads.run(share, x.shape[0], grain=_grain(og * len(ky) * oh * ow, "direct"))
 
 
 def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
@@ -504,7 +510,8 @@ def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
                                          fmt.emax, weight.q, scales, g0, g1, step, out)
             finish(g0 * og, g1 * og, 0, out.shape[1])
 
-    threads.run(share, groups, grain=_grain(og * len(tp[0]) * out_hw[0] * out_hw[1]))
+    threads.run(share, groups,
+                grain=_grain(og * len(tp[0]) * out_hw[0] * out_hw[1], "direct"))
 
 
 def _gemv(xq: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
@@ -517,7 +524,7 @@ def _gemv(xq: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
     def share(o0: int, o1: int) -> None:
         _fast_gemm.gemv(xq, sa, wt, swt, o0, o1, out)
 
-    threads.run(share, o, grain=_grain(xq.shape[0] * w.q.shape[1]))
+    threads.run(share, o, grain=_grain(xq.shape[0] * w.q.shape[1], "direct"))
     return out
 
 

@@ -105,6 +105,28 @@ def test_program_matches_golden_and_onnxruntime(name, fmt):
             np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", ["fp32", "msfp16", "mxint8"])
+@pytest.mark.parametrize("name", ["conv_block", "strided_grouped_dilated_conv",
+                                  "standalone_batchnorm", "pools", "vector_unit_ops"])
+def test_work_cut_between_threads_gives_the_same_bits(name, fmt, monkeypatch):
+    """Every instruction cut between the threads, however small (and every pool in the
+    numba kernel), gives the bits of the same program run with each instruction whole."""
+    from npusim.simulator import device as device_mod
+    from npusim.simulator import gemm, kernels
+
+    model = MODELS[name]
+    rng = np.random.default_rng(12)
+    feeds = {i.name: rand(rng, *[d.dim_value for d in i.type.tensor_type.shape.dim])
+             for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}}
+    sess = Session(compile_full(model, device="tiny", numerics=fmt).program)
+    whole = sess.run(None, feeds)
+    monkeypatch.setattr(gemm, "SHARE_MACS", {"blas": 1, "blocks": 1, "direct": 1})
+    monkeypatch.setattr(device_mod, "ELEMENTWISE_GRAIN", 1)
+    monkeypatch.setattr(kernels, "POOL_ROW", 0)
+    for a, b in zip(sess.run(None, feeds), whole, strict=True):
+        assert np.array_equal(a.view(np.int32), b.view(np.int32)), (name, fmt)
+
+
 def test_mx_programs_carry_their_codes_and_differ_by_format():
     """Each MX minifloat program packs its weights at its element's bits (the bytes the
     timing model streams) and computes in its own format."""

@@ -77,6 +77,13 @@ def _conv_case(name: str, fmt: Format, seed: int, extreme: bool = False):
     return x, wt, bias, geom
 
 
+@pytest.fixture(autouse=True)
+def every_layer_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every product here is cut between the threads, however small (the rest of the
+    suite runs the same shapes whole, on one thread)."""
+    monkeypatch.setattr(gemm, "SHARE_MACS", {"blas": 1, "blocks": 1, "direct": 1})
+
+
 @pytest.fixture(params=["split-pixels", "split-channels"])
 def split(request, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways a layer's work is cut between the threads: by output pixels (slices of
