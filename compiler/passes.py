@@ -220,31 +220,6 @@ def fold_batchnorm(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     return g
 
 
-def share_concat_prefixes(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
-    """A Concat whose first operands are those of another Concat (same axis) takes that
-    one's result in their place: ``Concat(x0, ..., fL)`` after ``Concat(x0, ..., fK)`` is
-    ``Concat(that, fK+1, ..., fL)``. DenseNet concatenates every earlier feature map at
-    each layer; this makes it one copy of the block so far and one of the new map per
-    layer, not one copy per map (the same bytes, a fifth of the instructions)."""
-    g = g.copy()
-    by_inputs: dict[tuple, str] = {}
-    for name in topo_order(g):
-        n = node(g, name)
-        if n.op != Op.CONCAT:
-            continue
-        srcs = inputs_of(g, name)
-        axis = n.attr("axis")
-        axis = axis + len(n.shape) if axis is not None and axis < 0 else axis
-        best = None
-        for k in range(len(srcs) - 1, 1, -1):  # the longest earlier prefix, of 2 or more
-            best = by_inputs.get((axis, tuple(srcs[:k])))
-            if best is not None:
-                set_inputs(g, name, [best, *srcs[k:]])
-                break
-        by_inputs.setdefault((axis, tuple(srcs)), name)
-    return g
-
-
 def canonicalize(g: nx.DiGraph, opts: CompileOptions) -> nx.DiGraph:
     """Conv/Gemm/MatMul with constant weights -> NpuConv/NpuDense; Sum -> Adds.
 

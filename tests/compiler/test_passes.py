@@ -172,21 +172,3 @@ def test_mul_that_is_not_per_channel_stays():
     m = _affine_model(rng, 4, False, mul_shape=(4, 5, 5))
     g = run_passes(to_graph(m), FP32, stop_after="fold_batchnorm")
     assert node(g, "scaled").op == Op.MUL and node(g, "bn").op == Op.BATCHNORM
-
-
-def test_concat_of_an_earlier_concats_operands_takes_its_result():
-    """DenseNet's concatenation of every earlier feature map: each Concat starts from the
-    previous one's result, so it copies two operands, and the numbers do not change."""
-    rng = np.random.default_rng(7)
-    nodes, feats = [], ["x"]
-    for k in range(4):
-        nodes.append(helper.make_node("Concat", list(feats), [f"cat{k}"], axis=1))
-        nodes.append(helper.make_node("Relu", [f"cat{k}"], [f"f{k}"]))
-        feats.append(f"f{k}")
-    nodes.append(helper.make_node("Concat", list(feats), ["y"], axis=1))
-    m = make_model(nodes, {"x": [1, 2, 3, 3]}, {"y": [1, 32, 3, 3]})
-    g = run_passes(to_graph(m), FP32, stop_after="share_concat_prefixes")
-    assert [len(inputs_of(g, n)) for n in ("cat1", "cat2", "cat3", "y")] == [2, 2, 2, 2]
-    assert inputs_of(g, "y")[0] == "cat3"
-    x = {"x": rand(rng, 1, 2, 3, 3)}
-    np.testing.assert_array_equal(evaluate(g, x)["y"], evaluate(to_graph(m), x)["y"])
