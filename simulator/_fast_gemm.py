@@ -270,6 +270,25 @@ def _gemv(xq, sa, wt, swt, o0, o1, out):  # pragma: no cover - compiled
         out[n, o0:o1] = acc
 
 
+@numba.njit(cache=True, inline="always")
+def _row_product(wq, o, q, sa, sw, lo, hi, nk, block, p, acc):  # pragma: no cover - compiled
+    """``acc[:n] =`` weight row ``o``'s product with quantized columns ``q [J, B, n]``
+    (scales ``sa [J, n]``, in ``[lo[j], hi[j]]``): per block, the exact integer products
+    summed in fp32 (``p`` scratch), then accumulated in block order (``wq [O, Kp]`` int8,
+    ``sw [O, J]`` f64)."""
+    n = acc.shape[0]
+    acc[:] = 0.0
+    for j in range(sa.shape[0]):
+        p[:] = 0.0
+        for b in range(min(block, nk - j * block)):
+            wv = np.float32(wq[o, j * block + b])
+            if wv != 0.0:  # integer products and sums: exact in fp32
+                qb = q[j, b]
+                for i in range(n):
+                    p[i] += wv * qb[i]
+        _accumulate_block(acc, p, sa[j], sw[o, j], lo[j], hi[j])
+
+
 @numba.njit(cache=True, nogil=True)
 def _grouped_quantized(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, block, mbits, emin, emax, wq,
                        sw, g0, g1, step, out):  # pragma: no cover - compiled
@@ -305,17 +324,8 @@ def _grouped_quantized(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, block, mbits, emi
                 _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
                 lo[j], hi[j] = _scale_range(sa[j])
             for o in range(g * og, (g + 1) * og):
-                acc = out[o, oy0 * ow:oy1 * ow]
-                acc[:] = 0.0
-                for j in range(nblocks):
-                    p[:] = 0.0
-                    for b in range(min(block, nk - j * block)):
-                        wv = np.float32(wq[o, j * block + b])
-                        if wv != 0.0:  # integer products and sums: exact in fp32
-                            qb = q[j, b]
-                            for i in range(n):
-                                p[i] += wv * qb[i]
-                    _accumulate_block(acc, p, sa[j], sw[o, j], lo[j], hi[j])
+                _row_product(wq, o, q, sa, sw, lo, hi, nk, block, p,
+                             out[o, oy0 * ow:oy1 * ow])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -485,15 +495,7 @@ def _depthwise_planes_quantized(x, top, left, pad, ky, kx, oh, ow, og, block, mb
                 lo[j], hi[j] = _scale_range(sa[j])
             for r in range(og):
                 o = c * og + r
-                a[:] = 0.0
-                for j in range(nblocks):
-                    p[:] = 0.0
-                    for b in range(min(block, nk - j * block)):
-                        wv = np.float32(wq8[o, j * block + b])
-                        qb = q[j, b]
-                        for i in range(n):  # integer products and sums: exact in fp32
-                            p[i] += wv * qb[i]
-                    _accumulate_block(a, p, sa[j], sw[o, j], lo[j], hi[j])
+                _row_product(wq8, o, q, sa, sw, lo, hi, nk, block, p, a)
                 for y in range(n // wq):
                     out[o, (oy0 + y) * ow:(oy0 + y + 1) * ow] = a[y * wq:y * wq + ow]
 

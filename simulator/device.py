@@ -220,12 +220,11 @@ class Device:
         elif isinstance(i, isa.VvAdd):
             def add(a, b, out, relu=bool(i.relu)):
                 y = kernels.alu("add", a, b, out)
-                return np.maximum(y, np.float32(0), out=y) if relu else y
+                return kernels.relu(y, out=y) if relu else y
 
             self._map(i.dst, (i.length,), add, [(i.src0, None), (i.src1, None)])
         elif isinstance(i, isa.VRelu):
-            self._map(i.dst, (i.length,), lambda x, out: np.maximum(x, np.float32(0), out=out),
-                      [(i.src, None)])
+            self._map(i.dst, (i.length,), kernels.relu, [(i.src, None)])
         elif isinstance(i, isa.VSoftmax):
             self._store(i.dst, kernels.softmax(self._f32(i.src, (i.rows, i.cols)), -1))
         elif isinstance(i, isa.VPool):

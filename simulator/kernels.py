@@ -292,8 +292,9 @@ def global_avgpool(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float64).mean(axis=(2, 3), keepdims=True).astype(np.float32)
 
 
-def relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, np.float32(0))
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``max(x, 0)`` as numpy computes it (a NaN stays), into ``out`` if given."""
+    return np.maximum(x, np.float32(0), out=out)
 
 
 def max_step(running: np.ndarray, x: np.ndarray) -> np.ndarray:
