@@ -28,7 +28,7 @@ import weakref
 
 import numpy as np
 
-from npusim.simulator import _fast_gemm, threads
+from npusim.simulator import _fast_direct, _fast_gemm, threads
 from npusim.simulator import _tiles as _tiles_mod
 from npusim.simulator.numerics import BfpTensor, Format, block_scales, quantize
 
@@ -69,7 +69,7 @@ class _Tiles:
                     ) -> tuple[np.ndarray, np.ndarray]:
         """float32 mantissas ``[og, K, G]`` and float64 scales ``[og, J, G]`` of a
         convolution with one input channel per group (row ``g * og + r`` at ``[r, :, g]``),
-        as :func:`npusim.simulator._fast_gemm.depthwise_quantized` reads them."""
+        as :func:`npusim.simulator._fast_direct.depthwise_quantized` reads them."""
         if per_group not in self._channels:
             o = w.q.shape[0]
             m = w.q[:, :taps].reshape(o // per_group, per_group, taps).transpose(1, 2, 0)
@@ -437,12 +437,12 @@ def _depthwise(xt, weight, tp, geom, fmt: Format, og: int, out, out_hw, finish) 
         wt = np.ascontiguousarray(wf.reshape(-1, og, wf.shape[1]).transpose(1, 2, 0))
 
         def product(r0: int, r1: int) -> None:
-            _fast_gemm.depthwise_f32(xt, ky, kx, ow, *geom.strides, wt, r0, r1, out)
+            _fast_direct.depthwise_f32(xt, ky, kx, ow, *geom.strides, wt, r0, r1, out)
     else:
         wt, swt = _tiles(weight).by_channels(weight, og, len(ky))
 
         def product(r0: int, r1: int) -> None:
-            _fast_gemm.depthwise_quantized(xt, ky, kx, ow, *geom.strides, fmt.block_size,
+            _fast_direct.depthwise_quantized(xt, ky, kx, ow, *geom.strides, fmt.block_size,
                                            fmt.mantissa_bits, fmt.emin, fmt.emax, wt, swt,
                                            r0, r1, out)
 
@@ -466,19 +466,19 @@ def _depthwise_planes(x, weight, tp, geom, fmt: Format, og: int, out, out_hw,
     oh, ow = out_hw
     _, ky, kx = tp
     top, left, hp, wp = pad_extent(x.shape[1:], geom, out_hw)
-    shape = _fast_gemm.phase_shape(hp, wp, *geom.strides)
+    shape = _fast_direct.phase_shape(hp, wp, *geom.strides)
     step = max(1, PLANE_COLUMNS // shape[3])
     if fmt.is_fp32:
         wf = np.ascontiguousarray(weight, np.float32)
 
         def product(c0: int, c1: int) -> None:
-            _fast_gemm.depthwise_planes_f32(x, top, left, np.zeros(shape, np.float32), ky,
+            _fast_direct.depthwise_planes_f32(x, top, left, np.zeros(shape, np.float32), ky,
                                             kx, oh, ow, og, wf, c0, c1, step, out)
     else:
         scales = _tiles(weight).scales
 
         def product(c0: int, c1: int) -> None:
-            _fast_gemm.depthwise_planes_quantized(
+            _fast_direct.depthwise_planes_quantized(
                 x, top, left, np.zeros(shape, np.float32), ky, kx, oh, ow, og,
                 fmt.block_size, fmt.mantissa_bits, fmt.emin, fmt.emax, weight.q, scales, c0,
                 c1, step, out)
@@ -500,13 +500,13 @@ def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
         wf = np.ascontiguousarray(weight, np.float32)
 
         def share(g0: int, g1: int) -> None:
-            _fast_gemm.grouped_f32(*args, wf, g0, g1, step, out)
+            _fast_direct.grouped_f32(*args, wf, g0, g1, step, out)
             finish(g0 * og, g1 * og, 0, out.shape[1])
     else:
         scales = _tiles(weight).scales
 
         def share(g0: int, g1: int) -> None:
-            _fast_gemm.grouped_quantized(*args, fmt.block_size, fmt.mantissa_bits, fmt.emin,
+            _fast_direct.grouped_quantized(*args, fmt.block_size, fmt.mantissa_bits, fmt.emin,
                                          fmt.emax, weight.q, scales, g0, g1, step, out)
             finish(g0 * og, g1 * og, 0, out.shape[1])
 
