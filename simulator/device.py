@@ -198,6 +198,7 @@ class Device:
                     host_out[t.name] = np.stack([np.asarray(m[t.name]) for m in self._host_mem])
         finally:
             self._arena = None
+            threads.park()
         return host_out, self.stats
 
     def _execute(self, i: isa.Instruction, host_in, host_out, fmt, rounding) -> None:

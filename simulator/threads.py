@@ -3,12 +3,23 @@
 
 The fast kernels are single-threaded numba functions that release the GIL, and BLAS
 calls made from these threads run on one thread each, so the work of a layer is split
-once, here, into one contiguous share per core. Nothing spins: an OpenMP runtime or
-BLAS's own thread pool would busy-wait between the many short calls of a layer and
-fight the other over two cores (measured: 2-3x slower than this on ResNet-18).
+once, here, into one contiguous share per core. BLAS's own pool and an OpenMP runtime
+stay out: they would fight these threads over the cores (measured: 2-3x slower than
+this on ResNet-18).
+
+A hand-off has to be fast: a layer of MobileNet takes 50-300 µs, and waking a sleeping
+thread costs 20-40 µs on a virtual machine (a futex wake is an interrupt to another
+core), so a pool that sleeps between shares (``concurrent.futures``) lost a quarter of
+the second core to hand-offs. Each worker here waits for its next share spinning in a
+compiled loop that has released the GIL (a share is seen within a microsecond), and
+sleeps only after ``SPIN_SECONDS`` without work; its "done" is stored by the compiled
+loop after the GIL is released, and the caller waits for it in another one, so neither
+side wakes while the other holds the GIL.
 
 The pool starts on first use, never at import. Starting it limits the BLAS library to
-one thread per call (``threadpoolctl``), for the whole process.
+one thread per call (``threadpoolctl``), for the whole process. One caller uses the
+pool at a time; a call made while another thread's call holds it (the server's
+concurrent requests) runs on its own thread.
 
 Example:
     >>> out = [0] * 8
@@ -24,12 +35,21 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+
+import numba
+import numpy as np
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 _LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
+_POOL: _Pool | None = None
 _WORKERS: int | None = None
+
+SPIN_SECONDS = 2e-3
+"""How long an idle worker spins for its next share before it sleeps: longer than the
+host work between two layers, short enough that an idle simulator leaves the cores."""
 
 
 def cores() -> int:
@@ -52,20 +72,173 @@ def set_workers(count: int) -> None:
     count = max(1, int(count))
     with _LOCK:
         if _POOL is not None and count != _WORKERS:
-            _POOL.shutdown(wait=True)
+            _POOL.shutdown()
             _POOL = None
         _WORKERS = count
 
 
-def _pool() -> ThreadPoolExecutor:
+# --- the compiled waits: atomic loads and stores the optimizer cannot hoist ----------
+
+@intrinsic
+def _load_acquire(typingctx, flags, i):
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+        return builder.load_atomic(ptr, "acquire", 8)
+    return types.int64(flags, i), codegen
+
+
+@intrinsic
+def _store_release(typingctx, flags, i, value):
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+        builder.store_atomic(args[2], ptr, "release", 8)
+        return context.get_dummy_value()
+    return types.void(flags, i, value), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def _post_and_wait(flags, post, value, watch, old, park, spins):  # pragma: no cover
+    # flags[post] = value (if post >= 0), then spin until flags[watch] != old, at most
+    # `spins` loads or until flags[park] is set (if park >= 0); the value seen (old if
+    # none came)
+    if post >= 0:
+        _store_release(flags, post, value)
+    for _ in range(spins):
+        v = _load_acquire(flags, watch)
+        if v != old:
+            return v
+        if park >= 0 and _load_acquire(flags, park) != 0:
+            break
+    return old
+
+
+_STRIDE = 16
+"""int64 flags per worker: its own 128 bytes, so two workers' flags share no cache line."""
+_POSTED, _DONE = 0, 1
+
+
+class _Pool:
+    """``count`` spinning worker threads (see the module's docstring)."""
+
+    def __init__(self, count: int) -> None:
+        self.flags = np.zeros(count * _STRIDE + _STRIDE, np.int64)
+        self.park = count * _STRIDE  # set: the workers sleep instead of spinning
+        self.jobs: list[tuple | None] = [None] * count
+        self.errors: list[BaseException | None] = [None] * count
+        self.seq = [0] * count
+        self.wake = [threading.Condition(threading.Lock()) for _ in range(count)]
+        self.busy = threading.Lock()
+        self.closing = False
+        self.spins = _calibrate(self.flags)
+        self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True,
+                                         name=f"npusim-{i + 1}") for i in range(count)]
+        for t in self.threads:
+            t.start()
+
+    def _work(self, i: int) -> None:
+        flags, posted, done = self.flags, i * _STRIDE + _POSTED, i * _STRIDE + _DONE
+        seen, finished = 0, -1
+        while True:
+            v = _post_and_wait(flags, done if finished >= 0 else -1, finished, posted, seen,
+                               self.park, self.spins)
+            finished = -1
+            if v == seen:  # no share for SPIN_SECONDS: sleep until one is posted
+                with self.wake[i]:
+                    while flags[posted] == seen and not self.closing:
+                        self.wake[i].wait()
+                if self.closing:
+                    return
+                continue
+            seen = v
+            fn, a, b = self.jobs[i]
+            self.jobs[i] = None
+            try:
+                fn(a, b)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                self.errors[i] = e
+            finished = seen
+
+    def run(self, fn: Callable[[int, int], object], parts: list[tuple[int, int]]) -> None:
+        self.flags[self.park] = 0
+        count = len(self.jobs)
+        mine = [parts[0], *parts[1 + count:]]  # more shares than workers: the rest are ours
+        posted = []
+        for i, (a, b) in enumerate(parts[1:1 + count]):
+            self.jobs[i] = (fn, a, b)
+            self.seq[i] += 1
+            self.flags[i * _STRIDE + _POSTED] = self.seq[i]
+            with self.wake[i]:  # a worker asleep (or falling asleep) sees it
+                self.wake[i].notify()
+            posted.append(i)
+        try:
+            for a, b in mine:
+                fn(a, b)
+        finally:
+            for i in posted:
+                self._wait_done(i)
+            errors = [self.errors[i] for i in posted if self.errors[i] is not None]
+            for i in posted:
+                self.errors[i] = None
+        if errors:
+            raise errors[0]
+
+    def _wait_done(self, i: int) -> None:
+        """Spin for worker ``i``'s "done" for about ``SPIN_SECONDS``, then poll it every
+        0.1 ms (a long share leaves the core to whoever else has work)."""
+        done, seq = i * _STRIDE + _DONE, self.seq[i]
+        if _post_and_wait(self.flags, -1, 0, done, seq - 1, -1, self.spins) == seq:
+            return
+        while self.flags[done] != seq:
+            time.sleep(1e-4)
+
+    def shutdown(self) -> None:
+        self.closing = True
+        for i in range(len(self.threads)):
+            with self.wake[i]:
+                self.wake[i].notify()
+        for t in self.threads:
+            t.join()
+
+
+def _calibrate(flags: np.ndarray) -> int:
+    """Spin loads in about ``SPIN_SECONDS``."""
+    n = 1 << 16
+    _post_and_wait(flags, -1, 0, len(flags) - 1, 0, len(flags) - 2, 16)  # compile first
+    t = time.perf_counter()
+    _post_and_wait(flags, -1, 0, len(flags) - 1, 0, len(flags) - 2, n)
+    return max(n, int(n * SPIN_SECONDS / max(time.perf_counter() - t, 1e-9)))
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's workers do not exist here."""
+    global _POOL, _LOCK
+    _POOL, _LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _pool() -> _Pool:
     global _POOL
     with _LOCK:
         if _POOL is None:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(1, user_api="blas")
-            _POOL = ThreadPoolExecutor(max(1, workers() - 1), thread_name_prefix="npusim")
+            _POOL = _Pool(max(1, workers() - 1))
         return _POOL
+
+
+def park() -> None:
+    """Let the workers sleep now rather than spin for a next share: the caller has no
+    more work for a while (a run of the device has ended)."""
+    if _POOL is not None:
+        _POOL.flags[_POOL.park] = 1
 
 
 def shares(tasks: int, grain: int = 1) -> list[tuple[int, int]]:
@@ -86,9 +259,10 @@ def run(fn: Callable[[int, int], object], tasks: int, grain: int = 1) -> None:
             fn(0, tasks)
         return
     pool = _pool()
-    futures: list[Future] = [pool.submit(fn, a, b) for a, b in parts[1:]]
+    if not pool.busy.acquire(blocking=False):  # another thread's layer has the workers
+        fn(0, tasks)
+        return
     try:
-        fn(*parts[0])
+        pool.run(fn, parts)
     finally:
-        for f in futures:
-            f.result()
+        pool.busy.release()
