@@ -333,6 +333,126 @@ def _depthwise_f32(xt, ky, kx, ow, sy, sx, wt, oy0, oy1, out):  # pragma: no cov
                     out[c * og + r, n] = acc[c]
 
 
+@numba.njit(cache=True, inline="always")
+def _fill_phases(x, c, sy, sx, ow, start, buf):  # pragma: no cover - compiled
+    """Channel ``c`` of ``x [C, H, W]`` into its stride phases, ``Sy*Sx`` planes of
+    ``L = len(buf) // (Sy*Sx)`` elements in ``buf``, in rows of the output's width ``ow``:
+    input pixel ``(y, sx*j + px)`` goes to element ``start + (y // sy) * ow + j`` of plane
+    ``(y % sy) * sx + px``. Nothing else is written: the rows above and below the plane
+    and the columns past a phase's last stay zero. A stride-1 plane as wide as its output
+    is one copy."""
+    h, w = x.shape[1], x.shape[2]
+    length = buf.shape[0] // (sy * sx)
+    if sy == 1 and sx == 1 and w == ow:
+        src = x[c].reshape(-1)
+        dst = buf[start:start + h * w]
+        for i in range(h * w):
+            dst[i] = src[i]
+        return
+    py, row = 0, start
+    for y in range(h):
+        src = x[c, y]
+        for px in range(sx):
+            n = (w - px + sx - 1) // sx
+            d = (py * sx + px) * length + row
+            dst = buf[d:d + n]
+            for j in range(n):
+                dst[j] = src[px + j * sx]
+        py += 1
+        if py == sy:
+            py = 0
+            row += ow
+
+
+@numba.njit(cache=True, inline="always")
+def _flat_tap(buf, masks, offs, mk, k, m0, n):  # pragma: no cover - compiled
+    """Tap ``k`` of outputs ``m0 <= m < m0 + n`` (row-major): its run in the phase planes
+    and the mask of the outputs whose tap falls inside the plane (the others read 0)."""
+    d = offs[k] + m0
+    return buf[d:d + n], masks[mk[k], :n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _depthwise_flat_f32(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og, wf, c0, c1, rows,
+                        out):  # pragma: no cover - compiled
+    # One input channel per group, channels c0 <= c < c1 of the unpadded x [C, H, W], each
+    # laid out by _fill_phases so that tap k of output m = oy*ow + ox reads element
+    # offs[k] + m of buf (masked: masks[mk[k], m % (rows*ow)] says
+    # whether it is inside the padded plane, else it reads +0.0 as the padding does).
+    # Every output row is then one run: the sums go straight into out [O, oh*ow],
+    # `rows` output rows at a time, four taps a pass, in K order.
+    nk = offs.shape[0]
+    z = np.float32(0.0)
+    for c in range(c0, c1):
+        _fill_phases(x, c, sy, sx, ow, start, buf)
+        for r in range(og):
+            o = c * og + r
+            for m0 in range(0, oh * ow, rows * ow):
+                n = min(rows * ow, oh * ow - m0)
+                a = out[o, m0:m0 + n]
+                a[:] = 0.0
+                k = 0
+                while k + 3 < nk:
+                    w0, w1, w2, w3 = wf[o, k], wf[o, k + 1], wf[o, k + 2], wf[o, k + 3]
+                    s0, t0 = _flat_tap(buf, masks, offs, mk, k, m0, n)
+                    s1, t1 = _flat_tap(buf, masks, offs, mk, k + 1, m0, n)
+                    s2, t2 = _flat_tap(buf, masks, offs, mk, k + 2, m0, n)
+                    s3, t3 = _flat_tap(buf, masks, offs, mk, k + 3, m0, n)
+                    for i in range(n):
+                        a[i] = ((((a[i] + w0 * (s0[i] if t0[i] else z))
+                                  + w1 * (s1[i] if t1[i] else z))
+                                 + w2 * (s2[i] if t2[i] else z))
+                                + w3 * (s3[i] if t3[i] else z))
+                    k += 4
+                for k in range(k, nk):
+                    wv = wf[o, k]
+                    s0, t0 = _flat_tap(buf, masks, offs, mk, k, m0, n)
+                    for i in range(n):
+                        a[i] = a[i] + wv * (s0[i] if t0[i] else z)
+
+
+@numba.njit(cache=True, nogil=True)
+def _depthwise_flat_quantized(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og,
+                              block, mbits, emin, emax, wq8, sw, c0, c1, rows,
+                              out):  # pragma: no cover - compiled
+    # The block-format twin of _depthwise_flat_f32: `rows` output rows of taps gathered
+    # (one masked run per tap), quantized once for the og outputs of their channel, their
+    # integer block products summed in fp32 (exact) and accumulated in block order as
+    # _grouped_quantized does. wq8 [O, Kp] int8 mantissas, sw [O, J] f64 scales.
+    nk = offs.shape[0]
+    nblocks = -(-nk // block)
+    depth = min(block, nk)
+    width = rows * ow
+    vbuf = np.empty(depth * width, np.float32)
+    qbuf = np.empty(nblocks * depth * width, np.float32)
+    sbuf = np.empty(nblocks * width, np.float32)
+    lo = np.empty(nblocks, np.float64)
+    hi = np.empty(nblocks, np.float64)
+    pbuf = np.empty(width, np.float32)
+    scratch = np.empty((3, width), np.float64)
+    z = np.float32(0.0)
+    for c in range(c0, c1):
+        _fill_phases(x, c, sy, sx, ow, start, buf)
+        for m0 in range(0, oh * ow, width):
+            n = min(width, oh * ow - m0)
+            v = vbuf[:depth * n].reshape(depth, n)
+            q = qbuf[:nblocks * depth * n].reshape(nblocks, depth, n)
+            sa = sbuf[:nblocks * n].reshape(nblocks, n)
+            p = pbuf[:n]
+            for j in range(nblocks):
+                nb = min(block, nk - j * block)
+                for b in range(nb):
+                    src, t = _flat_tap(buf, masks, offs, mk, j * block + b, m0, n)
+                    vb = v[b]
+                    for i in range(n):
+                        vb[i] = src[i] if t[i] else z
+                _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
+                lo[j], hi[j] = _scale_range(sa[j])
+            for r in range(og):
+                o = c * og + r
+                _row_product(wq8, o, q, sa, sw, lo, hi, nk, block, p, out[o, m0:m0 + n])
+
+
 # --- entry points: one worker's share, around the compiled kernels -------------------
 # Each runs in one thread and releases the GIL; npusim.simulator.gemm splits the work
 # between the compute threads (npusim.simulator.threads).
@@ -360,3 +480,11 @@ depthwise_planes_f32 = _depthwise_planes_f32
 
 grouped_f32 = _grouped_f32
 """The fp32 grouped convolution, same tasks."""
+
+depthwise_flat_f32 = _depthwise_flat_f32
+"""A convolution of one input channel per group in fp32, a channel plane at a time laid
+out in its stride phases at the output's width (see :func:`npusim.simulator.gemm.
+flat_layout`): channels ``[c0, c1)`` of one unpadded image."""
+
+depthwise_flat_quantized = _depthwise_flat_quantized
+"""The block-format one, same tasks."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 
@@ -228,6 +229,12 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
     epi = Epilogue(bias, residual, relu, (b, o), clip)
     for i in range(b):
         plane = out[i].reshape(o, oh * ow)
+        narrow = g > 1 and cg == 1 and _by_channels(g, ow) and not fmt.is_fp32
+        layout = flat_layout((h, w), geom, (oh, ow), max(1, PLANE_COLUMNS // max(1, ow))) \
+            if g > 1 and cg == 1 else None
+        if layout is not None and not narrow:
+            _depthwise_flat(x[i], weight, layout, fmt, og, plane, epi.finisher(i, plane))
+            continue
         if g > 1 and cg == 1 and _by_channels(g, ow):
             xt = padded(x[i], geom, (oh, ow), channels_last=True)
             _depthwise(xt, weight, tp, geom, fmt, og, plane, (oh, ow), epi.finisher(i, plane))
@@ -488,6 +495,79 @@ def _depthwise_planes(x, weight, tp, geom, fmt: Format, og: int, out, out_hw,
         finish(c0 * og, c1 * og, 0, oh * ow)
 
     threads.run(share, x.shape[0], grain=_grain(og * len(ky) * oh * ow, "direct"))
+
+
+class FlatLayout(NamedTuple):
+    """Where a depthwise convolution's taps are in a channel plane laid out in its stride
+    phases at the output's width (``_fast_direct._fill_phases``): tap ``k`` of output
+    ``m = oy * ow + ox`` is element ``offs[k] + m`` of the planes (``planes`` of ``length``
+    elements, one after the other), inside the padded plane where ``masks[mk[k], m %
+    (rows * ow)]``."""
+    out_hw: tuple[int, int]
+    strides: tuple[int, int]
+    planes: int
+    length: int
+    start: int
+    offs: np.ndarray
+    masks: np.ndarray
+    mk: np.ndarray
+    rows: int
+
+
+@functools.lru_cache(maxsize=256)
+def flat_layout(hw: tuple[int, int], geom, out_hw: tuple[int, int], rows: int
+                ) -> FlatLayout | None:
+    """The phase layout of a one-channel-per-group convolution of an ``hw`` plane, its
+    outputs made ``rows`` output rows at a time; None when a phase is wider than the
+    output (no padding on the right: the plane-wise kernel takes it)."""
+    h, w = hw
+    oh, ow = out_hw
+    sy, sx = geom.strides
+    if -(-w // sx) > ow or oh * ow == 0:
+        return None
+    _, ky, kx = taps(geom.kernel, 1, geom.dilations)
+    top, left = geom.pads[:2]
+    fy, py = np.divmod(ky - top, sy)
+    fx, px = np.divmod(kx - left, sx)
+    start = max(0, -int(fy.min())) * ow + max(0, -int(fx.min()))
+    offs = start + fy * ow + fx
+    length = max(int(offs.max()) + oh * ow, start + -(-h // sy) * ow) + 1
+    offs = (offs + (py * sx + px) * length).astype(np.int64)
+    kw = geom.kernel[1]
+    cols = np.arange(rows * ow) % ow
+    ncols = -(-(w - px[:kw]) // sx)  # valid columns of each tap column's phase
+    masks = (cols[None] + fx[:kw, None] >= 0) & (cols[None] + fx[:kw, None] < ncols[:, None])
+    mk = np.arange(len(ky), dtype=np.int64) % kw
+    for a in (offs, masks, mk):
+        a.setflags(write=False)
+    return FlatLayout(out_hw, (sy, sx), sy * sx, length, start, offs, masks, mk, rows)
+
+
+def _depthwise_flat(x, weight, lay: FlatLayout, fmt: Format, og: int, out, finish) -> None:
+    """A convolution of one input channel per group, one unpadded image ``x [C, H, W]``, a
+    channel plane at a time in the :class:`FlatLayout`; the threads share the channels."""
+    oh, ow = lay.out_hw
+    args = (lay.start, *lay.strides, lay.offs, lay.masks, lay.mk, oh, ow, og)
+    if fmt.is_fp32:
+        wf = np.ascontiguousarray(weight, np.float32)
+
+        def product(c0: int, c1: int) -> None:
+            _fast_direct.depthwise_flat_f32(x, np.zeros(lay.planes * lay.length, np.float32),
+                                            *args, wf, c0, c1, lay.rows, out)
+    else:
+        scales = _tiles(weight).scales
+
+        def product(c0: int, c1: int) -> None:
+            _fast_direct.depthwise_flat_quantized(
+                x, np.zeros(lay.planes * lay.length, np.float32), *args, fmt.block_size,
+                fmt.mantissa_bits, fmt.emin, fmt.emax, weight.q, scales, c0, c1, lay.rows,
+                out)
+
+    def share(c0: int, c1: int) -> None:
+        product(c0, c1)
+        finish(c0 * og, c1 * og, 0, oh * ow)
+
+    threads.run(share, x.shape[0], grain=_grain(og * len(lay.offs) * oh * ow, "direct"))
 
 
 def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,

@@ -60,6 +60,11 @@ WIDE_DEPTHWISE = {
     "depthwise-wide-even": (16, 16, 7, 40, ConvGeometry((3, 3), (2, 2), (0, 0, 1, 1),
                                                         groups=16)),
     "depthwise-wide-odd": (8, 8, 9, 35, ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1), groups=8)),
+    # no padding: the output is narrower than the plane (no phase layout at its width)
+    "depthwise-valid": (8, 8, 9, 20, ConvGeometry((3, 3), (1, 1), (0, 0, 0, 0), groups=8)),
+    # more padding than the window needs, a stride of 3 and a multiplier of 2
+    "depthwise-wide-pad": (6, 12, 8, 19, ConvGeometry((3, 3), (3, 3), (2, 3, 2, 3),
+                                                      groups=6)),
 }
 
 
@@ -111,19 +116,28 @@ def test_conv2d_matches_reference(fmt: Format, name: str, extreme: bool, split: 
 DEPTHWISE = [n for n, (c, _, _, _, g) in CONVS.items() if g.groups == c] + list(WIDE_DEPTHWISE)
 
 
-@pytest.mark.parametrize("path", ["by-channels", "by-planes-a-row-at-a-time"])
+@pytest.mark.parametrize("path", ["phase-layout", "phase-layout-a-row-at-a-time",
+                                  "by-channels", "by-planes-a-row-at-a-time"])
 @pytest.mark.parametrize("fmt", [FP32, *DIFF_FORMATS], ids=fid)
 @pytest.mark.parametrize("name", DEPTHWISE)
 @pytest.mark.parametrize("extreme", [False, True], ids=["scales-normal", "scales-extreme"])
 def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, path: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """One input channel per group (depthwise, and a channel multiplier of 2): vectorized
-    along the channels, or along each channel's plane, here one output row at a time (the
-    small cases would otherwise take one of the two whole)."""
-    if path == "by-channels":
+    """One input channel per group (depthwise, and a channel multiplier of 2): along each
+    channel's plane laid out in its stride phases at the output's width (whole, or an
+    output row at a time), vectorized along the channels, or along each channel's padded
+    plane, here one output row at a time (the small cases would otherwise take one of the
+    kernels whole). A case the phase layout does not fit takes the padded planes."""
+    if path.startswith("phase-layout"):
+        monkeypatch.setattr(gemm, "CHANNEL_WIDTH", 0)
+        if path.endswith("a-row-at-a-time"):
+            monkeypatch.setattr(gemm, "PLANE_COLUMNS", 1)
+    elif path == "by-channels":
+        monkeypatch.setattr(gemm, "flat_layout", lambda *a: None)
         monkeypatch.setattr(gemm, "CHANNEL_WIDTH", 10**9)
         monkeypatch.setattr(gemm, "CHANNEL_GROUPS", 1)
     else:
+        monkeypatch.setattr(gemm, "flat_layout", lambda *a: None)
         monkeypatch.setattr(gemm, "CHANNEL_WIDTH", 0)
         monkeypatch.setattr(gemm, "PLANE_COLUMNS", 1)
     x, w, bias, geom = _conv_case(name, fmt, seed=len(name) + fmt.block_size, extreme=extreme)
