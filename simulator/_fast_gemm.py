@@ -307,15 +307,17 @@ def _epilogue(out, o0, o1, n0, n1, bias, res, relu, clip, lo,
 
 
 def im2col_quantize(xp: np.ndarray, taps: tuple, rows: tuple[int, int], ow: int, strides,
-                    block: int, mbits: int, emin: int, emax: int, width: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    block: int, mbits: int, emin: int, emax: int, width: int = 0,
+                    short: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Gather and quantize output rows ``rows`` of the padded input ``xp``:
     ``(q [J, B, N] f32, sa [J, N] f32)``, or ``width`` columns, the last ones padding
-    (zero mantissas, NaN scales)."""
+    (zero mantissas, NaN scales). With ``short``, one block longer than K (ms-fp8/9's 128
+    on a small layer) comes as its K rows, without the zero rows of its padding."""
     kc = taps[0]
     n = max(width, (rows[1] - rows[0]) * ow)
     nblocks = -(-kc.shape[0] // block)
-    q = np.empty((nblocks, block, n), np.float32)
+    depth = kc.shape[0] if short and nblocks == 1 else block
+    q = np.empty((nblocks, depth, n), np.float32)
     sa = np.empty((nblocks, n), np.float32)
     _im2col_quantize(xp, *taps, rows[0], rows[1], ow, strides[0], strides[1], mbits, emin,
                      emax, q, sa)

@@ -336,8 +336,9 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish,
 
     def quantized(rows):
         q, sa = _fast_gemm.im2col_quantize(xp, tp, rows, ow, geom.strides, fmt.block_size,
-                                           fmt.mantissa_bits, fmt.emin, fmt.emax)
-        return q[:, :crop], sa
+                                           fmt.mantissa_bits, fmt.emin, fmt.emax,
+                                           short=crop < block)
+        return q, sa
 
     if oh * ow <= FEW_COLUMNS:
         q, sa = quantized((0, oh))
