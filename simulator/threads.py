@@ -60,9 +60,18 @@ def cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_CORES: int | None = None
+
+
 def workers() -> int:
-    """Compute threads: one per core, or as :func:`set_workers` said."""
-    return _WORKERS or cores()
+    """Compute threads: one per core (as the process found them on its first layer), or as
+    :func:`set_workers` said."""
+    global _CORES
+    if _WORKERS:
+        return _WORKERS
+    if _CORES is None:
+        _CORES = cores()
+    return _CORES
 
 
 def set_workers(count: int) -> None:
@@ -215,8 +224,8 @@ def _calibrate(flags: np.ndarray) -> int:
 
 def _forget_pool() -> None:
     """In a forked child: the parent's workers do not exist here."""
-    global _POOL, _LOCK
-    _POOL, _LOCK = None, threading.Lock()
+    global _POOL, _LOCK, _CORES
+    _POOL, _LOCK, _CORES = None, threading.Lock(), None
 
 
 if hasattr(os, "register_at_fork"):
