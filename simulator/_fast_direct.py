@@ -420,6 +420,64 @@ def _depthwise_flat_f32(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og, wf, 
                         a[i] = a[i] + wv * (s0[i] if t0[i] else z)
 
 
+@numba.njit(cache=True, inline="always")
+def _fused_block(buf, masks, offs, mk, k0, nb, m0, n, mbits, emin, emax, wq8, o, sa, p,
+                 bits):  # pragma: no cover - compiled
+    """One block of taps ``k0 <= k < k0 + nb`` of outputs ``m0...m0+n`` and weight row
+    ``o``, quantized and multiplied in two passes over the taps without storing them: the
+    block maxima, then each tap's mantissas straight into the integer products ``p``
+    (exact in fp32), the scales into ``sa``. The numbers of :func:`_quantize_block`'s fp32
+    path (for ``emin >= -127``) and of :func:`_row_product`; False, with nothing done,
+    when a block maximum is too small for that path (``bits``: int32 scratch, ``3n``)."""
+    z = np.float32(0.0)
+    top = bits[:n]
+    top[:] = 0
+    for b in range(nb):  # max |x| by the bits of |x|, as _quantize_block reads it
+        src, t = _flat_tap(buf, masks, offs, mk, k0 + b, m0, n)
+        sbits = src.view(np.int32)
+        for i in range(n):
+            a = (sbits[i] & 0x7FFFFFFF) if t[i] else 0
+            top[i] = a if a > top[i] else top[i]
+    lowest = mbits - 126
+    mult = bits[n:2 * n]
+    scale = bits[2 * n:3 * n]
+    tiny = 0
+    finite = True
+    for i in range(n):
+        e = min(max(((top[i] >> 23) & 255) - 127, emin), emax)
+        live = top[i] > 0 and top[i] < 0x7F800000
+        tiny += 1 if live and e < lowest else 0
+        finite = finite & (top[i] < 0x7F800000)
+        e = max(e, lowest)
+        mult[i] = (mbits - 1 - e + 127) << 23 if live else 0
+        scale[i] = (e - mbits + 1 + 127) << 23
+    if tiny:
+        return False
+    amax, mf, sf = top.view(np.float32), mult.view(np.float32), scale.view(np.float32)
+    one = np.float32(1.0)
+    for i in range(n):
+        s = sf[i] if np.rint(amax[i] * mf[i]) != 0.0 else one  # all mantissas zero
+        sa[i] = s if top[i] < 0x7F800000 else np.float32(np.nan)
+    max_m = np.float32((1 << mbits) - 1)
+    p[:] = 0.0
+    for b in range(nb):
+        wv = np.float32(wq8[o, k0 + b])
+        if wv == 0.0:
+            continue
+        src, t = _flat_tap(buf, masks, offs, mk, k0 + b, m0, n)
+        if finite:  # round-to-nearest-even is odd-symmetric: the signed mantissa at once
+            for i in range(n):
+                m = np.rint((src[i] if t[i] else z) * mf[i])
+                p[i] += wv * min(max(m, -max_m), max_m)
+        else:
+            for i in range(n):
+                x = src[i] if t[i] else z
+                m = abs(x) * mf[i]
+                m = min(np.rint(m), max_m) if m == m else z  # inf * 0 in a non-finite block
+                p[i] += wv * (-m if x < 0 else m)
+    return True
+
+
 @numba.njit(cache=True, nogil=True)
 def _depthwise_flat_quantized(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og,
                               block, mbits, emin, emax, wq8, sw, c0, c1, rows,
@@ -427,7 +485,8 @@ def _depthwise_flat_quantized(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og
     # The block-format twin of _depthwise_flat_f32: `rows` output rows of taps gathered
     # (one masked run per tap), quantized once for the og outputs of their channel, their
     # integer block products summed in fp32 (exact) and accumulated in block order as
-    # _grouped_quantized does. wq8 [O, Kp] int8 mantissas, sw [O, J] f64 scales.
+    # _grouped_quantized does; with one output per channel, quantized and multiplied in
+    # one go (_fused_block). wq8 [O, Kp] int8 mantissas, sw [O, J] f64 scales.
     nk = offs.shape[0]
     nblocks = -(-nk // block)
     depth = min(block, nk)
@@ -439,12 +498,39 @@ def _depthwise_flat_quantized(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og
     hi = np.empty(nblocks, np.float64)
     pbuf = np.empty(width, np.float32)
     scratch = np.empty((3, width), np.float64)
+    bits = np.empty(3 * width, np.int32)
+    fused = og == 1 and emin >= -127
     z = np.float32(0.0)
     for c in range(c0, c1):
         _fill_phases(x, c, sy, sx, ow, start, buf)
         for m0 in range(0, oh * ow, width):
             n = min(width, oh * ow - m0)
             v = vbuf[:depth * n].reshape(depth, n)
+            if fused:  # one output per channel: its taps need not be stored
+                acc = out[c, m0:m0 + n]
+                acc[:] = 0.0
+                p = pbuf[:n]
+                sj = sbuf[:n]
+                for j in range(nblocks):
+                    nb = min(block, nk - j * block)
+                    if not _fused_block(buf, masks, offs, mk, j * block, nb, m0, n, mbits,
+                                        emin, emax, wq8, c, sj, p, bits):
+                        for b in range(nb):  # a tiny scale: the float64 quantizer
+                            src, t = _flat_tap(buf, masks, offs, mk, j * block + b, m0, n)
+                            vb = v[b]
+                            for i in range(n):
+                                vb[i] = src[i] if t[i] else z
+                        qj = qbuf[:depth * n].reshape(depth, n)
+                        _quantize_block(v, nb, mbits, emin, emax, qj, sj, scratch)
+                        p[:] = 0.0
+                        for b in range(nb):
+                            wv = np.float32(wq8[c, j * block + b])
+                            qb = qj[b]
+                            for i in range(n):
+                                p[i] += wv * qb[i]
+                    lo0, hi0 = _scale_range(sj)
+                    _accumulate_block(acc, p, sj, sw[c, j], lo0, hi0)
+                continue
             q = qbuf[:nblocks * depth * n].reshape(nblocks, depth, n)
             sa = sbuf[:nblocks * n].reshape(nblocks, n)
             p = pbuf[:n]
