@@ -420,11 +420,12 @@ GROUPED_COLUMNS = 512
 kernel: its columns, mantissas and products then stay in L1."""
 
 
-CHANNEL_WIDTH = 16
-"""A convolution with one input channel per group, output rows narrower than this and at
-least ``CHANNEL_GROUPS`` groups runs vectorized along its channels: its rows are too short
-to vectorize (measured against the plane-wise kernel: 2-4x faster in fp32 and the block
-formats on MobileNet's 7x7 planes, about even on 14x14, slower on 28x28 and wider)."""
+CHANNEL_WIDTH = 10
+"""A convolution with one input channel per group in a block format, output rows
+narrower than this and at least ``CHANNEL_GROUPS`` groups runs vectorized along its
+channels: its planes are too small to vectorize (measured against the phase layout in
+MSFP16 and MX INT8: 1.3-1.8x faster on MobileNet's 7x7 planes, 1.15-1.3x slower on
+14x14 ones). In fp32 the phase layout is as fast on 7x7 planes and takes them all."""
 
 CHANNEL_GROUPS = 32
 """Fewest groups worth vectorizing along (see ``CHANNEL_WIDTH``)."""
