@@ -287,7 +287,11 @@ VECTOR = 16
 """fp32 lanes of a vector register: a tiled product's columns come in whole vectors."""
 
 TILE_COLUMNS = 512
-"""Output pixels quantized per step of a tiled convolution."""
+"""Output pixels quantized per step of a tiled convolution, or more while their columns
+fit in ``TILE_BYTES`` (a stem of three channels has 27 rows of K: its steps were mostly
+overhead)."""
+
+TILE_BYTES = 1 << 18
 
 FEW_COLUMNS = 256
 """A layer with at most this many output pixels splits its output channels between the
@@ -376,7 +380,7 @@ def _conv_tiled(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
     o = out.shape[0]
     product = _tiles_mod.PRODUCTS[fmt.block_size]
     wrows, sw = _weight_rows(w, groups)[grp], _tiles(w).scales32(w, groups)[grp]
-    step = max(1, TILE_COLUMNS // ow)
+    step = max(1, TILE_COLUMNS // ow, TILE_BYTES // (4 * w.q.shape[1] * ow))
 
     def share(r0: int, r1: int) -> None:
         for a in range(r0, r1, step):
