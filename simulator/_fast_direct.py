@@ -548,6 +548,64 @@ def _depthwise_flat_quantized(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og
                 _row_product(wq8, o, q, sa, sw, lo, hi, nk, block, p, out[o, m0:m0 + n])
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # 0 / 0 is NaN, as in numpy
+def _pool_flat(x, buf, start, sy, sx, offs, masks, mk, oh, ow, pitch, average, count, c0, c1,
+               rows, out):  # pragma: no cover - compiled
+    # Max or average pooling of planes c0 <= c < c1 of x [C, H, W] into out [C, oh*ow],
+    # each plane laid out by _fill_phases in rows of `pitch` (buf holds the padding's
+    # value, 0 or -inf, wherever the plane is not; a masked tap reads it too), `rows`
+    # output rows at a time. Max: the largest tap, a NaN winning (np.max). Average: the
+    # taps summed in float64 from +0.0 in (kh, kw) order, padding as +0.0, over
+    # count[oy*ow + ox] taps, rounded once to fp32.
+    nk = offs.shape[0]
+    width = rows * pitch
+    acc = np.empty(width, np.float64)
+    big = np.empty(width, np.float32)
+    fill = np.float32(0.0) if average else np.float32(-np.inf)
+    for c in range(c0, c1):
+        _fill_phases(x, c, sy, sx, pitch, start, buf)
+        for m0 in range(0, oh * pitch, width):
+            n = min(width, oh * pitch - m0)
+            if average:
+                a = acc[:n]
+                a[:] = 0.0  # numpy's sum over the window starts at +0.0
+                for k in range(nk):
+                    src, t = _flat_tap(buf, masks, offs, mk, k, m0, n)
+                    for i in range(n):
+                        a[i] = a[i] + np.float64(src[i] if t[i] else fill)
+            else:
+                b = big[:n]
+                b[:] = fill
+                for k in range(nk):
+                    src, t = _flat_tap(buf, masks, offs, mk, k, m0, n)
+                    for i in range(n):
+                        v = src[i] if t[i] else fill
+                        m = b[i]
+                        # np.maximum's pick: a NaN wins, and of equal values (+0 and
+                        # -0) the later tap, as numpy's reduction over the window
+                        take = ((v >= m) | (v != v)) & (m == m)  # a select, vectorized
+                        b[i] = v if take else m
+            y0 = m0 // pitch
+            if pitch == ow:  # the rows as made are the output's: one run
+                o = out[c, m0:m0 + n]
+                if average:
+                    cnt = count[m0:m0 + n]
+                    for i in range(n):
+                        o[i] = np.float32(acc[i] / cnt[i])
+                else:
+                    o[:] = big[:n]
+                continue
+            for y in range(n // pitch):
+                o = out[c, (y0 + y) * ow:(y0 + y + 1) * ow]
+                if average:
+                    a = acc[y * pitch:y * pitch + ow]
+                    cnt = count[(y0 + y) * ow:(y0 + y + 1) * ow]
+                    for i in range(ow):
+                        o[i] = np.float32(a[i] / cnt[i])
+                else:
+                    o[:] = big[y * pitch:y * pitch + ow]
+
+
 # --- entry points: one worker's share, around the compiled kernels -------------------
 # Each runs in one thread and releases the GIL; npusim.simulator.gemm splits the work
 # between the compute threads (npusim.simulator.threads).
@@ -583,3 +641,7 @@ flat_layout`): channels ``[c0, c1)`` of one unpadded image."""
 
 depthwise_flat_quantized = _depthwise_flat_quantized
 """The block-format one, same tasks."""
+
+pool_flat = _pool_flat
+"""Max or average pooling, a plane at a time laid out in its stride phases (see
+:func:`npusim.simulator.gemm.flat_layout`): planes ``[c0, c1)`` of one image."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npusim.simulator import _fast, gemm
+from npusim.simulator import _fast_direct, gemm, threads
 from npusim.simulator.numerics import (
     BfpTensor,
     Format,
@@ -231,31 +231,76 @@ def matmul_act(a: np.ndarray, b: np.ndarray, fmt: Format,
     return out
 
 
-POOL_ROW = 24
-"""Output rows at least this wide pool in the numba kernel, a row at a time; narrower ones
-in numpy over the windows of every plane at once (measured: the kernel is 2-8x faster
-on MobileNet's and ShuffleNet's 56-wide rows, up to 3x slower on 14-wide ones)."""
+POOL_OUTPUTS = 4
+"""A pooling with at most this many outputs per plane (a window over the whole plane)
+runs the numpy definition over every plane at once: the kernel's work per plane would be
+mostly its own set-up."""
 
 
 def maxpool(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False) -> np.ndarray:
     """The vector unit's max pooling: :func:`maxpool_reference`'s numbers, by a numba
-    kernel (:func:`npusim.simulator._fast.pool2d`) for wide rows."""
+    kernel over each plane laid out in its stride phases (:func:`_pool_phases`)."""
     oh, ow = geom.output_hw(x.shape[2], x.shape[3], ceil_mode)
-    if ow < POOL_ROW:
+    if oh * ow <= POOL_OUTPUTS:
         return maxpool_reference(x, geom, ceil_mode)
-    return _fast.pool2d(x, geom.kernel, geom.strides, geom.dilations, geom.pads, (oh, ow),
-                        average=False)
+    return _pool_phases(x, geom, (oh, ow), average=False)
 
 
 def avgpool(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False,
             count_include_pad: bool = False) -> np.ndarray:
     """The vector unit's average pooling: :func:`avgpool_reference`'s numbers, by a numba
-    kernel (:func:`npusim.simulator._fast.pool2d`) for wide rows."""
+    kernel over each plane laid out in its stride phases (:func:`_pool_phases`)."""
     oh, ow = geom.output_hw(x.shape[2], x.shape[3], ceil_mode)
-    if ow < POOL_ROW:
+    if oh * ow <= POOL_OUTPUTS:
         return avgpool_reference(x, geom, ceil_mode, count_include_pad)
-    return _fast.pool2d(x, geom.kernel, geom.strides, geom.dilations, geom.pads, (oh, ow),
-                        average=True, include_pad=count_include_pad)
+    return _pool_phases(x, geom, (oh, ow), average=True, include_pad=count_include_pad)
+
+
+def _pool_counts(hw: tuple[int, int], geom: ConvGeometry, out_hw: tuple[int, int],
+                 include_pad: bool) -> np.ndarray:
+    """Each average window's count ``[OH * OW]`` float64: its taps inside the input (or,
+    with ``include_pad``, inside the declared padding; never the ceil-mode overhang), the
+    product of its rows' and its columns' (as :func:`avgpool_reference` counts them)."""
+    def axis(n: int, out: int, k: int, s: int, d: int, lo: int, hi: int) -> np.ndarray:
+        pos = np.arange(out)[:, None] * s - lo + np.arange(k)[None] * d
+        inside = (pos >= -lo) & (pos < n + hi) if include_pad else (pos >= 0) & (pos < n)
+        return inside.sum(axis=1).astype(np.float64)
+    pt, pl, pb, pr = geom.pads
+    rows = axis(hw[0], out_hw[0], geom.kernel[0], geom.strides[0], geom.dilations[0], pt, pb)
+    cols = axis(hw[1], out_hw[1], geom.kernel[1], geom.strides[1], geom.dilations[1], pl, pr)
+    return (rows[:, None] * cols[None]).reshape(-1)
+
+
+POOL_COLUMNS = 4096
+"""Elements of the output rows (at the layout's pitch) pooled per step."""
+
+
+def _pool_phases(x: np.ndarray, geom: ConvGeometry, out_hw: tuple[int, int], average: bool,
+                 include_pad: bool = False) -> np.ndarray:
+    """Max or average pooling of ``x [N, C, H, W]``, a plane at a time laid out in its
+    stride phases (:func:`npusim.simulator.gemm.flat_layout`, wide: every tap of every
+    output row is one run), by :func:`npusim.simulator._fast_direct.pool_flat`; the
+    threads share the planes."""
+    n, c, h, w = x.shape
+    oh, ow = out_hw
+    planes = np.ascontiguousarray(x, np.float32).reshape(n * c, h, w)
+    out = np.empty((n * c, oh * ow), np.float32)
+    if oh * ow == 0 or n * c == 0:
+        return out.reshape(n, c, oh, ow)
+    pitch = max(ow, -(-w // geom.strides[1]))
+    lay = gemm.flat_layout((h, w), dataclasses.replace(geom, groups=1), out_hw,
+                           max(1, POOL_COLUMNS // pitch), wide=True)
+    count = _pool_counts((h, w), geom, out_hw, include_pad) if average else np.ones(1)
+    fill = 0.0 if average else -np.inf
+
+    def share(p0: int, p1: int) -> None:
+        _fast_direct.pool_flat(planes, np.full(lay.planes * lay.length, fill, np.float32),
+                               lay.start, *lay.strides, lay.offs, lay.masks, lay.mk, oh, ow,
+                               lay.pitch, average, count, p0, p1, lay.rows, out)
+
+    per_plane = max(1, oh * ow * geom.kernel[0] * geom.kernel[1])
+    threads.run(share, n * c, grain=max(1, (1 << 16) // per_plane))
+    return out.reshape(n, c, oh, ow)
 
 
 def maxpool_reference(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False

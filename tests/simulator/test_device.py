@@ -122,7 +122,8 @@ def test_work_cut_between_threads_gives_the_same_bits(name, fmt, monkeypatch):
     whole = sess.run(None, feeds)
     monkeypatch.setattr(gemm, "SHARE_MACS", {"blas": 1, "blocks": 1, "direct": 1})
     monkeypatch.setattr(device_mod, "ELEMENTWISE_GRAIN", 1)
-    monkeypatch.setattr(kernels, "POOL_ROW", 0)
+    monkeypatch.setattr(kernels, "POOL_COLUMNS", 1)
+    monkeypatch.setattr(kernels, "POOL_OUTPUTS", 0)
     for a, b in zip(sess.run(None, feeds), whole, strict=True):
         assert np.array_equal(a.view(np.int32), b.view(np.int32)), (name, fmt)
 

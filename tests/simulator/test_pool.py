@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The numba pooling kernels against their numpy definitions, bit for bit."""
+"""The numba pooling kernel against its numpy definitions, bit for bit."""
 
 from __future__ import annotations
 
@@ -27,12 +27,15 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
                 and np.array_equal(a[~nan].view(np.int32), b[~nan].view(np.int32)))
 
 
+@pytest.mark.parametrize("columns", [1, 4096], ids=["a-row-at-a-time", "whole-planes"])
 @pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
-def test_pools_match_their_definitions(ceil_mode: bool, monkeypatch: pytest.MonkeyPatch
-                                       ) -> None:
+def test_pools_match_their_definitions(ceil_mode: bool, columns: int,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Every window shape, stride, padding (asymmetric too) and dilation; values over 60
-    binades with a NaN and infinities; windows wholly in the padding or the overhang."""
-    monkeypatch.setattr(kernels, "POOL_ROW", 0)  # the numba kernel on every row
+    binades with a NaN and infinities; windows wholly in the padding or the overhang;
+    output rows as wide as the plane's stride phases, or narrower (no right padding)."""
+    monkeypatch.setattr(kernels, "POOL_COLUMNS", columns)  # an output row at a time, or all
+    monkeypatch.setattr(kernels, "POOL_OUTPUTS", 0)  # the kernel even for one output
     rng = np.random.default_rng(int(ceil_mode))
     x = (rng.standard_normal((2, 3, 9, 11))
          * 2.0 ** rng.integers(-30, 30, (2, 3, 9, 11))).astype(np.float32)
@@ -52,3 +55,15 @@ def test_pools_match_their_definitions(ceil_mode: bool, monkeypatch: pytest.Monk
                     (k, s, p, d, include)
             checked += 1
     assert checked > 100
+
+
+def test_signed_zeros_pool_as_their_definitions() -> None:
+    """The float64 sum of a window starts at +0.0, as numpy's reduction over it does: a
+    window of -0.0 averages to +0.0. Max pooling of mixed zeros keeps numpy's pick."""
+    x = np.full((1, 2, 6, 6), -0.0, np.float32)
+    x[0, 1, ::2] = 0.0
+    for pads in [(0, 0, 0, 0), (1, 1, 1, 1)]:
+        for k in [(3, 3), (2, 2), (1, 1)]:
+            geom = ConvGeometry(k, (1, 1), pads if k[0] > 1 else (0, 0, 0, 0))
+            assert _same(kernels.avgpool(x, geom), kernels.avgpool_reference(x, geom))
+            assert _same(kernels.maxpool(x, geom), kernels.maxpool_reference(x, geom))
