@@ -25,21 +25,17 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import NamedTuple
 
 import numpy as np
 
-from npusim.simulator import _fast_direct, _fast_gemm, threads
+from npusim.simulator import _fast_direct, _fast_gemm, _fast_phases, threads
 from npusim.simulator import _tiles as _tiles_mod
-from npusim.simulator.numerics import BfpTensor, Format, block_scales, quantize
+from npusim.simulator.numerics import BfpTensor, Format, block_scales
+from npusim.simulator.phase_layout import FlatLayout, flat_layout
 
 PARTIAL_BYTES = 1 << 20
 """Bytes of block partials (or fp32 columns) made per GEMM: a slice of output rows sized
 to stay in a core's cache."""
-
-GEMV_ROWS = 8
-"""Products with at most this many activation rows read the int8 weights directly."""
-
 
 @functools.lru_cache(maxsize=256)
 def taps(kernel: tuple[int, int], channels: int, dilations: tuple[int, int]
@@ -503,57 +499,6 @@ def _depthwise_planes(x, weight, tp, geom, fmt: Format, og: int, out, out_hw,
     threads.run(share, x.shape[0], grain=_grain(og * len(ky) * oh * ow, "direct"))
 
 
-class FlatLayout(NamedTuple):
-    """Where a depthwise convolution's (or a pooling's) taps are in a channel plane laid
-    out in its stride phases in rows of ``pitch`` elements (``_fast_direct._fill_phases``):
-    tap ``k`` of output ``m = oy * pitch + ox`` is element ``offs[k] + m`` of the phases
-    (``planes`` of ``length`` elements, one after the other), inside the plane where
-    ``masks[mk[k], m % (rows * pitch)]``."""
-    out_hw: tuple[int, int]
-    strides: tuple[int, int]
-    planes: int
-    length: int
-    start: int
-    offs: np.ndarray
-    masks: np.ndarray
-    mk: np.ndarray
-    rows: int
-    pitch: int
-    """Elements per row of the phases and of the outputs as made (``ow``, or more)."""
-
-
-@functools.lru_cache(maxsize=256)
-def flat_layout(hw: tuple[int, int], geom, out_hw: tuple[int, int], rows: int,
-                wide: bool = False) -> FlatLayout | None:
-    """The phase layout of a one-channel-per-group convolution (or a pooling) of an ``hw``
-    plane, its outputs made ``rows`` output rows at a time, in rows as wide as the output;
-    None when a phase is wider than the output (no padding on the right: the plane-wise
-    kernel takes it). With ``wide``, such a layout's rows are as wide as the widest phase
-    instead (``FlatLayout.pitch``), and its outputs past ``ow`` in each row are dropped."""
-    h, w = hw
-    oh, ow = out_hw
-    sy, sx = geom.strides
-    pitch = max(ow, -(-w // sx))
-    if (pitch > ow and not wide) or oh * ow == 0:
-        return None
-    _, ky, kx = taps(geom.kernel, 1, geom.dilations)
-    top, left = geom.pads[:2]
-    fy, py = np.divmod(ky - top, sy)
-    fx, px = np.divmod(kx - left, sx)
-    start = max(0, -int(fy.min())) * pitch + max(0, -int(fx.min()))
-    offs = start + fy * pitch + fx
-    length = max(int(offs.max()) + oh * pitch, start + -(-h // sy) * pitch) + 1
-    offs = (offs + (py * sx + px) * length).astype(np.int64)
-    kw = geom.kernel[1]
-    cols = np.arange(rows * pitch) % pitch
-    ncols = -(-(w - px[:kw]) // sx)  # valid columns of each tap column's phase
-    masks = (cols[None] + fx[:kw, None] >= 0) & (cols[None] + fx[:kw, None] < ncols[:, None])
-    mk = np.arange(len(ky), dtype=np.int64) % kw
-    for a in (offs, masks, mk):
-        a.setflags(write=False)
-    return FlatLayout(out_hw, (sy, sx), sy * sx, length, start, offs, masks, mk, rows, pitch)
-
-
 def _depthwise_flat(x, weight, lay: FlatLayout, fmt: Format, og: int, out, finish) -> None:
     """A convolution of one input channel per group, one unpadded image ``x [C, H, W]``, a
     channel plane at a time in the :class:`FlatLayout`; the threads share the channels."""
@@ -563,13 +508,13 @@ def _depthwise_flat(x, weight, lay: FlatLayout, fmt: Format, og: int, out, finis
         wf = np.ascontiguousarray(weight, np.float32)
 
         def product(c0: int, c1: int) -> None:
-            _fast_direct.depthwise_flat_f32(x, np.zeros(lay.planes * lay.length, np.float32),
+            _fast_phases.depthwise_flat_f32(x, np.zeros(lay.planes * lay.length, np.float32),
                                             *args, wf, c0, c1, lay.rows, out)
     else:
         scales = _tiles(weight).scales
 
         def product(c0: int, c1: int) -> None:
-            _fast_direct.depthwise_flat_quantized(
+            _fast_phases.depthwise_flat_quantized(
                 x, np.zeros(lay.planes * lay.length, np.float32), *args, fmt.block_size,
                 fmt.mantissa_bits, fmt.emin, fmt.emax, weight.q, scales, c0, c1, lay.rows,
                 out)
@@ -603,60 +548,3 @@ def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
 
     threads.run(share, groups,
                 grain=_grain(og * len(tp[0]) * out_hw[0] * out_hw[1], "direct"))
-
-
-def _gemv(xq: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
-    tiles = _tiles(w)
-    wt, swt = tiles.transposed(w), tiles.scales32(w, 1)[0]
-    o = w.q.shape[0]
-    out = np.empty((xq.shape[0], o), np.float32)
-    sa = np.ascontiguousarray(sa, np.float32)
-
-    def share(o0: int, o1: int) -> None:
-        _fast_gemm.gemv(xq, sa, wt, swt, o0, o1, out)
-
-    threads.run(share, o, grain=_grain(xq.shape[0] * w.q.shape[1], "direct"))
-    return out
-
-
-def _rows_product(q: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
-    """``[N, O]`` from activations already as columns ``q [J, B, N]``, ``sa [J, N]``."""
-    tiles = _tiles(w)
-    mant, sw = tiles.mantissas(w, 1)[0], tiles.scales32(w, 1)[0]
-    n = q.shape[2]
-    out = np.empty((mant.shape[1], n), np.float32)
-    step = _rows_per_step(mant.shape[0], mant.shape[1], 1)
-
-    def share(n0: int, n1: int) -> None:
-        for a in range(n0, n1, step):
-            b = min(n1, a + step)
-            _fast_gemm.accumulate_cols(np.matmul(mant, q[:, :, a:b]), sw,
-                                       np.ascontiguousarray(sa[:, a:b]), out, a)
-
-    threads.run(share, n, grain=_grain(mant.shape[1] * w.q.shape[1]))
-    return out.T
-
-
-def matmul(a: np.ndarray, w: BfpTensor) -> np.ndarray:
-    """``a @ w.T`` for fp32 ``a [N, K]`` and quantized ``w [O, K]``: ``[N, O]``."""
-    fmt = w.fmt
-    n, k = a.shape
-    if n <= GEMV_ROWS:
-        qa = quantize(a, fmt)
-        return _gemv(qa.q, block_scales(qa), w)
-    tp = taps((1, 1), k, (1, 1))
-    q, sa = _fast_gemm.im2col_quantize(np.ascontiguousarray(a.T).reshape(k, 1, n), tp, (0, 1),
-                                       n, (1, 1), fmt.block_size, fmt.mantissa_bits, fmt.emin,
-                                       fmt.emax)
-    return _rows_product(q, sa, w)
-
-
-def matmul_quantized(a: BfpTensor, w: BfpTensor) -> np.ndarray:
-    """``a @ w.T`` of two quantized operands (``a [N, K]``): ``[N, O]``."""
-    n = a.q.shape[0]
-    if n <= GEMV_ROWS:
-        return _gemv(a.q, block_scales(a), w)
-    b = a.fmt.block_size
-    q = np.ascontiguousarray(a.q.reshape(n, -1, b).transpose(1, 2, 0), np.float32)
-    sa = np.ascontiguousarray(block_scales(a).T, np.float32)
-    return _rows_product(q, sa, w)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npusim.simulator import _fast_direct, gemm, threads
+from npusim.simulator import _fast_phases, gemm, phase_layout, threads
 from npusim.simulator.numerics import (
     BfpTensor,
     Format,
@@ -278,8 +278,8 @@ POOL_COLUMNS = 4096
 def _pool_phases(x: np.ndarray, geom: ConvGeometry, out_hw: tuple[int, int], average: bool,
                  include_pad: bool = False) -> np.ndarray:
     """Max or average pooling of ``x [N, C, H, W]``, a plane at a time laid out in its
-    stride phases (:func:`npusim.simulator.gemm.flat_layout`, wide: every tap of every
-    output row is one run), by :func:`npusim.simulator._fast_direct.pool_flat`; the
+    stride phases (:func:`npusim.simulator.phase_layout.flat_layout`, wide: every tap of every
+    output row is one run), by :func:`npusim.simulator._fast_phases.pool_flat`; the
     threads share the planes."""
     n, c, h, w = x.shape
     oh, ow = out_hw
@@ -288,13 +288,13 @@ def _pool_phases(x: np.ndarray, geom: ConvGeometry, out_hw: tuple[int, int], ave
     if oh * ow == 0 or n * c == 0:
         return out.reshape(n, c, oh, ow)
     pitch = max(ow, -(-w // geom.strides[1]))
-    lay = gemm.flat_layout((h, w), dataclasses.replace(geom, groups=1), out_hw,
+    lay = phase_layout.flat_layout((h, w), dataclasses.replace(geom, groups=1), out_hw,
                            max(1, POOL_COLUMNS // pitch), wide=True)
     count = _pool_counts((h, w), geom, out_hw, include_pad) if average else np.ones(1)
     fill = 0.0 if average else -np.inf
 
     def share(p0: int, p1: int) -> None:
-        _fast_direct.pool_flat(planes, np.full(lay.planes * lay.length, fill, np.float32),
+        _fast_phases.pool_flat(planes, np.full(lay.planes * lay.length, fill, np.float32),
                                lay.start, *lay.strides, lay.offs, lay.masks, lay.mk, oh, ow,
                                lay.pitch, average, count, p0, p1, lay.rows, out)
 

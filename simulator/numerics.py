@@ -472,12 +472,12 @@ def bfp_matmul(a: BfpTensor, w: BfpTensor, accumulate=None) -> np.ndarray:
         raise ValueError(f"reduction lengths differ: {a.length} and {w.length}")
     if accumulate is not None:
         return accumulate(block_partials(a, w), block_scales(a), block_scales(w))
-    from npusim.simulator import gemm  # the fast kernels build on this module
+    from npusim.simulator import dense, gemm  # the fast kernels build on this module
 
     if not gemm.supported(a.fmt):
         return _fast.matmul_exact(a.q, w.q, a.fmt.block_size, block_scales(a),
                                   block_scales(w), wide=a.fmt.partial_bound >= 2**53)
-    return gemm.matmul_quantized(a, w)
+    return dense.matmul_quantized(a, w)
 
 
 def matmul(a: np.ndarray, w: np.ndarray | BfpTensor, fmt: Format,
@@ -500,10 +500,10 @@ def matmul(a: np.ndarray, w: np.ndarray | BfpTensor, fmt: Format,
         raise ValueError(f"operand formats differ: {fmt.name} and {w.fmt.name}")
     if a.shape[-1] != w.length:
         raise ValueError(f"reduction lengths differ: {a.shape[-1]} and {w.length}")
-    from npusim.simulator import gemm
+    from npusim.simulator import dense, gemm
 
     if Rounding(rounding) == Rounding.NEAREST_EVEN and gemm.supported(fmt):
-        return gemm.matmul(a, w)
+        return dense.matmul(a, w)
     return bfp_matmul(quantize(a, fmt, rounding, seed), w)
 
 

@@ -15,6 +15,7 @@ import pytest
 from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
 from npusim.simulator import _fast_gemm, gemm
+from npusim.simulator import dense as dense_products
 from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
 from npusim.simulator.numerics import (
     FP32,
@@ -181,7 +182,7 @@ def test_conv2d_fp32_matches_reference(name: str, split: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
-@pytest.mark.parametrize("rows", [1, 3, gemm.GEMV_ROWS + 1, 70])
+@pytest.mark.parametrize("rows", [1, 3, dense_products.GEMV_ROWS + 1, 70])
 def test_products_match_reference(fmt: Format, rows: int) -> None:
     rng = np.random.default_rng(rows + fmt.block_size)
     a = nasty(rng, (rows, 150), fmt)  # default scales: far outside fp32's normal range

@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The matrix unit's products of a few rows (a dense layer), with the golden result.
+
+``a @ w.T`` for activations ``a [N, K]`` and quantized weights ``w [O, K]``: up to
+``GEMV_ROWS`` rows, integer block products vectorized along the outputs from the weights
+transposed (:func:`npusim.simulator._fast_gemm.gemv`); more rows, the block partials by
+BLAS and their fused accumulation, as a convolution's (:mod:`npusim.simulator.gemm`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npusim.simulator import _fast_gemm, threads
+from npusim.simulator.gemm import _grain, _rows_per_step, _tiles, taps
+from npusim.simulator.numerics import BfpTensor, block_scales, quantize
+
+GEMV_ROWS = 8
+"""Products with at most this many activation rows read the int8 weights directly."""
+
+
+def _gemv(xq: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
+    tiles = _tiles(w)
+    wt, swt = tiles.transposed(w), tiles.scales32(w, 1)[0]
+    o = w.q.shape[0]
+    out = np.empty((xq.shape[0], o), np.float32)
+    sa = np.ascontiguousarray(sa, np.float32)
+
+    def share(o0: int, o1: int) -> None:
+        _fast_gemm.gemv(xq, sa, wt, swt, o0, o1, out)
+
+    threads.run(share, o, grain=_grain(xq.shape[0] * w.q.shape[1], "direct"))
+    return out
+
+
+def _rows_product(q: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
+    """``[N, O]`` from activations already as columns ``q [J, B, N]``, ``sa [J, N]``."""
+    tiles = _tiles(w)
+    mant, sw = tiles.mantissas(w, 1)[0], tiles.scales32(w, 1)[0]
+    n = q.shape[2]
+    out = np.empty((mant.shape[1], n), np.float32)
+    step = _rows_per_step(mant.shape[0], mant.shape[1], 1)
+
+    def share(n0: int, n1: int) -> None:
+        for a in range(n0, n1, step):
+            b = min(n1, a + step)
+            _fast_gemm.accumulate_cols(np.matmul(mant, q[:, :, a:b]), sw,
+                                       np.ascontiguousarray(sa[:, a:b]), out, a)
+
+    threads.run(share, n, grain=_grain(mant.shape[1] * w.q.shape[1]))
+    return out.T
+
+
+def matmul(a: np.ndarray, w: BfpTensor) -> np.ndarray:
+    """``a @ w.T`` for fp32 ``a [N, K]`` and quantized ``w [O, K]``: ``[N, O]``."""
+    fmt = w.fmt
+    n, k = a.shape
+    if n <= GEMV_ROWS:
+        qa = quantize(a, fmt)
+        return _gemv(qa.q, block_scales(qa), w)
+    tp = taps((1, 1), k, (1, 1))
+    q, sa = _fast_gemm.im2col_quantize(np.ascontiguousarray(a.T).reshape(k, 1, n), tp, (0, 1),
+                                       n, (1, 1), fmt.block_size, fmt.mantissa_bits, fmt.emin,
+                                       fmt.emax)
+    return _rows_product(q, sa, w)
+
+
+def matmul_quantized(a: BfpTensor, w: BfpTensor) -> np.ndarray:
+    """``a @ w.T`` of two quantized operands (``a [N, K]``): ``[N, O]``."""
+    n = a.q.shape[0]
+    if n <= GEMV_ROWS:
+        return _gemv(a.q, block_scales(a), w)
+    b = a.fmt.block_size
+    q = np.ascontiguousarray(a.q.reshape(n, -1, b).transpose(1, 2, 0), np.float32)
+    sa = np.ascontiguousarray(block_scales(a).T, np.float32)
+    return _rows_product(q, sa, w)
