@@ -43,6 +43,26 @@ def _row_product(wq, o, q, sa, sw, lo, hi, nk, block, p, acc):  # pragma: no cov
         _accumulate_block(acc, p, sa[j], sw[o, j], lo[j], hi[j])
 
 
+@numba.njit(cache=True, inline="always")
+def _block_scratch(nblocks, depth, width):  # pragma: no cover - compiled
+    """A direct kernel's buffers for ``width`` columns of ``nblocks`` blocks of ``depth``
+    taps: gathered taps, mantissas, scales, their ranges, products and the quantizer's
+    scratch (see :func:`_block_views`)."""
+    return (np.empty(depth * width, np.float32), np.empty(nblocks * depth * width, np.float32),
+            np.empty(nblocks * width, np.float32), np.empty(nblocks, np.float64),
+            np.empty(nblocks, np.float64), np.empty(width, np.float32),
+            np.empty((3, width), np.float64))
+
+
+@numba.njit(cache=True, inline="always")
+def _block_views(vbuf, qbuf, sbuf, nblocks, depth, n):  # pragma: no cover - compiled
+    """The taps ``v [depth, n]``, mantissas ``q [nblocks, depth, n]`` and scales
+    ``sa [nblocks, n]`` of ``n`` columns in :func:`_block_scratch`'s buffers."""
+    return (vbuf[:depth * n].reshape(depth, n),
+            qbuf[:nblocks * depth * n].reshape(nblocks, depth, n),
+            sbuf[:nblocks * n].reshape(nblocks, n))
+
+
 @numba.njit(cache=True, nogil=True)
 def _grouped_quantized(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, block, mbits, emin, emax, wq,
                        sw, g0, g1, step, out):  # pragma: no cover - compiled
@@ -55,20 +75,12 @@ def _grouped_quantized(xp, kc, ky, kx, oh, ow, sy, sx, cg, og, block, mbits, emi
     nblocks = sw.shape[1]
     rows = min(block, nk)  # a block longer than K (ms-fp8's 128) is mostly padding: skip it
     width = min(oh, step) * ow
-    vbuf = np.empty(rows * width, np.float32)
-    qbuf = np.empty(nblocks * rows * width, np.float32)
-    sbuf = np.empty(nblocks * width, np.float32)
-    lo = np.empty(nblocks, np.float64)
-    hi = np.empty(nblocks, np.float64)
-    pbuf = np.empty(width, np.float32)
-    scratch = np.empty((3, width), np.float64)
+    vbuf, qbuf, sbuf, lo, hi, pbuf, scratch = _block_scratch(nblocks, rows, width)
     for g in range(g0, g1):
         for oy0 in range(0, oh, step):
             oy1 = min(oh, oy0 + step)
             n = (oy1 - oy0) * ow
-            v = vbuf[:rows * n].reshape(rows, n)
-            q = qbuf[:nblocks * rows * n].reshape(nblocks, rows, n)
-            sa = sbuf[:nblocks * n].reshape(nblocks, n)
+            v, q, sa = _block_views(vbuf, qbuf, sbuf, nblocks, rows, n)
             p = pbuf[:n]
             for j in range(nblocks):
                 nb = min(block, nk - j * block)
@@ -220,21 +232,13 @@ def _depthwise_planes_quantized(x, top, left, pad, ky, kx, oh, ow, og, block, mb
     wq = pad.shape[3]
     width = step * wq
     rows = min(block, nk)
-    vbuf = np.empty(rows * width, np.float32)
-    qbuf = np.empty(nblocks * rows * width, np.float32)
-    sbuf = np.empty(nblocks * width, np.float32)
-    lo = np.empty(nblocks, np.float64)
-    hi = np.empty(nblocks, np.float64)
-    pbuf = np.empty(width, np.float32)
+    vbuf, qbuf, sbuf, lo, hi, pbuf, scratch = _block_scratch(nblocks, rows, width)
     abuf = np.empty(width, np.float32)
-    scratch = np.empty((3, width), np.float64)
     for c in range(c0, c1):
         _pad_phases(x, c, top, left, pad)
         for oy0 in range(0, oh, step):
             n = min(step, oh - oy0) * wq
-            v = vbuf[:rows * n].reshape(rows, n)
-            q = qbuf[:nblocks * rows * n].reshape(nblocks, rows, n)
-            sa = sbuf[:nblocks * n].reshape(nblocks, n)
+            v, q, sa = _block_views(vbuf, qbuf, sbuf, nblocks, rows, n)
             p = pbuf[:n]
             a = abuf[:n]
             for j in range(nblocks):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from npusim.simulator._fast_direct import _row_product
+from npusim.simulator._fast_direct import _block_scratch, _block_views, _row_product
 from npusim.simulator._fast_gemm import _accumulate_block, _quantize_block, _scale_range
 
 
@@ -108,6 +108,18 @@ def _depthwise_flat_f32(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og, wf, 
 
 
 @numba.njit(cache=True, inline="always")
+def _gather_block(buf, masks, offs, mk, k0, nb, m0, n, v):  # pragma: no cover - compiled
+    """Taps ``k0 <= k < k0 + nb`` of outputs ``m0...m0+n`` into the rows of ``v``, the
+    padding as +0.0."""
+    z = np.float32(0.0)
+    for b in range(nb):
+        src, t = _flat_tap(buf, masks, offs, mk, k0 + b, m0, n)
+        vb = v[b]
+        for i in range(n):
+            vb[i] = src[i] if t[i] else z
+
+
+@numba.njit(cache=True, inline="always")
 def _fused_block(buf, masks, offs, mk, k0, nb, m0, n, mbits, emin, emax, wq8, o, sa, p,
                  bits):  # pragma: no cover - compiled
     """One block of taps ``k0 <= k < k0 + nb`` of outputs ``m0...m0+n`` and weight row
@@ -178,56 +190,37 @@ def _depthwise_flat_quantized(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og
     nblocks = -(-nk // block)
     depth = min(block, nk)
     width = rows * ow
-    vbuf = np.empty(depth * width, np.float32)
-    qbuf = np.empty(nblocks * depth * width, np.float32)
-    sbuf = np.empty(nblocks * width, np.float32)
-    lo = np.empty(nblocks, np.float64)
-    hi = np.empty(nblocks, np.float64)
-    pbuf = np.empty(width, np.float32)
-    scratch = np.empty((3, width), np.float64)
+    vbuf, qbuf, sbuf, lo, hi, pbuf, scratch = _block_scratch(nblocks, depth, width)
     bits = np.empty(3 * width, np.int32)
     fused = og == 1 and emin >= -127
-    z = np.float32(0.0)
     for c in range(c0, c1):
         _fill_phases(x, c, sy, sx, ow, start, buf)
         for m0 in range(0, oh * ow, width):
             n = min(width, oh * ow - m0)
-            v = vbuf[:depth * n].reshape(depth, n)
+            v, q, sa = _block_views(vbuf, qbuf, sbuf, nblocks, depth, n)
+            p = pbuf[:n]
             if fused:  # one output per channel: its taps need not be stored
                 acc = out[c, m0:m0 + n]
                 acc[:] = 0.0
-                p = pbuf[:n]
-                sj = sbuf[:n]
                 for j in range(nblocks):
                     nb = min(block, nk - j * block)
                     if not _fused_block(buf, masks, offs, mk, j * block, nb, m0, n, mbits,
-                                        emin, emax, wq8, c, sj, p, bits):
-                        for b in range(nb):  # a tiny scale: the float64 quantizer
-                            src, t = _flat_tap(buf, masks, offs, mk, j * block + b, m0, n)
-                            vb = v[b]
-                            for i in range(n):
-                                vb[i] = src[i] if t[i] else z
-                        qj = qbuf[:depth * n].reshape(depth, n)
-                        _quantize_block(v, nb, mbits, emin, emax, qj, sj, scratch)
+                                        emin, emax, wq8, c, sa[j], p, bits):
+                        # a tiny scale: the stored taps and the float64 quantizer
+                        _gather_block(buf, masks, offs, mk, j * block, nb, m0, n, v)
+                        _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
                         p[:] = 0.0
                         for b in range(nb):
                             wv = np.float32(wq8[c, j * block + b])
-                            qb = qj[b]
+                            qb = q[j, b]
                             for i in range(n):
                                 p[i] += wv * qb[i]
-                    lo0, hi0 = _scale_range(sj)
-                    _accumulate_block(acc, p, sj, sw[c, j], lo0, hi0)
+                    lo0, hi0 = _scale_range(sa[j])
+                    _accumulate_block(acc, p, sa[j], sw[c, j], lo0, hi0)
                 continue
-            q = qbuf[:nblocks * depth * n].reshape(nblocks, depth, n)
-            sa = sbuf[:nblocks * n].reshape(nblocks, n)
-            p = pbuf[:n]
             for j in range(nblocks):
                 nb = min(block, nk - j * block)
-                for b in range(nb):
-                    src, t = _flat_tap(buf, masks, offs, mk, j * block + b, m0, n)
-                    vb = v[b]
-                    for i in range(n):
-                        vb[i] = src[i] if t[i] else z
+                _gather_block(buf, masks, offs, mk, j * block, nb, m0, n, v)
                 _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
                 lo[j], hi[j] = _scale_range(sa[j])
             for r in range(og):

@@ -223,21 +223,12 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
             or not out.flags.c_contiguous:
         raise ValueError(f"conv2d: out must be C-contiguous float32 {[b, o, oh, ow]}")
     epi = Epilogue(bias, residual, relu, (b, o), clip)
+    depthwise = _one_channel_per_group((h, w), weight, tp, geom, fmt, og, (oh, ow)) \
+        if g > 1 and cg == 1 else None
     for i in range(b):
         plane = out[i].reshape(o, oh * ow)
-        narrow = g > 1 and cg == 1 and _by_channels(g, ow) and not fmt.is_fp32
-        layout = flat_layout((h, w), geom, (oh, ow), max(1, PLANE_COLUMNS // max(1, ow))) \
-            if g > 1 and cg == 1 else None
-        if layout is not None and not narrow:
-            _depthwise_flat(x[i], weight, layout, fmt, og, plane, epi.finisher(i, plane))
-            continue
-        if g > 1 and cg == 1 and _by_channels(g, ow):
-            xt = padded(x[i], geom, (oh, ow), channels_last=True)
-            _depthwise(xt, weight, tp, geom, fmt, og, plane, (oh, ow), epi.finisher(i, plane))
-            continue
-        if g > 1 and cg == 1:
-            _depthwise_planes(x[i], weight, tp, geom, fmt, og, plane, (oh, ow),
-                              epi.finisher(i, plane))
+        if depthwise is not None:
+            depthwise(x[i], plane, epi.finisher(i, plane))
             continue
         xp = padded(x[i], geom, (oh, ow))
         if g > 1 and _grouped_direct(cg, og, len(tp[0])):
@@ -433,6 +424,26 @@ CHANNEL_GROUPS = 32
 
 def _by_channels(groups: int, width: int) -> bool:
     return width < CHANNEL_WIDTH and groups >= CHANNEL_GROUPS
+
+
+def _one_channel_per_group(hw: tuple[int, int], weight, tp, geom, fmt: Format, og: int,
+                           out_hw: tuple[int, int]):
+    """``run(x, plane, finish)`` for one image of a convolution with one input channel per
+    group: on the phase layout, vectorized along the channels (narrow block-format
+    planes, or when the layout does not fit and the planes are narrow), or on padded
+    planes."""
+    channels = _by_channels(weight.shape[0] // og, out_hw[1])
+    layout = None if channels and not fmt.is_fp32 else flat_layout(hw, geom, out_hw,
+                                                                    PLANE_COLUMNS)
+    if layout is not None:
+        return lambda x, plane, finish: _depthwise_flat(x, weight, layout, fmt, og, plane,
+                                                        finish)
+    if channels:
+        return lambda x, plane, finish: _depthwise(
+            padded(x, geom, out_hw, channels_last=True), weight, tp, geom, fmt, og, plane,
+            out_hw, finish)
+    return lambda x, plane, finish: _depthwise_planes(x, weight, tp, geom, fmt, og, plane,
+                                                      out_hw, finish)
 
 
 def _depthwise(xt, weight, tp, geom, fmt: Format, og: int, out, out_hw, finish) -> None:

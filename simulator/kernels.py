@@ -287,9 +287,8 @@ def _pool_phases(x: np.ndarray, geom: ConvGeometry, out_hw: tuple[int, int], ave
     out = np.empty((n * c, oh * ow), np.float32)
     if oh * ow == 0 or n * c == 0:
         return out.reshape(n, c, oh, ow)
-    pitch = max(ow, -(-w // geom.strides[1]))
     lay = phase_layout.flat_layout((h, w), dataclasses.replace(geom, groups=1), out_hw,
-                           max(1, POOL_COLUMNS // pitch), wide=True)
+                                   POOL_COLUMNS, wide=True)
     count = _pool_counts((h, w), geom, out_hw, include_pad) if average else np.ones(1)
     fill = 0.0 if average else -np.inf
 

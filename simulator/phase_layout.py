@@ -36,10 +36,11 @@ class FlatLayout(NamedTuple):
 
 
 @functools.lru_cache(maxsize=256)
-def flat_layout(hw: tuple[int, int], geom, out_hw: tuple[int, int], rows: int,
+def flat_layout(hw: tuple[int, int], geom, out_hw: tuple[int, int], columns: int,
                 wide: bool = False) -> FlatLayout | None:
     """The phase layout of a one-channel-per-group convolution (or a pooling) of an ``hw``
-    plane, its outputs made ``rows`` output rows at a time, in rows as wide as the output;
+    plane, its outputs made as many output rows at a time as fill ``columns`` elements
+    (at least one), in rows as wide as the output;
     None when a phase is wider than the output (no padding on the right: the plane-wise
     kernel takes it). With ``wide``, such a layout's rows are as wide as the widest phase
     instead (``FlatLayout.pitch``), and its outputs past ``ow`` in each row are dropped."""
@@ -49,6 +50,7 @@ def flat_layout(hw: tuple[int, int], geom, out_hw: tuple[int, int], rows: int,
     pitch = max(ow, -(-w // sx))
     if (pitch > ow and not wide) or oh * ow == 0:
         return None
+    rows = max(1, columns // pitch)
     kh, kw = geom.kernel
     ky = np.repeat(np.arange(kh, dtype=np.int64) * geom.dilations[0], kw)  # (kh, kw) order
     kx = np.tile(np.arange(kw, dtype=np.int64) * geom.dilations[1], kh)
