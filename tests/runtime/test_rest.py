@@ -2,12 +2,10 @@
 """TF Serving's REST API over real sockets: both predict forms equal to the gRPC client's
 answer bit for bit, model status and metadata, every error class with its HTTP status
 and JSON body, TLS and keys, the limits, the shared queue and metrics, the graceful stop,
-a fuzz of hostile bodies, and the README's curl walkthrough run as written."""
+and the README's curl walkthrough run as written (hostile bodies: ``test_rest_fuzz.py``)."""
 
 from __future__ import annotations
 
-import base64
-import functools
 import http.client
 import json
 import re
@@ -19,14 +17,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import numpy as np
 import pytest
-from fuzzing import fuzz_settings
-from hypothesis import given
-from hypothesis import strategies as st
+from rest_helpers import PREDICT, Answer, b64, bits, call, connection
 from serving_helpers import (
     CLASSES,
     KEYS,
@@ -44,82 +39,26 @@ pytest.importorskip("cryptography", reason="the test certificate needs cryptogra
 pytestmark = pytest.mark.tf
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-PREDICT = "/v1/models/tiny:predict"
-
-
-@pytest.fixture(scope="module")
-def rest(pkg):
-    srv = start_server(pkg, rest_port=0)
-    yield srv
-    srv.stop(grace=1.0)
-
-
-def _b64(data: bytes) -> dict:
-    return {"b64": base64.b64encode(data).decode()}
-
-
-class Answer:
-    def __init__(self, response: http.client.HTTPResponse, data: bytes) -> None:
-        self.status, self.headers, self.data = response.status, response.headers, data
-        self.json = json.loads(data)
-
-    @property
-    def error(self) -> str:
-        assert set(self.json) == {"error"}, self.json
-        message = self.json["error"]
-        assert "\n" not in message and "Traceback" not in message, message
-        return message
-
-
-def _connection(server, pkg, timeout: float = 30) -> http.client.HTTPConnection:
-    if not server.config.tls:
-        return http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=timeout)
-    context = ssl.create_default_context(cafile=str(pkg.cert))
-    return http.client.HTTPSConnection("127.0.0.1", server.rest_port, context=context,
-                                       timeout=timeout)
-
-
-def call(server, pkg, method: str, path: str, body=None, key: str | None = KEYS[0],
-         headers: dict | None = None) -> Answer:
-    """One request on a connection of its own."""
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body)
-    sent = dict(headers or {})
-    if key is not None:
-        sent.setdefault("Authorization", f"Bearer {key}")
-    conn = _connection(server, pkg)
-    try:
-        conn.request(method, path, body=body, headers=sent)
-        response = conn.getresponse()
-        return Answer(response, response.read())
-    finally:
-        conn.close()
-
-
-def _bits(values) -> np.ndarray:
-    return np.asarray(values, dtype=np.float32).view(np.uint32)
-
-
 # --- predict ---
 def test_both_forms_answer_the_grpc_clients_floats_bit_for_bit(rest, pkg):
     with client_for(rest, pkg) as client:
         grpc_answers = [client.score_image(image) for image in pkg.images]
     for image, expected in zip(pkg.images, grpc_answers):
-        bodies = [({"instances": [_b64(image)]}, "predictions"),
-                  ({"instances": [{"images": _b64(image)}]}, "predictions"),
-                  ({"inputs": [_b64(image)]}, "outputs"),
-                  ({"inputs": {"images": [_b64(image)]}, "signature_name": "serving_default"},
+        bodies = [({"instances": [b64(image)]}, "predictions"),
+                  ({"instances": [{"images": b64(image)}]}, "predictions"),
+                  ({"inputs": [b64(image)]}, "outputs"),
+                  ({"inputs": {"images": [b64(image)]}, "signature_name": "serving_default"},
                    "outputs")]
         for body, key in bodies:
             for path in (PREDICT, "/v1/models/tiny/versions/1:predict"):
                 answer = call(rest, pkg, "POST", path, body)
                 assert answer.status == 200, answer.data
                 assert list(answer.json) == [key]
-                assert np.array_equal(_bits(answer.json[key]), _bits(expected)), body.keys()
+                assert np.array_equal(bits(answer.json[key]), bits(expected)), body.keys()
     # a batch of all four in one request, row by row
-    answer = call(rest, pkg, "POST", PREDICT, {"instances": [_b64(i) for i in pkg.images]})
+    answer = call(rest, pkg, "POST", PREDICT, {"instances": [b64(i) for i in pkg.images]})
     assert answer.status == 200
-    assert np.array_equal(_bits(answer.json["predictions"]), _bits(np.concatenate(grpc_answers)))
+    assert np.array_equal(bits(answer.json["predictions"]), bits(np.concatenate(grpc_answers)))
     assert np.asarray(answer.json["predictions"]).shape == (4, CLASSES)
 
 
@@ -174,7 +113,7 @@ def test_metadata_is_the_grpc_signature_def_in_tf_servings_json(rest, pkg):
 
 
 # --- errors ---
-_IMAGE = _b64(b"\xff\xd8 never decoded: refused before")
+_IMAGE = b64(b"\xff\xd8 never decoded: refused before")
 _BODY = {"instances": [_IMAGE]}
 _DEEP = '{"instances": ' + "[" * 100_000 + "]" * 100_000 + "}"
 _PREDICT_ERRORS = [  # (what, body, HTTP status, words of the message)
@@ -210,9 +149,9 @@ _PREDICT_ERRORS = [  # (what, body, HTTP status, words of the message)
      "'signature_name' key must be a string"),
     ("unknown signature", {"signature_name": "x", **_BODY}, 400, "unknown signature 'x'"),
     ("duplicate key", '{"instances": [], "instances": [1]}', 400, "appears twice"),
-    ("not an image", {"instances": [_b64(b"not a picture")]}, 400, "not an image"),
+    ("not an image", {"instances": [b64(b"not a picture")]}, 400, "not an image"),
     ("text for bytes", {"instances": ["a cat"]}, 400, "not an image"),
-    ("pixel bomb", {"instances": [_b64(png_claiming(10000, 10000))]}, 400, "10000x10000"),
+    ("pixel bomb", {"instances": [b64(png_claiming(10000, 10000))]}, 400, "10000x10000"),
     ("unpaired surrogate", '{"instances": ["\\ud800"]}', 400, "surrogate"),
     ("batch over max_batch", {"instances": [_IMAGE] * 5}, 429, "batch of 5"),
 ]
@@ -289,7 +228,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(rest, pkg, expect):
 
 
 def test_a_body_that_fits_is_read_after_100_continue(rest, pkg):
-    body = json.dumps({"instances": [_b64(pkg.images[0])]}).encode()
+    body = json.dumps({"instances": [b64(pkg.images[0])]}).encode()
     head = (f"POST {PREDICT} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEYS[0]}\r\n"
             f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
     context = ssl.create_default_context(cafile=str(pkg.cert))
@@ -305,7 +244,7 @@ def test_a_body_that_fits_is_read_after_100_continue(rest, pkg):
             response.begin()
             answer = Answer(response, response.read())
     assert answer.status == 200
-    assert np.array_equal(_bits(answer.json["predictions"]), _bits(pkg.expected[0]))
+    assert np.array_equal(bits(answer.json["predictions"]), bits(pkg.expected[0]))
 
 
 def test_a_full_queue_answers_429_at_once_for_both_apis(pkg):
@@ -317,7 +256,7 @@ def test_a_full_queue_answers_429_at_once_for_both_apis(pkg):
 
     srv = start_server(pkg, rest_port=0, max_queued=2, workers=1, devices=1,
                        model=HookedModel(pkg.model, block))
-    body = {"instances": [_b64(pkg.images[0])]}
+    body = {"instances": [b64(pkg.images[0])]}
     try:
         with ThreadPoolExecutor(2) as pool:
             held = [pool.submit(call, srv, pkg, "POST", PREDICT, body) for _ in range(2)]
@@ -353,7 +292,7 @@ def _until(condition, timeout: float = 30.0) -> None:
 def test_metrics_count_rest_calls_beside_grpc_ones(rest, pkg):
     before = scrape(rest)
     for image in pkg.images[:2]:
-        assert call(rest, pkg, "POST", PREDICT, {"instances": [_b64(image)]}).status == 200
+        assert call(rest, pkg, "POST", PREDICT, {"instances": [b64(image)]}).status == 200
     assert call(rest, pkg, "POST", PREDICT, {"instances": [3]}).status == 400
     assert call(rest, pkg, "POST", PREDICT, {"instances": [3]}, key=None).status == 401
     assert call(rest, pkg, "GET", "/v1/models/tiny/metadata").status == 200
@@ -378,7 +317,7 @@ def test_metrics_count_rest_calls_beside_grpc_ones(rest, pkg):
 # --- TLS, keys, connections ---
 def test_tls_and_both_rotated_keys(rest, pkg):
     for key in KEYS:
-        answer = call(rest, pkg, "POST", PREDICT, {"instances": [_b64(pkg.images[1])]}, key=key)
+        answer = call(rest, pkg, "POST", PREDICT, {"instances": [b64(pkg.images[1])]}, key=key)
         assert answer.status == 200
     # plain HTTP to the TLS port: told so in one line, and nothing else in clear text
     with socket.create_connection(("127.0.0.1", rest.rest_port), timeout=10) as sock:
@@ -395,15 +334,15 @@ def test_tls_and_both_rotated_keys(rest, pkg):
 
 
 def test_keep_alive_serves_requests_one_after_another(rest, pkg):
-    conn = _connection(rest, pkg)
+    conn = connection(rest, pkg)
     try:
         for image, expected in zip(pkg.images, pkg.expected):
-            conn.request("POST", PREDICT, body=json.dumps({"instances": [_b64(image)]}),
+            conn.request("POST", PREDICT, body=json.dumps({"instances": [b64(image)]}),
                          headers={"Authorization": f"Bearer {KEYS[0]}"})
             response = conn.getresponse()
             answer = Answer(response, response.read())
             assert answer.status == 200 and response.getheader("Connection") is None
-            assert np.array_equal(_bits(answer.json["predictions"]), _bits(expected))
+            assert np.array_equal(bits(answer.json["predictions"]), bits(expected))
     finally:
         conn.close()
 
@@ -411,9 +350,9 @@ def test_keep_alive_serves_requests_one_after_another(rest, pkg):
 def test_plaintext_server_without_keys(pkg):
     srv = start_server(pkg, tls=False, rest_port=0, metrics_port=None)
     try:
-        answer = call(srv, pkg, "POST", PREDICT, {"inputs": [_b64(pkg.images[2])]}, key=None)
+        answer = call(srv, pkg, "POST", PREDICT, {"inputs": [b64(pkg.images[2])]}, key=None)
         assert answer.status == 200
-        assert np.array_equal(_bits(answer.json["outputs"]), _bits(pkg.expected[2]))
+        assert np.array_equal(bits(answer.json["outputs"]), bits(pkg.expected[2]))
     finally:
         srv.stop(1.0)
 
@@ -428,7 +367,7 @@ def test_stop_lets_rest_calls_in_flight_finish(pkg):
 
     srv = start_server(pkg, rest_port=0, metrics_port=None, devices=1, workers=1,
                        model=HookedModel(pkg.model, slow))
-    port, body = srv.rest_port, {"instances": [_b64(pkg.images[3])]}
+    port, body = srv.rest_port, {"instances": [b64(pkg.images[3])]}
     with ThreadPoolExecutor(3) as pool:
         calls = [pool.submit(call, srv, pkg, "POST", PREDICT, body) for _ in range(3)]
         assert started.acquire(timeout=30)  # one runs, two wait for the worker
@@ -436,7 +375,7 @@ def test_stop_lets_rest_calls_in_flight_finish(pkg):
         srv.stop(grace=10.0)
         answers = [c.result(timeout=30) for c in calls]
     assert [a.status for a in answers] == [200, 200, 200]
-    assert all(np.array_equal(_bits(a.json["predictions"]), _bits(pkg.expected[3]))
+    assert all(np.array_equal(bits(a.json["predictions"]), bits(pkg.expected[3]))
                for a in answers)
     assert time.monotonic() - t0 < 10.0
     with pytest.raises(OSError):  # the port is closed
@@ -452,7 +391,7 @@ def test_stop_cancels_rest_calls_still_waiting_after_the_grace(pkg):
 
     srv = start_server(pkg, rest_port=0, metrics_port=None, devices=1, workers=1,
                        model=HookedModel(pkg.model, block))
-    body = {"instances": [_b64(pkg.images[0])]}
+    body = {"instances": [b64(pkg.images[0])]}
     try:
         with ThreadPoolExecutor(2) as pool:
             calls = [pool.submit(call, srv, pkg, "POST", PREDICT, body) for _ in range(2)]
@@ -470,109 +409,6 @@ def test_stop_cancels_rest_calls_still_waiting_after_the_grace(pkg):
     finally:
         release.set()
         srv.stop(0)
-
-
-# --- hostile bodies ---
-_KEYS = ["instances", "inputs", "signature_name", "images", "b64", "x", ""]
-_leaves = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
-    st.text(max_size=12), st.sampled_from([{"b64": "QUJD"}, {"b64": "!!"}, {"b64": 3}]))
-_values = st.recursive(_leaves, lambda inner: st.one_of(
-    st.lists(inner, max_size=4),
-    st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=4), inner, max_size=3)),
-    max_leaves=16)
-
-
-@st.composite
-def _bodies(draw, images: tuple[bytes, ...]) -> bytes:
-    """A near-valid request (real and broken images, either form), any JSON value, one of
-    those with bytes changed, cut or inserted, or noise."""
-    kind = draw(st.sampled_from(["near", "near", "any", "mutated", "noise"]))
-    if kind == "noise":
-        return draw(st.binary(max_size=120))
-    if kind == "any":
-        doc = draw(_values)
-    else:
-        image = st.sampled_from(images).map(_b64) | _values
-        items = draw(st.lists(image | st.dictionaries(st.sampled_from(["images", "x"]), image,
-                                                      max_size=2), max_size=5))
-        doc = {draw(st.sampled_from(["instances", "inputs"])): items}
-        if draw(st.booleans()):
-            doc[draw(st.sampled_from(_KEYS))] = draw(_values)
-    data = bytearray(json.dumps(doc, allow_nan=True).encode())
-    if kind == "mutated":
-        for _ in range(draw(st.integers(1, 3))):
-            at = draw(st.integers(0, len(data)))
-            if draw(st.booleans()) and at < len(data):
-                data[at] = draw(st.integers(0, 255))
-            else:
-                data[at:at] = draw(st.binary(min_size=1, max_size=3))
-    return bytes(data)
-
-
-_PATHS = [PREDICT, PREDICT, "/v1/models/tiny/versions/1:predict", "/v1/models/tiny/versions/2:"
-          "predict", "/v1/models/tiny/labels/x:predict", "/v1/models/x%00:predict"]
-_CLIENT_STATUSES = {200, 400, 404, 429, 501}
-
-
-def _small_images() -> tuple[bytes, ...]:
-    from serving_helpers import bmp, gif
-
-    return (bmp(6, 3), gif(5, 4, 2), png_claiming(10000, 10000), bmp(6, 3)[:30])
-
-
-@fuzz_settings(60)
-@given(data=st.data())
-def test_fuzz_hostile_bodies_over_loopback(rest, pkg, data):
-    body = data.draw(_bodies(_small_images()))
-    path = data.draw(st.sampled_from(_PATHS))
-    answer = call(rest, pkg, "POST", path, body)
-    assert answer.status in _CLIENT_STATUSES, (answer.status, answer.data)
-    if answer.status == 200:
-        assert set(answer.json) <= {"predictions", "outputs"}
-    else:
-        assert len(answer.error) <= 1000
-
-
-def test_the_server_still_answers_after_the_fuzz(rest, pkg):
-    answer = call(rest, pkg, "POST", PREDICT, {"instances": [_b64(pkg.images[0])]})
-    assert np.array_equal(_bits(answer.json["predictions"]), _bits(pkg.expected[0]))
-
-
-@functools.cache
-def _decoder():
-    from npusim.runtime.serving.pipeline import TensorSpec
-    from npusim.runtime.serving.server import ServerConfig
-    from npusim.runtime.serving.service import RequestDecoder
-
-    model = SimpleNamespace(
-        name="tiny", version=1, outputs=[TensorSpec("output_alias", "float32", (None, 10))],
-        inputs=[TensorSpec("images", "string", (None,)), TensorSpec("x", "float32", (None, 3))])
-    return RequestDecoder(model, ServerConfig("unused.zip", max_request_bytes=2**16,
-                                              max_batch=4, max_image_pixels=10**6))
-
-
-@fuzz_settings(400)
-@given(body=_bodies(_small_images()))
-def test_fuzz_json_into_the_request_decoder(body):
-    """The JSON reader and the gRPC checks behind it, without sockets, on a model with a
-    string, a float and an int input: a RequestError or decoded feeds, nothing else."""
-    from npusim.runtime.serving import jsontensor
-    from npusim.runtime.serving.service import RequestError, tf_apis
-
-    decoder = _decoder()
-    request = tf_apis().predict_pb2.PredictRequest()
-    dtypes = {name: spec.dtype for name, spec in decoder.inputs.items()}
-    try:
-        doc = jsontensor.parse_body(body)
-        jsontensor.fill_inputs(doc, request, dtypes, decoder.unknown_input)
-        feeds, _ = decoder.predict(request)
-    except RequestError as exc:
-        assert exc.message and "\n" not in exc.message and len(exc.message) <= 1000
-        assert exc.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED)
-        return
-    assert set(feeds) == {"images", "x"}
 
 
 # --- the README's curl walkthrough ---
@@ -599,7 +435,7 @@ def test_the_readme_curl_example_runs_as_written(rest, pkg, tmp_path):
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
     with client_for(rest, pkg) as client:
         expected = client.score_image(pkg.images[1])
-    assert np.array_equal(_bits(predict["predictions"]), _bits(expected))
+    assert np.array_equal(bits(predict["predictions"]), bits(expected))
 
 
 # --- life cycle and configuration ---
