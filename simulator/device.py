@@ -189,6 +189,7 @@ class Device:
         self._host_mem: list[dict[str, object]] = [{} for _ in range(images)]
         try:
             with (np.errstate(all="ignore"),  # fp32 arithmetic as the device's: inf and NaN
+                  threads.hold(),  # the compute threads spin between the layers that share
                   task("simulate", total=len(prog.instructions), unit="instr") as progress):
                 for i in prog.instructions:
                     self._execute(i, host_in, host_out, fmt, rounding)
@@ -198,7 +199,6 @@ class Device:
                     host_out[t.name] = np.stack([np.asarray(m[t.name]) for m in self._host_mem])
         finally:
             self._arena = None
-            threads.park()
         return host_out, self.stats
 
     def _execute(self, i: isa.Instruction, host_in, host_out, fmt, rounding) -> None:

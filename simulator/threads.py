@@ -12,7 +12,15 @@ thread costs 20-40 µs on a virtual machine (a futex wake is an interrupt to ano
 core): through ``concurrent.futures`` a hand-off of an empty share took 35-80 µs, here
 10-25 µs. Each worker waits for its next share spinning in a compiled loop that has
 released the GIL (it sees the share within a microsecond), and sleeps after
-``SPIN_SECONDS`` without work or when :func:`park` says a run has ended. Its "done" is
+``SPIN_SECONDS`` without work or when :func:`park` says a run has ended. Inside
+:func:`hold` (a run of the device) it spins for up to ``HOLD_SECONDS`` between shares,
+and a sleeping worker is woken when the run starts: on a virtual machine a sleeping
+core took 0.1-1 ms to wake, and a woken worker could land on the caller's core and
+wait for its time slice (a MobileNetV3 layer of 100 µs took 0.4-1.4 ms). Every spin
+yields the core at each load (``sched_yield``, a no-op on a core nobody else wants), so
+two threads the scheduler put on one core take turns at once rather than a time slice
+apart (measured with both pinned to one core: MobileNetV3-Small 6.5 ms, against 8.9 ms
+without the yield). Its "done" is
 stored by the compiled loop once the GIL is released, and the caller waits for it in
 another compiled loop, without the GIL, so the worker's last Python steps never wait
 for the caller. (The worker still takes the GIL to call its share.)
@@ -34,13 +42,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
@@ -51,6 +61,11 @@ _WORKERS: int | None = None
 SPIN_SECONDS = 2e-3
 """How long an idle worker spins for its next share before it sleeps: longer than the
 host work between two layers, short enough that an idle simulator leaves the cores."""
+
+HOLD_SECONDS = 50e-3
+"""How long an idle worker spins inside :func:`hold`: longer than the single-threaded
+stretches of a run (MobileNetV3-Small runs 3.5 ms of small layers between two that
+share), short enough that a caller who holds and stalls leaves the cores soon."""
 
 
 def cores() -> int:
@@ -110,11 +125,27 @@ def _store_release(typingctx, flags, i, value):
     return types.void(flags, i, value), codegen
 
 
+if hasattr(os, "sched_yield"):
+    @intrinsic
+    def _yield_core(typingctx):
+        def codegen(context, builder, signature, args):
+            fnty = ir.FunctionType(ir.IntType(32), [])
+            builder.call(cgutils.get_or_insert_function(builder.module, fnty, "sched_yield"),
+                         [])
+            return context.get_dummy_value()
+        return types.void(), codegen
+else:  # pragma: no cover - no sched_yield (Windows): spin alone
+    @numba.njit(inline="always")
+    def _yield_core():
+        pass
+
+
 @numba.njit(nogil=True, cache=True)
 def _post_and_wait(flags, post, value, watch, old, park, spins):  # pragma: no cover
     # flags[post] = value (if post >= 0), then spin until flags[watch] != old, at most
     # `spins` loads or until flags[park] is set (if park >= 0); the value seen (old if
-    # none came)
+    # none came). Each load yields the core to any thread waiting for it: the scheduler
+    # may have put the thread we wait for on our core.
     if post >= 0:
         _store_release(flags, post, value)
     for _ in range(spins):
@@ -123,6 +154,7 @@ def _post_and_wait(flags, post, value, watch, old, park, spins):  # pragma: no c
             return v
         if park >= 0 and _load_acquire(flags, park) != 0:
             break
+        _yield_core()
     return old
 
 
@@ -137,13 +169,17 @@ class _Pool:
     def __init__(self, count: int) -> None:
         self.flags = np.zeros(count * _STRIDE + _STRIDE, np.int64)
         self.park = count * _STRIDE  # set: the workers sleep instead of spinning
+        self.hold = self.park + 1  # callers inside hold(): spin for HOLD_SECONDS
+        self.holders = 0
         self.jobs: list[tuple | None] = [None] * count
         self.errors: list[BaseException | None] = [None] * count
         self.seq = [0] * count
+        self.asleep = [False] * count
         self.wake = [threading.Condition(threading.Lock()) for _ in range(count)]
         self.busy = threading.Lock()
         self.closing = False
         self.spins = _calibrate(self.flags)
+        self.rounds = max(1, round(HOLD_SECONDS / SPIN_SECONDS))
         self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True,
                                          name=f"npusim-{i + 1}") for i in range(count)]
         for t in self.threads:
@@ -151,19 +187,26 @@ class _Pool:
 
     def _work(self, i: int) -> None:
         flags, posted, done = self.flags, i * _STRIDE + _POSTED, i * _STRIDE + _DONE
-        seen, finished = 0, -1
+        seen, finished, idle = 0, -1, 0
         while True:
             v = _post_and_wait(flags, done if finished >= 0 else -1, finished, posted, seen,
                                self.park, self.spins)
             finished = -1
-            if v == seen:  # no share for SPIN_SECONDS: sleep until one is posted
-                with self.wake[i]:
-                    while flags[posted] == seen and not self.closing:
+            if v == seen:  # no share for SPIN_SECONDS
+                idle += 1
+                if self._holding() and idle < self.rounds:
+                    continue
+                with self.wake[i]:  # sleep until a share is posted or a run holds
+                    self.asleep[i] = True
+                    while (flags[posted] == seen and not self.closing
+                           and not (self._holding() and idle == 0)):
                         self.wake[i].wait()
+                        idle = 0
+                    self.asleep[i] = False
                 if self.closing:
                     return
                 continue
-            seen = v
+            seen, idle = v, 0
             fn, a, b = self.jobs[i]
             self.jobs[i] = None
             try:
@@ -196,14 +239,36 @@ class _Pool:
         if errors:
             raise errors[0]
 
+    def _holding(self) -> bool:
+        return self.flags[self.hold] != 0 and self.flags[self.park] == 0
+
     def _wait_done(self, i: int) -> None:
-        """Spin for worker ``i``'s "done" for about ``SPIN_SECONDS``, then poll it every
-        0.1 ms (a long share leaves the core to whoever else has work)."""
+        """Spin for worker ``i``'s "done" for about ``SPIN_SECONDS`` (``HOLD_SECONDS``
+        inside :func:`hold`), then poll it every 0.1 ms (a long share leaves the core to
+        whoever else has work)."""
         done, seq = i * _STRIDE + _DONE, self.seq[i]
-        if _post_and_wait(self.flags, -1, 0, done, seq - 1, -1, self.spins) == seq:
-            return
+        for _ in range(self.rounds if self._holding() else 1):
+            if _post_and_wait(self.flags, -1, 0, done, seq - 1, -1, self.spins) == seq:
+                return
         while self.flags[done] != seq:
             time.sleep(1e-4)
+
+    def enter(self) -> None:
+        """A run starts: sleeping workers wake to spin for its shares."""
+        with _LOCK:
+            self.holders += 1
+            self.flags[self.park] = 0
+            self.flags[self.hold] = 1
+        for w in self.wake:
+            with w:
+                w.notify()
+
+    def leave(self) -> None:
+        with _LOCK:
+            self.holders -= 1
+            if self.holders == 0:
+                self.flags[self.hold] = 0
+                self.flags[self.park] = 1
 
     def shutdown(self) -> None:
         self.closing = True
@@ -246,9 +311,25 @@ def _pool() -> _Pool:
 
 def park() -> None:
     """Let the workers sleep now rather than spin for a next share: the caller has no
-    more work for a while (a run of the device has ended)."""
+    more work for a while."""
     if _POOL is not None:
         _POOL.flags[_POOL.park] = 1
+
+
+@contextlib.contextmanager
+def hold() -> Iterator[None]:
+    """A stretch of layers (a run of the device): the workers are woken now, spin
+    between its shares for up to ``HOLD_SECONDS``, and sleep when the last holder
+    leaves. Without a pool (one core, or none started yet) it does nothing."""
+    pool = _POOL if workers() > 1 else None
+    if pool is None:
+        yield
+        return
+    pool.enter()
+    try:
+        yield
+    finally:
+        pool.leave()
 
 
 def shares(tasks: int, grain: int = 1) -> list[tuple[int, int]]:

@@ -5,6 +5,7 @@ callers and a parked pool still get their work done."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -100,3 +101,39 @@ def test_more_shares_than_workers(three_workers, monkeypatch: pytest.MonkeyPatch
     threads.run(_squares(out, seen), 60)
     assert np.array_equal(out, np.arange(60) ** 2)
     assert len(seen) == 6
+
+
+def _until(condition, seconds: float = 5.0) -> bool:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(1e-3)
+    return True
+
+
+def test_a_hold_wakes_the_workers_and_its_end_parks_them(three_workers) -> None:
+    """A run of the device holds the pool: its sleeping workers wake at the start, with
+    no share posted yet, and sleep again when the last of nested holds ends."""
+    threads.run(lambda t0, t1: None, 3)  # the pool starts
+    pool = threads._POOL
+    threads.park()
+    assert _until(lambda: all(pool.asleep))
+    with threads.hold():
+        assert _until(lambda: not any(pool.asleep))
+        with threads.hold():
+            out, seen = np.zeros(12, np.int64), []
+            threads.run(_squares(out, seen), 12)
+        assert pool.holders == 1 and pool.flags[pool.park] == 0  # the outer run goes on
+        threads.run(_squares(out, seen), 12)
+        assert np.array_equal(out, 2 * np.arange(12) ** 2)
+    assert pool.holders == 0 and pool.flags[pool.park] == 1
+    assert _until(lambda: all(pool.asleep))
+
+
+def test_a_hold_without_a_pool_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "_POOL", None)
+    with threads.hold():
+        out, seen = np.zeros(4, np.int64), []
+        _squares(out, seen)(0, 4)
+    assert threads._POOL is None
