@@ -13,7 +13,7 @@ import numpy as np
 
 from npusim.simulator import _fast_gemm, threads
 from npusim.simulator.gemm import _grain, _rows_per_step, _tiles, taps
-from npusim.simulator.numerics import BfpTensor, block_scales, quantize
+from npusim.simulator.numerics import BfpTensor, block_scales
 
 GEMV_ROWS = 8
 """Products with at most this many activation rows read the int8 weights directly."""
@@ -55,13 +55,12 @@ def matmul(a: np.ndarray, w: BfpTensor) -> np.ndarray:
     """``a @ w.T`` for fp32 ``a [N, K]`` and quantized ``w [O, K]``: ``[N, O]``."""
     fmt = w.fmt
     n, k = a.shape
-    if n <= GEMV_ROWS:
-        qa = quantize(a, fmt)
-        return _gemv(qa.q, block_scales(qa), w)
     tp = taps((1, 1), k, (1, 1))
     q, sa = _fast_gemm.im2col_quantize(np.ascontiguousarray(a.T).reshape(k, 1, n), tp, (0, 1),
                                        n, (1, 1), fmt.block_size, fmt.mantissa_bits, fmt.emin,
                                        fmt.emax)
+    if n <= GEMV_ROWS:  # the mantissas as rows (an exact integer in each float32)
+        return _gemv(q.transpose(2, 0, 1).reshape(n, -1), sa.T, w)
     return _rows_product(q, sa, w)
 
 

@@ -40,6 +40,10 @@ class ExecutionError(RuntimeError):
     indexes out of range, or has inconsistent fields."""
 
 
+SPARE_ARENA_BYTES = 1 << 26
+"""A run's arena up to this size is kept for the next run of the same batch size."""
+
+
 class Device:
     """One simulated accelerator of configuration ``config``; holds one program at a time."""
 
@@ -50,6 +54,9 @@ class Device:
         self._weights: dict[int, BfpTensor | np.ndarray] = {}
         self.stats: RunStats | None = None
         self._arena: np.ndarray | None = None  # [images, arena bytes] during a run
+        self._spare: np.ndarray | None = None  # the last run's arena, for the next
+        self._regions: dict[tuple[int, int], tuple[bool, int]] = {}  # checked ranges
+        self._views: dict[tuple, np.ndarray] = {}  # of self._spare's runs
         self._host_mem: list[dict[str, object]] = []
 
     def load(self, program: Program) -> None:
@@ -77,6 +84,7 @@ class Device:
                 weights[wbase + t.addr] = unpack(raw, t.shape, program.target.format(t.dtype))
         self.program, self._dram = program, dram
         self._weights = weights
+        self._spare, self._regions, self._views = None, {}, {}
         self._host = [self._host_kernel(k, h) for k, h in enumerate(program.host_ops)]
         # the schedule depends only on the program and the device: price it once
         self.stats = schedule(program, self.config)
@@ -97,6 +105,13 @@ class Device:
     # --- memory access: every value is [images, ...] -------------------------------------
     def _region(self, addr: int, nbytes: int, what: str) -> tuple[bool, int]:
         """``(in the activation arena, offset)`` of a byte range that lies in one region."""
+        key = (addr, nbytes)
+        found = self._regions.get(key)
+        if found is None:
+            found = self._regions[key] = self._check_region(addr, nbytes, what)
+        return found
+
+    def _check_region(self, addr: int, nbytes: int, what: str) -> tuple[bool, int]:
         base, size = self.program.memory_map["activations"]
         if base <= addr and addr + nbytes <= base + size:
             return True, addr - base
@@ -115,9 +130,15 @@ class Device:
         return np.broadcast_to(self._dram[off:off + nbytes], (self._arena.shape[0], nbytes))
 
     def _f32(self, addr: int, shape: tuple[int, ...], what: str = "read") -> np.ndarray:
-        n = math.prod(shape)
-        images = self._arena.shape[0]
-        return self._bytes(addr, 4 * n, what).view(np.float32).reshape(images, *shape)
+        """``[images, *shape]`` float32 at ``addr``: a view, made once per arena (a layer
+        reads three or four operands, and numpy takes microseconds per view)."""
+        key = (addr, shape)
+        view = self._views.get(key)
+        if view is None:
+            images = self._arena.shape[0]
+            view = self._views[key] = self._bytes(addr, 4 * math.prod(shape), what).view(
+                np.float32).reshape(images, *shape)
+        return view
 
     def _read(self, t: TensorDesc) -> np.ndarray:
         images = self._arena.shape[0]
@@ -184,7 +205,7 @@ class Device:
         host_out: dict[str, np.ndarray] = {}
         fmt = prog.target.format()
         rounding = Rounding(prog.metadata.get("rounding", "nearest_even"))
-        self._arena = np.zeros((images, prog.memory_map["activations"][1]), np.uint8)
+        self._arena = self._fresh_arena(images)
         # host-resident values, one run's worth per image
         self._host_mem: list[dict[str, object]] = [{} for _ in range(images)]
         try:
@@ -198,8 +219,21 @@ class Device:
                 if t.name not in host_out and t.name in self._host_mem[0]:
                     host_out[t.name] = np.stack([np.asarray(m[t.name]) for m in self._host_mem])
         finally:
+            if self._arena.nbytes <= SPARE_ARENA_BYTES:
+                self._spare = self._arena
             self._arena = None
         return host_out, self.stats
+
+    def _fresh_arena(self, images: int) -> np.ndarray:
+        """A zeroed arena for ``images``: the last run's again when it fits (its pages
+        are mapped and the views into it made), else a new one."""
+        shape = (images, self.program.memory_map["activations"][1])
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.shape == shape:
+            spare.fill(0)
+            return spare
+        self._views = {}
+        return np.zeros(shape, np.uint8)
 
     def _execute(self, i: isa.Instruction, host_in, host_out, fmt, rounding) -> None:
         prog = self.program
