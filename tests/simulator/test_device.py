@@ -196,9 +196,12 @@ def test_requests_do_not_share_data():
     rng = np.random.default_rng(0)
     a, b = rand(rng, 1, 8, 8, 8), rand(rng, 1, 8, 8, 8)
     (ya,) = sess.run(None, {"x": a})
-    sess.run(None, {"x": b})
+    kept = ya.copy()
+    sess.run(None, {"x": b})  # in the arena the run before left (it is zeroed again)
+    sess.run(None, {"x": np.stack([b, a])[:, 0]})  # another batch size: a new arena
     (ya2,) = sess.run(None, {"x": a})
     assert np.array_equal(ya, ya2)
+    assert np.array_equal(ya, kept)  # an output is the caller's, not a view of the arena
 
 
 def test_bad_inputs_are_named():
