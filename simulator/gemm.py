@@ -390,10 +390,18 @@ def _weight_rows(w: BfpTensor, groups: int) -> np.ndarray:
     return w.q.reshape(groups, o // groups, kp // w.fmt.block_size, w.fmt.block_size)
 
 
-SHARE_MACS = {"blas": 1 << 22, "blocks": 1 << 20, "direct": 1 << 19}
-"""MACs a share must hold to be worth a thread hand-off (25-90 us on a virtual machine):
-about 100 us of work for an fp32 GEMM (BLAS), for a block format's products, and for
-the direct kernels (depthwise, grouped, a product of a few rows)."""
+SHARE_MACS = {"blas": 1 << 20, "blocks": 1 << 20, "direct": 1 << 17, "direct_f32": 1 << 19}
+"""MACs a share must hold to be worth a thread hand-off (10-25 us, :mod:`threads`): about
+30 us of work for an fp32 GEMM (BLAS) and for the direct kernels (depthwise, grouped, a
+product of a few rows), fp32 or quantized; about 100 us of a block format's products, whose
+smaller layers split worse (measured in-process on the mobile graphs: MobileNetV2 and
+ShuffleNet 5-20% faster than with a fourth of these grains for BLAS and the direct
+kernels, MobileNetV3-Small unchanged; a smaller grain for the block products made
+MobileNetV3-Small 5-15% slower)."""
+
+
+def _direct_kind(fmt: Format) -> str:
+    return "direct_f32" if fmt.is_fp32 else "direct"
 
 
 def _grain(macs_per_task: int, kind: str = "blocks") -> int:
@@ -470,7 +478,7 @@ def _depthwise(xt, weight, tp, geom, fmt: Format, og: int, out, out_hw, finish) 
         product(r0, r1)
         finish(0, out.shape[0], r0 * ow, r1 * ow)
 
-    threads.run(share, oh, grain=_grain(out.shape[0] * len(ky) * ow, "direct"))
+    threads.run(share, oh, grain=_grain(out.shape[0] * len(ky) * ow, _direct_kind(fmt)))
 
 
 PLANE_COLUMNS = 2048
@@ -507,7 +515,7 @@ def _depthwise_planes(x, weight, tp, geom, fmt: Format, og: int, out, out_hw,
         product(c0, c1)
         finish(c0 * og, c1 * og, 0, oh * ow)
 
-    threads.run(share, x.shape[0], grain=_grain(og * len(ky) * oh * ow, "direct"))
+    threads.run(share, x.shape[0], grain=_grain(og * len(ky) * oh * ow, _direct_kind(fmt)))
 
 
 def _depthwise_flat(x, weight, lay: FlatLayout, fmt: Format, og: int, out, finish) -> None:
@@ -534,7 +542,7 @@ def _depthwise_flat(x, weight, lay: FlatLayout, fmt: Format, og: int, out, finis
         product(c0, c1)
         finish(c0 * og, c1 * og, 0, oh * ow)
 
-    threads.run(share, x.shape[0], grain=_grain(og * len(lay.offs) * oh * ow, "direct"))
+    threads.run(share, x.shape[0], grain=_grain(og * len(lay.offs) * oh * ow, _direct_kind(fmt)))
 
 
 def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
@@ -558,4 +566,4 @@ def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
             finish(g0 * og, g1 * og, 0, out.shape[1])
 
     threads.run(share, groups,
-                grain=_grain(og * len(tp[0]) * out_hw[0] * out_hw[1], "direct"))
+                grain=_grain(og * len(tp[0]) * out_hw[0] * out_hw[1], _direct_kind(fmt)))

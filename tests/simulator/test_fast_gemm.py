@@ -87,7 +87,7 @@ def _conv_case(name: str, fmt: Format, seed: int, extreme: bool = False):
 def every_layer_split(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every product here is cut between the threads, however small (the rest of the
     suite runs the same shapes whole, on one thread)."""
-    monkeypatch.setattr(gemm, "SHARE_MACS", {"blas": 1, "blocks": 1, "direct": 1})
+    monkeypatch.setattr(gemm, "SHARE_MACS", {"blas": 1, "blocks": 1, "direct": 1, "direct_f32": 1})
 
 
 @pytest.fixture(params=["split-pixels", "split-channels"])
