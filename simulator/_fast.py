@@ -265,20 +265,26 @@ def _hard(x, a, b, swish, out):  # pragma: no cover - compiled
         out[k] = np.float32(v * t if swish else t)
 
 
-def hard_sigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+def hard_sigmoid(x: np.ndarray, alpha: float, beta: float,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """fp32 ``max(0, min(1, alpha * x + beta))`` computed in float64, rounded once: the
-    numpy formula of :data:`npusim.simulator.vector._WIDE` in one pass."""
-    return _hard_call(x, alpha, beta, False)
+    numpy formula of :data:`npusim.simulator.vector._WIDE` in one pass; into ``out`` when
+    it is a C-contiguous float32 array of ``x``'s shape (``x`` itself, or no memory
+    shared with it)."""
+    return _hard_call(x, alpha, beta, False, out)
 
 
-def hard_swish(x: np.ndarray) -> np.ndarray:
+def hard_swish(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """fp32 ``x * max(0, min(1, x / 6 + 0.5))`` computed in float64, rounded once."""
-    return _hard_call(x, 0.0, 0.0, True)
+    return _hard_call(x, 0.0, 0.0, True, out)
 
 
-def _hard_call(x: np.ndarray, alpha: float, beta: float, swish: bool) -> np.ndarray:
+def _hard_call(x: np.ndarray, alpha: float, beta: float, swish: bool,
+               out: np.ndarray | None) -> np.ndarray:
     x = np.ascontiguousarray(x, np.float32)
-    out = np.empty(x.shape, np.float32)
+    if (out is None or out.shape != x.shape or out.dtype != np.float32
+            or not out.flags.c_contiguous):
+        out = np.empty(x.shape, np.float32)
     _hard(x.reshape(-1), float(alpha), float(beta), swish, out.reshape(-1))
     return out
 

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -38,6 +39,23 @@ class InputError(ValueError):
 class ExecutionError(RuntimeError):
     """An instruction the device cannot execute: it addresses memory outside device DRAM,
     indexes out of range, or has inconsistent fields."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _unary_fn(fn: int, alpha: int, beta: int):
+    """``f(x, out)`` of a V_UNARY's fields (decoded once; a network runs the same few)."""
+    name = isa.UnaryFn(fn).name.lower()
+    a, b = isa.bits_f32(alpha), isa.bits_f32(beta)
+    return lambda x, out: kernels.unary(name, x, a, b, out)
+
+
+@functools.lru_cache(maxsize=64)
+def _alu_fn(op: int, rev: bool):
+    """``f(a, b, out)`` of a VV_ALU's operation (``b`` first when reversed)."""
+    name = isa.AluOp(op).name.lower()
+    if rev:
+        return lambda a, b, out: kernels.alu(name, b, a, out)
+    return lambda a, b, out: kernels.alu(name, a, b, out)
 
 
 SPARE_ARENA_BYTES = 1 << 26
@@ -267,10 +285,7 @@ class Device:
         elif isinstance(i, isa.VvAlu):
             self._alu(i)
         elif isinstance(i, isa.VUnary):
-            fn = isa.UnaryFn(i.fn).name.lower()
-            alpha, beta = isa.bits_f32(i.alpha), isa.bits_f32(i.beta)
-            self._map(i.dst, (i.length,), lambda x, out: kernels.unary(fn, x, alpha, beta),
-                      [(i.src, None)])
+            self._map(i.dst, (i.length,), _unary_fn(i.fn, i.alpha, i.beta), [(i.src, None)])
         elif isinstance(i, isa.VReduce):
             x = self._f32(i.src, (i.outer, i.mid, i.inner))
             y = kernels.reduce(x.reshape(x.shape[0] * i.outer, i.mid, i.inner),
@@ -362,12 +377,8 @@ class Device:
                                  f"x mod {i.mod}")
         # the broadcast operand is read once per (div, mod) period: b[(k // div) % mod]
         shape = (i.length // (i.div * i.mod), i.mod, i.div)
-        op = isa.AluOp(i.op).name.lower()
-
-        def fn(a, b, out):
-            return kernels.alu(op, b, a, out) if i.rev else kernels.alu(op, a, b, out)
-
-        self._map(i.dst, shape, fn, [(i.src0, None), (i.src1, (1, i.mod, 1))])
+        self._map(i.dst, shape, _alu_fn(i.op, bool(i.rev)),
+                  [(i.src0, None), (i.src1, (1, i.mod, 1))])
 
     def _map(self, dst: int, shape: tuple[int, ...], fn,
              srcs: list[tuple[int, tuple[int, ...] | None]]) -> None:
@@ -382,30 +393,45 @@ class Device:
         source other than exactly (a same-shaped one, in place) is computed whole, then
         stored.
         """
-        nbytes = 4 * math.prod(shape)
-        ins = [(self._f32(a, s or shape), s is None) for a, s in srcs]
-        arena, off = self._region(dst, nbytes, "write")
-        overlap = any(not (a == dst and split) and a < dst + nbytes and dst < a + x[0].nbytes
-                      for (a, _), (x, split) in zip(srcs, ins, strict=True))
-        if not arena or overlap or not shape:
-            self._store(dst, fn(*(x for x, _ in ins), None))
+        key = ("map", dst, shape, *srcs)
+        plan = self._views.get(key)
+        if plan is None:
+            plan = self._views[key] = self._map_plan(dst, shape, srcs)
+        ins, out, axis = plan
+        if out is None:
+            self._store(dst, fn(*ins, None))
             return
-        out = self._arena[:, off:off + nbytes].view(np.float32).reshape(-1, *shape)
-        axis = next((k for k, n in enumerate(shape) if n > 1), 0) + 1  # of [images, *shape]
         tasks = out.shape[axis]
+        total = out.size
+        if total < ELEMENTWISE_GRAIN or tasks < 2:  # one share: no cuts
+            y = fn(*ins, out)
+            if y is not out:
+                out[...] = y
+            return
 
         def share(a: int, b: int) -> None:
             cut = (slice(None),) * axis + (slice(a, b),)
             o = out[cut]
-            y = fn(*(x[cut] if x.shape[axis] == tasks else x for x, _ in ins), o)
+            y = fn(*(x[cut] if x.shape[axis] == tasks else x for x in ins), o)
             if y is not o:
                 o[...] = y
 
-        total = out.size
-        if total < ELEMENTWISE_GRAIN or tasks < 2:
-            share(0, tasks)
-            return
         threads.run(share, tasks, grain=max(1, ELEMENTWISE_GRAIN * tasks // total))
+
+    def _map_plan(self, dst: int, shape: tuple[int, ...],
+                  srcs: tuple[tuple[int, tuple[int, ...] | None], ...]):
+        """``(sources, out, axis)`` of :meth:`_map`: the operands' views, the result's (None
+        when it goes through :meth:`_store`) and the axis the threads cut."""
+        nbytes = 4 * math.prod(shape)
+        ins = [self._f32(a, s or shape) for a, s in srcs]
+        arena, off = self._region(dst, nbytes, "write")
+        overlap = any(not (a == dst and s is None) and a < dst + nbytes and dst < a + x[0].nbytes
+                      for (a, s), x in zip(srcs, ins, strict=True))
+        if not arena or overlap or not shape:
+            return ins, None, 0
+        out = self._f32(dst, shape, "write")
+        axis = next((k for k, n in enumerate(shape) if n > 1), 0) + 1  # of [images, *shape]
+        return ins, out, axis
 
     def _move(self, i: isa.VMove) -> None:
         lo, hi = kernels.move_span(i.dims, i.strides)
@@ -421,6 +447,15 @@ class Device:
                             for w in window])
 
     def _mv_mul(self, i: isa.MvMul, rounding) -> None:
+        key = ("mv", id(i))
+        run = self._views.get(key)
+        if run is None:
+            run = self._views[key] = self._mv_plan(i)
+        run(rounding)
+
+    def _mv_plan(self, i: isa.MvMul):
+        """``run(rounding)`` for one MV_MUL: its fields decoded and checked, its operands'
+        views made, once per arena (a layer of a mobile network computes for 20-100 µs)."""
         if i.in_dil_h < 1 or i.in_dil_w < 1:
             raise ExecutionError(f"MV_MUL: input dilation {i.in_dil_h} x {i.in_dil_w} "
                                  "must be at least 1")
@@ -438,6 +473,7 @@ class Device:
         rows = images * i.batch  # the images' rows stream through the array together
         seed = int(self.program.metadata.get("seed", 0))
         clip = (isa.bits_f32(i.clip_lo), isa.bits_f32(i.clip_hi)) if i.clip else None
+        relu = bool(i.relu)
         if (i.kernel_h, i.kernel_w, i.height, i.width) == (1, 1, 1, 1):  # dense layer
             res = (self._f32(i.residual, (i.batch, i.out_channels)).reshape(rows, -1)
                    if i.has_residual else None)
@@ -445,24 +481,31 @@ class Device:
             if fmt.is_fp32 and images > 1:
                 # an fp32 GEMM's order of additions may change with its row count (BLAS
                 # picks its kernels by size): each image alone gives one image's result
-                y = [kernels.dense(x[k:k + i.batch], w, bias, fmt,
-                                   None if res is None else res[k:k + i.batch], bool(i.relu),
-                                   rounding, seed, clip) for k in range(0, rows, i.batch)]
+                def dense(rounding) -> None:
+                    self._store(i.dst, [
+                        kernels.dense(x[k:k + i.batch], w, bias, fmt,
+                                      None if res is None else res[k:k + i.batch], relu,
+                                      rounding, seed, clip) for k in range(0, rows, i.batch)])
             else:
-                y = kernels.dense(x, w, bias, fmt, res, bool(i.relu), rounding, seed, clip)
-        else:
-            out_shape = (i.batch, i.out_channels, oh, ow)
-            res = (self._f32(i.residual, out_shape).reshape(rows, *out_shape[1:])
-                   if i.has_residual else None)
-            direct = self._direct_out(i.dst, (rows, *out_shape[1:]),
-                                      [(i.src, x.nbytes // images), (i.bias, bias.nbytes)]
-                                      + ([(i.residual, res.nbytes // images)]
-                                         if res is not None else []))
-            y = kernels.conv2d(x.reshape(rows, *x.shape[2:]), w, bias, geom, fmt, res,
-                               bool(i.relu), rounding, seed, clip, out=direct)
-            if y is direct:
-                return
-        self._store(i.dst, y)
+                def dense(rounding) -> None:
+                    self._store(i.dst, kernels.dense(x, w, bias, fmt, res, relu, rounding,
+                                                     seed, clip))
+            return dense
+        out_shape = (i.batch, i.out_channels, oh, ow)
+        res = (self._f32(i.residual, out_shape).reshape(rows, *out_shape[1:])
+               if i.has_residual else None)
+        direct = self._direct_out(i.dst, (rows, *out_shape[1:]),
+                                  [(i.src, x.nbytes // images), (i.bias, bias.nbytes)]
+                                  + ([(i.residual, res.nbytes // images)]
+                                     if res is not None else []))
+        x = x.reshape(rows, *x.shape[2:])
+
+        def conv(rounding) -> None:
+            y = kernels.conv2d(x, w, bias, geom, fmt, res, relu, rounding, seed, clip,
+                               out=direct)
+            if y is not direct:
+                self._store(i.dst, y)
+        return conv
 
     def _direct_out(self, addr: int, shape: tuple[int, ...],
                     operands: list[tuple[int, int]]) -> np.ndarray | None:

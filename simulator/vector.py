@@ -87,19 +87,22 @@ _EXACT: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
 
 UNARY_FUNCTIONS = tuple(_WIDE) + tuple(_EXACT)
 
-_ONE_PASS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
-    "hard_sigmoid": lambda x, a, b: _fast.hard_sigmoid(x, a, b),
-    "hard_swish": lambda x, a, b: _fast.hard_swish(x),
+_ONE_PASS: dict[str, Callable[[np.ndarray, float, float, np.ndarray | None], np.ndarray]] = {
+    "hard_sigmoid": lambda x, a, b, out: _fast.hard_sigmoid(x, a, b, out),
+    "hard_swish": lambda x, a, b, out: _fast.hard_swish(x, out),
 }
 """Functions of ``_WIDE`` with a numba kernel of the same float64 operations (MobileNetV3
 runs one after most of its layers)."""
 
 
-def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0) -> np.ndarray:
+def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0,
+          out: np.ndarray | None = None) -> np.ndarray:
     """``fn(x; alpha, beta)`` per element; ``fn`` a lowercase
-    :class:`~npusim.simulator.isa.UnaryFn`."""
+    :class:`~npusim.simulator.isa.UnaryFn`. The result may be written into ``out`` (a
+    float32 array of ``x``'s shape that is ``x`` or shares no memory with it) and
+    returned, or be a new array."""
     if fn in _ONE_PASS:  # the same float64 operations as _WIDE's, in one numba pass
-        return _ONE_PASS[fn](x, alpha, beta)
+        return _ONE_PASS[fn](x, alpha, beta, out)
     return unary_reference(fn, x, alpha, beta)
 
 
