@@ -12,6 +12,9 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from npusim.simulator import threads
 
@@ -289,3 +292,85 @@ def _hard_call(x: np.ndarray, alpha: float, beta: float, swish: bool,
     return out
 
 
+
+
+# --- sigmoid: a fast float64 exp, with numpy's formula where the two could differ -------
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.6931471803691238  # 32 significant bits: k * _LN2_HI is exact for |k| < 2**21
+_LN2_LO = 1.9082149292705877e-10
+_ROUND = 6755399441055744.0  # 1.5 * 2**52: x + _ROUND - _ROUND rounds x (|x| < 2**51)
+_EXP_RANGE = 700.0  # |t| up to here: 2**k stays a normal float64
+SIGMOID_MARGIN = 2.0**-44
+"""Relative distance from a float32 rounding boundary inside which :func:`sigmoid` takes
+numpy's formula: the kernel's float64 result and numpy's each lie within about 2**-50 of
+the exact value (an exp of a few ulps, then two rounded operations), so outside this
+margin both round to the same float32."""
+
+
+@intrinsic
+def _as_float64(typingctx, bits):
+    """The float64 whose bits are the int64 ``bits``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@numba.njit(cache=True, inline="always")
+def _exp64(t):  # pragma: no cover - compiled
+    # exp(t) for |t| <= _EXP_RANGE: t = k ln2 + r (Cody-Waite, |r| <= ln2 / 2), exp(r) by
+    # its Taylor series to r**13 / 13! (the rest is below 1e-17 relative), times 2**k
+    k = (t * _LOG2E + _ROUND) - _ROUND  # to the nearest integer, ties to even
+    r = (t - k * _LN2_HI) - k * _LN2_LO
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _as_float64((np.int64(k) + 1023) << 52)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # x / 0 is inf: it vectorizes
+def _sigmoid(x, margin, out, hard):  # pragma: no cover - compiled
+    # out = fp32(1 / (1 + exp(-x))) in float64; hard[i] = 1, out[i] = x[i], where that
+    # rounding is not certain (near a float32 rounding boundary, |x| > _EXP_RANGE, not
+    # finite); returns how many
+    lo, hi = 1.0 - margin, 1.0 + margin
+    n = 0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        ok = abs(v) <= _EXP_RANGE  # False for NaN
+        s = 1.0 / (1.0 + _exp64(-v if ok else 0.0))
+        f = np.float32(s)
+        bad = (not ok) | (np.float32(s * lo) != f) | (np.float32(s * hi) != f)
+        out[i] = x[i] if bad else f  # in place, the formula reads it after
+        hard[i] = bad
+        n += bad
+    return n
+
+
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None,
+            reference=None) -> np.ndarray:
+    """fp32 ``1 / (1 + exp(-x))`` computed in float64 and rounded once, the bits of numpy's
+    formula (``reference(x)``, for the elements within ``SIGMOID_MARGIN`` of a float32
+    rounding boundary, about one in 2**19, and those past the kernel's exp); into ``out``
+    as :func:`hard_sigmoid` does."""
+    x = np.ascontiguousarray(x, np.float32)
+    if (out is None or out.shape != x.shape or out.dtype != np.float32
+            or not out.flags.c_contiguous):
+        out = np.empty(x.shape, np.float32)
+    flat, res = x.reshape(-1), out.reshape(-1)
+    hard = np.empty(flat.size, np.bool_)
+    if _sigmoid(flat, SIGMOID_MARGIN, res, hard):
+        idx = np.flatnonzero(hard)
+        res[idx] = reference(flat[idx])
+    return out

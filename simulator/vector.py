@@ -90,9 +90,14 @@ UNARY_FUNCTIONS = tuple(_WIDE) + tuple(_EXACT)
 _ONE_PASS: dict[str, Callable[[np.ndarray, float, float, np.ndarray | None], np.ndarray]] = {
     "hard_sigmoid": lambda x, a, b, out: _fast.hard_sigmoid(x, a, b, out),
     "hard_swish": lambda x, a, b, out: _fast.hard_swish(x, out),
+    "sigmoid": lambda x, a, b, out: _fast.sigmoid(
+        x, out, lambda v: unary_reference("sigmoid", v)),
 }
-"""Functions of ``_WIDE`` with a numba kernel of the same float64 operations (MobileNetV3
-runs one after most of its layers)."""
+"""Functions of ``_WIDE`` with a numba kernel that gives the formula's bits: the same
+float64 operations (MobileNetV3 runs one after most of its layers), or for the sigmoid
+(EfficientNet's SiLU, squeeze-excite gates, recurrent gates) a float64 exp of its own
+whose result is within 2**-50 of the exact value, with the formula deciding the elements
+whose float32 rounding that could change (:data:`npusim.simulator._fast.SIGMOID_MARGIN`)."""
 
 
 def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0,
@@ -103,7 +108,24 @@ def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0,
     returned, or be a new array."""
     if fn in _ONE_PASS:  # the same float64 operations as _WIDE's, in one numba pass
         return _ONE_PASS[fn](x, alpha, beta, out)
-    return unary_reference(fn, x, alpha, beta)
+    x = np.asarray(x, F32)
+    if x.size <= UNARY_CHUNK:
+        return unary_reference(fn, x, alpha, beta)
+    # the formulas are element-wise: run them a cache-sized piece at a time (the float64
+    # temporaries of a whole tensor were most of the time: sigmoid on 1.2M elements took
+    # 10 ms, in pieces 4 ms, the same bits)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    if out is None or out.shape != x.shape or out.dtype != F32 or not out.flags.c_contiguous:
+        out = np.empty(x.shape, F32)
+    res = out.reshape(-1)
+    for a in range(0, flat.size, UNARY_CHUNK):
+        res[a:a + UNARY_CHUNK] = unary_reference(fn, flat[a:a + UNARY_CHUNK], alpha, beta)
+    return out
+
+
+UNARY_CHUNK = 1 << 15
+"""Elements of a vector function's formula evaluated at once (their float64 temporaries
+stay in the core's cache)."""
 
 
 def unary_reference(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0

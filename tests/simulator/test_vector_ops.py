@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 from vector_cases import PARAMS, SELU_ALPHA, SELU_GAMMA, inputs, ort_run
 
-from npusim.simulator import isa, kernels
+from npusim.simulator import isa, kernels, vector
 from npusim.simulator.config import load_device
 from npusim.simulator.vector import unary_reference
 
@@ -115,6 +115,52 @@ def test_one_pass_unary_is_the_numpy_formula_bit_for_bit(fn, a, b, n):
         np.array_equal(np.isnan(got), np.isnan(ref))
         and np.array_equal(got[~np.isnan(ref)].view(np.int32),
                            ref[~np.isnan(ref)].view(np.int32)))
+
+
+@pytest.mark.parametrize("fn", [f.name.lower() for f in isa.UnaryFn])
+def test_a_large_tensor_in_pieces_is_the_whole_formula_bit_for_bit(fn, monkeypatch):
+    """A tensor past ``UNARY_CHUNK`` runs its formula a piece at a time (the last piece
+    short): the same bits as the formula on the whole, into a new array, in place, or
+    into another."""
+    monkeypatch.setattr(vector, "UNARY_CHUNK", 1000)
+    x = inputs(3, 2501 - 21, 8.0).reshape(41, 61)  # 21 special values follow
+    x.reshape(-1)[::7] = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -88.0],
+                                  F32)[np.arange(len(x.reshape(-1)[::7])) % 7]
+    a, b = PARAMS.get(fn, (0.0, 0.0))
+    a32, b32 = float(F32(a)), float(F32(b))
+    ref = unary_reference(fn, x, a32, b32)
+    into, inplace = np.empty_like(x), x.copy()
+    for got in (kernels.unary(fn, x, a32, b32), kernels.unary(fn, x, a32, b32, into),
+                kernels.unary(fn, inplace, a32, b32, inplace)):
+        assert got.shape == ref.shape and got.dtype == F32
+        assert _same_bits(got, ref), fn
+    assert _same_bits(into, ref) and _same_bits(inplace, ref)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal bits where ``b`` is a number, NaN where it is NaN."""
+    nan = np.isnan(b)
+    return np.array_equal(np.isnan(a), nan) and np.array_equal(a[~nan].view(np.int32),
+                                                               b[~nan].view(np.int32))
+
+
+@pytest.mark.parametrize("scale", [0.02, 1.0, 30.0, 1000.0])
+@pytest.mark.parametrize("margin", [None, 0.25])
+def test_sigmoid_kernel_is_the_formula_bit_for_bit(scale, margin, monkeypatch):
+    """The sigmoid's own float64 exp gives numpy's formula's bits on a million values of
+    every magnitude (past the exp's range, not finite, subnormal); with a wide margin every
+    element takes the formula's path, and still gives them."""
+    from npusim.simulator import _fast
+    if margin is not None:
+        monkeypatch.setattr(_fast, "SIGMOID_MARGIN", margin)
+    x = inputs(5, 1_000_000, scale)
+    x[::997] = 1e-40
+    ref = unary_reference("sigmoid", x)
+    assert _same_bits(kernels.unary("sigmoid", x), ref)
+    into, inplace = np.empty(3001, F32), x[:3001].copy()
+    kernels.unary("sigmoid", x[:3001], 0.0, 0.0, into)
+    kernels.unary("sigmoid", inplace, 0.0, 0.0, inplace)
+    assert _same_bits(into, ref[:3001]) and _same_bits(inplace, ref[:3001])
 
 
 def test_gelu_tanh_approximation():
