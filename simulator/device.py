@@ -228,7 +228,7 @@ class Device:
         self._host_mem: list[dict[str, object]] = [{} for _ in range(images)]
         try:
             with (np.errstate(all="ignore"),  # fp32 arithmetic as the device's: inf and NaN
-                  threads.hold(),  # the compute threads spin between the layers that share
+                  threads.hold(),  # sleeping compute threads wake now, and sleep at the end
                   task("simulate", total=len(prog.instructions), unit="instr") as progress):
                 for i in prog.instructions:
                     self._execute(i, host_in, host_out, fmt, rounding)

@@ -12,15 +12,15 @@ thread costs 20-40 µs on a virtual machine (a futex wake is an interrupt to ano
 core): through ``concurrent.futures`` a hand-off of an empty share took 35-80 µs, here
 10-25 µs. Each worker waits for its next share spinning in a compiled loop that has
 released the GIL (it sees the share within a microsecond), and sleeps after
-``SPIN_SECONDS`` without work or when :func:`park` says a run has ended. Inside
-:func:`hold` (a run of the device) it spins for up to ``HOLD_SECONDS`` between shares,
-and a sleeping worker is woken when the run starts: on a virtual machine a sleeping
-core took 0.1-1 ms to wake, and a woken worker could land on the caller's core and
-wait for its time slice (a MobileNetV3 layer of 100 µs took 0.4-1.4 ms). Every spin
-yields the core at each load (``sched_yield``, a no-op on a core nobody else wants), so
-two threads the scheduler put on one core take turns at once rather than a time slice
-apart (measured with both pinned to one core: MobileNetV3-Small 6.5 ms, against 8.9 ms
-without the yield). Its "done" is
+``SPIN_SECONDS`` without work or when :func:`park` says a run has ended; :func:`hold`
+(a run of the device) wakes the sleeping workers when the run starts. A woken worker
+can land on the caller's core: every spin yields the core at each load
+(``sched_yield``, a no-op on a core nobody else wants), so two threads on one core take
+turns at once rather than a time slice apart (measured with both pinned to one core:
+MobileNetV3-Small 6.5 ms, against 8.9 ms without the yield; unpinned, a MobileNetV3
+layer of 100 µs had taken 0.4-1.4 ms). Spinning longer inside a run gained nothing
+measurable on one stream of images and cost the server 8-10% of its throughput (its
+request threads need the cores). Its "done" is
 stored by the compiled loop once the GIL is released, and the caller waits for it in
 another compiled loop, without the GIL, so the worker's last Python steps never wait
 for the caller. (The worker still takes the GIL to call its share.)
@@ -61,11 +61,6 @@ _WORKERS: int | None = None
 SPIN_SECONDS = 2e-3
 """How long an idle worker spins for its next share before it sleeps: longer than the
 host work between two layers, short enough that an idle simulator leaves the cores."""
-
-HOLD_SECONDS = 50e-3
-"""How long an idle worker spins inside :func:`hold`: longer than the single-threaded
-stretches of a run (MobileNetV3-Small runs 3.5 ms of small layers between two that
-share), short enough that a caller who holds and stalls leaves the cores soon."""
 
 
 def cores() -> int:
@@ -169,17 +164,17 @@ class _Pool:
     def __init__(self, count: int) -> None:
         self.flags = np.zeros(count * _STRIDE + _STRIDE, np.int64)
         self.park = count * _STRIDE  # set: the workers sleep instead of spinning
-        self.hold = self.park + 1  # callers inside hold(): spin for HOLD_SECONDS
-        self.holders = 0
+        self.holders = 0  # callers inside hold()
+        self.generation = 0  # runs that hold() has started
         self.jobs: list[tuple | None] = [None] * count
         self.errors: list[BaseException | None] = [None] * count
         self.seq = [0] * count
         self.asleep = [False] * count
+        self.wakings = [0] * count  # times a hold woke the worker
         self.wake = [threading.Condition(threading.Lock()) for _ in range(count)]
         self.busy = threading.Lock()
         self.closing = False
         self.spins = _calibrate(self.flags)
-        self.rounds = max(1, round(HOLD_SECONDS / SPIN_SECONDS))
         self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True,
                                          name=f"npusim-{i + 1}") for i in range(count)]
         for t in self.threads:
@@ -187,26 +182,25 @@ class _Pool:
 
     def _work(self, i: int) -> None:
         flags, posted, done = self.flags, i * _STRIDE + _POSTED, i * _STRIDE + _DONE
-        seen, finished, idle = 0, -1, 0
+        seen, finished, generation = 0, -1, self.generation
         while True:
             v = _post_and_wait(flags, done if finished >= 0 else -1, finished, posted, seen,
                                self.park, self.spins)
             finished = -1
-            if v == seen:  # no share for SPIN_SECONDS
-                idle += 1
-                if self._holding() and idle < self.rounds:
-                    continue
-                with self.wake[i]:  # sleep until a share is posted or a run holds
+            if v == seen:  # no share for SPIN_SECONDS: sleep until one is posted, or
+                with self.wake[i]:  # until hold() starts another run
                     self.asleep[i] = True
                     while (flags[posted] == seen and not self.closing
-                           and not (self._holding() and idle == 0)):
+                           and self.generation == generation):
                         self.wake[i].wait()
-                        idle = 0
                     self.asleep[i] = False
+                    if self.generation != generation:
+                        generation = self.generation
+                        self.wakings[i] += 1
                 if self.closing:
                     return
                 continue
-            seen, idle = v, 0
+            seen = v
             fn, a, b = self.jobs[i]
             self.jobs[i] = None
             try:
@@ -239,17 +233,12 @@ class _Pool:
         if errors:
             raise errors[0]
 
-    def _holding(self) -> bool:
-        return self.flags[self.hold] != 0 and self.flags[self.park] == 0
-
     def _wait_done(self, i: int) -> None:
-        """Spin for worker ``i``'s "done" for about ``SPIN_SECONDS`` (``HOLD_SECONDS``
-        inside :func:`hold`), then poll it every 0.1 ms (a long share leaves the core to
-        whoever else has work)."""
+        """Spin for worker ``i``'s "done" for about ``SPIN_SECONDS``, then poll it every
+        0.1 ms (a long share leaves the core to whoever else has work)."""
         done, seq = i * _STRIDE + _DONE, self.seq[i]
-        for _ in range(self.rounds if self._holding() else 1):
-            if _post_and_wait(self.flags, -1, 0, done, seq - 1, -1, self.spins) == seq:
-                return
+        if _post_and_wait(self.flags, -1, 0, done, seq - 1, -1, self.spins) == seq:
+            return
         while self.flags[done] != seq:
             time.sleep(1e-4)
 
@@ -257,8 +246,8 @@ class _Pool:
         """A run starts: sleeping workers wake to spin for its shares."""
         with _LOCK:
             self.holders += 1
+            self.generation += 1
             self.flags[self.park] = 0
-            self.flags[self.hold] = 1
         for w in self.wake:
             with w:
                 w.notify()
@@ -267,7 +256,6 @@ class _Pool:
         with _LOCK:
             self.holders -= 1
             if self.holders == 0:
-                self.flags[self.hold] = 0
                 self.flags[self.park] = 1
 
     def shutdown(self) -> None:
@@ -318,9 +306,9 @@ def park() -> None:
 
 @contextlib.contextmanager
 def hold() -> Iterator[None]:
-    """A stretch of layers (a run of the device): the workers are woken now, spin
-    between its shares for up to ``HOLD_SECONDS``, and sleep when the last holder
-    leaves. Without a pool (one core, or none started yet) it does nothing."""
+    """A stretch of layers (a run of the device): sleeping workers are woken now (a
+    sleeping core took 0.1-1 ms to wake on a virtual machine), and sleep when the last
+    holder leaves. Without a pool (one core, or none started yet) it does nothing."""
     pool = _POOL if workers() > 1 else None
     if pool is None:
         yield

@@ -119,8 +119,9 @@ def test_a_hold_wakes_the_workers_and_its_end_parks_them(three_workers) -> None:
     pool = threads._POOL
     threads.park()
     assert _until(lambda: all(pool.asleep))
+    before = list(pool.wakings)
     with threads.hold():
-        assert _until(lambda: not any(pool.asleep))
+        assert _until(lambda: all(a > b for a, b in zip(pool.wakings, before)))
         with threads.hold():
             out, seen = np.zeros(12, np.int64), []
             threads.run(_squares(out, seen), 12)
