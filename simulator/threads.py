@@ -18,9 +18,9 @@ can land on the caller's core: every spin yields the core at each load
 (``sched_yield``, a no-op on a core nobody else wants), so two threads on one core take
 turns at once rather than a time slice apart (measured with both pinned to one core:
 MobileNetV3-Small 6.5 ms, against 8.9 ms without the yield; unpinned, a MobileNetV3
-layer of 100 µs had taken 0.4-1.4 ms). Spinning longer inside a run gained nothing
-measurable on one stream of images and cost the server 8-10% of its throughput (its
-request threads need the cores). Its "done" is
+layer of 100 µs had taken 0.4-1.4 ms). Spinning for longer inside a run gained nothing
+measurable on one stream of images, and kept the cores from the server's request
+threads. Its "done" is
 stored by the compiled loop once the GIL is released, and the caller waits for it in
 another compiled loop, without the GIL, so the worker's last Python steps never wait
 for the caller. (The worker still takes the GIL to call its share.)
