@@ -280,6 +280,10 @@ overhead)."""
 
 TILE_BYTES = 1 << 18
 
+MIN_COLUMNS = 128
+"""Output pixels a block format's BLAS products take at least, per step (each GEMM is
+then at least this wide)."""
+
 FEW_COLUMNS = 256
 """A layer with at most this many output pixels splits its output channels between the
 threads (every GEMM then has all the columns) instead of its pixels."""
@@ -344,13 +348,20 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish,
 
         run(by_rows, o, grain=_grain(len(tp[0]) * oh * ow))
         return
-    step = _rows_per_step(nblocks, o, ow)
+    # slices of at least MIN_COLUMNS pixels, and of the output rows when the layer is
+    # wide (a transformer's 4096 outputs left one pixel per GEMM: 12 GMAC/s, now 40)
+    step = max(_rows_per_step(nblocks, o, ow), -(-MIN_COLUMNS // ow))
+    ostep = max(1, PARTIAL_BYTES // (4 * nblocks * step * ow))
 
     def share(r0: int, r1: int) -> None:
         for a in range(r0, r1, step):
             rows = (a, min(r1, a + step))
             q, sa = quantized(rows)
-            _fast_gemm.accumulate_cols(np.matmul(mant, q), sw, sa, out, rows[0] * ow)
+            for o0 in range(0, o, ostep):
+                o1 = min(o, o0 + ostep)
+                _fast_gemm.accumulate_cols(np.matmul(mant[:, o0:o1], q),
+                                           np.ascontiguousarray(sw[:, o0:o1]), sa, out[o0:o1],
+                                           rows[0] * ow)
             finish(0, o, rows[0] * ow, rows[1] * ow)
 
     run(share, oh, grain=_grain(o * len(tp[0]) * ow))

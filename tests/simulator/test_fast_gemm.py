@@ -202,7 +202,8 @@ def test_partial_slices_cover_every_column(monkeypatch: pytest.MonkeyPatch, few:
         x, w, bias, geom = _conv_case("3x3-pad", fmt, seed=9)
         with np.errstate(all="ignore"):
             whole = conv2d(x, w, bias, geom, fmt)
-            monkeypatch.setattr(gemm, "PARTIAL_BYTES", 1)
+            monkeypatch.setattr(gemm, "PARTIAL_BYTES", 1)  # one output row per GEMM
+            monkeypatch.setattr(gemm, "MIN_COLUMNS", 1)  # one pixel row per step
             monkeypatch.setattr(gemm, "TILE_COLUMNS", 1)
             assert same_bits(conv2d(x, w, bias, geom, fmt), whole)
             monkeypatch.undo()
