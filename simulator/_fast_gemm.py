@@ -232,6 +232,14 @@ def _accumulate_cols(partials, sw, sa, out, n0):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def accumulate_batch(partials, sw, sa, out):  # pragma: no cover - compiled
+    # _accumulate_cols for each product of a batch: partials [batch, J, O, N], sw [1 or
+    # batch, J, O], sa [batch, J, N], out [batch, O, N]
+    for i in range(partials.shape[0]):
+        _accumulate_cols(partials[i], sw[i if sw.shape[0] > 1 else 0], sa[i], out[i], 0)
+
+
+@numba.njit(cache=True, nogil=True)
 def _gemv(xq, sa, wt, swt, o0, o1, out):  # pragma: no cover - compiled
     # xq [N, J*B] int8, sa [N, J] f32 activation scales; wt [J*B, O] int8 weights
     # transposed, swt [J, O] f32 scales (1 for a block of zero mantissas); out [N, O],

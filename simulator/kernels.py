@@ -222,6 +222,13 @@ def matmul_act(a: np.ndarray, b: np.ndarray, fmt: Format,
     exactly as the compiler quantizes weights, and ``a``'s rows stream through it
     (:func:`numerics.matmul`), so the numerics are a dense layer's.
     """
+    if (not fmt.is_fp32 and Rounding(rounding) == Rounding.NEAREST_EVEN
+            and gemm.supported(fmt)):  # the whole batch at once, the same numbers
+        from npusim.simulator import dense
+
+        wt = np.ascontiguousarray(np.swapaxes(b, 1, 2), np.float32)
+        return dense.matmul_batched(quantize(np.asarray(a, np.float32), fmt),
+                                    quantize(wt, fmt))
     out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.float32)
     for i in range(a.shape[0]):
         w = np.ascontiguousarray(b[i if b.shape[0] > 1 else 0].T, np.float32)

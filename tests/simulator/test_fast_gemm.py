@@ -194,6 +194,26 @@ def test_products_match_reference(fmt: Format, rows: int) -> None:
         assert same_bits(dense(a, w, None, fmt), ref)
 
 
+@pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
+@pytest.mark.parametrize("batch,shared", [(1, False), (6, False), (6, True)])
+def test_activation_products_match_reference(fmt: Format, batch: int, shared: bool) -> None:
+    """An MM_MUL's batch of products (attention's heads and windows) at once, each the
+    reference's numbers: ``b[i].T`` quantized along K as weights are, ``a[i]``'s rows
+    streamed through it; one ``b`` for every ``a[i]`` too."""
+    from npusim.simulator.kernels import matmul_act
+
+    rng = np.random.default_rng(batch + fmt.block_size + shared)
+    a = nasty(rng, (batch, 11, 70), fmt)
+    b = nasty(rng, (1 if shared else batch, 70, 13), fmt)
+    with np.errstate(all="ignore"):
+        got = matmul_act(a, b, fmt)
+        for i in range(batch):
+            w = quantize_reference(np.ascontiguousarray(b[0 if shared else i].T), fmt)
+            ref = bfp_matmul(quantize_reference(a[i], fmt), w,
+                             accumulate=accumulate_blocks_reference)
+            assert same_bits(got[i], ref), i
+
+
 @pytest.mark.parametrize("few", [0, 10**9])
 def test_partial_slices_cover_every_column(monkeypatch: pytest.MonkeyPatch, few: int) -> None:
     """Many small GEMM slices give the same result as one."""
