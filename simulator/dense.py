@@ -64,11 +64,23 @@ def matmul(a: np.ndarray, w: BfpTensor) -> np.ndarray:
         return _gemv(q.transpose(2, 0, 1).reshape(n, -1), sa.T, w)
     # more rows: a 1x1 convolution over n pixels, whose kernels cut the work by output
     # rows or by pixels as the shape suits (a transformer's 197 x 768 -> 3072 in MSFP16
-    # took 103 ms by pixels alone, 9 ms so)
+    # took 103 ms by pixels alone, 9 ms so), laid out as rows of up to ROW_PIXELS (the
+    # quantizer reads each channel's row in one run) and zero pixels to fill the last
     from npusim.simulator.kernels import ConvGeometry
 
-    y = conv2d(x.reshape(1, k, n, 1), w, ConvGeometry((1, 1)), fmt)
-    return y.reshape(w.q.shape[0], n).T
+    h = -(-n // ROW_PIXELS)
+    wd = -(-n // h)
+    if h * wd == n:
+        xp = x.reshape(1, k, h, wd)
+    else:
+        xp = np.zeros((1, k, h, wd), np.float32)
+        xp.reshape(k, -1)[:, :n] = x.reshape(k, n)
+    y = conv2d(xp, w, ConvGeometry((1, 1)), fmt)
+    return y.reshape(w.q.shape[0], h * wd)[:, :n].T
+
+
+ROW_PIXELS = 64
+"""Pixels per row of a dense layer laid out as a convolution's plane."""
 
 
 def matmul_quantized(a: BfpTensor, w: BfpTensor) -> np.ndarray:

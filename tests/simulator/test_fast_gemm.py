@@ -182,7 +182,7 @@ def test_conv2d_fp32_matches_reference(name: str, split: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
-@pytest.mark.parametrize("rows", [1, 3, dense_products.GEMV_ROWS + 1, 70])
+@pytest.mark.parametrize("rows", [1, 3, dense_products.GEMV_ROWS + 1, 70, 129, 300])
 def test_products_match_reference(fmt: Format, rows: int) -> None:
     rng = np.random.default_rng(rows + fmt.block_size)
     a = nasty(rng, (rows, 150), fmt)  # default scales: far outside fp32's normal range
