@@ -25,7 +25,7 @@ DEVICES = ("brainwave-s10", "arria10-pbs")
 
 
 @pytest.fixture(scope="module", params=[
-    pytest.param(n, marks=pytest.mark.slow) if n in ("resnet152", "ssd_vgg") else n
+    pytest.param(n, marks=pytest.mark.slow) if n in ("resnet152", "ssd_vgg", "vgg16") else n
     for n in MODELS])
 def zoo_model(request):
     model = MODELS[request.param](seed=0)

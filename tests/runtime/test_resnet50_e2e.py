@@ -68,6 +68,7 @@ def test_simulator_is_bit_identical_to_golden_graph(model_and_input, fmt):
     assert np.isfinite(out).all()
 
 
+@pytest.mark.slow  # seven compiles of ResNet-50: 16 s, and most of the suite's peak memory
 def test_bfp_error_against_fp32_is_bounded(model_and_input):
     model, feeds, _ = model_and_input
     results = {}
