@@ -455,11 +455,16 @@ class Device:
         run = self._views.get(key)
         if run is None:
             run = self._views[key] = self._mv_plan(i)
-        run(rounding)
+        y = run(rounding)
+        if y is not None:
+            self._store(i.dst, y)
 
     def _mv_plan(self, i: isa.MvMul):
         """``run(rounding)`` for one MV_MUL: its fields decoded and checked, its operands'
-        views made, once per arena (a layer of a mobile network computes for 20-100 µs)."""
+        views made, once per arena (a layer of a mobile network computes for 20-100 µs).
+        It returns the result to store, or None when the kernel wrote it in place (the
+        closure holds no reference to the device, so a device is freed with its last
+        user)."""
         if i.in_dil_h < 1 or i.in_dil_w < 1:
             raise ExecutionError(f"MV_MUL: input dilation {i.in_dil_h} x {i.in_dil_w} "
                                  "must be at least 1")
@@ -485,15 +490,13 @@ class Device:
             if fmt.is_fp32 and images > 1:
                 # an fp32 GEMM's order of additions may change with its row count (BLAS
                 # picks its kernels by size): each image alone gives one image's result
-                def dense(rounding) -> None:
-                    self._store(i.dst, [
-                        kernels.dense(x[k:k + i.batch], w, bias, fmt,
-                                      None if res is None else res[k:k + i.batch], relu,
-                                      rounding, seed, clip) for k in range(0, rows, i.batch)])
+                def dense(rounding) -> list:
+                    return [kernels.dense(x[k:k + i.batch], w, bias, fmt,
+                                          None if res is None else res[k:k + i.batch], relu,
+                                          rounding, seed, clip) for k in range(0, rows, i.batch)]
             else:
-                def dense(rounding) -> None:
-                    self._store(i.dst, kernels.dense(x, w, bias, fmt, res, relu, rounding,
-                                                     seed, clip))
+                def dense(rounding) -> np.ndarray:
+                    return kernels.dense(x, w, bias, fmt, res, relu, rounding, seed, clip)
             return dense
         out_shape = (i.batch, i.out_channels, oh, ow)
         res = (self._f32(i.residual, out_shape).reshape(rows, *out_shape[1:])
@@ -504,11 +507,10 @@ class Device:
                                      if res is not None else []))
         x = x.reshape(rows, *x.shape[2:])
 
-        def conv(rounding) -> None:
+        def conv(rounding) -> np.ndarray | None:
             y = kernels.conv2d(x, w, bias, geom, fmt, res, relu, rounding, seed, clip,
                                out=direct)
-            if y is not direct:
-                self._store(i.dst, y)
+            return None if y is direct else y
         return conv
 
     def _direct_out(self, addr: int, shape: tuple[int, ...],
