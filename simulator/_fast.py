@@ -282,12 +282,19 @@ def hard_swish(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return _hard_call(x, 0.0, 0.0, True, out)
 
 
+def out_like(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``out`` when it can take an element-wise result of ``x`` (a C-contiguous float32
+    array of its shape), else a new one."""
+    if (out is None or out.shape != x.shape or out.dtype != np.float32
+            or not out.flags.c_contiguous):
+        return np.empty(x.shape, np.float32)
+    return out
+
+
 def _hard_call(x: np.ndarray, alpha: float, beta: float, swish: bool,
                out: np.ndarray | None) -> np.ndarray:
     x = np.ascontiguousarray(x, np.float32)
-    if (out is None or out.shape != x.shape or out.dtype != np.float32
-            or not out.flags.c_contiguous):
-        out = np.empty(x.shape, np.float32)
+    out = out_like(x, out)
     _hard(x.reshape(-1), float(alpha), float(beta), swish, out.reshape(-1))
     return out
 
@@ -365,9 +372,7 @@ def sigmoid(x: np.ndarray, out: np.ndarray | None = None,
     rounding boundary, about one in 2**19, and those past the kernel's exp); into ``out``
     as :func:`hard_sigmoid` does."""
     x = np.ascontiguousarray(x, np.float32)
-    if (out is None or out.shape != x.shape or out.dtype != np.float32
-            or not out.flags.c_contiguous):
-        out = np.empty(x.shape, np.float32)
+    out = out_like(x, out)
     flat, res = x.reshape(-1), out.reshape(-1)
     hard = np.empty(flat.size, np.bool_)
     if _sigmoid(flat, SIGMOID_MARGIN, res, hard):

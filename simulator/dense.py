@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from npusim.simulator import _fast_gemm, threads
-from npusim.simulator.gemm import _grain, _rows_per_step, _tiles, conv2d, taps
+from npusim.simulator.gemm import _grain, _rows_per_step, _tiles, conv2d, taps, weight_scales
 from npusim.simulator.numerics import BfpTensor, block_scales
 
 GEMV_ROWS = 8
@@ -106,10 +106,7 @@ def matmul_batched(a: BfpTensor, w: BfpTensor) -> np.ndarray:
     q = np.ascontiguousarray(a.q.reshape(batch, m, j, b).transpose(0, 2, 3, 1), np.float32)
     sa = np.ascontiguousarray(block_scales(a).transpose(0, 2, 1), np.float32)  # [batch, J, M]
     mant = np.ascontiguousarray(w.q.reshape(shared, n, j, b).transpose(0, 2, 1, 3), np.float32)
-    scales = block_scales(w)  # [shared, N, J]: 1 for a finite block of zero mantissas
-    zero = ~w.q.reshape(shared, n, j, b).any(axis=3)
-    sw = np.ascontiguousarray(np.where(zero & np.isfinite(scales), 1.0, scales)
-                              .transpose(0, 2, 1), np.float32)  # [shared, J, N]
+    sw = np.ascontiguousarray(weight_scales(w).transpose(0, 2, 1), np.float32)  # [.., J, N]
     out = np.empty((batch, n, m), np.float32)
 
     def share(i0: int, i1: int) -> None:

@@ -74,7 +74,7 @@ class Device:
         self._arena: np.ndarray | None = None  # [images, arena bytes] during a run
         self._spare: np.ndarray | None = None  # the last run's arena, for the next
         self._regions: dict[tuple[int, int], tuple[bool, int]] = {}  # checked ranges
-        self._views: dict[tuple, np.ndarray] = {}  # of self._spare's runs
+        self._prepared: dict[tuple, object] = {}  # views and plans into the current arena
         self._host_mem: list[dict[str, object]] = []
 
     def load(self, program: Program) -> None:
@@ -102,7 +102,7 @@ class Device:
                 weights[wbase + t.addr] = unpack(raw, t.shape, program.target.format(t.dtype))
         self.program, self._dram = program, dram
         self._weights = weights
-        self._spare, self._regions, self._views = None, {}, {}
+        self._spare, self._regions, self._prepared = None, {}, {}
         self._host = [self._host_kernel(k, h) for k, h in enumerate(program.host_ops)]
         # the schedule depends only on the program and the device: price it once
         self.stats = schedule(program, self.config)
@@ -151,10 +151,10 @@ class Device:
         """``[images, *shape]`` float32 at ``addr``: a view, made once per arena (a layer
         reads three or four operands, and numpy takes microseconds per view)."""
         key = (addr, shape)
-        view = self._views.get(key)
+        view = self._prepared.get(key)
         if view is None:
             images = self._arena.shape[0]
-            view = self._views[key] = self._bytes(addr, 4 * math.prod(shape), what).view(
+            view = self._prepared[key] = self._bytes(addr, 4 * math.prod(shape), what).view(
                 np.float32).reshape(images, *shape)
         return view
 
@@ -250,7 +250,7 @@ class Device:
         if spare is not None and spare.shape == shape:
             spare.fill(0)
             return spare
-        self._views = {}
+        self._prepared = {}
         return np.zeros(shape, np.uint8)
 
     def _execute(self, i: isa.Instruction, host_in, host_out, fmt, rounding) -> None:
@@ -321,13 +321,13 @@ class Device:
             self._gather(i)
         elif isinstance(i, isa.VCopy):
             key = ("copy", id(i))
-            views = self._views.get(key)
+            views = self._prepared.get(key)
             if views is None:  # once per arena: DenseNet makes 600 copies a run
                 src = self._rows(i.src, i.rows, i.row_len, i.src_stride, "V_COPY source")
                 dst = self._rows(i.dst, i.rows, i.row_len, i.dst_stride, "V_COPY destination")
                 if not dst.flags.writeable:
                     raise ExecutionError("V_COPY destination is outside the activation arena")
-                views = self._views[key] = (src, dst)
+                views = self._prepared[key] = (src, dst)
             np.copyto(views[1], views[0])
 
     def _host_call(self, i: isa.HostCall) -> None:
@@ -398,9 +398,9 @@ class Device:
         stored.
         """
         key = ("map", dst, shape, *srcs)
-        plan = self._views.get(key)
+        plan = self._prepared.get(key)
         if plan is None:
-            plan = self._views[key] = self._map_plan(dst, shape, srcs)
+            plan = self._prepared[key] = self._map_plan(dst, shape, srcs)
         ins, out, axis = plan
         if out is None:
             self._store(dst, fn(*ins, None))
@@ -452,9 +452,9 @@ class Device:
 
     def _mv_mul(self, i: isa.MvMul, rounding) -> None:
         key = ("mv", id(i))
-        run = self._views.get(key)
+        run = self._prepared.get(key)
         if run is None:
-            run = self._views[key] = self._mv_plan(i)
+            run = self._prepared[key] = self._mv_plan(i)
         y = run(rounding)
         if y is not None:
             self._store(i.dst, y)

@@ -95,12 +95,20 @@ class _Tiles:
         """float32 ``[G, J, O/G]``; 1 for a finite block of zero mantissas (as the
         activations' scales in :func:`npusim.simulator._fast_gemm._quantize_block`)."""
         if groups not in self._scales32:
-            o, kp = w.q.shape
-            zero = ~w.q.reshape(o, kp // w.fmt.block_size, -1).any(axis=2)
-            s = np.where(zero & np.isfinite(self.scales), 1.0, self.scales)
-            s = s.reshape(groups, o // groups, -1).transpose(0, 2, 1)
-            self._scales32[groups] = np.ascontiguousarray(s, np.float32)
+            o = w.q.shape[0]
+            s = weight_scales(w, self.scales).reshape(groups, o // groups, -1)
+            self._scales32[groups] = np.ascontiguousarray(s.transpose(0, 2, 1), np.float32)
         return self._scales32[groups]
+
+
+def weight_scales(w: BfpTensor, scales: np.ndarray | None = None) -> np.ndarray:
+    """``w``'s block scales (``[..., J]``, float64, ``scales`` if already made), 1 for a
+    finite block of zero mantissas: its products are 0 under any finite scale, and 1
+    keeps a huge activation scale from making them 0 * inf."""
+    if scales is None:
+        scales = block_scales(w)
+    zero = ~w.q.reshape(*w.q.shape[:-1], -1, w.fmt.block_size).any(axis=-1)
+    return np.where(zero & np.isfinite(scales), 1.0, scales)
 
 
 _TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -115,8 +115,7 @@ def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0,
     # temporaries of a whole tensor were most of the time: sigmoid on 1.2M elements took
     # 10 ms, in pieces 4 ms, the same bits)
     flat = np.ascontiguousarray(x).reshape(-1)
-    if out is None or out.shape != x.shape or out.dtype != F32 or not out.flags.c_contiguous:
-        out = np.empty(x.shape, F32)
+    out = _fast.out_like(x, out)
     res = out.reshape(-1)
     for a in range(0, flat.size, UNARY_CHUNK):
         res[a:a + UNARY_CHUNK] = unary_reference(fn, flat[a:a + UNARY_CHUNK], alpha, beta)
