@@ -28,7 +28,7 @@ import weakref
 
 import numpy as np
 
-from npusim.simulator import _fast_direct, _fast_gemm, _fast_phases, threads
+from npusim.simulator import _fast_direct, _fast_gemm, _fast_phases, _vnni, threads
 from npusim.simulator import _tiles as _tiles_mod
 from npusim.simulator.numerics import BfpTensor, Format, block_scales
 from npusim.simulator.phase_layout import FlatLayout, flat_layout
@@ -61,6 +61,7 @@ class _Tiles:
         self._scales32: dict[int, np.ndarray] = {}
         self._channels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._transposed: np.ndarray | None = None
+        self._vnni: dict[tuple[int, int], list[tuple[np.ndarray, ...]]] = {}
 
     def by_channels(self, w: BfpTensor, per_group: int, taps: int
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +82,21 @@ class _Tiles:
         if self._transposed is None:
             self._transposed = np.ascontiguousarray(w.q.T)
         return self._transposed
+
+    def vnni(self, w: BfpTensor, groups: int, k: int) -> list[tuple[np.ndarray, ...]]:
+        """Per group, the weights as :func:`npusim.simulator._vnni.product`'s broadcast
+        operand ``(W, C, T)`` for ``k`` elements of K (a short single block is cut to its
+        quads)."""
+        b = w.fmt.block_size
+        quads = -(-k // 4) if k < b else b // 4
+        if (groups, quads) not in self._vnni:
+            o = w.q.shape[0]
+            og = o // groups
+            s = self.scales32(w, groups)
+            self._vnni[groups, quads] = [
+                _vnni.pack_weights(w.q[g * og:(g + 1) * og], s[g].T, b, quads)
+                for g in range(groups)]
+        return self._vnni[groups, quads]
 
     def mantissas(self, w: BfpTensor, groups: int) -> np.ndarray:
         """float32 ``[G, J, O/G, B]`` (the GEMM's left operand per group)."""
@@ -250,6 +266,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
                 if fmt.is_fp32:
                     wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
                     _conv_f32(xs, wf, tp, geom, (oh, ow), ys, finish, run)
+                elif _vnni_ok(fmt) and oh * ow >= _vnni.LANES:
+                    _conv_vnni(xs, weight, g, grp, tp, geom, (oh, ow), ys, finish, run)
                 elif _tiled(fmt) and oh * ow > FEW_COLUMNS:
                     _conv_tiled(xs, weight, g, grp, tp, geom, (oh, ow), ys, finish, run)
                 else:
@@ -403,13 +421,68 @@ def _conv_tiled(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
     run(share, oh, grain=_grain(o * len(tp[0]) * ow))
 
 
+def _conv_vnni(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
+               finish, run=threads.run) -> None:
+    """One image and group in a block format of byte mantissas, on the CPU's 8-bit dot
+    products (:mod:`npusim.simulator._vnni`): quantize a slice of output rows into the
+    kernel's layout, then its block products and their accumulation in one pass;
+    ``out [O, OH*OW]``. A layer with few output pixels quantizes them all once and
+    shares its output channels between the threads."""
+    fmt = w.fmt
+    oh, ow = out_hw
+    o = out.shape[0]
+    k = len(tp[0])
+    wq, cq, tq = _tiles(w).vnni(w, groups, k)[grp]
+    quads = wq.shape[2]
+    rows = wq.shape[0]
+
+    def quantized(a: int, b: int):
+        return _vnni.im2col_quantize(xp, tp, (a, b), ow, geom.strides, fmt.block_size,
+                                     fmt.mantissa_bits, fmt.emin, fmt.emax, quads)
+
+    if oh * ow <= FEW_COLUMNS:
+        x, sa = quantized(0, oh)
+        t = np.empty((rows, x.shape[2]), np.float32)
+        tiles = rows // _vnni.ROWS
+
+        def by_rows(t0: int, t1: int) -> None:
+            r0, r1 = t0 * _vnni.ROWS, t1 * _vnni.ROWS
+            _vnni.product(x, wq, cq, tq, sa, r0, r1, t[r0:r1])
+            o1 = min(o, r1)
+            if r0 < o1:
+                out[r0:o1] = t[r0:o1, :oh * ow]
+                finish(r0, o1, 0, oh * ow)
+
+        run(by_rows, tiles, grain=_grain(_vnni.ROWS * k * oh * ow, "vnni"))
+        return
+    step = max(1, TILE_COLUMNS // ow, TILE_BYTES // (k * ow))
+
+    def share(r0: int, r1: int) -> None:
+        for a in range(r0, r1, step):
+            b = min(r1, a + step)
+            n = (b - a) * ow
+            x, sa = quantized(a, b)
+            t = np.empty((rows, x.shape[2]), np.float32)
+            _vnni.product(x, wq, cq, tq, sa, 0, rows, t)
+            out[:, a * ow:b * ow] = t[:o, :n]
+            finish(0, o, a * ow, b * ow)
+
+    run(share, oh, grain=_grain(o * k * ow, "vnni"))
+
+
+def _vnni_ok(fmt: Format) -> bool:
+    """Formats whose products run on :mod:`npusim.simulator._vnni` on this CPU."""
+    return _vnni.supports(fmt.block_size, fmt.mantissa_bits)
+
+
 def _weight_rows(w: BfpTensor, groups: int) -> np.ndarray:
     """int8 ``[G, O/G, J, B]``: the weights as a tiled product's broadcast operand."""
     o, kp = w.q.shape
     return w.q.reshape(groups, o // groups, kp // w.fmt.block_size, w.fmt.block_size)
 
 
-SHARE_MACS = {"blas": 1 << 20, "blocks": 1 << 20, "direct": 1 << 17, "direct_f32": 1 << 19}
+SHARE_MACS = {"blas": 1 << 20, "blocks": 1 << 20, "direct": 1 << 17, "direct_f32": 1 << 19,
+              "vnni": 1 << 21}
 """MACs a share must hold to be worth a thread hand-off (10-25 us, :mod:`threads`): about
 30 us of work for an fp32 GEMM (BLAS) and for the direct kernels (depthwise, grouped, a
 product of a few rows), fp32 or quantized; about 100 us of a block format's products, whose

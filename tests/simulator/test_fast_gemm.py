@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
-from npusim.simulator import _fast_gemm, gemm
+from npusim.simulator import _fast_gemm, _vnni, gemm
 from npusim.simulator import dense as dense_products
 from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
 from npusim.simulator.numerics import (
@@ -87,14 +87,18 @@ def _conv_case(name: str, fmt: Format, seed: int, extreme: bool = False):
 def every_layer_split(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every product here is cut between the threads, however small (the rest of the
     suite runs the same shapes whole, on one thread)."""
-    monkeypatch.setattr(gemm, "SHARE_MACS", {"blas": 1, "blocks": 1, "direct": 1, "direct_f32": 1})
+    monkeypatch.setattr(gemm, "SHARE_MACS", dict.fromkeys(gemm.SHARE_MACS, 1))
 
 
-@pytest.fixture(params=["split-pixels", "split-channels"])
+@pytest.fixture(params=["split-pixels", "split-channels"]
+                + (["portable-kernels"] if _vnni.AVAILABLE else []))
 def split(request, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways a layer's work is cut between the threads: by output pixels (slices of
-    output rows), or by output channels (every pixel at once, for small layers)."""
-    monkeypatch.setattr(gemm, "FEW_COLUMNS", 0 if request.param == "split-pixels" else 10**9)
+    output rows), or by output channels (every pixel at once, for small layers); and, on a
+    CPU with 8-bit dot products, by pixels without them (the kernels every other CPU runs)."""
+    monkeypatch.setattr(gemm, "FEW_COLUMNS", 10**9 if request.param == "split-channels" else 0)
+    if request.param == "portable-kernels":
+        monkeypatch.setattr(gemm, "_vnni_ok", lambda fmt: False)
     return request.param
 
 
