@@ -102,10 +102,11 @@ def _splat(builder, value, vty):
 
 @intrinsic
 def _tile(typingctx, x, xq, xj, w, wr, c, cr, t, tr, s, sj, a, ar, nblocks, nq):
-    """One tile: ``ROWS`` rows of ``W`` against 16 columns of ``X``, all blocks; every
-    argument a byte address or a byte stride (``xq``, ``xj``: one quad, one block of
-    ``X``; ``wr``, ``cr``, ``tr``: one row of ``W``, ``C``, ``T``; ``sj``: one block of
-    ``S``; ``ar``: one row of the output), then the block and quad counts."""
+    """One tile: ``ROWS`` rows of ``W`` against 16 columns of ``X``, all blocks. Every
+    argument is a byte address or a byte stride: ``x`` and ``s``, the tile's first column
+    of ``X`` and ``S`` (to which block ``j`` adds ``xj[j]``, ``sj[j]``: the addresses of
+    two int64 tables), ``xq`` one quad of ``X``; ``wr``, ``cr``, ``tr`` one row of ``W``,
+    ``C``, ``T``; ``ar`` one row of the output; then the block and quad counts."""
     sig = types.void(*([types.intp] * 15))
 
     def codegen(context, builder, signature, args):
@@ -132,10 +133,11 @@ def _tile(typingctx, x, xq, xj, w, wr, c, cr, t, tr, s, sj, a, ar, nblocks, nq):
         with cgutils.for_range(builder, nblocks) as blocks:
             j = blocks.index
             j4 = builder.mul(j, const(4))
+            j8 = builder.mul(j, const(8))
             for r in range(ROWS):
                 start = builder.load(at(row(c, cr, r, j4), _I32))
                 builder.store(_splat(builder, start, _V16I), dots[r])
-            xb = builder.add(x, builder.mul(j, xj))
+            xb = builder.add(x, builder.load(at(builder.add(xj, j8), intp)))
             wb = builder.mul(builder.mul(j, nq), const(4))
             with cgutils.for_range(builder, nq) as quads:
                 q = quads.index
@@ -145,7 +147,8 @@ def _tile(typingctx, x, xq, xj, w, wr, c, cr, t, tr, s, sj, a, ar, nblocks, nq):
                     wv = builder.load(at(row(w, wr, r, wq), _I32), align=4)
                     builder.store(builder.call(dot, [builder.load(dots[r]), xv,
                                                      _splat(builder, wv, _V16I)]), dots[r])
-            sv = builder.load(at(builder.add(s, builder.mul(j, sj)), _V16F), align=4)
+            sb = builder.add(s, builder.load(at(builder.add(sj, j8), intp)))
+            sv = builder.load(at(sb, _V16F), align=4)
             for r in range(ROWS):
                 tv = _splat(builder, builder.load(at(row(t, tr, r, j4), _F32)), _V16F)
                 p = builder.sitofp(builder.load(dots[r]), _V16F)
@@ -159,27 +162,29 @@ def _tile(typingctx, x, xq, xj, w, wr, c, cr, t, tr, s, sj, a, ar, nblocks, nq):
 
 
 @numba.njit(cache=True, inline="always")
-def _slow_row(X, W, T, S, r, i, lo, hi, p, a):  # pragma: no cover - compiled
+def _slow_row(X, xj, xq, W, T, S, sj, r, i, lo, hi, p, a):  # pragma: no cover - compiled
     # row r, columns i...i+15, every block: integer products then the float64-safe update
     a[:] = 0.0
-    for j in range(X.shape[0]):
+    for j in range(W.shape[1]):
         p[:] = 0.0
-        for q in range(X.shape[1]):
+        for q in range(W.shape[2]):
+            base = xj[j] + q * xq + i * 4
             for b in range(4):
                 wv = np.float32(W[r, j, q, b])
                 for n in range(LANES):
-                    p[n] += wv * np.float32(np.int32(X[j, q, i + n, b]) - 128)
-        _accumulate_block(a, p, S[j, i:i + LANES], np.float64(T[r, j]), lo[j], hi[j])
+                    p[n] += wv * np.float32(np.int32(X[base + n * 4 + b]) - 128)
+        s0 = sj[j] // 4 + i
+        _accumulate_block(a, p, S[s0:s0 + LANES], np.float64(T[r, j]), lo[j], hi[j])
 
 
 @numba.njit(cache=True, nogil=True)
-def product(X, W, C, T, S, r0, r1, out):  # pragma: no cover - compiled
-    """``out[r - r0, :]`` for rows ``r0 <= r < r1`` (``r0``, ``r1`` multiples of ``ROWS``)."""
-    nblocks, nq, m = X.shape[0], X.shape[1], X.shape[2]
-    lo = np.empty(nblocks, np.float64)
-    hi = np.empty(nblocks, np.float64)
-    for j in range(nblocks):
-        lo[j], hi[j] = _scale_range(S[j])
+def _product(X, xj, xq, W, C, T, S, sj, lo, hi, m0, m1, r0, r1,
+             out):  # pragma: no cover - compiled
+    # out[r - r0, m - m0] for rows r0 <= r < r1 (multiples of ROWS) and the tiles of
+    # columns m0 <= m < m1; X (uint8) and S (float32) flat, block j's column 0 at byte
+    # xj[j] of X (its quads xq bytes apart) and byte sj[j] of S; lo, hi: the smallest and
+    # largest scale each block of S may have
+    nblocks, nq = W.shape[1], W.shape[2]
     fast = np.empty(r1 - r0, np.bool_)
     for r in range(r0, r1):
         ok = True
@@ -191,21 +196,36 @@ def product(X, W, C, T, S, r0, r1, out):  # pragma: no cover - compiled
     a = np.empty(LANES, np.float32)
     xa, wa, ca = np.intp(X.ctypes.data), np.intp(W.ctypes.data), np.intp(C.ctypes.data)
     ta, sa, oa = np.intp(T.ctypes.data), np.intp(S.ctypes.data), np.intp(out.ctypes.data)
-    xq, xj = m * 4, nq * m * 4
-    wr, cr, sj, orow = nblocks * nq * 4, nblocks * 4, m * 4, out.shape[1] * 4
+    xja, sja = np.intp(xj.ctypes.data), np.intp(sj.ctypes.data)
+    wr, cr, orow = nblocks * nq * 4, nblocks * 4, out.shape[1] * 4
     chunk = max(LANES, CHUNK_BYTES // max(1, nblocks * nq * 4) // LANES * LANES)
-    for m0 in range(0, m, chunk):
+    for c0 in range(m0, m1, chunk):
         for ra in range(r0, r1, ROWS):
             tiled = fast[ra - r0:ra - r0 + ROWS].all()
-            for i in range(m0, min(m, m0 + chunk), LANES):
+            for i in range(c0, min(m1, c0 + chunk), LANES):
+                o = oa + (ra - r0) * orow + (i - m0) * 4
                 if tiled:
-                    _tile(xa + i * 4, xq, xj, wa + ra * wr, wr, ca + ra * cr, cr,
-                          ta + ra * cr, cr, sa + i * 4, sj, oa + (ra - r0) * orow + i * 4,
-                          orow, nblocks, nq)
+                    _tile(xa + i * 4, xq, xja, wa + ra * wr, wr, ca + ra * cr, cr,
+                          ta + ra * cr, cr, sa + i * 4, sja, o, orow, nblocks, nq)
                 else:
                     for r in range(ra, ra + ROWS):
-                        _slow_row(X, W, T, S, r, i, lo, hi, p, a)
-                        out[r - r0, i:i + LANES] = a
+                        _slow_row(X, xj, xq, W, T, S, sj, r, i, lo, hi, p, a)
+                        out[r - r0, i - m0:i - m0 + LANES] = a
+
+
+@numba.njit(cache=True, nogil=True)
+def product(X, W, C, T, S, r0, r1, out):  # pragma: no cover - compiled
+    """``out[r - r0, :]`` for rows ``r0 <= r < r1`` (``r0``, ``r1`` multiples of ``ROWS``)."""
+    nblocks, nq, m = X.shape[0], X.shape[1], X.shape[2]
+    lo = np.empty(nblocks, np.float64)
+    hi = np.empty(nblocks, np.float64)
+    xj = np.empty(nblocks, np.int64)
+    sj = np.empty(nblocks, np.int64)
+    for j in range(nblocks):
+        lo[j], hi[j] = _scale_range(S[j])
+        xj[j] = j * nq * m * 4
+        sj[j] = j * m * 4
+    _product(X.reshape(-1), xj, m * 4, W, C, T, S.reshape(-1), sj, lo, hi, 0, m, r0, r1, out)
 
 
 def pack_weights(q: np.ndarray, scales: np.ndarray, block: int, quads: int
@@ -229,27 +249,28 @@ def pack_weights(q: np.ndarray, scales: np.ndarray, block: int, quads: int
 @numba.njit(cache=True, nogil=True)
 def _im2col_quads(xp, kc, ky, kx, oy0, oy1, ow, sy, sx, block, mbits, emin, emax, X,
                   sa):  # pragma: no cover - compiled
-    # _fast_gemm._im2col_quantize into X [J, Q, M, 4] (mantissa + 128) and sa [J, M];
+    # _fast_gemm._im2col_quantize into X [J, Q, M] (uint32 quads of mantissas + 128) and
+    # sa [J, M];
     # columns past N = (oy1 - oy0) * ow are padding: zero mantissas, NaN scales
     nk = kc.shape[0]
     nblocks, nq = X.shape[0], X.shape[1]
     n = (oy1 - oy0) * ow
     sa[:, n:] = np.nan
-    v = np.empty((block, n), np.float32)
-    q = np.empty((block, n), np.float32)
+    v = np.empty((max(block, 4 * nq), n), np.float32)
     scratch = np.empty((3, n), np.float64)
     for j in range(nblocks):
         nb = min(block, nk - j * block)
         for b in range(nb):
             k = j * block + b
             _gather(xp, kc[k], ky[k], kx[k], oy0, oy1, ow, sy, sx, v[b])
-        _quantize_block(v, nb, mbits, emin, emax, q, sa[j], scratch)
-        for qq in range(nq):
-            xq = X[j, qq]
-            for i in range(n):
-                for b in range(4):
-                    xq[i, b] = np.uint8(np.int32(q[4 * qq + b, i]) + 128)
-            xq[n:, :] = 128
+        v[nb:] = 0.0
+        _quantize_quads(v, nb, mbits, emin, emax, X[j], 0, sa[j], scratch)
+        X[j, :, n:] = 0x80808080
+
+
+def quad_view(x: np.ndarray) -> np.ndarray:
+    """The kernel's vectorized operand ``[..., M, 4]`` uint8 as uint32 ``[..., M]``."""
+    return x.view(np.uint32)[..., 0]
 
 
 def im2col_quantize(xp: np.ndarray, taps: tuple, rows: tuple[int, int], ow: int, strides,
@@ -265,5 +286,159 @@ def im2col_quantize(xp: np.ndarray, taps: tuple, rows: tuple[int, int], ow: int,
     x = np.empty((nblocks, quads, width, 4), np.uint8)
     s = np.empty((nblocks, width), np.float32)
     _im2col_quads(xp, *taps, rows[0], rows[1], ow, strides[0], strides[1], block, mbits,
-                  emin, emax, x, s)
+                  emin, emax, quad_view(x), s)
     return x, s
+
+
+@numba.njit(cache=True, inline="always")
+def _pack(q, n, nq, X, p0):  # pragma: no cover - compiled
+    # mantissas q [B, >= n] (float32) + 128 into X [Q, p0:p0 + n] (uint32: a quad's four
+    # bytes, element 4 * qq + b in byte b, little-endian), so that the loop vectorizes
+    for qq in range(nq):
+        dst = X[qq, p0:p0 + n]
+        m0, m1, m2, m3 = q[4 * qq], q[4 * qq + 1], q[4 * qq + 2], q[4 * qq + 3]
+        for i in range(n):
+            dst[i] = (np.uint32(np.int32(m0[i]) + 128)
+                      | (np.uint32(np.int32(m1[i]) + 128) << 8)
+                      | (np.uint32(np.int32(m2[i]) + 128) << 16)
+                      | (np.uint32(np.int32(m3[i]) + 128) << 24))
+
+
+@numba.njit(cache=True, inline="always")
+def _quantize_quads(v, nb, mbits, emin, emax, X, p0, sa,
+                    scratch):  # pragma: no cover - compiled
+    """:func:`npusim.simulator._fast_gemm._quantize_block` straight into the kernel's
+    layout: ``v [>= 4Q, n]`` (rows ``nb...4Q`` zero) into ``X [Q, p0:p0 + n]`` (uint32
+    quads of mantissas + 128; ``X`` C-contiguous, so the stores vectorize) and ``sa [n]``, without the float32 mantissas in between. The same
+    steps in fp32 (the block maximum from the bits, its exponent clamped, the multiplier
+    and scale built from bits, round half to even); a format or a block that needs the
+    float64 quantizer takes it, then :func:`_pack`."""
+    n = v.shape[1]
+    nq = X.shape[0]
+    lowest = mbits - 126
+    bits = scratch[0, :n].view(np.int32)[:n]  # max |x| as bits
+    multi = scratch[1, :n].view(np.int32)[:n]  # 2**(M-1-e) as bits (0 for no live value)
+    scalei = scratch[2, :n].view(np.int32)[:n]  # 2**(e-M+1) as bits
+    tiny = 1 if emin < -127 else 0
+    if not tiny:
+        bits[:] = 0
+        vbits = v.view(np.int32)
+        for b in range(nb):
+            for i in range(n):
+                a = vbits[b, i] & 0x7FFFFFFF
+                bits[i] = a if a > bits[i] else bits[i]
+        for i in range(n):
+            e = min(max(((bits[i] >> 23) & 255) - 127, emin), emax)
+            live = bits[i] > 0 and bits[i] < 0x7F800000
+            tiny += 1 if live and e < lowest else 0
+            e = max(e, lowest)
+            multi[i] = (mbits - 1 - e + 127) << 23 if live else 0
+            scalei[i] = (e - mbits + 1 + 127) << 23
+    if tiny:
+        q = np.empty((v.shape[0], n), np.float32)
+        _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch)
+        _pack(q, n, nq, X, p0)
+        return
+    amax = bits.view(np.float32)
+    mult = multi.view(np.float32)
+    scale = scalei.view(np.float32)
+    one, nan = np.float32(1.0), np.float32(np.nan)
+    for i in range(n):
+        s = scale[i] if np.rint(amax[i] * mult[i]) != 0.0 else one  # all mantissas zero
+        sa[i] = s if bits[i] < 0x7F800000 else nan
+    max_m = np.float32((1 << mbits) - 1)
+    for qq in range(nq):
+        r0, r1, r2, r3 = v[4 * qq], v[4 * qq + 1], v[4 * qq + 2], v[4 * qq + 3]
+        dst = X[qq, p0:p0 + n]
+        for i in range(n):
+            f = mult[i]
+            dst[i] = (_byte(r0[i], f, max_m) | (_byte(r1[i], f, max_m) << 8)
+                      | (_byte(r2[i], f, max_m) << 16) | (_byte(r3[i], f, max_m) << 24))
+
+
+@numba.njit(cache=True, inline="always")
+def _byte(x, f, max_m):  # pragma: no cover - compiled
+    # one element's mantissa + 128 as uint32: round |x| * f half to even, clamp, sign
+    m = abs(x) * f
+    m = min(np.rint(m), max_m) if m == m else np.float32(0.0)  # inf * 0: a non-finite block
+    k = np.int32(m)
+    return np.uint32((-k if x < 0 else k) + 128)
+
+
+@numba.njit(cache=True, nogil=True)
+def quantize_planes(xp, sy, sx, block, mbits, emin, emax, c0, c1, X,
+                    S):  # pragma: no cover - compiled
+    """Channel blocks ``c0 <= cb < c1`` of the padded planes ``xp [C, Hp, Wp]`` quantized
+    once for every window that reads them, in their ``sy * sx`` stride phases: phase
+    ``(py, px)`` is the plane of pixels ``(py + y * sy, px + x * sx)``, ``Hq x Wq``
+    (``ceil(Hp / sy) x ceil(Wp / sx)``, zero past the plane), and its pixel ``(y, x)``'s
+    block ``cb`` goes to column ``p = (py * sx + px) * Hq * Wq + y * Wq + x`` of ``X[cb]``
+    (uint32 ``[CB, Q, L]``, the kernel's layout seen a quad at a time: mantissas + 128)
+    and ``S[cb]``; the columns past the phases are zero mantissas, scale 1."""
+    hp, wp = xp.shape[1], xp.shape[2]
+    hq, wq = -(-hp // sy), -(-wp // sx)
+    nq = X.shape[1]
+    per = max(1, max(64, 8192 // block) // wq)  # phase rows per step: a step stays in L1
+    end = sy * sx * hq * wq
+    for cb in range(c0, c1):
+        for py in range(sy):
+            for px in range(sx):
+                base = (py * sx + px) * hq * wq
+                for y0 in range(0, hq, per):
+                    y1 = min(hq, y0 + per)
+                    n = (y1 - y0) * wq
+                    v = np.empty((block, n), np.float32)
+                    scratch = np.empty((3, n), np.float64)
+                    cols = min(wq, -(-(wp - px) // sx))  # the phase's columns in the plane
+                    for b in range(block):
+                        plane = xp[cb * block + b]
+                        for y in range(y0, y1):
+                            dst = v[b, (y - y0) * wq:(y - y0 + 1) * wq]
+                            yy = py + y * sy
+                            if yy >= hp:
+                                dst[:] = 0.0
+                                continue
+                            if sx == 1:
+                                src = plane[yy, px:px + cols]
+                                for x in range(cols):
+                                    dst[x] = src[x]
+                            else:
+                                src = plane[yy]
+                                for x in range(cols):
+                                    dst[x] = src[px + x * sx]
+                            dst[cols:] = 0.0
+                    p0 = base + y0 * wq
+                    _quantize_quads(v, block, mbits, emin, emax, X[cb], p0, S[cb, p0:p0 + n],
+                                    scratch)
+        X[cb, :, end:] = 0x80808080
+        S[cb, end:] = 1.0
+
+
+@numba.njit(cache=True)
+def plane_tables(S, quads, offsets):  # pragma: no cover - compiled
+    """``(xj, sj, lo, hi)`` for :func:`product_planes`: block ``j = tap * CB + cb`` reads
+    channel block ``cb`` shifted by ``offsets[tap]`` columns."""
+    ncb, width = S.shape
+    nblocks = offsets.shape[0] * ncb
+    xj = np.empty(nblocks, np.int64)
+    sj = np.empty(nblocks, np.int64)
+    lo = np.empty(nblocks, np.float64)
+    hi = np.empty(nblocks, np.float64)
+    for cb in range(ncb):
+        l, h = _scale_range(S[cb])
+        for tap in range(offsets.shape[0]):
+            j = tap * ncb + cb
+            xj[j] = (cb * quads * width + offsets[tap]) * 4
+            sj[j] = (cb * width + offsets[tap]) * 4
+            lo[j], hi[j] = l, h
+    return xj, sj, lo, hi
+
+
+@numba.njit(cache=True, nogil=True)
+def product_planes(X, S, tables, W, C, T, m0, m1, r0, r1, out):  # pragma: no cover - compiled
+    """A convolution straight from the quantized planes (:func:`quantize_planes`): output
+    pixel ``m`` (``oy * Wq + ox``) reads column ``m + offsets[tap]`` for each tap;
+    ``out[r - r0, m - m0]`` for the tiles of ``m0 <= m < m1``."""
+    xj, sj, lo, hi = tables
+    _product(X.reshape(-1), xj, X.shape[2] * 4, W, C, T, S.reshape(-1), sj, lo, hi, m0, m1,
+             r0, r1, out)

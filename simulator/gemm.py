@@ -266,6 +266,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
                 if fmt.is_fp32:
                     wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
                     _conv_f32(xs, wf, tp, geom, (oh, ow), ys, finish, run)
+                elif _vnni_ok(fmt) and _planes(cg, fmt):
+                    _conv_planes(xs, weight, g, grp, geom, (oh, ow), ys, finish, run)
                 elif _vnni_ok(fmt) and oh * ow >= _vnni.LANES:
                     _conv_vnni(xs, weight, g, grp, tp, geom, (oh, ow), ys, finish, run)
                 elif _tiled(fmt) and oh * ow > FEW_COLUMNS:
@@ -468,6 +470,75 @@ def _conv_vnni(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
             finish(0, o, a * ow, b * ow)
 
     run(share, oh, grain=_grain(o * k * ow, "vnni"))
+
+
+def _planes(channels: int, fmt: Format) -> bool:
+    """Whether a convolution reads its quantized input planes in place
+    (:func:`_conv_planes`): every block within one pixel's channels."""
+    return channels % fmt.block_size == 0
+
+
+def _conv_planes(xp, w: BfpTensor, groups: int, grp: int, geom, out_hw, out, finish,
+                 run=threads.run) -> None:
+    """One image and group of a convolution on the CPU's 8-bit dot products, without
+    im2col: each input pixel's blocks are quantized once (not once per window that reads
+    them), in the planes of the stride's phases (:func:`npusim.simulator._vnni.quantize_planes`),
+    and each tap reads its phase at an offset, the output at the phases' width ``Wq``
+    (each row's last ``Wq - OW`` pixels are past the windows and dropped);
+    ``out [O, OH*OW]``."""
+    fmt = w.fmt
+    oh, ow = out_hw
+    c, hp, wp = xp.shape
+    o = out.shape[0]
+    block = fmt.block_size
+    ncb = c // block
+    (kh, kw), (dy, dx), (sy, sx) = geom.kernel, geom.dilations, geom.strides
+    hq, wq = -(-hp // sy), -(-wp // sx)
+    wts, cs, ts = _tiles(w).vnni(w, groups, c * kh * kw)[grp]
+    rows, quads = wts.shape[0], wts.shape[2]
+    offsets = np.array([((i * dy) % sy * sx + (j * dx) % sx) * hq * wq
+                        + (i * dy) // sy * wq + (j * dx) // sx
+                        for i in range(kh) for j in range(kw)], np.int64)
+    width = sy * sx * hq * wq + (kw - 1) * dx // sx + _vnni.LANES  # the last tile's reach
+    x = np.empty((ncb, quads, width, 4), np.uint8)
+    s = np.empty((ncb, width), np.float32)
+    xq = _vnni.quad_view(x)
+    run(lambda c0, c1: _vnni.quantize_planes(xp, sy, sx, block, fmt.mantissa_bits, fmt.emin,
+                                              fmt.emax, c0, c1, xq, s),
+        ncb, grain=max(1, QUANTIZE_PIXELS // (block * hp * wp)))
+    tables = _vnni.plane_tables(s, quads, offsets)
+    k = c * kh * kw
+
+    def rows_out(t, a: int, b: int) -> None:
+        out[:, a * ow:b * ow] = t[:o, :(b - a) * wq].reshape(o, b - a, wq)[:, :, :ow] \
+            .reshape(o, (b - a) * ow)
+
+    if oh * wq <= FEW_COLUMNS:
+        t = np.empty((rows, -(-oh * wq // _vnni.LANES) * _vnni.LANES), np.float32)
+
+        def by_rows(t0: int, t1: int) -> None:
+            r0, r1 = t0 * _vnni.ROWS, t1 * _vnni.ROWS
+            _vnni.product_planes(x, s, tables, wts, cs, ts, 0, oh * wq, r0, r1, t[r0:r1])
+
+        run(by_rows, rows // _vnni.ROWS, grain=_grain(_vnni.ROWS * k * oh * wq, "vnni"))
+        rows_out(t, 0, oh)
+        finish(0, o, 0, oh * ow)
+        return
+    step = max(1, TILE_COLUMNS // wq)
+
+    def share(r0: int, r1: int) -> None:
+        for a in range(r0, r1, step):
+            b = min(r1, a + step)
+            t = np.empty((rows, -(-(b - a) * wq // _vnni.LANES) * _vnni.LANES), np.float32)
+            _vnni.product_planes(x, s, tables, wts, cs, ts, a * wq, b * wq, 0, rows, t)
+            rows_out(t, a, b)
+            finish(0, o, a * ow, b * ow)
+
+    run(share, oh, grain=_grain(o * k * wq, "vnni"))
+
+
+QUANTIZE_PIXELS = 1 << 16
+"""Elements a share of a plane quantization holds at least (about 30 us)."""
 
 
 def _vnni_ok(fmt: Format) -> bool:

@@ -53,6 +53,12 @@ CONVS = {
     "grouped-small": (32, 32, 7, 7, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), groups=8)),
     "transposed": (6, 4, 5, 5, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1),
                                             input_dilation=(2, 2))),
+    # whole blocks of channels: the quantized planes read in place, in their stride
+    # phases (8-bit dot products), dilated and unevenly padded; and a 1x1 of 128 channels
+    # (ms-fp8/9's block)
+    "planes-dilated": (32, 20, 9, 11, ConvGeometry((3, 3), (1, 1), (2, 1, 1, 2), (2, 1))),
+    "planes-strided": (32, 12, 11, 13, ConvGeometry((3, 3), (2, 3), (1, 0, 1, 2), (1, 2))),
+    "planes-pointwise": (128, 12, 5, 6, ConvGeometry((1, 1))),
 }
 
 # planes wide enough for the plane-wise depthwise kernel whichever path the test forces:
