@@ -264,7 +264,7 @@ def _im2col_quads(xp, kc, ky, kx, oy0, oy1, ow, sy, sx, block, mbits, emin, emax
             k = j * block + b
             _gather(xp, kc[k], ky[k], kx[k], oy0, oy1, ow, sy, sx, v[b])
         v[nb:] = 0.0
-        _quantize_quads(v, nb, mbits, emin, emax, X[j], 0, sa[j], scratch)
+        _quantize_quads(v, 0, 0, n, nb, mbits, emin, emax, X[j], 0, sa[j], scratch)
         X[j, :, n:] = 0x80808080
 
 
@@ -305,15 +305,15 @@ def _pack(q, n, nq, X, p0):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
-def _quantize_quads(v, nb, mbits, emin, emax, X, p0, sa,
+def _quantize_quads(vs, v0, c0, n, nb, mbits, emin, emax, X, p0, sa,
                     scratch):  # pragma: no cover - compiled
     """:func:`npusim.simulator._fast_gemm._quantize_block` straight into the kernel's
-    layout: ``v [>= 4Q, n]`` (rows ``nb...4Q`` zero) into ``X [Q, p0:p0 + n]`` (uint32
-    quads of mantissas + 128; ``X`` C-contiguous, so the stores vectorize) and ``sa [n]``, without the float32 mantissas in between. The same
+    layout: ``v = vs[v0:v0 + 4Q, c0:c0 + n]`` (rows ``nb...4Q`` zero; ``vs`` C-contiguous,
+    so that the loops vectorize) into ``X [Q, p0:p0 + n]`` (uint32 quads of mantissas +
+    128; ``X`` C-contiguous too) and ``sa [n]``, without the float32 mantissas in between. The same
     steps in fp32 (the block maximum from the bits, its exponent clamped, the multiplier
     and scale built from bits, round half to even); a format or a block that needs the
     float64 quantizer takes it, then :func:`_pack`."""
-    n = v.shape[1]
     nq = X.shape[0]
     lowest = mbits - 126
     bits = scratch[0, :n].view(np.int32)[:n]  # max |x| as bits
@@ -322,11 +322,14 @@ def _quantize_quads(v, nb, mbits, emin, emax, X, p0, sa,
     tiny = 1 if emin < -127 else 0
     if not tiny:
         bits[:] = 0
-        vbits = v.view(np.int32)
+        vbits = vs.view(np.int32)
+        mask = np.int32(0x7FFFFFFF)
         for b in range(nb):
+            row = vbits[v0 + b, c0:c0 + n]
             for i in range(n):
-                a = vbits[b, i] & 0x7FFFFFFF
-                bits[i] = a if a > bits[i] else bits[i]
+                a = np.int32(row[i] & mask)
+                m = bits[i]
+                bits[i] = a if a > m else m
         for i in range(n):
             e = min(max(((bits[i] >> 23) & 255) - 127, emin), emax)
             live = bits[i] > 0 and bits[i] < 0x7F800000
@@ -335,6 +338,9 @@ def _quantize_quads(v, nb, mbits, emin, emax, X, p0, sa,
             multi[i] = (mbits - 1 - e + 127) << 23 if live else 0
             scalei[i] = (e - mbits + 1 + 127) << 23
     if tiny:
+        v = np.zeros((max(nb, 4 * nq), n), np.float32)
+        for b in range(nb):
+            v[b] = vs[v0 + b, c0:c0 + n]
         q = np.empty((v.shape[0], n), np.float32)
         _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch)
         _pack(q, n, nq, X, p0)
@@ -348,7 +354,9 @@ def _quantize_quads(v, nb, mbits, emin, emax, X, p0, sa,
         sa[i] = s if bits[i] < 0x7F800000 else nan
     max_m = np.float32((1 << mbits) - 1)
     for qq in range(nq):
-        r0, r1, r2, r3 = v[4 * qq], v[4 * qq + 1], v[4 * qq + 2], v[4 * qq + 3]
+        r = v0 + 4 * qq
+        r0, r1 = vs[r, c0:c0 + n], vs[r + 1, c0:c0 + n]
+        r2, r3 = vs[r + 2, c0:c0 + n], vs[r + 3, c0:c0 + n]
         dst = X[qq, p0:p0 + n]
         for i in range(n):
             f = mult[i]
@@ -380,6 +388,7 @@ def quantize_planes(xp, sy, sx, block, mbits, emin, emax, c0, c1, X,
     nq = X.shape[1]
     per = max(1, max(64, 8192 // block) // wq)  # phase rows per step: a step stays in L1
     end = sy * sx * hq * wq
+    flat = xp.reshape(xp.shape[0], hp * wp)  # stride 1: the plane is its only phase
     for cb in range(c0, c1):
         for py in range(sy):
             for px in range(sx):
@@ -387,8 +396,13 @@ def quantize_planes(xp, sy, sx, block, mbits, emin, emax, c0, c1, X,
                 for y0 in range(0, hq, per):
                     y1 = min(hq, y0 + per)
                     n = (y1 - y0) * wq
-                    v = np.empty((block, n), np.float32)
+                    p0 = base + y0 * wq
                     scratch = np.empty((3, n), np.float64)
+                    if sy == 1 and sx == 1:
+                        _quantize_quads(flat, cb * block, p0, n, block, mbits, emin, emax,
+                                        X[cb], p0, S[cb, p0:p0 + n], scratch)
+                        continue
+                    v = np.empty((block, n), np.float32)
                     cols = min(wq, -(-(wp - px) // sx))  # the phase's columns in the plane
                     for b in range(block):
                         plane = xp[cb * block + b]
@@ -398,18 +412,12 @@ def quantize_planes(xp, sy, sx, block, mbits, emin, emax, c0, c1, X,
                             if yy >= hp:
                                 dst[:] = 0.0
                                 continue
-                            if sx == 1:
-                                src = plane[yy, px:px + cols]
-                                for x in range(cols):
-                                    dst[x] = src[x]
-                            else:
-                                src = plane[yy]
-                                for x in range(cols):
-                                    dst[x] = src[px + x * sx]
+                            src = plane[yy]
+                            for x in range(cols):
+                                dst[x] = src[px + x * sx]
                             dst[cols:] = 0.0
-                    p0 = base + y0 * wq
-                    _quantize_quads(v, block, mbits, emin, emax, X[cb], p0, S[cb, p0:p0 + n],
-                                    scratch)
+                    _quantize_quads(v, 0, 0, n, block, mbits, emin, emax, X[cb], p0,
+                                    S[cb, p0:p0 + n], scratch)
         X[cb, :, end:] = 0x80808080
         S[cb, end:] = 1.0
 
@@ -442,3 +450,31 @@ def product_planes(X, S, tables, W, C, T, m0, m1, r0, r1, out):  # pragma: no co
     xj, sj, lo, hi = tables
     _product(X.reshape(-1), xj, X.shape[2] * 4, W, C, T, S.reshape(-1), sj, lo, hi, m0, m1,
              r0, r1, out)
+
+
+@numba.njit(cache=True, nogil=True)
+def store(t, width, ow, rows, o, plane, base, n0, bias, res, relu, clip, lo,
+          hi):  # pragma: no cover - compiled
+    """``plane[base + r, n0 + y * ow + x] = epilogue(t[r, y * width + x])`` for ``r < o``,
+    ``y < rows``, ``x < ow``: a product made at another width moved into place with
+    :func:`npusim.simulator._fast_gemm._epilogue`'s steps on the way (+ bias, + residual,
+    ReLU, clip; each in fp32)."""
+    zero = np.float32(0.0)
+    for r in range(o):
+        dst = plane[base + r, n0:n0 + rows * ow]
+        b = bias[base + r] if bias.size else zero
+        rr = res[base + r, n0:n0 + rows * ow] if res.size else dst
+        for y in range(rows):
+            src = t[r, y * width:y * width + ow]
+            for x in range(ow):
+                v = src[x]
+                if bias.size:
+                    v = v + b
+                if res.size:
+                    v = v + rr[y * ow + x]
+                if relu:
+                    v = v if (v > zero or v != v) else zero
+                if clip:
+                    v = lo if v < lo else v
+                    v = hi if v > hi else v
+                dst[y * ow + x] = v

@@ -10,7 +10,10 @@ way a CPU is fast at:
 * the integer block dot products of all blocks are one batched fp32 GEMM (BLAS via
   ``np.matmul``; exact, since every partial sum is an integer below 2**24), a slice of
   columns at a time so the partials stay in cache;
-* a fused numba pass sums them in the device's order.
+* a fused numba pass sums them in the device's order;
+* or, on a CPU with AVX-512 VNNI, both in one pass on its 8-bit dot products
+  (:mod:`npusim.simulator._vnni`), from the input planes quantized once where every block
+  lies within a pixel's channels (no im2col).
 
 Grouped and depthwise convolutions run all their groups in one numba call that
 quantizes each window and dots it with its group's weights; a 1x1 convolution reads
@@ -219,12 +222,31 @@ class Epilogue:
         _fast_gemm.epilogue(plane, o0, o1, n0, n1, self.bias, res, self.relu, self.clip,
                             np.float32(self.lo), np.float32(self.hi))
 
-    def finisher(self, image: int, plane: np.ndarray, base: int = 0):
+    def finisher(self, image: int, plane: np.ndarray, base: int = 0) -> Finisher:
         """``finish(o0, o1, n0, n1)`` for a product that writes rows ``base...`` of
         ``plane``: the epilogue on the rows and columns it has just made."""
-        def finish(o0: int, o1: int, n0: int, n1: int) -> None:
-            self.apply(image, plane, base + o0, base + o1, n0, n1)
-        return finish
+        return Finisher(self, image, plane, base)
+
+
+class Finisher:
+    """The epilogue of one image's product that writes rows ``base...`` of ``plane``:
+    called ``(o0, o1, n0, n1)`` on what the product has just made in place, or
+    :meth:`store` to move a result made elsewhere into place with the epilogue on the way."""
+
+    def __init__(self, epi: Epilogue, image: int, plane: np.ndarray, base: int) -> None:
+        self.epi, self.image, self.plane, self.base = epi, image, plane, base
+
+    def __call__(self, o0: int, o1: int, n0: int, n1: int) -> None:
+        self.epi.apply(self.image, self.plane, self.base + o0, self.base + o1, n0, n1)
+
+    def store(self, t: np.ndarray, width: int, ow: int, rows: int, o: int, n0: int) -> None:
+        """Output rows ``0...o`` from ``t [>= o, >= rows * width]`` (``rows`` lines of
+        ``width`` pixels, the first ``ow`` of each wanted) into columns ``n0...`` of the
+        plane, with the epilogue, in one pass."""
+        epi = self.epi
+        res = _NONE2 if epi.residual is None else epi.residual[self.image]
+        _vnni.store(t, width, ow, rows, o, self.plane, self.base, n0, epi.bias, res,
+                    epi.relu, epi.clip, np.float32(epi.lo), np.float32(epi.hi))
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
@@ -450,12 +472,9 @@ def _conv_vnni(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
         def by_rows(t0: int, t1: int) -> None:
             r0, r1 = t0 * _vnni.ROWS, t1 * _vnni.ROWS
             _vnni.product(x, wq, cq, tq, sa, r0, r1, t[r0:r1])
-            o1 = min(o, r1)
-            if r0 < o1:
-                out[r0:o1] = t[r0:o1, :oh * ow]
-                finish(r0, o1, 0, oh * ow)
 
         run(by_rows, tiles, grain=_grain(_vnni.ROWS * k * oh * ow, "vnni"))
+        finish.store(t, oh * ow, oh * ow, 1, o, 0)
         return
     step = max(1, TILE_COLUMNS // ow, TILE_BYTES // (k * ow))
 
@@ -466,8 +485,7 @@ def _conv_vnni(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
             x, sa = quantized(a, b)
             t = np.empty((rows, x.shape[2]), np.float32)
             _vnni.product(x, wq, cq, tq, sa, 0, rows, t)
-            out[:, a * ow:b * ow] = t[:o, :n]
-            finish(0, o, a * ow, b * ow)
+            finish.store(t, n, n, 1, o, a * ow)
 
     run(share, oh, grain=_grain(o * k * ow, "vnni"))
 
@@ -509,10 +527,6 @@ def _conv_planes(xp, w: BfpTensor, groups: int, grp: int, geom, out_hw, out, fin
     tables = _vnni.plane_tables(s, quads, offsets)
     k = c * kh * kw
 
-    def rows_out(t, a: int, b: int) -> None:
-        out[:, a * ow:b * ow] = t[:o, :(b - a) * wq].reshape(o, b - a, wq)[:, :, :ow] \
-            .reshape(o, (b - a) * ow)
-
     if oh * wq <= FEW_COLUMNS:
         t = np.empty((rows, -(-oh * wq // _vnni.LANES) * _vnni.LANES), np.float32)
 
@@ -521,18 +535,16 @@ def _conv_planes(xp, w: BfpTensor, groups: int, grp: int, geom, out_hw, out, fin
             _vnni.product_planes(x, s, tables, wts, cs, ts, 0, oh * wq, r0, r1, t[r0:r1])
 
         run(by_rows, rows // _vnni.ROWS, grain=_grain(_vnni.ROWS * k * oh * wq, "vnni"))
-        rows_out(t, 0, oh)
-        finish(0, o, 0, oh * ow)
+        finish.store(t, wq, ow, oh, o, 0)
         return
     step = max(1, TILE_COLUMNS // wq)
 
     def share(r0: int, r1: int) -> None:
+        t = np.empty((rows, -(-step * wq // _vnni.LANES) * _vnni.LANES), np.float32)
         for a in range(r0, r1, step):
             b = min(r1, a + step)
-            t = np.empty((rows, -(-(b - a) * wq // _vnni.LANES) * _vnni.LANES), np.float32)
             _vnni.product_planes(x, s, tables, wts, cs, ts, a * wq, b * wq, 0, rows, t)
-            rows_out(t, a, b)
-            finish(0, o, a * ow, b * ow)
+            finish.store(t, wq, ow, b - a, o, a * ow)
 
     run(share, oh, grain=_grain(o * k * wq, "vnni"))
 
