@@ -97,11 +97,13 @@ def every_layer_split(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(params=["split-pixels", "split-channels"]
-                + (["portable-kernels"] if _vnni.AVAILABLE else []))
+                + ([pytest.param("portable-kernels", marks=pytest.mark.slow)]
+                   if _vnni.AVAILABLE else []))
 def split(request, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways a layer's work is cut between the threads: by output pixels (slices of
     output rows), or by output channels (every pixel at once, for small layers); and, on a
-    CPU with 8-bit dot products, by pixels without them (the kernels every other CPU runs)."""
+    CPU with 8-bit dot products, by pixels without them (the kernels every other CPU runs;
+    a slow case, which CI runs)."""
     monkeypatch.setattr(gemm, "FEW_COLUMNS", 10**9 if request.param == "split-channels" else 0)
     if request.param == "portable-kernels":
         monkeypatch.setattr(gemm, "_vnni_ok", lambda fmt: False)
