@@ -92,12 +92,16 @@ _ONE_PASS: dict[str, Callable[[np.ndarray, float, float, np.ndarray | None], np.
     "hard_swish": lambda x, a, b, out: _fast.hard_swish(x, out),
     "sigmoid": lambda x, a, b, out: _fast.sigmoid(
         x, out, lambda v: unary_reference("sigmoid", v)),
+    "erf": lambda x, a, b, out: _fast.erf32(x, False, out),
+    "gelu": lambda x, a, b, out: _fast.erf32(x, True, out),  # exact (alpha 0) only
 }
 """Functions of ``_WIDE`` with a numba kernel that gives the formula's bits: the same
 float64 operations (MobileNetV3 runs one after most of its layers), or for the sigmoid
 (EfficientNet's SiLU, squeeze-excite gates, recurrent gates) a float64 exp of its own
 whose result is within 2**-50 of the exact value, with the formula deciding the elements
-whose float32 rounding that could change (:data:`npusim.simulator._fast.SIGMOID_MARGIN`)."""
+whose float32 rounding that could change (:data:`npusim.simulator._fast.SIGMOID_MARGIN`);
+erf and the exact GELU (ViT's, Swin's, ConvNeXt's) by the same ``erf``, shared between
+the threads (ConvNeXt-T's 1.2M-element erf took 10 ms as numpy pieces)."""
 
 
 def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0,
@@ -106,8 +110,8 @@ def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0,
     :class:`~npusim.simulator.isa.UnaryFn`. The result may be written into ``out`` (a
     float32 array of ``x``'s shape that is ``x`` or shares no memory with it) and
     returned, or be a new array."""
-    if fn in _ONE_PASS:  # the same float64 operations as _WIDE's, in one numba pass
-        return _ONE_PASS[fn](x, alpha, beta, out)
+    if fn in _ONE_PASS and not (fn == "gelu" and alpha != 0.0):
+        return _ONE_PASS[fn](x, alpha, beta, out)  # _WIDE's float64 operations, one pass
     x = np.asarray(x, F32)
     if x.size <= UNARY_CHUNK:
         return unary_reference(fn, x, alpha, beta)
