@@ -389,7 +389,9 @@ def _hard_call(x: np.ndarray, alpha: float, beta: float, swish: bool,
                out: np.ndarray | None) -> np.ndarray:
     x = np.ascontiguousarray(x, np.float32)
     out = out_like(x, out)
-    _hard(x.reshape(-1), float(alpha), float(beta), swish, out.reshape(-1))
+    flat, res = x.reshape(-1), out.reshape(-1)
+    threads.run(lambda a, b: _hard(flat[a:b], float(alpha), float(beta), swish, res[a:b]),
+                flat.size, grain=1 << 15)
     return out
 
 
@@ -469,7 +471,13 @@ def sigmoid(x: np.ndarray, out: np.ndarray | None = None,
     out = out_like(x, out)
     flat, res = x.reshape(-1), out.reshape(-1)
     hard = np.empty(flat.size, np.bool_)
-    if _sigmoid(flat, SIGMOID_MARGIN, res, hard):
+    counts = []
+
+    def share(a: int, b: int) -> None:
+        counts.append(_sigmoid(flat[a:b], SIGMOID_MARGIN, res[a:b], hard[a:b]))
+
+    threads.run(share, flat.size, grain=1 << 14)
+    if sum(counts):
         idx = np.flatnonzero(hard)
         res[idx] = reference(flat[idx])
     return out
