@@ -73,10 +73,12 @@ def _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cov
     bits = scratch[0, :ow].view(np.int32)[:ow]
     bits[:] = 0
     vbits = v.view(np.int32)
-    for b in range(nb):
+    mask = np.int32(0x7FFFFFFF)
+    for b in range(nb):  # in int32 lanes (numba's int arithmetic is int64 unless cast back)
         for ox in range(ow):
-            a = vbits[b, ox] & 0x7FFFFFFF
-            bits[ox] = a if a > bits[ox] else bits[ox]
+            a = np.int32(vbits[b, ox] & mask)
+            m = bits[ox]
+            bits[ox] = a if a > m else m
     amax = bits.view(np.float32)
     bad = scratch[0, :ow].view(np.float32)[ow:]  # NaN for a block with a NaN or an infinity
     for ox in range(ow):

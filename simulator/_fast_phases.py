@@ -131,12 +131,14 @@ def _fused_block(buf, masks, offs, mk, k0, nb, m0, n, mbits, emin, emax, wq8, o,
     z = np.float32(0.0)
     top = bits[:n]
     top[:] = 0
-    for b in range(nb):  # max |x| by the bits of |x|, as _quantize_block reads it
-        src, t = _flat_tap(buf, masks, offs, mk, k0 + b, m0, n)
-        sbits = src.view(np.int32)
+    mask, zero = np.int32(0x7FFFFFFF), np.int32(0)
+    for b in range(nb):  # max |x| by the bits of |x|, as _quantize_block reads it (in int32
+        src, t = _flat_tap(buf, masks, offs, mk, k0 + b, m0, n)  # lanes: numba's int
+        sbits = src.view(np.int32)  # arithmetic is int64 unless cast back)
         for i in range(n):
-            a = (sbits[i] & 0x7FFFFFFF) if t[i] else 0
-            top[i] = a if a > top[i] else top[i]
+            a = np.int32(sbits[i] & mask) if t[i] else zero
+            m = top[i]
+            top[i] = a if a > m else m
     lowest = mbits - 126
     mult = bits[n:2 * n]
     scale = bits[2 * n:3 * n]
