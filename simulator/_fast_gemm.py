@@ -52,6 +52,18 @@ def _gather(xp, c, dy, dx, oy0, oy1, ow, sy, sx, out):  # pragma: no cover - com
 
 
 @numba.njit(cache=True, inline="always")
+def _gather_block(xp, kc, ky, kx, k0, block, oy0, oy1, ow, sy, sx,
+                  v):  # pragma: no cover - compiled
+    """Rows ``k0...k0 + block`` of K (as many as there are) of output rows ``oy0...oy1``
+    into the rows of ``v`` (:func:`_gather`); returns how many."""
+    nb = min(block, kc.shape[0] - k0)
+    for b in range(nb):
+        k = k0 + b
+        _gather(xp, kc[k], ky[k], kx[k], oy0, oy1, ow, sy, sx, v[b])
+    return nb
+
+
+@numba.njit(cache=True, inline="always")
 def _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cover - compiled
     """Quantize one block for each of ``ow`` columns: ``v[:nb, ow]`` fp32 values (rows past
     ``nb`` are the zero padding) into ``q[:, ow]`` mantissas and ``sa[ow]`` scales
@@ -194,7 +206,6 @@ def _im2col_quantize(xp, kc, ky, kx, oy0, oy1, ow, sy, sx, mbits, emin, emax, q,
     # xp[kc[k], oy*sy + ky[k], ox*sx + kx[k]] for output rows oy0 <= oy < oy1.
     # q [J, B, W] f32 mantissas out, sa [J, W] f32 scales out, for N = (oy1-oy0)*ow <= W
     # columns; columns past N are padding: zero mantissas, NaN scales.
-    nk = kc.shape[0]
     nblocks, block, _ = q.shape
     n = (oy1 - oy0) * ow
     q[:, :, n:] = 0.0
@@ -202,10 +213,7 @@ def _im2col_quantize(xp, kc, ky, kx, oy0, oy1, ow, sy, sx, mbits, emin, emax, q,
     v = np.empty((block, n), np.float32)
     scratch = np.empty((3, n), np.float64)
     for j in range(nblocks):
-        nb = min(block, nk - j * block)
-        for b in range(nb):
-            k = j * block + b
-            _gather(xp, kc[k], ky[k], kx[k], oy0, oy1, ow, sy, sx, v[b])
+        nb = _gather_block(xp, kc, ky, kx, j * block, block, oy0, oy1, ow, sy, sx, v)
         _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
 
 

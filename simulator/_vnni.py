@@ -44,7 +44,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npusim.simulator._fast_gemm import (_accumulate_block, _gather, _quantize_block,
+from npusim.simulator._fast_gemm import (_accumulate_block, _gather_block, _quantize_block,
                                          _scale_range)
 
 ROWS = 8
@@ -252,17 +252,13 @@ def _im2col_quads(xp, kc, ky, kx, oy0, oy1, ow, sy, sx, block, mbits, emin, emax
     # _fast_gemm._im2col_quantize into X [J, Q, M] (uint32 quads of mantissas + 128) and
     # sa [J, M];
     # columns past N = (oy1 - oy0) * ow are padding: zero mantissas, NaN scales
-    nk = kc.shape[0]
     nblocks, nq = X.shape[0], X.shape[1]
     n = (oy1 - oy0) * ow
     sa[:, n:] = np.nan
     v = np.empty((max(block, 4 * nq), n), np.float32)
     scratch = np.empty((3, n), np.float64)
     for j in range(nblocks):
-        nb = min(block, nk - j * block)
-        for b in range(nb):
-            k = j * block + b
-            _gather(xp, kc[k], ky[k], kx[k], oy0, oy1, ow, sy, sx, v[b])
+        nb = _gather_block(xp, kc, ky, kx, j * block, block, oy0, oy1, ow, sy, sx, v)
         v[nb:] = 0.0
         _quantize_quads(v, 0, 0, n, nb, mbits, emin, emax, X[j], 0, sa[j], scratch)
         X[j, :, n:] = 0x80808080
@@ -385,7 +381,6 @@ def quantize_planes(xp, sy, sx, block, mbits, emin, emax, c0, c1, X,
     and ``S[cb]``; the columns past the phases are zero mantissas, scale 1."""
     hp, wp = xp.shape[1], xp.shape[2]
     hq, wq = -(-hp // sy), -(-wp // sx)
-    nq = X.shape[1]
     per = max(1, max(64, 8192 // block) // wq)  # phase rows per step: a step stays in L1
     end = sy * sx * hq * wq
     flat = xp.reshape(xp.shape[0], hp * wp)  # stride 1: the plane is its only phase

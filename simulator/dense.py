@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from npusim.simulator import _fast_gemm, threads
-from npusim.simulator.gemm import _grain, _rows_per_step, _tiles, conv2d, taps, weight_scales
+from npusim.simulator.gemm import _grain, _rows_per_step, conv2d, taps
+from npusim.simulator.weight_tiles import tiles as _tiles
+from npusim.simulator.weight_tiles import weight_scales
 from npusim.simulator.numerics import BfpTensor, block_scales
 
 GEMV_ROWS = 8

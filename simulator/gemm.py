@@ -27,13 +27,15 @@ directly. The result comes out ``[O, pixels]``, that is NCHW.
 from __future__ import annotations
 
 import functools
-import weakref
 
 import numpy as np
 
 from npusim.simulator import _fast_direct, _fast_gemm, _fast_phases, _vnni, threads
+from npusim.simulator.epilogue import Epilogue
+from npusim.simulator.weight_tiles import tiles as _tiles
+from npusim.simulator.weight_tiles import weight_rows as _weight_rows
 from npusim.simulator import _tiles as _tiles_mod
-from npusim.simulator.numerics import BfpTensor, Format, block_scales
+from npusim.simulator.numerics import BfpTensor, Format
 from npusim.simulator.phase_layout import FlatLayout, flat_layout
 
 PARTIAL_BYTES = 1 << 20
@@ -51,93 +53,6 @@ def taps(kernel: tuple[int, int], channels: int, dilations: tuple[int, int]
     for a in out:
         a.setflags(write=False)
     return out
-
-
-class _Tiles:
-    """A weight tensor as the fast kernels read it, made once per tensor (the device
-    decodes its weights once, at program load). It holds no reference to the tensor: it
-    is the value of a weak-keyed cache entry, which must not keep its key alive."""
-
-    def __init__(self, w: BfpTensor) -> None:
-        self.scales = np.ascontiguousarray(block_scales(w))  # [O, J] float64
-        self._mantissas: dict[int, np.ndarray] = {}
-        self._scales32: dict[int, np.ndarray] = {}
-        self._channels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._transposed: np.ndarray | None = None
-        self._vnni: dict[tuple[int, int], list[tuple[np.ndarray, ...]]] = {}
-
-    def by_channels(self, w: BfpTensor, per_group: int, taps: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-        """float32 mantissas ``[og, K, G]`` and float64 scales ``[og, J, G]`` of a
-        convolution with one input channel per group (row ``g * og + r`` at ``[r, :, g]``),
-        as :func:`npusim.simulator._fast_direct.depthwise_quantized` reads them."""
-        if per_group not in self._channels:
-            o = w.q.shape[0]
-            m = w.q[:, :taps].reshape(o // per_group, per_group, taps).transpose(1, 2, 0)
-            s = self.scales.reshape(o // per_group, per_group, -1).transpose(1, 2, 0)
-            self._channels[per_group] = (np.ascontiguousarray(m, np.float32),
-                                         np.ascontiguousarray(s, np.float64))
-        return self._channels[per_group]
-
-    def transposed(self, w: BfpTensor) -> np.ndarray:
-        """int8 ``[K, O]``: the mantissas of every output side by side (a product of a few
-        rows is vectorized along the outputs)."""
-        if self._transposed is None:
-            self._transposed = np.ascontiguousarray(w.q.T)
-        return self._transposed
-
-    def vnni(self, w: BfpTensor, groups: int, k: int) -> list[tuple[np.ndarray, ...]]:
-        """Per group, the weights as :func:`npusim.simulator._vnni.product`'s broadcast
-        operand ``(W, C, T)`` for ``k`` elements of K (a short single block is cut to its
-        quads)."""
-        b = w.fmt.block_size
-        quads = -(-k // 4) if k < b else b // 4
-        if (groups, quads) not in self._vnni:
-            o = w.q.shape[0]
-            og = o // groups
-            s = self.scales32(w, groups)
-            self._vnni[groups, quads] = [
-                _vnni.pack_weights(w.q[g * og:(g + 1) * og], s[g].T, b, quads)
-                for g in range(groups)]
-        return self._vnni[groups, quads]
-
-    def mantissas(self, w: BfpTensor, groups: int) -> np.ndarray:
-        """float32 ``[G, J, O/G, B]`` (the GEMM's left operand per group)."""
-        if groups not in self._mantissas:
-            o, kp = w.q.shape
-            b = w.fmt.block_size
-            m = w.q.reshape(groups, o // groups, kp // b, b).transpose(0, 2, 1, 3)
-            self._mantissas[groups] = np.ascontiguousarray(m, np.float32)
-        return self._mantissas[groups]
-
-    def scales32(self, w: BfpTensor, groups: int) -> np.ndarray:
-        """float32 ``[G, J, O/G]``; 1 for a finite block of zero mantissas (as the
-        activations' scales in :func:`npusim.simulator._fast_gemm._quantize_block`)."""
-        if groups not in self._scales32:
-            o = w.q.shape[0]
-            s = weight_scales(w, self.scales).reshape(groups, o // groups, -1)
-            self._scales32[groups] = np.ascontiguousarray(s.transpose(0, 2, 1), np.float32)
-        return self._scales32[groups]
-
-
-def weight_scales(w: BfpTensor, scales: np.ndarray | None = None) -> np.ndarray:
-    """``w``'s block scales (``[..., J]``, float64, ``scales`` if already made), 1 for a
-    finite block of zero mantissas: its products are 0 under any finite scale, and 1
-    keeps a huge activation scale from making them 0 * inf."""
-    if scales is None:
-        scales = block_scales(w)
-    zero = ~w.q.reshape(*w.q.shape[:-1], -1, w.fmt.block_size).any(axis=-1)
-    return np.where(zero & np.isfinite(scales), 1.0, scales)
-
-
-_TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _tiles(w: BfpTensor) -> _Tiles:
-    t = _TILES.get(w)
-    if t is None:
-        t = _TILES[w] = _Tiles(w)
-    return t
 
 
 def _direct(fmt: Format) -> bool:
@@ -192,61 +107,6 @@ def padded(x: np.ndarray, geom, out_hw: tuple[int, int], channels_last: bool = F
     xp = np.zeros((c, h + top + bottom, w + left + right), np.float32)
     xp[:, top:top + h, left:left + w] = x
     return xp
-
-
-_NONE1 = np.empty(0, np.float32)
-_NONE2 = np.empty((0, 0), np.float32)
-
-
-class Epilogue:
-    """What follows the reduction, per image: ``+ bias``, ``+ residual``, ReLU (fused into
-    the pass that makes each slice of output rows, while it is in cache)."""
-
-    def __init__(self, bias: np.ndarray | None, residual: np.ndarray | None, relu: bool,
-                 out_shape: tuple[int, ...], clip: tuple[float, float] | None = None) -> None:
-        self.bias = _NONE1 if bias is None else np.ascontiguousarray(bias, np.float32)
-        self.residual = (None if residual is None else
-                         np.ascontiguousarray(residual, np.float32).reshape(out_shape[0],
-                                                                            out_shape[1], -1))
-        self.relu = bool(relu)
-        self.clip = clip is not None
-        self.lo, self.hi = (np.float32(clip[0]), np.float32(clip[1])) if clip else (0, 0)
-
-    def apply(self, image: int, plane: np.ndarray, o0: int, o1: int, n0: int, n1: int
-              ) -> None:
-        """On rows ``[o0, o1)`` and columns ``[n0, n1)`` of image ``image``'s result
-        ``plane [O, N]`` (C-contiguous)."""
-        if not self.bias.size and self.residual is None and not self.relu and not self.clip:
-            return
-        res = _NONE2 if self.residual is None else self.residual[image]
-        _fast_gemm.epilogue(plane, o0, o1, n0, n1, self.bias, res, self.relu, self.clip,
-                            np.float32(self.lo), np.float32(self.hi))
-
-    def finisher(self, image: int, plane: np.ndarray, base: int = 0) -> Finisher:
-        """``finish(o0, o1, n0, n1)`` for a product that writes rows ``base...`` of
-        ``plane``: the epilogue on the rows and columns it has just made."""
-        return Finisher(self, image, plane, base)
-
-
-class Finisher:
-    """The epilogue of one image's product that writes rows ``base...`` of ``plane``:
-    called ``(o0, o1, n0, n1)`` on what the product has just made in place, or
-    :meth:`store` to move a result made elsewhere into place with the epilogue on the way."""
-
-    def __init__(self, epi: Epilogue, image: int, plane: np.ndarray, base: int) -> None:
-        self.epi, self.image, self.plane, self.base = epi, image, plane, base
-
-    def __call__(self, o0: int, o1: int, n0: int, n1: int) -> None:
-        self.epi.apply(self.image, self.plane, self.base + o0, self.base + o1, n0, n1)
-
-    def store(self, t: np.ndarray, width: int, ow: int, rows: int, o: int, n0: int) -> None:
-        """Output rows ``0...o`` from ``t [>= o, >= rows * width]`` (``rows`` lines of
-        ``width`` pixels, the first ``ow`` of each wanted) into columns ``n0...`` of the
-        plane, with the epilogue, in one pass."""
-        epi = self.epi
-        res = _NONE2 if epi.residual is None else epi.residual[self.image]
-        _vnni.store(t, width, ow, rows, o, self.plane, self.base, n0, epi.bias, res,
-                    epi.relu, epi.clip, np.float32(epi.lo), np.float32(epi.hi))
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
@@ -556,12 +416,6 @@ QUANTIZE_PIXELS = 1 << 16
 def _vnni_ok(fmt: Format) -> bool:
     """Formats whose products run on :mod:`npusim.simulator._vnni` on this CPU."""
     return _vnni.supports(fmt.block_size, fmt.mantissa_bits)
-
-
-def _weight_rows(w: BfpTensor, groups: int) -> np.ndarray:
-    """int8 ``[G, O/G, J, B]``: the weights as a tiled product's broadcast operand."""
-    o, kp = w.q.shape
-    return w.q.reshape(groups, o // groups, kp // w.fmt.block_size, w.fmt.block_size)
 
 
 SHARE_MACS = {"blas": 1 << 20, "blocks": 1 << 20, "direct": 1 << 17, "direct_f32": 1 << 19,

@@ -1,0 +1,106 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Weight tensors as the fast kernels read them (:mod:`npusim.simulator.gemm`,
+:mod:`npusim.simulator.dense`): made once per tensor and kept while the tensor lives."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from npusim.simulator import _vnni
+from npusim.simulator.numerics import BfpTensor, block_scales
+
+
+class _Tiles:
+    """A weight tensor as the fast kernels read it, made once per tensor (the device
+    decodes its weights once, at program load). It holds no reference to the tensor: it
+    is the value of a weak-keyed cache entry, which must not keep its key alive."""
+
+    def __init__(self, w: BfpTensor) -> None:
+        self.scales = np.ascontiguousarray(block_scales(w))  # [O, J] float64
+        self._mantissas: dict[int, np.ndarray] = {}
+        self._scales32: dict[int, np.ndarray] = {}
+        self._channels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._transposed: np.ndarray | None = None
+        self._vnni: dict[tuple[int, int], list[tuple[np.ndarray, ...]]] = {}
+
+    def by_channels(self, w: BfpTensor, per_group: int, taps: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """float32 mantissas ``[og, K, G]`` and float64 scales ``[og, J, G]`` of a
+        convolution with one input channel per group (row ``g * og + r`` at ``[r, :, g]``),
+        as :func:`npusim.simulator._fast_direct.depthwise_quantized` reads them."""
+        if per_group not in self._channels:
+            o = w.q.shape[0]
+            m = w.q[:, :taps].reshape(o // per_group, per_group, taps).transpose(1, 2, 0)
+            s = self.scales.reshape(o // per_group, per_group, -1).transpose(1, 2, 0)
+            self._channels[per_group] = (np.ascontiguousarray(m, np.float32),
+                                         np.ascontiguousarray(s, np.float64))
+        return self._channels[per_group]
+
+    def transposed(self, w: BfpTensor) -> np.ndarray:
+        """int8 ``[K, O]``: the mantissas of every output side by side (a product of a few
+        rows is vectorized along the outputs)."""
+        if self._transposed is None:
+            self._transposed = np.ascontiguousarray(w.q.T)
+        return self._transposed
+
+    def vnni(self, w: BfpTensor, groups: int, k: int) -> list[tuple[np.ndarray, ...]]:
+        """Per group, the weights as :func:`npusim.simulator._vnni.product`'s broadcast
+        operand ``(W, C, T)`` for ``k`` elements of K (a short single block is cut to its
+        quads)."""
+        b = w.fmt.block_size
+        quads = -(-k // 4) if k < b else b // 4
+        if (groups, quads) not in self._vnni:
+            o = w.q.shape[0]
+            og = o // groups
+            s = self.scales32(w, groups)
+            self._vnni[groups, quads] = [
+                _vnni.pack_weights(w.q[g * og:(g + 1) * og], s[g].T, b, quads)
+                for g in range(groups)]
+        return self._vnni[groups, quads]
+
+    def mantissas(self, w: BfpTensor, groups: int) -> np.ndarray:
+        """float32 ``[G, J, O/G, B]`` (the GEMM's left operand per group)."""
+        if groups not in self._mantissas:
+            o, kp = w.q.shape
+            b = w.fmt.block_size
+            m = w.q.reshape(groups, o // groups, kp // b, b).transpose(0, 2, 1, 3)
+            self._mantissas[groups] = np.ascontiguousarray(m, np.float32)
+        return self._mantissas[groups]
+
+    def scales32(self, w: BfpTensor, groups: int) -> np.ndarray:
+        """float32 ``[G, J, O/G]``; 1 for a finite block of zero mantissas (as the
+        activations' scales in :func:`npusim.simulator._fast_gemm._quantize_block`)."""
+        if groups not in self._scales32:
+            o = w.q.shape[0]
+            s = weight_scales(w, self.scales).reshape(groups, o // groups, -1)
+            self._scales32[groups] = np.ascontiguousarray(s.transpose(0, 2, 1), np.float32)
+        return self._scales32[groups]
+
+
+def weight_scales(w: BfpTensor, scales: np.ndarray | None = None) -> np.ndarray:
+    """``w``'s block scales (``[..., J]``, float64, ``scales`` if already made), 1 for a
+    finite block of zero mantissas: its products are 0 under any finite scale, and 1
+    keeps a huge activation scale from making them 0 * inf."""
+    if scales is None:
+        scales = block_scales(w)
+    zero = ~w.q.reshape(*w.q.shape[:-1], -1, w.fmt.block_size).any(axis=-1)
+    return np.where(zero & np.isfinite(scales), 1.0, scales)
+
+
+_TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tiles(w: BfpTensor) -> _Tiles:
+    """``w``'s layouts, made once per tensor."""
+    t = _TILES.get(w)
+    if t is None:
+        t = _TILES[w] = _Tiles(w)
+    return t
+
+
+def weight_rows(w: BfpTensor, groups: int) -> np.ndarray:
+    """int8 ``[G, O/G, J, B]``: the weights as a tiled product's broadcast operand."""
+    o, kp = w.q.shape
+    return w.q.reshape(groups, o // groups, kp // w.fmt.block_size, w.fmt.block_size)
