@@ -60,12 +60,10 @@ _MIN_NORMAL = 2.0**-126
 _MAX_EXACT = 2.0**(127 - 24)
 
 
-def _host_has_vnni() -> bool:
-    """Whether numba compiles for a CPU with AVX-512 VNNI (the host, unless
-    ``NUMBA_CPU_NAME`` names another, when its ``NUMBA_CPU_FEATURES`` decide)."""
-    if os.environ.get("NPUSIM_VNNI", "1") == "0":
-        return False
-    needed = ("avx512f", "avx512bw", "avx512vnni")
+def host_has(*needed: str) -> bool:
+    """Whether numba compiles for a CPU with every one of the LLVM features ``needed``
+    (the host's, unless ``NUMBA_CPU_NAME`` names another CPU, when its
+    ``NUMBA_CPU_FEATURES`` decide)."""
     cpu = numba.config.CPU_NAME
     if cpu and cpu != "host":
         given = set((numba.config.CPU_FEATURES or "").split(","))
@@ -78,7 +76,8 @@ def _host_has_vnni() -> bool:
     return all(features.get(f, False) for f in needed)
 
 
-AVAILABLE = _host_has_vnni()
+AVAILABLE = (os.environ.get("NPUSIM_VNNI", "1") != "0"
+             and host_has("avx512f", "avx512bw", "avx512vnni"))
 """Whether the instruction may be compiled here."""
 
 

@@ -30,8 +30,9 @@ import functools
 
 import numpy as np
 
-from npusim.simulator import _fast_direct, _fast_gemm, _fast_phases, _vnni, threads
+from npusim.simulator import _fast_direct, _fast_gemm, _fast_phases, _fma, _vnni, threads
 from npusim.simulator.epilogue import Epilogue
+from npusim.simulator.weight_tiles import packed_f32
 from npusim.simulator.weight_tiles import tiles as _tiles
 from npusim.simulator.weight_tiles import weight_rows as _weight_rows
 from npusim.simulator import _tiles as _tiles_mod
@@ -145,7 +146,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
                 xs = xp[grp * cg:(grp + 1) * cg]
                 ys = plane[grp * og:(grp + 1) * og]
                 finish = epi.finisher(i, plane, grp * og)
-                if fmt.is_fp32:
+                if fmt.is_fp32 and _fma_ok(geom, (oh, ow), xp.shape):
+                    _conv_fma(xs, weight, g, grp, geom, (oh, ow), ys, finish, run)
+                elif fmt.is_fp32:
                     wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
                     _conv_f32(xs, wf, tp, geom, (oh, ow), ys, finish, run)
                 elif _vnni_ok(fmt) and _planes(cg, fmt):
@@ -356,6 +359,55 @@ def _planes(channels: int, fmt: Format) -> bool:
     return channels % fmt.block_size == 0
 
 
+def _phase_offsets(geom, hq: int, wq: int) -> np.ndarray:
+    """Where each tap ``(i, j)`` of output pixel ``m = oy * Wq + ox`` is in an input laid
+    out in the planes of the stride's phases (``hq`` rows of ``wq`` each): ``offsets[t] +
+    m``."""
+    (kh, kw), (dy, dx), (sy, sx) = geom.kernel, geom.dilations, geom.strides
+    return np.array([((i * dy) % sy * sx + (j * dx) % sx) * hq * wq
+                     + (i * dy) // sy * wq + (j * dx) // sx
+                     for i in range(kh) for j in range(kw)], np.int64)
+
+
+def _phase_extent(xp, geom, reach: int) -> tuple[int, int, int]:
+    """``(hq, wq, L)``: the phases' rows and width, and the elements of a channel's phases
+    with room for a tile of ``reach`` elements from the last output pixel."""
+    _, hp, wp = xp.shape
+    (_, kw), (_, dx), (sy, sx) = geom.kernel, geom.dilations, geom.strides
+    hq, wq = -(-hp // sy), -(-wp // sx)
+    return hq, wq, sy * sx * hq * wq + (kw - 1) * dx // sx + reach
+
+
+def _at_phase_width(product, rows: int, tile: int, lanes: int, macs: int, kind: str,
+                    out_hw, wq: int, o: int, finish, run) -> None:
+    """Run ``product(m0, m1, r0, r1, t)`` (``t[r - r0, m - m0]`` for output pixels
+    ``m = oy * wq + ox`` of ``m0 <= m < m1``, in tiles of ``lanes``, and rows ``r0...r1``,
+    multiples of ``tile``, of ``rows``) over a convolution's output made at the phases'
+    width, shared between the threads; each slice goes into place with its epilogue
+    (``finish.store``). ``macs`` per output pixel of all rows."""
+    oh, ow = out_hw
+    if oh * wq <= FEW_COLUMNS:  # few pixels: the threads share the rows
+        t = np.empty((rows, -(-oh * wq // lanes) * lanes), np.float32)
+
+        def by_rows(t0: int, t1: int) -> None:
+            r0, r1 = t0 * tile, t1 * tile
+            product(0, oh * wq, r0, r1, t[r0:r1])
+
+        run(by_rows, rows // tile, grain=_grain(macs * tile // rows * oh * wq, kind))
+        finish.store(t, wq, ow, oh, o, 0)
+        return
+    step = max(1, TILE_COLUMNS // wq)
+
+    def share(r0: int, r1: int) -> None:
+        t = np.empty((rows, -(-step * wq // lanes) * lanes), np.float32)
+        for a in range(r0, r1, step):
+            b = min(r1, a + step)
+            product(a * wq, b * wq, 0, rows, t)
+            finish.store(t, wq, ow, b - a, o, a * ow)
+
+    run(share, oh, grain=_grain(macs * wq, kind))
+
+
 def _conv_planes(xp, w: BfpTensor, groups: int, grp: int, geom, out_hw, out, finish,
                  run=threads.run) -> None:
     """One image and group of a convolution on the CPU's 8-bit dot products, without
@@ -365,48 +417,73 @@ def _conv_planes(xp, w: BfpTensor, groups: int, grp: int, geom, out_hw, out, fin
     (each row's last ``Wq - OW`` pixels are past the windows and dropped);
     ``out [O, OH*OW]``."""
     fmt = w.fmt
-    oh, ow = out_hw
     c, hp, wp = xp.shape
-    o = out.shape[0]
     block = fmt.block_size
     ncb = c // block
-    (kh, kw), (dy, dx), (sy, sx) = geom.kernel, geom.dilations, geom.strides
-    hq, wq = -(-hp // sy), -(-wp // sx)
+    (kh, kw), (sy, sx) = geom.kernel, geom.strides
+    hq, wq, width = _phase_extent(xp, geom, _vnni.LANES)
     wts, cs, ts = _tiles(w).vnni(w, groups, c * kh * kw)[grp]
     rows, quads = wts.shape[0], wts.shape[2]
-    offsets = np.array([((i * dy) % sy * sx + (j * dx) % sx) * hq * wq
-                        + (i * dy) // sy * wq + (j * dx) // sx
-                        for i in range(kh) for j in range(kw)], np.int64)
-    width = sy * sx * hq * wq + (kw - 1) * dx // sx + _vnni.LANES  # the last tile's reach
     x = np.empty((ncb, quads, width, 4), np.uint8)
     s = np.empty((ncb, width), np.float32)
     xq = _vnni.quad_view(x)
     run(lambda c0, c1: _vnni.quantize_planes(xp, sy, sx, block, fmt.mantissa_bits, fmt.emin,
                                               fmt.emax, c0, c1, xq, s),
         ncb, grain=max(1, QUANTIZE_PIXELS // (block * hp * wp)))
-    tables = _vnni.plane_tables(s, quads, offsets)
-    k = c * kh * kw
+    tables = _vnni.plane_tables(s, quads, _phase_offsets(geom, hq, wq))
 
-    if oh * wq <= FEW_COLUMNS:
-        t = np.empty((rows, -(-oh * wq // _vnni.LANES) * _vnni.LANES), np.float32)
+    def product(m0: int, m1: int, r0: int, r1: int, t: np.ndarray) -> None:
+        _vnni.product_planes(x, s, tables, wts, cs, ts, m0, m1, r0, r1, t)
 
-        def by_rows(t0: int, t1: int) -> None:
-            r0, r1 = t0 * _vnni.ROWS, t1 * _vnni.ROWS
-            _vnni.product_planes(x, s, tables, wts, cs, ts, 0, oh * wq, r0, r1, t[r0:r1])
+    _at_phase_width(product, rows, _vnni.ROWS, _vnni.LANES, rows * c * kh * kw, "vnni",
+                    out_hw, wq, out.shape[0], finish, run)
 
-        run(by_rows, rows // _vnni.ROWS, grain=_grain(_vnni.ROWS * k * oh * wq, "vnni"))
-        finish.store(t, wq, ow, oh, o, 0)
-        return
-    step = max(1, TILE_COLUMNS // wq)
 
-    def share(r0: int, r1: int) -> None:
-        t = np.empty((rows, -(-step * wq // _vnni.LANES) * _vnni.LANES), np.float32)
-        for a in range(r0, r1, step):
-            b = min(r1, a + step)
-            _vnni.product_planes(x, s, tables, wts, cs, ts, a * wq, b * wq, 0, rows, t)
-            finish.store(t, wq, ow, b - a, o, a * ow)
+def _fma_ok(geom, out_hw, padded_shape) -> bool:
+    """Whether an fp32 convolution runs on :func:`_conv_fma`: most of the tiles' pixels
+    wanted (a tile runs ``_fma.COLUMNS`` pixels of the phases' width at a time)."""
+    if not _fma.AVAILABLE:
+        return False
+    oh, ow = out_hw
+    wq = -(-padded_shape[2] // geom.strides[1])
+    return oh * ow >= FMA_USEFUL * (-(-oh * wq // _fma.COLUMNS) * _fma.COLUMNS)
 
-    run(share, oh, grain=_grain(o * k * wq, "vnni"))
+
+FMA_USEFUL = 0.85
+"""The least share of :func:`_conv_fma`'s pixels that are output pixels (a 3x3 on 7x7
+planes computes twice its pixels, and BLAS is faster there)."""
+
+
+def _conv_fma(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out, finish,
+              run=threads.run) -> None:
+    """One image and group of an fp32 convolution on :mod:`npusim.simulator._fma`'s direct
+    kernel: the input copied once into the planes of the stride's phases, each tap read
+    at an offset, the output made at the phases' width (as :func:`_conv_planes`);
+    ``out [O, OH*OW]``."""
+    c, hp, wp = xp.shape
+    (kh, kw), (sy, sx) = geom.kernel, geom.strides
+    taps = kh * kw
+    wts = packed_f32(w, groups, lambda wf: _fma.pack_weights(wf, taps))[grp]
+    rows, k = wts.shape[0] * _fma.ROWS, wts.shape[1]
+    kc = _fma.chunk(k)
+    if (kh, kw) == (1, 1) and (sy, sx) == (1, 1) and out_hw == (hp, wp):  # in place
+        flat, wq = xp.reshape(c, hp * wp), wp
+
+        def product(m0: int, m1: int, r0: int, r1: int, t: np.ndarray) -> None:
+            _fma.product_inplace(flat, wts, m0, m1, r0, r1, kc, t)
+    else:
+        hq, wq, length = _phase_extent(xp, geom, _fma.COLUMNS)
+        x = np.empty((c, length), np.float32)
+        run(lambda c0, c1: _fma.phases(xp, sy, sx, hq, wq, c0, c1, x), c,
+            grain=max(1, QUANTIZE_PIXELS // (hp * wp)))
+        koff = ((np.arange(c, dtype=np.int64)[:, None] * length
+                 + _phase_offsets(geom, hq, wq)[None]) * 4).reshape(-1)
+
+        def product(m0: int, m1: int, r0: int, r1: int, t: np.ndarray) -> None:
+            _fma.product(x, koff, wts, m0, m1, r0, r1, kc, t)
+
+    _at_phase_width(product, rows, _fma.ROWS, _fma.COLUMNS, rows * k, "fma", out_hw, wq,
+                    out.shape[0], finish, run)
 
 
 QUANTIZE_PIXELS = 1 << 16
@@ -419,7 +496,7 @@ def _vnni_ok(fmt: Format) -> bool:
 
 
 SHARE_MACS = {"blas": 1 << 20, "blocks": 1 << 20, "direct": 1 << 17, "direct_f32": 1 << 19,
-              "vnni": 1 << 21}
+              "vnni": 1 << 21, "fma": 1 << 20}
 """MACs a share must hold to be worth a thread hand-off (10-25 us, :mod:`threads`): about
 30 us of work for an fp32 GEMM (BLAS) and for the direct kernels (depthwise, grouped, a
 product of a few rows), fp32 or quantized; about 100 us of a block format's products, whose
@@ -467,11 +544,11 @@ def _one_channel_per_group(hw: tuple[int, int], weight, tp, geom, fmt: Format, o
                            out_hw: tuple[int, int]):
     """``run(x, plane, finish)`` for one image of a convolution with one input channel per
     group: on the phase layout, vectorized along the channels (narrow block-format
-    planes, or when the layout does not fit and the planes are narrow), or on padded
-    planes."""
+    planes, narrow strided fp32 planes, or when the layout does not fit and the planes
+    are narrow), or on padded planes."""
     channels = _by_channels(weight.shape[0] // og, out_hw[1])
-    layout = None if channels and not fmt.is_fp32 else flat_layout(hw, geom, out_hw,
-                                                                    PLANE_COLUMNS)
+    by_channels = channels and (not fmt.is_fp32 or geom.strides != (1, 1))
+    layout = None if by_channels else flat_layout(hw, geom, out_hw, PLANE_COLUMNS)
     if layout is not None:
         return lambda x, plane, finish: _depthwise_flat(x, weight, layout, fmt, og, plane,
                                                         finish)

@@ -89,6 +89,26 @@ def weight_scales(w: BfpTensor, scales: np.ndarray | None = None) -> np.ndarray:
     return np.where(zero & np.isfinite(scales), 1.0, scales)
 
 
+_PACKED: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def packed_f32(w: np.ndarray, groups: int, pack) -> list[np.ndarray]:
+    """Per group, ``pack(w[group rows])`` of an fp32 weight array ``w [O, K]``, made once
+    per array (kept while it lives: arrays are not hashable, so the cache is keyed by
+    identity and its entry leaves with the array)."""
+    key = id(w)
+    entry = _PACKED.get(key)
+    if entry is None or entry[0]() is not w:
+        entry = _PACKED[key] = (weakref.ref(w, lambda _, key=key: _PACKED.pop(key, None)),
+                                {})
+    made = entry[1]
+    if groups not in made:
+        wf = np.asarray(w, np.float32)
+        og = wf.shape[0] // groups
+        made[groups] = [pack(wf[g * og:(g + 1) * og]) for g in range(groups)]
+    return made[groups]
+
+
 _TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
-from npusim.simulator import _fast_gemm, _vnni, gemm
+from npusim.simulator import _fast_gemm, _fma, _vnni, gemm
 from npusim.simulator import dense as dense_products
 from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
 from npusim.simulator.numerics import (
@@ -98,15 +98,16 @@ def every_layer_split(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(params=["split-pixels", "split-channels"]
                 + ([pytest.param("portable-kernels", marks=pytest.mark.slow)]
-                   if _vnni.AVAILABLE else []))
+                   if _vnni.AVAILABLE or _fma.AVAILABLE else []))
 def split(request, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways a layer's work is cut between the threads: by output pixels (slices of
     output rows), or by output channels (every pixel at once, for small layers); and, on a
-    CPU with 8-bit dot products, by pixels without them (the kernels every other CPU runs;
-    a slow case, which CI runs)."""
+    CPU with 8-bit dot products or AVX-512, by pixels without them (the kernels every other
+    CPU runs; a slow case, which CI runs)."""
     monkeypatch.setattr(gemm, "FEW_COLUMNS", 10**9 if request.param == "split-channels" else 0)
     if request.param == "portable-kernels":
         monkeypatch.setattr(gemm, "_vnni_ok", lambda fmt: False)
+        monkeypatch.setattr(_fma, "AVAILABLE", False)
     return request.param
 
 
@@ -185,7 +186,11 @@ def test_mx_conv2d_matches_reference(fmt: Format, name: str, extreme: bool) -> N
 
 
 @pytest.mark.parametrize("name", list(CONVS))
-def test_conv2d_fp32_matches_reference(name: str, split: str) -> None:
+def test_conv2d_fp32_matches_reference(name: str, split: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the direct fp32 kernel wherever it can run, however few of its pixels are
+    wanted (im2col and BLAS in the portable split, and where it cannot)."""
+    monkeypatch.setattr(gemm, "FMA_USEFUL", 0.0)
     x, w, bias, geom = _conv_case(name, FP32, seed=3)
     x = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
     ref = conv2d_reference(x, w, bias, geom, FP32)

@@ -118,14 +118,14 @@ def test_quantizer_layout_matches_the_float_one(block: int, mbits: int) -> None:
 def test_gate_follows_the_target_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Off when asked, and when numba compiles for a named CPU without the instruction
     (LLVM could not lower it: the process would abort)."""
-    monkeypatch.setenv("NPUSIM_VNNI", "0")
-    assert not _vnni._host_has_vnni()
-    monkeypatch.delenv("NPUSIM_VNNI")
+    vnni = ("avx512f", "avx512bw", "avx512vnni")
     monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "")
-    assert not _vnni._host_has_vnni()
+    assert not _vnni.host_has(*vnni)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx512f,+avx512bw")
+    assert not _vnni.host_has(*vnni)
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx512f,+avx512bw,+avx512vnni")
-    assert _vnni._host_has_vnni()
+    assert _vnni.host_has(*vnni)
     monkeypatch.setattr(_vnni, "AVAILABLE", False)
     assert not _vnni.supports(16, 7)
     monkeypatch.setattr(_vnni, "AVAILABLE", True)
