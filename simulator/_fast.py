@@ -13,7 +13,7 @@ import math
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from npusim.simulator import threads
@@ -419,26 +419,37 @@ def _as_float64(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+@intrinsic
+def _fma64(typingctx, a, b, c):
+    """``a * b + c`` rounded once (LLVM's fma, which vectorizes; numba contracts nothing)."""
+    def codegen(context, builder, signature, args):
+        d = ir.DoubleType()
+        f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(d, [d, d, d]),
+                                           "llvm.fma.f64")
+        return builder.call(f, args)
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
 @numba.njit(cache=True, inline="always")
 def _exp64(t):  # pragma: no cover - compiled
     # exp(t) for |t| <= _EXP_RANGE: t = k ln2 + r (Cody-Waite, |r| <= ln2 / 2), exp(r) by
     # its Taylor series to r**13 / 13! (the rest is below 1e-17 relative), times 2**k
     k = (t * _LOG2E + _ROUND) - _ROUND  # to the nearest integer, ties to even
     r = (t - k * _LN2_HI) - k * _LN2_LO
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
+    p = 1.0 / 6227020800.0  # Horner on fused multiply-adds (each rounds once)
+    p = _fma64(p, r, 1.0 / 479001600.0)
+    p = _fma64(p, r, 1.0 / 39916800.0)
+    p = _fma64(p, r, 1.0 / 3628800.0)
+    p = _fma64(p, r, 1.0 / 362880.0)
+    p = _fma64(p, r, 1.0 / 40320.0)
+    p = _fma64(p, r, 1.0 / 5040.0)
+    p = _fma64(p, r, 1.0 / 720.0)
+    p = _fma64(p, r, 1.0 / 120.0)
+    p = _fma64(p, r, 1.0 / 24.0)
+    p = _fma64(p, r, 1.0 / 6.0)
+    p = _fma64(p, r, 0.5)
+    p = _fma64(p, r, 1.0)
+    p = _fma64(p, r, 1.0)
     return p * _as_float64((np.int64(k) + 1023) << 52)
 
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from npusim.simulator._fast_direct import _block_scratch, _block_views, _row_product
 from npusim.simulator._fast_gemm import _accumulate_block, _quantize_block, _scale_range
@@ -119,6 +122,21 @@ def _gather_block(buf, masks, offs, mk, k0, nb, m0, n, v):  # pragma: no cover -
             vb[i] = src[i] if t[i] else z
 
 
+@intrinsic
+def _as_float32(typingctx, bits):
+    """The float32 whose bits are the int32 ``bits``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@numba.njit(cache=True, inline="always")
+def _nonzero(top, mul):  # pragma: no cover - compiled
+    """Whether |x| of bits ``top`` times the multiplier of bits ``mul`` rounds to a
+    nonzero mantissa (the block's largest: then some mantissa is not 0)."""
+    return np.rint(_as_float32(top) * _as_float32(mul)) != np.float32(0.0)
+
+
 @numba.njit(cache=True, inline="always")
 def _fused_block(buf, masks, offs, mk, k0, nb, m0, n, mbits, emin, emax, wq8, o, sa, p,
                  bits):  # pragma: no cover - compiled
@@ -126,8 +144,10 @@ def _fused_block(buf, masks, offs, mk, k0, nb, m0, n, mbits, emin, emax, wq8, o,
     ``o``, quantized and multiplied in two passes over the taps without storing them: the
     block maxima, then each tap's mantissas straight into the integer products ``p``
     (exact in fp32), the scales into ``sa``. The numbers of :func:`_quantize_block`'s fp32
-    path (for ``emin >= -127``) and of :func:`_row_product`; False, with nothing done,
-    when a block maximum is too small for that path (``bits``: int32 scratch, ``3n``)."""
+    path (for ``emin >= -127``) and of :func:`_row_product`. Returns ``(True, lo, hi)``,
+    the range of the finite scales as :func:`_scale_range` gives it; ``(False, 0, 0)``,
+    with nothing done, when a block maximum is too small for that path (``bits``: int32
+    scratch, ``2n``)."""
     z = np.float32(0.0)
     top = bits[:n]
     top[:] = 0
@@ -141,24 +161,30 @@ def _fused_block(buf, masks, offs, mk, k0, nb, m0, n, mbits, emin, emax, wq8, o,
             top[i] = a if a > m else m
     lowest = mbits - 126
     mult = bits[n:2 * n]
-    scale = bits[2 * n:3 * n]
     tiny = 0
-    finite = True
-    for i in range(n):
-        e = min(max(((top[i] >> 23) & 255) - 127, emin), emax)
-        live = top[i] > 0 and top[i] < 0x7F800000
-        tiny += 1 if live and e < lowest else 0
-        finite = finite & (top[i] < 0x7F800000)
+    worst = zero  # the largest |x| bits: >= 0x7F800000 when a block is not finite
+    lo, hi = np.int32(0x7F800000), zero  # the range of the finite scales, by their bits
+    one, nan = np.int32(0x3F800000), np.int32(0x7FC00000)
+    sbits = sa.view(np.int32)
+    for i in range(n):  # integer lanes only (it vectorizes): _quantize_block's exponent
+        tp = top[i]
+        e = min(max(((tp >> 23) & 255) - 127, emin), emax)
+        live = (tp > 0) & (tp < 0x7F800000)
+        tiny += np.int32(live & (e < lowest))
+        worst = max(worst, tp)
         e = max(e, lowest)
-        mult[i] = (mbits - 1 - e + 127) << 23 if live else 0
-        scale[i] = (e - mbits + 1 + 127) << 23
+        mul = np.int32((mbits - 1 - e + 127) << 23) if live else zero
+        mult[i] = mul
+        # every mantissa 0 (the largest rounds to 0): scale 1, else 2**(e - mbits + 1)
+        s = np.int32((e - mbits + 1 + 127) << 23) if _nonzero(tp, mul) else one
+        finite = tp < 0x7F800000
+        sbits[i] = s if finite else nan
+        lo = min(lo, s if finite else np.int32(0x7F800000))
+        hi = max(hi, s if finite else zero)
     if tiny:
-        return False
-    amax, mf, sf = top.view(np.float32), mult.view(np.float32), scale.view(np.float32)
-    one = np.float32(1.0)
-    for i in range(n):
-        s = sf[i] if np.rint(amax[i] * mf[i]) != 0.0 else one  # all mantissas zero
-        sa[i] = s if top[i] < 0x7F800000 else np.float32(np.nan)
+        return False, 0.0, 0.0
+    finite = worst < 0x7F800000
+    mf = mult.view(np.float32)
     max_m = np.float32((1 << mbits) - 1)
     p[:] = 0.0
     for b in range(nb):
@@ -176,7 +202,7 @@ def _fused_block(buf, masks, offs, mk, k0, nb, m0, n, mbits, emin, emax, wq8, o,
                 m = abs(x) * mf[i]
                 m = min(np.rint(m), max_m) if m == m else z  # inf * 0 in a non-finite block
                 p[i] += wv * (-m if x < 0 else m)
-    return True
+    return True, np.float64(_as_float32(lo)), np.float64(_as_float32(hi))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -206,8 +232,9 @@ def _depthwise_flat_quantized(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og
                 acc[:] = 0.0
                 for j in range(nblocks):
                     nb = min(block, nk - j * block)
-                    if not _fused_block(buf, masks, offs, mk, j * block, nb, m0, n, mbits,
-                                        emin, emax, wq8, c, sa[j], p, bits):
+                    ok, lo0, hi0 = _fused_block(buf, masks, offs, mk, j * block, nb, m0, n,
+                                                mbits, emin, emax, wq8, c, sa[j], p, bits)
+                    if not ok:
                         # a tiny scale: the stored taps and the float64 quantizer
                         _gather_block(buf, masks, offs, mk, j * block, nb, m0, n, v)
                         _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
@@ -217,7 +244,7 @@ def _depthwise_flat_quantized(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og
                             qb = q[j, b]
                             for i in range(n):
                                 p[i] += wv * qb[i]
-                    lo0, hi0 = _scale_range(sa[j])
+                        lo0, hi0 = _scale_range(sa[j])
                     _accumulate_block(acc, p, sa[j], sw[c, j], lo0, hi0)
                 continue
             for j in range(nblocks):

@@ -396,7 +396,7 @@ def _at_phase_width(product, rows: int, tile: int, lanes: int, macs: int, kind: 
         run(by_rows, rows // tile, grain=_grain(macs * tile // rows * oh * wq, kind))
         finish.store(t, wq, ow, oh, o, 0)
         return
-    step = max(1, TILE_COLUMNS // wq)
+    step = max(1, max(TILE_COLUMNS, TILE_BYTES // (4 * rows)) // wq)  # few rows: long steps
 
     def share(r0: int, r1: int) -> None:
         t = np.empty((rows, -(-step * wq // lanes) * lanes), np.float32)
