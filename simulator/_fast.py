@@ -267,6 +267,17 @@ result lies within a few float64 ulps of the exact value, as ``math.erf``'s does
 _GELU_SLACK = 2.0**-47  # |x| times this bounds the GELU's error from erf's (below 2**-50)
 
 
+@intrinsic
+def _fma64(typingctx, a, b, c):
+    """``a * b + c`` rounded once (LLVM's fma, which vectorizes; numba contracts nothing)."""
+    def codegen(context, builder, signature, args):
+        d = ir.DoubleType()
+        f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(d, [d, d, d]),
+                                           "llvm.fma.f64")
+        return builder.call(f, args)
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
 def _erf_table() -> np.ndarray:
     """Row ``k``: ``erf(c)`` and the Taylor coefficients of erf about ``c = k / ERF_STEP``:
     ``erf^(n)(c) / n! = 2/sqrt(pi) exp(-c**2) (-1)**(n-1) H_(n-1)(c) / n!`` (``H`` the
@@ -294,9 +305,9 @@ def _erf64(v):  # pragma: no cover - compiled
     k = np.int64(a * ERF_STEP + 0.5)
     d = a - k / ERF_STEP  # |d| <= 1 / (2 * ERF_STEP); k / ERF_STEP is exact
     p = _ERF_TABLE[k, ERF_TERMS]
-    for n in range(ERF_TERMS - 1, 0, -1):
-        p = p * d + _ERF_TABLE[k, n]
-    return math.copysign(_ERF_TABLE[k, 0] + p * d, v)  # erf is odd; erf(-0) is -0
+    for n in range(ERF_TERMS - 1, 0, -1):  # Horner on fused multiply-adds
+        p = _fma64(p, d, _ERF_TABLE[k, n])
+    return math.copysign(_fma64(p, d, _ERF_TABLE[k, 0]), v)  # erf is odd; erf(-0) is -0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -417,17 +428,6 @@ def _as_float64(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.DoubleType())
     return types.float64(types.int64), codegen
-
-
-@intrinsic
-def _fma64(typingctx, a, b, c):
-    """``a * b + c`` rounded once (LLVM's fma, which vectorizes; numba contracts nothing)."""
-    def codegen(context, builder, signature, args):
-        d = ir.DoubleType()
-        f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(d, [d, d, d]),
-                                           "llvm.fma.f64")
-        return builder.call(f, args)
-    return types.float64(types.float64, types.float64, types.float64), codegen
 
 
 @numba.njit(cache=True, inline="always")

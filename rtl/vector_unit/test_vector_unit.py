@@ -244,7 +244,8 @@ async def vector_idle_backpressure(dut):
 
 @pytest.mark.rtl
 @requires_simulator()
-@pytest.mark.parametrize("lanes", LANES, ids=[f"lanes{n}" for n in LANES])
+@pytest.mark.parametrize("lanes", [pytest.param(n, marks=pytest.mark.slow) if n != LANES[0]
+                                   else n for n in LANES], ids=[f"lanes{n}" for n in LANES])
 def test_vector_unit(lanes: int) -> None:
     stats = run("vector_unit", {"LANES": lanes}, __file__)
     assert set(stats) == {"streaming", "idle_backpressure"}
