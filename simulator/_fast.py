@@ -241,6 +241,64 @@ def quantize_mx(x2d: np.ndarray, block: int, mbits: int, emax_elem: int, shift: 
     return q, exps
 
 
+# --- global average pooling: numpy's float64 mean, pairwise, without the float64 copy ---
+
+_PAIRWISE_BLOCK = 128  # numpy's PW_BLOCKSIZE
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise(x, n):  # pragma: no cover - compiled
+    # numpy's pairwise_sum of float32 elements in float64 (loops_utils.h.src), same order:
+    # below 8 a running sum from -0.0; up to 128, eight running sums then the rest; above,
+    # the two halves (the first a multiple of 8 long)
+    if n < 8:
+        res = -0.0
+        for i in range(n):
+            res += np.float64(x[i])
+        return res
+    if n <= _PAIRWISE_BLOCK:
+        r0, r1, r2, r3 = (np.float64(x[0]), np.float64(x[1]), np.float64(x[2]),
+                          np.float64(x[3]))
+        r4, r5, r6, r7 = (np.float64(x[4]), np.float64(x[5]), np.float64(x[6]),
+                          np.float64(x[7]))
+        i = 8
+        while i < n - n % 8:
+            r0 += np.float64(x[i])
+            r1 += np.float64(x[i + 1])
+            r2 += np.float64(x[i + 2])
+            r3 += np.float64(x[i + 3])
+            r4 += np.float64(x[i + 4])
+            r5 += np.float64(x[i + 5])
+            r6 += np.float64(x[i + 6])
+            r7 += np.float64(x[i + 7])
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res += np.float64(x[i])
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise(x[:n2], n2) + _pairwise(x[n2:], n - n2)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # 0 / 0 is NaN, as numpy's
+def _mean_rows(x, r0, r1, out):  # pragma: no cover - compiled
+    # out[r] = fp32(float64 mean of row r of x [R, N]) as numpy's add.reduce (from +0.0,
+    # then the pairwise sum) and true_divide by N give it
+    for r in range(r0, r1):
+        out[r] = np.float32((0.0 + _pairwise(x[r], x.shape[1])) / x.shape[1])
+
+
+def mean_rows(x2d: np.ndarray) -> np.ndarray:
+    """``x2d.astype(float64).mean(axis=1).astype(float32)`` of a C-contiguous float32
+    ``[R, N]``, bit for bit, with no float64 copy; the threads share the rows."""
+    out = np.empty(x2d.shape[0], np.float32)
+    threads.run(lambda a, b: _mean_rows(x2d, a, b, out), x2d.shape[0],
+                grain=max(1, (1 << 16) // max(1, x2d.shape[1])))
+    return out
+
+
 @numba.njit(cache=True)
 def _erf(x, out):  # pragma: no cover - compiled
     for k in range(x.size):

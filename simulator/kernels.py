@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npusim.simulator import _fast_phases, gemm, phase_layout, threads
+from npusim.simulator import _fast, _fast_phases, gemm, phase_layout, threads
 from npusim.simulator.numerics import (
     BfpTensor,
     Format,
@@ -340,6 +340,14 @@ def avgpool_reference(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False
 
 
 def global_avgpool(x: np.ndarray) -> np.ndarray:
+    """:func:`global_avgpool_reference`'s bits, from a compiled pass over the float32
+    planes (numpy's pairwise float64 sum, without its float64 copy of the input)."""
+    n, c, h, w = x.shape
+    flat = np.ascontiguousarray(x, np.float32).reshape(n * c, h * w)
+    return _fast.mean_rows(flat).reshape(n, c, 1, 1)
+
+
+def global_avgpool_reference(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float64).mean(axis=(2, 3), keepdims=True).astype(np.float32)
 
 

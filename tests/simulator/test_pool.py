@@ -67,3 +67,25 @@ def test_signed_zeros_pool_as_their_definitions() -> None:
             geom = ConvGeometry(k, (1, 1), pads if k[0] > 1 else (0, 0, 0, 0))
             assert _same(kernels.avgpool(x, geom), kernels.avgpool_reference(x, geom))
             assert _same(kernels.maxpool(x, geom), kernels.maxpool_reference(x, geom))
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 7), (2, 4), (3, 3), (1, 127), (8, 16), (1, 129),
+                                (7, 7), (14, 14), (25, 40), (112, 112)])
+def test_global_average_matches_numpy_mean(hw: tuple[int, int]) -> None:
+    """numpy's float64 mean (from +0.0, pairwise in blocks of 128, eight running sums),
+    rounded to fp32: signed zeros, NaN, infinities of both signs, values far apart in
+    magnitude, a batch of two; the threads sharing the planes."""
+    rng = np.random.default_rng(hw[0] * 1000 + hw[1])
+    x = (rng.standard_normal((2, 9, *hw))
+         * 10.0 ** rng.integers(-30, 30, (2, 9, 1, 1))).astype(np.float32)
+    x[0, 0] = -0.0
+    x[0, 1] = 0.0
+    x[0, 2].flat[-1] = np.nan
+    x[0, 3].flat[0] = np.inf
+    x[0, 4].flat[0], x[0, 4].flat[-1] = np.inf, -np.inf
+    x[1, 0].flat[::2] = 3e38
+    x[1, 1] = -1e-45
+    got = kernels.global_avgpool(x)
+    with np.errstate(invalid="ignore"):  # inf - inf
+        assert _same(got, kernels.global_avgpool_reference(x))
+    assert got.shape == (2, 9, 1, 1)
