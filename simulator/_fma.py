@@ -39,7 +39,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npusim.simulator._vnni import host_has
+from npusim.simulator.cpu import AVX512
 
 ROWS = 8
 """Output channels per tile."""
@@ -57,7 +57,7 @@ CHUNK_BYTES = 9 << 10
 """Bytes of a row tile's weights per chunk of ``K`` (they stay in L1 while the tile runs
 over the chunk's columns)."""
 
-AVAILABLE = os.environ.get("NPUSIM_FMA", "1") != "0" and host_has("avx512f")
+AVAILABLE = os.environ.get("NPUSIM_FMA", "1") != "0" and AVX512
 """Whether the kernel may be compiled here."""
 
 _I32, _F32 = ir.IntType(32), ir.FloatType()

@@ -44,8 +44,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from npusim.simulator._fast_gemm import (_accumulate_block, _gather_block, _quantize_block,
-                                         _scale_range)
+from npusim.simulator._fast_gemm import (
+    _accumulate_block,
+    _gather_block,
+    _quantize_block,
+    _scale_range,
+)
+from npusim.simulator.cpu import host_has
 
 ROWS = 8
 """Rows of the broadcast operand per tile (their accumulators live in registers)."""
@@ -58,22 +63,6 @@ CHUNK_BYTES = 1 << 17
 
 _MIN_NORMAL = 2.0**-126
 _MAX_EXACT = 2.0**(127 - 24)
-
-
-def host_has(*needed: str) -> bool:
-    """Whether numba compiles for a CPU with every one of the LLVM features ``needed``
-    (the host's, unless ``NUMBA_CPU_NAME`` names another CPU, when its
-    ``NUMBA_CPU_FEATURES`` decide)."""
-    cpu = numba.config.CPU_NAME
-    if cpu and cpu != "host":
-        given = set((numba.config.CPU_FEATURES or "").split(","))
-        return all(f"+{f}" in given for f in needed)
-    try:
-        import llvmlite.binding as ll
-        features = ll.get_host_cpu_features()
-    except Exception:  # noqa: BLE001 - any failure to read them means: don't use it
-        return False
-    return all(features.get(f, False) for f in needed)
 
 
 AVAILABLE = (os.environ.get("NPUSIM_VNNI", "1") != "0"
@@ -427,12 +416,12 @@ def plane_tables(S, quads, offsets):  # pragma: no cover - compiled
     lo = np.empty(nblocks, np.float64)
     hi = np.empty(nblocks, np.float64)
     for cb in range(ncb):
-        l, h = _scale_range(S[cb])
+        smallest, largest = _scale_range(S[cb])
         for tap in range(offsets.shape[0]):
             j = tap * ncb + cb
             xj[j] = (cb * quads * width + offsets[tap]) * 4
             sj[j] = (cb * width + offsets[tap]) * 4
-            lo[j], hi[j] = l, h
+            lo[j], hi[j] = smallest, largest
     return xj, sj, lo, hi
 
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from npusim.simulator import _fast_gemm, threads
 from npusim.simulator.gemm import _grain, _rows_per_step, conv2d, taps
+from npusim.simulator.numerics import BfpTensor, block_scales
 from npusim.simulator.weight_tiles import tiles as _tiles
 from npusim.simulator.weight_tiles import weight_scales
-from npusim.simulator.numerics import BfpTensor, block_scales
 
 GEMV_ROWS = 8
 """Products with at most this many activation rows read the int8 weights directly."""

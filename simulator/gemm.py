@@ -31,13 +31,13 @@ import functools
 import numpy as np
 
 from npusim.simulator import _fast_direct, _fast_gemm, _fast_phases, _fma, _vnni, threads
+from npusim.simulator import _tiles as _tiles_mod
 from npusim.simulator.epilogue import Epilogue
+from npusim.simulator.numerics import BfpTensor, Format
+from npusim.simulator.phase_layout import FlatLayout, flat_layout
 from npusim.simulator.weight_tiles import packed_f32
 from npusim.simulator.weight_tiles import tiles as _tiles
 from npusim.simulator.weight_tiles import weight_rows as _weight_rows
-from npusim.simulator import _tiles as _tiles_mod
-from npusim.simulator.numerics import BfpTensor, Format
-from npusim.simulator.phase_layout import FlatLayout, flat_layout
 
 PARTIAL_BYTES = 1 << 20
 """Bytes of block partials (or fp32 columns) made per GEMM: a slice of output rows sized

@@ -11,7 +11,7 @@ import numba
 import numpy as np
 import pytest
 
-from npusim.simulator import _fma, _vnni, gemm
+from npusim.simulator import _fma, cpu, gemm
 from npusim.simulator.kernels import ConvGeometry
 from npusim.simulator.numerics import get_format
 
@@ -119,8 +119,8 @@ def test_gate_follows_the_target_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     elsewhere), as numba's named target CPU says."""
     monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "")
-    assert not _vnni.host_has("avx512f")
+    assert not cpu.host_has("avx512f")
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx512f")
-    assert _vnni.host_has("avx512f")
+    assert cpu.host_has("avx512f")
     monkeypatch.setattr(_fma, "AVAILABLE", False)
     assert not gemm._fma_ok(ConvGeometry((3, 3)), (56, 56), (1, 58, 58))
