@@ -480,12 +480,20 @@ the exact value (an exp of a few ulps, then two rounded operations), so outside 
 margin both round to the same float32."""
 
 
-@intrinsic
-def _as_float64(typingctx, bits):
-    """The float64 whose bits are the int64 ``bits``."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return types.float64(types.int64), codegen
+def _reinterpret(source, target, llvm_type):
+    """An intrinsic: the ``target`` value whose bits are those of its ``source`` argument."""
+    @intrinsic
+    def cast(typingctx, bits):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_type)
+        return target(source), codegen
+    return cast
+
+
+_as_float64 = _reinterpret(types.int64, types.float64, ir.DoubleType())
+"""The float64 whose bits are the int64 argument."""
+as_float32 = _reinterpret(types.int32, types.float32, ir.FloatType())
+"""The float32 whose bits are the int32 argument."""
 
 
 @numba.njit(cache=True, inline="always")

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.extending import intrinsic
 
+from npusim.simulator._fast import as_float32
 from npusim.simulator._fast_direct import _block_scratch, _block_views, _row_product
 from npusim.simulator._fast_gemm import _accumulate_block, _quantize_block, _scale_range
 
@@ -122,19 +120,11 @@ def _gather_block(buf, masks, offs, mk, k0, nb, m0, n, v):  # pragma: no cover -
             vb[i] = src[i] if t[i] else z
 
 
-@intrinsic
-def _as_float32(typingctx, bits):
-    """The float32 whose bits are the int32 ``bits``."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
-
-
 @numba.njit(cache=True, inline="always")
 def _nonzero(top, mul):  # pragma: no cover - compiled
     """Whether |x| of bits ``top`` times the multiplier of bits ``mul`` rounds to a
     nonzero mantissa (the block's largest: then some mantissa is not 0)."""
-    return np.rint(_as_float32(top) * _as_float32(mul)) != np.float32(0.0)
+    return np.rint(as_float32(top) * as_float32(mul)) != np.float32(0.0)
 
 
 @numba.njit(cache=True, inline="always")
@@ -202,7 +192,7 @@ def _fused_block(buf, masks, offs, mk, k0, nb, m0, n, mbits, emin, emax, wq8, o,
                 m = abs(x) * mf[i]
                 m = min(np.rint(m), max_m) if m == m else z  # inf * 0 in a non-finite block
                 p[i] += wv * (-m if x < 0 else m)
-    return True, np.float64(_as_float32(lo)), np.float64(_as_float32(hi))
+    return True, np.float64(as_float32(lo)), np.float64(as_float32(hi))
 
 
 @numba.njit(cache=True, nogil=True)
