@@ -463,7 +463,7 @@ def _conv_fma(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out, finis
     c, hp, wp = xp.shape
     (kh, kw), (sy, sx) = geom.kernel, geom.strides
     taps = kh * kw
-    wts = packed_f32(w, groups, lambda wf: _fma.pack_weights(wf, taps))[grp]
+    wts = packed_f32(w, groups, taps)[grp]
     rows, k = wts.shape[0] * _fma.ROWS, wts.shape[1]
     kc = _fma.chunk(k)
     if (kh, kw) == (1, 1) and (sy, sx) == (1, 1) and out_hw == (hp, wp):  # in place

@@ -8,7 +8,7 @@ import weakref
 
 import numpy as np
 
-from npusim.simulator import _vnni
+from npusim.simulator import _fma, _vnni
 from npusim.simulator.numerics import BfpTensor, block_scales
 
 
@@ -92,21 +92,23 @@ def weight_scales(w: BfpTensor, scales: np.ndarray | None = None) -> np.ndarray:
 _PACKED: dict[int, tuple[weakref.ref, dict]] = {}
 
 
-def packed_f32(w: np.ndarray, groups: int, pack) -> list[np.ndarray]:
-    """Per group, ``pack(w[group rows])`` of an fp32 weight array ``w [O, K]``, made once
-    per array (kept while it lives: arrays are not hashable, so the cache is keyed by
-    identity and its entry leaves with the array)."""
+def packed_f32(w: np.ndarray, groups: int, taps: int) -> list[np.ndarray]:
+    """Per group, an fp32 weight array ``w [O, K]`` (K in ``(taps, C)`` order) as
+    :func:`npusim.simulator._fma.product` reads it, made once per array and layout (kept
+    while the array lives: arrays are not hashable, so the cache is keyed by identity and
+    its entry leaves with the array)."""
     key = id(w)
     entry = _PACKED.get(key)
     if entry is None or entry[0]() is not w:
         entry = _PACKED[key] = (weakref.ref(w, lambda _, key=key: _PACKED.pop(key, None)),
                                 {})
     made = entry[1]
-    if groups not in made:
+    if (groups, taps) not in made:
         wf = np.asarray(w, np.float32)
         og = wf.shape[0] // groups
-        made[groups] = [pack(wf[g * og:(g + 1) * og]) for g in range(groups)]
-    return made[groups]
+        made[groups, taps] = [_fma.pack_weights(wf[g * og:(g + 1) * og], taps)
+                              for g in range(groups)]
+    return made[groups, taps]
 
 
 _TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -124,3 +124,19 @@ def test_gate_follows_the_target_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu.host_has("avx512f")
     monkeypatch.setattr(_fma, "AVAILABLE", False)
     assert not gemm._fma_ok(ConvGeometry((3, 3)), (56, 56), (1, 58, 58))
+
+
+@needs_fma
+def test_one_weight_array_in_two_layouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packed weights are kept per array and per layout: the same [O, 18] array as a
+    3x3 of two channels and as a 1x1 of eighteen gives each its own product."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 18)).astype(np.float32)
+    monkeypatch.setattr(gemm, "FMA_USEFUL", 0.0)
+    cases = [(rng.standard_normal((1, 2, 9, 9)).astype(np.float32),
+              ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1))),
+             (rng.standard_normal((1, 18, 9, 9)).astype(np.float32), ConvGeometry((1, 1)))]
+    got = [gemm.conv2d(x, w, geom, FP32) for x, geom in cases]
+    monkeypatch.setattr(_fma, "AVAILABLE", False)
+    for (x, geom), y in zip(cases, got):
+        close(y, gemm.conv2d(x, w, geom, FP32))
