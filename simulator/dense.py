@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from npusim.simulator import _fast_gemm, threads
-from npusim.simulator.gemm import _grain, _rows_per_step, conv2d, taps
+from npusim.simulator.conv_shares import grain
+from npusim.simulator.gemm import _rows_per_step, conv2d, taps
 from npusim.simulator.numerics import BfpTensor, block_scales
 from npusim.simulator.weight_tiles import tiles as _tiles
 from npusim.simulator.weight_tiles import weight_scales
@@ -32,7 +33,7 @@ def _gemv(xq: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
     def share(o0: int, o1: int) -> None:
         _fast_gemm.gemv(xq, sa, wt, swt, o0, o1, out)
 
-    threads.run(share, o, grain=_grain(xq.shape[0] * w.q.shape[1], "direct"))
+    threads.run(share, o, grain=grain(xq.shape[0] * w.q.shape[1], "direct"))
     return out
 
 
@@ -50,7 +51,7 @@ def _rows_product(q: np.ndarray, sa: np.ndarray, w: BfpTensor) -> np.ndarray:
             _fast_gemm.accumulate_cols(np.matmul(mant, q[:, :, a:b]), sw,
                                        np.ascontiguousarray(sa[:, a:b]), out, a)
 
-    threads.run(share, n, grain=_grain(mant.shape[1] * w.q.shape[1]))
+    threads.run(share, n, grain=grain(mant.shape[1] * w.q.shape[1]))
     return out.T
 
 
@@ -116,5 +117,5 @@ def matmul_batched(a: BfpTensor, w: BfpTensor) -> np.ndarray:
         _fast_gemm.accumulate_batch(partials, sw if shared == 1 else sw[i0:i1], sa[i0:i1],
                                     out[i0:i1])
 
-    threads.run(share, batch, grain=_grain(m * n * kp))
+    threads.run(share, batch, grain=grain(m * n * kp))
     return out.transpose(0, 2, 1)

@@ -13,10 +13,12 @@ way a CPU is fast at:
 * a fused numba pass sums them in the device's order;
 * or, on a CPU with AVX-512 VNNI, both in one pass on its 8-bit dot products
   (:mod:`npusim.simulator._vnni`), from the input planes quantized once where every block
-  lies within a pixel's channels (no im2col).
+  lies within a pixel's channels (no im2col); fp32 convolutions likewise on its 512-bit
+  fused multiply-adds (:mod:`npusim.simulator._fma`).
 
 Grouped and depthwise convolutions run all their groups in one numba call that
-quantizes each window and dots it with its group's weights; a 1x1 convolution reads
+quantizes each window and dots it with its group's weights
+(:mod:`npusim.simulator.channelwise`); a 1x1 convolution reads
 its input in place; a product with few activation rows reads the int8 weights
 directly. The result comes out ``[O, pixels]``, that is NCHW.
 
@@ -30,11 +32,11 @@ import functools
 
 import numpy as np
 
-from npusim.simulator import _fast_direct, _fast_gemm, _fast_phases, _fma, _vnni, threads
+from npusim.simulator import _fast_gemm, _fma, _vnni, channelwise, threads
 from npusim.simulator import _tiles as _tiles_mod
+from npusim.simulator.conv_shares import grain, padded
 from npusim.simulator.epilogue import Epilogue
 from npusim.simulator.numerics import BfpTensor, Format
-from npusim.simulator.phase_layout import FlatLayout, flat_layout
 from npusim.simulator.weight_tiles import packed_f32
 from npusim.simulator.weight_tiles import tiles as _tiles
 from npusim.simulator.weight_tiles import weight_rows as _weight_rows
@@ -79,37 +81,6 @@ def _rows_per_step(nblocks: int, out_rows: int, width: int) -> int:
     return max(1, PARTIAL_BYTES // (4 * nblocks * out_rows * max(1, width)))
 
 
-def pad_extent(hw: tuple[int, int], geom, out_hw: tuple[int, int]
-               ) -> tuple[int, int, int, int]:
-    """``(top, left, Hp, Wp)``: the zero padding every window of ``geom`` reads around an
-    ``hw`` plane (top and left as the geometry says; bottom and right as far as the last
-    window reaches), and the padded plane's size."""
-    h, w = hw
-    oh, ow = out_hw
-    need_h = (oh - 1) * geom.strides[0] + (geom.kernel[0] - 1) * geom.dilations[0] + 1
-    need_w = (ow - 1) * geom.strides[1] + (geom.kernel[1] - 1) * geom.dilations[1] + 1
-    top, left = geom.pads[:2]
-    return top, left, top + h + max(need_h - h - top, 0), left + w + max(need_w - w - left, 0)
-
-
-def padded(x: np.ndarray, geom, out_hw: tuple[int, int], channels_last: bool = False
-           ) -> np.ndarray:
-    """``x [C, H, W]`` with the zero padding of :func:`pad_extent`; with
-    ``channels_last``, ``[H, W, C]`` (in one copy)."""
-    c, h, w = x.shape
-    top, left, hp, wp = pad_extent((h, w), geom, out_hw)
-    bottom, right = hp - h - top, wp - w - left
-    if channels_last:
-        xt = np.zeros((h + top + bottom, w + left + right, c), np.float32)
-        xt[top:top + h, left:left + w] = x.transpose(1, 2, 0)
-        return xt
-    if top == left == bottom == right == 0:
-        return x
-    xp = np.zeros((c, h + top + bottom, w + left + right), np.float32)
-    xp[:, top:top + h, left:left + w] = x
-    return xp
-
-
 def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
            bias: np.ndarray | None = None, residual: np.ndarray | None = None,
            relu: bool = False, clip: tuple[float, float] | None = None,
@@ -130,7 +101,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
             or not out.flags.c_contiguous:
         raise ValueError(f"conv2d: out must be C-contiguous float32 {[b, o, oh, ow]}")
     epi = Epilogue(bias, residual, relu, (b, o), clip)
-    depthwise = _one_channel_per_group((h, w), weight, tp, geom, fmt, og, (oh, ow)) \
+    depthwise = channelwise.one_channel_per_group((h, w), weight, tp, geom, fmt, og,
+                                                  (oh, ow)) \
         if g > 1 and cg == 1 else None
     for i in range(b):
         plane = out[i].reshape(o, oh * ow)
@@ -138,8 +110,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
             depthwise(x[i], plane, epi.finisher(i, plane))
             continue
         xp = padded(x[i], geom, (oh, ow))
-        if g > 1 and _grouped_direct(cg, og, len(tp[0])):
-            _grouped(xp, weight, tp, geom, fmt, cg, og, plane, (oh, ow), epi.finisher(i, plane))
+        if g > 1 and channelwise.grouped_direct(cg, og, len(tp[0])):
+            channelwise.grouped(xp, weight, tp, geom, fmt, cg, og, plane, (oh, ow),
+                                epi.finisher(i, plane))
             continue
         def groups(g0: int, g1: int, run=threads.run, i=i, xp=xp, plane=plane) -> None:
             for grp in range(g0, g1):
@@ -214,7 +187,7 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish, run=threads.run) -> None:
             np.matmul(wf[o0:o1], cols, out=out[o0:o1])
             finish(o0, o1, 0, oh * ow)
 
-        run(by_rows, wf.shape[0], grain=_grain(len(tp[0]) * oh * ow, "blas"))
+        run(by_rows, wf.shape[0], grain=grain(len(tp[0]) * oh * ow, "blas"))
         return
     step = _rows_per_step(1, len(tp[0]) + wf.shape[0], ow)
 
@@ -228,7 +201,7 @@ def _conv_f32(xp, wf, tp, geom, out_hw, out, finish, run=threads.run) -> None:
             np.matmul(wf, cols, out=out[:, n0:n1])
             finish(0, out.shape[0], n0, n1)
 
-    run(share, oh, grain=_grain(wf.shape[0] * len(tp[0]) * ow, "blas"))
+    run(share, oh, grain=grain(wf.shape[0] * len(tp[0]) * ow, "blas"))
 
 
 def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish,
@@ -259,7 +232,7 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish,
                                            out[a:b], 0)
                 finish(a, b, 0, oh * ow)
 
-        run(by_rows, o, grain=_grain(len(tp[0]) * oh * ow))
+        run(by_rows, o, grain=grain(len(tp[0]) * oh * ow))
         return
     # slices of at least MIN_COLUMNS pixels, and of the output rows when the layer is
     # wide (a transformer's 4096 outputs left one pixel per GEMM: 12 GMAC/s, now 40)
@@ -277,7 +250,7 @@ def _conv_bfp(xp, mant, sw, tp, geom, fmt: Format, out_hw, out, finish,
                                            rows[0] * ow)
             finish(0, o, rows[0] * ow, rows[1] * ow)
 
-    run(share, oh, grain=_grain(o * len(tp[0]) * ow))
+    run(share, oh, grain=grain(o * len(tp[0]) * ow))
 
 
 def _conv_tiled(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
@@ -305,7 +278,7 @@ def _conv_tiled(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
             out[:, a * ow:b * ow] = t[:, :n]
             finish(0, o, a * ow, b * ow)
 
-    run(share, oh, grain=_grain(o * len(tp[0]) * ow))
+    run(share, oh, grain=grain(o * len(tp[0]) * ow))
 
 
 def _conv_vnni(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
@@ -336,7 +309,7 @@ def _conv_vnni(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
             r0, r1 = t0 * _vnni.ROWS, t1 * _vnni.ROWS
             _vnni.product(x, wq, cq, tq, sa, r0, r1, t[r0:r1])
 
-        run(by_rows, tiles, grain=_grain(_vnni.ROWS * k * oh * ow, "vnni"))
+        run(by_rows, tiles, grain=grain(_vnni.ROWS * k * oh * ow, "vnni"))
         finish.store(t, oh * ow, oh * ow, 1, o, 0)
         return
     step = max(1, TILE_COLUMNS // ow, TILE_BYTES // (k * ow))
@@ -350,7 +323,7 @@ def _conv_vnni(xp, w: BfpTensor, groups: int, grp: int, tp, geom, out_hw, out,
             _vnni.product(x, wq, cq, tq, sa, 0, rows, t)
             finish.store(t, n, n, 1, o, a * ow)
 
-    run(share, oh, grain=_grain(o * k * ow, "vnni"))
+    run(share, oh, grain=grain(o * k * ow, "vnni"))
 
 
 def _planes(channels: int, fmt: Format) -> bool:
@@ -393,7 +366,7 @@ def _at_phase_width(product, rows: int, tile: int, lanes: int, macs: int, kind: 
             r0, r1 = t0 * tile, t1 * tile
             product(0, oh * wq, r0, r1, t[r0:r1])
 
-        run(by_rows, rows // tile, grain=_grain(macs * tile // rows * oh * wq, kind))
+        run(by_rows, rows // tile, grain=grain(macs * tile // rows * oh * wq, kind))
         finish.store(t, wq, ow, oh, o, 0)
         return
     step = max(1, max(TILE_COLUMNS, TILE_BYTES // (4 * rows)) // wq)  # few rows: long steps
@@ -405,7 +378,7 @@ def _at_phase_width(product, rows: int, tile: int, lanes: int, macs: int, kind: 
             product(a * wq, b * wq, 0, rows, t)
             finish.store(t, wq, ow, b - a, o, a * ow)
 
-    run(share, oh, grain=_grain(macs * wq, kind))
+    run(share, oh, grain=grain(macs * wq, kind))
 
 
 def _conv_planes(xp, w: BfpTensor, groups: int, grp: int, geom, out_hw, out, finish,
@@ -495,181 +468,3 @@ def _vnni_ok(fmt: Format) -> bool:
     return _vnni.supports(fmt.block_size, fmt.mantissa_bits)
 
 
-SHARE_MACS = {"blas": 1 << 20, "blocks": 1 << 20, "direct": 1 << 17, "direct_f32": 1 << 19,
-              "vnni": 1 << 21, "fma": 1 << 20}
-"""MACs a share must hold to be worth a thread hand-off (10-25 us, :mod:`threads`): about
-30 us of work for an fp32 GEMM (BLAS) and for the direct kernels (depthwise, grouped, a
-product of a few rows), fp32 or quantized; about 100 us of a block format's products, whose
-smaller layers split worse (measured in-process on the mobile graphs: MobileNetV2 and
-ShuffleNet 5-20% faster than with a fourth of these grains for BLAS and the direct
-kernels, MobileNetV3-Small unchanged; a smaller grain for the block products made
-MobileNetV3-Small 5-15% slower)."""
-
-
-def _direct_kind(fmt: Format) -> str:
-    return "direct_f32" if fmt.is_fp32 else "direct"
-
-
-def _grain(macs_per_task: int, kind: str = "blocks") -> int:
-    """Tasks per share so that a share is worth a thread hand-off (``SHARE_MACS``)."""
-    return max(1, SHARE_MACS[kind] // max(1, macs_per_task))
-
-
-def _grouped_direct(cg: int, og: int, kg: int) -> bool:
-    """Groups too small for a GEMM each run together in the direct kernel."""
-    return og < 16 or kg < 32 or cg < 8
-
-
-GROUPED_COLUMNS = 512
-"""Output pixels of one group gathered and quantized at a time by the direct grouped
-kernel: its columns, mantissas and products then stay in L1."""
-
-
-CHANNEL_WIDTH = 10
-"""A convolution with one input channel per group in a block format, output rows
-narrower than this and at least ``CHANNEL_GROUPS`` groups runs vectorized along its
-channels: its planes are too small to vectorize (measured against the phase layout in
-MSFP16 and MX INT8: 1.3-1.8x faster on MobileNet's 7x7 planes, 1.15-1.3x slower on
-14x14 ones). In fp32 the phase layout is as fast on 7x7 planes and takes them all."""
-
-CHANNEL_GROUPS = 32
-"""Fewest groups worth vectorizing along (see ``CHANNEL_WIDTH``)."""
-
-
-def _by_channels(groups: int, width: int) -> bool:
-    return width < CHANNEL_WIDTH and groups >= CHANNEL_GROUPS
-
-
-def _one_channel_per_group(hw: tuple[int, int], weight, tp, geom, fmt: Format, og: int,
-                           out_hw: tuple[int, int]):
-    """``run(x, plane, finish)`` for one image of a convolution with one input channel per
-    group: on the phase layout, vectorized along the channels (narrow block-format
-    planes, narrow strided fp32 planes, or when the layout does not fit and the planes
-    are narrow), or on padded planes."""
-    channels = _by_channels(weight.shape[0] // og, out_hw[1])
-    by_channels = channels and (not fmt.is_fp32 or geom.strides != (1, 1))
-    layout = None if by_channels else flat_layout(hw, geom, out_hw, PLANE_COLUMNS)
-    if layout is not None:
-        return lambda x, plane, finish: _depthwise_flat(x, weight, layout, fmt, og, plane,
-                                                        finish)
-    if channels:
-        return lambda x, plane, finish: _depthwise(
-            padded(x, geom, out_hw, channels_last=True), weight, tp, geom, fmt, og, plane,
-            out_hw, finish)
-    return lambda x, plane, finish: _depthwise_planes(x, weight, tp, geom, fmt, og, plane,
-                                                      out_hw, finish)
-
-
-def _depthwise(xt, weight, tp, geom, fmt: Format, og: int, out, out_hw, finish) -> None:
-    """A convolution of one input channel per group (depthwise, or with a channel
-    multiplier ``og``), one padded channel-last image ``xt [Hp, Wp, G]``, vectorized along
-    the channels; the threads share its output rows."""
-    oh, ow = out_hw
-    _, ky, kx = tp
-    if fmt.is_fp32:
-        wf = np.asarray(weight, np.float32)
-        wt = np.ascontiguousarray(wf.reshape(-1, og, wf.shape[1]).transpose(1, 2, 0))
-
-        def product(r0: int, r1: int) -> None:
-            _fast_direct.depthwise_f32(xt, ky, kx, ow, *geom.strides, wt, r0, r1, out)
-    else:
-        wt, swt = _tiles(weight).by_channels(weight, og, len(ky))
-
-        def product(r0: int, r1: int) -> None:
-            _fast_direct.depthwise_quantized(xt, ky, kx, ow, *geom.strides, fmt.block_size,
-                                           fmt.mantissa_bits, fmt.emin, fmt.emax, wt, swt,
-                                           r0, r1, out)
-
-    def share(r0: int, r1: int) -> None:
-        product(r0, r1)
-        finish(0, out.shape[0], r0 * ow, r1 * ow)
-
-    threads.run(share, oh, grain=_grain(out.shape[0] * len(ky) * ow, _direct_kind(fmt)))
-
-
-PLANE_COLUMNS = 2048
-"""Elements of the wide output (output rows of the padded plane's width) per step of a
-plane-wise depthwise kernel: its taps, mantissas and sums stay in L1/L2."""
-
-
-def _depthwise_planes(x, weight, tp, geom, fmt: Format, og: int, out, out_hw,
-                      finish) -> None:
-    """A convolution of one input channel per group, one unpadded image ``x [C, H, W]``, a
-    channel plane at a time (each padded in the kernel's own scratch plane); the threads
-    share the channels."""
-    oh, ow = out_hw
-    _, ky, kx = tp
-    top, left, hp, wp = pad_extent(x.shape[1:], geom, out_hw)
-    shape = _fast_direct.phase_shape(hp, wp, *geom.strides)
-    step = max(1, PLANE_COLUMNS // shape[3])
-    if fmt.is_fp32:
-        wf = np.ascontiguousarray(weight, np.float32)
-
-        def product(c0: int, c1: int) -> None:
-            _fast_direct.depthwise_planes_f32(x, top, left, np.zeros(shape, np.float32), ky,
-                                            kx, oh, ow, og, wf, c0, c1, step, out)
-    else:
-        scales = _tiles(weight).scales
-
-        def product(c0: int, c1: int) -> None:
-            _fast_direct.depthwise_planes_quantized(
-                x, top, left, np.zeros(shape, np.float32), ky, kx, oh, ow, og,
-                fmt.block_size, fmt.mantissa_bits, fmt.emin, fmt.emax, weight.q, scales, c0,
-                c1, step, out)
-
-    def share(c0: int, c1: int) -> None:
-        product(c0, c1)
-        finish(c0 * og, c1 * og, 0, oh * ow)
-
-    threads.run(share, x.shape[0], grain=_grain(og * len(ky) * oh * ow, _direct_kind(fmt)))
-
-
-def _depthwise_flat(x, weight, lay: FlatLayout, fmt: Format, og: int, out, finish) -> None:
-    """A convolution of one input channel per group, one unpadded image ``x [C, H, W]``, a
-    channel plane at a time in the :class:`FlatLayout`; the threads share the channels."""
-    oh, ow = lay.out_hw
-    args = (lay.start, *lay.strides, lay.offs, lay.masks, lay.mk, oh, ow, og)
-    if fmt.is_fp32:
-        wf = np.ascontiguousarray(weight, np.float32)
-
-        def product(c0: int, c1: int) -> None:
-            _fast_phases.depthwise_flat_f32(x, np.zeros(lay.planes * lay.length, np.float32),
-                                            *args, wf, c0, c1, lay.rows, out)
-    else:
-        scales = _tiles(weight).scales
-
-        def product(c0: int, c1: int) -> None:
-            _fast_phases.depthwise_flat_quantized(
-                x, np.zeros(lay.planes * lay.length, np.float32), *args, fmt.block_size,
-                fmt.mantissa_bits, fmt.emin, fmt.emax, weight.q, scales, c0, c1, lay.rows,
-                out)
-
-    def share(c0: int, c1: int) -> None:
-        product(c0, c1)
-        finish(c0 * og, c1 * og, 0, oh * ow)
-
-    threads.run(share, x.shape[0], grain=_grain(og * len(lay.offs) * oh * ow, _direct_kind(fmt)))
-
-
-def _grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
-             finish) -> None:
-    """All groups of one padded image in the direct kernel, one group per task."""
-    groups = out.shape[0] // og
-    args = (xp, *tp, *out_hw, *geom.strides, cg, og)
-    step = max(1, GROUPED_COLUMNS // out_hw[1])
-    if fmt.is_fp32:
-        wf = np.ascontiguousarray(weight, np.float32)
-
-        def share(g0: int, g1: int) -> None:
-            _fast_direct.grouped_f32(*args, wf, g0, g1, step, out)
-            finish(g0 * og, g1 * og, 0, out.shape[1])
-    else:
-        scales = _tiles(weight).scales
-
-        def share(g0: int, g1: int) -> None:
-            _fast_direct.grouped_quantized(*args, fmt.block_size, fmt.mantissa_bits, fmt.emin,
-                                         fmt.emax, weight.q, scales, g0, g1, step, out)
-            finish(g0 * og, g1 * og, 0, out.shape[1])
-
-    threads.run(share, groups,
-                grain=_grain(og * len(tp[0]) * out_hw[0] * out_hw[1], _direct_kind(fmt)))

@@ -111,8 +111,8 @@ def test_program_matches_golden_and_onnxruntime(name, fmt):
 def test_work_cut_between_threads_gives_the_same_bits(name, fmt, monkeypatch):
     """Every instruction cut between the threads, however small (and every pool in the
     numba kernel), gives the bits of the same program run with each instruction whole."""
+    from npusim.simulator import conv_shares, kernels
     from npusim.simulator import device as device_mod
-    from npusim.simulator import gemm, kernels
 
     model = MODELS[name]
     rng = np.random.default_rng(12)
@@ -120,7 +120,7 @@ def test_work_cut_between_threads_gives_the_same_bits(name, fmt, monkeypatch):
              for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}}
     sess = Session(compile_full(model, device="tiny", numerics=fmt).program)
     whole = sess.run(None, feeds)
-    monkeypatch.setattr(gemm, "SHARE_MACS", dict.fromkeys(gemm.SHARE_MACS, 1))
+    monkeypatch.setattr(conv_shares, "SHARE_MACS", dict.fromkeys(conv_shares.SHARE_MACS, 1))
     monkeypatch.setattr(device_mod, "ELEMENTWISE_GRAIN", 1)
     monkeypatch.setattr(kernels, "POOL_COLUMNS", 1)
     monkeypatch.setattr(kernels, "POOL_OUTPUTS", 0)

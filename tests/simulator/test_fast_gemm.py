@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
-from npusim.simulator import _fast_gemm, _fma, _vnni, gemm
+from npusim.simulator import _fast_gemm, _fma, _vnni, channelwise, conv_shares, gemm
 from npusim.simulator import dense as dense_products
 from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
 from npusim.simulator.numerics import (
@@ -93,7 +93,7 @@ def _conv_case(name: str, fmt: Format, seed: int, extreme: bool = False):
 def every_layer_split(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every product here is cut between the threads, however small (the rest of the
     suite runs the same shapes whole, on one thread)."""
-    monkeypatch.setattr(gemm, "SHARE_MACS", dict.fromkeys(gemm.SHARE_MACS, 1))
+    monkeypatch.setattr(conv_shares, "SHARE_MACS", dict.fromkeys(conv_shares.SHARE_MACS, 1))
 
 
 @pytest.fixture(params=["split-pixels", "split-channels"]
@@ -143,17 +143,17 @@ def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, 
     plane, here one output row at a time (the small cases would otherwise take one of the
     kernels whole). A case the phase layout does not fit takes the padded planes."""
     if path.startswith("phase-layout"):
-        monkeypatch.setattr(gemm, "CHANNEL_WIDTH", 0)
+        monkeypatch.setattr(channelwise, "CHANNEL_WIDTH", 0)
         if path.endswith("a-row-at-a-time"):
-            monkeypatch.setattr(gemm, "PLANE_COLUMNS", 1)
+            monkeypatch.setattr(channelwise, "PLANE_COLUMNS", 1)
     elif path == "by-channels":
-        monkeypatch.setattr(gemm, "flat_layout", lambda *a: None)
-        monkeypatch.setattr(gemm, "CHANNEL_WIDTH", 10**9)
-        monkeypatch.setattr(gemm, "CHANNEL_GROUPS", 1)
+        monkeypatch.setattr(channelwise, "flat_layout", lambda *a: None)
+        monkeypatch.setattr(channelwise, "CHANNEL_WIDTH", 10**9)
+        monkeypatch.setattr(channelwise, "CHANNEL_GROUPS", 1)
     else:
-        monkeypatch.setattr(gemm, "flat_layout", lambda *a: None)
-        monkeypatch.setattr(gemm, "CHANNEL_WIDTH", 0)
-        monkeypatch.setattr(gemm, "PLANE_COLUMNS", 1)
+        monkeypatch.setattr(channelwise, "flat_layout", lambda *a: None)
+        monkeypatch.setattr(channelwise, "CHANNEL_WIDTH", 0)
+        monkeypatch.setattr(channelwise, "PLANE_COLUMNS", 1)
     x, w, bias, geom = _conv_case(name, fmt, seed=len(name) + fmt.block_size, extreme=extreme)
     if fmt.is_fp32:  # a sum in K order per pixel whichever way it is vectorized
         x = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)

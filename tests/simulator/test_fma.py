@@ -11,7 +11,7 @@ import numba
 import numpy as np
 import pytest
 
-from npusim.simulator import _fma, cpu, gemm
+from npusim.simulator import _fma, conv_shares, cpu, gemm
 from npusim.simulator.kernels import ConvGeometry
 from npusim.simulator.numerics import get_format
 
@@ -107,7 +107,7 @@ def test_conv_fma_matches_blas(geom: ConvGeometry, hw: tuple[int, int],
     x = rng.standard_normal((1, 19, *hw)).astype(np.float32)
     w = rng.standard_normal((21, 19 * geom.kernel[0] * geom.kernel[1])).astype(np.float32)
     bias = rng.standard_normal(21).astype(np.float32)
-    monkeypatch.setattr(gemm, "SHARE_MACS", dict.fromkeys(gemm.SHARE_MACS, 1))
+    monkeypatch.setattr(conv_shares, "SHARE_MACS", dict.fromkeys(conv_shares.SHARE_MACS, 1))
     monkeypatch.setattr(gemm, "FMA_USEFUL", 0.0)
     got = gemm.conv2d(x, w, geom, FP32, bias=bias, relu=True)
     monkeypatch.setattr(_fma, "AVAILABLE", False)

@@ -1,0 +1,178 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Convolutions whose groups are too small for a GEMM (:mod:`npusim.simulator.gemm` sends
+them here): one input channel per group (depthwise, or with a channel multiplier) on the
+phase layout, vectorized along the channels or on padded planes; and a few channels
+per group, all groups in one direct kernel. Each with the golden model's result, bit for
+bit in the block formats."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npusim.simulator import _fast_direct, _fast_phases, threads
+from npusim.simulator.conv_shares import direct_kind, grain, pad_extent, padded
+from npusim.simulator.numerics import Format
+from npusim.simulator.phase_layout import FlatLayout, flat_layout
+from npusim.simulator.weight_tiles import tiles as _tiles
+
+
+def grouped_direct(cg: int, og: int, kg: int) -> bool:
+    """Groups too small for a GEMM each run together in the direct kernel."""
+    return og < 16 or kg < 32 or cg < 8
+
+
+GROUPED_COLUMNS = 512
+"""Output pixels of one group gathered and quantized at a time by the direct grouped
+kernel: its columns, mantissas and products then stay in L1."""
+
+
+CHANNEL_WIDTH = 10
+"""A convolution with one input channel per group in a block format, output rows
+narrower than this and at least ``CHANNEL_GROUPS`` groups runs vectorized along its
+channels: its planes are too small to vectorize (measured against the phase layout in
+MSFP16 and MX INT8: 1.3-1.8x faster on MobileNet's 7x7 planes, 1.15-1.3x slower on
+14x14 ones). In fp32 the phase layout is as fast on stride-1 planes and takes them; a
+strided one goes along the channels (576 channels of 14x14 at stride 2: 5-8 ns per
+output, against 13-18 on the phase layout)."""
+
+CHANNEL_GROUPS = 32
+"""Fewest groups worth vectorizing along (see ``CHANNEL_WIDTH``)."""
+
+
+def _by_channels(groups: int, width: int) -> bool:
+    return width < CHANNEL_WIDTH and groups >= CHANNEL_GROUPS
+
+
+def one_channel_per_group(hw: tuple[int, int], weight, tp, geom, fmt: Format, og: int,
+                           out_hw: tuple[int, int]):
+    """``run(x, plane, finish)`` for one image of a convolution with one input channel per
+    group: on the phase layout, vectorized along the channels (narrow block-format
+    planes, narrow strided fp32 planes, or when the layout does not fit and the planes
+    are narrow), or on padded planes."""
+    channels = _by_channels(weight.shape[0] // og, out_hw[1])
+    by_channels = channels and (not fmt.is_fp32 or geom.strides != (1, 1))
+    layout = None if by_channels else flat_layout(hw, geom, out_hw, PLANE_COLUMNS)
+    if layout is not None:
+        return lambda x, plane, finish: _depthwise_flat(x, weight, layout, fmt, og, plane,
+                                                        finish)
+    if channels:
+        return lambda x, plane, finish: _depthwise(
+            padded(x, geom, out_hw, channels_last=True), weight, tp, geom, fmt, og, plane,
+            out_hw, finish)
+    return lambda x, plane, finish: _depthwise_planes(x, weight, tp, geom, fmt, og, plane,
+                                                      out_hw, finish)
+
+
+def _depthwise(xt, weight, tp, geom, fmt: Format, og: int, out, out_hw, finish) -> None:
+    """A convolution of one input channel per group (depthwise, or with a channel
+    multiplier ``og``), one padded channel-last image ``xt [Hp, Wp, G]``, vectorized along
+    the channels; the threads share its output rows."""
+    oh, ow = out_hw
+    _, ky, kx = tp
+    if fmt.is_fp32:
+        wf = np.asarray(weight, np.float32)
+        wt = np.ascontiguousarray(wf.reshape(-1, og, wf.shape[1]).transpose(1, 2, 0))
+
+        def product(r0: int, r1: int) -> None:
+            _fast_direct.depthwise_f32(xt, ky, kx, ow, *geom.strides, wt, r0, r1, out)
+    else:
+        wt, swt = _tiles(weight).by_channels(weight, og, len(ky))
+
+        def product(r0: int, r1: int) -> None:
+            _fast_direct.depthwise_quantized(xt, ky, kx, ow, *geom.strides, fmt.block_size,
+                                           fmt.mantissa_bits, fmt.emin, fmt.emax, wt, swt,
+                                           r0, r1, out)
+
+    def share(r0: int, r1: int) -> None:
+        product(r0, r1)
+        finish(0, out.shape[0], r0 * ow, r1 * ow)
+
+    threads.run(share, oh, grain=grain(out.shape[0] * len(ky) * ow, direct_kind(fmt)))
+
+
+PLANE_COLUMNS = 2048
+"""Elements of the wide output (output rows of the padded plane's width) per step of a
+plane-wise depthwise kernel: its taps, mantissas and sums stay in L1/L2."""
+
+
+def _depthwise_planes(x, weight, tp, geom, fmt: Format, og: int, out, out_hw,
+                      finish) -> None:
+    """A convolution of one input channel per group, one unpadded image ``x [C, H, W]``, a
+    channel plane at a time (each padded in the kernel's own scratch plane); the threads
+    share the channels."""
+    oh, ow = out_hw
+    _, ky, kx = tp
+    top, left, hp, wp = pad_extent(x.shape[1:], geom, out_hw)
+    shape = _fast_direct.phase_shape(hp, wp, *geom.strides)
+    step = max(1, PLANE_COLUMNS // shape[3])
+    if fmt.is_fp32:
+        wf = np.ascontiguousarray(weight, np.float32)
+
+        def product(c0: int, c1: int) -> None:
+            _fast_direct.depthwise_planes_f32(x, top, left, np.zeros(shape, np.float32), ky,
+                                            kx, oh, ow, og, wf, c0, c1, step, out)
+    else:
+        scales = _tiles(weight).scales
+
+        def product(c0: int, c1: int) -> None:
+            _fast_direct.depthwise_planes_quantized(
+                x, top, left, np.zeros(shape, np.float32), ky, kx, oh, ow, og,
+                fmt.block_size, fmt.mantissa_bits, fmt.emin, fmt.emax, weight.q, scales, c0,
+                c1, step, out)
+
+    def share(c0: int, c1: int) -> None:
+        product(c0, c1)
+        finish(c0 * og, c1 * og, 0, oh * ow)
+
+    threads.run(share, x.shape[0], grain=grain(og * len(ky) * oh * ow, direct_kind(fmt)))
+
+
+def _depthwise_flat(x, weight, lay: FlatLayout, fmt: Format, og: int, out, finish) -> None:
+    """A convolution of one input channel per group, one unpadded image ``x [C, H, W]``, a
+    channel plane at a time in the :class:`FlatLayout`; the threads share the channels."""
+    oh, ow = lay.out_hw
+    args = (lay.start, *lay.strides, lay.offs, lay.masks, lay.mk, oh, ow, og)
+    if fmt.is_fp32:
+        wf = np.ascontiguousarray(weight, np.float32)
+
+        def product(c0: int, c1: int) -> None:
+            _fast_phases.depthwise_flat_f32(x, np.zeros(lay.planes * lay.length, np.float32),
+                                            *args, wf, c0, c1, lay.rows, out)
+    else:
+        scales = _tiles(weight).scales
+
+        def product(c0: int, c1: int) -> None:
+            _fast_phases.depthwise_flat_quantized(
+                x, np.zeros(lay.planes * lay.length, np.float32), *args, fmt.block_size,
+                fmt.mantissa_bits, fmt.emin, fmt.emax, weight.q, scales, c0, c1, lay.rows,
+                out)
+
+    def share(c0: int, c1: int) -> None:
+        product(c0, c1)
+        finish(c0 * og, c1 * og, 0, oh * ow)
+
+    threads.run(share, x.shape[0], grain=grain(og * len(lay.offs) * oh * ow, direct_kind(fmt)))
+
+
+def grouped(xp, weight, tp, geom, fmt: Format, cg: int, og: int, out, out_hw,
+             finish) -> None:
+    """All groups of one padded image in the direct kernel, one group per task."""
+    groups = out.shape[0] // og
+    args = (xp, *tp, *out_hw, *geom.strides, cg, og)
+    step = max(1, GROUPED_COLUMNS // out_hw[1])
+    if fmt.is_fp32:
+        wf = np.ascontiguousarray(weight, np.float32)
+
+        def share(g0: int, g1: int) -> None:
+            _fast_direct.grouped_f32(*args, wf, g0, g1, step, out)
+            finish(g0 * og, g1 * og, 0, out.shape[1])
+    else:
+        scales = _tiles(weight).scales
+
+        def share(g0: int, g1: int) -> None:
+            _fast_direct.grouped_quantized(*args, fmt.block_size, fmt.mantissa_bits, fmt.emin,
+                                         fmt.emax, weight.q, scales, g0, g1, step, out)
+            finish(g0 * og, g1 * og, 0, out.shape[1])
+
+    threads.run(share, groups,
+                grain=grain(og * len(tp[0]) * out_hw[0] * out_hw[1], direct_kind(fmt)))
