@@ -32,3 +32,12 @@ def _release_module_memory():
     gc.collect()
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+def pytest_cmdline_main(config):
+    """The suite runs on two pytest-xdist workers (``addopts``); a timing run
+    (``--benchmark-enable``) takes one process, since pytest-benchmark times nothing under
+    xdist. ``-n 0`` runs everything in one process."""
+    if getattr(config.option, "benchmark_enable", False):
+        config.option.numprocesses = 0
+        config.option.dist = "no"

@@ -90,9 +90,11 @@ def requires_simulator() -> pytest.MarkDecorator:
 
 
 def build_dir(toplevel: str, parameters: Mapping[str, object]) -> Path:
-    """``rtl/build/<toplevel>-<hash of the parameters>``."""
+    """``rtl/build/<toplevel>-<hash of the parameters>``; each pytest-xdist worker has its
+    own, so that two workers never build into one folder."""
     key = json.dumps({"params": dict(sorted(parameters.items())), "sim": simulator(),
-                      "waves": waves()}, sort_keys=True, default=str)
+                      "waves": waves(), "worker": os.environ.get("PYTEST_XDIST_WORKER", "")},
+                     sort_keys=True, default=str)
     return build_root() / f"{toplevel}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 

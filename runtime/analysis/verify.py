@@ -33,7 +33,7 @@ class VerifyError(RuntimeError):
 
 
 def rtl_dir() -> Path:
-    spec = importlib.util.find_spec("rtl")
+    spec = importlib.util.find_spec("npusim.rtl")
     if spec is None or not spec.submodule_search_locations:
         raise VerifyError("the rtl package is missing from this installation")
     return Path(list(spec.submodule_search_locations)[0])
@@ -46,7 +46,7 @@ class _Collector:
         self.progress = progress
         self.rows: list[dict] = []
         self.total = 0
-        self._records: dict[str, list[dict]] = {}
+        self._first: dict[str, int] = {}
         self._started: dict[str, float] = {}
         self._bar = None
         self._stack = contextlib.ExitStack()
@@ -63,24 +63,18 @@ class _Collector:
         self._stack.close()
 
     def pytest_runtest_setup(self, item) -> None:
+        from npusim.rtl.tb.runner import RECORDS
+
         self._started[item.nodeid] = time.perf_counter()
+        self._first[item.nodeid] = len(RECORDS)  # the test's own runs come after
         if self._bar is not None:
             self._bar.note(item.name)
 
-    def pytest_runtest_call(self, item):
-        from npusim.rtl.tb.runner import RECORDS
-
-        before = len(RECORDS)
-        try:
-            yield
-        finally:
-            self._records[item.nodeid] = RECORDS[before:]
-
-    pytest_runtest_call.hookwrapper = True  # type: ignore[attr-defined]
-
     def pytest_runtest_logreport(self, report) -> None:
         if report.when == "call" or (report.when == "setup" and not report.passed):
-            records = self._records.get(report.nodeid, [])
+            from npusim.rtl.tb.runner import RECORDS
+
+            records = RECORDS[self._first.get(report.nodeid, len(RECORDS)):]
             kernel = records[0]["toplevel"] if records else report.nodeid.split("::")[0]
             params = report.nodeid.split("[", 1)[1].rstrip("]") if "[" in report.nodeid else ""
             now = time.perf_counter()  # a test skipped before it started took no time
@@ -120,7 +114,8 @@ def verify(sim: str | None = None, pattern: str | None = None,
     root = rtl_dir()
     collector = _Collector(progress)
     args = [str(root), "-m", "rtl", "-p", "no:cacheprovider", "-p", "no:terminal",
-            "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
+            "-o", "addopts=", "-p", "no:xdist", "-p", "no:benchmark",
+            "-W", "ignore::DeprecationWarning"]
     if pattern:
         args += ["-k", pattern]
     home = str(Path(npusim.__file__).resolve().parents[1])  # where npusim is imported from

@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import npusim.rtl
 from npusim.rtl.tb.runner import requires_simulator
 from npusim.runtime.cli import main
 
@@ -26,3 +30,12 @@ def test_verify_runs_the_kernels_and_summarizes(tmp_path, capsys):
 def test_verify_names_a_pattern_that_matches_nothing(capsys):
     assert main(["verify", "-k", "no_such_kernel"]) == 2
     assert "no RTL test matches -k 'no_such_kernel'" in capsys.readouterr().err
+
+
+def test_the_rtl_suite_is_found_from_any_folder(tmp_path):
+    """An installed ``npusim verify`` runs outside the checkout, where no top-level ``rtl``
+    package is importable: the suite is found as ``npusim.rtl``."""
+    code = "from npusim.runtime.analysis.verify import rtl_dir; print(rtl_dir())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert Path(out).resolve() == Path(npusim.rtl.__file__).resolve().parent
