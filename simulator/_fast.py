@@ -472,12 +472,16 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238  # 32 significant bits: k * _LN2_HI is exact for |k| < 2**21
 _LN2_LO = 1.9082149292705877e-10
 _ROUND = 6755399441055744.0  # 1.5 * 2**52: x + _ROUND - _ROUND rounds x (|x| < 2**51)
-_EXP_RANGE = 700.0  # |t| up to here: 2**k stays a normal float64
-SIGMOID_MARGIN = 2.0**-44
+_EXP_RANGE = 80.0  # |t| up to here: exp(t) and 1 / (1 + exp(t)) are normal float32 numbers
+SIGMOID_MARGIN = 2.0**-42
 """Relative distance from a float32 rounding boundary inside which :func:`sigmoid` takes
-numpy's formula: the kernel's float64 result and numpy's each lie within about 2**-50 of
-the exact value (an exp of a few ulps, then two rounded operations), so outside this
-margin both round to the same float32."""
+numpy's formula: the kernel's float64 result lies within about 2**-46 of the exact value
+(an exp within 2**-46.5, then two rounded operations) and numpy's within about 2**-51, so
+outside this margin both round to the same float32. About one element in 2**17 is that
+close."""
+_SIGMOID_RUN = 512
+"""Elements of one vectorized run of :func:`_sigmoid`; a run with an element for the
+formula is scanned again for it."""
 
 
 def _reinterpret(source, target, llvm_type):
@@ -492,6 +496,8 @@ def _reinterpret(source, target, llvm_type):
 
 _as_float64 = _reinterpret(types.int64, types.float64, ir.DoubleType())
 """The float64 whose bits are the int64 argument."""
+_bits64 = _reinterpret(types.float64, types.int64, ir.IntType(64))
+"""The bits of the float64 argument, as an int64."""
 as_float32 = _reinterpret(types.int32, types.float32, ir.FloatType())
 """The float32 whose bits are the int32 argument."""
 
@@ -499,12 +505,10 @@ as_float32 = _reinterpret(types.int32, types.float32, ir.FloatType())
 @numba.njit(cache=True, inline="always")
 def _exp64(t):  # pragma: no cover - compiled
     # exp(t) for |t| <= _EXP_RANGE: t = k ln2 + r (Cody-Waite, |r| <= ln2 / 2), exp(r) by
-    # its Taylor series to r**13 / 13! (the rest is below 1e-17 relative), times 2**k
+    # its Taylor series to r**11 / 11! (the rest is below 2**-46.5 relative), times 2**k
     k = (t * _LOG2E + _ROUND) - _ROUND  # to the nearest integer, ties to even
     r = (t - k * _LN2_HI) - k * _LN2_LO
-    p = 1.0 / 6227020800.0  # Horner on fused multiply-adds (each rounds once)
-    p = _fma64(p, r, 1.0 / 479001600.0)
-    p = _fma64(p, r, 1.0 / 39916800.0)
+    p = 1.0 / 39916800.0  # Horner on fused multiply-adds (each rounds once)
     p = _fma64(p, r, 1.0 / 3628800.0)
     p = _fma64(p, r, 1.0 / 362880.0)
     p = _fma64(p, r, 1.0 / 40320.0)
@@ -519,42 +523,52 @@ def _exp64(t):  # pragma: no cover - compiled
     return p * _as_float64((np.int64(k) + 1023) << 52)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")  # x / 0 is inf: it vectorizes
-def _sigmoid(x, margin, out, hard):  # pragma: no cover - compiled
-    # out = fp32(1 / (1 + exp(-x))) in float64; hard[i] = 1, out[i] = x[i], where that
-    # rounding is not certain (near a float32 rounding boundary, |x| > _EXP_RANGE, not
-    # finite); returns how many
-    lo, hi = 1.0 - margin, 1.0 + margin
-    n = 0
-    for i in range(x.size):
-        v = np.float64(x[i])
-        ok = abs(v) <= _EXP_RANGE  # False for NaN
-        s = 1.0 / (1.0 + _exp64(-v if ok else 0.0))
-        f = np.float32(s)
-        bad = (not ok) | (np.float32(s * lo) != f) | (np.float32(s * hi) != f)
-        out[i] = x[i] if bad else f  # in place, the formula reads it after
-        hard[i] = bad
-        n += bad
-    return n
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _sigmoid(x, near, out, hard, idx):  # pragma: no cover - compiled
+    # out = fp32(1 / (1 + exp(-x))) in float64, a run of _SIGMOID_RUN at a time; where that
+    # rounding is not certain (within `near` float64 ulps of a float32 rounding boundary,
+    # |x| > _EXP_RANGE, not finite): out[i] = x[i] and i into idx; returns how many
+    count = 0
+    for a in range(0, x.size, _SIGMOID_RUN):
+        xs, os = x[a:a + _SIGMOID_RUN], out[a:a + _SIGMOID_RUN]
+        here = 0
+        for i in range(xs.size):
+            v = np.float64(xs[i])
+            ok = abs(v) <= _EXP_RANGE  # False for NaN
+            s = 1.0 / (1.0 + _exp64(-v if ok else 0.0))
+            d = (_bits64(s) & 0x1FFFFFFF) - 0x10000000  # float32 drops 29 bits: a
+            bad = (not ok) | (abs(d) <= near)  # rounding boundary where they are 2**28
+            os[i] = xs[i] if bad else np.float32(s)  # in place, the formula reads it after
+            hard[i] = bad
+            here += bad
+        if here:
+            for i in range(xs.size):
+                if hard[i]:
+                    idx[count] = a + i
+                    count += 1
+    return count
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None,
             reference=None) -> np.ndarray:
     """fp32 ``1 / (1 + exp(-x))`` computed in float64 and rounded once, the bits of numpy's
     formula (``reference(x)``, for the elements within ``SIGMOID_MARGIN`` of a float32
-    rounding boundary, about one in 2**19, and those past the kernel's exp); into ``out``
+    rounding boundary, about one in 2**17, and those past the kernel's exp); into ``out``
     as :func:`hard_sigmoid` does."""
     x = np.ascontiguousarray(x, np.float32)
     out = out_like(x, out)
     flat, res = x.reshape(-1), out.reshape(-1)
-    hard = np.empty(flat.size, np.bool_)
-    counts = []
+    near = min(int(SIGMOID_MARGIN * 2.0**53), 1 << 29)  # in float64 ulps of [1, 2)
+    found: list[np.ndarray] = []
 
     def share(a: int, b: int) -> None:
-        counts.append(_sigmoid(flat[a:b], SIGMOID_MARGIN, res[a:b], hard[a:b]))
+        idx = np.empty(b - a, np.int64)
+        n = _sigmoid(flat[a:b], near, res[a:b], np.empty(_SIGMOID_RUN, np.bool_), idx)
+        if n:
+            found.append(idx[:n] + a)
 
     threads.run(share, flat.size, grain=1 << 14)
-    if sum(counts):
-        idx = np.flatnonzero(hard)
+    if found:
+        idx = np.concatenate(found)
         res[idx] = reference(flat[idx])
     return out

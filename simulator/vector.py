@@ -98,7 +98,7 @@ _ONE_PASS: dict[str, Callable[[np.ndarray, float, float, np.ndarray | None], np.
 """Functions of ``_WIDE`` with a numba kernel that gives the formula's bits: the same
 float64 operations (MobileNetV3 runs one after most of its layers), or for the sigmoid
 (EfficientNet's SiLU, squeeze-excite gates, recurrent gates) a float64 exp of its own
-whose result is within 2**-50 of the exact value, with the formula deciding the elements
+whose result is within 2**-46 of the exact value, with the formula deciding the elements
 whose float32 rounding that could change (:data:`npusim.simulator._fast.SIGMOID_MARGIN`);
 erf and the exact GELU (ViT's, Swin's, ConvNeXt's) by the same ``erf``, shared between
 the threads (ConvNeXt-T's 1.2M-element erf took 10 ms as numpy pieces)."""

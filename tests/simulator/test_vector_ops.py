@@ -438,3 +438,21 @@ def test_erf_table_is_within_a_few_ulps_of_math_erf():
     ref = np.array([math.erf(v) for v in xs])
     assert np.all(np.abs(got - ref) <= 4 * np.spacing(np.abs(ref)))
     assert math.copysign(1.0, _fast._erf64(-0.0)) == -1.0
+
+
+def test_sigmoid_sends_the_elements_near_a_rounding_boundary_to_the_formula():
+    """Of 4M consecutive float32 inputs, those whose sigmoid (numpy's float64 formula) is
+    within 2**-44 of a float32 rounding boundary are each listed by the kernel for the
+    formula, and every output has the formula's bits."""
+    from npusim.simulator import _fast
+    x = (np.float32(-3.7).view(np.int32) + np.arange(1 << 22, dtype=np.int32)).view(F32)
+    with np.errstate(all="ignore"):
+        s = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    d = (s.view(np.int64) & 0x1FFFFFFF) - 0x10000000
+    close = np.flatnonzero(np.abs(d) <= 1 << 9)  # within 2**-44
+    assert len(close) >= 5
+    out, idx = np.empty_like(x), np.empty(x.size, np.int64)
+    near = int(_fast.SIGMOID_MARGIN * 2.0**53)
+    n = _fast._sigmoid(x, near, out, np.empty(_fast._SIGMOID_RUN, np.bool_), idx)
+    assert set(close) <= set(idx[:n]) and n < x.size // 1000
+    assert _same_bits(kernels.unary("sigmoid", x), unary_reference("sigmoid", x))
