@@ -258,6 +258,19 @@ def _depthwise_planes_quantized(x, top, left, pad, ky, kx, oh, ow, og, block, mb
                     out[o, (oy0 + y) * ow:(oy0 + y + 1) * ow] = a[y * wq:y * wq + ow]
 
 
+@numba.njit(cache=True, inline="always")
+def _channels_first(res, n0, out):  # pragma: no cover - compiled
+    """``out[c * og + r, n0 + i] = res[i, r, c]``: the channel-last sums of pixels
+    ``n0...`` into the output's channel planes, a plane's run at a time (a store per pixel
+    and channel straight into the planes touches a cache line each)."""
+    npix, og, groups = res.shape
+    for c in range(groups):
+        for r in range(og):
+            o = out[c * og + r, n0:n0 + npix]
+            for i in range(npix):
+                o[i] = res[i, r, c]
+
+
 @numba.njit(cache=True, nogil=True)
 def _depthwise_quantized(xt, ky, kx, ow, sy, sx, block, mbits, emin, emax, wt, swt, oy0, oy1,
                          out):  # pragma: no cover - compiled
@@ -274,10 +287,11 @@ def _depthwise_quantized(xt, ky, kx, ow, sy, sx, block, mbits, emin, emax, wt, s
     q = np.empty((rows, groups), np.float32)
     sa = np.empty(groups, np.float32)
     p = np.empty(groups, np.float32)
-    acc = np.empty((og, groups), np.float32)
+    res = np.empty(((oy1 - oy0) * ow, og, groups), np.float32)  # channel-last sums
     scratch = np.empty((3, groups), np.float64)
     for oy in range(oy0, oy1):
         for ox in range(ow):
+            acc = res[(oy - oy0) * ow + ox]
             acc[:] = 0.0
             for j in range(nblocks):
                 nb = min(block, nk - j * block)
@@ -310,11 +324,7 @@ def _depthwise_quantized(xt, ky, kx, ow, sy, sx, block, mbits, emin, emax, wt, s
                         for c in range(groups):
                             a[c] = np.float32(a[c] + np.float32(np.float64(p[c])
                                                                 * (np.float64(sa[c]) * s[c])))
-            n = oy * ow + ox
-            for r in range(og):
-                a = acc[r]
-                for c in range(groups):
-                    out[c * og + r, n] = a[c]
+    _channels_first(res, oy0 * ow, out)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -322,19 +332,26 @@ def _depthwise_f32(xt, ky, kx, ow, sy, sx, wt, oy0, oy1, out):  # pragma: no cov
     # fp32 twin of _depthwise_quantized: wt [og, K, G] f32; each sum runs in K order
     groups = xt.shape[2]
     og, nk, _ = wt.shape
-    acc = np.empty(groups, np.float32)
+    res = np.empty(((oy1 - oy0) * ow, og, groups), np.float32)  # channel-last sums
     for oy in range(oy0, oy1):
         for ox in range(ow):
-            n = oy * ow + ox
             for r in range(og):
+                acc = res[(oy - oy0) * ow + ox, r]
                 acc[:] = 0.0
-                for k in range(nk):
+                k = 0
+                while k + 1 < nk:  # two taps a pass, each sum still in K order (with more
+                    s0 = xt[oy * sy + ky[k], ox * sx + kx[k]]  # streams, the overlap
+                    s1 = xt[oy * sy + ky[k + 1], ox * sx + kx[k + 1]]  # checks keep the
+                    w0, w1 = wt[r, k], wt[r, k + 1]  # loop from vectorizing)
+                    for c in range(groups):
+                        acc[c] = (acc[c] + w0[c] * s0[c]) + w1[c] * s1[c]
+                    k += 2
+                if k < nk:
                     src = xt[oy * sy + ky[k], ox * sx + kx[k]]
                     wk = wt[r, k]
                     for c in range(groups):
                         acc[c] = acc[c] + wk[c] * src[c]
-                for c in range(groups):
-                    out[c * og + r, n] = acc[c]
+    _channels_first(res, oy0 * ow, out)
 
 
 # --- entry points: one worker's share, around the compiled kernels -------------------

@@ -27,13 +27,12 @@ kernel: its columns, mantissas and products then stay in L1."""
 
 
 CHANNEL_WIDTH = 10
-"""A convolution with one input channel per group in a block format, output rows
-narrower than this and at least ``CHANNEL_GROUPS`` groups runs vectorized along its
-channels: its planes are too small to vectorize (measured against the phase layout in
-MSFP16 and MX INT8: 1.3-1.8x faster on MobileNet's 7x7 planes, 1.15-1.3x slower on
-14x14 ones). In fp32 the phase layout is as fast on stride-1 planes and takes them; a
-strided one goes along the channels (576 channels of 14x14 at stride 2: 5-8 ns per
-output, against 13-18 on the phase layout)."""
+"""A convolution with one input channel per group, output rows narrower than this and at
+least ``CHANNEL_GROUPS`` groups runs vectorized along its channels: its planes are too
+small to vectorize (measured against the phase layout in MSFP16 and MX INT8: 1.3-1.8x
+faster on MobileNet's 7x7 planes, 1.15-1.3x slower on 14x14 ones; in fp32 1.1-1.2x
+faster on 7x7 planes, and 576 channels of 14x14 at stride 2 take 5-8 ns per output,
+against 13-18 on the phase layout)."""
 
 CHANNEL_GROUPS = 32
 """Fewest groups worth vectorizing along (see ``CHANNEL_WIDTH``)."""
@@ -46,12 +45,10 @@ def _by_channels(groups: int, width: int) -> bool:
 def one_channel_per_group(hw: tuple[int, int], weight, tp, geom, fmt: Format, og: int,
                            out_hw: tuple[int, int]):
     """``run(x, plane, finish)`` for one image of a convolution with one input channel per
-    group: on the phase layout, vectorized along the channels (narrow block-format
-    planes, narrow strided fp32 planes, or when the layout does not fit and the planes
-    are narrow), or on padded planes."""
+    group: vectorized along the channels (narrow planes), on the phase layout, or on
+    padded planes (when the layout does not fit)."""
     channels = _by_channels(weight.shape[0] // og, out_hw[1])
-    by_channels = channels and (not fmt.is_fp32 or geom.strides != (1, 1))
-    layout = None if by_channels else flat_layout(hw, geom, out_hw, PLANE_COLUMNS)
+    layout = None if channels else flat_layout(hw, geom, out_hw, PLANE_COLUMNS)
     if layout is not None:
         return lambda x, plane, finish: _depthwise_flat(x, weight, layout, fmt, og, plane,
                                                         finish)
