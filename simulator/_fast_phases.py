@@ -177,12 +177,24 @@ def _fused_block(buf, masks, offs, mk, k0, nb, m0, n, mbits, emin, emax, wq8, o,
     mf = mult.view(np.float32)
     max_m = np.float32((1 << mbits) - 1)
     p[:] = 0.0
-    for b in range(nb):
+    b = 0
+    while finite and b + 1 < nb:  # two taps a pass (integer products: any order is exact);
+        w0 = np.float32(wq8[o, k0 + b])  # round-to-nearest-even is odd-symmetric: the
+        w1 = np.float32(wq8[o, k0 + b + 1])  # signed mantissa at once
+        s0, t0 = _flat_tap(buf, masks, offs, mk, k0 + b, m0, n)
+        s1, t1 = _flat_tap(buf, masks, offs, mk, k0 + b + 1, m0, n)
+        for i in range(n):
+            f = mf[i]
+            q0 = min(max(np.rint((s0[i] if t0[i] else z) * f), -max_m), max_m)
+            q1 = min(max(np.rint((s1[i] if t1[i] else z) * f), -max_m), max_m)
+            p[i] += w0 * q0 + w1 * q1
+        b += 2
+    for b in range(b, nb):
         wv = np.float32(wq8[o, k0 + b])
         if wv == 0.0:
             continue
         src, t = _flat_tap(buf, masks, offs, mk, k0 + b, m0, n)
-        if finite:  # round-to-nearest-even is odd-symmetric: the signed mantissa at once
+        if finite:
             for i in range(n):
                 m = np.rint((src[i] if t[i] else z) * mf[i])
                 p[i] += wv * min(max(m, -max_m), max_m)
