@@ -4,11 +4,14 @@ around a plane, and how much work a thread's share of it must hold."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from npusim.simulator.numerics import Format
 
 
+@functools.lru_cache(maxsize=1024)
 def pad_extent(hw: tuple[int, int], geom, out_hw: tuple[int, int]
                ) -> tuple[int, int, int, int]:
     """``(top, left, Hp, Wp)``: the zero padding every window of ``geom`` reads around an

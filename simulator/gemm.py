@@ -332,14 +332,17 @@ def _planes(channels: int, fmt: Format) -> bool:
     return channels % fmt.block_size == 0
 
 
+@functools.lru_cache(maxsize=512)
 def _phase_offsets(geom, hq: int, wq: int) -> np.ndarray:
     """Where each tap ``(i, j)`` of output pixel ``m = oy * Wq + ox`` is in an input laid
     out in the planes of the stride's phases (``hq`` rows of ``wq`` each): ``offsets[t] +
-    m``."""
+    m`` (read-only: the same array for every call of a layer)."""
     (kh, kw), (dy, dx), (sy, sx) = geom.kernel, geom.dilations, geom.strides
-    return np.array([((i * dy) % sy * sx + (j * dx) % sx) * hq * wq
-                     + (i * dy) // sy * wq + (j * dx) // sx
-                     for i in range(kh) for j in range(kw)], np.int64)
+    offsets = np.array([((i * dy) % sy * sx + (j * dx) % sx) * hq * wq
+                        + (i * dy) // sy * wq + (j * dx) // sx
+                        for i in range(kh) for j in range(kw)], np.int64)
+    offsets.setflags(write=False)
+    return offsets
 
 
 def _phase_extent(xp, geom, reach: int) -> tuple[int, int, int]:

@@ -323,7 +323,9 @@ def hold() -> Iterator[None]:
 def shares(tasks: int, grain: int = 1) -> list[tuple[int, int]]:
     """``[0, tasks)`` cut into at most one contiguous range per worker, each of at least
     ``grain`` tasks (so a small layer is not split)."""
-    n = max(1, min(workers(), tasks // max(1, grain)))
+    n = min(workers(), tasks // max(1, grain))
+    if n <= 1:  # most of a small network's layers: no cuts to make
+        return [(0, tasks)] if tasks > 0 else []
     bounds = [tasks * k // n for k in range(n + 1)]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
