@@ -127,7 +127,15 @@ def _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cov
         q[b, :] = 0.0
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
+def quantize_block_call(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cover
+    """:func:`_quantize_block` as a call, for the rare paths of the kernels (a tiny
+    scale): compiled once, not inlined into each caller (each copy cost seconds of the
+    first run's compile)."""
+    _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch)
+
+
+@numba.njit(cache=True)  # a call, not inlined: the rare path, compiled once, not per caller
 def _quantize_block64(v, nb, mbits, emin, emax, q, sa, scratch):  # pragma: no cover - compiled
     """:func:`_quantize_block` in float64, for every format and scale.
 

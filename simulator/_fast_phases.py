@@ -18,7 +18,12 @@ import numpy as np
 
 from npusim.simulator._fast import as_float32
 from npusim.simulator._fast_direct import _block_scratch, _block_views, _row_product
-from npusim.simulator._fast_gemm import _accumulate_block, _quantize_block, _scale_range
+from npusim.simulator._fast_gemm import (
+    _accumulate_block,
+    _quantize_block,
+    _scale_range,
+    quantize_block_call,
+)
 
 
 @numba.njit(cache=True, inline="always")
@@ -239,7 +244,7 @@ def _depthwise_flat_quantized(x, buf, start, sy, sx, offs, masks, mk, oh, ow, og
                     if not ok:
                         # a tiny scale: the stored taps and the float64 quantizer
                         _gather_block(buf, masks, offs, mk, j * block, nb, m0, n, v)
-                        _quantize_block(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
+                        quantize_block_call(v, nb, mbits, emin, emax, q[j], sa[j], scratch)
                         p[:] = 0.0
                         for b in range(nb):
                             wv = np.float32(wq8[c, j * block + b])

@@ -47,8 +47,8 @@ from numba.extending import intrinsic
 from npusim.simulator._fast_gemm import (
     _accumulate_block,
     _gather_block,
-    _quantize_block,
     _scale_range,
+    quantize_block_call,
 )
 from npusim.simulator.cpu import host_has
 
@@ -288,7 +288,7 @@ def _pack(q, n, nq, X, p0):  # pragma: no cover - compiled
                       | (np.uint32(np.int32(m3[i]) + 128) << 24))
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, nogil=True)  # a call (a step's worth of work): compiled once
 def _quantize_quads(vs, v0, c0, n, nb, mbits, emin, emax, X, p0, sa,
                     scratch):  # pragma: no cover - compiled
     """:func:`npusim.simulator._fast_gemm._quantize_block` straight into the kernel's
@@ -326,7 +326,7 @@ def _quantize_quads(vs, v0, c0, n, nb, mbits, emin, emax, X, p0, sa,
         for b in range(nb):
             v[b] = vs[v0 + b, c0:c0 + n]
         q = np.empty((v.shape[0], n), np.float32)
-        _quantize_block(v, nb, mbits, emin, emax, q, sa, scratch)
+        quantize_block_call(v, nb, mbits, emin, emax, q, sa, scratch)
         _pack(q, n, nq, X, p0)
         return
     amax = bits.view(np.float32)
