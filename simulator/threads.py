@@ -23,7 +23,10 @@ measurable on one stream of images, and kept the cores from the server's request
 threads. Its "done" is
 stored by the compiled loop once the GIL is released, and the caller waits for it in
 another compiled loop, without the GIL, so the worker's last Python steps never wait
-for the caller. (The worker still takes the GIL to call its share.)
+for the caller. (The worker still takes the GIL to call its share.) A share is taken by
+an atomic compare-and-swap, by its worker or by the caller: a caller done with its own
+share takes any its worker has not started (asleep, waking, waiting for the GIL) and
+runs it, rather than wait for the worker to come.
 
 The pool starts on first use, never at import. Starting it limits the BLAS library to
 one thread per call (``threadpoolctl``), for the whole process. One caller uses the
@@ -120,6 +123,23 @@ def _store_release(typingctx, flags, i, value):
     return types.void(flags, i, value), codegen
 
 
+@intrinsic
+def _compare_swap(typingctx, flags, i, expected, value):
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+        pair = builder.cmpxchg(ptr, args[2], args[3], "acq_rel", "acquire")
+        return builder.extract_value(pair, 1)
+    return types.boolean(flags, i, expected, value), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def _claim(flags, i, seq):  # pragma: no cover - compiled
+    # share `seq` of a worker is taken by whoever moves flags[i] from seq - 1 to seq first
+    return _compare_swap(flags, i, seq - 1, seq)
+
+
 if hasattr(os, "sched_yield"):
     @intrinsic
     def _yield_core(typingctx):
@@ -155,7 +175,7 @@ def _post_and_wait(flags, post, value, watch, old, park, spins):  # pragma: no c
 
 _STRIDE = 16
 """int64 flags per worker: its own 128 bytes, so two workers' flags share no cache line."""
-_POSTED, _DONE = 0, 1
+_POSTED, _DONE, _CLAIMED = 0, 1, 2
 
 
 class _Pool:
@@ -201,6 +221,8 @@ class _Pool:
                     return
                 continue
             seen = v
+            if not _claim(flags, i * _STRIDE + _CLAIMED, v):
+                continue  # the caller ran this share itself: nothing to report
             fn, a, b = self.jobs[i]
             self.jobs[i] = None
             try:
@@ -220,24 +242,40 @@ class _Pool:
             self.flags[i * _STRIDE + _POSTED] = self.seq[i]
             with self.wake[i]:  # a worker asleep (or falling asleep) sees it
                 self.wake[i].notify()
-            posted.append(i)
+            posted.append((i, a, b))
+        error: BaseException | None = None
         try:
             for a, b in mine:
                 fn(a, b)
-        finally:
-            for i in posted:
+        except BaseException as e:  # noqa: BLE001 - raised once the workers are done
+            error = e
+        for i, a, b in posted:
+            # a share its worker has not taken yet (asleep, waking, waiting for the GIL)
+            # is ours: running it beats waiting for the worker to start it
+            if _claim(self.flags, i * _STRIDE + _CLAIMED, self.seq[i]):
+                self.jobs[i] = None
+                if error is None:
+                    try:
+                        fn(a, b)
+                    except BaseException as e:  # noqa: BLE001
+                        error = e
+            else:
                 self._wait_done(i)
-            errors = [self.errors[i] for i in posted if self.errors[i] is not None]
-            for i in posted:
-                self.errors[i] = None
+        errors = [self.errors[i] for i, _, _ in posted if self.errors[i] is not None]
+        for i, _, _ in posted:
+            self.errors[i] = None
+        if error is not None:
+            raise error
         if errors:
             raise errors[0]
 
     def _wait_done(self, i: int) -> None:
-        """Spin for worker ``i``'s "done" for about ``SPIN_SECONDS``, then poll it every
-        0.1 ms (a long share leaves the core to whoever else has work)."""
+        """Spin for worker ``i``'s "done" of the share it took, for about
+        ``SPIN_SECONDS``, then poll it every 0.1 ms (a long share leaves the core to
+        whoever else has work)."""
         done, seq = i * _STRIDE + _DONE, self.seq[i]
-        if _post_and_wait(self.flags, -1, 0, done, seq - 1, -1, self.spins) == seq:
+        old = int(self.flags[done])  # the last share it ran (not every share is its)
+        if old == seq or _post_and_wait(self.flags, -1, 0, done, old, -1, self.spins) == seq:
             return
         while self.flags[done] != seq:
             time.sleep(1e-4)

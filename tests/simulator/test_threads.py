@@ -42,8 +42,44 @@ def test_every_task_runs_once(three_workers, tasks: int) -> None:
 
 def test_the_workers_share_the_work(three_workers) -> None:
     seen: list = []
-    threads.run(_squares(np.zeros(30, np.int64), seen), 30)
+    squares = _squares(np.zeros(30, np.int64), seen)
+
+    def fn(t0: int, t1: int) -> None:
+        squares(t0, t1)
+        if t0 == 0:  # the caller's share lasts until the workers have taken theirs
+            _until(lambda: len(seen) == 3)
+
+    threads.run(fn, 30)
     assert len({ident for ident, _, _ in seen}) == 3
+
+
+def test_a_share_no_worker_has_taken_runs_on_the_caller(three_workers) -> None:
+    """A worker that has not taken its share by the time the caller is done with its own
+    (asleep, waking, waiting for the GIL) leaves it to the caller, who runs it rather
+    than wait; the worker, when it comes, finds it taken."""
+    threads.run(lambda t0, t1: None, 3)  # the pool starts
+    pool = threads._POOL
+    threads.park()
+    assert _until(lambda: all(pool.asleep))
+    asleep_on = pool.wake
+    pool.wake = [threading.Condition() for _ in asleep_on]  # its notes wake nobody
+    try:
+        out, seen = np.zeros(12, np.int64), []
+        done = threading.Event()
+        caller = threading.Thread(target=lambda: (threads.run(_squares(out, seen), 12),
+                                                  done.set()), daemon=True)
+        caller.start()
+        assert done.wait(5.0), "the caller waited for a worker that never came"
+        assert np.array_equal(out, np.arange(12) ** 2)
+        assert {ident for ident, _, _ in seen} == {caller.ident} and len(seen) == 3
+    finally:
+        pool.wake = asleep_on
+        for w in pool.wake:
+            with w:
+                w.notify()
+    out2, seen2 = np.zeros(12, np.int64), []
+    threads.run(_squares(out2, seen2), 12)  # the workers woke, found their shares taken
+    assert np.array_equal(out2, np.arange(12) ** 2)
 
 
 def test_a_share_that_raises_reaches_the_caller(three_workers) -> None:
