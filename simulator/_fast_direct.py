@@ -338,11 +338,13 @@ def _depthwise_f32(xt, ky, kx, ow, sy, sx, wt, oy0, oy1, out):  # pragma: no cov
             for r in range(og):
                 acc = res[(oy - oy0) * ow + ox, r]
                 acc[:] = 0.0
+                # two taps a pass, each sum still in K order (with more streams, the
+                # overlap checks keep the loop from vectorizing)
                 k = 0
-                while k + 1 < nk:  # two taps a pass, each sum still in K order (with more
-                    s0 = xt[oy * sy + ky[k], ox * sx + kx[k]]  # streams, the overlap
-                    s1 = xt[oy * sy + ky[k + 1], ox * sx + kx[k + 1]]  # checks keep the
-                    w0, w1 = wt[r, k], wt[r, k + 1]  # loop from vectorizing)
+                while k + 1 < nk:
+                    s0 = xt[oy * sy + ky[k], ox * sx + kx[k]]
+                    s1 = xt[oy * sy + ky[k + 1], ox * sx + kx[k + 1]]
+                    w0, w1 = wt[r, k], wt[r, k + 1]
                     for c in range(groups):
                         acc[c] = (acc[c] + w0[c] * s0[c]) + w1[c] * s1[c]
                     k += 2

@@ -182,10 +182,12 @@ def _fused_block(buf, masks, offs, mk, k0, nb, m0, n, mbits, emin, emax, wq8, o,
     mf = mult.view(np.float32)
     max_m = np.float32((1 << mbits) - 1)
     p[:] = 0.0
+    # two taps a pass (integer products: any order is exact); round-to-nearest-even is
+    # odd-symmetric: the signed mantissa at once
     b = 0
-    while finite and b + 1 < nb:  # two taps a pass (integer products: any order is exact);
-        w0 = np.float32(wq8[o, k0 + b])  # round-to-nearest-even is odd-symmetric: the
-        w1 = np.float32(wq8[o, k0 + b + 1])  # signed mantissa at once
+    while finite and b + 1 < nb:
+        w0 = np.float32(wq8[o, k0 + b])
+        w1 = np.float32(wq8[o, k0 + b + 1])
         s0, t0 = _flat_tap(buf, masks, offs, mk, k0 + b, m0, n)
         s1, t1 = _flat_tap(buf, masks, offs, mk, k0 + b + 1, m0, n)
         for i in range(n):

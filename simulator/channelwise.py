@@ -13,6 +13,7 @@ from npusim.simulator import _fast_direct, _fast_phases, threads
 from npusim.simulator.conv_shares import direct_kind, grain, pad_extent, padded
 from npusim.simulator.numerics import Format
 from npusim.simulator.phase_layout import FlatLayout, flat_layout
+from npusim.simulator.weight_tiles import channels_last_f32
 from npusim.simulator.weight_tiles import tiles as _tiles
 
 
@@ -67,8 +68,7 @@ def _depthwise(xt, weight, tp, geom, fmt: Format, og: int, out, out_hw, finish) 
     oh, ow = out_hw
     _, ky, kx = tp
     if fmt.is_fp32:
-        wf = np.asarray(weight, np.float32)
-        wt = np.ascontiguousarray(wf.reshape(-1, og, wf.shape[1]).transpose(1, 2, 0))
+        wt = channels_last_f32(weight, og)
 
         def product(r0: int, r1: int) -> None:
             _fast_direct.depthwise_f32(xt, ky, kx, ow, *geom.strides, wt, r0, r1, out)

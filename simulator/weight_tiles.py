@@ -92,23 +92,35 @@ def weight_scales(w: BfpTensor, scales: np.ndarray | None = None) -> np.ndarray:
 _PACKED: dict[int, tuple[weakref.ref, dict]] = {}
 
 
-def packed_f32(w: np.ndarray, groups: int, taps: int) -> list[np.ndarray]:
-    """Per group, an fp32 weight array ``w [O, K]`` (K in ``(taps, C)`` order) as
-    :func:`npusim.simulator._fma.product` reads it, made once per array and layout (kept
-    while the array lives: arrays are not hashable, so the cache is keyed by identity and
-    its entry leaves with the array)."""
+def _made_once(w: np.ndarray, layout: tuple, make):
+    """``make(w as float32)``, made once per fp32 weight array and ``layout`` (kept while
+    the array lives: arrays are not hashable, so the cache is keyed by identity and its
+    entry leaves with the array)."""
     key = id(w)
     entry = _PACKED.get(key)
     if entry is None or entry[0]() is not w:
         entry = _PACKED[key] = (weakref.ref(w, lambda _, key=key: _PACKED.pop(key, None)),
                                 {})
     made = entry[1]
-    if (groups, taps) not in made:
-        wf = np.asarray(w, np.float32)
+    if layout not in made:
+        made[layout] = make(np.asarray(w, np.float32))
+    return made[layout]
+
+
+def packed_f32(w: np.ndarray, groups: int, taps: int) -> list[np.ndarray]:
+    """Per group, an fp32 weight array ``w [O, K]`` (K in ``(taps, C)`` order) as
+    :func:`npusim.simulator._fma.product` reads it, made once per array and layout."""
+    def make(wf: np.ndarray) -> list[np.ndarray]:
         og = wf.shape[0] // groups
-        made[groups, taps] = [_fma.pack_weights(wf[g * og:(g + 1) * og], taps)
-                              for g in range(groups)]
-    return made[groups, taps]
+        return [_fma.pack_weights(wf[g * og:(g + 1) * og], taps) for g in range(groups)]
+    return _made_once(w, ("fma", groups, taps), make)
+
+
+def channels_last_f32(w: np.ndarray, og: int) -> np.ndarray:
+    """An fp32 weight array ``w [G * og, K]`` of one input channel per group as the
+    channel-last depthwise kernel reads it, ``[og, K, G]``, made once per array."""
+    return _made_once(w, ("channels", og), lambda wf: np.ascontiguousarray(
+        wf.reshape(-1, og, wf.shape[1]).transpose(1, 2, 0)))
 
 
 _TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
