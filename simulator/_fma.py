@@ -24,8 +24,16 @@ A tile of ``ROWS`` rows by ``COLUMNS`` pixels keeps its accumulators in 24 vecto
 registers through a chunk of ``K`` (broadcast weight times three vectors of pixels per
 ``k``); the chunks keep a tile's weights in L1 and its pixels in L2.
 
+Convolutions of one input channel per group (depthwise) on small planes run here too,
+vectorized along the channels (:func:`depthwise`): the image is transposed once to
+channel-last order in vector registers (:func:`channels_last`), a tile keeps the sums of
+4 pixels by 64 channels in 16 registers through all the window's taps (in tap order, a
+fused multiply-add each), and the sums are transposed back into the output's planes
+(:func:`channels_first`).
+
 Compiled only where the CPU has AVX-512 (:data:`AVAILABLE`); elsewhere fp32 convolutions
-take im2col and BLAS. ``NPUSIM_FMA=0`` turns it off.
+take im2col and BLAS, and depthwise ones the portable kernels. ``NPUSIM_FMA=0`` turns it
+off.
 """
 
 from __future__ import annotations
@@ -121,6 +129,230 @@ def _tile(typingctx, x, koff, w, nk, out, orow, accumulate):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _channel_tile(vectors: int, pixels: int):
+    """The depthwise tile of ``pixels`` output pixels by ``vectors`` vectors of channels:
+    see :func:`depthwise`."""
+    @intrinsic
+    def tile(typingctx, x, xoff, offs, w, nk, wstride, out, ostep):
+        """``out[j][c] = sum_k w[k, c] * x[xoff[j] + offs[k] + c]`` over ``nk`` taps, in
+        tap order (a fused multiply-add each), for ``vectors * LANES`` channels of
+        ``pixels`` pixels: ``pixels * vectors`` chains of sums hide the multiply-adds'
+        latency, and each tap's weights are loaded once for all the pixels. Byte
+        addresses: ``x`` the image at the tile's first channel, ``xoff`` the int64 table
+        of the pixels' window origins, ``offs`` that of the taps' offsets from an origin,
+        ``w`` the first tap's weights (the next tap's ``wstride`` bytes on), ``out`` the
+        first pixel's sums (the next pixel's ``ostep`` bytes on)."""
+        sig = types.void(*([types.intp] * 8))
+
+        def codegen(context, builder, signature, args):
+            x, xoff, offs, w, nk, wstride, out, ostep = args
+            intp = context.get_value_type(types.intp)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]),
+                "llvm.fma.v16f32")
+
+            def const(n):
+                return ir.Constant(intp, n)
+
+            def word(addr, i):
+                return builder.load(builder.inttoptr(builder.add(addr, i), intp.as_pointer()))
+
+            def at(addr, v):
+                return builder.inttoptr(builder.add(addr, const(v * LANES * 4)),
+                                        _V16F.as_pointer())
+
+            xs = [builder.add(x, word(xoff, const(8 * j))) for j in range(pixels)]
+            acc = [[cgutils.alloca_once_value(builder, ir.Constant(_V16F, [0.0] * LANES))
+                    for _ in range(vectors)] for _ in range(pixels)]
+            with cgutils.for_range(builder, nk) as loop:
+                k = loop.index
+                off = word(offs, builder.mul(k, const(8)))
+                wk = builder.add(w, builder.mul(k, wstride))
+                wv = [builder.load(at(wk, v), align=4) for v in range(vectors)]
+                for j in range(pixels):
+                    xk = builder.add(xs[j], off)
+                    for v in range(vectors):
+                        xv = builder.load(at(xk, v), align=4)
+                        builder.store(builder.call(fma, [wv[v], xv, builder.load(acc[j][v])]),
+                                      acc[j][v])
+            for j in range(pixels):
+                oj = builder.add(out, builder.mul(ostep, const(j)))
+                for v in range(vectors):
+                    builder.store(builder.load(acc[j][v]), at(oj, v), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+CHANNEL_VECTORS = 4
+"""Vectors of channels per wide depthwise tile (64 channels)."""
+
+CHANNEL_PIXELS = 4
+"""Output pixels per wide depthwise tile (16 sums in registers); a narrow tile (one
+vector of channels, the last of a channel count not a multiple of 64) takes twice as
+many."""
+
+_dw_wide = _channel_tile(CHANNEL_VECTORS, CHANNEL_PIXELS)
+_dw_narrow = _channel_tile(1, 2 * CHANNEL_PIXELS)
+_dw_wide_one = _channel_tile(CHANNEL_VECTORS, 1)
+_dw_narrow_one = _channel_tile(1, 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def depthwise(xt, offs, wt, sy, sx, ow, oy0, oy1, res):  # pragma: no cover - compiled
+    """Output rows ``oy0 <= oy < oy1`` of a convolution with one input channel per group,
+    vectorized along the channels: ``res[(oy - oy0) * ow + ox, r, c] = sum_k wt[r, k, c] *
+    xt[oy * sy + ky[k], ox * sx + kx[k], c]`` in tap order, where ``offs[k]`` is tap
+    ``k``'s byte offset ``(ky[k] * Wp + kx[k]) * G * 4``. ``xt [Hp, Wp, G]`` is the padded
+    channel-last image, ``wt [og, K, G]`` the weights, ``res [pixels, og, G]``; ``G`` a
+    multiple of ``LANES``, every array C-contiguous. The tiles run along the share's
+    pixels across its rows."""
+    _, wp, g = xt.shape
+    og, nk, _ = wt.shape
+    row = g * 4
+    npix = (oy1 - oy0) * ow
+    xoff = np.empty(npix, np.int64)
+    for p in range(npix):
+        oy, ox = oy0 + p // ow, p % ow
+        xoff[p] = ((oy * sy) * wp + ox * sx) * row
+    xa, oa, pa = np.intp(xt.ctypes.data), np.intp(offs.ctypes.data), np.intp(xoff.ctypes.data)
+    wa, ra = np.intp(wt.ctypes.data), np.intp(res.ctypes.data)
+    wide, ostep = CHANNEL_VECTORS * LANES, og * row
+    for r in range(og):
+        wb = wa + r * nk * row
+        c = 0
+        while c + wide <= g:
+            p = 0
+            while p + CHANNEL_PIXELS <= npix:
+                _dw_wide(xa + c * 4, pa + p * 8, oa, wb + c * 4, nk, row,
+                         ra + (p * og + r) * row + c * 4, ostep)
+                p += CHANNEL_PIXELS
+            for p in range(p, npix):
+                _dw_wide_one(xa + c * 4, pa + p * 8, oa, wb + c * 4, nk, row,
+                             ra + (p * og + r) * row + c * 4, ostep)
+            c += wide
+        while c < g:
+            p = 0
+            while p + 2 * CHANNEL_PIXELS <= npix:
+                _dw_narrow(xa + c * 4, pa + p * 8, oa, wb + c * 4, nk, row,
+                           ra + (p * og + r) * row + c * 4, ostep)
+                p += 2 * CHANNEL_PIXELS
+            for p in range(p, npix):
+                _dw_narrow_one(xa + c * 4, pa + p * 8, oa, wb + c * 4, nk, row,
+                               ra + (p * og + r) * row + c * 4, ostep)
+            c += LANES
+
+
+def _transpose_masks(builder, n, intp):
+    """``<16 x i1>``: lanes below ``n``."""
+    lanes = ir.Constant(ir.VectorType(intp, LANES), list(range(LANES)))
+    undef = ir.Constant(ir.VectorType(intp, LANES), None)
+    v = builder.insert_element(undef, n, ir.Constant(_I32, 0))
+    splat = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(_I32, LANES),
+                                                         [0] * LANES))
+    return builder.icmp_signed("<", lanes, splat)
+
+
+@intrinsic
+def _transpose(typingctx, src, sstride, dst, dstride, nr, nc, whole):
+    """``dst[j][i] = src[i][j]`` for ``i < nr``, ``j < nc`` (at most ``LANES`` each) of
+    fp32 rows ``sstride`` and ``dstride`` bytes apart, in vector registers (four rounds
+    of shuffles). With ``whole``, each of the ``nc`` rows of ``dst`` is written whole,
+    zeros past ``nr``; otherwise its first ``nr`` elements only."""
+    sig = types.void(*([types.intp] * 7))
+
+    def codegen(context, builder, signature, args):
+        src, sstride, dst, dstride, nr, nc, whole = args
+        intp = context.get_value_type(types.intp)
+        i1v = ir.VectorType(ir.IntType(1), LANES)
+        load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16F, [_V16F.as_pointer(), _I32, i1v, _V16F]),
+            "llvm.masked.load.v16f32.p0v16f32")
+        store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_V16F, _V16F.as_pointer(), _I32,
+                                                            i1v]),
+            "llvm.masked.store.v16f32.p0v16f32")
+        zero = ir.Constant(_V16F, [0.0] * LANES)
+        cols = _transpose_masks(builder, nc, intp)
+        none = ir.Constant(i1v, [0] * LANES)
+        align = ir.Constant(_I32, 4)
+        rows = []
+        for i in range(LANES):
+            mask = builder.select(builder.icmp_signed("<", ir.Constant(intp, i), nr), cols,
+                                  none)
+            ptr = builder.inttoptr(builder.add(src, builder.mul(sstride, ir.Constant(intp, i))),
+                                   _V16F.as_pointer())
+            rows.append(builder.call(load, [ptr, align, mask, zero]))
+        d = 1
+        while d < LANES:  # swap the off-diagonal d x d blocks of each 2d x 2d block
+            lo = [(lane if not lane & d else LANES + (lane ^ d)) for lane in range(LANES)]
+            hi = [((lane ^ d) if not lane & d else LANES + lane) for lane in range(LANES)]
+            for a in range(LANES):
+                if a & d:
+                    continue
+                b = a | d
+                ra, rb = rows[a], rows[b]
+                rows[a] = builder.shuffle_vector(ra, rb, ir.Constant(
+                    ir.VectorType(_I32, LANES), lo))
+                rows[b] = builder.shuffle_vector(ra, rb, ir.Constant(
+                    ir.VectorType(_I32, LANES), hi))
+            d *= 2
+        every = ir.Constant(i1v, [1] * LANES)
+        keep = builder.select(builder.icmp_signed("!=", whole, ir.Constant(intp, 0)), every,
+                              _transpose_masks(builder, nr, intp))
+        for j in range(LANES):
+            mask = builder.select(builder.icmp_signed("<", ir.Constant(intp, j), nc), keep,
+                                  none)
+            ptr = builder.inttoptr(builder.add(dst, builder.mul(dstride, ir.Constant(intp, j))),
+                                   _V16F.as_pointer())
+            builder.call(store, [rows[j], ptr, align, mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def channels_last(x, top, left, y0, y1, xt):  # pragma: no cover - compiled
+    """Rows ``y0 <= y < y1`` of ``x [C, H, W]`` into ``xt [Hp, Wp, G]`` at row
+    ``top + y``, column ``left``, on vector transposes: zeros around them and in channels
+    ``C...G`` (``G`` a multiple of ``LANES``), and in the rows above the first row and
+    below the last."""
+    c, h, w = x.shape
+    hp, wp, g = xt.shape
+    if y0 == 0:
+        xt[:top] = 0.0
+    if y1 == h:
+        xt[top + h:] = 0.0
+    xa, ta = np.intp(x.ctypes.data), np.intp(xt.ctypes.data)
+    plane, row = h * w * 4, g * 4
+    for y in range(y0, y1):
+        r = xt[top + y]
+        r[:left] = 0.0
+        r[left + w:] = 0.0
+        for c0 in range(0, g, LANES):
+            for i0 in range(0, w, LANES):
+                _transpose(xa + c0 * plane + (y * w + i0) * 4, plane,
+                           ta + (((top + y) * wp + left + i0) * g + c0) * 4, row,
+                           max(0, min(LANES, c - c0)), min(LANES, w - i0), 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def channels_first(res, groups, n0, out):  # pragma: no cover - compiled
+    """``out[c * og + r, n0 + i] = res[i, r, c]`` for ``c < groups`` on vector
+    transposes: channel-last sums ``res [pixels, og, G]`` into the output's planes."""
+    npix, og, g = res.shape
+    ra, oa = np.intp(res.ctypes.data), np.intp(out.ctypes.data)
+    rstride, ostride = og * g * 4, out.strides[0]
+    for r in range(og):
+        for c0 in range(0, groups, LANES):
+            for i0 in range(0, npix, LANES):
+                _transpose(ra + ((i0 * og + r) * g + c0) * 4, rstride,
+                           oa + (c0 * og + r) * ostride + (n0 + i0) * 4, og * ostride,
+                           min(LANES, npix - i0), min(LANES, groups - c0), 0)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npusim.simulator import _fast_direct, _fast_phases, threads
+from npusim.simulator import _fast_direct, _fast_phases, _fma, threads
 from npusim.simulator.conv_shares import direct_kind, grain, pad_extent, padded
 from npusim.simulator.numerics import Format
 from npusim.simulator.phase_layout import FlatLayout, flat_layout
@@ -48,7 +48,11 @@ def one_channel_per_group(hw: tuple[int, int], weight, tp, geom, fmt: Format, og
     """``run(x, plane, finish)`` for one image of a convolution with one input channel per
     group: vectorized along the channels (narrow planes), on the phase layout, or on
     padded planes (when the layout does not fit)."""
-    channels = _by_channels(weight.shape[0] // og, out_hw[1])
+    groups = weight.shape[0] // og
+    if fmt.is_fp32 and _fma.AVAILABLE and _fma_channels(groups, out_hw[1], len(tp[0])):
+        return lambda x, plane, finish: _depthwise_fma(x, weight, tp, geom, og, plane, out_hw,
+                                                       finish)
+    channels = _by_channels(groups, out_hw[1])
     layout = None if channels else flat_layout(hw, geom, out_hw, PLANE_COLUMNS)
     if layout is not None:
         return lambda x, plane, finish: _depthwise_flat(x, weight, layout, fmt, og, plane,
@@ -59,6 +63,54 @@ def one_channel_per_group(hw: tuple[int, int], weight, tp, geom, fmt: Format, og
             out_hw, finish)
     return lambda x, plane, finish: _depthwise_planes(x, weight, tp, geom, fmt, og, plane,
                                                       out_hw, finish)
+
+
+FMA_GROUPS = 16
+"""Fewest groups an fp32 convolution of one input channel per group runs vectorized along
+on :func:`npusim.simulator._fma.depthwise` (a tile's 16 lanes)."""
+
+FMA_WIDTH, FMA_WIDE_TAPS, FMA_WIDE_WIDTH = 17, 25, 32
+"""Which fp32 convolutions of one input channel per group take the channel-last kernel:
+output rows narrower than ``FMA_WIDTH``, or windows of ``FMA_WIDE_TAPS`` taps or more
+with rows up to ``FMA_WIDE_WIDTH``. Its two transposes cost about 0.15-0.4 ns an element,
+so wider planes with fewer taps a pixel stay on the phase layout (measured on one thread
+against it: 576 channels of 7x7 5x5 1.9x faster, 960 of 7x7 3x3 1.6x, 240 of 14x14 5x5
+1.7x, 384 of 14x14 3x3 1.4x, 120 of 28x28 5x5 1.3x; 192 of 28x28 3x3 1.15x slower,
+32 of 112x112 3x3 1.7x slower)."""
+
+
+def _fma_channels(groups: int, width: int, taps: int) -> bool:
+    return groups >= FMA_GROUPS and (width < FMA_WIDTH
+                                      or (taps >= FMA_WIDE_TAPS and width <= FMA_WIDE_WIDTH))
+
+
+TRANSPOSE_ELEMENTS = 1 << 16
+"""Elements of a share of the transpose into channel-last order (about 15 us)."""
+
+
+def _depthwise_fma(x, weight, tp, geom, og: int, out, out_hw, finish) -> None:
+    """An fp32 convolution of one input channel per group, one unpadded image
+    ``x [C, H, W]`` copied once channel-last (channels padded to whole vectors), on the
+    fused multiply-adds of :func:`npusim.simulator._fma.depthwise`; the threads share its
+    output rows."""
+    oh, ow = out_hw
+    _, ky, kx = tp
+    c = x.shape[0]
+    top, left, hp, wp = pad_extent(x.shape[1:], geom, out_hw)
+    g = -(-c // _fma.LANES) * _fma.LANES
+    xt = np.empty((hp, wp, g), np.float32)
+    threads.run(lambda y0, y1: _fma.channels_last(x, top, left, y0, y1, xt), x.shape[1],
+                grain=max(1, TRANSPOSE_ELEMENTS // (g * x.shape[2])))
+    wt = channels_last_f32(weight, og, _fma.LANES)
+    offs = (ky * wp + kx) * (g * 4)
+
+    def share(r0: int, r1: int) -> None:
+        res = np.empty(((r1 - r0) * ow, og, g), np.float32)
+        _fma.depthwise(xt, offs, wt, *geom.strides, ow, r0, r1, res)
+        _fma.channels_first(res, c, r0 * ow, out)
+        finish(0, out.shape[0], r0 * ow, r1 * ow)
+
+    threads.run(share, oh, grain=grain(out.shape[0] * len(ky) * ow, "direct_f32"))
 
 
 def _depthwise(xt, weight, tp, geom, fmt: Format, og: int, out, out_hw, finish) -> None:

@@ -116,11 +116,16 @@ def packed_f32(w: np.ndarray, groups: int, taps: int) -> list[np.ndarray]:
     return _made_once(w, ("fma", groups, taps), make)
 
 
-def channels_last_f32(w: np.ndarray, og: int) -> np.ndarray:
+def channels_last_f32(w: np.ndarray, og: int, lanes: int = 1) -> np.ndarray:
     """An fp32 weight array ``w [G * og, K]`` of one input channel per group as the
-    channel-last depthwise kernel reads it, ``[og, K, G]``, made once per array."""
-    return _made_once(w, ("channels", og), lambda wf: np.ascontiguousarray(
-        wf.reshape(-1, og, wf.shape[1]).transpose(1, 2, 0)))
+    channel-last depthwise kernels read it, ``[og, K, G]`` (``G`` padded with zero weights
+    to a multiple of ``lanes``), made once per array."""
+    def make(wf: np.ndarray) -> np.ndarray:
+        t = wf.reshape(-1, og, wf.shape[1]).transpose(1, 2, 0)
+        out = np.zeros(t.shape[:2] + (-(-t.shape[2] // lanes) * lanes,), np.float32)
+        out[:, :, :t.shape[2]] = t
+        return out
+    return _made_once(w, ("channels", og, lanes), make)
 
 
 _TILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -142,6 +142,7 @@ def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, 
     output row at a time), vectorized along the channels, or along each channel's padded
     plane, here one output row at a time (the small cases would otherwise take one of the
     kernels whole). A case the phase layout does not fit takes the padded planes."""
+    monkeypatch.setattr(channelwise, "FMA_GROUPS", 10**9)  # its own test below
     if path.startswith("phase-layout"):
         monkeypatch.setattr(channelwise, "CHANNEL_WIDTH", 0)
         if path.endswith("a-row-at-a-time"):
@@ -167,6 +168,41 @@ def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, 
                 np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
             else:
                 assert same_bits(got, ref), (name, kw)
+
+
+FMA_DEPTHWISE = {
+    # 64 channels a wide tile, 16 a narrow one: 70 pads to 80 (one of each), 130 to 144
+    "fma-70-5x5": (70, 70, 7, 7, ConvGeometry((5, 5), (1, 1), (2, 2, 2, 2), groups=70)),
+    "fma-130-stride2": (130, 130, 13, 11, ConvGeometry((3, 3), (2, 2), (1, 0, 1, 1),
+                                                       groups=130)),
+    "fma-multiplier": (40, 80, 6, 9, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), groups=40)),
+    "fma-dilated": (64, 64, 9, 9, ConvGeometry((3, 3), (1, 1), (2, 2, 2, 2), (2, 2),
+                                               groups=64)),
+}
+
+
+@pytest.mark.skipif(not _fma.AVAILABLE, reason="no AVX-512 here")
+@pytest.mark.parametrize("name", [*DEPTHWISE, *FMA_DEPTHWISE])
+def test_fp32_depthwise_on_channel_tiles_matches_reference(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 convolutions of one input channel per group on the channel-last fused
+    multiply-add tiles (wide and narrow, whole and single pixels, channel counts padded
+    to whole vectors), with each epilogue."""
+    monkeypatch.setattr(channelwise, "FMA_GROUPS", 1)
+    monkeypatch.setattr(channelwise, "FMA_WIDTH", 10**9)
+    c, o, h, w, geom = FMA_DEPTHWISE[name] if name in FMA_DEPTHWISE else \
+        (CONVS[name] if name in CONVS else WIDE_DEPTHWISE[name])
+    rng = np.random.default_rng(len(name))
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c // geom.groups * geom.kernel[0] * geom.kernel[1])
+                             ).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    res = rng.standard_normal(conv2d_reference(x, wt, None, geom, FP32).shape).astype(
+        np.float32)
+    for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)}):
+        ref = conv2d_reference(x, wt, bias, geom, FP32, **kw)
+        got = conv2d(x, wt, bias, geom, FP32, **kw)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("fmt", MX_FORMATS, ids=fid)
