@@ -247,6 +247,144 @@ def depthwise(xt, offs, wt, sy, sx, ow, oy0, oy1, res):  # pragma: no cover - co
             c += LANES
 
 
+def _pixel_tile(vectors: int, pixels: int):
+    """The tile of ``pixels`` output pixels by ``vectors`` vectors of output channels of
+    :func:`product_by_pixels`."""
+    @intrinsic
+    def tile(typingctx, x, pix, koff, nk, w, wgroup, out, ostep, accumulate):
+        """``out[j][v * LANES + l] (+)= sum_k W_v[k, l] * x[pix[j] + koff[k]]`` over ``nk``
+        rows of ``K``: each row's weights for ``vectors`` vectors of output channels (the
+        vectors ``wgroup`` bytes apart, a row ``LANES * 4`` bytes after the last), times
+        each pixel's input broadcast; ``pixels * vectors`` sums in registers. Byte
+        addresses: ``x`` the input, ``pix`` and ``koff`` the int64 tables of the pixels'
+        and the rows' offsets into it, ``w`` the first row's weights of the first vector,
+        ``out`` the first pixel's sums (the next pixel's ``ostep`` bytes on); with
+        ``accumulate`` the sums start from what ``out`` holds."""
+        sig = types.void(*([types.intp] * 9))
+
+        def codegen(context, builder, signature, args):
+            x, pix, koff, nk, w, wgroup, out, ostep, accumulate = args
+            intp = context.get_value_type(types.intp)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]),
+                "llvm.fma.v16f32")
+
+            def const(n):
+                return ir.Constant(intp, n)
+
+            def word(addr, i):
+                return builder.load(builder.inttoptr(builder.add(addr, i), intp.as_pointer()))
+
+            def dst(j, v):
+                a = builder.add(out, builder.add(builder.mul(ostep, const(j)),
+                                                 const(v * LANES * 4)))
+                return builder.inttoptr(a, _V16F.as_pointer())
+
+            xs = [builder.add(x, word(pix, const(8 * j))) for j in range(pixels)]
+            zero = ir.Constant(_V16F, [0.0] * LANES)
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)]
+                   for _ in range(pixels)]
+            with builder.if_then(builder.icmp_signed("!=", accumulate, const(0))):
+                for j in range(pixels):
+                    for v in range(vectors):
+                        builder.store(builder.load(dst(j, v), align=4), acc[j][v])
+            wv0 = [builder.add(w, builder.mul(wgroup, const(v))) for v in range(vectors)]
+            with cgutils.for_range(builder, nk) as loop:
+                k = loop.index
+                off = word(koff, builder.mul(k, const(8)))
+                wk = builder.mul(k, const(LANES * 4))
+                wv = [builder.load(builder.inttoptr(builder.add(wv0[v], wk), _V16F.as_pointer()),
+                                   align=4) for v in range(vectors)]
+                for j in range(pixels):
+                    xv = _splat(builder, builder.load(builder.inttoptr(
+                        builder.add(xs[j], off), _F32.as_pointer())))
+                    for v in range(vectors):
+                        builder.store(builder.call(fma, [wv[v], xv, builder.load(acc[j][v])]),
+                                      acc[j][v])
+            for j in range(pixels):
+                for v in range(vectors):
+                    builder.store(builder.load(acc[j][v]), dst(j, v), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+PIXEL_SUMS = 24
+"""Sums in registers in a tile of :func:`product_by_pixels`: 6 pixels by 4 vectors of
+output channels, 12 by 2 or 24 by 1 (each row of ``K`` loads a vector of weights per
+vector and broadcasts an input per pixel: as many loads as fused multiply-adds at most)."""
+
+_px4, _px2, _px1 = (_pixel_tile(v, PIXEL_SUMS // v) for v in (4, 2, 1))
+
+
+@numba.njit(cache=True, nogil=True)
+def product_by_pixels(X, koff, pix, npix, W, g0, g1, kc, res):  # pragma: no cover - compiled
+    """``res[j, g * LANES + l] = sum_k W[g, k, l] * X.flat[(koff[k] + pix[j]) / 4]`` for
+    the groups ``g0 <= g < g1`` of ``LANES`` output channels and pixels ``j < npix``:
+    ``W [G, K, LANES]`` float32, ``koff`` and ``pix`` int64 byte offsets (``pix`` padded
+    with a real pixel to a multiple of ``PIXEL_SUMS``), ``res [len(pix), >= g1 * LANES]``
+    with rows of whole vectors (the rows past ``npix`` are scratch); ``kc`` rows of ``K``
+    at a time (their weights stay in L1)."""
+    nk = koff.size
+    xa, ka, pa = np.intp(X.ctypes.data), np.intp(koff.ctypes.data), np.intp(pix.ctypes.data)
+    wa, ra, rstep = np.intp(W.ctypes.data), np.intp(res.ctypes.data), np.intp(res.strides[0])
+    wgroup = nk * LANES * 4
+    for k0 in range(0, nk, kc):
+        n = min(nk, k0 + kc) - k0
+        kp = ka + k0 * 8
+        g = g0
+        while g < g1:
+            wb = wa + g * wgroup + k0 * LANES * 4
+            ob = ra + g * LANES * 4
+            if g + 4 <= g1:
+                for p in range(0, npix, PIXEL_SUMS // 4):
+                    _px4(xa, pa + p * 8, kp, n, wb, wgroup, ob + p * rstep, rstep, k0)
+                g += 4
+            elif g + 2 <= g1:
+                for p in range(0, npix, PIXEL_SUMS // 2):
+                    _px2(xa, pa + p * 8, kp, n, wb, wgroup, ob + p * rstep, rstep, k0)
+                g += 2
+            else:
+                for p in range(0, npix, PIXEL_SUMS):
+                    _px1(xa, pa + p * 8, kp, n, wb, wgroup, ob + p * rstep, rstep, k0)
+                g += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def planes(x, top, left, hp, wp, c0, c1, X):  # pragma: no cover - compiled
+    """Channels ``c0...c1`` of ``x [C, H, W]`` into ``X [C, L]`` (``L >= Hp * Wp``) as
+    zero-padded planes of ``Hp`` rows of ``Wp``, the input at row ``top``, column
+    ``left`` (indexed, not sliced: a 7x7 plane's copy was mostly making views)."""
+    _, h, w = x.shape
+    length = X.shape[1]
+    for c in range(c0, c1):
+        for i in range(top * wp):
+            X[c, i] = 0.0
+        for y in range(h):
+            o = (top + y) * wp
+            for i in range(left):
+                X[c, o + i] = 0.0
+            for i in range(w):
+                X[c, o + left + i] = x[c, y, i]
+            for i in range(left + w, wp):
+                X[c, o + i] = 0.0
+        for i in range((top + h) * wp, length):
+            X[c, i] = 0.0
+
+
+def pack_by_pixels(wf: np.ndarray, taps: int) -> np.ndarray:
+    """``W [G, K, LANES]`` of float32 weights ``wf [O, K]`` (``K`` in ``(taps, C)`` order)
+    for :func:`product_by_pixels`: ``K`` in ``(C, taps)`` order, ``LANES`` output channels
+    a group (padded with zeros)."""
+    o, k = wf.shape
+    groups = -(-o // LANES)
+    w = np.zeros((groups * LANES, k), np.float32)
+    w[:o] = wf.reshape(o, taps, k // taps).transpose(0, 2, 1).reshape(o, k)
+    return np.ascontiguousarray(w.reshape(groups, LANES, k).transpose(0, 2, 1))
+
+
 def _transpose_masks(builder, n, intp):
     """``<16 x i1>``: lanes below ``n``."""
     lanes = ir.Constant(ir.VectorType(intp, LANES), list(range(LANES)))
@@ -343,14 +481,15 @@ def channels_last(x, top, left, y0, y1, xt):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def channels_first(res, groups, n0, out):  # pragma: no cover - compiled
     """``out[c * og + r, n0 + i] = res[i, r, c]`` for ``c < groups`` on vector
-    transposes: channel-last sums ``res [pixels, og, G]`` into the output's planes."""
+    transposes: channel-last sums ``res [pixels, og, G]`` (channels contiguous, at least
+    ``groups`` rounded up to ``LANES`` of them) into the output's planes."""
     npix, og, g = res.shape
     ra, oa = np.intp(res.ctypes.data), np.intp(out.ctypes.data)
-    rstride, ostride = og * g * 4, out.strides[0]
+    rstride, rog, ostride = res.strides[0], res.strides[1], out.strides[0]
     for r in range(og):
         for c0 in range(0, groups, LANES):
             for i0 in range(0, npix, LANES):
-                _transpose(ra + ((i0 * og + r) * g + c0) * 4, rstride,
+                _transpose(ra + i0 * rstride + r * rog + c0 * 4, rstride,
                            oa + (c0 * og + r) * ostride + (n0 + i0) * 4, og * ostride,
                            min(LANES, npix - i0), min(LANES, groups - c0), 0)
 

@@ -37,7 +37,7 @@ from npusim.simulator import _tiles as _tiles_mod
 from npusim.simulator.conv_shares import grain, padded
 from npusim.simulator.epilogue import Epilogue
 from npusim.simulator.numerics import BfpTensor, Format
-from npusim.simulator.weight_tiles import packed_f32
+from npusim.simulator.weight_tiles import packed_f32, pixel_packed_f32
 from npusim.simulator.weight_tiles import tiles as _tiles
 from npusim.simulator.weight_tiles import weight_rows as _weight_rows
 
@@ -119,7 +119,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
                 xs = xp[grp * cg:(grp + 1) * cg]
                 ys = plane[grp * og:(grp + 1) * og]
                 finish = epi.finisher(i, plane, grp * og)
-                if fmt.is_fp32 and _fma_ok(geom, (oh, ow), xp.shape):
+                if fmt.is_fp32 and _by_pixels_ok(geom, (oh, ow), xp.shape, len(tp[0])):
+                    _conv_by_pixels(xs, weight, g, grp, geom, (oh, ow), ys, finish, run)
+                elif fmt.is_fp32 and _fma_ok(geom, (oh, ow), xp.shape):
                     _conv_fma(xs, weight, g, grp, geom, (oh, ow), ys, finish, run)
                 elif fmt.is_fp32:
                     wf = np.asarray(weight, np.float32)[grp * og:(grp + 1) * og]
@@ -460,6 +462,95 @@ def _conv_fma(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out, finis
 
     _at_phase_width(product, rows, _fma.ROWS, _fma.COLUMNS, rows * k, "fma", out_hw, wq,
                     out.shape[0], finish, run)
+
+
+BY_PIXELS = 256
+"""Output pixels up to which an fp32 convolution runs on
+:func:`npusim.simulator._fma.product_by_pixels` (its sums come out pixel by pixel and are
+transposed into the planes, about 0.3 ns an element) rather than im2col and BLAS or the
+column tiles, where those would drop most of a tile's pixels."""
+
+
+BY_PIXELS_K = 256
+"""Fewest rows of K a convolution on :func:`_conv_by_pixels` has: with fewer, its
+transposes and the sums' loads and stores outweigh what the tiles gain (ShuffleNet's
+grouped 1x1 convolutions, K = 68, ran 1.8x slower on it than through BLAS)."""
+
+
+def _by_pixels_ok(geom, out_hw, padded_shape, k: int) -> bool:
+    """Whether an fp32 convolution of ``k`` rows of K runs on :func:`_conv_by_pixels`: a
+    window larger than 1x1 on a plane of at most ``BY_PIXELS`` output pixels, or on one the
+    column tiles would mostly waste (1x1 convolutions on small planes measured 0.7-1.1x
+    on it against BLAS, 3x3 ones 1.1-1.6x, in the zoo's ResNet-50, DenseNet-121 and
+    Inception v2)."""
+    npix = out_hw[0] * out_hw[1]
+    if not _fma.AVAILABLE or npix < _fma.LANES or k < BY_PIXELS_K or geom.kernel == (1, 1):
+        return False  # a few pixels, a short K, or a 1x1 (BLAS reads its input in place)
+    return npix <= BY_PIXELS or not _fma_ok(geom, out_hw, padded_shape)
+
+
+def _plane_stride(hp: int, wp: int) -> int:
+    """Elements between channels in the input :func:`_conv_by_pixels` reads: the planes'
+    own size (read in place) unless that is a multiple of 1 KiB, which gets a vector more
+    (on 16x16 planes read in place, the channels of a chunk of K fell in the same L1 sets
+    and the kernel ran at half speed)."""
+    return hp * wp + _fma.LANES if hp * wp % 256 == 0 else hp * wp
+
+
+@functools.lru_cache(maxsize=512)
+def _pixel_tables(geom, cin: int, stride: int, wp: int, out_hw: tuple[int, int]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(koff, pix)`` of :func:`npusim.simulator._fma.product_by_pixels` for padded input
+    planes ``Wp`` wide, ``stride`` elements apart: each row of K (``(c, tap)`` order) and
+    each output pixel (padded with the last to a multiple of ``_fma.PIXEL_SUMS``) as byte
+    offsets."""
+    oh, ow = out_hw
+    (kh, kw), (dy, dx), (sy, sx) = geom.kernel, geom.dilations, geom.strides
+    taps = np.array([i * dy * wp + j * dx for i in range(kh) for j in range(kw)], np.int64)
+    koff = ((np.arange(cin, dtype=np.int64)[:, None] * stride + taps[None]) * 4).reshape(-1)
+    oy, ox = np.divmod(np.arange(oh * ow, dtype=np.int64), ow)
+    pix = (oy * sy * wp + ox * sx) * 4
+    pix = np.concatenate([pix, np.full(-pix.size % _fma.PIXEL_SUMS, pix[-1])])
+    for a in (koff, pix):
+        a.setflags(write=False)
+    return koff, pix
+
+
+PIXEL_K_CHUNK = 96
+"""Rows of K per pass of :func:`npusim.simulator._fma.product_by_pixels`: 4 vectors of
+their weights (24 KiB) stay in L1 while every pixel runs through them."""
+
+
+def _conv_by_pixels(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out, finish,
+                    run=threads.run) -> None:
+    """One image and group of an fp32 convolution on
+    :func:`npusim.simulator._fma.product_by_pixels`: each pixel's input broadcast against
+    vectors of output channels, read in place from the padded input; the sums, pixel by
+    pixel, transposed into the planes ``out [O, OH*OW]``. The threads share the output
+    channels, four vectors at a time."""
+    c, hp, wp = xp.shape
+    (kh, kw) = geom.kernel
+    oh, ow = out_hw
+    wts = pixel_packed_f32(w, groups, kh * kw)[grp]
+    stride = _plane_stride(hp, wp)
+    if stride == hp * wp and xp.flags.c_contiguous:  # read in place
+        x = xp.reshape(c, stride)
+    else:
+        x = np.empty((c, stride), np.float32)
+        run(lambda c0, c1: _fma.planes(xp, 0, 0, hp, wp, c0, c1, x), c,
+            grain=max(1, QUANTIZE_PIXELS // (hp * wp)))
+    koff, pix = _pixel_tables(geom, c, stride, wp, out_hw)
+    ng, o, npix = wts.shape[0], out.shape[0], oh * ow
+    res = np.empty((pix.size, ng * _fma.LANES), np.float32)
+
+    def share(t0: int, t1: int) -> None:
+        g0, g1 = 4 * t0, min(ng, 4 * t1)
+        _fma.product_by_pixels(x, koff, pix, npix, wts, g0, g1, PIXEL_K_CHUNK, res)
+        c0, c1 = g0 * _fma.LANES, min(o, g1 * _fma.LANES)
+        _fma.channels_first(res[:npix, None, c0:], c1 - c0, 0, out[c0:c1])
+        finish(c0, c1, 0, npix)
+
+    run(share, -(-ng // 4), grain=grain(4 * _fma.LANES * len(koff) * npix, "fma"))
 
 
 QUANTIZE_PIXELS = 1 << 16

@@ -116,6 +116,15 @@ def packed_f32(w: np.ndarray, groups: int, taps: int) -> list[np.ndarray]:
     return _made_once(w, ("fma", groups, taps), make)
 
 
+def pixel_packed_f32(w: np.ndarray, groups: int, taps: int) -> list[np.ndarray]:
+    """Per group, an fp32 weight array ``w [O, K]`` (K in ``(taps, C)`` order) as
+    :func:`npusim.simulator._fma.product_by_pixels` reads it, made once per array."""
+    def make(wf: np.ndarray) -> list[np.ndarray]:
+        og = wf.shape[0] // groups
+        return [_fma.pack_by_pixels(wf[g * og:(g + 1) * og], taps) for g in range(groups)]
+    return _made_once(w, ("pixels", groups, taps), make)
+
+
 def channels_last_f32(w: np.ndarray, og: int, lanes: int = 1) -> np.ndarray:
     """An fp32 weight array ``w [G * og, K]`` of one input channel per group as the
     channel-last depthwise kernels read it, ``[og, K, G]`` (``G`` padded with zero weights

@@ -170,6 +170,41 @@ def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, 
                 assert same_bits(got, ref), (name, kw)
 
 
+BY_PIXELS = {
+    # output channels 16 (a 1-vector tile), 40 (2 + 1, padded), 112 (4 + 2 + 1); planes
+    # read in place (no padding) and copied (a 16x16 padded plane is 1 KiB: a vector more)
+    "pixels-o16-pad": (8, 16, 14, 14, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1))),
+    "pixels-o40-valid": (12, 40, 9, 11, ConvGeometry((3, 3), (1, 1), (0, 0, 0, 0))),
+    "pixels-o112-stride2": (20, 112, 13, 10, ConvGeometry((3, 3), (2, 2), (1, 0, 1, 1))),
+    "pixels-1x1-stride-2x1": (24, 64, 7, 7, ConvGeometry((1, 1), (2, 1), (0, 0, 0, 0))),
+    "pixels-grouped": (16, 96, 8, 8, ConvGeometry((3, 3), (1, 1), (2, 2, 2, 2), (2, 2),
+                                                  groups=2)),
+}
+
+
+@pytest.mark.skipif(not _fma.AVAILABLE, reason="no AVX-512 here")
+@pytest.mark.parametrize("name", [*BY_PIXELS, *(n for n, (c, _, _, _, g) in CONVS.items()
+                                                if g.groups < c)])
+def test_fp32_conv_by_pixels_matches_reference(name: str, split: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 convolutions on the tiles of output-channel vectors by broadcast pixels (every
+    tile width, pixel counts not a multiple of a tile, the input read in place or copied),
+    with each epilogue, however the threads share them."""
+    monkeypatch.setattr(gemm, "_by_pixels_ok", lambda *a: _fma.AVAILABLE)
+    c, o, h, w, geom = BY_PIXELS[name] if name in BY_PIXELS else CONVS[name]
+    rng = np.random.default_rng(len(name))
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c // geom.groups * geom.kernel[0] * geom.kernel[1])
+                             ).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    res = rng.standard_normal(conv2d_reference(x, wt, None, geom, FP32).shape).astype(
+        np.float32)
+    for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)}):
+        ref = conv2d_reference(x, wt, bias, geom, FP32, **kw)
+        got = conv2d(x, wt, bias, geom, FP32, **kw)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 FMA_DEPTHWISE = {
     # 64 channels a wide tile, 16 a narrow one: 70 pads to 80 (one of each), 130 to 144
     "fma-70-5x5": (70, 70, 7, 7, ConvGeometry((5, 5), (1, 1), (2, 2, 2, 2), groups=70)),
