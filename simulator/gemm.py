@@ -527,7 +527,8 @@ def _conv_by_pixels(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out,
     :func:`npusim.simulator._fma.product_by_pixels`: each pixel's input broadcast against
     vectors of output channels, read in place from the padded input; the sums, pixel by
     pixel, transposed into the planes ``out [O, OH*OW]``. The threads share the output
-    channels, four vectors at a time."""
+    channels, four vectors at a time, or the pixels when there are fewer such channel
+    slices than threads (DenseNet's 32-channel 3x3 layers)."""
     c, hp, wp = xp.shape
     (kh, kw) = geom.kernel
     oh, ow = out_hw
@@ -543,6 +544,19 @@ def _conv_by_pixels(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out,
     ng, o, npix = wts.shape[0], out.shape[0], oh * ow
     res = np.empty((pix.size, ng * _fma.LANES), np.float32)
 
+    slices, tile = -(-ng // 4), _fma.PIXEL_SUMS
+    if slices < threads.workers():
+        def by_pixels(t0: int, t1: int) -> None:
+            p0, p1 = t0 * tile, min(npix, t1 * tile)
+            _fma.product_by_pixels(x, koff, pix[p0:], p1 - p0, wts, 0, ng, PIXEL_K_CHUNK,
+                                   res[p0:])
+            _fma.channels_first(res[p0:p1, None, :], o, p0, out)
+            finish(0, o, p0, p1)
+
+        run(by_pixels, pix.size // tile,
+            grain=grain(ng * _fma.LANES * len(koff) * tile, "fma"))
+        return
+
     def share(t0: int, t1: int) -> None:
         g0, g1 = 4 * t0, min(ng, 4 * t1)
         _fma.product_by_pixels(x, koff, pix, npix, wts, g0, g1, PIXEL_K_CHUNK, res)
@@ -550,7 +564,7 @@ def _conv_by_pixels(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out,
         _fma.channels_first(res[:npix, None, c0:], c1 - c0, 0, out[c0:c1])
         finish(c0, c1, 0, npix)
 
-    run(share, -(-ng // 4), grain=grain(4 * _fma.LANES * len(koff) * npix, "fma"))
+    run(share, slices, grain=grain(4 * _fma.LANES * len(koff) * npix, "fma"))
 
 
 QUANTIZE_PIXELS = 1 << 16

@@ -189,8 +189,10 @@ def test_fp32_conv_by_pixels_matches_reference(name: str, split: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """fp32 convolutions on the tiles of output-channel vectors by broadcast pixels (every
     tile width, pixel counts not a multiple of a tile, the input read in place or copied),
-    with each epilogue, however the threads share them."""
+    with each epilogue, the threads sharing their output channels or their pixels in as
+    many shares as they can."""
     monkeypatch.setattr(gemm, "_by_pixels_ok", lambda *a: _fma.AVAILABLE)
+    monkeypatch.setitem(conv_shares.SHARE_MACS, "fma", 1)  # every share it can make
     c, o, h, w, geom = BY_PIXELS[name] if name in BY_PIXELS else CONVS[name]
     rng = np.random.default_rng(len(name))
     x = rng.standard_normal((2, c, h, w)).astype(np.float32)
