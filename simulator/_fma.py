@@ -79,6 +79,36 @@ def _splat(builder, value):
                                                         [0] * LANES))
 
 
+def _fma_v16(builder):
+    """LLVM's fused multiply-add of two vectors into a third."""
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]), "llvm.fma.v16f32")
+
+
+def _word(builder, addr, offset):
+    """The int64 at byte address ``addr + offset``."""
+    intp = addr.type
+    return builder.load(builder.inttoptr(builder.add(addr, offset), intp.as_pointer()))
+
+
+def _vector_at(builder, addr, v: int = 0):
+    """A pointer to the ``v``-th vector from byte address ``addr``."""
+    return builder.inttoptr(builder.add(addr, ir.Constant(addr.type, v * LANES * 4)),
+                            _V16F.as_pointer())
+
+
+def _sums(builder, rows: int, vectors: int):
+    """``rows`` by ``vectors`` vector sums, zero (promoted to registers by the compiler)."""
+    zero = ir.Constant(_V16F, [0.0] * LANES)
+    return [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)]
+            for _ in range(rows)]
+
+
+def _add_product(builder, fma, a, b, acc) -> None:
+    """``acc += a * b``, rounded once."""
+    builder.store(builder.call(fma, [a, b, builder.load(acc)]), acc)
+
+
 @intrinsic
 def _tile(typingctx, x, koff, w, nk, out, orow, accumulate):
     """One tile: ``ROWS`` rows of ``W`` against ``COLUMNS`` columns of ``X``, over ``nk``
@@ -91,38 +121,29 @@ def _tile(typingctx, x, koff, w, nk, out, orow, accumulate):
     def codegen(context, builder, signature, args):
         x, koff, w, nk, out, orow, accumulate = args
         intp = context.get_value_type(types.intp)
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]), "llvm.fma.v16f32")
+        fma = _fma_v16(builder)
 
         def const(n):
             return ir.Constant(intp, n)
 
-        def at(addr, ty):
-            return builder.inttoptr(addr, ty.as_pointer())
-
         def dst(r, v):
-            return at(builder.add(out, builder.add(builder.mul(const(r), orow),
-                                                   const(v * LANES * 4))), _V16F)
+            return _vector_at(builder, builder.add(out, builder.mul(const(r), orow)), v)
 
-        zero = ir.Constant(_V16F, [0.0] * LANES)
-        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)]
-               for _ in range(ROWS)]
+        acc = _sums(builder, ROWS, VECTORS)
         with builder.if_then(builder.icmp_signed("!=", accumulate, const(0))):
             for r in range(ROWS):
                 for v in range(VECTORS):
                     builder.store(builder.load(dst(r, v), align=4), acc[r][v])
         with cgutils.for_range(builder, nk) as loop:
             k = loop.index
-            base = builder.add(x, builder.load(at(builder.add(koff, builder.mul(k, const(8))),
-                                                  intp)))
-            xv = [builder.load(at(builder.add(base, const(v * LANES * 4)), _V16F), align=4)
-                  for v in range(VECTORS)]
+            base = builder.add(x, _word(builder, koff, builder.mul(k, const(8))))
+            xv = [builder.load(_vector_at(builder, base, v), align=4) for v in range(VECTORS)]
             wk = builder.add(w, builder.mul(k, const(ROWS * 4)))
             for r in range(ROWS):
-                wv = _splat(builder, builder.load(at(builder.add(wk, const(r * 4)), _F32)))
+                wv = _splat(builder, builder.load(builder.inttoptr(
+                    builder.add(wk, const(r * 4)), _F32.as_pointer())))
                 for v in range(VECTORS):
-                    builder.store(builder.call(fma, [wv, xv[v], builder.load(acc[r][v])]),
-                                  acc[r][v])
+                    _add_product(builder, fma, wv, xv[v], acc[r][v])
         for r in range(ROWS):
             for v in range(VECTORS):
                 builder.store(builder.load(acc[r][v]), dst(r, v), align=4)
@@ -149,38 +170,27 @@ def _channel_tile(vectors: int, pixels: int):
         def codegen(context, builder, signature, args):
             x, xoff, offs, w, nk, wstride, out, ostep = args
             intp = context.get_value_type(types.intp)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]),
-                "llvm.fma.v16f32")
+            fma = _fma_v16(builder)
 
             def const(n):
                 return ir.Constant(intp, n)
 
-            def word(addr, i):
-                return builder.load(builder.inttoptr(builder.add(addr, i), intp.as_pointer()))
-
-            def at(addr, v):
-                return builder.inttoptr(builder.add(addr, const(v * LANES * 4)),
-                                        _V16F.as_pointer())
-
-            xs = [builder.add(x, word(xoff, const(8 * j))) for j in range(pixels)]
-            acc = [[cgutils.alloca_once_value(builder, ir.Constant(_V16F, [0.0] * LANES))
-                    for _ in range(vectors)] for _ in range(pixels)]
+            xs = [builder.add(x, _word(builder, xoff, const(8 * j))) for j in range(pixels)]
+            acc = _sums(builder, pixels, vectors)
             with cgutils.for_range(builder, nk) as loop:
                 k = loop.index
-                off = word(offs, builder.mul(k, const(8)))
+                off = _word(builder, offs, builder.mul(k, const(8)))
                 wk = builder.add(w, builder.mul(k, wstride))
-                wv = [builder.load(at(wk, v), align=4) for v in range(vectors)]
+                wv = [builder.load(_vector_at(builder, wk, v), align=4) for v in range(vectors)]
                 for j in range(pixels):
                     xk = builder.add(xs[j], off)
                     for v in range(vectors):
-                        xv = builder.load(at(xk, v), align=4)
-                        builder.store(builder.call(fma, [wv[v], xv, builder.load(acc[j][v])]),
-                                      acc[j][v])
+                        xv = builder.load(_vector_at(builder, xk, v), align=4)
+                        _add_product(builder, fma, wv[v], xv, acc[j][v])
             for j in range(pixels):
                 oj = builder.add(out, builder.mul(ostep, const(j)))
                 for v in range(vectors):
-                    builder.store(builder.load(acc[j][v]), at(oj, v), align=4)
+                    builder.store(builder.load(acc[j][v]), _vector_at(builder, oj, v), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -265,25 +275,16 @@ def _pixel_tile(vectors: int, pixels: int):
         def codegen(context, builder, signature, args):
             x, pix, koff, nk, w, wgroup, out, ostep, accumulate = args
             intp = context.get_value_type(types.intp)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]),
-                "llvm.fma.v16f32")
+            fma = _fma_v16(builder)
 
             def const(n):
                 return ir.Constant(intp, n)
 
-            def word(addr, i):
-                return builder.load(builder.inttoptr(builder.add(addr, i), intp.as_pointer()))
-
             def dst(j, v):
-                a = builder.add(out, builder.add(builder.mul(ostep, const(j)),
-                                                 const(v * LANES * 4)))
-                return builder.inttoptr(a, _V16F.as_pointer())
+                return _vector_at(builder, builder.add(out, builder.mul(ostep, const(j))), v)
 
-            xs = [builder.add(x, word(pix, const(8 * j))) for j in range(pixels)]
-            zero = ir.Constant(_V16F, [0.0] * LANES)
-            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)]
-                   for _ in range(pixels)]
+            xs = [builder.add(x, _word(builder, pix, const(8 * j))) for j in range(pixels)]
+            acc = _sums(builder, pixels, vectors)
             with builder.if_then(builder.icmp_signed("!=", accumulate, const(0))):
                 for j in range(pixels):
                     for v in range(vectors):
@@ -291,16 +292,15 @@ def _pixel_tile(vectors: int, pixels: int):
             wv0 = [builder.add(w, builder.mul(wgroup, const(v))) for v in range(vectors)]
             with cgutils.for_range(builder, nk) as loop:
                 k = loop.index
-                off = word(koff, builder.mul(k, const(8)))
+                off = _word(builder, koff, builder.mul(k, const(8)))
                 wk = builder.mul(k, const(LANES * 4))
-                wv = [builder.load(builder.inttoptr(builder.add(wv0[v], wk), _V16F.as_pointer()),
-                                   align=4) for v in range(vectors)]
+                wv = [builder.load(_vector_at(builder, builder.add(wv0[v], wk)), align=4)
+                      for v in range(vectors)]
                 for j in range(pixels):
                     xv = _splat(builder, builder.load(builder.inttoptr(
                         builder.add(xs[j], off), _F32.as_pointer())))
                     for v in range(vectors):
-                        builder.store(builder.call(fma, [wv[v], xv, builder.load(acc[j][v])]),
-                                      acc[j][v])
+                        _add_product(builder, fma, wv[v], xv, acc[j][v])
             for j in range(pixels):
                 for v in range(vectors):
                     builder.store(builder.load(acc[j][v]), dst(j, v), align=4)
@@ -350,28 +350,6 @@ def product_by_pixels(X, koff, pix, npix, W, g0, g1, kc, res):  # pragma: no cov
                 for p in range(0, npix, PIXEL_SUMS):
                     _px1(xa, pa + p * 8, kp, n, wb, wgroup, ob + p * rstep, rstep, k0)
                 g += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def planes(x, top, left, hp, wp, c0, c1, X):  # pragma: no cover - compiled
-    """Channels ``c0...c1`` of ``x [C, H, W]`` into ``X [C, L]`` (``L >= Hp * Wp``) as
-    zero-padded planes of ``Hp`` rows of ``Wp``, the input at row ``top``, column
-    ``left`` (indexed, not sliced: a 7x7 plane's copy was mostly making views)."""
-    _, h, w = x.shape
-    length = X.shape[1]
-    for c in range(c0, c1):
-        for i in range(top * wp):
-            X[c, i] = 0.0
-        for y in range(h):
-            o = (top + y) * wp
-            for i in range(left):
-                X[c, o + i] = 0.0
-            for i in range(w):
-                X[c, o + left + i] = x[c, y, i]
-            for i in range(left + w, wp):
-                X[c, o + i] = 0.0
-        for i in range((top + h) * wp, length):
-            X[c, i] = 0.0
 
 
 def pack_by_pixels(wf: np.ndarray, taps: int) -> np.ndarray:

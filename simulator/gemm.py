@@ -536,10 +536,9 @@ def _conv_by_pixels(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out,
     stride = _plane_stride(hp, wp)
     if stride == hp * wp and xp.flags.c_contiguous:  # read in place
         x = xp.reshape(c, stride)
-    else:
-        x = np.empty((c, stride), np.float32)
-        run(lambda c0, c1: _fma.planes(xp, 0, 0, hp, wp, c0, c1, x), c,
-            grain=max(1, QUANTIZE_PIXELS // (hp * wp)))
+    else:  # planes of a multiple of 1 KiB, a vector apart
+        x = np.zeros((c, stride), np.float32)
+        x[:, :hp * wp] = xp.reshape(c, hp * wp)
     koff, pix = _pixel_tables(geom, c, stride, wp, out_hw)
     ng, o, npix = wts.shape[0], out.shape[0], oh * ow
     res = np.empty((pix.size, ng * _fma.LANES), np.float32)

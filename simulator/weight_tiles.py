@@ -107,22 +107,25 @@ def _made_once(w: np.ndarray, layout: tuple, make):
     return made[layout]
 
 
+def _per_group(w: np.ndarray, groups: int, taps: int, pack) -> list[np.ndarray]:
+    """``pack(rows of a group, taps)`` of an fp32 weight array ``w [O, K]`` for each of its
+    groups, made once per array and packer."""
+    def make(wf: np.ndarray) -> list[np.ndarray]:
+        og = wf.shape[0] // groups
+        return [pack(wf[g * og:(g + 1) * og], taps) for g in range(groups)]
+    return _made_once(w, (pack.__name__, groups, taps), make)
+
+
 def packed_f32(w: np.ndarray, groups: int, taps: int) -> list[np.ndarray]:
     """Per group, an fp32 weight array ``w [O, K]`` (K in ``(taps, C)`` order) as
     :func:`npusim.simulator._fma.product` reads it, made once per array and layout."""
-    def make(wf: np.ndarray) -> list[np.ndarray]:
-        og = wf.shape[0] // groups
-        return [_fma.pack_weights(wf[g * og:(g + 1) * og], taps) for g in range(groups)]
-    return _made_once(w, ("fma", groups, taps), make)
+    return _per_group(w, groups, taps, _fma.pack_weights)
 
 
 def pixel_packed_f32(w: np.ndarray, groups: int, taps: int) -> list[np.ndarray]:
     """Per group, an fp32 weight array ``w [O, K]`` (K in ``(taps, C)`` order) as
     :func:`npusim.simulator._fma.product_by_pixels` reads it, made once per array."""
-    def make(wf: np.ndarray) -> list[np.ndarray]:
-        og = wf.shape[0] // groups
-        return [_fma.pack_by_pixels(wf[g * og:(g + 1) * og], taps) for g in range(groups)]
-    return _made_once(w, ("pixels", groups, taps), make)
+    return _per_group(w, groups, taps, _fma.pack_by_pixels)
 
 
 def channels_last_f32(w: np.ndarray, og: int, lanes: int = 1) -> np.ndarray:

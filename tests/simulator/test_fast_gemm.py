@@ -170,6 +170,22 @@ def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, 
                 assert same_bits(got, ref), (name, kw)
 
 
+def _check_fp32_epilogues(c: int, o: int, h: int, w: int, geom, seed: int) -> None:
+    """An fp32 convolution of two seeded images, with each epilogue, within the fp32
+    tolerance of the reference."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c // geom.groups * geom.kernel[0] * geom.kernel[1])
+                             ).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    res = rng.standard_normal(conv2d_reference(x, wt, None, geom, FP32).shape).astype(
+        np.float32)
+    for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)}):
+        ref = conv2d_reference(x, wt, bias, geom, FP32, **kw)
+        got = conv2d(x, wt, bias, geom, FP32, **kw)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 BY_PIXELS = {
     # output channels 16 (a 1-vector tile), 40 (2 + 1, padded), 112 (4 + 2 + 1); planes
     # read in place (no padding) and copied (a 16x16 padded plane is 1 KiB: a vector more)
@@ -194,17 +210,7 @@ def test_fp32_conv_by_pixels_matches_reference(name: str, split: str,
     monkeypatch.setattr(gemm, "_by_pixels_ok", lambda *a: _fma.AVAILABLE)
     monkeypatch.setitem(conv_shares.SHARE_MACS, "fma", 1)  # every share it can make
     c, o, h, w, geom = BY_PIXELS[name] if name in BY_PIXELS else CONVS[name]
-    rng = np.random.default_rng(len(name))
-    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
-    wt = rng.standard_normal((o, c // geom.groups * geom.kernel[0] * geom.kernel[1])
-                             ).astype(np.float32)
-    bias = rng.standard_normal(o).astype(np.float32)
-    res = rng.standard_normal(conv2d_reference(x, wt, None, geom, FP32).shape).astype(
-        np.float32)
-    for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)}):
-        ref = conv2d_reference(x, wt, bias, geom, FP32, **kw)
-        got = conv2d(x, wt, bias, geom, FP32, **kw)
-        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    _check_fp32_epilogues(c, o, h, w, geom, seed=len(name))
 
 
 FMA_DEPTHWISE = {
@@ -229,17 +235,7 @@ def test_fp32_depthwise_on_channel_tiles_matches_reference(
     monkeypatch.setattr(channelwise, "FMA_WIDTH", 10**9)
     c, o, h, w, geom = FMA_DEPTHWISE[name] if name in FMA_DEPTHWISE else \
         (CONVS[name] if name in CONVS else WIDE_DEPTHWISE[name])
-    rng = np.random.default_rng(len(name))
-    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
-    wt = rng.standard_normal((o, c // geom.groups * geom.kernel[0] * geom.kernel[1])
-                             ).astype(np.float32)
-    bias = rng.standard_normal(o).astype(np.float32)
-    res = rng.standard_normal(conv2d_reference(x, wt, None, geom, FP32).shape).astype(
-        np.float32)
-    for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)}):
-        ref = conv2d_reference(x, wt, bias, geom, FP32, **kw)
-        got = conv2d(x, wt, bias, geom, FP32, **kw)
-        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    _check_fp32_epilogues(c, o, h, w, geom, seed=len(name))
 
 
 @pytest.mark.parametrize("fmt", MX_FORMATS, ids=fid)
