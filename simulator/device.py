@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -58,6 +59,26 @@ def _alu_fn(op: int, rev: bool):
     return lambda a, b, out: kernels.alu(name, a, b, out)
 
 
+def silu_pairs(instructions: list[isa.Instruction]) -> dict[int, isa.VvAlu]:
+    """The sigmoids that the next instruction multiplies by their own input, element for
+    element, with the sigmoid's input, its result and the product each in memory of its
+    own or exactly the same as another's: by the sigmoid's index, that VV_ALU. The device
+    runs each pair as one pass (:func:`npusim.simulator.vector.sigmoid_and_product`),
+    which writes what the two would."""
+    pairs = {}
+    for k, (i, j) in enumerate(itertools.pairwise(instructions)):
+        if not (isinstance(i, isa.VUnary) and i.fn == isa.UnaryFn.SIGMOID
+                and isinstance(j, isa.VvAlu) and j.op == isa.AluOp.MUL
+                and j.length == i.length and j.div == 1 and j.mod == i.length
+                and i.src != i.dst and {j.src0, j.src1} == {i.src, i.dst}):
+            continue
+        n = 4 * i.length
+        if all(a == b or a + n <= b or b + n <= a
+               for a, b in itertools.combinations((i.src, i.dst, j.dst), 2)):
+            pairs[k] = j
+    return pairs
+
+
 SPARE_ARENA_BYTES = 1 << 26
 """A run's arena up to this size is kept for the next run of the same batch size."""
 
@@ -76,6 +97,7 @@ class Device:
         self._regions: dict[tuple[int, int], tuple[bool, int]] = {}  # checked ranges
         self._prepared: dict[tuple, object] = {}  # views and plans into the current arena
         self._host_mem: list[dict[str, object]] = []
+        self._pairs: dict[int, isa.VvAlu] = {}  # fused sigmoid-multiply pairs
 
     def load(self, program: Program) -> None:
         """Load ``program``, replacing the one before; refuse one built for another target."""
@@ -104,6 +126,7 @@ class Device:
         self._weights = weights
         self._spare, self._regions, self._prepared = None, {}, {}
         self._host = [self._host_kernel(k, h) for k, h in enumerate(program.host_ops)]
+        self._pairs = silu_pairs(program.instructions)
         # the schedule depends only on the program and the device: price it once
         self.stats = schedule(program, self.config)
 
@@ -230,8 +253,15 @@ class Device:
             with (np.errstate(all="ignore"),  # fp32 arithmetic as the device's: inf and NaN
                   threads.hold(),  # sleeping compute threads wake now, and sleep at the end
                   task("simulate", total=len(prog.instructions), unit="instr") as progress):
-                for i in prog.instructions:
+                instructions, k = prog.instructions, 0
+                while k < len(instructions):
+                    i = instructions[k]
+                    if k in self._pairs and self._sigmoid_and_product(i, self._pairs[k]):
+                        k += 2
+                        progress.update(2)
+                        continue
                     self._execute(i, host_in, host_out, fmt, rounding)
+                    k += 1
                     progress.update()
             for t in prog.outputs:  # outputs the host computed never went to the device
                 if t.name not in host_out and t.name in self._host_mem[0]:
@@ -329,6 +359,27 @@ class Device:
                     raise ExecutionError("V_COPY destination is outside the activation arena")
                 views = self._prepared[key] = (src, dst)
             np.copyto(views[1], views[0])
+
+    def _sigmoid_and_product(self, i: isa.VUnary, j: isa.VvAlu) -> bool:
+        """A pair of :func:`silu_pairs` in one pass; False, having done nothing, when the
+        sigmoid or the product is not written into the arena (the two then run apart, and
+        say what is wrong)."""
+        key = ("silu", i.src, i.dst, j.dst, i.length)
+        views = self._prepared.get(key)
+        if views is None:
+            shape, n = (i.length,), 4 * i.length
+            try:
+                ok = self._region(i.dst, n, "write")[0] and self._region(j.dst, n, "write")[0]
+                views = (self._f32(i.src, shape), self._f32(i.dst, shape, "write"),
+                         self._f32(j.dst, shape, "write")) if ok else ()
+            except ExecutionError:
+                views = ()
+            self._prepared[key] = views
+        if not views:
+            return False
+        for x, s, p in zip(*views, strict=True):  # each image
+            kernels.sigmoid_and_product(x, s, p)
+        return True
 
     def _host_call(self, i: isa.HostCall) -> None:
         """A host op: onnxruntime runs each image's call (host models are batch-1 graphs)."""

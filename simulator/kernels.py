@@ -41,6 +41,7 @@ from npusim.simulator.vector import (  # noqa: F401  (the vector unit's kernels,
     pad2d,
     reduce,
     resize,
+    sigmoid_and_product,
     unary,
 )
 

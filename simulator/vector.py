@@ -104,6 +104,14 @@ erf and the exact GELU (ViT's, Swin's, ConvNeXt's) by the same ``erf``, shared b
 the threads (ConvNeXt-T's 1.2M-element erf took 10 ms as numpy pieces)."""
 
 
+def sigmoid_and_product(x: np.ndarray, s: np.ndarray, p: np.ndarray) -> None:
+    """``s = sigmoid(x)`` and ``p = fp32(x * s)``, the bits of :func:`unary` then
+    :func:`alu`'s ``mul``, in one pass over ``x`` (EfficientNet's SiLUs, exported as a
+    Sigmoid and a Mul). ``s`` and ``p`` are C-contiguous float32 arrays of ``x``'s shape,
+    each ``x``, the other or memory of its own; ``p`` is written after ``s``."""
+    _fast.sigmoid(x, s, lambda v: unary_reference("sigmoid", v), product=p)
+
+
 def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0,
           out: np.ndarray | None = None) -> np.ndarray:
     """``fn(x; alpha, beta)`` per element; ``fn`` a lowercase

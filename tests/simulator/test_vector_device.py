@@ -154,6 +154,55 @@ def test_device_unary_every_function():
         np.testing.assert_array_equal(y, w)
 
 
+def test_device_runs_a_sigmoid_and_its_multiply_as_one_pass(monkeypatch):
+    """A sigmoid followed by the product of its input and its result (a SiLU exported as
+    two ops) runs as one pass, with the two instructions' bits, whether the product goes
+    to memory of its own, over the sigmoid or over the input; pairs that are not that
+    (a partial overlap, another operand, a broadcast) run apart."""
+    from npusim.simulator import device as device_module
+    calls = []
+    fused = kernels.sigmoid_and_product
+    monkeypatch.setattr(device_module.kernels, "sigmoid_and_product",
+                        lambda *a: calls.append(1) or fused(*a))
+    x = inputs(21, 5000, 8.0)
+    sig = kernels.unary("sigmoid", x)
+    prod = kernels.alu("mul", x, sig)
+    one = np.array([1.0], F32)
+    mul, n = isa.AluOp.MUL, x.size
+
+    def sigmoid(src, dst):
+        return isa.VUnary(src, dst, n, isa.UnaryFn.SIGMOID, 0, 0)
+
+    bench = Bench()  # the product in memory of its own
+    sx, s, p = bench.put(x), bench.out(x.shape), bench.out(x.shape)
+    assert _same(bench.run(sigmoid(sx, s), isa.VvAlu(sx, s, p, n, mul, 0, 1, n)), [sig, prod])
+    bench = Bench()  # over the sigmoid, operands the other way round
+    sx, s = bench.put(x), bench.out(x.shape)
+    assert _same(bench.run(sigmoid(sx, s), isa.VvAlu(s, sx, s, n, mul, 0, 1, n)), [prod])
+    bench = Bench()  # over the input (a copy of x made first)
+    sx, c, s = bench.put(x), bench.out(x.shape), bench.out(x.shape)
+    so = bench.put(one)
+    assert _same(bench.run(isa.VvAlu(sx, so, c, n, mul, 0, 1, 1), sigmoid(c, s),
+                           isa.VvAlu(c, s, c, n, mul, 0, 1, n)), [prod, sig])
+    assert len(calls) == 3
+    bench = Bench()  # a product that starts one element into the sigmoid: apart
+    sx, s = bench.put(x), bench.out((2 * n,))
+    code = (sigmoid(sx, s), isa.VvAlu(sx, s, s + 4, n, mul, 0, 1, n))
+    assert device_module.silu_pairs(list(code)) == {}
+    (y,) = bench.run(*code)
+    assert _same([y[:1], y[1:n + 1]], [sig[:1], prod])
+    assert device_module.silu_pairs([sigmoid(sx, s), isa.VvAlu(sx, sx, s, n, mul, 0, 1, n)]) == {}
+    assert device_module.silu_pairs([sigmoid(sx, s), isa.VvAlu(sx, s, s, n, mul, 0, 1, 1)]) == {}
+    assert len(calls) == 3
+
+
+def _same(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
+    """Equal bits, NaN where NaN."""
+    return all(np.array_equal(np.isnan(g), np.isnan(w))
+               and np.array_equal(g[~np.isnan(w)].view(np.int32), w[~np.isnan(w)].view(np.int32))
+               for g, w in zip(got, want, strict=True))
+
+
 def test_device_reduce_norm_resize_pad():
     rng = np.random.default_rng(18)
     x = (rng.standard_normal((3, 8, 6)) * 2).astype(F32)

@@ -203,6 +203,34 @@ def test_sigmoid_kernel_is_the_formula_bit_for_bit(scale, margin, monkeypatch):
     assert _same_bits(into, ref[:3001]) and _same_bits(inplace, ref[:3001])
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 4099, 70_001])
+@pytest.mark.parametrize("margin", [None, 0.25])
+def test_sigmoid_with_its_product_is_the_two_fp32_steps(n, margin, monkeypatch):
+    """The SiLU pass (the sigmoid and ``x * sigmoid(x)`` at once) gives the two fp32 steps'
+    bits, the product written into a new array, into ``x`` or into the sigmoid's own
+    output, at every length around the kernel's 8-element vectors, with every element
+    through the formula too."""
+    from npusim.simulator import _fast
+    if margin is not None:
+        monkeypatch.setattr(_fast, "SIGMOID_MARGIN", margin)
+    x = np.roll(inputs(11, n, 8.0), 21)[:n]  # the special values first
+    sig = unary_reference("sigmoid", x)
+    prod = kernels.alu("mul", x, sig)
+
+    def ref(v):
+        return unary_reference("sigmoid", v)
+
+    s, p = np.empty_like(x), np.empty_like(x)
+    _fast.sigmoid(x, s, ref, product=p)
+    assert _same_bits(s, sig) and _same_bits(p, prod)
+    xi, s = x.copy(), np.empty_like(x)  # the product over x
+    _fast.sigmoid(xi, s, ref, product=xi)
+    assert _same_bits(s, sig) and _same_bits(xi, prod)
+    s = np.empty_like(x)  # over the sigmoid
+    _fast.sigmoid(x, s, ref, product=s)
+    assert _same_bits(s, prod)
+
+
 def test_gelu_tanh_approximation():
     x = inputs(2)
     with np.errstate(all="ignore"):
@@ -492,6 +520,7 @@ def test_sigmoid_sends_the_elements_near_a_rounding_boundary_to_the_formula():
     assert len(close) >= 5
     out, idx = np.empty_like(x), np.empty(x.size, np.int64)
     near = int(_fast.SIGMOID_MARGIN * 2.0**53)
-    n = _fast._sigmoid(x, near, out, np.empty(_fast._SIGMOID_RUN, np.bool_), idx)
+    n = _fast._logistic(x, out, out, False, near, np.empty(x.size // 8 + 1, np.uint8), idx)
     assert set(close) <= set(idx[:n]) and n < x.size // 1000
+    assert np.array_equal(out[idx[:n]], x[idx[:n]])  # they hold x for the formula
     assert _same_bits(kernels.unary("sigmoid", x), unary_reference("sigmoid", x))
