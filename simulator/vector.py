@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from npusim.simulator import _fast
+from npusim.simulator import _fast, _sigmoid
 
 F32 = np.float32
 
@@ -90,8 +90,7 @@ UNARY_FUNCTIONS = tuple(_WIDE) + tuple(_EXACT)
 _ONE_PASS: dict[str, Callable[[np.ndarray, float, float, np.ndarray | None], np.ndarray]] = {
     "hard_sigmoid": lambda x, a, b, out: _fast.hard_sigmoid(x, a, b, out),
     "hard_swish": lambda x, a, b, out: _fast.hard_swish(x, out),
-    "sigmoid": lambda x, a, b, out: _fast.sigmoid(
-        x, out, lambda v: unary_reference("sigmoid", v)),
+    "sigmoid": lambda x, a, b, out: _sigmoid.sigmoid(x, out, _sigmoid_formula),
     "erf": lambda x, a, b, out: _fast.erf32(x, False, out),
     "gelu": lambda x, a, b, out: _fast.erf32(x, True, out),  # exact (alpha 0) only
 }
@@ -99,7 +98,7 @@ _ONE_PASS: dict[str, Callable[[np.ndarray, float, float, np.ndarray | None], np.
 float64 operations (MobileNetV3 runs one after most of its layers), or for the sigmoid
 (EfficientNet's SiLU, squeeze-excite gates, recurrent gates) a float64 exp of its own
 whose result is within 2**-46 of the exact value, with the formula deciding the elements
-whose float32 rounding that could change (:data:`npusim.simulator._fast.SIGMOID_MARGIN`);
+whose float32 rounding that could change (:data:`npusim.simulator._sigmoid.SIGMOID_MARGIN`);
 erf and the exact GELU (ViT's, Swin's, ConvNeXt's) by the same ``erf``, shared between
 the threads (ConvNeXt-T's 1.2M-element erf took 10 ms as numpy pieces)."""
 
@@ -109,7 +108,11 @@ def sigmoid_and_product(x: np.ndarray, s: np.ndarray, p: np.ndarray) -> None:
     :func:`alu`'s ``mul``, in one pass over ``x`` (EfficientNet's SiLUs, exported as a
     Sigmoid and a Mul). ``s`` and ``p`` are C-contiguous float32 arrays of ``x``'s shape,
     each ``x``, the other or memory of its own; ``p`` is written after ``s``."""
-    _fast.sigmoid(x, s, lambda v: unary_reference("sigmoid", v), product=p)
+    _sigmoid.sigmoid(x, s, _sigmoid_formula, product=p)
+
+
+def _sigmoid_formula(x: np.ndarray) -> np.ndarray:
+    return unary_reference("sigmoid", x)
 
 
 def unary(fn: str, x: np.ndarray, alpha: float = 0.0, beta: float = 0.0,

@@ -190,9 +190,9 @@ def test_sigmoid_kernel_is_the_formula_bit_for_bit(scale, margin, monkeypatch):
     """The sigmoid's own float64 exp gives numpy's formula's bits on 300,000 values of
     every magnitude (past the exp's range, not finite, subnormal); with a wide margin every
     element takes the formula's path, and still gives them."""
-    from npusim.simulator import _fast
+    from npusim.simulator import _sigmoid
     if margin is not None:
-        monkeypatch.setattr(_fast, "SIGMOID_MARGIN", margin)
+        monkeypatch.setattr(_sigmoid, "SIGMOID_MARGIN", margin)
     x = inputs(5, 300_000, scale)
     x[::997] = 1e-40
     ref = unary_reference("sigmoid", x)
@@ -210,9 +210,9 @@ def test_sigmoid_with_its_product_is_the_two_fp32_steps(n, margin, monkeypatch):
     bits, the product written into a new array, into ``x`` or into the sigmoid's own
     output, at every length around the kernel's 8-element vectors, with every element
     through the formula too."""
-    from npusim.simulator import _fast
+    from npusim.simulator import _sigmoid
     if margin is not None:
-        monkeypatch.setattr(_fast, "SIGMOID_MARGIN", margin)
+        monkeypatch.setattr(_sigmoid, "SIGMOID_MARGIN", margin)
     x = np.roll(inputs(11, n, 8.0), 21)[:n]  # the special values first
     sig = unary_reference("sigmoid", x)
     prod = kernels.alu("mul", x, sig)
@@ -221,13 +221,13 @@ def test_sigmoid_with_its_product_is_the_two_fp32_steps(n, margin, monkeypatch):
         return unary_reference("sigmoid", v)
 
     s, p = np.empty_like(x), np.empty_like(x)
-    _fast.sigmoid(x, s, ref, product=p)
+    _sigmoid.sigmoid(x, s, ref, product=p)
     assert _same_bits(s, sig) and _same_bits(p, prod)
     xi, s = x.copy(), np.empty_like(x)  # the product over x
-    _fast.sigmoid(xi, s, ref, product=xi)
+    _sigmoid.sigmoid(xi, s, ref, product=xi)
     assert _same_bits(s, sig) and _same_bits(xi, prod)
     s = np.empty_like(x)  # over the sigmoid
-    _fast.sigmoid(x, s, ref, product=s)
+    _sigmoid.sigmoid(x, s, ref, product=s)
     assert _same_bits(s, prod)
 
 
@@ -511,7 +511,7 @@ def test_sigmoid_sends_the_elements_near_a_rounding_boundary_to_the_formula():
     """Of 4M consecutive float32 inputs, those whose sigmoid (numpy's float64 formula) is
     within 2**-44 of a float32 rounding boundary are each listed by the kernel for the
     formula, and every output has the formula's bits."""
-    from npusim.simulator import _fast
+    from npusim.simulator import _sigmoid
     x = (np.float32(-3.7).view(np.int32) + np.arange(1 << 22, dtype=np.int32)).view(F32)
     with np.errstate(all="ignore"):
         s = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
@@ -519,8 +519,8 @@ def test_sigmoid_sends_the_elements_near_a_rounding_boundary_to_the_formula():
     close = np.flatnonzero(np.abs(d) <= 1 << 9)  # within 2**-44
     assert len(close) >= 5
     out, idx = np.empty_like(x), np.empty(x.size, np.int64)
-    near = int(_fast.SIGMOID_MARGIN * 2.0**53)
-    n = _fast._logistic(x, out, out, False, near, np.empty(x.size // 8 + 1, np.uint8), idx)
+    near = int(_sigmoid.SIGMOID_MARGIN * 2.0**53)
+    n = _sigmoid._logistic(x, out, out, False, near, np.empty(x.size // 8 + 1, np.uint8), idx)
     assert set(close) <= set(idx[:n]) and n < x.size // 1000
     assert np.array_equal(out[idx[:n]], x[idx[:n]])  # they hold x for the formula
     assert _same_bits(kernels.unary("sigmoid", x), unary_reference("sigmoid", x))
