@@ -109,47 +109,56 @@ def _add_product(builder, fma, a, b, acc) -> None:
     builder.store(builder.call(fma, [a, b, builder.load(acc)]), acc)
 
 
-@intrinsic
-def _tile(typingctx, x, koff, w, nk, out, orow, accumulate):
-    """One tile: ``ROWS`` rows of ``W`` against ``COLUMNS`` columns of ``X``, over ``nk``
-    rows of ``K``. Byte addresses: ``x`` the tile's first column of ``X`` (row ``k`` at
-    ``x + koff[k]``), ``koff`` the int64 table of the chunk's row offsets, ``w`` the row
-    tile's packed weights of the chunk, ``out`` the tile's first output (rows ``orow``
-    bytes apart); with ``accumulate``, the tile adds to what ``out`` holds."""
-    sig = types.void(*([types.intp] * 7))
+def _row_tile(rows: int, vectors: int):
+    """The tile of ``rows`` rows of ``W`` by ``vectors`` vectors of columns of ``X``: see
+    :func:`product`."""
+    @intrinsic
+    def tile(typingctx, x, koff, w, nk, out, orow, accumulate):
+        """One tile over ``nk`` rows of ``K``. Byte addresses: ``x`` the tile's first
+        column of ``X`` (row ``k`` at ``x + koff[k]``), ``koff`` the int64 table of the
+        chunk's row offsets, ``w`` the row tile's packed weights of the chunk (``rows`` a
+        row of ``K``), ``out`` the tile's first output (rows ``orow`` bytes apart); with
+        ``accumulate``, the tile adds to what ``out`` holds."""
+        sig = types.void(*([types.intp] * 7))
 
-    def codegen(context, builder, signature, args):
-        x, koff, w, nk, out, orow, accumulate = args
-        intp = context.get_value_type(types.intp)
-        fma = _fma_v16(builder)
+        def codegen(context, builder, signature, args):
+            x, koff, w, nk, out, orow, accumulate = args
+            intp = context.get_value_type(types.intp)
+            fma = _fma_v16(builder)
 
-        def const(n):
-            return ir.Constant(intp, n)
+            def const(n):
+                return ir.Constant(intp, n)
 
-        def dst(r, v):
-            return _vector_at(builder, builder.add(out, builder.mul(const(r), orow)), v)
+            def dst(r, v):
+                return _vector_at(builder, builder.add(out, builder.mul(const(r), orow)), v)
 
-        acc = _sums(builder, ROWS, VECTORS)
-        with builder.if_then(builder.icmp_signed("!=", accumulate, const(0))):
-            for r in range(ROWS):
-                for v in range(VECTORS):
-                    builder.store(builder.load(dst(r, v), align=4), acc[r][v])
-        with cgutils.for_range(builder, nk) as loop:
-            k = loop.index
-            base = builder.add(x, _word(builder, koff, builder.mul(k, const(8))))
-            xv = [builder.load(_vector_at(builder, base, v), align=4) for v in range(VECTORS)]
-            wk = builder.add(w, builder.mul(k, const(ROWS * 4)))
-            for r in range(ROWS):
-                wv = _splat(builder, builder.load(builder.inttoptr(
-                    builder.add(wk, const(r * 4)), _F32.as_pointer())))
-                for v in range(VECTORS):
-                    _add_product(builder, fma, wv, xv[v], acc[r][v])
-        for r in range(ROWS):
-            for v in range(VECTORS):
-                builder.store(builder.load(acc[r][v]), dst(r, v), align=4)
-        return context.get_dummy_value()
+            acc = _sums(builder, rows, vectors)
+            with builder.if_then(builder.icmp_signed("!=", accumulate, const(0))):
+                for r in range(rows):
+                    for v in range(vectors):
+                        builder.store(builder.load(dst(r, v), align=4), acc[r][v])
+            with cgutils.for_range(builder, nk) as loop:
+                k = loop.index
+                base = builder.add(x, _word(builder, koff, builder.mul(k, const(8))))
+                xv = [builder.load(_vector_at(builder, base, v), align=4)
+                      for v in range(vectors)]
+                wk = builder.add(w, builder.mul(k, const(rows * 4)))
+                for r in range(rows):
+                    wv = _splat(builder, builder.load(builder.inttoptr(
+                        builder.add(wk, const(r * 4)), _F32.as_pointer())))
+                    for v in range(vectors):
+                        _add_product(builder, fma, wv, xv[v], acc[r][v])
+            for r in range(rows):
+                for v in range(vectors):
+                    builder.store(builder.load(acc[r][v]), dst(r, v), align=4)
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    return tile
+
+
+_tile = _row_tile(ROWS, VECTORS)
 
 
 def _channel_tile(vectors: int, pixels: int):

@@ -436,19 +436,22 @@ def product_planes(X, S, tables, W, C, T, m0, m1, r0, r1, out):  # pragma: no co
 
 
 @numba.njit(cache=True, nogil=True)
-def store(t, width, ow, rows, o, plane, base, n0, bias, res, relu, clip, lo,
-          hi):  # pragma: no cover - compiled
-    """``plane[base + r, n0 + y * ow + x] = epilogue(t[r, y * width + x])`` for ``r < o``,
+def store(t, width, ow, rows, o, plane, base, n0, bias, res, relu, clip, lo, hi, og,
+          pad):  # pragma: no cover - compiled
+    """``plane[base + r, n0 + y * ow + x] = epilogue(t[r', y * width + x])`` for ``r < o``,
     ``y < rows``, ``x < ow``: a product made at another width moved into place with
     :func:`npusim.simulator._fast_gemm._epilogue`'s steps on the way (+ bias, + residual,
-    ReLU, clip; each in fp32)."""
+    ReLU, clip; each in fp32). Row ``r`` of the output is row ``r' = r // og * pad +
+    r % og`` of ``t`` (``og = pad = o``: the same row; else groups of ``og`` rows each
+    padded to ``pad``)."""
     zero = np.float32(0.0)
     for r in range(o):
         dst = plane[base + r, n0:n0 + rows * ow]
         b = bias[base + r] if bias.size else zero
         rr = res[base + r, n0:n0 + rows * ow] if res.size else dst
+        tr = r // og * pad + r % og
         for y in range(rows):
-            src = t[r, y * width:y * width + ow]
+            src = t[tr, y * width:y * width + ow]
             for x in range(ow):
                 v = src[x]
                 if bias.size:

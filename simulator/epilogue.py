@@ -53,11 +53,14 @@ class Finisher:
     def __call__(self, o0: int, o1: int, n0: int, n1: int) -> None:
         self.epi.apply(self.image, self.plane, self.base + o0, self.base + o1, n0, n1)
 
-    def store(self, t: np.ndarray, width: int, ow: int, rows: int, o: int, n0: int) -> None:
+    def store(self, t: np.ndarray, width: int, ow: int, rows: int, o: int, n0: int,
+              groups: tuple[int, int] | None = None) -> None:
         """Output rows ``0...o`` from ``t [>= o, >= rows * width]`` (``rows`` lines of
         ``width`` pixels, the first ``ow`` of each wanted) into columns ``n0...`` of the
-        plane, with the epilogue, in one pass."""
+        plane, with the epilogue, in one pass; with ``groups = (og, pad)``, ``t`` holds
+        each group's ``og`` rows padded to ``pad``."""
         epi = self.epi
         res = _NONE2 if epi.residual is None else epi.residual[self.image]
+        og, pad = groups or (o, o)
         _vnni.store(t, width, ow, rows, o, self.plane, self.base, n0, epi.bias, res,
-                    epi.relu, epi.clip, np.float32(epi.lo), np.float32(epi.hi))
+                    epi.relu, epi.clip, np.float32(epi.lo), np.float32(epi.hi), og, pad)

@@ -32,12 +32,12 @@ import functools
 
 import numpy as np
 
-from npusim.simulator import _fast_gemm, _fma, _vnni, channelwise, threads
+from npusim.simulator import _fast_gemm, _fma, _fma_grouped, _vnni, channelwise, threads
 from npusim.simulator import _tiles as _tiles_mod
-from npusim.simulator.conv_shares import grain, padded
+from npusim.simulator.conv_shares import grain, pad_extent, padded
 from npusim.simulator.epilogue import Epilogue
 from npusim.simulator.numerics import BfpTensor, Format
-from npusim.simulator.weight_tiles import packed_f32, pixel_packed_f32
+from npusim.simulator.weight_tiles import grouped_f32, packed_f32, pixel_packed_f32
 from npusim.simulator.weight_tiles import tiles as _tiles
 from npusim.simulator.weight_tiles import weight_rows as _weight_rows
 
@@ -108,6 +108,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
         plane = out[i].reshape(o, oh * ow)
         if depthwise is not None:
             depthwise(x[i], plane, epi.finisher(i, plane))
+            continue
+        if g > 1 and cg > 1 and og < GROUPED_FMA_OUTPUTS and fmt.is_fp32 and _fma.AVAILABLE:
+            _conv_grouped_fma(x[i], weight, g, geom, (oh, ow), plane, epi.finisher(i, plane))
             continue
         xp = padded(x[i], geom, (oh, ow))
         if g > 1 and channelwise.grouped_direct(cg, og, len(tp[0])):
@@ -357,12 +360,13 @@ def _phase_extent(xp, geom, reach: int) -> tuple[int, int, int]:
 
 
 def _at_phase_width(product, rows: int, tile: int, lanes: int, macs: int, kind: str,
-                    out_hw, wq: int, o: int, finish, run) -> None:
+                    out_hw, wq: int, o: int, finish, run, groups=None) -> None:
     """Run ``product(m0, m1, r0, r1, t)`` (``t[r - r0, m - m0]`` for output pixels
     ``m = oy * wq + ox`` of ``m0 <= m < m1``, in tiles of ``lanes``, and rows ``r0...r1``,
     multiples of ``tile``, of ``rows``) over a convolution's output made at the phases'
     width, shared between the threads; each slice goes into place with its epilogue
-    (``finish.store``). ``macs`` per output pixel of all rows."""
+    (``finish.store``, with ``groups`` when each group's rows are padded). ``macs`` per
+    output pixel of all rows."""
     oh, ow = out_hw
     if oh * wq <= FEW_COLUMNS:  # few pixels: the threads share the rows
         t = np.empty((rows, -(-oh * wq // lanes) * lanes), np.float32)
@@ -372,7 +376,7 @@ def _at_phase_width(product, rows: int, tile: int, lanes: int, macs: int, kind: 
             product(0, oh * wq, r0, r1, t[r0:r1])
 
         run(by_rows, rows // tile, grain=grain(macs * tile // rows * oh * wq, kind))
-        finish.store(t, wq, ow, oh, o, 0)
+        finish.store(t, wq, ow, oh, o, 0, groups)
         return
     step = max(1, max(TILE_COLUMNS, TILE_BYTES // (4 * rows)) // wq)  # few rows: long steps
 
@@ -381,7 +385,7 @@ def _at_phase_width(product, rows: int, tile: int, lanes: int, macs: int, kind: 
         for a in range(r0, r1, step):
             b = min(r1, a + step)
             product(a * wq, b * wq, 0, rows, t)
-            finish.store(t, wq, ow, b - a, o, a * ow)
+            finish.store(t, wq, ow, b - a, o, a * ow, groups)
 
     run(share, oh, grain=grain(macs * wq, kind))
 
@@ -462,6 +466,54 @@ def _conv_fma(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out, finis
 
     _at_phase_width(product, rows, _fma.ROWS, _fma.COLUMNS, rows * k, "fma", out_hw, wq,
                     out.shape[0], finish, run)
+
+
+GROUPED_FMA_OUTPUTS = 64
+"""Output channels per group below which an fp32 grouped convolution runs all its groups
+in :func:`_conv_grouped_fma` (one input channel per group runs in
+:mod:`npusim.simulator.channelwise`): RegNet's groups of 8 and ResNeXt's of 4-32 ran
+2.5-7x faster there than a group at a time (440 channels of 7x7 in 55 groups: 0.77 ->
+0.10 ms; 1024 of 7x7 in 32: 1.18 -> 0.46 ms); from 64 outputs a group, each group's own
+product is as fast or faster (AlexNet's two groups of 128: 1.3 against 1.6 ms)."""
+
+
+def _conv_grouped_fma(x, w: np.ndarray, groups: int, geom, out_hw, out, finish,
+                      run=threads.run) -> None:
+    """One image ``x [C, H, W]`` of an fp32 grouped convolution (more than one input
+    channel per group), all groups in one call of
+    :func:`npusim.simulator._fma_grouped.product`, the output made at the phases' width
+    (as :func:`_conv_fma`); ``out [O, OH*OW]``. At stride 1 the tiles read the padded
+    planes in place (one phase; a tile past a plane's end reads the next plane, or the
+    slack after the last, into pixels that are dropped); at a larger stride the padded
+    planes are copied into their phases."""
+    c = x.shape[0]
+    (kh, kw), (sy, sx) = geom.kernel, geom.strides
+    o, cg = out.shape[0], c // groups
+    wts = grouped_f32(w, groups, kh * kw)
+    rows = wts.shape[2]
+    tpg = wts.shape[0] // groups
+    top, left, hp, wp = pad_extent(x.shape[1:], geom, out_hw)
+    wide = -(-hp // sy) * out_hw[0] > 2 * _fma_grouped.tile_lanes(rows, True)
+    lanes = _fma_grouped.tile_lanes(rows, wide)
+    if (sy, sx) == (1, 1):
+        xp = padded(x, geom, out_hw, slack=lanes + wp)  # see _at_phase_width's reach
+        hq, wq, length = hp, wp, hp * wp
+        xs = xp.base
+    else:
+        xp = padded(x, geom, out_hw)
+        hq, wq, length = _phase_extent(xp, geom, lanes)
+        xs = np.empty((c, length), np.float32)
+        run(lambda c0, c1: _fma.phases(xp, sy, sx, hq, wq, c0, c1, xs), c,
+            grain=max(1, QUANTIZE_PIXELS // (hp * wp)))
+    koff = ((np.arange(cg, dtype=np.int64)[:, None] * length
+             + _phase_offsets(geom, hq, wq)[None]) * 4).reshape(-1)
+
+    def product(m0: int, m1: int, r0: int, r1: int, t: np.ndarray) -> None:
+        _fma_grouped.product(xs, koff, cg * length * 4, tpg, wts, m0, m1, r0 // rows,
+                             r1 // rows, wide, _fma.chunk(len(koff)), t)
+
+    _at_phase_width(product, wts.shape[0] * rows, rows, lanes, wts.shape[0] * rows * len(koff),
+                    "fma", out_hw, wq, o, finish, run, (o // groups, tpg * rows))
 
 
 BY_PIXELS = 256

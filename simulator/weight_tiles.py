@@ -8,7 +8,7 @@ import weakref
 
 import numpy as np
 
-from npusim.simulator import _fma, _vnni
+from npusim.simulator import _fma, _fma_grouped, _vnni
 from npusim.simulator.numerics import BfpTensor, block_scales
 
 
@@ -120,6 +120,13 @@ def packed_f32(w: np.ndarray, groups: int, taps: int) -> list[np.ndarray]:
     """Per group, an fp32 weight array ``w [O, K]`` (K in ``(taps, C)`` order) as
     :func:`npusim.simulator._fma.product` reads it, made once per array and layout."""
     return _per_group(w, groups, taps, _fma.pack_weights)
+
+
+def grouped_f32(w: np.ndarray, groups: int, taps: int) -> np.ndarray:
+    """An fp32 weight array ``w [O, K_g]`` of a convolution in ``groups`` groups as
+    :func:`npusim.simulator._fma_grouped.product` reads it, made once per array."""
+    return _made_once(w, ("grouped", groups, taps),
+                      lambda wf: _fma_grouped.pack(wf, groups, taps))
 
 
 def pixel_packed_f32(w: np.ndarray, groups: int, taps: int) -> list[np.ndarray]:

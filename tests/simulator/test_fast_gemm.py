@@ -224,6 +224,38 @@ FMA_DEPTHWISE = {
 }
 
 
+GROUPED_FMA = {
+    # 8 outputs a group (a whole tile of 8 rows) on narrow and wide planes, 4 (a tile of
+    # 4) at stride 2, 12 (two tiles of 8, the second padded) dilated, 3 (padded to 4) on
+    # a 1x1 read in place, and 40 channels a group (K = 360: two chunks of K)
+    "grouped-o8-narrow": (32, 32, 7, 7, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), groups=4)),
+    "grouped-o8-wide": (16, 16, 20, 23, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1), groups=2)),
+    "grouped-o4-stride2": (24, 24, 13, 11, ConvGeometry((3, 3), (2, 2), (1, 0, 1, 1),
+                                                        groups=6)),
+    "grouped-o12-dilated": (12, 36, 11, 9, ConvGeometry((3, 3), (1, 1), (2, 2, 2, 2), (2, 2),
+                                                        groups=3)),
+    "grouped-o3-1x1": (10, 15, 6, 9, ConvGeometry((1, 1), groups=5)),
+    "grouped-two-chunks": (80, 40, 9, 8, ConvGeometry((3, 3), (2, 1), (0, 1, 2, 1),
+                                                      groups=2)),
+}
+
+
+@pytest.mark.skipif(not _fma.AVAILABLE, reason="no AVX-512 here")
+@pytest.mark.parametrize("name", list(GROUPED_FMA))
+def test_fp32_grouped_on_one_call_matches_reference(name: str, split: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 grouped convolutions with all groups in one call of the row tiles (8 or 4
+    rows, narrow or wide, each group's rows padded to whole tiles), read in place at
+    stride 1 or from their phases, with each epilogue, the threads sharing their rows
+    of tiles or their pixels."""
+    calls = []
+    real = gemm._conv_grouped_fma
+    monkeypatch.setattr(gemm, "_conv_grouped_fma", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setitem(conv_shares.SHARE_MACS, "fma", 1)  # every share it can make
+    _check_fp32_epilogues(*GROUPED_FMA[name], seed=len(name))
+    assert calls  # the kernel ran
+
+
 @pytest.mark.skipif(not _fma.AVAILABLE, reason="no AVX-512 here")
 @pytest.mark.parametrize("name", [*DEPTHWISE, *FMA_DEPTHWISE])
 def test_fp32_depthwise_on_channel_tiles_matches_reference(
