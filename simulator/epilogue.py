@@ -53,6 +53,15 @@ class Finisher:
     def __call__(self, o0: int, o1: int, n0: int, n1: int) -> None:
         self.epi.apply(self.image, self.plane, self.base + o0, self.base + o1, n0, n1)
 
+    def in_register(self) -> tuple[np.ndarray, bool, bool, np.float32, np.float32] | None:
+        """``(bias, relu, clip, lo, hi)`` for a kernel that applies the epilogue to its
+        sums before it stores them (``bias`` empty when there is none), or None when there
+        is a residual to add (the kernel then stores the bare sums and calls this)."""
+        epi = self.epi
+        if epi.residual is not None:
+            return None
+        return epi.bias, epi.relu, epi.clip, np.float32(epi.lo), np.float32(epi.hi)
+
     def store(self, t: np.ndarray, width: int, ow: int, rows: int, o: int, n0: int,
               groups: tuple[int, int] | None = None) -> None:
         """Output rows ``0...o`` from ``t [>= o, >= rows * width]`` (``rows`` lines of

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
-from npusim.simulator import _fast_gemm, _fma, _vnni, channelwise, conv_shares, gemm
+from npusim.simulator import _fast_gemm, _fma, _fma_depthwise, _vnni, channelwise, conv_shares, gemm
 from npusim.simulator import dense as dense_products
 from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
 from npusim.simulator.numerics import (
@@ -142,7 +142,8 @@ def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, 
     output row at a time), vectorized along the channels, or along each channel's padded
     plane, here one output row at a time (the small cases would otherwise take one of the
     kernels whole). A case the phase layout does not fit takes the padded planes."""
-    monkeypatch.setattr(channelwise, "FMA_GROUPS", 10**9)  # its own test below
+    monkeypatch.setattr(channelwise, "FMA_GROUPS", 10**9)  # their own tests below
+    monkeypatch.setattr(_fma_depthwise, "fits", lambda geom: False)
     if path.startswith("phase-layout"):
         monkeypatch.setattr(channelwise, "CHANNEL_WIDTH", 0)
         if path.endswith("a-row-at-a-time"):
@@ -265,9 +266,49 @@ def test_fp32_depthwise_on_channel_tiles_matches_reference(
     to whole vectors), with each epilogue."""
     monkeypatch.setattr(channelwise, "FMA_GROUPS", 1)
     monkeypatch.setattr(channelwise, "FMA_WIDTH", 10**9)
+    monkeypatch.setattr(_fma_depthwise, "fits", lambda geom: False)
     c, o, h, w, geom = FMA_DEPTHWISE[name] if name in FMA_DEPTHWISE else \
         (CONVS[name] if name in CONVS else WIDE_DEPTHWISE[name])
     _check_fp32_epilogues(c, o, h, w, geom, seed=len(name))
+
+
+ROW_DEPTHWISE = {
+    # output rows 15, 16 and 17 wide (a vector, one whole, one and a lane), 3 and 5 rows
+    # (one call of ROWS and the rest one at a time), stride 2 in both directions or in the
+    # columns only, dilated, a multiplier of 2, more padding than the window needs
+    "rows-15-5x5": (6, 6, 5, 15, ConvGeometry((5, 5), (1, 1), (2, 2, 2, 2), groups=6)),
+    "rows-16-stride2": (5, 5, 6, 32, ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1), groups=5)),
+    "rows-17-uneven": (4, 4, 9, 17, ConvGeometry((3, 3), (1, 1), (0, 2, 1, 0), groups=4)),
+    "rows-stride-1x2-5x5": (3, 6, 11, 37, ConvGeometry((5, 5), (1, 2), (2, 2, 2, 2),
+                                                       groups=3)),
+    "rows-dilated": (4, 4, 10, 21, ConvGeometry((3, 3), (2, 1), (2, 2, 2, 2), (2, 2),
+                                                groups=4)),
+    "rows-wide-pad": (2, 2, 4, 5, ConvGeometry((3, 3), (1, 1), (3, 4, 2, 5), groups=2)),
+}
+
+
+@pytest.mark.skipif(not _fma.AVAILABLE, reason="no AVX-512 here")
+@pytest.mark.parametrize("name", [*ROW_DEPTHWISE, *FMA_DEPTHWISE])
+def test_fp32_depthwise_on_row_vectors_matches_reference(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 convolutions of one input channel per group on the vectors of output rows
+    read in place, the epilogue in the registers or (with a residual) after, with the
+    threads sharing the channels; NaN and infinities pass the ReLU and the clip."""
+    calls = []
+    real = _fma_depthwise.depthwise
+    monkeypatch.setattr(_fma_depthwise, "depthwise", lambda *a: calls.append(1) or real(*a))
+    c, o, h, w, geom = ROW_DEPTHWISE[name] if name in ROW_DEPTHWISE else FMA_DEPTHWISE[name]
+    _check_fp32_epilogues(c, o, h, w, geom, seed=len(name))
+    x = np.random.default_rng(2).standard_normal((1, c, h, w)).astype(np.float32)
+    for value, step in ((np.inf, 7), (-np.inf, 11), (np.nan, 13)):  # some windows only
+        x.reshape(-1)[::step] = value
+    wt = np.ones((o, geom.kernel[0] * geom.kernel[1]), np.float32)
+    with np.errstate(all="ignore"):
+        for kw in ({"relu": True}, {"clip": (0.0, 6.0)}, {"relu": True, "clip": (-1.0, 1.0)}):
+            np.testing.assert_allclose(conv2d(x, wt, None, geom, FP32, **kw),
+                                       conv2d_reference(x, wt, None, geom, FP32, **kw),
+                                       rtol=1e-5, atol=1e-5)  # NaN where NaN, inf where inf
+    assert calls  # the kernel ran
 
 
 @pytest.mark.parametrize("fmt", MX_FORMATS, ids=fid)
