@@ -124,8 +124,10 @@ def _vectors(kh: int, kw: int, stride2: bool, rows: int):
 ROWS = 4
 """Output rows a call of the kernel runs at once (one vector of each)."""
 
-WINDOWS = ((3, 3), (5, 5))
-"""The windows the kernel is compiled for (MobileNet's, MnasNet's and EfficientNet's)."""
+WINDOWS = ((3, 3), (5, 5), (7, 7))
+"""The windows the kernel is compiled for (MobileNet's, MnasNet's and EfficientNet's
+3x3 and 5x5, ConvNeXt's 7x7)."""
+
 
 def fits(geom) -> bool:
     """Whether a convolution of one input channel per group runs on :func:`depthwise`: a
@@ -133,8 +135,9 @@ def fits(geom) -> bool:
     return geom.kernel in WINDOWS and geom.strides[1] in (1, 2)
 
 
-_k3s1, _k3s1_one, _k3s2, _k3s2_one, _k5s1, _k5s1_one, _k5s2, _k5s2_one = (
-    _vectors(k, k, s2, r) for k in (3, 5) for s2 in (False, True) for r in (ROWS, 1))
+(_k3s1, _k3s1_one, _k3s2, _k3s2_one, _k5s1, _k5s1_one, _k5s2, _k5s2_one,
+ _k7s1, _k7s1_one, _k7s2, _k7s2_one) = (
+    _vectors(k, k, s2, r) for k in (3, 5, 7) for s2 in (False, True) for r in (ROWS, 1))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -167,25 +170,21 @@ def _tables(h, w, kh, kw, sy, sx, dy, dx, top, left, oh, ow):  # pragma: no cove
 def _run(k, sx, rows, rt, cb, mb, wo, ob, ostride, om, ea, flags):  # pragma: no cover
     """One call of the kernel of window ``k x k``, stride ``sx``, ``rows`` rows (ROWS or
     1)."""
+    args = (rt, cb, mb, wo, ob, ostride, om, ea, flags)
     if k == 3:
         if sx == 1:
-            if rows == ROWS:
-                _k3s1(rt, cb, mb, wo, ob, ostride, om, ea, flags)
-            else:
-                _k3s1_one(rt, cb, mb, wo, ob, ostride, om, ea, flags)
-        elif rows == ROWS:
-            _k3s2(rt, cb, mb, wo, ob, ostride, om, ea, flags)
+            _k3s1(*args) if rows == ROWS else _k3s1_one(*args)
         else:
-            _k3s2_one(rt, cb, mb, wo, ob, ostride, om, ea, flags)
+            _k3s2(*args) if rows == ROWS else _k3s2_one(*args)
+    elif k == 5:
+        if sx == 1:
+            _k5s1(*args) if rows == ROWS else _k5s1_one(*args)
+        else:
+            _k5s2(*args) if rows == ROWS else _k5s2_one(*args)
     elif sx == 1:
-        if rows == ROWS:
-            _k5s1(rt, cb, mb, wo, ob, ostride, om, ea, flags)
-        else:
-            _k5s1_one(rt, cb, mb, wo, ob, ostride, om, ea, flags)
-    elif rows == ROWS:
-        _k5s2(rt, cb, mb, wo, ob, ostride, om, ea, flags)
+        _k7s1(*args) if rows == ROWS else _k7s1_one(*args)
     else:
-        _k5s2_one(rt, cb, mb, wo, ob, ostride, om, ea, flags)
+        _k7s2(*args) if rows == ROWS else _k7s2_one(*args)
 
 
 @numba.njit(cache=True, nogil=True)

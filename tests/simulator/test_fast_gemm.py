@@ -275,7 +275,7 @@ def test_fp32_depthwise_on_channel_tiles_matches_reference(
 ROW_DEPTHWISE = {
     # output rows 15, 16 and 17 wide (a vector, one whole, one and a lane), 3 and 5 rows
     # (one call of ROWS and the rest one at a time), stride 2 in both directions or in the
-    # columns only, dilated, a multiplier of 2, more padding than the window needs
+    # columns only, dilated, a multiplier of 2, more padding than the window needs, 7x7
     "rows-15-5x5": (6, 6, 5, 15, ConvGeometry((5, 5), (1, 1), (2, 2, 2, 2), groups=6)),
     "rows-16-stride2": (5, 5, 6, 32, ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1), groups=5)),
     "rows-17-uneven": (4, 4, 9, 17, ConvGeometry((3, 3), (1, 1), (0, 2, 1, 0), groups=4)),
@@ -284,6 +284,8 @@ ROW_DEPTHWISE = {
     "rows-dilated": (4, 4, 10, 21, ConvGeometry((3, 3), (2, 1), (2, 2, 2, 2), (2, 2),
                                                 groups=4)),
     "rows-wide-pad": (2, 2, 4, 5, ConvGeometry((3, 3), (1, 1), (3, 4, 2, 5), groups=2)),
+    "rows-7x7": (4, 4, 9, 14, ConvGeometry((7, 7), (1, 1), (3, 3, 3, 3), groups=4)),
+    "rows-7x7-stride2": (3, 3, 12, 35, ConvGeometry((7, 7), (2, 2), (3, 2, 3, 2), groups=3)),
 }
 
 
