@@ -25,21 +25,20 @@ def pad_extent(hw: tuple[int, int], geom, out_hw: tuple[int, int]
     return top, left, top + h + max(need_h - h - top, 0), left + w + max(need_w - w - left, 0)
 
 
-def padded(x: np.ndarray, geom, out_hw: tuple[int, int], channels_last: bool = False,
-           slack: int = 0) -> np.ndarray:
+def padded(x: np.ndarray, geom, out_hw: tuple[int, int], channels_last: bool = False
+           ) -> np.ndarray:
     """``x [C, H, W]`` with the zero padding of :func:`pad_extent`; with
-    ``channels_last``, ``[H, W, C]`` (in one copy); with ``slack``, a copy followed in
-    memory by that many more elements (zero), so that a kernel may read a little past the
-    last plane."""
+    ``channels_last``, ``[H, W, C]`` (in one copy)."""
     c, h, w = x.shape
     top, left, hp, wp = pad_extent((h, w), geom, out_hw)
+    bottom, right = hp - h - top, wp - w - left
     if channels_last:
-        xt = np.zeros((hp, wp, c), np.float32)
+        xt = np.zeros((h + top + bottom, w + left + right, c), np.float32)
         xt[top:top + h, left:left + w] = x.transpose(1, 2, 0)
         return xt
-    if (top, left, hp, wp) == (0, 0, h, w) and not slack:
+    if top == left == bottom == right == 0:
         return x
-    xp = np.zeros(c * hp * wp + slack, np.float32)[:c * hp * wp].reshape(c, hp, wp)
+    xp = np.zeros((c, h + top + bottom, w + left + right), np.float32)
     xp[:, top:top + h, left:left + w] = x
     return xp
 

@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One model's simulation time with a fast fp32 kernel on and off, interleaved in one
+process (the machine's drift hits both alike), with the largest difference of the outputs.
+
+    python benchmarks/kernel_ab.py tv/mobilenet_v2.onnx --kernel depthwise-rows --rounds 15
+
+Kernels: ``depthwise-rows`` (:mod:`npusim.simulator._fma_depthwise`; off, depthwise layers
+take the phase layout or the channel-last kernel) and ``grouped`` (the grouped convolutions
+of :func:`npusim.simulator.gemm._conv_grouped_fma`; off, a group at a time or the
+portable direct kernel). Models as ``benchmarks/sim_speed.py`` takes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import sim_speed  # noqa: E402
+
+from npusim.compiler import compile_model  # noqa: E402
+from npusim.compiler.shapes import seeded_inputs  # noqa: E402
+from npusim.runtime.session import Session  # noqa: E402
+from npusim.simulator import _fma_depthwise, gemm  # noqa: E402
+
+_REAL_FITS, _REAL_OUTPUTS = _fma_depthwise.fits, gemm.GROUPED_FMA_OUTPUTS
+
+
+def _switch(kernel: str, on: bool) -> None:
+    if kernel == "depthwise-rows":
+        _fma_depthwise.fits = _REAL_FITS if on else (lambda geom: False)
+    else:
+        gemm.GROUPED_FMA_OUTPUTS = _REAL_OUTPUTS if on else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", help="zoo name, light:NAME or ONNX file")
+    ap.add_argument("--kernel", choices=["depthwise-rows", "grouped"], required=True)
+    ap.add_argument("--format", default="fp32")
+    ap.add_argument("--rounds", type=int, default=15)
+    args = ap.parse_args(argv)
+    (name, shapes), = sim_speed._expand([args.model])
+    _, proto = sim_speed.resolve_model(name)
+    sess = Session(compile_model(proto, "brainwave-s10", numerics=args.format,
+                                 input_shapes=shapes))
+    feeds = seeded_inputs(proto, shapes)
+    outs, times = {}, {True: [], False: []}
+    for on in (True, False):  # compiles both ways first
+        _switch(args.kernel, on)
+        outs[on] = sess.run(None, feeds)
+    for r in range(args.rounds):
+        for on in ((True, False) if r % 2 else (False, True)):
+            _switch(args.kernel, on)
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            times[on].append(time.perf_counter() - t0)
+    _switch(args.kernel, True)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(outs[True], outs[False]))
+    best = {on: min(t) * 1e3 for on, t in times.items()}
+    median = {on: statistics.median(t) * 1e3 for on, t in times.items()}
+    print(f"{args.model} {args.format} {args.kernel}: on {best[True]:.2f} ms "
+          f"(median {median[True]:.2f}), off {best[False]:.2f} ms "
+          f"(median {median[False]:.2f}); off / on {best[False] / best[True]:.2f} "
+          f"(best), {median[False] / median[True]:.2f} (median); "
+          f"outputs differ by at most {diff:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
