@@ -5,9 +5,10 @@ process (the machine's drift hits both alike), with the largest difference of th
     python benchmarks/kernel_ab.py tv/mobilenet_v2.onnx --kernel depthwise-rows --rounds 15
 
 Kernels: ``depthwise-rows`` (:mod:`npusim.simulator._fma_depthwise`; off, depthwise layers
-take the phase layout or the channel-last kernel) and ``grouped`` (the grouped convolutions
-of :func:`npusim.simulator.gemm._conv_grouped_fma`; off, a group at a time or the
-portable direct kernel). Models as ``benchmarks/sim_speed.py`` takes them.
+take the phase layout or the channel-last kernel), ``maxpool-rows``
+(:mod:`npusim.simulator._fma_pool`; off, the phase layout) and ``grouped`` (the grouped
+convolutions of :func:`npusim.simulator.gemm._conv_grouped_fma`; off, a group at a time
+or the portable direct kernel). Models as ``benchmarks/sim_speed.py`` takes them.
 """
 
 from __future__ import annotations
@@ -27,22 +28,24 @@ import sim_speed  # noqa: E402
 from npusim.compiler import compile_model  # noqa: E402
 from npusim.compiler.shapes import seeded_inputs  # noqa: E402
 from npusim.runtime.session import Session  # noqa: E402
-from npusim.simulator import _fma_depthwise, gemm  # noqa: E402
+from npusim.simulator import _fma_depthwise, _fma_pool, gemm  # noqa: E402
 
-_REAL_FITS, _REAL_OUTPUTS = _fma_depthwise.fits, gemm.GROUPED_FMA_OUTPUTS
+_REAL = {"depthwise-rows": (_fma_depthwise, "fits", _fma_depthwise.fits),
+         "maxpool-rows": (_fma_pool, "fits", _fma_pool.fits),
+         "grouped": (gemm, "GROUPED_FMA_OUTPUTS", gemm.GROUPED_FMA_OUTPUTS)}
+"""Each kernel's switch: the module, the name and its value when the kernel is on."""
 
 
 def _switch(kernel: str, on: bool) -> None:
-    if kernel == "depthwise-rows":
-        _fma_depthwise.fits = _REAL_FITS if on else (lambda geom: False)
-    else:
-        gemm.GROUPED_FMA_OUTPUTS = _REAL_OUTPUTS if on else 0
+    module, name, value = _REAL[kernel]
+    off = 0 if kernel == "grouped" else (lambda geom: False)
+    setattr(module, name, value if on else off)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="zoo name, light:NAME or ONNX file")
-    ap.add_argument("--kernel", choices=["depthwise-rows", "grouped"], required=True)
+    ap.add_argument("--kernel", choices=list(_REAL), required=True)
     ap.add_argument("--format", default="fp32")
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args(argv)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npusim.simulator import _fast, _fast_phases, gemm, phase_layout, threads
+from npusim.simulator import _fast, _fast_phases, _fma, _fma_pool, gemm, phase_layout, threads
 from npusim.simulator.numerics import (
     BfpTensor,
     Format,
@@ -249,9 +249,27 @@ def maxpool(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False) -> np.nd
     """The vector unit's max pooling: :func:`maxpool_reference`'s numbers, by a numba
     kernel over each plane laid out in its stride phases (:func:`_pool_phases`)."""
     oh, ow = geom.output_hw(x.shape[2], x.shape[3], ceil_mode)
+    if _fma.AVAILABLE and _fma_pool.fits(geom) and oh * ow > 0:
+        return _maxpool_rows(x, geom, (oh, ow))
     if oh * ow <= POOL_OUTPUTS:
         return maxpool_reference(x, geom, ceil_mode)
     return _pool_phases(x, geom, (oh, ow), average=False)
+
+
+def _maxpool_rows(x: np.ndarray, geom: ConvGeometry, out_hw: tuple[int, int]) -> np.ndarray:
+    """Max pooling of ``x [N, C, H, W]`` on :func:`npusim.simulator._fma_pool.maxpool`
+    (vectors of output rows read in place); the threads share the planes."""
+    n, c, h, w = x.shape
+    oh, ow = out_hw
+    planes = np.ascontiguousarray(x, np.float32).reshape(n * c, h, w)
+    out = np.empty((n * c, oh * ow), np.float32)
+    (k, _), (sy, sx), (dy, dx) = geom.kernel, geom.strides, geom.dilations
+
+    def share(p0: int, p1: int) -> None:
+        _fma_pool.maxpool(planes, k, sy, sx, dy, dx, *geom.pads[:2], oh, ow, p0, p1, out)
+
+    threads.run(share, n * c, grain=max(1, (1 << 16) // (oh * ow * k * k)))
+    return out.reshape(n, c, oh, ow)
 
 
 def avgpool(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False,

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from npusim.simulator import kernels
+from npusim.simulator import _fma_pool, kernels
 from npusim.simulator.kernels import ConvGeometry
 
 GEOMETRIES = [
@@ -29,22 +29,28 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 @pytest.mark.parametrize("columns", [1, 4096], ids=["a-row-at-a-time", "whole-planes"])
 @pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
-def test_pools_match_their_definitions(ceil_mode: bool, columns: int,
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 2, 10, 37)], ids=["narrow", "wide"])
+@pytest.mark.parametrize("max_rows", [True, False], ids=["max-on-row-vectors", "phases"])
+def test_pools_match_their_definitions(ceil_mode: bool, columns: int, shape, max_rows: bool,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Every window shape, stride, padding (asymmetric too) and dilation; values over 60
     binades with a NaN and infinities; windows wholly in the padding or the overhang;
-    output rows as wide as the plane's stride phases, or narrower (no right padding)."""
+    output rows as wide as the plane's stride phases, or narrower (no right padding);
+    max pooling on the AVX-512 row vectors where they run (planes of one vector of
+    output pixels a row, and of several), or on the phase layout."""
     monkeypatch.setattr(kernels, "POOL_COLUMNS", columns)  # an output row at a time, or all
     monkeypatch.setattr(kernels, "POOL_OUTPUTS", 0)  # the kernel even for one output
+    if not max_rows:
+        monkeypatch.setattr(_fma_pool, "fits", lambda geom: False)
     rng = np.random.default_rng(int(ceil_mode))
-    x = (rng.standard_normal((2, 3, 9, 11))
-         * 2.0 ** rng.integers(-30, 30, (2, 3, 9, 11))).astype(np.float32)
-    x[0, 0, 1, 2], x[1, 2, 4, 4], x[1, 1, 0, 0] = np.nan, np.inf, -np.inf
+    x = (rng.standard_normal(shape) * 2.0 ** rng.integers(-30, 30, shape)).astype(np.float32)
+    x[0, 0, 1, 2], x[-1, 1, 4, 4], x[-1, 1, 0, 0] = np.nan, np.inf, -np.inf
+    x[0, 1, 5, 6:9] = [0.0, -0.0, 0.0]
     checked = 0
     with np.errstate(all="ignore"):
         for k, s, p, d in GEOMETRIES:
             geom = ConvGeometry(k, s, p, d)
-            oh, ow = geom.output_hw(9, 11, ceil_mode)
+            oh, ow = geom.output_hw(*shape[2:], ceil_mode)
             if oh <= 0 or ow <= 0:
                 continue
             assert _same(kernels.maxpool(x, geom, ceil_mode),
