@@ -163,22 +163,19 @@ def sigmoid(x: np.ndarray, out: np.ndarray | None = None, reference=None,
     flat, res = x.reshape(-1), out.reshape(-1)
     prod = res if product is None else product.reshape(-1)
     near = min(int(SIGMOID_MARGIN * 2.0**53), 1 << 29)  # in float64 ulps of [1, 2)
-    found: list[np.ndarray] = []
 
     def share(a: int, b: int) -> None:
         idx = np.empty(b - a, np.int64)
         n = _logistic(flat[a:b], res[a:b], prod[a:b], product is not None, near,
                       np.empty((b - a) // 8 + 1, np.uint8), idx)
-        if n:
-            found.append(idx[:n] + a)
+        if n:  # those elements hold x, in prod (written last): the formula's, in this
+            idx = idx[:n] + a  # share while it is in cache (a block format's outputs,
+            xv = prod[idx]  # integers times a power of two, put 1-2% of the elements of
+            sv = reference(xv)  # EfficientNet-B0's sigmoids within the margin)
+            res[idx] = sv
+            if product is not None:
+                with np.errstate(all="ignore"):  # inf * 0 is NaN, as the device's
+                    prod[idx] = np.multiply(xv, sv, dtype=np.float32)
 
     threads.run(share, flat.size, grain=1 << 14)
-    if found:  # those elements hold x, in prod (written last)
-        idx = np.concatenate(found)
-        xv = prod[idx]
-        sv = reference(xv)
-        res[idx] = sv
-        if product is not None:
-            with np.errstate(all="ignore"):  # inf * 0 is NaN, as the device's
-                prod[idx] = np.multiply(xv, sv, dtype=np.float32)
     return out
