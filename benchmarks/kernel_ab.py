@@ -4,9 +4,9 @@ process (the machine's drift hits both alike), with the largest difference of th
 
     python benchmarks/kernel_ab.py tv/mobilenet_v2.onnx --kernel depthwise-rows --rounds 15
 
-Kernels: ``depthwise-rows`` (:mod:`npusim.simulator._fma_depthwise`; off, depthwise layers
-take the phase layout or the channel-last kernel), ``maxpool-rows``
-(:mod:`npusim.simulator._fma_pool`; off, the phase layout) and ``grouped`` (the grouped
+Kernels: ``depthwise-rows`` (:func:`npusim.simulator._fma_rows.depthwise`; off, depthwise
+layers take the phase layout or the channel-last kernel), ``maxpool-rows``
+(:func:`npusim.simulator._fma_rows.maxpool`; off, the phase layout) and ``grouped`` (the grouped
 convolutions of :func:`npusim.simulator.gemm._conv_grouped_fma`; off, a group at a time
 or the portable direct kernel). Models as ``benchmarks/sim_speed.py`` takes them.
 """
@@ -28,10 +28,10 @@ import sim_speed  # noqa: E402
 from npusim.compiler import compile_model  # noqa: E402
 from npusim.compiler.shapes import seeded_inputs  # noqa: E402
 from npusim.runtime.session import Session  # noqa: E402
-from npusim.simulator import _fma_depthwise, _fma_pool, gemm  # noqa: E402
+from npusim.simulator import _fma_rows, gemm  # noqa: E402
 
-_REAL = {"depthwise-rows": (_fma_depthwise, "fits", _fma_depthwise.fits),
-         "maxpool-rows": (_fma_pool, "fits", _fma_pool.fits),
+_REAL = {"depthwise-rows": (_fma_rows, "depthwise_fits", _fma_rows.depthwise_fits),
+         "maxpool-rows": (_fma_rows, "maxpool_fits", _fma_rows.maxpool_fits),
          "grouped": (gemm, "GROUPED_FMA_OUTPUTS", gemm.GROUPED_FMA_OUTPUTS)}
 """Each kernel's switch: the module, the name and its value when the kernel is on."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import kernel_ab
 import pytest
 
-from npusim.simulator import _fma, _fma_depthwise, _fma_pool, gemm
+from npusim.simulator import _fma, _fma_rows, gemm
 
 
 @pytest.mark.skipif(not _fma.AVAILABLE, reason="no AVX-512 here")
@@ -17,8 +17,8 @@ from npusim.simulator import _fma, _fma_depthwise, _fma_pool, gemm
                                                ("resnext26_32x4d", "grouped")])
 def test_kernel_ab_times_both_ways(model: str, kernel: str, capsys, monkeypatch) -> None:
     calls = []
-    target = {"depthwise-rows": (_fma_depthwise, "depthwise"),
-              "maxpool-rows": (_fma_pool, "maxpool"),
+    target = {"depthwise-rows": (_fma_rows, "depthwise"),
+              "maxpool-rows": (_fma_rows, "maxpool"),
               "grouped": (gemm, "_conv_grouped_fma")}[kernel]
     real = getattr(*target)
     monkeypatch.setattr(*target, lambda *a, **k: calls.append(1) or real(*a, **k))

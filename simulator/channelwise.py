@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npusim.simulator import _fast_direct, _fast_phases, _fma, _fma_depthwise, threads
+from npusim.simulator import _fast_direct, _fast_phases, _fma, _fma_rows, threads
 from npusim.simulator.conv_shares import direct_kind, grain, pad_extent, padded
 from npusim.simulator.numerics import Format
 from npusim.simulator.phase_layout import FlatLayout, flat_layout
@@ -49,7 +49,7 @@ def one_channel_per_group(hw: tuple[int, int], weight, tp, geom, fmt: Format, og
     group: vectorized along the channels (narrow planes), on the phase layout, or on
     padded planes (when the layout does not fit)."""
     groups = weight.shape[0] // og
-    if fmt.is_fp32 and _fma.AVAILABLE and _fma_depthwise.fits(geom):
+    if fmt.is_fp32 and _fma.AVAILABLE and _fma_rows.depthwise_fits(geom):
         return lambda x, plane, finish: _depthwise_rows(x, weight, geom, og, plane, out_hw,
                                                         finish)
     if fmt.is_fp32 and _fma.AVAILABLE and _fma_channels(groups, out_hw[1], len(tp[0])):
@@ -89,7 +89,7 @@ def _fma_channels(groups: int, width: int, taps: int) -> bool:
 
 def _depthwise_rows(x, weight, geom, og: int, out, out_hw, finish) -> None:
     """An fp32 convolution of one input channel per group, one unpadded image
-    ``x [C, H, W]``, on :func:`npusim.simulator._fma_depthwise.depthwise`: vectors of
+    ``x [C, H, W]``, on :func:`npusim.simulator._fma_rows.depthwise`: vectors of
     output rows read in place, the epilogue applied in the registers (unless there is a
     residual: then after each share); the threads share the channels."""
     oh, ow = out_hw
@@ -97,11 +97,11 @@ def _depthwise_rows(x, weight, geom, og: int, out, out_hw, finish) -> None:
     wf = np.ascontiguousarray(weight, np.float32)
     fused = finish.in_register()
     bias, relu, clip, lo, hi = fused or (_NO_BIAS, False, False, np.float32(0), np.float32(0))
-    flags = ((_fma_depthwise.BIAS if bias.size else 0) | (_fma_depthwise.RELU if relu else 0)
-             | (_fma_depthwise.CLIP if clip else 0))
+    flags = ((_fma_rows.BIAS if bias.size else 0) | (_fma_rows.RELU if relu else 0)
+             | (_fma_rows.CLIP if clip else 0))
 
     def share(c0: int, c1: int) -> None:
-        _fma_depthwise.depthwise(x, wf, og, k, sy, sx, dy, dx, *geom.pads[:2], oh, ow, c0 * og,
+        _fma_rows.depthwise(x, wf, og, k, sy, sx, dy, dx, *geom.pads[:2], oh, ow, c0 * og,
                                  c1 * og, bias, lo, hi, flags, out)
         if fused is None:
             finish(c0 * og, c1 * og, 0, oh * ow)

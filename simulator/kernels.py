@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npusim.simulator import _fast, _fast_phases, _fma, _fma_pool, gemm, phase_layout, threads
+from npusim.simulator import _fast, _fast_phases, _fma, _fma_rows, gemm, phase_layout, threads
 from npusim.simulator.numerics import (
     BfpTensor,
     Format,
@@ -249,7 +249,7 @@ def maxpool(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False) -> np.nd
     """The vector unit's max pooling: :func:`maxpool_reference`'s numbers, by a numba
     kernel over each plane laid out in its stride phases (:func:`_pool_phases`)."""
     oh, ow = geom.output_hw(x.shape[2], x.shape[3], ceil_mode)
-    if _fma.AVAILABLE and _fma_pool.fits(geom) and oh * ow > 0:
+    if _fma.AVAILABLE and _fma_rows.maxpool_fits(geom) and oh * ow > 0:
         return _maxpool_rows(x, geom, (oh, ow))
     if oh * ow <= POOL_OUTPUTS:
         return maxpool_reference(x, geom, ceil_mode)
@@ -257,7 +257,7 @@ def maxpool(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False) -> np.nd
 
 
 def _maxpool_rows(x: np.ndarray, geom: ConvGeometry, out_hw: tuple[int, int]) -> np.ndarray:
-    """Max pooling of ``x [N, C, H, W]`` on :func:`npusim.simulator._fma_pool.maxpool`
+    """Max pooling of ``x [N, C, H, W]`` on :func:`npusim.simulator._fma_rows.maxpool`
     (vectors of output rows read in place); the threads share the planes."""
     n, c, h, w = x.shape
     oh, ow = out_hw
@@ -266,7 +266,7 @@ def _maxpool_rows(x: np.ndarray, geom: ConvGeometry, out_hw: tuple[int, int]) ->
     (k, _), (sy, sx), (dy, dx) = geom.kernel, geom.strides, geom.dilations
 
     def share(p0: int, p1: int) -> None:
-        _fma_pool.maxpool(planes, k, sy, sx, dy, dx, *geom.pads[:2], oh, ow, p0, p1, out)
+        _fma_rows.maxpool(planes, k, sy, sx, dy, dx, *geom.pads[:2], oh, ow, p0, p1, out)
 
     threads.run(share, n * c, grain=max(1, (1 << 16) // (oh * ow * k * k)))
     return out.reshape(n, c, oh, ow)

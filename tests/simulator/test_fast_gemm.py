@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
-from npusim.simulator import _fast_gemm, _fma, _fma_depthwise, _vnni, channelwise, conv_shares, gemm
+from npusim.simulator import _fast_gemm, _fma, _fma_rows, _vnni, channelwise, conv_shares, gemm
 from npusim.simulator import dense as dense_products
 from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
 from npusim.simulator.numerics import (
@@ -143,7 +143,7 @@ def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, 
     plane, here one output row at a time (the small cases would otherwise take one of the
     kernels whole). A case the phase layout does not fit takes the padded planes."""
     monkeypatch.setattr(channelwise, "FMA_GROUPS", 10**9)  # their own tests below
-    monkeypatch.setattr(_fma_depthwise, "fits", lambda geom: False)
+    monkeypatch.setattr(_fma_rows, "depthwise_fits", lambda geom: False)
     if path.startswith("phase-layout"):
         monkeypatch.setattr(channelwise, "CHANNEL_WIDTH", 0)
         if path.endswith("a-row-at-a-time"):
@@ -266,7 +266,7 @@ def test_fp32_depthwise_on_channel_tiles_matches_reference(
     to whole vectors), with each epilogue."""
     monkeypatch.setattr(channelwise, "FMA_GROUPS", 1)
     monkeypatch.setattr(channelwise, "FMA_WIDTH", 10**9)
-    monkeypatch.setattr(_fma_depthwise, "fits", lambda geom: False)
+    monkeypatch.setattr(_fma_rows, "depthwise_fits", lambda geom: False)
     c, o, h, w, geom = FMA_DEPTHWISE[name] if name in FMA_DEPTHWISE else \
         (CONVS[name] if name in CONVS else WIDE_DEPTHWISE[name])
     _check_fp32_epilogues(c, o, h, w, geom, seed=len(name))
@@ -297,8 +297,8 @@ def test_fp32_depthwise_on_row_vectors_matches_reference(
     read in place, the epilogue in the registers or (with a residual) after, with the
     threads sharing the channels; NaN and infinities pass the ReLU and the clip."""
     calls = []
-    real = _fma_depthwise.depthwise
-    monkeypatch.setattr(_fma_depthwise, "depthwise", lambda *a: calls.append(1) or real(*a))
+    real = _fma_rows.depthwise
+    monkeypatch.setattr(_fma_rows, "depthwise", lambda *a: calls.append(1) or real(*a))
     c, o, h, w, geom = ROW_DEPTHWISE[name] if name in ROW_DEPTHWISE else FMA_DEPTHWISE[name]
     _check_fp32_epilogues(c, o, h, w, geom, seed=len(name))
     x = np.random.default_rng(2).standard_normal((1, c, h, w)).astype(np.float32)

@@ -1,0 +1,297 @@
+# SPDX-License-Identifier: Apache-2.0
+"""fp32 convolutions of one input channel per group (depthwise), and max pooling, on the
+CPU's 512-bit vectors, read from and written to their planes in place.
+
+Each output row is cut into vectors of ``LANES`` pixels; a call runs the same vector of
+``ROWS`` consecutive output rows. Tap ``(ky, kx)`` is one masked load of the input row
+``oy * sy + ky * dy - top`` from column ``ox * sx + kx * dx - left`` (at stride 2, two
+loads and a shuffle that keeps the even elements), the mask dropping the lanes that fall
+in the padding or past the row; a padding row reads a row of the padding's value.
+
+* :func:`depthwise`: the tap times its weight broadcast, on a fused multiply-add into the
+  vector's sums; the epilogue (+ bias, ReLU, clip, each in fp32) applied in the register
+  before a masked store. No padded copy, no phase layout and no second pass over the
+  output: the layers of the mobile networks read each input and write each output once.
+* :func:`maxpool`: the padding reads -inf, and each tap is taken as
+  :func:`npusim.simulator.kernels.maxpool_reference` takes it: a NaN wins, and of equal
+  values (+0 and -0) the later tap.
+
+The window is unrolled when the kernel is generated, so the taps' column masks stay in
+mask registers. Masked-off lanes are not read (AVX-512 masked loads do not fault on
+them), so a load that starts before a row, or runs past the plane, touches only the
+row's own elements."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from npusim.simulator._fma import _F32, _I32, _V16F, LANES, _fma_v16, _splat, _word
+
+BIAS, RELU, CLIP = 1, 2, 4
+"""Bits of the epilogue ``flags`` the depthwise kernel applies itself."""
+
+
+def _vectors(kh: int, kw: int, stride2: bool, rows: int, pool: bool):
+    """The intrinsic of one vector of pixels of ``rows`` consecutive output rows of a
+    ``kh x kw`` window (see the module's docstring), unrolled: ``rows`` independent
+    chains hide the latency, and each tap's weight is broadcast once for all of them.
+    With ``pool``, the largest tap instead of the weighted sum, and no epilogue."""
+    @intrinsic
+    def vectors(typingctx, rtab, cols, masks, w, out, ostride, omask, ep, flags):
+        """``rtab`` the int64 table of the first row's ``kh`` window row addresses, the
+        next row's after it (a padding row's is a row of the padding's value), ``cols``
+        and ``masks`` the tables of the ``kw`` taps' column byte offsets and load masks
+        (at stride 2, 32 bits: the two loads'), ``w`` the ``kh * kw`` float32 weights,
+        ``out`` the first row's output vector (the next row's ``ostride`` bytes on),
+        ``omask`` its store mask, ``ep`` float32 ``[bias, lo, hi]``, ``flags`` the
+        epilogue's steps (``BIAS | RELU | CLIP``); ``w``, ``ep`` and ``flags`` unused with
+        ``pool``."""
+        sig = types.void(*([types.intp] * 9))
+
+        def codegen(context, builder, signature, args):
+            rtab, cols, masks, w, out, ostride, omask, ep, flags = args
+            intp = context.get_value_type(types.intp)
+            i1v = ir.VectorType(ir.IntType(1), LANES)
+            load = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(_V16F, [_V16F.as_pointer(), _I32, i1v, _V16F]),
+                "llvm.masked.load.v16f32.p0v16f32")
+            store = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [_V16F, _V16F.as_pointer(), _I32, i1v]),
+                "llvm.masked.store.v16f32.p0v16f32")
+            fma = _fma_v16(builder)
+            zero = ir.Constant(_V16F, [0.0] * LANES)
+            fill = ir.Constant(_V16F, [float("-inf")] * LANES) if pool else zero
+            align = ir.Constant(_I32, 4)
+
+            def const(n):
+                return ir.Constant(intp, n)
+
+            def lanes(m, shift):
+                bits = builder.trunc(builder.lshr(m, const(shift)), ir.IntType(LANES))
+                return builder.bitcast(bits, i1v)
+
+            def masked(addr, m):
+                return builder.call(load, [builder.inttoptr(addr, _V16F.as_pointer()), align,
+                                           m, fill])
+
+            def scalar(addr, i):
+                return builder.load(builder.inttoptr(builder.add(addr, const(4 * i)),
+                                                     _F32.as_pointer()))
+
+            def take(v, m):
+                """``m`` with tap ``v`` taken in: its sum, or np.maximum's pick (a NaN
+                wins, of equal values the later tap)."""
+                if not pool:
+                    return builder.call(fma, [wv, v, m])
+                later = builder.and_(
+                    builder.or_(builder.fcmp_ordered(">=", v, m),
+                                builder.fcmp_unordered("uno", v, v)),
+                    builder.fcmp_ordered("ord", m, m))
+                return builder.select(later, v, m)
+
+            coff = [_word(builder, cols, const(8 * kx)) for kx in range(kw)]
+            mk = [_word(builder, masks, const(8 * kx)) for kx in range(kw)]
+            mlo = [lanes(m, 0) for m in mk]
+            mhi = [lanes(m, LANES) for m in mk] if stride2 else None
+            evens = ir.Constant(ir.VectorType(_I32, LANES), [2 * i for i in range(LANES)])
+            acc = [fill] * rows
+            for ky in range(kh):
+                base = [_word(builder, rtab, const(8 * (j * kh + ky))) for j in range(rows)]
+                for kx in range(kw):
+                    wv = None if pool else _splat(builder, scalar(w, ky * kw + kx))
+                    for j in range(rows):
+                        at = builder.add(base[j], coff[kx])
+                        if stride2:
+                            v = builder.shuffle_vector(
+                                masked(at, mlo[kx]),
+                                masked(builder.add(at, const(4 * LANES)), mhi[kx]), evens)
+                        else:
+                            v = masked(at, mlo[kx])
+                        acc[j] = take(v, acc[j])
+
+            def step(bit):
+                return builder.icmp_signed("!=", builder.and_(flags, const(bit)), const(0))
+
+            if not pool:
+                bias = _splat(builder, scalar(ep, 0))
+                lo_v, hi_v = _splat(builder, scalar(ep, 1)), _splat(builder, scalar(ep, 2))
+            keep = lanes(omask, 0)
+            for j in range(rows):
+                s = acc[j]
+                if not pool:
+                    s = builder.select(step(BIAS), builder.fadd(s, bias), s)
+                    # NaN passes ReLU and the clip (their comparisons are false)
+                    s = builder.select(step(RELU), builder.select(
+                        builder.fcmp_ordered("<=", s, zero), zero, s), s)
+                    clipped = builder.select(builder.fcmp_ordered("<", s, lo_v), lo_v, s)
+                    clipped = builder.select(builder.fcmp_ordered(">", clipped, hi_v), hi_v,
+                                             clipped)
+                    s = builder.select(step(CLIP), clipped, s)
+                dst = builder.add(out, builder.mul(ostride, const(j)))
+                builder.call(store, [s, builder.inttoptr(dst, _V16F.as_pointer()), align, keep])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return vectors
+
+
+ROWS = 4
+"""Output rows a call of the kernel runs at once (one vector of each)."""
+
+DEPTHWISE_WINDOWS = ((3, 3), (5, 5), (7, 7))
+"""The windows :func:`depthwise` is compiled for (MobileNet's, MnasNet's and
+EfficientNet's 3x3 and 5x5, ConvNeXt's 7x7)."""
+
+POOL_WINDOWS = ((2, 2), (3, 3), (5, 5))
+"""The windows :func:`maxpool` is compiled for (VGG's and YOLO's 2x2, the 3x3 of ResNet,
+GoogLeNet and SqueezeNet, YOLO's 5x5)."""
+
+
+def depthwise_fits(geom) -> bool:
+    """Whether a convolution of one input channel per group runs on :func:`depthwise`: a
+    window of :data:`DEPTHWISE_WINDOWS`, a column stride of 1 or 2."""
+    return geom.kernel in DEPTHWISE_WINDOWS and geom.strides[1] in (1, 2)
+
+
+def maxpool_fits(geom) -> bool:
+    """Whether a max pooling runs on :func:`maxpool`: a window of :data:`POOL_WINDOWS`, a
+    column stride of 1 or 2."""
+    return geom.kernel in POOL_WINDOWS and geom.strides[1] in (1, 2)
+
+
+(_d3s1, _d3s1_one, _d3s2, _d3s2_one, _d5s1, _d5s1_one, _d5s2, _d5s2_one,
+ _d7s1, _d7s1_one, _d7s2, _d7s2_one) = (
+    _vectors(k, k, s2, r, False) for k in (3, 5, 7) for s2 in (False, True) for r in (ROWS, 1))
+(_p2s1, _p2s1_one, _p2s2, _p2s2_one, _p3s1, _p3s1_one, _p3s2, _p3s2_one,
+ _p5s1, _p5s1_one, _p5s2, _p5s2_one) = (
+    _vectors(k, k, s2, r, True) for k in (2, 3, 5) for s2 in (False, True) for r in (ROWS, 1))
+
+
+@numba.njit(cache=True, nogil=True)
+def _run(pool, k, sx, rows, args):  # pragma: no cover - compiled
+    """One call of the kernel of window ``k x k``, stride ``sx``, ``rows`` rows (ROWS or
+    1), a depthwise convolution's or (``pool``) a max pooling's."""
+    one = rows != ROWS
+    if pool:
+        if k == 2:
+            if sx == 1:
+                _p2s1_one(*args) if one else _p2s1(*args)
+            else:
+                _p2s2_one(*args) if one else _p2s2(*args)
+        elif k == 3:
+            if sx == 1:
+                _p3s1_one(*args) if one else _p3s1(*args)
+            else:
+                _p3s2_one(*args) if one else _p3s2(*args)
+        elif sx == 1:
+            _p5s1_one(*args) if one else _p5s1(*args)
+        else:
+            _p5s2_one(*args) if one else _p5s2(*args)
+    elif k == 3:
+        if sx == 1:
+            _d3s1_one(*args) if one else _d3s1(*args)
+        else:
+            _d3s2_one(*args) if one else _d3s2(*args)
+    elif k == 5:
+        if sx == 1:
+            _d5s1_one(*args) if one else _d5s1(*args)
+        else:
+            _d5s2_one(*args) if one else _d5s2(*args)
+    elif sx == 1:
+        _d7s1_one(*args) if one else _d7s1(*args)
+    else:
+        _d7s2_one(*args) if one else _d7s2(*args)
+
+
+@numba.njit(cache=True, nogil=True)
+def _tables(h, w, kh, kw, sy, sx, dy, dx, top, left, oh, ow):  # pragma: no cover
+    """The row offsets ``[oh, kh]`` of every output row's window (-1: a padding row), and
+    the column offsets and load masks ``[blocks, kw]`` and store masks ``[blocks]`` of
+    every vector of an output row."""
+    rows = np.empty((oh, kh), np.int64)
+    for oy in range(oh):
+        for ky in range(kh):
+            iy = oy * sy + ky * dy - top
+            rows[oy, ky] = iy * w * 4 if 0 <= iy < h else -1
+    nb = -(-ow // LANES)
+    cols = np.empty((nb, kw), np.int64)
+    masks = np.zeros((nb, kw), np.int64)
+    omask = np.zeros(nb, np.int64)
+    for b in range(nb):
+        for lane in range(min(LANES, ow - b * LANES)):
+            omask[b] |= np.int64(1) << lane
+        for kx in range(kw):
+            start = b * LANES * sx + kx * dx - left  # input column of lane 0
+            cols[b, kx] = start * 4
+            for lane in range(min(LANES, ow - b * LANES)):
+                if 0 <= start + lane * sx < w:
+                    masks[b, kx] |= np.int64(1) << (lane * sx)
+    return rows, cols, masks, omask
+
+
+@numba.njit(cache=True, nogil=True)
+def _planes(x, wt, og, k, sy, sx, dy, dx, top, left, oh, ow, o0, o1, bias, lo, hi, flags,
+            pool, out):  # pragma: no cover - compiled
+    """Output planes ``o0 <= o < o1`` (each of input plane ``o // og``) of :func:`depthwise`
+    or, with ``pool``, of :func:`maxpool` (``wt`` and ``bias`` then unread)."""
+    _, h, w = x.shape
+    roff, cols, masks, omask = _tables(h, w, k, k, sy, sx, dy, dx, top, left, oh, ow)
+    padding = np.full(w, -np.inf if pool else 0.0, np.float32)
+    ep = np.zeros(3, np.float32)
+    ep[1], ep[2] = lo, hi
+    xa, wa, oa = np.intp(x.ctypes.data), np.intp(wt.ctypes.data), np.intp(out.ctypes.data)
+    ca, ma = np.intp(cols.ctypes.data), np.intp(masks.ctypes.data)
+    ea, pa = np.intp(ep.ctypes.data), np.intp(padding.ctypes.data)
+    rtab = np.empty((oh, k), np.int64)
+    ra = np.intp(rtab.ctypes.data)
+    for o in range(o0, o1):
+        if flags & BIAS:
+            ep[0] = bias[o]
+        xc = xa + (o // og) * h * w * 4
+        for oy in range(oh):
+            for ky in range(k):
+                rtab[oy, ky] = xc + roff[oy, ky] if roff[oy, ky] >= 0 else pa
+        wo = wa + (0 if pool else o * k * k * 4)
+        for b in range(omask.size):
+            cb, mb = ca + b * k * 8, ma + b * k * 8
+            ob = oa + (o * oh * ow + b * LANES) * 4
+            oy = 0
+            while oy < oh:
+                rows = ROWS if oy + ROWS <= oh else 1
+                _run(pool, k, sx, rows, (ra + oy * k * 8, cb, mb, wo, ob + oy * ow * 4, ow * 4,
+                                         omask[b], ea, flags))
+                oy += rows
+
+
+@numba.njit(cache=True, nogil=True)
+def depthwise(x, wt, og, k, sy, sx, dy, dx, top, left, oh, ow, o0, o1, bias, lo, hi,
+              flags, out):  # pragma: no cover - compiled
+    """Output channels ``o0 <= o < o1`` of a convolution with one input channel per group
+    (``og`` outputs each) and a ``k x k`` window (one of :data:`DEPTHWISE_WINDOWS`):
+    ``out[o, oy * ow + ox] = epilogue(sum_t wt[o, t] * x[o // og, oy * sy + ky * dy - top,
+    ox * sx + kx * dx - left])`` over the taps ``t = ky * k + kx`` inside the plane, in
+    that order (a fused multiply-add each); the epilogue's ``flags`` (:data:`BIAS`:
+    + ``bias[o]``, :data:`RELU`, :data:`CLIP` to ``[lo, hi]``). ``x [C, H, W]``,
+    ``wt [O, k * k]`` and ``out [O, oh * ow]`` float32, C-contiguous; ``sx`` 1 or 2."""
+    _planes(x, wt, og, k, sy, sx, dy, dx, top, left, oh, ow, o0, o1, bias, lo, hi, flags,
+            False, out)
+
+
+@numba.njit(cache=True, nogil=True)
+def maxpool(x, k, sy, sx, dy, dx, top, left, oh, ow, p0, p1, out):  # pragma: no cover
+    """Planes ``p0 <= p < p1`` of the max pooling of ``x [P, H, W]`` with a ``k x k``
+    window (one of :data:`POOL_WINDOWS`) into ``out [P, oh * ow]`` (float32, C-contiguous):
+    ``out[p, oy * ow + ox]`` the largest of ``x[p, oy * sy + ky * dy - top, ox * sx +
+    kx * dx - left]`` over the taps in ``(ky, kx)`` order, -inf outside the plane; ``sx``
+    1 or 2."""
+    none = np.zeros(1, np.float32)
+    _planes(x, none, 1, k, sy, sx, dy, dx, top, left, oh, ow, p0, p1, none, np.float32(0),
+            np.float32(0), 0, True, out)
