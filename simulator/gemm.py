@@ -32,12 +32,20 @@ import functools
 
 import numpy as np
 
-from npusim.simulator import _fast_gemm, _fma, _fma_grouped, _vnni, channelwise, threads
+from npusim.simulator import (
+    _fast_gemm,
+    _fma,
+    _fma_grouped,
+    _vnni,
+    channelwise,
+    conv_pixels,
+    threads,
+)
 from npusim.simulator import _tiles as _tiles_mod
 from npusim.simulator.conv_shares import grain, pad_extent, padded
 from npusim.simulator.epilogue import Epilogue
 from npusim.simulator.numerics import BfpTensor, Format
-from npusim.simulator.weight_tiles import grouped_f32, packed_f32, pixel_packed_f32
+from npusim.simulator.weight_tiles import grouped_f32, packed_f32
 from npusim.simulator.weight_tiles import tiles as _tiles
 from npusim.simulator.weight_tiles import weight_rows as _weight_rows
 
@@ -122,8 +130,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
                 xs = xp[grp * cg:(grp + 1) * cg]
                 ys = plane[grp * og:(grp + 1) * og]
                 finish = epi.finisher(i, plane, grp * og)
-                if fmt.is_fp32 and _by_pixels_ok(geom, (oh, ow), xp.shape, len(tp[0])):
-                    _conv_by_pixels(xs, weight, g, grp, geom, (oh, ow), ys, finish, run)
+                if fmt.is_fp32 and conv_pixels.fits(geom, (oh, ow), len(tp[0]),
+                                                    _fma_ok(geom, (oh, ow), xp.shape)):
+                    conv_pixels.conv(xs, weight, g, grp, geom, (oh, ow), ys, finish, run)
                 elif fmt.is_fp32 and _fma_ok(geom, (oh, ow), xp.shape):
                     _conv_fma(xs, weight, g, grp, geom, (oh, ow), ys, finish, run)
                 elif fmt.is_fp32:
@@ -359,6 +368,26 @@ def _phase_extent(xp, geom, reach: int) -> tuple[int, int, int]:
     return hq, wq, sy * sx * hq * wq + (kw - 1) * dx // sx + reach
 
 
+def _fma_phases(xp, geom, reach: int, run) -> tuple[np.ndarray, int, int, int]:
+    """``(X, hq, wq, L)``: the padded input ``xp [C, Hp, Wp]`` copied into the planes of
+    the stride's phases, ``X [C, L]`` as :func:`npusim.simulator._fma.phases` lays them
+    out (room for a tile of ``reach`` from the last output pixel), shared by the threads."""
+    c, hp, wp = xp.shape
+    (sy, sx) = geom.strides
+    hq, wq, length = _phase_extent(xp, geom, reach)
+    x = np.empty((c, length), np.float32)
+    run(lambda c0, c1: _fma.phases(xp, sy, sx, hq, wq, c0, c1, x), c,
+        grain=max(1, QUANTIZE_PIXELS // (hp * wp)))
+    return x, hq, wq, length
+
+
+def _row_offsets(channels: int, length: int, geom, hq: int, wq: int) -> np.ndarray:
+    """The byte offset of each row of K, ``(c, tap)`` order, of ``channels`` channels laid
+    out ``length`` elements apart in the planes of their stride's phases."""
+    return ((np.arange(channels, dtype=np.int64)[:, None] * length
+             + _phase_offsets(geom, hq, wq)[None]) * 4).reshape(-1)
+
+
 def _at_phase_width(product, rows: int, tile: int, lanes: int, macs: int, kind: str,
                     out_hw, wq: int, o: int, finish, run, groups=None) -> None:
     """Run ``product(m0, m1, r0, r1, t)`` (``t[r - r0, m - m0]`` for output pixels
@@ -454,12 +483,8 @@ def _conv_fma(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out, finis
         def product(m0: int, m1: int, r0: int, r1: int, t: np.ndarray) -> None:
             _fma.product_inplace(flat, wts, m0, m1, r0, r1, kc, t)
     else:
-        hq, wq, length = _phase_extent(xp, geom, _fma.COLUMNS)
-        x = np.empty((c, length), np.float32)
-        run(lambda c0, c1: _fma.phases(xp, sy, sx, hq, wq, c0, c1, x), c,
-            grain=max(1, QUANTIZE_PIXELS // (hp * wp)))
-        koff = ((np.arange(c, dtype=np.int64)[:, None] * length
-                 + _phase_offsets(geom, hq, wq)[None]) * 4).reshape(-1)
+        x, hq, wq, length = _fma_phases(xp, geom, _fma.COLUMNS, run)
+        koff = _row_offsets(c, length, geom, hq, wq)
 
         def product(m0: int, m1: int, r0: int, r1: int, t: np.ndarray) -> None:
             _fma.product(x, koff, wts, m0, m1, r0, r1, kc, t)
@@ -502,13 +527,8 @@ def _conv_grouped_fma(x, w: np.ndarray, groups: int, geom, out_hw, out, finish,
         h, w_ = x.shape[1:]
         xs[:c * length].reshape(c, hp, wp)[:, top:top + h, left:left + w_] = x
     else:
-        xp = padded(x, geom, out_hw)
-        hq, wq, length = _phase_extent(xp, geom, lanes)
-        xs = np.empty((c, length), np.float32)
-        run(lambda c0, c1: _fma.phases(xp, sy, sx, hq, wq, c0, c1, xs), c,
-            grain=max(1, QUANTIZE_PIXELS // (hp * wp)))
-    koff = ((np.arange(cg, dtype=np.int64)[:, None] * length
-             + _phase_offsets(geom, hq, wq)[None]) * 4).reshape(-1)
+        xs, hq, wq, length = _fma_phases(padded(x, geom, out_hw), geom, lanes, run)
+    koff = _row_offsets(cg, length, geom, hq, wq)
 
     def product(m0: int, m1: int, r0: int, r1: int, t: np.ndarray) -> None:
         _fma_grouped.product(xs, koff, cg * length * 4, tpg, wts, m0, m1, r0 // rows,
@@ -516,108 +536,6 @@ def _conv_grouped_fma(x, w: np.ndarray, groups: int, geom, out_hw, out, finish,
 
     _at_phase_width(product, wts.shape[0] * rows, rows, lanes, wts.shape[0] * rows * len(koff),
                     "fma", out_hw, wq, o, finish, run, (o // groups, tpg * rows))
-
-
-BY_PIXELS = 256
-"""Output pixels up to which an fp32 convolution runs on
-:func:`npusim.simulator._fma.product_by_pixels` (its sums come out pixel by pixel and are
-transposed into the planes, about 0.3 ns an element) rather than im2col and BLAS or the
-column tiles, where those would drop most of a tile's pixels."""
-
-
-BY_PIXELS_K = 256
-"""Fewest rows of K a convolution on :func:`_conv_by_pixels` has: with fewer, its
-transposes and the sums' loads and stores outweigh what the tiles gain (ShuffleNet's
-grouped 1x1 convolutions, K = 68, ran 1.8x slower on it than through BLAS)."""
-
-
-def _by_pixels_ok(geom, out_hw, padded_shape, k: int) -> bool:
-    """Whether an fp32 convolution of ``k`` rows of K runs on :func:`_conv_by_pixels`: a
-    window larger than 1x1 on a plane of at most ``BY_PIXELS`` output pixels, or on one the
-    column tiles would mostly waste (1x1 convolutions on small planes measured 0.7-1.1x
-    on it against BLAS, 3x3 ones 1.1-1.6x, in the zoo's ResNet-50, DenseNet-121 and
-    Inception v2)."""
-    npix = out_hw[0] * out_hw[1]
-    if not _fma.AVAILABLE or npix < _fma.LANES or k < BY_PIXELS_K or geom.kernel == (1, 1):
-        return False  # a few pixels, a short K, or a 1x1 (BLAS reads its input in place)
-    return npix <= BY_PIXELS or not _fma_ok(geom, out_hw, padded_shape)
-
-
-def _plane_stride(hp: int, wp: int) -> int:
-    """Elements between channels in the input :func:`_conv_by_pixels` reads: the planes'
-    own size (read in place) unless that is a multiple of 1 KiB, which gets a vector more
-    (on 16x16 planes read in place, the channels of a chunk of K fell in the same L1 sets
-    and the kernel ran at half speed)."""
-    return hp * wp + _fma.LANES if hp * wp % 256 == 0 else hp * wp
-
-
-@functools.lru_cache(maxsize=512)
-def _pixel_tables(geom, cin: int, stride: int, wp: int, out_hw: tuple[int, int]
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``(koff, pix)`` of :func:`npusim.simulator._fma.product_by_pixels` for padded input
-    planes ``Wp`` wide, ``stride`` elements apart: each row of K (``(c, tap)`` order) and
-    each output pixel (padded with the last to a multiple of ``_fma.PIXEL_SUMS``) as byte
-    offsets."""
-    oh, ow = out_hw
-    (kh, kw), (dy, dx), (sy, sx) = geom.kernel, geom.dilations, geom.strides
-    taps = np.array([i * dy * wp + j * dx for i in range(kh) for j in range(kw)], np.int64)
-    koff = ((np.arange(cin, dtype=np.int64)[:, None] * stride + taps[None]) * 4).reshape(-1)
-    oy, ox = np.divmod(np.arange(oh * ow, dtype=np.int64), ow)
-    pix = (oy * sy * wp + ox * sx) * 4
-    pix = np.concatenate([pix, np.full(-pix.size % _fma.PIXEL_SUMS, pix[-1])])
-    for a in (koff, pix):
-        a.setflags(write=False)
-    return koff, pix
-
-
-PIXEL_K_CHUNK = 96
-"""Rows of K per pass of :func:`npusim.simulator._fma.product_by_pixels`: 4 vectors of
-their weights (24 KiB) stay in L1 while every pixel runs through them."""
-
-
-def _conv_by_pixels(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out, finish,
-                    run=threads.run) -> None:
-    """One image and group of an fp32 convolution on
-    :func:`npusim.simulator._fma.product_by_pixels`: each pixel's input broadcast against
-    vectors of output channels, read in place from the padded input; the sums, pixel by
-    pixel, transposed into the planes ``out [O, OH*OW]``. The threads share the output
-    channels, four vectors at a time, or the pixels when there are fewer such channel
-    slices than threads (DenseNet's 32-channel 3x3 layers)."""
-    c, hp, wp = xp.shape
-    (kh, kw) = geom.kernel
-    oh, ow = out_hw
-    wts = pixel_packed_f32(w, groups, kh * kw)[grp]
-    stride = _plane_stride(hp, wp)
-    if stride == hp * wp and xp.flags.c_contiguous:  # read in place
-        x = xp.reshape(c, stride)
-    else:  # planes of a multiple of 1 KiB, a vector apart
-        x = np.zeros((c, stride), np.float32)
-        x[:, :hp * wp] = xp.reshape(c, hp * wp)
-    koff, pix = _pixel_tables(geom, c, stride, wp, out_hw)
-    ng, o, npix = wts.shape[0], out.shape[0], oh * ow
-    res = np.empty((pix.size, ng * _fma.LANES), np.float32)
-
-    slices, tile = -(-ng // 4), _fma.PIXEL_SUMS
-    if slices < threads.workers():
-        def by_pixels(t0: int, t1: int) -> None:
-            p0, p1 = t0 * tile, min(npix, t1 * tile)
-            _fma.product_by_pixels(x, koff, pix[p0:], p1 - p0, wts, 0, ng, PIXEL_K_CHUNK,
-                                   res[p0:])
-            _fma.channels_first(res[p0:p1, None, :], o, p0, out)
-            finish(0, o, p0, p1)
-
-        run(by_pixels, pix.size // tile,
-            grain=grain(ng * _fma.LANES * len(koff) * tile, "fma"))
-        return
-
-    def share(t0: int, t1: int) -> None:
-        g0, g1 = 4 * t0, min(ng, 4 * t1)
-        _fma.product_by_pixels(x, koff, pix, npix, wts, g0, g1, PIXEL_K_CHUNK, res)
-        c0, c1 = g0 * _fma.LANES, min(o, g1 * _fma.LANES)
-        _fma.channels_first(res[:npix, None, c0:], c1 - c0, 0, out[c0:c1])
-        finish(c0, c1, 0, npix)
-
-    run(share, slices, grain=grain(4 * _fma.LANES * len(koff) * npix, "fma"))
 
 
 QUANTIZE_PIXELS = 1 << 16

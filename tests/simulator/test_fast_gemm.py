@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
-from npusim.simulator import _fast_gemm, _fma, _fma_rows, _vnni, channelwise, conv_shares, gemm
+from npusim.simulator import (
+    _fast_gemm,
+    _fma,
+    _fma_rows,
+    _vnni,
+    channelwise,
+    conv_pixels,
+    conv_shares,
+    gemm,
+)
 from npusim.simulator import dense as dense_products
 from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference, dense
 from npusim.simulator.numerics import (
@@ -208,7 +217,7 @@ def test_fp32_conv_by_pixels_matches_reference(name: str, split: str,
     tile width, pixel counts not a multiple of a tile, the input read in place or copied),
     with each epilogue, the threads sharing their output channels or their pixels in as
     many shares as they can."""
-    monkeypatch.setattr(gemm, "_by_pixels_ok", lambda *a: _fma.AVAILABLE)
+    monkeypatch.setattr(conv_pixels, "fits", lambda *a: _fma.AVAILABLE)
     monkeypatch.setitem(conv_shares.SHARE_MACS, "fma", 1)  # every share it can make
     c, o, h, w, geom = BY_PIXELS[name] if name in BY_PIXELS else CONVS[name]
     _check_fp32_epilogues(c, o, h, w, geom, seed=len(name))
