@@ -30,15 +30,19 @@ from npusim.compiler.shapes import seeded_inputs  # noqa: E402
 from npusim.runtime.session import Session  # noqa: E402
 from npusim.simulator import _fma_rows, gemm  # noqa: E402
 
-_REAL = {"depthwise-rows": (_fma_rows, "depthwise_fits", _fma_rows.depthwise_fits),
-         "maxpool-rows": (_fma_rows, "maxpool_fits", _fma_rows.maxpool_fits),
-         "grouped": (gemm, "GROUPED_FMA_OUTPUTS", gemm.GROUPED_FMA_OUTPUTS)}
-"""Each kernel's switch: the module, the name and its value when the kernel is on."""
+
+def _never(geom) -> bool:
+    return False
+
+
+_REAL = {"depthwise-rows": (_fma_rows, "depthwise_fits", _fma_rows.depthwise_fits, _never),
+         "maxpool-rows": (_fma_rows, "maxpool_fits", _fma_rows.maxpool_fits, _never),
+         "grouped": (gemm, "GROUPED_FMA_OUTPUTS", gemm.GROUPED_FMA_OUTPUTS, 0)}
+"""Each kernel's switch: the module, the name, and its value with the kernel on and off."""
 
 
 def _switch(kernel: str, on: bool) -> None:
-    module, name, value = _REAL[kernel]
-    off = 0 if kernel == "grouped" else (lambda geom: False)
+    module, name, value, off = _REAL[kernel]
     setattr(module, name, value if on else off)
 
 

@@ -31,5 +31,5 @@ def test_kernel_ab_times_both_ways(model: str, kernel: str, capsys, monkeypatch)
     else:
         assert 0 < diff < 1e-3  # off: another order of fp32 sums, the same model
     assert calls  # on: the kernel ran
-    for module, name, value in kernel_ab._REAL.values():  # every switch back on
+    for module, name, value, _ in kernel_ab._REAL.values():  # every switch back on
         assert getattr(module, name) == value

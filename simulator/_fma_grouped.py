@@ -27,7 +27,8 @@ def tile_rows(og: int) -> int:
     return 4 if og <= 4 else 8
 
 
-def tile_lanes(rows: int, wide: bool) -> int:
+@numba.njit(cache=True)
+def tile_lanes(rows: int, wide: bool) -> int:  # pragma: no cover - compiled
     """Pixels of a tile of ``rows`` rows, wide or narrow."""
     return LANES * ((3 if wide else 1) if rows == 8 else (6 if wide else 2))
 
@@ -42,7 +43,7 @@ def product(X, koff, gbytes, tpg, W, m0, m1, t0, t1, wide, kc, out):  # pragma: 
     nk, rows = W.shape[1], W.shape[2]
     xa, ka, wa = np.intp(X.ctypes.data), np.intp(koff.ctypes.data), np.intp(W.ctypes.data)
     oa, orow = np.intp(out.ctypes.data), np.intp(out.strides[0])
-    step = LANES * ((3 if wide else 1) if rows == 8 else (6 if wide else 2))
+    step = tile_lanes(rows, wide)
     for k0 in range(0, nk, kc):
         n, kp = min(nk, k0 + kc) - k0, ka + k0 * 8
         for t in range(t0, t1):

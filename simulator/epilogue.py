@@ -56,7 +56,8 @@ class Finisher:
     def in_register(self) -> tuple[np.ndarray, bool, bool, np.float32, np.float32] | None:
         """``(bias, relu, clip, lo, hi)`` for a kernel that applies the epilogue to its
         sums before it stores them (``bias`` empty when there is none), or None when there
-        is a residual to add (the kernel then stores the bare sums and calls this)."""
+        is a residual to add (the kernel then stores the bare sums and calls the finisher
+        on them)."""
         epi = self.epi
         if epi.residual is not None:
             return None
