@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""One model's simulation time with a fast fp32 kernel on and off, interleaved in one
+"""One model's simulation time with a fast kernel on and off, interleaved in one
 process (the machine's drift hits both alike), with the largest difference of the outputs.
 
     python benchmarks/kernel_ab.py tv/mobilenet_v2.onnx --kernel depthwise-rows --rounds 15
 
 Kernels: ``depthwise-rows`` (:func:`npusim.simulator._fma_rows.depthwise`; off, depthwise
-layers take the phase layout or the channel-last kernel), ``maxpool-rows``
+layers take the phase layout or the channel-last kernel), ``block-depthwise-rows``
+(:func:`npusim.simulator._bfp_rows.depthwise`, with a block ``--format``; off, the phase
+layout or the channel-last kernel), ``maxpool-rows``
 (:func:`npusim.simulator._fma_rows.maxpool`; off, the phase layout) and ``grouped`` (the grouped
 convolutions of :func:`npusim.simulator.gemm._conv_grouped_fma`; off, a group at a time
 or the portable direct kernel). Models as ``benchmarks/sim_speed.py`` takes them.
@@ -28,14 +30,15 @@ import sim_speed  # noqa: E402
 from npusim.compiler import compile_model  # noqa: E402
 from npusim.compiler.shapes import seeded_inputs  # noqa: E402
 from npusim.runtime.session import Session  # noqa: E402
-from npusim.simulator import _fma_rows, gemm  # noqa: E402
+from npusim.simulator import _bfp_rows, _fma_rows, gemm  # noqa: E402
 
 
-def _never(geom) -> bool:
+def _never(*_) -> bool:
     return False
 
 
 _REAL = {"depthwise-rows": (_fma_rows, "depthwise_fits", _fma_rows.depthwise_fits, _never),
+         "block-depthwise-rows": (_bfp_rows, "fits", _bfp_rows.fits, _never),
          "maxpool-rows": (_fma_rows, "maxpool_fits", _fma_rows.maxpool_fits, _never),
          "grouped": (gemm, "GROUPED_FMA_OUTPUTS", gemm.GROUPED_FMA_OUTPUTS, 0)}
 """Each kernel's switch: the module, the name, and its value with the kernel on and off."""

@@ -36,6 +36,93 @@ BIAS, RELU, CLIP = 1, 2, 4
 """Bits of the epilogue ``flags`` the depthwise kernel applies itself."""
 
 
+class _Emitter:
+    """What the row-vector intrinsics share when they generate code: the tap's masked
+    load (two and a shuffle at stride 2), scalar and table reads, the masked store."""
+
+    def __init__(self, context, builder, cols, masks, kw: int, stride2: bool, fill) -> None:
+        self.builder, self.fill, self.stride2 = builder, fill, stride2
+        self.intp = context.get_value_type(types.intp)
+        self.i1v = ir.VectorType(ir.IntType(1), LANES)
+        self._load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16F, [_V16F.as_pointer(), _I32, self.i1v, _V16F]),
+            "llvm.masked.load.v16f32.p0v16f32")
+        self._store = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [_V16F, _V16F.as_pointer(), _I32, self.i1v]),
+            "llvm.masked.store.v16f32.p0v16f32")
+        self.coff = [self.word(cols, 8 * kx) for kx in range(kw)]
+        mk = [self.word(masks, 8 * kx) for kx in range(kw)]
+        self.mlo = [self.lanes(m, 0) for m in mk]
+        self.mhi = [self.lanes(m, LANES) for m in mk] if stride2 else None
+        self.evens = ir.Constant(ir.VectorType(_I32, LANES), [2 * i for i in range(LANES)])
+
+    def const(self, n):
+        return ir.Constant(self.intp, n)
+
+    def word(self, addr, offset: int):
+        """The int64 at byte address ``addr + offset``."""
+        return _word(self.builder, addr, self.const(offset))
+
+    def lanes(self, m, shift: int):
+        """Bits ``shift...shift + LANES`` of ``m`` as a lane mask."""
+        b = self.builder
+        return b.bitcast(b.trunc(b.lshr(m, self.const(shift)), ir.IntType(LANES)), self.i1v)
+
+    def scalar(self, addr, i: int):
+        """The float32 ``i`` of the array at ``addr``."""
+        b = self.builder
+        return b.load(b.inttoptr(b.add(addr, self.const(4 * i)), _F32.as_pointer()))
+
+    def _masked(self, addr, m):
+        b = self.builder
+        return b.call(self._load, [b.inttoptr(addr, _V16F.as_pointer()), ir.Constant(_I32, 4),
+                                   m, self.fill])
+
+    def tap(self, row, kx: int):
+        """Column tap ``kx`` of the vector whose window row starts at address ``row``."""
+        b = self.builder
+        at = b.add(row, self.coff[kx])
+        if not self.stride2:
+            return self._masked(at, self.mlo[kx])
+        return b.shuffle_vector(self._masked(at, self.mlo[kx]),
+                                self._masked(b.add(at, self.const(4 * LANES)), self.mhi[kx]),
+                                self.evens)
+
+    def pin(self, vs: list) -> list:
+        """``vs`` as made at this point of the code, and loads kept on their side of it:
+        LLVM would otherwise hoist a window's loads ahead of their use, keep taps loaded
+        once for a second pass, or sink a chain of integer maxima into a tree at its end,
+        and spill what it holds (a tap pass ran 3-4x slower)."""
+        b, n = self.builder, len(vs)
+        ty = vs[0].type if n == 1 else ir.LiteralStructType([v.type for v in vs])
+        tie = ",".join(["=v"] * n + [str(i) for i in range(n)] + ["~{memory}"])
+        pinned = b.call(ir.InlineAsm(ir.FunctionType(ty, [v.type for v in vs]), "", tie,
+                                     side_effect=True), vs)
+        return [pinned] if n == 1 else [b.extract_value(pinned, i) for i in range(n)]
+
+    def store(self, v, addr, keep) -> None:
+        b = self.builder
+        b.call(self._store, [v, b.inttoptr(addr, _V16F.as_pointer()), ir.Constant(_I32, 4), keep])
+
+    def epilogue(self, s, ep, flags):
+        """``s`` + bias, ReLU, clip (``ep`` float32 ``[bias, lo, hi]``), each step as
+        ``flags`` says; a NaN passes ReLU and the clip (their comparisons are false)."""
+        b = self.builder
+        zero = ir.Constant(_V16F, [0.0] * LANES)
+
+        def step(bit):
+            return b.icmp_signed("!=", b.and_(flags, self.const(bit)), self.const(0))
+
+        bias = _splat(b, self.scalar(ep, 0))
+        lo_v, hi_v = _splat(b, self.scalar(ep, 1)), _splat(b, self.scalar(ep, 2))
+        s = b.select(step(BIAS), b.fadd(s, bias), s)
+        s = b.select(step(RELU), b.select(b.fcmp_ordered("<=", s, zero), zero, s), s)
+        clipped = b.select(b.fcmp_ordered("<", s, lo_v), lo_v, s)
+        clipped = b.select(b.fcmp_ordered(">", clipped, hi_v), hi_v, clipped)
+        return b.select(step(CLIP), clipped, s)
+
+
 def _vectors(kh: int, kw: int, stride2: bool, rows: int, pool: bool):
     """The intrinsic of one vector of pixels of ``rows`` consecutive output rows of a
     ``kh x kw`` window (see the module's docstring), unrolled: ``rows`` independent
@@ -55,35 +142,9 @@ def _vectors(kh: int, kw: int, stride2: bool, rows: int, pool: bool):
 
         def codegen(context, builder, signature, args):
             rtab, cols, masks, w, out, ostride, omask, ep, flags = args
-            intp = context.get_value_type(types.intp)
-            i1v = ir.VectorType(ir.IntType(1), LANES)
-            load = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(_V16F, [_V16F.as_pointer(), _I32, i1v, _V16F]),
-                "llvm.masked.load.v16f32.p0v16f32")
-            store = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(ir.VoidType(), [_V16F, _V16F.as_pointer(), _I32, i1v]),
-                "llvm.masked.store.v16f32.p0v16f32")
+            fill = ir.Constant(_V16F, [float("-inf") if pool else 0.0] * LANES)
+            em = _Emitter(context, builder, cols, masks, kw, stride2, fill)
             fma = _fma_v16(builder)
-            zero = ir.Constant(_V16F, [0.0] * LANES)
-            fill = ir.Constant(_V16F, [float("-inf")] * LANES) if pool else zero
-            align = ir.Constant(_I32, 4)
-
-            def const(n):
-                return ir.Constant(intp, n)
-
-            def lanes(m, shift):
-                bits = builder.trunc(builder.lshr(m, const(shift)), ir.IntType(LANES))
-                return builder.bitcast(bits, i1v)
-
-            def masked(addr, m):
-                return builder.call(load, [builder.inttoptr(addr, _V16F.as_pointer()), align,
-                                           m, fill])
-
-            def scalar(addr, i):
-                return builder.load(builder.inttoptr(builder.add(addr, const(4 * i)),
-                                                     _F32.as_pointer()))
 
             def take(v, m):
                 """``m`` with tap ``v`` taken in: its sum, or np.maximum's pick (a NaN
@@ -96,46 +157,18 @@ def _vectors(kh: int, kw: int, stride2: bool, rows: int, pool: bool):
                     builder.fcmp_ordered("ord", m, m))
                 return builder.select(later, v, m)
 
-            coff = [_word(builder, cols, const(8 * kx)) for kx in range(kw)]
-            mk = [_word(builder, masks, const(8 * kx)) for kx in range(kw)]
-            mlo = [lanes(m, 0) for m in mk]
-            mhi = [lanes(m, LANES) for m in mk] if stride2 else None
-            evens = ir.Constant(ir.VectorType(_I32, LANES), [2 * i for i in range(LANES)])
             acc = [fill] * rows
             for ky in range(kh):
-                base = [_word(builder, rtab, const(8 * (j * kh + ky))) for j in range(rows)]
+                base = [em.word(rtab, 8 * (j * kh + ky)) for j in range(rows)]
                 for kx in range(kw):
-                    wv = None if pool else _splat(builder, scalar(w, ky * kw + kx))
+                    acc = em.pin(acc)
+                    wv = None if pool else _splat(builder, em.scalar(w, ky * kw + kx))
                     for j in range(rows):
-                        at = builder.add(base[j], coff[kx])
-                        if stride2:
-                            v = builder.shuffle_vector(
-                                masked(at, mlo[kx]),
-                                masked(builder.add(at, const(4 * LANES)), mhi[kx]), evens)
-                        else:
-                            v = masked(at, mlo[kx])
-                        acc[j] = take(v, acc[j])
-
-            def step(bit):
-                return builder.icmp_signed("!=", builder.and_(flags, const(bit)), const(0))
-
-            if not pool:
-                bias = _splat(builder, scalar(ep, 0))
-                lo_v, hi_v = _splat(builder, scalar(ep, 1)), _splat(builder, scalar(ep, 2))
-            keep = lanes(omask, 0)
+                        acc[j] = take(em.tap(base[j], kx), acc[j])
+            keep = em.lanes(omask, 0)
             for j in range(rows):
-                s = acc[j]
-                if not pool:
-                    s = builder.select(step(BIAS), builder.fadd(s, bias), s)
-                    # NaN passes ReLU and the clip (their comparisons are false)
-                    s = builder.select(step(RELU), builder.select(
-                        builder.fcmp_ordered("<=", s, zero), zero, s), s)
-                    clipped = builder.select(builder.fcmp_ordered("<", s, lo_v), lo_v, s)
-                    clipped = builder.select(builder.fcmp_ordered(">", clipped, hi_v), hi_v,
-                                             clipped)
-                    s = builder.select(step(CLIP), clipped, s)
-                dst = builder.add(out, builder.mul(ostride, const(j)))
-                builder.call(store, [s, builder.inttoptr(dst, _V16F.as_pointer()), align, keep])
+                s = acc[j] if pool else em.epilogue(acc[j], ep, flags)
+                em.store(s, builder.add(out, builder.mul(ostride, em.const(j))), keep)
             return context.get_dummy_value()
 
         return sig, codegen

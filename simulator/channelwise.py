@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npusim.simulator import _fast_direct, _fast_phases, _fma, _fma_rows, threads
+from npusim.simulator import _bfp_rows, _fast_direct, _fast_phases, _fma, _fma_rows, threads
 from npusim.simulator.conv_shares import direct_kind, grain, pad_extent, padded
 from npusim.simulator.numerics import Format
 from npusim.simulator.phase_layout import FlatLayout, flat_layout
@@ -52,6 +52,11 @@ def one_channel_per_group(hw: tuple[int, int], weight, tp, geom, fmt: Format, og
     if fmt.is_fp32 and _fma.AVAILABLE and _fma_rows.depthwise_fits(geom):
         return lambda x, plane, finish: _depthwise_rows(x, weight, geom, og, plane, out_hw,
                                                         finish)
+    if not fmt.is_fp32 and _fma.AVAILABLE and _bfp_rows.fits(geom, fmt.block_size):
+        rows = _tiles(weight).rows_f32(weight)
+        if rows is not None:
+            return lambda x, plane, finish: _depthwise_rows_bfp(x, weight, rows, tp, geom, fmt,
+                                                                og, plane, out_hw, finish)
     if fmt.is_fp32 and _fma.AVAILABLE and _fma_channels(groups, out_hw[1], len(tp[0])):
         return lambda x, plane, finish: _depthwise_fma(x, weight, tp, geom, og, plane, out_hw,
                                                        finish)
@@ -110,6 +115,43 @@ def _depthwise_rows(x, weight, geom, og: int, out, out_hw, finish) -> None:
 
 
 _NO_BIAS = np.zeros(0, np.float32)
+
+
+def _depthwise_rows_bfp(x, weight, rows, tp, geom, fmt: Format, og: int, out, out_hw,
+                        finish) -> None:
+    """A block-format convolution of one input channel per group, one unpadded image
+    ``x [C, H, W]``, on :func:`npusim.simulator._bfp_rows.depthwise` (``rows``: its
+    weights and scales); a channel with a pixel it cannot take (a block too small or not
+    finite, a scale product outside fp32's normal range) is rerun on
+    :func:`_depthwise_planes`' kernel. The threads share the channels."""
+    oh, ow = out_hw
+    k, (sy, sx), (dy, dx) = geom.kernel[0], geom.strides, geom.dilations
+    wq, sw = rows
+    fused = finish.in_register()
+    bias, relu, clip, lo, hi = fused or (_NO_BIAS, False, False, np.float32(0), np.float32(0))
+    flags = ((_fma_rows.BIAS if bias.size else 0) | (_fma_rows.RELU if relu else 0)
+             | (_fma_rows.CLIP if clip else 0))
+    fm = np.array([fmt.mantissa_bits, fmt.emin, fmt.emax], np.int32)
+    bad = np.zeros(out.shape[0], np.bool_)
+    _, ky, kx = tp
+    top, left, hp, wp = pad_extent(x.shape[1:], geom, out_hw)
+    shape = _fast_direct.phase_shape(hp, wp, sy, sx)
+
+    def share(c0: int, c1: int) -> None:
+        _bfp_rows.depthwise(x, wq, sw, og, k, sy, sx, dy, dx, *geom.pads[:2], oh, ow,
+                            fmt.block_size, fm, c0 * og, c1 * og, bias, lo, hi,
+                            np.float32(fmt.max_mantissa), flags, out, bad)
+        for c in np.unique(np.flatnonzero(bad[c0 * og:c1 * og]) // og) + c0:
+            _fast_direct.depthwise_planes_quantized(
+                x, top, left, np.zeros(shape, np.float32), ky, kx, oh, ow, og,
+                fmt.block_size, fmt.mantissa_bits, fmt.emin, fmt.emax, weight.q,
+                _tiles(weight).scales, c, c + 1, max(1, PLANE_COLUMNS // shape[3]), out)
+            if fused is not None:
+                finish(c * og, (c + 1) * og, 0, oh * ow)
+        if fused is None:
+            finish(c0 * og, c1 * og, 0, oh * ow)
+
+    threads.run(share, x.shape[0], grain=grain(og * k * k * oh * ow, direct_kind(fmt)))
 
 
 TRANSPOSE_ELEMENTS = 1 << 16

@@ -23,6 +23,7 @@ class _Tiles:
         self._scales32: dict[int, np.ndarray] = {}
         self._channels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._transposed: np.ndarray | None = None
+        self._rows: tuple[np.ndarray, np.ndarray] | bool | None = None
         self._vnni: dict[tuple[int, int], list[tuple[np.ndarray, ...]]] = {}
 
     def by_channels(self, w: BfpTensor, per_group: int, taps: int
@@ -37,6 +38,18 @@ class _Tiles:
             self._channels[per_group] = (np.ascontiguousarray(m, np.float32),
                                          np.ascontiguousarray(s, np.float64))
         return self._channels[per_group]
+
+    def rows_f32(self, w: BfpTensor) -> tuple[np.ndarray, np.ndarray] | None:
+        """float32 mantissas ``[O, Kp]`` and block scales ``[O, J]`` (1 for a finite
+        block of zero mantissas) as :func:`npusim.simulator._bfp_rows.depthwise` reads
+        them, or None when a scale is not a power of two in fp32's normal range (the
+        kernel's fp32 scale products would not be exact)."""
+        if self._rows is None:
+            s = weight_scales(w, self.scales)
+            fine = np.isnan(s) | ((np.frexp(s)[0] == 0.5) & (s >= 2.0**-126) & (s <= 2.0**127))
+            self._rows = (np.ascontiguousarray(w.q, np.float32),
+                          np.ascontiguousarray(s, np.float32)) if fine.all() else False
+        return self._rows or None
 
     def transposed(self, w: BfpTensor) -> np.ndarray:
         """int8 ``[K, O]``: the mantissas of every output side by side (a product of a few

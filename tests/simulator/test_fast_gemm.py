@@ -15,6 +15,7 @@ import pytest
 from numerics_cases import DIFF_FORMATS, MX_FORMATS, fid, nasty
 
 from npusim.simulator import (
+    _bfp_rows,
     _fast_gemm,
     _fma,
     _fma_rows,
@@ -153,6 +154,7 @@ def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, 
     kernels whole). A case the phase layout does not fit takes the padded planes."""
     monkeypatch.setattr(channelwise, "FMA_GROUPS", 10**9)  # their own tests below
     monkeypatch.setattr(_fma_rows, "depthwise_fits", lambda geom: False)
+    monkeypatch.setattr(_bfp_rows, "fits", lambda geom, block: False)
     if path.startswith("phase-layout"):
         monkeypatch.setattr(channelwise, "CHANNEL_WIDTH", 0)
         if path.endswith("a-row-at-a-time"):
@@ -320,6 +322,63 @@ def test_fp32_depthwise_on_row_vectors_matches_reference(
                                        conv2d_reference(x, wt, None, geom, FP32, **kw),
                                        rtol=1e-5, atol=1e-5)  # NaN where NaN, inf where inf
     assert calls  # the kernel ran
+
+
+ROW_FORMATS = [f for f in DIFF_FORMATS if f.block_size in _bfp_rows.BLOCKS
+               or f.block_size >= 49]
+"""The block formats :func:`_bfp_rows.depthwise` takes every window of."""
+
+
+@pytest.mark.skipif(not _fma.AVAILABLE, reason="no AVX-512 here")
+@pytest.mark.parametrize("fmt", ROW_FORMATS, ids=fid)
+@pytest.mark.parametrize("name", list(ROW_DEPTHWISE))
+@pytest.mark.parametrize("values", ["finite", "nasty", "extreme"])
+def test_block_depthwise_on_row_vectors_matches_reference(
+        fmt: Format, name: str, values: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block-format convolutions of one input channel per group on the vectors of output
+    rows, each pixel's window quantized in its lane, bit for bit with every epilogue:
+    finite values of moderate scale (every channel on the kernel, one with all-zero
+    weights); with NaN, infinities, zeros and subnormals (a channel with a window the
+    kernel cannot quantize, here at least the first, reruns on the general kernel); with
+    block scales far outside fp32's normal range (products it cannot make exactly, blocks
+    too small for its multipliers)."""
+    made, reruns = [], []
+    real = _bfp_rows.depthwise
+
+    def spy(*args):
+        real(*args)
+        o0, o1, bad = args[15], args[16], args[-1]
+        made.append(o1 - o0)
+        reruns.append(int(bad[o0:o1].sum()))
+
+    monkeypatch.setattr(_bfp_rows, "depthwise", spy)
+    c, o, h, w, geom = ROW_DEPTHWISE[name]
+    rng = np.random.default_rng(len(name) + fmt.block_size)
+    if values == "finite":
+        x = (rng.standard_normal((2, c, h, w))
+             * 2.0 ** rng.integers(-30, 30, (2, c, h, w))).astype(np.float32)
+    else:
+        x = nasty(rng, (2, c, h, w), fmt, row_exp=(-145, 125) if values == "extreme"
+                  else (-30, 30))
+        x[0, 0, 0, 0] = np.nan
+    weights = nasty(rng, (o, geom.kernel[0] * geom.kernel[1]), fmt, nonfinite=False,
+                    row_exp=(-20, 10))
+    weights[1] = 0.0
+    if values == "extreme":  # blocks too small for the kernel's multipliers, whose scale
+        # products with large weight scales are still normal numbers
+        x[1, 0] = (rng.standard_normal((h, w)) * 2.0**-124).astype(np.float32)
+        weights[0] *= np.float32(2.0**25)
+    wq = quantize(weights, fmt)
+    bias = rng.standard_normal(o).astype(np.float32)
+    res = rng.standard_normal(conv2d_reference(x, wq, None, geom, fmt).shape).astype(
+        np.float32)
+    with np.errstate(all="ignore"):
+        for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)},
+                   {"relu": True, "clip": (-1.0, 0.5)}):
+            ref = conv2d_reference(x, wq, bias, geom, fmt, **kw)
+            assert same_bits(conv2d(x, wq, bias, geom, fmt, **kw), ref), (name, kw)
+    assert sum(made) == 8 * o  # two images, four epilogues
+    assert (sum(reruns) == 0) == (values == "finite")
 
 
 @pytest.mark.parametrize("fmt", MX_FORMATS, ids=fid)

@@ -1,0 +1,279 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Block-format convolutions of one input channel per group (depthwise) on the CPU's
+512-bit vectors: the row vectors of :mod:`npusim.simulator._fma_rows`, each output
+pixel's window quantized in its lane.
+
+A call runs one vector of ``LANES`` pixels of ``ROWS`` consecutive output rows, read in
+place from the unpadded plane. For each block of the window's taps (in tap order, as
+the device cuts K), two passes over the taps, each a masked load as in the fp32 kernel:
+
+1. the block maximum, by the bits of ``|x|`` (integer max: a NaN's above an infinity's);
+   from it, in each lane, the shared exponent ``e = clamp(exponent, emin, emax)``, the
+   multiplier ``2**(mbits - 1 - e)`` and the scale ``2**(e - mbits + 1)`` (1 when every
+   mantissa rounds to 0), built from their bits;
+2. each tap's mantissa ``clamp(rint(x * multiplier), -M, M)`` times its integer weight,
+   summed on fused multiply-adds: integers, exact in fp32 in any order.
+
+The block's product is then added to the pixel's sum as ``sum + p * (scale * s)`` in
+fp32, ``s`` the weight block's scale: the numbers of
+:func:`npusim.simulator._fast_phases._fused_block` and
+:func:`npusim.simulator._fast_gemm._accumulate_block`. Those are exact whenever every
+lane's ``scale * s`` is a normal fp32 number of at most ``2**103``, its block finite
+and not so small that its multiplier would leave fp32's normal range; a call reports
+the lanes where that fails, and the driver reruns their channel on the general kernel
+(:func:`npusim.simulator._fast_direct.depthwise_planes_quantized`). The epilogue
+(+ bias, ReLU, clip) is applied in the registers before the masked store."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from npusim.simulator._fma import _I32, _V16F, LANES, _fma_v16, _splat
+from npusim.simulator._fma_rows import ROWS, _Emitter, _tables
+
+_V16I = ir.VectorType(_I32, LANES)
+_MIN_NORMAL, _MAX_SCALE = 2.0**-126, 2.0**103  # as in _fast_gemm._accumulate_block
+
+
+def blocks_of(taps: int, block: int) -> tuple[int, ...]:
+    """The lengths of the blocks a window of ``taps`` taps is cut into."""
+    return tuple(min(block, taps - t) for t in range(0, taps, block))
+
+
+def _vectors(k: int, stride2: bool, rows: int, blocks: tuple[int, ...]):
+    """The intrinsic of one vector of pixels of ``rows`` output rows of a ``k x k``
+    window cut into ``blocks``, unrolled (see the module's docstring)."""
+    @intrinsic
+    def vectors(typingctx, rtab, cols, masks, w, s, out, ostride, omask, ep, flags, fm):
+        """``rtab``, ``cols``, ``masks``, ``out``, ``ostride``, ``omask``, ``ep`` and
+        ``flags`` as :func:`npusim.simulator._fma_rows.depthwise`'s; ``w`` the float32
+        integer weights in tap order, ``s`` the float32 scale of each weight block, ``fm``
+        int32 ``[mantissa bits, emin, emax]``; ``ep[3]`` the largest mantissa ``M``.
+        Returns the lanes (bits of the store mask) whose numbers need the general
+        kernel."""
+        sig = types.intp(*([types.intp] * 11))
+
+        def codegen(context, builder, signature, args):
+            rtab, cols, masks, w, s, out, ostride, omask, ep, flags, fm = args
+            b = builder
+            zero = ir.Constant(_V16F, [0.0] * LANES)
+            em = _Emitter(context, b, cols, masks, k, stride2, zero)
+            fma = _fma_v16(b)
+            vrange = cgutils.get_or_insert_function(
+                b.module, ir.FunctionType(_V16F, [_V16F, _V16F, _I32, _V16F, ir.IntType(16),
+                                                  _I32]),
+                "llvm.x86.avx512.mask.range.ps.512")
+
+            def clamp(q, m):
+                """``q`` with ``|q|`` at most ``m`` and its sign: AVX-512 DQ's vrangeps
+                (the smaller magnitude, the first operand's sign), all lanes."""
+                return b.call(vrange, [q, m, ir.Constant(_I32, 0b0010), q,
+                                       ir.Constant(ir.IntType(16), -1), ir.Constant(_I32, 4)])
+
+            def ivec(n):
+                return ir.Constant(_V16I, [n] * LANES)
+
+            def field(i):
+                return b.load(b.inttoptr(b.add(fm, em.const(4 * i)), _I32.as_pointer()))
+
+            def iconst(v):  # an int32 scalar in every lane
+                lane = b.insert_element(ir.Constant(_V16I, None), v, ir.Constant(_I32, 0))
+                return b.shuffle_vector(lane, ir.Constant(_V16I, None), ivec(0))
+
+            mbits = field(0)
+            emin, emax = iconst(field(1)), iconst(field(2))
+            lowest = iconst(b.sub(mbits, ir.Constant(_I32, 126)))
+            mul_base = iconst(b.add(mbits, ir.Constant(_I32, 126)))  # mbits - 1 + 127
+            scl_base = iconst(b.sub(ir.Constant(_I32, 128), mbits))  # 127 - (mbits - 1)
+            top_m = _splat(b, em.scalar(ep, 3))
+            magic = ir.Constant(_V16F, [1.5 * 2.0**23] * LANES)
+            half = ir.Constant(_V16F, [0.5] * LANES)
+            one = ir.Constant(_V16F, [1.0] * LANES)
+            min_normal = ir.Constant(_V16F, [_MIN_NORMAL] * LANES)
+            max_scale = ir.Constant(_V16F, [_MAX_SCALE] * LANES)
+            inf_bits, abs_bits = ivec(0x7F800000), ivec(0x7FFFFFFF)
+            base = [[em.word(rtab, 8 * (j * k + ky)) for ky in range(k)] for j in range(rows)]
+
+            def tap(j, t):
+                return em.tap(base[j][t // k], t % k)
+
+            acc = [zero] * rows
+            bad = ir.Constant(em.i1v, [0] * LANES)
+            t0 = 0
+            for jb, nb in enumerate(blocks):
+                top = [ivec(0)] * rows
+                for t in range(t0, t0 + nb):
+                    top = em.pin(top)
+                    for j in range(rows):
+                        a = b.and_(b.bitcast(tap(j, t), _V16I), abs_bits)
+                        top[j] = b.select(b.icmp_signed(">", a, top[j]), a, top[j])
+                sj = _splat(b, em.scalar(s, jb))
+                mult, scale = [], []
+                for j in range(rows):
+                    ex = b.sub(b.lshr(top[j], ivec(23)), ivec(127))
+                    e = b.select(b.icmp_signed("<", ex, emin), emin, ex)
+                    e = b.select(b.icmp_signed(">", e, emax), emax, e)
+                    live = b.and_(b.icmp_signed(">", top[j], ivec(0)),
+                                  b.icmp_signed("<", top[j], inf_bits))
+                    # a live block whose exponent is below `lowest` (its multiplier
+                    # would not be normal), or a non-finite one: the general kernel
+                    bad = b.or_(bad, b.and_(live, b.icmp_signed("<", e, lowest)))
+                    bad = b.or_(bad, b.icmp_signed(">=", top[j], inf_bits))
+                    m = b.select(live, b.shl(b.sub(mul_base, e), ivec(23)), ivec(0))
+                    m = b.bitcast(m, _V16F)
+                    sc = b.bitcast(b.shl(b.add(e, scl_base), ivec(23)), _V16F)
+                    # every mantissa 0 (the largest rounds to 0): scale 1
+                    nonzero = b.fcmp_ordered(">", b.fmul(b.bitcast(top[j], _V16F), m), half)
+                    t = b.fmul(b.select(nonzero, sc, one), sj)
+                    fits = b.and_(b.fcmp_ordered(">=", t, min_normal),
+                                  b.fcmp_ordered("<=", t, max_scale))
+                    bad = b.or_(bad, b.not_(fits))
+                    mult.append(m)
+                    scale.append(t)
+                p = [zero] * rows
+                for t in range(t0, t0 + nb):
+                    p = em.pin(p)
+                    wv = _splat(b, em.scalar(w, t))
+                    for j in range(rows):
+                        # rint(x * multiplier), ties to even, as (x * multiplier + C) - C
+                        # in one rounding: |x * multiplier| < 2**22, and C is an even
+                        # integer whose sums have a unit in the last place of 1
+                        q = b.fsub(b.call(fma, [tap(j, t), mult[j], magic]), magic)
+                        q = clamp(q, top_m)
+                        p[j] = b.call(fma, [wv, q, p[j]])
+                for j in range(rows):
+                    acc[j] = b.fadd(acc[j], b.fmul(p[j], scale[j]))
+                t0 += nb
+            keep = em.lanes(omask, 0)
+            for j in range(rows):
+                em.store(em.epilogue(acc[j], ep, flags),
+                         b.add(out, b.mul(ostride, em.const(j))), keep)
+            lanes = b.zext(b.bitcast(bad, ir.IntType(LANES)), em.intp)
+            return b.and_(lanes, omask)
+
+        return sig, codegen
+
+    return vectors
+
+
+WINDOWS = (3, 5, 7)
+"""The windows (``k x k``) the kernel is compiled for."""
+
+BLOCKS = (16, 32)
+"""Block sizes compiled for windows larger than one block (a window of one block runs
+on any size)."""
+
+
+def fits(geom, block: int) -> bool:
+    """Whether a convolution of one input channel per group in a format of ``block``
+    runs here: a window of :data:`WINDOWS`, cut into blocks of :data:`BLOCKS` or held in
+    one, a column stride of 1 or 2."""
+    kh, kw = geom.kernel
+    return (kh == kw and kh in WINDOWS and geom.strides[1] in (1, 2)
+            and (block in BLOCKS or block >= kh * kw))
+
+
+(_k3s1, _k3s1_one, _k3s2, _k3s2_one) = (
+    _vectors(3, s2, r, (9,)) for s2 in (False, True) for r in (ROWS, 1))
+(_k5s1, _k5s1_one, _k5s2, _k5s2_one, _k5s1b, _k5s1b_one, _k5s2b, _k5s2b_one) = (
+    _vectors(5, s2, r, blocks_of(25, b)) for b in (25, 16) for s2 in (False, True)
+    for r in (ROWS, 1))
+(_k7s1, _k7s1_one, _k7s2, _k7s2_one, _k7s1b, _k7s1b_one, _k7s2b, _k7s2b_one,
+ _k7s1c, _k7s1c_one, _k7s2c, _k7s2c_one) = (
+    _vectors(7, s2, r, blocks_of(49, b)) for b in (49, 16, 32) for s2 in (False, True)
+    for r in (ROWS, 1))
+
+
+@numba.njit(cache=True, nogil=True)
+def _run3(sx, one, args):  # pragma: no cover - compiled
+    if sx == 1:
+        return _k3s1_one(*args) if one else _k3s1(*args)
+    return _k3s2_one(*args) if one else _k3s2(*args)
+
+
+@numba.njit(cache=True, nogil=True)
+def _run5(block, sx, one, args):  # pragma: no cover - compiled
+    if block >= 25:
+        if sx == 1:
+            return _k5s1_one(*args) if one else _k5s1(*args)
+        return _k5s2_one(*args) if one else _k5s2(*args)
+    if sx == 1:
+        return _k5s1b_one(*args) if one else _k5s1b(*args)
+    return _k5s2b_one(*args) if one else _k5s2b(*args)
+
+
+@numba.njit(cache=True, nogil=True)
+def _run7(block, sx, one, args):  # pragma: no cover - compiled
+    if block >= 49:
+        if sx == 1:
+            return _k7s1_one(*args) if one else _k7s1(*args)
+        return _k7s2_one(*args) if one else _k7s2(*args)
+    if block == 16:
+        if sx == 1:
+            return _k7s1b_one(*args) if one else _k7s1b(*args)
+        return _k7s2b_one(*args) if one else _k7s2b(*args)
+    if sx == 1:
+        return _k7s1c_one(*args) if one else _k7s1c(*args)
+    return _k7s2c_one(*args) if one else _k7s2c(*args)
+
+
+@numba.njit(cache=True, nogil=True)
+def _run(k, block, sx, one, args):  # pragma: no cover - compiled
+    if k == 3:
+        return _run3(sx, one, args)
+    if k == 5:
+        return _run5(block, sx, one, args)
+    return _run7(block, sx, one, args)
+
+
+BIAS = 1
+"""The epilogue's bias bit (with ReLU and clip, as :mod:`npusim.simulator._fma_rows`'s)."""
+
+
+@numba.njit(cache=True, nogil=True)
+def depthwise(x, wq, sw, og, k, sy, sx, dy, dx, top, left, oh, ow, block, fm, o0, o1, bias,
+              lo, hi, max_m, flags, out, bad):  # pragma: no cover - compiled
+    """Output channels ``o0 <= o < o1`` (each of input plane ``o // og``) of a block-format
+    convolution with one input channel per group and a ``k x k`` window: ``x [C, H, W]``
+    float32, ``wq [O, Kp]`` the float32 integer weights, ``sw [O, J]`` their float32
+    block scales (1 for a finite block of zero mantissas), ``fm`` int32 ``[mantissa bits,
+    emin, emax]``, ``max_m`` the largest mantissa; the epilogue as
+    :func:`npusim.simulator._fma_rows.depthwise`'s, into ``out [O, oh * ow]``.
+    ``bad[o]`` is set where some pixel of output ``o`` needs the general kernel (its
+    plane as written here is then not the golden one)."""
+    _, h, w = x.shape
+    roff, cols, masks, omask = _tables(h, w, k, k, sy, sx, dy, dx, top, left, oh, ow)
+    padding = np.zeros(w, np.float32)
+    ep = np.zeros(4, np.float32)
+    ep[1], ep[2], ep[3] = lo, hi, max_m
+    kp, nb = wq.shape[1], sw.shape[1]
+    xa, wa, sa = np.intp(x.ctypes.data), np.intp(wq.ctypes.data), np.intp(sw.ctypes.data)
+    oa, ca, ma = np.intp(out.ctypes.data), np.intp(cols.ctypes.data), np.intp(masks.ctypes.data)
+    ea, pa, fa = np.intp(ep.ctypes.data), np.intp(padding.ctypes.data), np.intp(fm.ctypes.data)
+    rtab = np.empty((oh, k), np.int64)
+    ra = np.intp(rtab.ctypes.data)
+    for o in range(o0, o1):
+        if flags & BIAS:
+            ep[0] = bias[o]
+        xc = xa + (o // og) * h * w * 4
+        for oy in range(oh):
+            for ky in range(k):
+                rtab[oy, ky] = xc + roff[oy, ky] if roff[oy, ky] >= 0 else pa
+        wo, so = wa + o * kp * 4, sa + o * nb * 4
+        worse = 0
+        for b in range(omask.size):
+            cb, mb = ca + b * k * 8, ma + b * k * 8
+            ob = oa + (o * oh * ow + b * LANES) * 4
+            oy = 0
+            while oy < oh:
+                one = oy + ROWS > oh
+                worse |= _run(k, block, sx, one, (ra + oy * k * 8, cb, mb, wo, so,
+                                                  ob + oy * ow * 4, ow * 4, omask[b], ea,
+                                                  flags, fa))
+                oy += 1 if one else ROWS
+        bad[o] = worse != 0
