@@ -33,8 +33,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from npusim.simulator import _fma
 from npusim.simulator._fma import _I32, _V16F, LANES, _fma_v16, _splat
 from npusim.simulator._fma_rows import ROWS, _Emitter, _tables
+from npusim.simulator.cpu import host_has
+
+AVAILABLE = _fma.AVAILABLE and host_has("avx512dq")
+"""Whether the kernel may be compiled here (its clamp is AVX-512 DQ's vrangeps)."""
 
 _V16I = ir.VectorType(_I32, LANES)
 _MIN_NORMAL, _MAX_SCALE = 2.0**-126, 2.0**103  # as in _fast_gemm._accumulate_block

@@ -22,17 +22,21 @@ _ROUND = 6755399441055744.0  # 1.5 * 2**52: x + _ROUND - _ROUND rounds x (|x| < 
 _EXP_RANGE = 80.0  # |t| up to here: exp(t) and 1 / (1 + exp(t)) are normal float32 numbers
 SIGMOID_MARGIN = 2.0**-42
 """Relative distance from a float32 rounding boundary inside which :func:`sigmoid` takes
-numpy's formula: the kernel's float64 result lies within about 2**-46 of the exact value
-(an exp within 2**-46.5, then two rounded operations) and numpy's within about 2**-51, so
+numpy's formula: the kernel's float64 result lies within about 2**-48 of the exact value
+(an exp within 2**-49, then two rounded operations) and numpy's within about 2**-51, so
 outside this margin both round to the same float32. About one element in 2**17 is that
 close."""
 
 
 _V8D, _V8F = ir.VectorType(ir.DoubleType(), 8), ir.VectorType(ir.FloatType(), 8)
 _V8Q, _V8I = ir.VectorType(ir.IntType(64), 8), ir.VectorType(ir.IntType(32), 8)
-_EXP_TAYLOR = (1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0,
-               1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0)
-"""Horner's coefficients of the exp's Taylor series after its first, ``1 / 11!``."""
+EXP_POLY = (2.6291527660381203e-07, 2.7634590960408026e-06, 2.4805246959454023e-05,
+            0.00019841184237262462, 0.0013888885302319254, 0.008333333374176605,
+            0.04166666668081372, 0.16666666666589103, 0.4999999999998011,
+            1.0000000000000038, 1.0000000000000007)
+"""exp(r) for ``|r| <= ln2 / 2`` as a polynomial of degree 10, highest power first: the
+interpolant at Chebyshev nodes (``numpy.polynomial.chebyshev.chebinterpolate``), within
+``2**-49`` of exp relative (``tests/simulator/test_vector_ops.py`` checks it)."""
 
 
 def _logistic_vectors(silu: bool):
@@ -62,7 +66,8 @@ def _logistic_vectors(silu: bool):
                                     _V8F.as_pointer())
 
         fma = function("llvm.fma.v8f64", _V8D, _V8D, _V8D, _V8D)
-        fabs = function("llvm.fabs.v8f64", _V8D, _V8D)
+        vrange = function("llvm.x86.avx512.mask.range.pd.512", _V8D, _V8D, _V8D, i32, _V8D,
+                          i8, i32)
         ctpop = function("llvm.ctpop.i8", i8, i8)
         near32 = builder.trunc(near, i32)  # lo - (2**28 - near) <= 2 near, unsigned
         low = splat(_V8I, builder.sub(ir.Constant(i32, 0x10000000), near32))
@@ -72,18 +77,21 @@ def _logistic_vectors(silu: bool):
             j = loop.index
             xf = builder.load(vector(x, j), align=4)
             v = builder.fpext(xf, _V8D)
-            ok = builder.fcmp_ordered("<=", builder.call(fabs, [v]), splat(_V8D, _EXP_RANGE))
-            t = builder.select(ok, builder.fsub(splat(_V8D, -0.0), v), splat(_V8D, 0.0))
-            # exp(t): t = k ln2 + r (Cody-Waite, |r| <= ln2 / 2), exp(r) by its Taylor series
-            # to r**11 / 11! (the rest is below 2**-46.5 relative) on fused multiply-adds,
-            # times 2**k; k to the nearest integer, ties to even
-            kr = builder.fadd(builder.fmul(t, splat(_V8D, _LOG2E)), splat(_V8D, _ROUND))
+            # u: v with |u| <= _EXP_RANGE, its sign (vrangepd; a NaN becomes the bound):
+            # the lanes where u is not v go to the formula
+            u = builder.call(vrange, [v, splat(_V8D, _EXP_RANGE), ir.Constant(i32, 0b0010), v,
+                                      ir.Constant(i8, -1), ir.Constant(i32, 4)])
+            ok = builder.fcmp_ordered("==", u, v)
+            # exp(-u): -u = k ln2 + r (Cody-Waite on fused multiply-adds, |r| <= ln2 / 2),
+            # with r = -(u + k ln2); exp(r) by EXP_POLY in powers of -r; times 2**k; k to
+            # the nearest integer, ties to even
+            kr = builder.call(fma, [u, splat(_V8D, -_LOG2E), splat(_V8D, _ROUND)])
             k = builder.fsub(kr, splat(_V8D, _ROUND))
-            r = builder.fsub(builder.fsub(t, builder.fmul(k, splat(_V8D, _LN2_HI))),
-                             builder.fmul(k, splat(_V8D, _LN2_LO)))
-            p = splat(_V8D, 1.0 / 39916800.0)
-            for c in _EXP_TAYLOR:
-                p = builder.call(fma, [p, r, splat(_V8D, c)])
+            rn = builder.call(fma, [k, splat(_V8D, _LN2_HI), u])
+            rn = builder.call(fma, [k, splat(_V8D, _LN2_LO), rn])
+            p = splat(_V8D, EXP_POLY[0])
+            for i, c in enumerate(EXP_POLY[1:], 1):  # the coefficient of rn**(10 - i)
+                p = builder.call(fma, [p, rn, splat(_V8D, c if i % 2 == 0 else -c)])
             # kr's low bits are k's (|k| < 2**51 below 1.5 * 2**52): 2**k without a convert
             scale = builder.shl(builder.add(builder.bitcast(kr, _V8Q), splat(_V8Q, 1023)),
                                 splat(_V8Q, 52))

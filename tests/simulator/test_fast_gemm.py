@@ -118,6 +118,7 @@ def split(request, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "portable-kernels":
         monkeypatch.setattr(gemm, "_vnni_ok", lambda fmt: False)
         monkeypatch.setattr(_fma, "AVAILABLE", False)
+        monkeypatch.setattr(_bfp_rows, "AVAILABLE", False)
     return request.param
 
 
@@ -329,7 +330,7 @@ ROW_FORMATS = [f for f in DIFF_FORMATS if f.block_size in _bfp_rows.BLOCKS
 """The block formats :func:`_bfp_rows.depthwise` takes every window of."""
 
 
-@pytest.mark.skipif(not _fma.AVAILABLE, reason="no AVX-512 here")
+@pytest.mark.skipif(not _bfp_rows.AVAILABLE, reason="no AVX-512 DQ here")
 @pytest.mark.parametrize("fmt", ROW_FORMATS, ids=fid)
 @pytest.mark.parametrize("name", list(ROW_DEPTHWISE))
 @pytest.mark.parametrize("values", ["finite", "nasty", "extreme"])

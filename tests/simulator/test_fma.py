@@ -122,6 +122,7 @@ def test_gate_follows_the_target_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not cpu.host_has("avx512f")
     monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx512f")
     assert cpu.host_has("avx512f")
+    assert not cpu.host_has("avx512f", "avx512dq")  # the block-format row kernel's need
     monkeypatch.setattr(_fma, "AVAILABLE", False)
     assert not gemm._fma_ok(ConvGeometry((3, 3)), (56, 56), (1, 58, 58))
 

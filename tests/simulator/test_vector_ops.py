@@ -524,3 +524,15 @@ def test_sigmoid_sends_the_elements_near_a_rounding_boundary_to_the_formula():
     assert set(close) <= set(idx[:n]) and n < x.size // 1000
     assert np.array_equal(out[idx[:n]], x[idx[:n]])  # they hold x for the formula
     assert _same_bits(kernels.unary("sigmoid", x), unary_reference("sigmoid", x))
+
+
+def test_sigmoid_exp_polynomial_is_within_its_bound():
+    """The sigmoid kernel's exp polynomial is within ``2**-49`` of exp, relative, over its
+    whole reduced range (evaluated in extended precision on a fine grid)."""
+    from npusim.simulator import _sigmoid
+    r = np.linspace(-np.log(2) / 2 * (1 + 2**-20), np.log(2) / 2 * (1 + 2**-20), 400_001,
+                    dtype=np.longdouble)
+    p = np.zeros_like(r)
+    for c in _sigmoid.EXP_POLY:
+        p = p * r + np.longdouble(c)
+    assert np.max(np.abs(p / np.exp(r) - 1)) < 2.0**-49
