@@ -14,6 +14,9 @@ from numba.extending import intrinsic
 
 from npusim.simulator import threads
 from npusim.simulator._fast import out_like
+from npusim.simulator.cpu import host_has
+
+_DQ = host_has("avx512f", "avx512dq")  # vrangepd clamps the inputs in one instruction
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238  # 32 significant bits: k * _LN2_HI is exact for |k| < 2**21
@@ -66,8 +69,7 @@ def _logistic_vectors(silu: bool):
                                     _V8F.as_pointer())
 
         fma = function("llvm.fma.v8f64", _V8D, _V8D, _V8D, _V8D)
-        vrange = function("llvm.x86.avx512.mask.range.pd.512", _V8D, _V8D, _V8D, i32, _V8D,
-                          i8, i32)
+        fabs = function("llvm.fabs.v8f64", _V8D, _V8D)
         ctpop = function("llvm.ctpop.i8", i8, i8)
         near32 = builder.trunc(near, i32)  # lo - (2**28 - near) <= 2 near, unsigned
         low = splat(_V8I, builder.sub(ir.Constant(i32, 0x10000000), near32))
@@ -77,11 +79,18 @@ def _logistic_vectors(silu: bool):
             j = loop.index
             xf = builder.load(vector(x, j), align=4)
             v = builder.fpext(xf, _V8D)
-            # u: v with |u| <= _EXP_RANGE, its sign (vrangepd; a NaN becomes the bound):
-            # the lanes where u is not v go to the formula
-            u = builder.call(vrange, [v, splat(_V8D, _EXP_RANGE), ir.Constant(i32, 0b0010), v,
-                                      ir.Constant(i8, -1), ir.Constant(i32, 4)])
-            ok = builder.fcmp_ordered("==", u, v)
+            # u: v where |v| <= _EXP_RANGE, else a number of at most that size (those lanes
+            # go to the formula): AVX-512 DQ's vrangepd (v's sign, the smaller magnitude;
+            # a NaN becomes the bound) where there is one
+            if _DQ:
+                vrange = function("llvm.x86.avx512.mask.range.pd.512", _V8D, _V8D, _V8D, i32,
+                                  _V8D, i8, i32)
+                u = builder.call(vrange, [v, splat(_V8D, _EXP_RANGE), ir.Constant(i32, 0b0010),
+                                          v, ir.Constant(i8, -1), ir.Constant(i32, 4)])
+                ok = builder.fcmp_ordered("==", u, v)
+            else:
+                ok = builder.fcmp_ordered("<=", builder.call(fabs, [v]), splat(_V8D, _EXP_RANGE))
+                u = builder.select(ok, v, splat(_V8D, 0.0))
             # exp(-u): -u = k ln2 + r (Cody-Waite on fused multiply-adds, |r| <= ln2 / 2),
             # with r = -(u + k ln2); exp(r) by EXP_POLY in powers of -r; times 2**k; k to
             # the nearest integer, ties to even

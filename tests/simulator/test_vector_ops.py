@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -536,3 +539,23 @@ def test_sigmoid_exp_polynomial_is_within_its_bound():
     for c in _sigmoid.EXP_POLY:
         p = p * r + np.longdouble(c)
     assert np.max(np.abs(p / np.exp(r) - 1)) < 2.0**-49
+
+
+def test_sigmoid_compiles_for_a_cpu_without_avx512(tmp_path):
+    """For a CPU without AVX-512 (numba told to compile for Haswell, in a process of its
+    own), the sigmoid kernel clamps its inputs with portable operations, and still gives
+    numpy's formula's bits."""
+    code = ("import numpy as np\n"
+            "from npusim.simulator import _sigmoid, kernels\n"
+            "from npusim.simulator.vector import unary_reference\n"
+            "assert not _sigmoid._DQ\n"
+            "x = (np.random.default_rng(0).standard_normal(50_000) * 8).astype(np.float32)\n"
+            "x[::97], x[::89] = np.nan, 100.0\n"
+            "ref, got = unary_reference('sigmoid', x), kernels.unary('sigmoid', x)\n"
+            "n = np.isnan(ref)\n"
+            "assert np.array_equal(np.isnan(got), n)\n"
+            "assert np.array_equal(got[~n].view(np.int32), ref[~n].view(np.int32))\n")
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
