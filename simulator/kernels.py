@@ -210,6 +210,15 @@ def dense(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None
           clip: tuple[float, float] | None = None) -> np.ndarray:
     """``x @ weight.T + bias`` on the matrix unit for ``x`` ``[..., K]``."""
     lead = x.shape[:-1]
+    if (isinstance(weight, BfpTensor) and weight.fmt == fmt
+            and Rounding(rounding) == Rounding.NEAREST_EVEN and gemm.supported(fmt)):
+        from npusim.simulator import dense as _dense
+
+        y = _dense.small(x.reshape(-1, x.shape[-1]), weight, bias,
+                         None if residual is None else residual.reshape(-1, weight.shape[0]),
+                         relu, clip)
+        if y is not None:
+            return y.reshape(*lead, -1)
     y = matmul(x.reshape(-1, x.shape[-1]), weight, fmt, rounding, seed)
     return epilogue(y.reshape(*lead, -1), bias, residual, relu, clip)
 

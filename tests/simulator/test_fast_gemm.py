@@ -424,6 +424,38 @@ def test_products_match_reference(fmt: Format, rows: int) -> None:
         assert same_bits(dense(a, w, None, fmt), ref)
 
 
+@pytest.mark.parametrize("fmt", DIFF_FORMATS, ids=fid)
+@pytest.mark.parametrize("rows", [1, 2, dense_products.GEMV_ROWS])
+@pytest.mark.parametrize("whole", [True, False], ids=["one-call", "general"])
+def test_small_dense_layers_match_reference(fmt: Format, rows: int, whole: bool,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small product of a few rows (a squeeze-excite layer) whole in one compiled call
+    with its epilogue, or through the general steps: the reference's product, then each
+    step of the epilogue, bit for bit (scales far outside fp32's normal range, NaN,
+    infinities)."""
+    from npusim.simulator.kernels import epilogue
+
+    calls = []
+    real = _fast_gemm.dense_rows
+    monkeypatch.setattr(_fast_gemm, "dense_rows", lambda *a: calls.append(1) or real(*a))
+    if not whole:
+        monkeypatch.setattr(dense_products, "SMALL_MACS", 0)
+    rng = np.random.default_rng(rows + fmt.block_size)
+    a = nasty(rng, (rows, 40), fmt)
+    w = quantize(nasty(rng, (12, 40), fmt, nonfinite=False, row_exp=(-20, 10)), fmt)
+    bias = rng.standard_normal(12).astype(np.float32)
+    res = rng.standard_normal((rows, 12)).astype(np.float32)
+    with np.errstate(all="ignore"):
+        product = bfp_matmul(quantize_reference(a, fmt), w,
+                             accumulate=accumulate_blocks_reference)
+        for kw in ({}, {"residual": res, "relu": True}, {"clip": (-1.0, 0.5)},
+                   {"relu": True, "clip": (0.0, 6.0)}):
+            ref = epilogue(product, bias, kw.get("residual"), kw.get("relu", False),
+                           kw.get("clip"))
+            assert same_bits(dense(a, w, bias, fmt, **kw), ref), kw
+    assert bool(calls) == whole
+
+
 @pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
 @pytest.mark.parametrize("batch,shared", [(1, False), (6, False), (6, True)])
 def test_activation_products_match_reference(fmt: Format, batch: int, shared: bool) -> None:
