@@ -105,16 +105,18 @@ class _Emitter:
         b = self.builder
         b.call(self._store, [v, b.inttoptr(addr, _V16F.as_pointer()), ir.Constant(_I32, 4), keep])
 
-    def epilogue(self, s, ep, flags):
-        """``s`` + bias, ReLU, clip (``ep`` float32 ``[bias, lo, hi]``), each step as
-        ``flags`` says; a NaN passes ReLU and the clip (their comparisons are false)."""
+    def epilogue(self, s, ep, flags, bias=None):
+        """``s`` + bias, ReLU, clip (``ep`` float32 ``[bias, lo, hi]``; ``bias``, a
+        vector, instead of its first), each step as ``flags`` says; a NaN passes ReLU and
+        the clip (their comparisons are false)."""
         b = self.builder
         zero = ir.Constant(_V16F, [0.0] * LANES)
 
         def step(bit):
             return b.icmp_signed("!=", b.and_(flags, self.const(bit)), self.const(0))
 
-        bias = _splat(b, self.scalar(ep, 0))
+        if bias is None:
+            bias = _splat(b, self.scalar(ep, 0))
         lo_v, hi_v = _splat(b, self.scalar(ep, 1)), _splat(b, self.scalar(ep, 2))
         s = b.select(step(BIAS), b.fadd(s, bias), s)
         s = b.select(step(RELU), b.select(b.fcmp_ordered("<=", s, zero), zero, s), s)

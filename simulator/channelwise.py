@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from npusim.simulator import _bfp_rows, _fast_direct, _fast_phases, _fma, _fma_rows, threads
+from npusim.simulator import (
+    _bfp_rows,
+    _fast_direct,
+    _fast_phases,
+    _fma,
+    _fma_rows,
+    _fma_stem,
+    threads,
+)
 from npusim.simulator.conv_shares import direct_kind, grain, pad_extent, padded
 from npusim.simulator.numerics import Format
 from npusim.simulator.phase_layout import FlatLayout, flat_layout
@@ -100,10 +108,7 @@ def _depthwise_rows(x, weight, geom, og: int, out, out_hw, finish) -> None:
     oh, ow = out_hw
     k, (sy, sx), (dy, dx) = geom.kernel[0], geom.strides, geom.dilations
     wf = np.ascontiguousarray(weight, np.float32)
-    fused = finish.in_register()
-    bias, relu, clip, lo, hi = fused or (_NO_BIAS, False, False, np.float32(0), np.float32(0))
-    flags = ((_fma_rows.BIAS if bias.size else 0) | (_fma_rows.RELU if relu else 0)
-             | (_fma_rows.CLIP if clip else 0))
+    fused, bias, lo, hi, flags = _in_register(finish)
 
     def share(c0: int, c1: int) -> None:
         _fma_rows.depthwise(x, wf, og, k, sy, sx, dy, dx, *geom.pads[:2], oh, ow, c0 * og,
@@ -117,6 +122,35 @@ def _depthwise_rows(x, weight, geom, og: int, out, out_hw, finish) -> None:
 _NO_BIAS = np.zeros(0, np.float32)
 
 
+def _in_register(finish):
+    """``(fused, bias, lo, hi, flags)`` for a row-vector kernel that applies the epilogue
+    in its registers (``flags`` of :mod:`npusim.simulator._fma_rows`; ``fused`` None when
+    there is a residual: the kernel then stores bare sums, and the finisher runs after)."""
+    fused = finish.in_register()
+    bias, relu, clip, lo, hi = fused or (_NO_BIAS, False, False, np.float32(0), np.float32(0))
+    flags = ((_fma_rows.BIAS if bias.size else 0) | (_fma_rows.RELU if relu else 0)
+             | (_fma_rows.CLIP if clip else 0))
+    return fused, bias, lo, hi, flags
+
+
+def stem(x, weight, geom, out, out_hw, finish) -> None:
+    """An fp32 convolution of one image ``x [3, H, W]`` with a 3x3 window on
+    :func:`npusim.simulator._fma_stem.conv` (in place, the epilogue in the registers
+    unless there is a residual); the threads share the output rows."""
+    oh, ow = out_hw
+    wf = np.ascontiguousarray(weight, np.float32)
+    fused, bias, lo, hi, flags = _in_register(finish)
+    bias = bias if bias.size else np.zeros(wf.shape[0], np.float32)
+
+    def share(y0: int, y1: int) -> None:
+        _fma_stem.conv(x, wf, *geom.strides, *geom.dilations, *geom.pads[:2], oh, ow, y0, y1,
+                       bias, lo, hi, flags, out)
+        if fused is None:
+            finish(0, out.shape[0], y0 * ow, y1 * ow)
+
+    threads.run(share, oh, grain=grain(wf.size * ow, "direct_f32"))
+
+
 def _depthwise_rows_bfp(x, weight, rows, tp, geom, fmt: Format, og: int, out, out_hw,
                         finish) -> None:
     """A block-format convolution of one input channel per group, one unpadded image
@@ -127,10 +161,7 @@ def _depthwise_rows_bfp(x, weight, rows, tp, geom, fmt: Format, og: int, out, ou
     oh, ow = out_hw
     k, (sy, sx), (dy, dx) = geom.kernel[0], geom.strides, geom.dilations
     wq, sw = rows
-    fused = finish.in_register()
-    bias, relu, clip, lo, hi = fused or (_NO_BIAS, False, False, np.float32(0), np.float32(0))
-    flags = ((_fma_rows.BIAS if bias.size else 0) | (_fma_rows.RELU if relu else 0)
-             | (_fma_rows.CLIP if clip else 0))
+    fused, bias, lo, hi, flags = _in_register(finish)
     fm = np.array([fmt.mantissa_bits, fmt.emin, fmt.emax], np.int32)
     bad = np.zeros(out.shape[0], np.bool_)
     _, ky, kx = tp

@@ -36,6 +36,7 @@ from npusim.simulator import (
     _fast_gemm,
     _fma,
     _fma_grouped,
+    _fma_stem,
     _vnni,
     channelwise,
     conv_pixels,
@@ -119,6 +120,9 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
             continue
         if g > 1 and cg > 1 and og < GROUPED_FMA_OUTPUTS and fmt.is_fp32 and _fma.AVAILABLE:
             _conv_grouped_fma(x[i], weight, g, geom, (oh, ow), plane, epi.finisher(i, plane))
+            continue
+        if fmt.is_fp32 and _fma.AVAILABLE and _fma_stem.fits(geom, c, ow):
+            channelwise.stem(x[i], weight, geom, plane, (oh, ow), epi.finisher(i, plane))
             continue
         xp = padded(x[i], geom, (oh, ow))
         if g > 1 and channelwise.grouped_direct(cg, og, len(tp[0])):

@@ -19,6 +19,7 @@ from npusim.simulator import (
     _fast_gemm,
     _fma,
     _fma_rows,
+    _fma_stem,
     _vnni,
     channelwise,
     conv_pixels,
@@ -323,6 +324,43 @@ def test_fp32_depthwise_on_row_vectors_matches_reference(
                                        conv2d_reference(x, wt, None, geom, FP32, **kw),
                                        rtol=1e-5, atol=1e-5)  # NaN where NaN, inf where inf
     assert calls  # the kernel ran
+
+
+STEMS = {
+    # outputs 16 (one call), 20 and 33 (a short last call), 7 (one short call); rows of
+    # 112 (stride 2 on 224: MobileNet's), 64, and narrow ones below the kernel's width
+    "stem-224-s2": (3, 32, 224, 224, ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1))),
+    "stem-o20-s1": (3, 20, 30, 64, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1))),
+    "stem-o33-uneven": (3, 33, 40, 131, ConvGeometry((3, 3), (2, 2), (0, 1, 1, 0))),
+    "stem-o7-1x2-dilated": (3, 7, 9, 40, ConvGeometry((3, 3), (1, 2), (2, 2, 2, 2), (2, 1))),
+    "stem-o16-valid-narrow": (3, 16, 17, 35, ConvGeometry((3, 3), (2, 2), (0, 0, 0, 0))),
+}
+
+
+@pytest.mark.skipif(not _fma.AVAILABLE, reason="no AVX-512 here")
+@pytest.mark.parametrize("name", list(STEMS))
+def test_fp32_stem_on_row_vectors_matches_reference(name: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 convolutions of three channels with a 3x3 window on vectors of output rows
+    read in place, 16 outputs a call (short calls store only theirs), the epilogue in the
+    registers or (with a residual) after; narrow rows too (the kernel's width floor off);
+    NaN and infinities pass the ReLU and the clip."""
+    calls = []
+    real = _fma_stem.conv
+    monkeypatch.setattr(_fma_stem, "conv", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_fma_stem, "WIDTH", 0)
+    c, o, h, w, geom = STEMS[name]
+    _check_fp32_epilogues(c, o, h, w, geom, seed=len(name))
+    x = np.random.default_rng(3).standard_normal((1, c, h, w)).astype(np.float32)
+    for value, step in ((np.inf, 7), (-np.inf, 11), (np.nan, 13)):  # some windows only
+        x.reshape(-1)[::step] = value
+    wt = np.ones((o, 9 * c), np.float32)
+    with np.errstate(all="ignore"):
+        for kw in ({"relu": True}, {"clip": (0.0, 6.0)}):
+            np.testing.assert_allclose(conv2d(x, wt, None, geom, FP32, **kw),
+                                       conv2d_reference(x, wt, None, geom, FP32, **kw),
+                                       rtol=1e-5, atol=1e-5)
+    assert calls
 
 
 ROW_FORMATS = [f for f in DIFF_FORMATS if f.block_size in _bfp_rows.BLOCKS
