@@ -218,7 +218,7 @@ def _im2col_quantize(xp, kc, ky, kx, oy0, oy1, ow, sy, sx, mbits, emin, emax, q,
     n = (oy1 - oy0) * ow
     q[:, :, n:] = 0.0
     sa[:, n:] = np.nan
-    v = np.empty((block, n), np.float32)
+    v = np.empty((min(block, kc.shape[0]), n), np.float32)  # the rows a block gathers
     scratch = np.empty((3, n), np.float64)
     for j in range(nblocks):
         nb = _gather_block(xp, kc, ky, kx, j * block, block, oy0, oy1, ow, sy, sx, v)
