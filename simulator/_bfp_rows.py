@@ -174,66 +174,38 @@ BLOCKS = (16, 32)
 on any size)."""
 
 
-def fits(geom, block: int) -> bool:
-    """Whether a convolution of one input channel per group in a format of ``block``
-    runs here: a window of :data:`WINDOWS`, cut into blocks of :data:`BLOCKS` or held in
-    one, a column stride of 1 or 2."""
+def fits(geom, block: int, out_h: int) -> bool:
+    """Whether a convolution of one input channel per group in a format of ``block`` with
+    ``out_h`` output rows runs here: a window of :data:`WINDOWS`, cut into blocks of
+    :data:`BLOCKS` or held in one, a column stride of 1 or 2, at least ``ROWS`` output
+    rows (the last group of rows shifted up, as in :mod:`npusim.simulator._fma_rows`)."""
     kh, kw = geom.kernel
     return (kh == kw and kh in WINDOWS and geom.strides[1] in (1, 2)
-            and (block in BLOCKS or block >= kh * kw))
+            and (block in BLOCKS or block >= kh * kw) and out_h >= ROWS)
 
 
-(_k3s1, _k3s1_one, _k3s2, _k3s2_one) = (
-    _vectors(3, s2, r, (9,)) for s2 in (False, True) for r in (ROWS, 1))
-(_k5s1, _k5s1_one, _k5s2, _k5s2_one, _k5s1b, _k5s1b_one, _k5s2b, _k5s2b_one) = (
-    _vectors(5, s2, r, blocks_of(25, b)) for b in (25, 16) for s2 in (False, True)
-    for r in (ROWS, 1))
-(_k7s1, _k7s1_one, _k7s2, _k7s2_one, _k7s1b, _k7s1b_one, _k7s2b, _k7s2b_one,
- _k7s1c, _k7s1c_one, _k7s2c, _k7s2c_one) = (
-    _vectors(7, s2, r, blocks_of(49, b)) for b in (49, 16, 32) for s2 in (False, True)
-    for r in (ROWS, 1))
+(_k3s1, _k3s2) = (_vectors(3, s2, ROWS, (9,)) for s2 in (False, True))
+(_k5s1, _k5s2, _k5s1b, _k5s2b) = (
+    _vectors(5, s2, ROWS, blocks_of(25, b)) for b in (25, 16) for s2 in (False, True))
+(_k7s1, _k7s2, _k7s1b, _k7s2b, _k7s1c, _k7s2c) = (
+    _vectors(7, s2, ROWS, blocks_of(49, b)) for b in (49, 16, 32) for s2 in (False, True))
 
 
 @numba.njit(cache=True, nogil=True)
-def _run3(sx, one, args):  # pragma: no cover - compiled
-    if sx == 1:
-        return _k3s1_one(*args) if one else _k3s1(*args)
-    return _k3s2_one(*args) if one else _k3s2(*args)
-
-
-@numba.njit(cache=True, nogil=True)
-def _run5(block, sx, one, args):  # pragma: no cover - compiled
-    if block >= 25:
-        if sx == 1:
-            return _k5s1_one(*args) if one else _k5s1(*args)
-        return _k5s2_one(*args) if one else _k5s2(*args)
-    if sx == 1:
-        return _k5s1b_one(*args) if one else _k5s1b(*args)
-    return _k5s2b_one(*args) if one else _k5s2b(*args)
-
-
-@numba.njit(cache=True, nogil=True)
-def _run7(block, sx, one, args):  # pragma: no cover - compiled
-    if block >= 49:
-        if sx == 1:
-            return _k7s1_one(*args) if one else _k7s1(*args)
-        return _k7s2_one(*args) if one else _k7s2(*args)
-    if block == 16:
-        if sx == 1:
-            return _k7s1b_one(*args) if one else _k7s1b(*args)
-        return _k7s2b_one(*args) if one else _k7s2b(*args)
-    if sx == 1:
-        return _k7s1c_one(*args) if one else _k7s1c(*args)
-    return _k7s2c_one(*args) if one else _k7s2c(*args)
-
-
-@numba.njit(cache=True, nogil=True)
-def _run(k, block, sx, one, args):  # pragma: no cover - compiled
+def _run(k, block, sx, args):  # pragma: no cover - compiled
+    """One call of the kernel of window ``k x k``, blocks of ``block``, stride ``sx``."""
+    one = sx == 1
     if k == 3:
-        return _run3(sx, one, args)
+        return _k3s1(*args) if one else _k3s2(*args)
     if k == 5:
-        return _run5(block, sx, one, args)
-    return _run7(block, sx, one, args)
+        if block >= 25:
+            return _k5s1(*args) if one else _k5s2(*args)
+        return _k5s1b(*args) if one else _k5s2b(*args)
+    if block >= 49:
+        return _k7s1(*args) if one else _k7s2(*args)
+    if block == 16:
+        return _k7s1b(*args) if one else _k7s2b(*args)
+    return _k7s1c(*args) if one else _k7s2c(*args)
 
 
 BIAS = 1
@@ -274,11 +246,9 @@ def depthwise(x, wq, sw, og, k, sy, sx, dy, dx, top, left, oh, ow, block, fm, o0
         for b in range(omask.size):
             cb, mb = ca + b * k * 8, ma + b * k * 8
             ob = oa + (o * oh * ow + b * LANES) * 4
-            oy = 0
-            while oy < oh:
-                one = oy + ROWS > oh
-                worse |= _run(k, block, sx, one, (ra + oy * k * 8, cb, mb, wo, so,
-                                                  ob + oy * ow * 4, ow * 4, omask[b], ea,
-                                                  flags, fa))
-                oy += 1 if one else ROWS
+            for first in range(0, oh, ROWS):
+                oy = min(first, oh - ROWS)  # the last group ends at the last row
+                worse |= _run(k, block, sx, (ra + oy * k * 8, cb, mb, wo, so,
+                                             ob + oy * ow * 4, ow * 4, omask[b], ea, flags,
+                                             fa))
         bad[o] = worse != 0

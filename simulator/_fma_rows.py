@@ -179,7 +179,10 @@ def _vectors(kh: int, kw: int, stride2: bool, rows: int, pool: bool):
 
 
 ROWS = 4
-"""Output rows a call of the kernel runs at once (one vector of each)."""
+"""Output rows a call of the kernel runs at once (one vector of each). A plane of fewer
+rows takes another path; a last group of fewer is shifted up to end at the plane's last
+row, recomputing rows already made (the same values), so that one kernel per window and
+stride serves (half the code to compile)."""
 
 DEPTHWISE_WINDOWS = ((3, 3), (5, 5), (7, 7))
 """The windows :func:`depthwise` is compiled for (MobileNet's, MnasNet's and
@@ -190,60 +193,43 @@ POOL_WINDOWS = ((2, 2), (3, 3), (5, 5))
 GoogLeNet and SqueezeNet, YOLO's 5x5)."""
 
 
-def depthwise_fits(geom) -> bool:
-    """Whether a convolution of one input channel per group runs on :func:`depthwise`: a
-    window of :data:`DEPTHWISE_WINDOWS`, a column stride of 1 or 2."""
-    return geom.kernel in DEPTHWISE_WINDOWS and geom.strides[1] in (1, 2)
+def depthwise_fits(geom, out_h: int) -> bool:
+    """Whether a convolution of one input channel per group with ``out_h`` output rows
+    runs on :func:`depthwise`: a window of :data:`DEPTHWISE_WINDOWS`, a column stride of
+    1 or 2, at least :data:`ROWS` output rows."""
+    return geom.kernel in DEPTHWISE_WINDOWS and geom.strides[1] in (1, 2) and out_h >= ROWS
 
 
-def maxpool_fits(geom) -> bool:
-    """Whether a max pooling runs on :func:`maxpool`: a window of :data:`POOL_WINDOWS`, a
-    column stride of 1 or 2."""
-    return geom.kernel in POOL_WINDOWS and geom.strides[1] in (1, 2)
+def maxpool_fits(geom, out_h: int) -> bool:
+    """Whether a max pooling with ``out_h`` output rows runs on :func:`maxpool`: a window
+    of :data:`POOL_WINDOWS`, a column stride of 1 or 2, at least :data:`ROWS` output
+    rows."""
+    return geom.kernel in POOL_WINDOWS and geom.strides[1] in (1, 2) and out_h >= ROWS
 
 
-(_d3s1, _d3s1_one, _d3s2, _d3s2_one, _d5s1, _d5s1_one, _d5s2, _d5s2_one,
- _d7s1, _d7s1_one, _d7s2, _d7s2_one) = (
-    _vectors(k, k, s2, r, False) for k in (3, 5, 7) for s2 in (False, True) for r in (ROWS, 1))
-(_p2s1, _p2s1_one, _p2s2, _p2s2_one, _p3s1, _p3s1_one, _p3s2, _p3s2_one,
- _p5s1, _p5s1_one, _p5s2, _p5s2_one) = (
-    _vectors(k, k, s2, r, True) for k in (2, 3, 5) for s2 in (False, True) for r in (ROWS, 1))
+(_d3s1, _d3s2, _d5s1, _d5s2, _d7s1, _d7s2) = (
+    _vectors(k, k, s2, ROWS, False) for k in (3, 5, 7) for s2 in (False, True))
+(_p2s1, _p2s2, _p3s1, _p3s2, _p5s1, _p5s2) = (
+    _vectors(k, k, s2, ROWS, True) for k in (2, 3, 5) for s2 in (False, True))
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(pool, k, sx, rows, args):  # pragma: no cover - compiled
-    """One call of the kernel of window ``k x k``, stride ``sx``, ``rows`` rows (ROWS or
-    1), a depthwise convolution's or (``pool``) a max pooling's."""
-    one = rows != ROWS
+def _run(pool, k, sx, args):  # pragma: no cover - compiled
+    """One call of the kernel of window ``k x k``, stride ``sx``, a depthwise
+    convolution's or (``pool``) a max pooling's."""
     if pool:
         if k == 2:
-            if sx == 1:
-                _p2s1_one(*args) if one else _p2s1(*args)
-            else:
-                _p2s2_one(*args) if one else _p2s2(*args)
+            _p2s1(*args) if sx == 1 else _p2s2(*args)
         elif k == 3:
-            if sx == 1:
-                _p3s1_one(*args) if one else _p3s1(*args)
-            else:
-                _p3s2_one(*args) if one else _p3s2(*args)
-        elif sx == 1:
-            _p5s1_one(*args) if one else _p5s1(*args)
+            _p3s1(*args) if sx == 1 else _p3s2(*args)
         else:
-            _p5s2_one(*args) if one else _p5s2(*args)
+            _p5s1(*args) if sx == 1 else _p5s2(*args)
     elif k == 3:
-        if sx == 1:
-            _d3s1_one(*args) if one else _d3s1(*args)
-        else:
-            _d3s2_one(*args) if one else _d3s2(*args)
+        _d3s1(*args) if sx == 1 else _d3s2(*args)
     elif k == 5:
-        if sx == 1:
-            _d5s1_one(*args) if one else _d5s1(*args)
-        else:
-            _d5s2_one(*args) if one else _d5s2(*args)
-    elif sx == 1:
-        _d7s1_one(*args) if one else _d7s1(*args)
+        _d5s1(*args) if sx == 1 else _d5s2(*args)
     else:
-        _d7s2_one(*args) if one else _d7s2(*args)
+        _d7s1(*args) if sx == 1 else _d7s2(*args)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -298,12 +284,10 @@ def _planes(x, wt, og, k, sy, sx, dy, dx, top, left, oh, ow, o0, o1, bias, lo, h
         for b in range(omask.size):
             cb, mb = ca + b * k * 8, ma + b * k * 8
             ob = oa + (o * oh * ow + b * LANES) * 4
-            oy = 0
-            while oy < oh:
-                rows = ROWS if oy + ROWS <= oh else 1
-                _run(pool, k, sx, rows, (ra + oy * k * 8, cb, mb, wo, ob + oy * ow * 4, ow * 4,
-                                         omask[b], ea, flags))
-                oy += rows
+            for first in range(0, oh, ROWS):
+                oy = min(first, oh - ROWS)  # the last group ends at the last row
+                _run(pool, k, sx, (ra + oy * k * 8, cb, mb, wo, ob + oy * ow * 4, ow * 4,
+                                   omask[b], ea, flags))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -57,10 +57,11 @@ def one_channel_per_group(hw: tuple[int, int], weight, tp, geom, fmt: Format, og
     group: vectorized along the channels (narrow planes), on the phase layout, or on
     padded planes (when the layout does not fit)."""
     groups = weight.shape[0] // og
-    if fmt.is_fp32 and _fma.AVAILABLE and _fma_rows.depthwise_fits(geom):
+    if fmt.is_fp32 and _fma.AVAILABLE and _fma_rows.depthwise_fits(geom, out_hw[0]):
         return lambda x, plane, finish: _depthwise_rows(x, weight, geom, og, plane, out_hw,
                                                         finish)
-    if not fmt.is_fp32 and _bfp_rows.AVAILABLE and _bfp_rows.fits(geom, fmt.block_size):
+    if (not fmt.is_fp32 and _bfp_rows.AVAILABLE
+            and _bfp_rows.fits(geom, fmt.block_size, out_hw[0])):
         rows = _tiles(weight).rows_f32(weight)
         if rows is not None:
             return lambda x, plane, finish: _depthwise_rows_bfp(x, weight, rows, tp, geom, fmt,

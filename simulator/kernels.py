@@ -258,7 +258,7 @@ def maxpool(x: np.ndarray, geom: ConvGeometry, ceil_mode: bool = False) -> np.nd
     """The vector unit's max pooling: :func:`maxpool_reference`'s numbers, by a numba
     kernel over each plane laid out in its stride phases (:func:`_pool_phases`)."""
     oh, ow = geom.output_hw(x.shape[2], x.shape[3], ceil_mode)
-    if _fma.AVAILABLE and _fma_rows.maxpool_fits(geom) and oh * ow > 0:
+    if _fma.AVAILABLE and _fma_rows.maxpool_fits(geom, oh) and ow > 0:
         return _maxpool_rows(x, geom, (oh, ow))
     if oh * ow <= POOL_OUTPUTS:
         return maxpool_reference(x, geom, ceil_mode)

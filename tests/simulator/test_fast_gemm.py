@@ -155,8 +155,8 @@ def test_depthwise_paths_match_reference(fmt: Format, name: str, extreme: bool, 
     plane, here one output row at a time (the small cases would otherwise take one of the
     kernels whole). A case the phase layout does not fit takes the padded planes."""
     monkeypatch.setattr(channelwise, "FMA_GROUPS", 10**9)  # their own tests below
-    monkeypatch.setattr(_fma_rows, "depthwise_fits", lambda geom: False)
-    monkeypatch.setattr(_bfp_rows, "fits", lambda geom, block: False)
+    monkeypatch.setattr(_fma_rows, "depthwise_fits", lambda geom, out_h: False)
+    monkeypatch.setattr(_bfp_rows, "fits", lambda geom, block, out_h: False)
     if path.startswith("phase-layout"):
         monkeypatch.setattr(channelwise, "CHANNEL_WIDTH", 0)
         if path.endswith("a-row-at-a-time"):
@@ -279,18 +279,19 @@ def test_fp32_depthwise_on_channel_tiles_matches_reference(
     to whole vectors), with each epilogue."""
     monkeypatch.setattr(channelwise, "FMA_GROUPS", 1)
     monkeypatch.setattr(channelwise, "FMA_WIDTH", 10**9)
-    monkeypatch.setattr(_fma_rows, "depthwise_fits", lambda geom: False)
+    monkeypatch.setattr(_fma_rows, "depthwise_fits", lambda geom, out_h: False)
     c, o, h, w, geom = FMA_DEPTHWISE[name] if name in FMA_DEPTHWISE else \
         (CONVS[name] if name in CONVS else WIDE_DEPTHWISE[name])
     _check_fp32_epilogues(c, o, h, w, geom, seed=len(name))
 
 
 ROW_DEPTHWISE = {
-    # output rows 15, 16 and 17 wide (a vector, one whole, one and a lane), 3 and 5 rows
-    # (one call of ROWS and the rest one at a time), stride 2 in both directions or in the
-    # columns only, dilated, a multiplier of 2, more padding than the window needs, 7x7
+    # output rows 15, 16 and 17 wide (a vector, one whole, one and a lane), 4 to 11 rows
+    # (one call of ROWS, and the last group shifted up over rows already made), stride 2
+    # in both directions or in the columns only, dilated, a multiplier of 2, more padding
+    # than the window needs, 7x7
     "rows-15-5x5": (6, 6, 5, 15, ConvGeometry((5, 5), (1, 1), (2, 2, 2, 2), groups=6)),
-    "rows-16-stride2": (5, 5, 6, 32, ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1), groups=5)),
+    "rows-16-stride2": (5, 5, 8, 32, ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1), groups=5)),
     "rows-17-uneven": (4, 4, 9, 17, ConvGeometry((3, 3), (1, 1), (0, 2, 1, 0), groups=4)),
     "rows-stride-1x2-5x5": (3, 6, 11, 37, ConvGeometry((5, 5), (1, 2), (2, 2, 2, 2),
                                                        groups=3)),

@@ -41,7 +41,7 @@ def test_pools_match_their_definitions(ceil_mode: bool, columns: int, shape, max
     monkeypatch.setattr(kernels, "POOL_COLUMNS", columns)  # an output row at a time, or all
     monkeypatch.setattr(kernels, "POOL_OUTPUTS", 0)  # the kernel even for one output
     if not max_rows:
-        monkeypatch.setattr(_fma_rows, "maxpool_fits", lambda geom: False)
+        monkeypatch.setattr(_fma_rows, "maxpool_fits", lambda geom, out_h: False)
     rng = np.random.default_rng(int(ceil_mode))
     x = (rng.standard_normal(shape) * 2.0 ** rng.integers(-30, 30, shape)).astype(np.float32)
     x[0, 0, 1, 2], x[-1, 1, 4, 4], x[-1, 1, 0, 0] = np.nan, np.inf, -np.inf
