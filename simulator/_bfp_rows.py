@@ -35,7 +35,7 @@ from numba.extending import intrinsic
 
 from npusim.simulator import _fma
 from npusim.simulator._fma import _I32, _V16F, LANES, _fma_v16, _splat
-from npusim.simulator._fma_rows import ROWS, _Emitter, _tables
+from npusim.simulator._fma_rows import ROWS, _Emitter, _row_addresses, _tables
 from npusim.simulator.cpu import host_has
 
 AVAILABLE = _fma.AVAILABLE and host_has("avx512dq")
@@ -237,10 +237,7 @@ def depthwise(x, wq, sw, og, k, sy, sx, dy, dx, top, left, oh, ow, block, fm, o0
     for o in range(o0, o1):
         if flags & BIAS:
             ep[0] = bias[o]
-        xc = xa + (o // og) * h * w * 4
-        for oy in range(oh):
-            for ky in range(k):
-                rtab[oy, ky] = xc + roff[oy, ky] if roff[oy, ky] >= 0 else pa
+        _row_addresses(roff, xa + (o // og) * h * w * 4, pa, rtab)
         wo, so = wa + o * kp * 4, sa + o * nb * 4
         worse = 0
         for b in range(omask.size):

@@ -258,6 +258,15 @@ def _tables(h, w, kh, kw, sy, sx, dy, dx, top, left, oh, ow):  # pragma: no cove
     return rows, cols, masks, omask
 
 
+@numba.njit(cache=True, inline="always")
+def _row_addresses(roff, plane, padding, rtab):  # pragma: no cover - compiled
+    """``rtab[oy, ky]``: the byte address of output row ``oy``'s window row ``ky``, at
+    ``roff``'s offset in the plane at ``plane``, or the padding row's (``roff`` -1)."""
+    for oy in range(roff.shape[0]):
+        for ky in range(roff.shape[1]):
+            rtab[oy, ky] = plane + roff[oy, ky] if roff[oy, ky] >= 0 else padding
+
+
 @numba.njit(cache=True, nogil=True)
 def _planes(x, wt, og, k, sy, sx, dy, dx, top, left, oh, ow, o0, o1, bias, lo, hi, flags,
             pool, out):  # pragma: no cover - compiled
@@ -276,10 +285,7 @@ def _planes(x, wt, og, k, sy, sx, dy, dx, top, left, oh, ow, o0, o1, bias, lo, h
     for o in range(o0, o1):
         if flags & BIAS:
             ep[0] = bias[o]
-        xc = xa + (o // og) * h * w * 4
-        for oy in range(oh):
-            for ky in range(k):
-                rtab[oy, ky] = xc + roff[oy, ky] if roff[oy, ky] >= 0 else pa
+        _row_addresses(roff, xa + (o // og) * h * w * 4, pa, rtab)
         wo = wa + (0 if pool else o * k * k * 4)
         for b in range(omask.size):
             cb, mb = ca + b * k * 8, ma + b * k * 8

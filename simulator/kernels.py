@@ -18,7 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npusim.simulator import _fast, _fast_phases, _fma, _fma_rows, gemm, phase_layout, threads
+from npusim.simulator import (
+    _fast,
+    _fast_phases,
+    _fma,
+    _fma_rows,
+    gemm,
+    phase_layout,
+    threads,
+)
+from npusim.simulator import dense as dense_layers
 from npusim.simulator.numerics import (
     BfpTensor,
     Format,
@@ -212,9 +221,7 @@ def dense(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None
     lead = x.shape[:-1]
     if (isinstance(weight, BfpTensor) and weight.fmt == fmt
             and Rounding(rounding) == Rounding.NEAREST_EVEN and gemm.supported(fmt)):
-        from npusim.simulator import dense as _dense
-
-        y = _dense.small(x.reshape(-1, x.shape[-1]), weight, bias,
+        y = dense_layers.small(x.reshape(-1, x.shape[-1]), weight, bias,
                          None if residual is None else residual.reshape(-1, weight.shape[0]),
                          relu, clip)
         if y is not None:
@@ -234,10 +241,8 @@ def matmul_act(a: np.ndarray, b: np.ndarray, fmt: Format,
     """
     if (not fmt.is_fp32 and Rounding(rounding) == Rounding.NEAREST_EVEN
             and gemm.supported(fmt)):  # the whole batch at once, the same numbers
-        from npusim.simulator import dense
-
         wt = np.ascontiguousarray(np.swapaxes(b, 1, 2), np.float32)
-        return dense.matmul_batched(quantize(np.asarray(a, np.float32), fmt),
+        return dense_layers.matmul_batched(quantize(np.asarray(a, np.float32), fmt),
                                     quantize(wt, fmt))
     out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.float32)
     for i in range(a.shape[0]):
