@@ -498,22 +498,6 @@ def product(X, koff, W, m0, m1, r0, r1, kc, out):  # pragma: no cover - compiled
                       orow, k0)
 
 
-@numba.njit(cache=True, nogil=True)
-def product_inplace(X, W, m0, m1, r0, r1, kc, out):  # pragma: no cover - compiled
-    """:func:`product` of a 1x1 convolution's input ``X [C, N]`` read in place
-    (``koff[c] = c * N * 4``): the tile that would read past ``N`` reads a zero-padded
-    copy of its columns instead."""
-    c, n = X.shape
-    koff = np.arange(c, dtype=np.int64) * (n * 4)
-    tiles = min(-(-(m1 - m0) // COLUMNS), max(0, n - m0) // COLUMNS)  # wholly inside
-    full = m0 + tiles * COLUMNS
-    product(X, koff, W, m0, full, r0, r1, kc, out)
-    if full < m1:  # one more tile, past the end of X
-        tail = np.zeros((c, COLUMNS), np.float32)
-        tail[:, :n - full] = X[:, full:n]
-        product(tail, koff // n * COLUMNS, W, 0, COLUMNS, r0, r1, kc, out[:, full - m0:])
-
-
 def chunk(k: int) -> int:
     """Rows of ``K`` per chunk: ``CHUNK_BYTES`` of a row tile's weights, in chunks of
     about equal size."""

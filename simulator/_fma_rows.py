@@ -32,8 +32,9 @@ from numba.extending import intrinsic
 
 from npusim.simulator._fma import _F32, _I32, _V16F, LANES, _fma_v16, _splat, _word
 
-BIAS, RELU, CLIP = 1, 2, 4
-"""Bits of the epilogue ``flags`` the depthwise kernel applies itself."""
+BIAS, RELU, CLIP, RESIDUAL = 1, 2, 4, 8
+"""Bits of the epilogue ``flags`` a kernel applies itself (the depthwise one takes no
+residual)."""
 
 
 class _Emitter:
@@ -107,22 +108,38 @@ class _Emitter:
 
     def epilogue(self, s, ep, flags, bias=None):
         """``s`` + bias, ReLU, clip (``ep`` float32 ``[bias, lo, hi]``; ``bias``, a
-        vector, instead of its first), each step as ``flags`` says; a NaN passes ReLU and
-        the clip (their comparisons are false)."""
+        vector, instead of its first), each step as ``flags`` says (:func:`epilogue`)."""
         b = self.builder
-        zero = ir.Constant(_V16F, [0.0] * LANES)
-
-        def step(bit):
-            return b.icmp_signed("!=", b.and_(flags, self.const(bit)), self.const(0))
-
         if bias is None:
             bias = _splat(b, self.scalar(ep, 0))
-        lo_v, hi_v = _splat(b, self.scalar(ep, 1)), _splat(b, self.scalar(ep, 2))
-        s = b.select(step(BIAS), b.fadd(s, bias), s)
-        s = b.select(step(RELU), b.select(b.fcmp_ordered("<=", s, zero), zero, s), s)
-        clipped = b.select(b.fcmp_ordered("<", s, lo_v), lo_v, s)
-        clipped = b.select(b.fcmp_ordered(">", clipped, hi_v), hi_v, clipped)
-        return b.select(step(CLIP), clipped, s)
+        return epilogue(b, s, flags, bias, _splat(b, self.scalar(ep, 1)),
+                        _splat(b, self.scalar(ep, 2)))
+
+
+def relu(b, s):
+    """The code of ReLU on vector ``s`` in fp32: a NaN passes (its comparison is false),
+    -0 becomes +0."""
+    zero = ir.Constant(_V16F, [0.0] * LANES)
+    return b.select(b.fcmp_ordered("<=", s, zero), zero, s)
+
+
+def clip(b, s, lo, hi):
+    """The code of vector ``s`` clipped to ``[lo, hi]`` (vectors): a NaN passes."""
+    s = b.select(b.fcmp_ordered("<", s, lo), lo, s)
+    return b.select(b.fcmp_ordered(">", s, hi), hi, s)
+
+
+def epilogue(b, s, flags, bias, lo, hi):
+    """The code of ``s`` + ``bias``, ReLU, clip to ``[lo, hi]`` (vectors), each step
+    where the int64 ``flags`` has its bit (:data:`BIAS`, :data:`RELU`, :data:`CLIP`): the
+    steps and order of :func:`npusim.simulator._vnni.store`."""
+    def step(bit):
+        return b.icmp_signed("!=", b.and_(flags, ir.Constant(flags.type, bit)),
+                             ir.Constant(flags.type, 0))
+
+    s = b.select(step(BIAS), b.fadd(s, bias), s)
+    s = b.select(step(RELU), relu(b, s), s)
+    return b.select(step(CLIP), clip(b, s, lo, hi), s)
 
 
 def _vectors(kh: int, kw: int, stride2: bool, rows: int, pool: bool):

@@ -63,6 +63,15 @@ class Finisher:
             return None
         return epi.bias, epi.relu, epi.clip, np.float32(epi.lo), np.float32(epi.hi)
 
+    def whole(self) -> tuple[np.ndarray, np.ndarray, bool, bool, np.float32, np.float32]:
+        """``(bias, residual, relu, clip, lo, hi)`` for a kernel that applies the whole
+        epilogue in its registers, from row ``base`` of the plane on: ``bias`` and
+        ``residual`` (``[rows, N]``) empty when there is none."""
+        epi = self.epi
+        res = _NONE2 if epi.residual is None else epi.residual[self.image, self.base:]
+        return (epi.bias[self.base:], res, epi.relu, epi.clip, np.float32(epi.lo),
+                np.float32(epi.hi))
+
     def store(self, t: np.ndarray, width: int, ow: int, rows: int, o: int, n0: int,
               groups: tuple[int, int] | None = None) -> None:
         """Output rows ``0...o`` from ``t [>= o, >= rows * width]`` (``rows`` lines of

@@ -36,6 +36,7 @@ from npusim.simulator import (
     _fast_gemm,
     _fma,
     _fma_grouped,
+    _fma_pointwise,
     _fma_stem,
     _vnni,
     channelwise,
@@ -481,20 +482,45 @@ def _conv_fma(xp, w: np.ndarray, groups: int, grp: int, geom, out_hw, out, finis
     wts = packed_f32(w, groups, taps)[grp]
     rows, k = wts.shape[0] * _fma.ROWS, wts.shape[1]
     kc = _fma.chunk(k)
-    if (kh, kw) == (1, 1) and (sy, sx) == (1, 1) and out_hw == (hp, wp):  # in place
-        flat, wq = xp.reshape(c, hp * wp), wp
+    if (kh, kw) == (1, 1) and (sy, sx) == (1, 1) and out_hw == (hp, wp):
+        _pointwise_fma(xp.reshape(c, hp * wp), wts, kc, out, finish, run)
+        return
+    x, hq, wq, length = _fma_phases(xp, geom, _fma.COLUMNS, run)
+    koff = _row_offsets(c, length, geom, hq, wq)
 
-        def product(m0: int, m1: int, r0: int, r1: int, t: np.ndarray) -> None:
-            _fma.product_inplace(flat, wts, m0, m1, r0, r1, kc, t)
-    else:
-        x, hq, wq, length = _fma_phases(xp, geom, _fma.COLUMNS, run)
-        koff = _row_offsets(c, length, geom, hq, wq)
-
-        def product(m0: int, m1: int, r0: int, r1: int, t: np.ndarray) -> None:
-            _fma.product(x, koff, wts, m0, m1, r0, r1, kc, t)
+    def product(m0: int, m1: int, r0: int, r1: int, t: np.ndarray) -> None:
+        _fma.product(x, koff, wts, m0, m1, r0, r1, kc, t)
 
     _at_phase_width(product, rows, _fma.ROWS, _fma.COLUMNS, rows * k, "fma", out_hw, wq,
                     out.shape[0], finish, run)
+
+
+def _pointwise_fma(x, wts, kc: int, out, finish, run) -> None:
+    """A 1x1 convolution at stride 1 of ``x [C, N]``, read in place, on
+    :func:`npusim.simulator._fma_pointwise.conv`: straight into ``out [O, N]`` with the
+    epilogue; the threads share the pixels, or the rows when there are few pixels."""
+    c, n = x.shape
+    rows = wts.shape[0] * _fma.ROWS
+    bias, res, relu, clip, lo, hi = finish.whole()
+    flags = ((_fma_pointwise.BIAS if bias.size else 0) | (_fma_pointwise.RELU if relu else 0)
+             | (_fma_pointwise.CLIP if clip else 0)
+             | (_fma_pointwise.RESIDUAL if res.size else 0))
+    padded_bias = np.zeros(rows, np.float32)
+    if bias.size:
+        padded_bias[:out.shape[0]] = bias[:out.shape[0]]
+    cols = _fma.COLUMNS
+    step = max(cols, max(TILE_COLUMNS, TILE_BYTES // (4 * rows)) // cols * cols)
+
+    def conv(m0: int, m1: int, r0: int, r1: int) -> None:
+        _fma_pointwise.conv(x, wts, m0, m1, r0, r1, kc, step, out, padded_bias, res, lo, hi,
+                            flags)
+
+    if n <= FEW_COLUMNS:  # few pixels: the threads share the rows
+        run(lambda t0, t1: conv(0, n, t0 * _fma.ROWS, t1 * _fma.ROWS), rows // _fma.ROWS,
+            grain=grain(_fma.ROWS * c * n, "fma"))
+        return
+    run(lambda t0, t1: conv(t0 * cols, min(n, t1 * cols), 0, rows), -(-n // cols),
+        grain=grain(rows * c * cols, "fma"))
 
 
 GROUPED_FMA_OUTPUTS = 64

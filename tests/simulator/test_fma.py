@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """The fp32 direct-convolution kernel (npusim.simulator._fma) against float64 sums: the
-phase layout, the weights' order, chunks of K, row and column tiles, a 1x1 read in place
-with its last tile past the input's end. fp32 mode's sums have no fixed order
-(``docs/numerics.md``), so these compare with a tolerance; on a CPU without AVX-512 only
-the gate is tested (the kernel is never compiled there)."""
+phase layout, the weights' order, chunks of K, row and column tiles; and its 1x1 tiles
+read in place and written into the planes with the epilogue
+(npusim.simulator._fma_pointwise). fp32 mode's sums have no fixed order
+(``docs/numerics.md``), so these compare with a tolerance (the epilogue's steps on them,
+bit for bit); on a CPU without AVX-512 only the gate is tested (the kernel is never
+compiled there)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numba
 import numpy as np
 import pytest
 
-from npusim.simulator import _fma, conv_shares, cpu, gemm
+from npusim.simulator import _fma, _fma_pointwise, conv_shares, cpu, gemm
 from npusim.simulator.kernels import ConvGeometry
 from npusim.simulator.numerics import get_format
 
@@ -45,20 +47,71 @@ def test_product_is_the_matrix_product(rows: int, k: int, m: int, kc: int) -> No
     close(half, out[rows - 8:])
 
 
+def _epilogue(s, bias=None, res=None, relu=False, clip=None):
+    """numpy's fp32 steps of the epilogue on bare sums ``s [O, N]``."""
+    v = s.copy()
+    if bias is not None:
+        v = v + bias[:, None]
+    if res is not None:
+        v = v + res
+    if relu:
+        v = np.where(v <= 0, np.float32(0), v)
+    if clip is not None:
+        v = np.where(v < clip[0], clip[0], v)
+        v = np.where(v > clip[1], clip[1], v)
+    return v.astype(np.float32)
+
+
 @needs_fma
-@pytest.mark.parametrize("n", [47, 48, 100, 5])
-def test_product_inplace_reads_nothing_past_the_input(n: int) -> None:
-    """A 1x1 product read in place: the last tile, which would read past ``N``, reads a
-    zero-padded copy; any range of columns."""
-    rng = np.random.default_rng(n)
-    x = rng.standard_normal((20, n)).astype(np.float32)
-    wf = rng.standard_normal((16, 20)).astype(np.float32)
+@pytest.mark.parametrize("c,o,n,kc", [(20, 16, 47, 7), (3, 21, 48, 3), (70, 9, 500, 32),
+                                      (16, 96, 1000, 16), (1, 8, 5, 1)])
+def test_pointwise_writes_the_output_with_its_epilogue_and_nothing_else(
+        c: int, o: int, n: int, kc: int) -> None:
+    """A 1x1 product read in place straight into the planes: the sums within fp32 of
+    float64's over any chunks of K, any rows and pixels; each epilogue the bits of numpy's
+    steps on those sums (NaN and infinities in the residual); nothing written past the
+    output's rows or pixels, in memory between its rows."""
+    rng = np.random.default_rng(c * n)
+    x = rng.standard_normal((c, n)).astype(np.float32)
+    wf = rng.standard_normal((o, c)).astype(np.float32)
     w = _fma.pack_weights(wf, 1)
-    for m0, m1 in ((0, n), (n // 3, n), (0, max(1, n // 2))):
-        tiles = -(-(m1 - m0) // _fma.COLUMNS) * _fma.COLUMNS
-        out = np.full((16, tiles), np.nan, np.float32)
-        _fma.product_inplace(x, w, m0, m1, 0, 16, 7, out)
-        close(out[:, :m1 - m0], wf.astype(np.float64) @ x[:, m0:m1].astype(np.float64))
+    rows = w.shape[0] * _fma.ROWS
+    bias = np.zeros(rows, np.float32)
+    bias[:o] = rng.standard_normal(o)
+    res = rng.standard_normal((o, n)).astype(np.float32)
+    res.flat[::7] = np.nan
+    res.flat[1::11] = np.inf
+    res.flat[2::13] = -np.inf
+    none = np.empty((0, 0), np.float32)
+
+    def run(flags, r=none, lo=0.0, hi=0.0, m=(0, n), rr=(0, rows)):
+        big = np.full((o + 2, n + 40), np.nan, np.float32)  # rows 1...o, pixels 5...n + 5
+        out = big[1:o + 1, 5:n + 5]
+        if flags & _fma_pointwise.RESIDUAL:  # the residual's rows as far apart as out's
+            rb = np.empty_like(big)
+            rb[1:o + 1, 5:n + 5] = r
+            r = rb[1:o + 1, 5:n + 5]
+        _fma_pointwise.conv(x, w, *m, *rr, kc, 2 * _fma.COLUMNS, out, bias, r,
+                            np.float32(lo), np.float32(hi), flags)
+        outside = np.ones(big.shape, bool)
+        outside[1 + rr[0]:1 + min(o, rr[1]), 5 + m[0]:5 + m[1]] = False
+        assert np.isnan(big[outside]).all()
+        return out[:, m[0]:m[1]]
+
+    sums = run(0)
+    close(sums, wf.astype(np.float64) @ x.astype(np.float64))
+    same = [(_fma_pointwise.BIAS, {}, dict(bias=bias[:o])),
+            (_fma_pointwise.BIAS | _fma_pointwise.RESIDUAL | _fma_pointwise.RELU,
+             dict(r=res), dict(bias=bias[:o], res=res, relu=True)),
+            (_fma_pointwise.RESIDUAL | _fma_pointwise.CLIP, dict(r=res, lo=-0.5, hi=6.0),
+             dict(res=res, clip=(np.float32(-0.5), np.float32(6.0))))]
+    for flags, args, steps in same:
+        want = _epilogue(sums, **steps)
+        assert np.array_equal(run(flags, **args).view(np.uint32), want.view(np.uint32))
+    if n > _fma.COLUMNS:  # a range of pixels from a tile's start, one row tile
+        m0 = _fma.COLUMNS
+        got = run(0, m=(m0, n), rr=(rows - _fma.ROWS, rows))
+        assert np.array_equal(got[rows - _fma.ROWS:], sums[rows - _fma.ROWS:, m0:])
 
 
 def test_pack_weights_reorders_k_by_channel() -> None:
