@@ -16,15 +16,16 @@ import math
 
 import numpy as np
 
-from npusim.simulator import isa, kernels, threads
+from npusim.simulator import _chain, isa, kernels, threads, vector_chains
 from npusim.simulator.config import DeviceConfig
 from npusim.simulator.host import HostKernel, HostOpError, host_kernel
 from npusim.simulator.kernels import ConvGeometry
 from npusim.simulator.numerics import FP32, BfpTensor, Rounding, unpack
 from npusim.simulator.program import Program, ProgramError, TensorDesc
 from npusim.simulator.progress import task
-from npusim.simulator.schedule import schedule
+from npusim.simulator.schedule import program_work, schedule
 from npusim.simulator.stats import LayerStats, RunStats
+from npusim.simulator.timing import Operand
 
 __all__ = ["Device", "ExecutionError", "InputError", "LayerStats", "RunStats"]
 
@@ -98,6 +99,8 @@ class Device:
         self._prepared: dict[tuple, object] = {}  # views and plans into the current arena
         self._host_mem: list[dict[str, object]] = []
         self._pairs: dict[int, isa.VvAlu] = {}  # fused sigmoid-multiply pairs
+        self._bare_products: set[int] = set()  # of those, the pairs whose sigmoid is not read
+        self._chains: dict[int, vector_chains.Chain] = {}  # element-wise runs in one pass
 
     def load(self, program: Program) -> None:
         """Load ``program``, replacing the one before; refuse one built for another target."""
@@ -126,9 +129,16 @@ class Device:
         self._weights = weights
         self._spare, self._regions, self._prepared = None, {}, {}
         self._host = [self._host_kernel(k, h) for k, h in enumerate(program.host_ops)]
-        self._pairs = silu_pairs(program.instructions)
+        works = program_work(program, self.config)
+        code = program.instructions
+        self._pairs = silu_pairs(code)
+        self._bare_products = {k for k, j in self._pairs.items() if code[k].dst != j.dst
+                               and not vector_chains.read_again(
+                                   works, k + 2, Operand(code[k].dst, 4 * code[k].length))}
+        self._chains = vector_chains.chains(code, works,
+                                            frozenset(self._pairs) | {k + 1 for k in self._pairs})
         # the schedule depends only on the program and the device: price it once
-        self.stats = schedule(program, self.config)
+        self.stats = schedule(program, self.config, works)
 
     @staticmethod
     def _host_kernel(k: int, h) -> HostKernel:
@@ -256,9 +266,14 @@ class Device:
                 instructions, k = prog.instructions, 0
                 while k < len(instructions):
                     i = instructions[k]
-                    if k in self._pairs and self._sigmoid_and_product(i, self._pairs[k]):
+                    if k in self._pairs and self._sigmoid_and_product(k, self._pairs[k]):
                         k += 2
                         progress.update(2)
+                        continue
+                    c = self._chains.get(k)
+                    if c is not None and self._chain(k, c):
+                        k += c.count
+                        progress.update(c.count)
                         continue
                     self._execute(i, host_in, host_out, fmt, rounding)
                     k += 1
@@ -360,10 +375,12 @@ class Device:
                 views = self._prepared[key] = (src, dst)
             np.copyto(views[1], views[0])
 
-    def _sigmoid_and_product(self, i: isa.VUnary, j: isa.VvAlu) -> bool:
-        """A pair of :func:`silu_pairs` in one pass; False, having done nothing, when the
-        sigmoid or the product is not written into the arena (the two then run apart, and
-        say what is wrong)."""
+    def _sigmoid_and_product(self, k: int, j: isa.VvAlu) -> bool:
+        """Instruction ``k``, a sigmoid, and ``j`` after it, a pair of :func:`silu_pairs`,
+        in one pass (the sigmoid not stored where no later instruction reads it); False,
+        having done nothing, when the sigmoid or the product is not written into the
+        arena (the two then run apart, and say what is wrong)."""
+        i = self.program.instructions[k]
         key = ("silu", i.src, i.dst, j.dst, i.length)
         views = self._prepared.get(key)
         if views is None:
@@ -377,9 +394,51 @@ class Device:
             self._prepared[key] = views
         if not views:
             return False
+        bare = k in self._bare_products
         for x, s, p in zip(*views, strict=True):  # each image
-            kernels.sigmoid_and_product(x, s, p)
+            kernels.sigmoid_and_product(x, p if bare else s, p)
         return True
+
+    def _chain(self, k: int, c: vector_chains.Chain) -> bool:
+        """The :class:`~npusim.simulator.vector_chains.Chain` that starts at instruction
+        ``k`` in one pass; False, having done nothing, when an operand is outside device
+        DRAM or a result outside the arena (the instructions then run one by one, and
+        say what is wrong)."""
+        key = ("chain", k)
+        plan = self._prepared.get(key)
+        if plan is None:
+            try:
+                plan = self._chain_plan(c)
+            except ExecutionError:
+                plan = ()
+            self._prepared[key] = plan
+        if not plan:
+            return False
+        xs, operands, outs = plan
+        n = c.length
+        for m in range(len(xs)):  # each image
+            ops = tuple(a[min(m, len(a) - 1)] for a in operands)
+            dst = tuple(o[m] for o in outs)
+            threads.run(lambda a, b, m=m, ops=ops, dst=dst: _chain.run(
+                xs[m], c.steps, ops, dst, a, b), n, grain=ELEMENTWISE_GRAIN)
+        return True
+
+    def _chain_plan(self, c: vector_chains.Chain):
+        """The views :meth:`_chain` runs on: ``x`` per image, each operand per image (one
+        copy of a constant), each result per image; ``()`` when a result is not in the
+        arena."""
+        n = c.length
+        if not all(self._region(d, 4 * n, "write")[0] for d in c.outs):
+            return ()
+        operands = []
+        for addr, m in c.operands:
+            view = self._f32(addr, (m,))
+            operands.append(view if self._region(addr, 4 * m, "read")[0]
+                            else np.array(view[:1]))  # the one copy all images share
+        x = self._f32(c.x, (n,))
+        if not self._region(c.x, 4 * n, "read")[0]:
+            x = np.array(x)
+        return x, operands, [self._f32(d, (n,), "write") for d in c.outs]
 
     def _host_call(self, i: isa.HostCall) -> None:
         """A host op: onnxruntime runs each image's call (host models are batch-1 graphs)."""

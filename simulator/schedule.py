@@ -79,9 +79,11 @@ def program_work(program: Program, cfg: DeviceConfig) -> list[Work]:
     return out
 
 
-def schedule(program: Program, cfg: DeviceConfig) -> RunStats:
-    """Schedule ``program`` on ``cfg``: the timeline and the cycle statistics."""
-    works = program_work(program, cfg)
+def schedule(program: Program, cfg: DeviceConfig, works: list[Work] | None = None
+             ) -> RunStats:
+    """Schedule ``program`` on ``cfg``: the timeline and the cycle statistics
+    (``works``: :func:`program_work`'s, when the caller has them)."""
+    works = program_work(program, cfg) if works is None else works
     keys = [rec.get("tensor") or f"#{k}" for k, rec in enumerate(program.layers)]
     traffic = plan(works, keys, cfg.activation_buffer_kib * 1024)
     names = [(rec["name"], rec["op"]) for rec in program.layers]

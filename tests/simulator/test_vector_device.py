@@ -4,22 +4,19 @@ executing each vector-unit instruction bit for bit as its kernel does."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
+from device_bench import TINY, Bench, same_bits_nan
 from onnx import helper
 from vector_cases import PARAMS, inputs, ort_run
 
 from npusim.simulator import isa, kernels
-from npusim.simulator.config import load_device
-from npusim.simulator.device import Device, ExecutionError
+from npusim.simulator.device import ExecutionError
 from npusim.simulator.kernels import ConvGeometry
 from npusim.simulator.numerics import pack, quantize
-from npusim.simulator.program import Program, ProgramError, TensorDesc
+from npusim.simulator.program import ProgramError, TensorDesc
 
 F32 = np.float32
-TINY = load_device("tiny")
 
 
 # --- conv2d with input dilation: a transposed convolution --------------------------------------
@@ -66,49 +63,6 @@ def test_input_dilated_conv_is_onnxruntime_conv_transpose(case):
 
 
 # --- the device: each instruction bit-exact with its kernel -------------------------------------
-
-class Bench:
-    """Lays tensors out in an activation arena, wraps instructions in ``V_RD``/``V_WR`` and
-    runs them on a :class:`Device`, without the compiler."""
-
-    def __init__(self, cfg=TINY, weights: bytes = b"", weight_tensors=()) -> None:
-        self.cfg, self.weights, self.weight_tensors = cfg, weights, tuple(weight_tensors)
-        self.abase = -(-len(weights) // 64) * 64
-        self.top = 0
-        self.ins: list[tuple[TensorDesc, np.ndarray]] = []
-        self.outs: list[TensorDesc] = []
-
-    def _take(self, nbytes: int) -> int:
-        addr = self.abase + self.top
-        self.top += -(-max(nbytes, 1) // 64) * 64
-        return addr
-
-    def put(self, a: np.ndarray) -> int:
-        addr = self._take(a.nbytes)
-        self.ins.append((TensorDesc(f"in{len(self.ins)}", a.shape, a.dtype.name, addr, a.nbytes),
-                         a))
-        return addr
-
-    def out(self, shape: tuple[int, ...]) -> int:
-        n = 4 * math.prod(shape)
-        addr = self._take(n)
-        self.outs.append(TensorDesc(f"out{len(self.outs)}", tuple(shape), "float32", addr, n))
-        return addr
-
-    def run(self, *instrs: isa.Instruction) -> list[np.ndarray]:
-        code = ([isa.VRd(k, t.addr, t.nbytes) for k, (t, _) in enumerate(self.ins)] + list(instrs)
-                + [isa.VWr(k, t.addr, t.nbytes) for k, t in enumerate(self.outs)]
-                + [isa.EndChain()])
-        prog = Program(self.cfg, tuple(code), self.weights, b"", tuple(t for t, _ in self.ins),
-                       tuple(self.outs), self.weight_tensors,
-                       tuple({"name": f"#{k}", "op": type(i).__name__} for k, i in enumerate(code)),
-                       {"weights": (0, len(self.weights)), "constants": (self.abase, 0),
-                        "activations": (self.abase, self.top)})
-        dev = Device(self.cfg)
-        dev.load(Program.from_bytes(prog.to_bytes()))  # and through the encoding
-        outs, _ = dev.run({t.name: a for t, a in self.ins})
-        return [outs[t.name] for t in self.outs]
-
 
 def bits(v: float) -> int:
     return isa.f32_bits(v)
@@ -175,14 +129,15 @@ def test_device_runs_a_sigmoid_and_its_multiply_as_one_pass(monkeypatch):
 
     bench = Bench()  # the product in memory of its own
     sx, s, p = bench.put(x), bench.out(x.shape), bench.out(x.shape)
-    assert _same(bench.run(sigmoid(sx, s), isa.VvAlu(sx, s, p, n, mul, 0, 1, n)), [sig, prod])
+    assert same_bits_nan(bench.run(sigmoid(sx, s), isa.VvAlu(sx, s, p, n, mul, 0, 1, n)),
+                         [sig, prod])
     bench = Bench()  # over the sigmoid, operands the other way round
     sx, s = bench.put(x), bench.out(x.shape)
-    assert _same(bench.run(sigmoid(sx, s), isa.VvAlu(s, sx, s, n, mul, 0, 1, n)), [prod])
+    assert same_bits_nan(bench.run(sigmoid(sx, s), isa.VvAlu(s, sx, s, n, mul, 0, 1, n)), [prod])
     bench = Bench()  # over the input (a copy of x made first)
     sx, c, s = bench.put(x), bench.out(x.shape), bench.out(x.shape)
     so = bench.put(one)
-    assert _same(bench.run(isa.VvAlu(sx, so, c, n, mul, 0, 1, 1), sigmoid(c, s),
+    assert same_bits_nan(bench.run(isa.VvAlu(sx, so, c, n, mul, 0, 1, 1), sigmoid(c, s),
                            isa.VvAlu(c, s, c, n, mul, 0, 1, n)), [prod, sig])
     assert len(calls) == 3
     bench = Bench()  # a product that starts one element into the sigmoid: apart
@@ -190,17 +145,10 @@ def test_device_runs_a_sigmoid_and_its_multiply_as_one_pass(monkeypatch):
     code = (sigmoid(sx, s), isa.VvAlu(sx, s, s + 4, n, mul, 0, 1, n))
     assert device_module.silu_pairs(list(code)) == {}
     (y,) = bench.run(*code)
-    assert _same([y[:1], y[1:n + 1]], [sig[:1], prod])
+    assert same_bits_nan([y[:1], y[1:n + 1]], [sig[:1], prod])
     assert device_module.silu_pairs([sigmoid(sx, s), isa.VvAlu(sx, sx, s, n, mul, 0, 1, n)]) == {}
     assert device_module.silu_pairs([sigmoid(sx, s), isa.VvAlu(sx, s, s, n, mul, 0, 1, 1)]) == {}
     assert len(calls) == 3
-
-
-def _same(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
-    """Equal bits, NaN where NaN."""
-    return all(np.array_equal(np.isnan(g), np.isnan(w))
-               and np.array_equal(g[~np.isnan(w)].view(np.int32), w[~np.isnan(w)].view(np.int32))
-               for g, w in zip(got, want, strict=True))
 
 
 def test_device_reduce_norm_resize_pad():
