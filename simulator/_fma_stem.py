@@ -105,12 +105,15 @@ def _run(sx, args):  # pragma: no cover - compiled
 def conv(x, wt, sy, sx, dy, dx, top, left, oh, ow, y0, y1, bias, lo, hi, flags,
          out):  # pragma: no cover - compiled
     """Output rows ``y0 <= oy < y1`` of the convolution of ``x [3, H, W]`` with
-    ``wt [O, 27]`` (K in ``(ky, kx, c)`` order) and a 3x3 window, into
-    ``out [O, oh * ow]``, with the epilogue's ``flags`` (``bias [O]``, ``lo``, ``hi``);
-    float32, C-contiguous, ``sx`` 1 or 2."""
+    ``wt [R, 27]`` (K in ``(ky, kx, c)`` order) and a 3x3 window, into
+    ``out [O, oh * ow]``, with the epilogue's ``flags`` (``bias [R]``, ``lo``, ``hi``);
+    float32, C-contiguous, ``sx`` 1 or 2. ``R``, ``O`` rounded up to a multiple of
+    ``OUTPUTS``: a call reads the weights and biases of ``OUTPUTS`` outputs."""
     c, h, w = x.shape
     k = 3
-    o_all, kk = wt.shape
+    o_all, kk = out.shape[0], wt.shape[1]
+    if min(wt.shape[0], bias.size) < -(-o_all // OUTPUTS) * OUTPUTS:
+        raise ValueError("the weights and biases must fill whole groups of OUTPUTS")
     roff, cols, masks, omask = _tables(h, w, k, k, sy, sx, dy, dx, top, left, oh, ow)
     padding = np.zeros(w, np.float32)
     ep = np.zeros(3, np.float32)

@@ -139,13 +139,17 @@ def stem(x, weight, geom, out, out_hw, finish) -> None:
     :func:`npusim.simulator._fma_stem.conv` (in place, the epilogue in the registers
     unless there is a residual); the threads share the output rows."""
     oh, ow = out_hw
-    wf = np.ascontiguousarray(weight, np.float32)
+    o = weight.shape[0]
+    rows = -(-o // _fma_stem.OUTPUTS) * _fma_stem.OUTPUTS  # a call reads whole groups:
+    wf = np.zeros((rows, weight.shape[1]), np.float32)  # zeros past the outputs (garbage
+    wf[:o] = weight                                      # there ran 14x slower, subnormal)
     fused, bias, lo, hi, flags = _in_register(finish)
-    bias = bias if bias.size else np.zeros(wf.shape[0], np.float32)
+    padded_bias = np.zeros(rows, np.float32)
+    padded_bias[:bias.size] = bias
 
     def share(y0: int, y1: int) -> None:
         _fma_stem.conv(x, wf, *geom.strides, *geom.dilations, *geom.pads[:2], oh, ow, y0, y1,
-                       bias, lo, hi, flags, out)
+                       padded_bias, lo, hi, flags, out)
         if fused is None:
             finish(0, out.shape[0], y0 * ow, y1 * ow)
 

@@ -97,6 +97,11 @@ def test_fp32_stem_on_row_vectors_matches_reference(name: str,
                                        conv2d_reference(x, wt, None, geom, FP32, **kw),
                                        rtol=1e-5, atol=1e-5)
     assert calls
+    if o % _fma_stem.OUTPUTS:  # a call reads whole groups: the caller pads with zeros
+        out = np.empty((o, 4), np.float32)  # (the garbage past a short one was subnormal
+        with pytest.raises(ValueError, match="whole groups"):  # values: 14x slower)
+            real(x[0], wt, 1, 1, 1, 1, 0, 0, 2, 2, 0, 2, np.zeros(o, np.float32),
+                 np.float32(0), np.float32(0), 0, out)
 
 
 ROW_FORMATS = [f for f in DIFF_FORMATS if f.block_size in _bfp_rows.BLOCKS
