@@ -219,6 +219,10 @@ def dense(x: np.ndarray, weight: np.ndarray | BfpTensor, bias: np.ndarray | None
           clip: tuple[float, float] | None = None) -> np.ndarray:
     """``x @ weight.T + bias`` on the matrix unit for ``x`` ``[..., K]``."""
     lead = x.shape[:-1]
+    if fmt.is_fp32 and not isinstance(weight, BfpTensor):
+        y = dense_layers.fp32(x.reshape(-1, x.shape[-1]), weight, bias, residual, relu, clip)
+        if y is not None:
+            return y.reshape(*lead, -1)
     if (isinstance(weight, BfpTensor) and weight.fmt == fmt
             and Rounding(rounding) == Rounding.NEAREST_EVEN and gemm.supported(fmt)):
         y = dense_layers.small(x.reshape(-1, x.shape[-1]), weight, bias,

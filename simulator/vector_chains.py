@@ -45,10 +45,12 @@ def _steps(i: isa.Instruction, value: int, length: int):
     operands' ``(address, elements)``; None when ``i`` does not go on with it."""
     if isinstance(i, isa.VRelu) and i.src == value and i.length == length:
         return [(_chain.RELU, 0, 1, 1, -1)], []
-    if isinstance(i, isa.VvAlu) and i.src0 == value and i.length == length \
-            and i.op in _ALU and i.div >= 1 and i.mod >= 1 \
-            and i.length % (i.div * i.mod) == 0:
-        return [(_ALU[i.op], int(bool(i.rev)), i.div, i.mod, 0)], [(i.src1, i.mod)]
+    if isinstance(i, isa.VvAlu) and i.length == length and i.op in _ALU:
+        if i.src0 == value and i.div >= 1 and i.mod >= 1 and i.length % (i.div * i.mod) == 0:
+            return [(_ALU[i.op], int(bool(i.rev)), i.div, i.mod, 0)], [(i.src1, i.mod)]
+        if i.src1 == value and i.src0 != value and i.div == 1 and i.mod == length:
+            # the value is the same-shape second operand: src0 goes before it unless rev
+            return [(_ALU[i.op], int(not i.rev), 1, length, 0)], [(i.src0, length)]
     if isinstance(i, isa.VvAdd) and value in (i.src0, i.src1) and i.length == length:
         other, rev = (i.src1, 0) if i.src0 == value else (i.src0, 1)
         steps = [(_chain.ADD, rev, 1, length, 0)]

@@ -56,14 +56,16 @@ def test_a_chain_gives_each_instructions_bits(passes, monkeypatch):
     scalar = np.array([0.75], F32)
     bench = Bench()
     sx, sc, st, sw, ss = (bench.put(v) for v in (x, per_c, trail, whole, scalar))
-    t1, t2, y = bench.out((n,)), bench.out((n,)), bench.out((n,))
+    t1, t2, y, y2 = (bench.out((n,)) for _ in range(4))
     code = [isa.VvAlu(sx, sc, t1, n, MUL, 0, hw, c), isa.VvAlu(t1, sc, t2, n, ADD, 0, hw, c),
             isa.VRelu(t2, t1, n),
             isa.VvAlu(t1, ss, t1, n, SUB, 1, 1, 1), isa.VvAlu(t1, st, t2, n, DIV, 0, 1, 20),
             isa.VvAlu(t2, sc, t2, n, DIV, 1, hw, c), isa.VvAdd(sw, t2, t1, n, 1),
-            isa.VvAlu(t1, sw, y, n, MUL, 1, 1, n)]
+            isa.VvAlu(t1, sw, y, n, MUL, 1, 1, n),
+            isa.VvAlu(sw, y, t2, n, SUB, 0, 1, n),  # the value second: whole - value
+            isa.VvAlu(sw, t2, y2, n, DIV, 1, 1, n)]  # and reversed: value / whole
     got = bench.run(*code)
-    assert passes == [1]  # one pass of all eight
+    assert passes == [1]  # one pass of all ten
     want = []
     v = kernels.alu("mul", x.reshape(c, hw), per_c[:, None])
     v = kernels.relu(kernels.alu("add", v, per_c[:, None])).reshape(-1)
@@ -71,15 +73,16 @@ def test_a_chain_gives_each_instructions_bits(passes, monkeypatch):
     v = kernels.alu("div", v.reshape(-1, 20), trail).reshape(-1)
     v = kernels.alu("div", per_c[:, None], v.reshape(c, hw)).reshape(-1)
     v = kernels.relu(kernels.alu("add", whole, v))
-    want = kernels.alu("mul", whole, v)
-    assert np.array_equal(np.isnan(got[2]), np.isnan(want))
+    v = kernels.alu("mul", whole, v)
+    want = kernels.alu("div", kernels.alu("sub", whole, v), whole)
+    assert np.array_equal(np.isnan(got[3]), np.isnan(want))
     ok = ~np.isnan(want)
-    assert np.array_equal(_bits(got[2])[ok], _bits(want)[ok])
+    assert np.array_equal(_bits(got[3])[ok], _bits(want)[ok])
     _apart(monkeypatch)
     apart = bench.run(*code)
     assert passes == [1]
     for g, a in zip(got, apart, strict=True):
-        assert np.array_equal(_bits(g), _bits(a))  # t1 and t2 are read at the end: stored
+        assert np.array_equal(_bits(g), _bits(a))  # t1, t2, y read at the end: stored
 
 
 def test_only_values_read_again_are_stored():

@@ -372,6 +372,27 @@ def test_norm_matches_instance_normalization():
     np.testing.assert_allclose(y.reshape(x.shape), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows,cols,channels", [(300, 96, 0), (7, 768, 0), (10, 1, 0),
+                                               (12, 300, 4), (6, 35, 3), (3, 129, 0)])
+def test_norm_is_the_float64_formula_bit_for_bit(rows: int, cols: int, channels: int) -> None:
+    """The compiled pass gives :func:`vector.norm_reference`'s bits: rows of every
+    length around numpy's pairwise blocks (8, 128), per-column and per-row (instance)
+    scales, NaN, infinities, huge and constant rows, eps 0."""
+    rng = np.random.default_rng(rows * cols)
+    x = rng.permutation(np.resize(inputs(rows, rows * cols, 3.0), rows * cols)).reshape(rows, cols)
+    x[0] = 3.0  # a constant row: variance 0
+    x[-1] = (rng.standard_normal(cols) * 1e19).astype(F32)
+    n = channels or cols
+    scale, bias = rng.standard_normal(n).astype(F32), rng.standard_normal(n).astype(F32)
+    for eps in (1e-5, 0.0):
+        with np.errstate(all="ignore"):
+            want = vector.norm_reference(x, scale, bias, eps, channels)
+        got = vector.norm(x, scale, bias, eps, channels)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        assert np.array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
+
+
 # --- V_RESIZE -----------------------------------------------------------------------------
 
 COORDS = [c.name.lower() for c in isa.CoordMode]
