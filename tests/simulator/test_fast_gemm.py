@@ -320,6 +320,33 @@ def test_small_dense_layers_match_reference(fmt: Format, rows: int, whole: bool,
     assert bool(calls) == whole
 
 
+@pytest.mark.parametrize("rows", [dense_products.FP32_ROWS, 301])
+def test_fp32_dense_of_many_rows_shares_them(rows: int, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """fp32 products of many rows (a transformer's tokens), their rows shared between the
+    threads: the product within fp32 of float64's, each epilogue's fp32 steps on its sums
+    bit for bit (NaN and infinities in the residual), leading axes kept."""
+    from npusim.simulator.kernels import epilogue
+
+    monkeypatch.setattr(conv_shares, "SHARE_MACS", dict.fromkeys(conv_shares.SHARE_MACS, 1))
+    rng = np.random.default_rng(rows)
+    a = rng.standard_normal((rows, 37)).astype(np.float32)
+    w = rng.standard_normal((21, 37)).astype(np.float32)
+    bias = rng.standard_normal(21).astype(np.float32)
+    res = rng.standard_normal((rows, 21)).astype(np.float32)
+    res[::5, 3], res[::7, 4] = np.nan, -np.inf
+    bare = dense(a, w, None, FP32)
+    np.testing.assert_allclose(bare, a.astype(np.float64) @ w.T.astype(np.float64),
+                               rtol=1e-5, atol=1e-4)
+    with np.errstate(all="ignore"):
+        for kw in ({}, {"residual": res, "relu": True}, {"clip": (-1.0, 0.5)}):
+            ref = epilogue(bare, bias, kw.get("residual"), kw.get("relu", False),
+                           kw.get("clip"))
+            assert same_bits(dense(a, w, bias, FP32, **kw), ref), kw
+    three = dense(a.reshape(1, rows, 37), w, bias, FP32)
+    assert three.shape == (1, rows, 21) and same_bits(three[0], dense(a, w, bias, FP32))
+
+
 @pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
 @pytest.mark.parametrize("batch,shared", [(1, False), (6, False), (6, True)])
 def test_activation_products_match_reference(fmt: Format, batch: int, shared: bool) -> None:
