@@ -350,18 +350,6 @@ def erf(x: np.ndarray) -> np.ndarray:
     return out
 
 
-_SQRT2 = math.sqrt(2.0)
-ERF_STEP = 16
-"""Centers per unit of :func:`_erf64`'s table: ``k / ERF_STEP`` for ``|x| <= ERF_RANGE``."""
-ERF_RANGE = 6.0
-ERF_TERMS = 14
-ERF_MARGIN = 2.0**-44
-"""Relative distance from a float32 rounding boundary inside which :func:`erf32` takes
-``math.erf`` (and, for the GELU, an absolute one of ``|x| * 2**-47``): the table's
-result lies within a few float64 ulps of the exact value, as ``math.erf``'s does."""
-_GELU_SLACK = 2.0**-47  # |x| times this bounds the GELU's error from erf's (below 2**-50)
-
-
 @intrinsic
 def _fma64(typingctx, a, b, c):
     """``a * b + c`` rounded once (LLVM's fma, which vectorizes; numba contracts nothing)."""
@@ -371,88 +359,6 @@ def _fma64(typingctx, a, b, c):
                                            "llvm.fma.f64")
         return builder.call(f, args)
     return types.float64(types.float64, types.float64, types.float64), codegen
-
-
-def _erf_table() -> np.ndarray:
-    """Row ``k``: ``erf(c)`` and the Taylor coefficients of erf about ``c = k / ERF_STEP``:
-    ``erf^(n)(c) / n! = 2/sqrt(pi) exp(-c**2) (-1)**(n-1) H_(n-1)(c) / n!`` (``H`` the
-    physicists' Hermite polynomials, by their recurrence)."""
-    rows = int(ERF_RANGE * ERF_STEP) + 1
-    t = np.zeros((rows, ERF_TERMS + 1), np.float64)
-    for k in range(rows):
-        c = k / ERF_STEP
-        t[k, 0] = math.erf(c)
-        h_prev, h = 0.0, 1.0  # H_(-1) (unused), H_0
-        g = 2.0 / math.sqrt(math.pi) * math.exp(-c * c)
-        for n in range(1, ERF_TERMS + 1):
-            t[k, n] = g * (-1.0) ** (n - 1) * h / math.factorial(n)
-            h_prev, h = h, 2.0 * c * h - 2.0 * (n - 1) * h_prev
-    return t
-
-
-_ERF_TABLE = _erf_table()
-
-
-@numba.njit(cache=True, inline="always")
-def _erf64(v):  # pragma: no cover - compiled
-    # erf(v) for |v| <= ERF_RANGE, from the Taylor series about the nearest table center
-    a = abs(v)
-    k = np.int64(a * ERF_STEP + 0.5)
-    d = a - k / ERF_STEP  # |d| <= 1 / (2 * ERF_STEP); k / ERF_STEP is exact
-    p = _ERF_TABLE[k, ERF_TERMS]
-    for n in range(ERF_TERMS - 1, 0, -1):  # Horner on fused multiply-adds
-        p = _fma64(p, d, _ERF_TABLE[k, n])
-    return math.copysign(_fma64(p, d, _ERF_TABLE[k, 0]), v)  # erf is odd; erf(-0) is -0
-
-
-@numba.njit(cache=True, nogil=True)
-def _erf32(x, gelu, a, b, out, hard):  # pragma: no cover - compiled
-    # out[i] = fp32(erf(x)) or fp32(0.5 * x * (1 + erf(x / sqrt(2)))) in float64, i in
-    # [a, b), by the table; where the float32 rounding is not certain (within the margin of
-    # a boundary, past ERF_RANGE, not finite), by math.erf
-    if gelu:
-        for i in range(a, b):
-            v = np.float64(x[i])
-            t = v / _SQRT2
-            ok = abs(t) <= ERF_RANGE  # False for NaN
-            r = 0.5 * v * (1.0 + _erf64(t if ok else 0.0))
-            slack = abs(v) * _GELU_SLACK + abs(r) * ERF_MARGIN
-            f = np.float32(r)
-            bad = (not ok) | (np.float32(r - slack) != f) | (np.float32(r + slack) != f)
-            hard[i] = bad
-            out[i] = x[i] if bad else f  # in place, the second loop reads it
-    else:
-        for i in range(a, b):
-            v = np.float64(x[i])
-            ok = abs(v) <= ERF_RANGE
-            r = _erf64(v if ok else 0.0)
-            slack = abs(r) * ERF_MARGIN
-            f = np.float32(r)
-            bad = (not ok) | (np.float32(r - slack) != f) | (np.float32(r + slack) != f)
-            hard[i] = bad
-            out[i] = x[i] if bad else f  # in place, the second loop reads it
-    for i in range(a, b):
-        if hard[i]:
-            v = np.float64(x[i])
-            if gelu:
-                out[i] = np.float32(0.5 * v * (1.0 + math.erf(v / _SQRT2)))
-            else:
-                out[i] = np.float32(math.erf(v))
-
-
-def erf32(x: np.ndarray, gelu: bool, out: np.ndarray | None = None) -> np.ndarray:
-    """fp32 ``erf(x)``, or the exact GELU ``0.5 * x * (1 + erf(x / sqrt(2)))``, computed in
-    float64 and rounded once: the bits of the formulas of
-    :data:`npusim.simulator.vector._WIDE` (``math.erf``), by a table of Taylor series
-    (vectorizable, where ``math.erf`` is a scalar call) with ``math.erf`` for the elements
-    within ``ERF_MARGIN`` of a float32 rounding boundary; shared between the threads;
-    into ``out`` as :func:`hard_sigmoid` does."""
-    x = np.ascontiguousarray(x, np.float32)
-    out = out_like(x, out)
-    flat, res = x.reshape(-1), out.reshape(-1)
-    hard = np.empty(flat.size, np.bool_)
-    threads.run(lambda a, b: _erf32(flat, gelu, a, b, res, hard), flat.size, grain=1 << 14)
-    return out
 
 
 _SIXTH = 1.0 / 6.0

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from npusim.simulator import _fast, _sigmoid
+from npusim.simulator import _erf, _fast, _sigmoid
 
 F32 = np.float32
 
@@ -91,8 +91,8 @@ _ONE_PASS: dict[str, Callable[[np.ndarray, float, float, np.ndarray | None], np.
     "hard_sigmoid": lambda x, a, b, out: _fast.hard_sigmoid(x, a, b, out),
     "hard_swish": lambda x, a, b, out: _fast.hard_swish(x, out),
     "sigmoid": lambda x, a, b, out: _sigmoid.sigmoid(x, out, _sigmoid_formula),
-    "erf": lambda x, a, b, out: _fast.erf32(x, False, out),
-    "gelu": lambda x, a, b, out: _fast.erf32(x, True, out),  # exact (alpha 0) only
+    "erf": lambda x, a, b, out: _erf.erf32(x, False, out),
+    "gelu": lambda x, a, b, out: _erf.erf32(x, True, out),  # exact (alpha 0) only
 }
 """Functions of ``_WIDE`` with a numba kernel that gives the formula's bits: the same
 float64 operations (MobileNetV3 runs one after most of its layers), or for the sigmoid

@@ -521,14 +521,32 @@ def test_move_refuses_to_read_outside_its_buffer():
 def test_erf_table_is_within_a_few_ulps_of_math_erf():
     """The Taylor table behind the one-pass erf and GELU agrees with ``math.erf`` to a few
     float64 ulps over its whole range (far inside ``ERF_MARGIN``), signed zero included."""
-    from npusim.simulator import _fast
+    from npusim.simulator import _erf
 
-    xs = np.concatenate([np.linspace(-_fast.ERF_RANGE, _fast.ERF_RANGE, 20001),
-                         [1e-300, -1e-300, 1e-8, 0.03125, 0.0312500001, 5.96875]])
-    got = np.array([_fast._erf64(v) for v in xs])
+    xs = np.concatenate([np.linspace(-_erf.ERF_RANGE, _erf.ERF_RANGE, 20001),
+                         np.random.default_rng(0).uniform(-_erf.ERF_RANGE, _erf.ERF_RANGE, 20000),
+                         [1e-300, -1e-300, 1e-8, 0.25, 0.2500000001, 0.7499999999, 5.75]])
+    got = np.array([_erf.erf_table(v) for v in xs])
     ref = np.array([math.erf(v) for v in xs])
     assert np.all(np.abs(got - ref) <= 4 * np.spacing(np.abs(ref)))
-    assert math.copysign(1.0, _fast._erf64(-0.0)) == -1.0
+    assert math.copysign(1.0, _erf.erf_table(-0.0)) == -1.0
+
+
+@pytest.mark.parametrize("fn", ["erf", "gelu"])
+def test_erf_and_gelu_give_the_formulas_bits_on_dense_runs(fn: str) -> None:
+    """Runs of consecutive float32 inputs around the table's centers and across its
+    range, random ones, and the special values: every output has the float64 formula's
+    bits (``math.erf``), in any tail length."""
+    starts = [0.0, 0.25, 0.5, 1.0, 2.75, 5.9, 8.4, -0.75, -4.0, 1e-30]
+    runs = [(np.float32(v).view(np.int32) + np.arange(1 << 16, dtype=np.int32)).view(F32)
+            for v in starts]
+    x = np.concatenate(runs + [inputs(11, 200_000, 3.0)])
+    for size in (x.size, 12_345, 7):
+        want = unary_reference(fn, x[:size])
+        got = vector.unary(fn, x[:size])
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        assert np.array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
 
 
 def test_sigmoid_sends_the_elements_near_a_rounding_boundary_to_the_formula():
