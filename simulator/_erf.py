@@ -24,14 +24,15 @@ from numba.extending import intrinsic
 
 from npusim.simulator import threads
 from npusim.simulator._fast import _fma64, out_like
+from npusim.simulator.cpu import host_has
 
 ERF_STEP = 2
 """Centers per unit: ``k / ERF_STEP`` for ``|x| <= ERF_RANGE`` (exact in binary)."""
 ERF_RANGE = 6.0
 ERF_TERMS = 18
-"""Degree of each center's series (even: its even and odd terms run as two chains): within 2**-52 of erf relative over the range at a
-center's half-width of 1/4 (``tests/simulator/test_vector_ops.py`` checks it against
-``math.erf``)."""
+"""Degree of each center's series (even: its even and odd terms run as two chains):
+within 2**-52 of erf relative over the range at a center's half-width of 1/4
+(``tests/simulator/test_vector_ops.py`` checks it against ``math.erf``)."""
 ERF_MARGIN = 2.0**-44
 """Relative distance from a float32 rounding boundary inside which :func:`erf32` takes
 ``math.erf`` (and, for the GELU, an absolute one of ``|x| * 2**-47``): the table's
@@ -41,6 +42,9 @@ GELU_SLACK = 2.0**-47
 argument ``x * (1/sqrt(2))`` within an ulp of the formula's ``x / sqrt(2)``: erf's relative
 change is at most the argument's, erf being concave)."""
 _CENTERS = 16  # table rows, the centers padded to two registers of 8 lanes
+VECTORS = host_has("avx512f")
+"""Whether the 8-lane kernel is compiled (``vpermi2pd`` is AVX-512's): elsewhere each
+element runs :func:`erf_table`'s steps, the same numbers, one at a time."""
 
 
 def _table() -> np.ndarray:
@@ -168,9 +172,34 @@ def _vectors(gelu, x, out, mask, n):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _erf32(x, gelu, out, mask):  # pragma: no cover - compiled
-    # the whole vectors, then the last x.size % 8 elements in a vector of copies; then
-    # math.erf's formula for the marked elements (they hold x)
+def _one_by_one(x, gelu, out, mask):  # pragma: no cover - compiled
+    # the kernel's steps per element, where it is not compiled; returns how many are marked
+    count = 0
+    mask[:] = 0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        t = v * (1.0 / math.sqrt(2.0)) if gelu else v
+        ok = abs(t) <= ERF_RANGE
+        e = erf_table(t if ok else 0.0)
+        if gelu:
+            r = 0.5 * v * (1.0 + e)
+            slack = abs(v) * GELU_SLACK + abs(r) * ERF_MARGIN
+        else:
+            r = e
+            slack = abs(r) * ERF_MARGIN
+        f = np.float32(r)
+        if not ok or np.float32(r - slack) != f or np.float32(r + slack) != f:
+            mask[i // 8] |= 1 << (i % 8)
+            out[i] = x[i]
+            count += 1
+        else:
+            out[i] = f
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _erf32_vectors(x, gelu, out, mask):  # pragma: no cover - compiled
+    # the whole vectors, then the last x.size % 8 elements in a vector of copies
     n = x.size // 8
     ma = mask.ctypes.data
     count = _vectors(gelu, x.ctypes.data, out.ctypes.data, ma, n)
@@ -182,8 +211,15 @@ def _erf32(x, gelu, out, mask):  # pragma: no cover - compiled
         mask[n] &= (1 << rest) - 1
         count += 1 if mask[n] else 0
         out[8 * n:] = to[:rest]
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _formula(gelu, out, mask, count):  # pragma: no cover - compiled
+    # math.erf's formula for the marked elements (they hold x)
+    n = -(-out.size // 8)
     if count:
-        for j in range(n + (1 if rest else 0)):
+        for j in range(n):
             if mask[j]:
                 for lane in range(8):
                     if mask[j] >> lane & 1:
@@ -206,7 +242,9 @@ def erf32(x: np.ndarray, gelu: bool, out: np.ndarray | None = None) -> np.ndarra
     flat, res = x.reshape(-1), out.reshape(-1)
 
     def share(a: int, b: int) -> None:
-        _erf32(flat[a:b], gelu, res[a:b], np.empty((b - a) // 8 + 1, np.uint8))
+        mask = np.empty((b - a) // 8 + 1, np.uint8)
+        count = (_erf32_vectors if VECTORS else _one_by_one)(flat[a:b], gelu, res[a:b], mask)
+        _formula(gelu, res[a:b], mask, count)
 
     threads.run(share, flat.size, grain=1 << 14)
     return out

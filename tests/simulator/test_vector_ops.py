@@ -580,20 +580,22 @@ def test_sigmoid_exp_polynomial_is_within_its_bound():
     assert np.max(np.abs(p / np.exp(r) - 1)) < 2.0**-49
 
 
-def test_sigmoid_compiles_for_a_cpu_without_avx512(tmp_path):
+def test_sigmoid_and_erf_compile_for_a_cpu_without_avx512(tmp_path):
     """For a CPU without AVX-512 (numba told to compile for Haswell, in a process of its
-    own), the sigmoid kernel clamps its inputs with portable operations, and still gives
-    numpy's formula's bits."""
+    own), the sigmoid kernel clamps its inputs with portable operations and erf and the
+    GELU run the table's steps one element at a time; all still give the formulas'
+    bits."""
     code = ("import numpy as np\n"
-            "from npusim.simulator import _sigmoid, kernels\n"
+            "from npusim.simulator import _erf, _sigmoid, kernels\n"
             "from npusim.simulator.vector import unary_reference\n"
-            "assert not _sigmoid._DQ\n"
+            "assert not _sigmoid._DQ and not _erf.VECTORS\n"
             "x = (np.random.default_rng(0).standard_normal(50_000) * 8).astype(np.float32)\n"
             "x[::97], x[::89] = np.nan, 100.0\n"
-            "ref, got = unary_reference('sigmoid', x), kernels.unary('sigmoid', x)\n"
-            "n = np.isnan(ref)\n"
-            "assert np.array_equal(np.isnan(got), n)\n"
-            "assert np.array_equal(got[~n].view(np.int32), ref[~n].view(np.int32))\n")
+            "for fn in ('sigmoid', 'erf', 'gelu'):\n"
+            "    ref, got = unary_reference(fn, x), kernels.unary(fn, x)\n"
+            "    n = np.isnan(ref)\n"
+            "    assert np.array_equal(np.isnan(got), n)\n"
+            "    assert np.array_equal(got[~n].view(np.int32), ref[~n].view(np.int32))\n")
     env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CACHE_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300)
