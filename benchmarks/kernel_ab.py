@@ -8,9 +8,11 @@ Kernels: ``depthwise-rows`` (:func:`npusim.simulator._fma_rows.depthwise`; off, 
 layers take the phase layout or the channel-last kernel), ``block-depthwise-rows``
 (:func:`npusim.simulator._bfp_rows.depthwise`, with a block ``--format``; off, the phase
 layout or the channel-last kernel), ``maxpool-rows``
-(:func:`npusim.simulator._fma_rows.maxpool`; off, the phase layout) and ``grouped`` (the grouped
+(:func:`npusim.simulator._fma_rows.maxpool`; off, the phase layout), ``grouped`` (the grouped
 convolutions of :func:`npusim.simulator.gemm._conv_grouped_fma`; off, a group at a time
-or the portable direct kernel). Models as ``benchmarks/sim_speed.py`` takes them.
+or the portable direct kernel) and ``fused-vector-passes`` (the device's element-wise
+chains and sigmoid-multiply pairs, :attr:`npusim.simulator.device.Device.fuse`; off, one
+instruction at a time). Models as ``benchmarks/sim_speed.py`` takes them.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ _REAL = {"depthwise-rows": (_fma_rows, "depthwise_fits", _fma_rows.depthwise_fit
 """Each kernel's switch: the module, the name, and its value with the kernel on and off."""
 
 
-def _switch(kernel: str, on: bool) -> None:
+def _switch(kernel: str, on: bool, sess: Session) -> None:
+    if kernel == "fused-vector-passes":  # the device's own switch
+        sess.device.fuse = on
+        return
     module, name, value, off = _REAL[kernel]
     setattr(module, name, value if on else off)
 
@@ -52,7 +57,7 @@ def _switch(kernel: str, on: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="zoo name, light:NAME or ONNX file")
-    ap.add_argument("--kernel", choices=list(_REAL), required=True)
+    ap.add_argument("--kernel", choices=[*_REAL, "fused-vector-passes"], required=True)
     ap.add_argument("--format", default="fp32")
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args(argv)
@@ -63,15 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     feeds = seeded_inputs(proto, shapes)
     outs, times = {}, {True: [], False: []}
     for on in (True, False):  # compiles both ways first
-        _switch(args.kernel, on)
+        _switch(args.kernel, on, sess)
         outs[on] = sess.run(None, feeds)
     for r in range(args.rounds):
         for on in ((True, False) if r % 2 else (False, True)):
-            _switch(args.kernel, on)
+            _switch(args.kernel, on, sess)
             t0 = time.perf_counter()
             sess.run(None, feeds)
             times[on].append(time.perf_counter() - t0)
-    _switch(args.kernel, True)
+    _switch(args.kernel, True, sess)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(outs[True], outs[False]))
     best = {on: min(t) * 1e3 for on, t in times.items()}
     median = {on: statistics.median(t) * 1e3 for on, t in times.items()}

@@ -101,6 +101,9 @@ class Device:
         self._pairs: dict[int, isa.VvAlu] = {}  # fused sigmoid-multiply pairs
         self._bare_products: set[int] = set()  # of those, the pairs whose sigmoid is not read
         self._chains: dict[int, vector_chains.Chain] = {}  # element-wise runs in one pass
+        self.fuse = True
+        """Whether runs of element-wise instructions (:mod:`~npusim.simulator.vector_chains`)
+        and sigmoid-multiply pairs run as one pass each (the same bits either way)."""
 
     def load(self, program: Program) -> None:
         """Load ``program``, replacing the one before; refuse one built for another target."""
@@ -264,13 +267,14 @@ class Device:
                   threads.hold(),  # sleeping compute threads wake now, and sleep at the end
                   task("simulate", total=len(prog.instructions), unit="instr") as progress):
                 instructions, k = prog.instructions, 0
+                pairs, chains = (self._pairs, self._chains) if self.fuse else ({}, {})
                 while k < len(instructions):
                     i = instructions[k]
-                    if k in self._pairs and self._sigmoid_and_product(k, self._pairs[k]):
+                    if k in pairs and self._sigmoid_and_product(k, pairs[k]):
                         k += 2
                         progress.update(2)
                         continue
-                    c = self._chains.get(k)
+                    c = chains.get(k)
                     if c is not None and self._chain(k, c):
                         k += c.count
                         progress.update(c.count)
