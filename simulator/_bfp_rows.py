@@ -50,6 +50,87 @@ def blocks_of(taps: int, block: int) -> tuple[int, ...]:
     return tuple(min(block, taps - t) for t in range(0, taps, block))
 
 
+class Quantizer:
+    """The code of the per-lane block quantization the row-vector kernels share (see the
+    module's docstring): the block maximum's bits, the shared exponent, multiplier and
+    scale, each mantissa; ``fm`` the address of int32 ``[mantissa bits, emin, emax]``,
+    ``top_m`` the largest mantissa (a vector)."""
+
+    def __init__(self, b, em, fm, top_m) -> None:
+        self.b, self.em, self.top_m = b, em, top_m
+        self.vrange = cgutils.get_or_insert_function(
+            b.module, ir.FunctionType(_V16F, [_V16F, _V16F, _I32, _V16F, ir.IntType(16), _I32]),
+            "llvm.x86.avx512.mask.range.ps.512")
+        self.fma = _fma_v16(b)
+
+        def field(i):
+            return b.load(b.inttoptr(b.add(fm, em.const(4 * i)), _I32.as_pointer()))
+
+        mbits = field(0)
+        self.emin, self.emax = self.iconst(field(1)), self.iconst(field(2))
+        self.lowest = self.iconst(b.sub(mbits, ir.Constant(_I32, 126)))
+        self.mul_base = self.iconst(b.add(mbits, ir.Constant(_I32, 126)))  # mbits - 1 + 127
+        self.scl_base = self.iconst(b.sub(ir.Constant(_I32, 128), mbits))  # 127 - (mbits-1)
+        self.magic = ir.Constant(_V16F, [1.5 * 2.0**23] * LANES)
+        self.half = ir.Constant(_V16F, [0.5] * LANES)
+        self.one = ir.Constant(_V16F, [1.0] * LANES)
+        self.min_normal = ir.Constant(_V16F, [_MIN_NORMAL] * LANES)
+        self.max_scale = ir.Constant(_V16F, [_MAX_SCALE] * LANES)
+        self.inf_bits, self.abs_bits = self.ivec(0x7F800000), self.ivec(0x7FFFFFFF)
+
+    @staticmethod
+    def ivec(n):
+        return ir.Constant(_V16I, [n] * LANES)
+
+    def iconst(self, v):
+        """An int32 scalar in every lane."""
+        lane = self.b.insert_element(ir.Constant(_V16I, None), v, ir.Constant(_I32, 0))
+        return self.b.shuffle_vector(lane, ir.Constant(_V16I, None), self.ivec(0))
+
+    def maximum(self, top, v):
+        """The running block maximum ``top`` (bits of ``|x|``, int32 lanes) with tap ``v``
+        (integer max: a NaN's bits above an infinity's)."""
+        b = self.b
+        a = b.and_(b.bitcast(v, _V16I), self.abs_bits)
+        return b.select(b.icmp_signed(">", a, top), a, top)
+
+    def block(self, top):
+        """``(multiplier, scale, bad)`` of a block whose maximum's bits are ``top``: the
+        scale 1 when every mantissa rounds to 0; ``bad`` the lanes the kernel cannot make
+        exactly (a live block whose multiplier would not be normal, a non-finite one)."""
+        b = self.b
+        ivec = self.ivec
+        ex = b.sub(b.lshr(top, ivec(23)), ivec(127))
+        e = b.select(b.icmp_signed("<", ex, self.emin), self.emin, ex)
+        e = b.select(b.icmp_signed(">", e, self.emax), self.emax, e)
+        live = b.and_(b.icmp_signed(">", top, ivec(0)), b.icmp_signed("<", top, self.inf_bits))
+        bad = b.or_(b.and_(live, b.icmp_signed("<", e, self.lowest)),
+                    b.icmp_signed(">=", top, self.inf_bits))
+        m = b.bitcast(b.select(live, b.shl(b.sub(self.mul_base, e), ivec(23)), ivec(0)), _V16F)
+        sc = b.bitcast(b.shl(b.add(e, self.scl_base), ivec(23)), _V16F)
+        nonzero = b.fcmp_ordered(">", b.fmul(b.bitcast(top, _V16F), m), self.half)
+        return m, b.select(nonzero, sc, self.one), bad
+
+    def product_scale(self, scale, sj):
+        """``(scale * sj, bad)``: the block's scale times the weight block's, and the lanes
+        where that is not a normal fp32 number of at most ``2**103``."""
+        b = self.b
+        t = b.fmul(scale, sj)
+        fits = b.and_(b.fcmp_ordered(">=", t, self.min_normal),
+                      b.fcmp_ordered("<=", t, self.max_scale))
+        return t, b.not_(fits)
+
+    def mantissa(self, v, mult):
+        """``clamp(rint(v * mult), -M, M)``: ties to even as ``(v * mult + C) - C`` in one
+        rounding (``|v * mult| < 2**22``, ``C`` an even integer whose sums have a unit in
+        the last place of 1), the clamp by AVX-512 DQ's vrangeps (the smaller magnitude,
+        the first operand's sign)."""
+        b = self.b
+        q = b.fsub(b.call(self.fma, [v, mult, self.magic]), self.magic)
+        return b.call(self.vrange, [q, self.top_m, ir.Constant(_I32, 0b0010), q,
+                                    ir.Constant(ir.IntType(16), -1), ir.Constant(_I32, 4)])
+
+
 def _vectors(k: int, stride2: bool, rows: int, blocks: tuple[int, ...]):
     """The intrinsic of one vector of pixels of ``rows`` output rows of a ``k x k``
     window cut into ``blocks``, unrolled (see the module's docstring)."""
@@ -69,39 +150,7 @@ def _vectors(k: int, stride2: bool, rows: int, blocks: tuple[int, ...]):
             zero = ir.Constant(_V16F, [0.0] * LANES)
             em = _Emitter(context, b, cols, masks, k, stride2, zero)
             fma = _fma_v16(b)
-            vrange = cgutils.get_or_insert_function(
-                b.module, ir.FunctionType(_V16F, [_V16F, _V16F, _I32, _V16F, ir.IntType(16),
-                                                  _I32]),
-                "llvm.x86.avx512.mask.range.ps.512")
-
-            def clamp(q, m):
-                """``q`` with ``|q|`` at most ``m`` and its sign: AVX-512 DQ's vrangeps
-                (the smaller magnitude, the first operand's sign), all lanes."""
-                return b.call(vrange, [q, m, ir.Constant(_I32, 0b0010), q,
-                                       ir.Constant(ir.IntType(16), -1), ir.Constant(_I32, 4)])
-
-            def ivec(n):
-                return ir.Constant(_V16I, [n] * LANES)
-
-            def field(i):
-                return b.load(b.inttoptr(b.add(fm, em.const(4 * i)), _I32.as_pointer()))
-
-            def iconst(v):  # an int32 scalar in every lane
-                lane = b.insert_element(ir.Constant(_V16I, None), v, ir.Constant(_I32, 0))
-                return b.shuffle_vector(lane, ir.Constant(_V16I, None), ivec(0))
-
-            mbits = field(0)
-            emin, emax = iconst(field(1)), iconst(field(2))
-            lowest = iconst(b.sub(mbits, ir.Constant(_I32, 126)))
-            mul_base = iconst(b.add(mbits, ir.Constant(_I32, 126)))  # mbits - 1 + 127
-            scl_base = iconst(b.sub(ir.Constant(_I32, 128), mbits))  # 127 - (mbits - 1)
-            top_m = _splat(b, em.scalar(ep, 3))
-            magic = ir.Constant(_V16F, [1.5 * 2.0**23] * LANES)
-            half = ir.Constant(_V16F, [0.5] * LANES)
-            one = ir.Constant(_V16F, [1.0] * LANES)
-            min_normal = ir.Constant(_V16F, [_MIN_NORMAL] * LANES)
-            max_scale = ir.Constant(_V16F, [_MAX_SCALE] * LANES)
-            inf_bits, abs_bits = ivec(0x7F800000), ivec(0x7FFFFFFF)
+            qz = Quantizer(b, em, fm, _splat(b, em.scalar(ep, 3)))
             base = [[em.word(rtab, 8 * (j * k + ky)) for ky in range(k)] for j in range(rows)]
 
             def tap(j, t):
@@ -111,33 +160,17 @@ def _vectors(k: int, stride2: bool, rows: int, blocks: tuple[int, ...]):
             bad = ir.Constant(em.i1v, [0] * LANES)
             t0 = 0
             for jb, nb in enumerate(blocks):
-                top = [ivec(0)] * rows
+                top = [qz.ivec(0)] * rows
                 for t in range(t0, t0 + nb):
                     top = em.pin(top)
                     for j in range(rows):
-                        a = b.and_(b.bitcast(tap(j, t), _V16I), abs_bits)
-                        top[j] = b.select(b.icmp_signed(">", a, top[j]), a, top[j])
+                        top[j] = qz.maximum(top[j], tap(j, t))
                 sj = _splat(b, em.scalar(s, jb))
                 mult, scale = [], []
                 for j in range(rows):
-                    ex = b.sub(b.lshr(top[j], ivec(23)), ivec(127))
-                    e = b.select(b.icmp_signed("<", ex, emin), emin, ex)
-                    e = b.select(b.icmp_signed(">", e, emax), emax, e)
-                    live = b.and_(b.icmp_signed(">", top[j], ivec(0)),
-                                  b.icmp_signed("<", top[j], inf_bits))
-                    # a live block whose exponent is below `lowest` (its multiplier
-                    # would not be normal), or a non-finite one: the general kernel
-                    bad = b.or_(bad, b.and_(live, b.icmp_signed("<", e, lowest)))
-                    bad = b.or_(bad, b.icmp_signed(">=", top[j], inf_bits))
-                    m = b.select(live, b.shl(b.sub(mul_base, e), ivec(23)), ivec(0))
-                    m = b.bitcast(m, _V16F)
-                    sc = b.bitcast(b.shl(b.add(e, scl_base), ivec(23)), _V16F)
-                    # every mantissa 0 (the largest rounds to 0): scale 1
-                    nonzero = b.fcmp_ordered(">", b.fmul(b.bitcast(top[j], _V16F), m), half)
-                    t = b.fmul(b.select(nonzero, sc, one), sj)
-                    fits = b.and_(b.fcmp_ordered(">=", t, min_normal),
-                                  b.fcmp_ordered("<=", t, max_scale))
-                    bad = b.or_(bad, b.not_(fits))
+                    m, sc, worse = qz.block(top[j])
+                    t, unfit = qz.product_scale(sc, sj)
+                    bad = b.or_(bad, b.or_(worse, unfit))
                     mult.append(m)
                     scale.append(t)
                 p = [zero] * rows
@@ -145,12 +178,7 @@ def _vectors(k: int, stride2: bool, rows: int, blocks: tuple[int, ...]):
                     p = em.pin(p)
                     wv = _splat(b, em.scalar(w, t))
                     for j in range(rows):
-                        # rint(x * multiplier), ties to even, as (x * multiplier + C) - C
-                        # in one rounding: |x * multiplier| < 2**22, and C is an even
-                        # integer whose sums have a unit in the last place of 1
-                        q = b.fsub(b.call(fma, [tap(j, t), mult[j], magic]), magic)
-                        q = clamp(q, top_m)
-                        p[j] = b.call(fma, [wv, q, p[j]])
+                        p[j] = b.call(fma, [wv, qz.mantissa(tap(j, t), mult[j]), p[j]])
                 for j in range(rows):
                     acc[j] = b.fadd(acc[j], b.fmul(p[j], scale[j]))
                 t0 += nb
