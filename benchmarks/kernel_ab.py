@@ -7,7 +7,8 @@ process (the machine's drift hits both alike), with the largest difference of th
 Kernels: ``depthwise-rows`` (:func:`npusim.simulator._fma_rows.depthwise`; off, depthwise
 layers take the phase layout or the channel-last kernel), ``block-depthwise-rows``
 (:func:`npusim.simulator._bfp_rows.depthwise`, with a block ``--format``; off, the phase
-layout or the channel-last kernel), ``maxpool-rows``
+layout or the channel-last kernel), ``block-stem`` (:func:`npusim.simulator._bfp_stem.conv`,
+with a block ``--format``; off, im2col and the 8-bit dot products), ``maxpool-rows``
 (:func:`npusim.simulator._fma_rows.maxpool`; off, the phase layout), ``grouped`` (the grouped
 convolutions of :func:`npusim.simulator.gemm._conv_grouped_fma`; off, a group at a time
 or the portable direct kernel) and ``fused-vector-passes`` (the device's element-wise
@@ -32,7 +33,7 @@ import sim_speed  # noqa: E402
 from npusim.compiler import compile_model  # noqa: E402
 from npusim.compiler.shapes import seeded_inputs  # noqa: E402
 from npusim.runtime.session import Session  # noqa: E402
-from npusim.simulator import _bfp_rows, _fma_rows, gemm  # noqa: E402
+from npusim.simulator import _bfp_rows, _bfp_stem, _fma_rows, gemm  # noqa: E402
 
 
 def _never(*_) -> bool:
@@ -41,6 +42,7 @@ def _never(*_) -> bool:
 
 _REAL = {"depthwise-rows": (_fma_rows, "depthwise_fits", _fma_rows.depthwise_fits, _never),
          "block-depthwise-rows": (_bfp_rows, "fits", _bfp_rows.fits, _never),
+         "block-stem": (_bfp_stem, "fits", _bfp_stem.fits, _never),
          "maxpool-rows": (_fma_rows, "maxpool_fits", _fma_rows.maxpool_fits, _never),
          "grouped": (gemm, "GROUPED_FMA_OUTPUTS", gemm.GROUPED_FMA_OUTPUTS, 0)}
 """Each kernel's switch: the module, the name, and its value with the kernel on and off."""

@@ -11,13 +11,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from npusim.simulator import _bfp_rows, _fma, _fma_rows, gemm, vector_chains
+from npusim.simulator import _bfp_rows, _bfp_stem, _fma, _fma_rows, gemm, vector_chains
 
 
 @pytest.mark.skipif(not _fma.AVAILABLE, reason="no AVX-512 here")
 @pytest.mark.parametrize(("model", "kernel", "fmt"), [
     ("mobilenet_v3_small", "depthwise-rows", "fp32"),
     pytest.param("mobilenet_v3_small", "block-depthwise-rows", "mxint8",
+                 marks=pytest.mark.skipif(not _bfp_rows.AVAILABLE,
+                                          reason="no AVX-512 DQ here")),
+    pytest.param("mobilenet_v2", "block-stem", "msfp16",
                  marks=pytest.mark.skipif(not _bfp_rows.AVAILABLE,
                                           reason="no AVX-512 DQ here")),
     ("light:squeezenet", "maxpool-rows", "fp32"),
@@ -27,6 +30,7 @@ def test_kernel_ab_times_both_ways(model: str, kernel: str, fmt: str, capsys,
     calls = []
     target = {"depthwise-rows": (_fma_rows, "depthwise"),
               "block-depthwise-rows": (_bfp_rows, "depthwise"),
+              "block-stem": (_bfp_stem, "conv"),
               "maxpool-rows": (_fma_rows, "maxpool"),
               "grouped": (gemm, "_conv_grouped_fma")}[kernel]
     real = getattr(*target)
@@ -35,7 +39,7 @@ def test_kernel_ab_times_both_ways(model: str, kernel: str, fmt: str, capsys,
     line = capsys.readouterr().out
     assert f"{model} {fmt} {kernel}: on " in line and "off / on" in line
     diff = float(line.rsplit("at most ", 1)[1])
-    if kernel in ("maxpool-rows", "block-depthwise-rows"):
+    if kernel in ("maxpool-rows", "block-depthwise-rows", "block-stem"):
         assert diff == 0  # the max is exact, the block formats bit-exact, either way
     else:
         assert 0 < diff < 1e-3  # off: another order of fp32 sums, the same model

@@ -11,6 +11,7 @@ import numpy as np
 
 from npusim.simulator import (
     _bfp_rows,
+    _bfp_stem,
     _fast_direct,
     _fast_phases,
     _fma,
@@ -154,6 +155,39 @@ def stem(x, weight, geom, out, out_hw, finish) -> None:
             finish(0, out.shape[0], y0 * ow, y1 * ow)
 
     threads.run(share, oh, grain=grain(wf.size * ow, "direct_f32"))
+
+
+def stem_bfp(x, weight, geom, fmt: Format, out, out_hw, finish) -> bool:
+    """A block-format convolution of one image ``x [3, H, W]`` with a 3x3 window on
+    :func:`npusim.simulator._bfp_stem.conv` (in place, the epilogue in the registers
+    unless there is a residual); the threads share the output rows. False when the
+    weights' scales keep it off the kernel, or a pixel needs the general path (which
+    then makes the whole layer, ``out`` included)."""
+    rows = _tiles(weight).rows_f32(weight)
+    if rows is None:
+        return False
+    oh, ow = out_hw
+    o = weight.shape[0]
+    padded_rows = -(-o // _bfp_stem.OUTPUTS) * _bfp_stem.OUTPUTS  # whole groups of
+    wq = np.zeros((padded_rows, rows[0].shape[1]), np.float32)  # zero weights, unit scales
+    sw = np.ones((padded_rows, rows[1].shape[1]), np.float32)
+    wq[:o], sw[:o] = rows
+    fused, bias, lo, hi, flags = _in_register(finish)
+    padded_bias = np.zeros(padded_rows, np.float32)
+    padded_bias[:bias.size] = bias
+    fm = np.array([fmt.mantissa_bits, fmt.emin, fmt.emax], np.int32)
+    bad = []
+
+    def share(y0: int, y1: int) -> None:
+        if _bfp_stem.conv(x, wq, sw, *geom.strides, *geom.dilations, *geom.pads[:2], oh, ow,
+                          y0, y1, fmt.block_size, fm, np.float32(fmt.max_mantissa),
+                          padded_bias, lo, hi, flags, out):
+            bad.append(True)
+        elif fused is None:
+            finish(0, o, y0 * ow, y1 * ow)
+
+    threads.run(share, oh, grain=grain(padded_rows * _bfp_stem.TAPS * ow, direct_kind(fmt)))
+    return not bad
 
 
 def _depthwise_rows_bfp(x, weight, rows, tp, geom, fmt: Format, og: int, out, out_hw,

@@ -33,6 +33,7 @@ import functools
 import numpy as np
 
 from npusim.simulator import (
+    _bfp_stem,
     _fast_gemm,
     _fma,
     _fma_grouped,
@@ -124,6 +125,10 @@ def conv2d(x: np.ndarray, weight: np.ndarray | BfpTensor, geom, fmt: Format,
             continue
         if fmt.is_fp32 and _fma.AVAILABLE and _fma_stem.fits(geom, c, ow):
             channelwise.stem(x[i], weight, geom, plane, (oh, ow), epi.finisher(i, plane))
+            continue
+        if (not fmt.is_fp32 and _bfp_stem.fits(geom, c, fmt.block_size, ow)
+                and channelwise.stem_bfp(x[i], weight, geom, fmt, plane, (oh, ow),
+                                         epi.finisher(i, plane))):
             continue
         xp = padded(x[i], geom, (oh, ow))
         if g > 1 and channelwise.grouped_direct(cg, og, len(tp[0])):

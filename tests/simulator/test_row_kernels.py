@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """The AVX-512 row-vector kernels (:mod:`npusim.simulator._fma_rows`,
-:mod:`npusim.simulator._bfp_rows`, :mod:`npusim.simulator._fma_stem`) against the
-reference convolution: fp32 depthwise and RGB stems within fp32's tolerance, block-format
-depthwise bit for bit, every epilogue, the threads sharing the work."""
+:mod:`npusim.simulator._bfp_rows`, :mod:`npusim.simulator._fma_stem`,
+:mod:`npusim.simulator._bfp_stem`) against the reference convolution: fp32 depthwise and
+RGB stems within fp32's tolerance, block-format depthwise and RGB stems bit for bit,
+every epilogue, the threads sharing the work."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from conv_cases import (
 )
 from numerics_cases import DIFF_FORMATS, fid, nasty
 
-from npusim.simulator import _bfp_rows, _fma, _fma_rows, _fma_stem
+from npusim.simulator import _bfp_rows, _bfp_stem, _fma, _fma_rows, _fma_stem
 from npusim.simulator.kernels import ConvGeometry, conv2d, conv2d_reference
 from npusim.simulator.numerics import FP32, Format, quantize
 
@@ -159,3 +160,57 @@ def test_block_depthwise_on_row_vectors_matches_reference(
             assert same_bits(conv2d(x, wq, bias, geom, fmt, **kw), ref), (name, kw)
     assert sum(made) == 8 * o  # two images, four epilogues
     assert (sum(reruns) == 0) == (values == "finite")
+
+
+BLOCK_STEMS = {
+    # outputs 8 (one group), 20 and 33 (a short last group), 3; stride 2 on 224x224
+    # (MobileNet's), stride 1, uneven padding, dilation, narrow rows
+    "stem-224-s2": (8, 224, 224, ConvGeometry((3, 3), (2, 2), (1, 1, 1, 1))),
+    "stem-o20-s1": (20, 18, 64, ConvGeometry((3, 3), (1, 1), (1, 1, 1, 1))),
+    "stem-o33-uneven": (33, 21, 131, ConvGeometry((3, 3), (2, 2), (0, 1, 1, 0))),
+    "stem-o3-dilated": (3, 9, 40, ConvGeometry((3, 3), (1, 2), (2, 2, 2, 2), (2, 1))),
+}
+STEM_FORMATS = [f for f in DIFF_FORMATS if f.block_size == 16 or f.block_size >= 27]
+
+
+@pytest.mark.skipif(not _bfp_stem.AVAILABLE, reason="no AVX-512 DQ here")
+@pytest.mark.parametrize("fmt", STEM_FORMATS, ids=fid)
+@pytest.mark.parametrize("name", list(BLOCK_STEMS))
+@pytest.mark.parametrize("values", ["finite", "nasty"])
+def test_block_stem_on_row_vectors_matches_reference(
+        fmt: Format, name: str, values: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block-format convolutions of three channels with a 3x3 window on vectors of an
+    output row, each pixel's window quantized once in its lane, every output's products
+    from it, bit for bit with every epilogue (narrow rows too: the kernel's width floor
+    off): finite values of moderate scale all on the kernel; with NaN, infinities, zeros
+    and subnormals, or weight scales far outside fp32's, the layer on the general path."""
+    outcomes = []
+    real = _bfp_stem.conv
+    monkeypatch.setattr(_bfp_stem, "conv", lambda *a: outcomes.append(real(*a)) or outcomes[-1])
+    monkeypatch.setattr(_bfp_stem, "WIDTH", 0)
+    o, h, w, geom = BLOCK_STEMS[name]
+    rng = np.random.default_rng(len(name) + fmt.block_size)
+    weights = nasty(rng, (o, 27), fmt, nonfinite=False, row_exp=(-20, 10))
+    if values == "finite":
+        x = (rng.standard_normal((2, 3, h, w))
+             * 2.0 ** rng.integers(-30, 30, (2, 3, h, w))).astype(np.float32)
+    else:
+        x = nasty(rng, (2, 3, h, w), fmt, row_exp=(-30, 30))
+        x[0, 0, 0, 0] = np.nan
+    wq = quantize(weights, fmt)
+    bias = rng.standard_normal(o).astype(np.float32)
+    res = rng.standard_normal(conv2d_reference(x, wq, None, geom, fmt).shape).astype(
+        np.float32)
+    with np.errstate(all="ignore"):
+        for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)},
+                   {"relu": True, "clip": (-1.0, 0.5)}):
+            ref = conv2d_reference(x, wq, bias, geom, fmt, **kw)
+            assert same_bits(conv2d(x, wq, bias, geom, fmt, **kw), ref), (name, kw)
+    assert outcomes  # the kernel ran; on finite values nothing went to the general path
+    assert (not any(outcomes)) == (values == "finite")
+    if o % _bfp_stem.OUTPUTS:  # a call reads whole groups: the caller pads them
+        with pytest.raises(ValueError, match="whole groups"):
+            real(x[0], np.zeros((o, 27), np.float32), np.ones((o, 2), np.float32), 1, 1, 1, 1,
+                 0, 0, 2, 2, 0, 1, 16, np.zeros(3, np.int32), np.float32(1),
+                 np.zeros(o, np.float32), np.float32(0), np.float32(0), 0,
+                 np.empty((o, 4), np.float32))
