@@ -286,45 +286,122 @@ def _pairwise(x, n):  # pragma: no cover - compiled
 def _mean_rows(x, r0, r1, out):  # pragma: no cover - compiled
     # out[r] = fp32(float64 mean of row r of x [R, N]) as numpy's add.reduce (from +0.0,
     # then the pairwise sum) and true_divide by N give it
-    for r in range(r0, r1):
-        out[r] = np.float32((0.0 + _pairwise(x[r], x.shape[1])) / x.shape[1])
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _norm_rows(x, scale, bias, eps, channels, r0, r1, out):  # pragma: no cover - compiled
-    # rows r0...r1 of vector.norm_reference's float64 steps: the mean and the mean of the
-    # squared deviations as numpy's add.reduce (from +0.0, pairwise) over N, each
-    # deviation over sqrt(variance + eps), times the scale plus the bias (no fused
-    # multiply-add), rounded once
     n = x.shape[1]
-    d = np.empty(n, np.float64)
-    dd = np.empty(n, np.float64)
-    for r in range(r0, r1):
-        row = x[r]
-        mu = (0.0 + _pairwise(row, n)) / n
-        for j in range(n):
-            d[j] = np.float64(row[j]) - mu
-        for j in range(n):
-            dd[j] = d[j] * d[j]
-        den = np.sqrt((0.0 + _pairwise(dd, n)) / n + eps)
-        o = out[r]
-        if channels:
-            s, b = np.float64(scale[r % channels]), np.float64(bias[r % channels])
-            for j in range(n):
-                o[j] = np.float32(d[j] / den * s + b)
+    r = r0
+    if n >= 8:  # four rows at a time: their eight running sums of every leaf of the
+        # pairwise sum on four vectors of float64 lanes (one row's would wait on each add)
+        starts = np.empty(n // 8 + 1, np.int64)  # a leaf holds at least 8
+        lens = np.empty(n // 8 + 1, np.int64)
+        leaves = _leaves(n, starts, lens)
+        sums = np.empty((leaves, 4, 8), np.float64)
+        vals = np.empty(leaves, np.float64)
+        rows = np.empty(4, np.intp)
+        while r + 4 <= r1:
+            for k in range(4):
+                rows[k] = x[r + k].ctypes.data
+            for f in range(leaves):
+                _eight_sums4(rows.ctypes.data, starts[f] * 4, lens[f] // 8,
+                             sums[f].ctypes.data)
+            for k in range(4):
+                for f in range(leaves):
+                    v = sums[f, k]
+                    res = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))
+                    for i in range(starts[f] + lens[f] // 8 * 8, starts[f] + lens[f]):
+                        res += np.float64(x[r + k, i])
+                    vals[f] = res
+                total = vals[0] if leaves == 1 else _tree(n, vals)
+                out[r + k] = np.float32((0.0 + total) / n)
+            r += 4
+    for q in range(r, r1):
+        out[q] = np.float32((0.0 + _pairwise(x[q], n)) / n)
+
+
+@numba.njit(cache=True)
+def _leaves(n, starts, lens):  # pragma: no cover - compiled
+    # the leaves (8 <= length <= 128) of numpy's pairwise sum of n >= 8 elements, in
+    # order, into starts and lens; returns how many (no recursion: numba's cache of a
+    # recursive function called from another cached one crashed when loaded)
+    todo_n = np.empty(64, np.int64)  # a stack of halves still to cut, first on top
+    todo_s = np.empty(64, np.int64)
+    todo_n[0], todo_s[0] = n, 0
+    top, k = 1, 0
+    while top:
+        top -= 1
+        m, s = todo_n[top], todo_s[top]
+        if m <= _PAIRWISE_BLOCK:
+            starts[k], lens[k] = s, m
+            k += 1
+            continue
+        n2 = m // 2
+        n2 -= n2 % 8
+        todo_n[top], todo_s[top] = m - n2, s + n2
+        todo_n[top + 1], todo_s[top + 1] = n2, s
+        top += 2
+    return k
+
+
+@numba.njit(cache=True)
+def _tree(n, vals):  # pragma: no cover - compiled
+    # numpy's pairwise sum of n >= 8 elements from its leaves' sums, in order: the
+    # recursion's frames on a stack (n, how far along, the first half's sum)
+    fn = np.empty(64, np.int64)
+    stage = np.zeros(64, np.int64)
+    first = np.empty(64, np.float64)
+    fn[0] = n
+    depth, leaf, ret = 0, 0, 0.0
+    while True:
+        m = fn[depth]
+        n2 = m // 2
+        n2 -= n2 % 8
+        if m <= _PAIRWISE_BLOCK or stage[depth] == 2:
+            if m <= _PAIRWISE_BLOCK:
+                ret = vals[leaf]
+                leaf += 1
+            else:
+                ret = first[depth] + ret
+            depth -= 1
+            if depth < 0:
+                return ret
+        elif stage[depth] == 0:
+            stage[depth] = 1
+            depth += 1
+            fn[depth], stage[depth] = n2, 0
         else:
-            for j in range(n):
-                o[j] = np.float32(d[j] / den * np.float64(scale[j]) + np.float64(bias[j]))
+            first[depth], stage[depth] = ret, 2
+            depth += 1
+            fn[depth], stage[depth] = m - n2, 0
 
 
-def norm_rows(x2d: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float,
-              channels: int) -> np.ndarray:
-    """:func:`npusim.simulator.vector.norm_reference`'s bits for a C-contiguous float32
-    ``[R, N]``, without its float64 copies; the threads share the rows."""
-    out = np.empty(x2d.shape, np.float32)
-    threads.run(lambda a, b: _norm_rows(x2d, scale, bias, float(eps), channels, a, b, out),
-                x2d.shape[0], grain=max(1, (1 << 15) // max(1, x2d.shape[1])))
-    return out
+@intrinsic
+def _eight_sums4(typingctx, rows, offset, vectors, out):
+    """For four rows of float32 (their byte addresses in the int64 table ``rows``), from
+    byte ``offset`` on: each row's eight running sums ``x[l] + x[8 + l] + ...`` over
+    ``vectors`` vectors of 8, in float64, in that order (numpy's), the four rows' chains
+    interleaved; into ``out`` float64 ``[4, 8]``."""
+    def codegen(context, builder, signature, args):
+        rows, offset, vectors, out = args
+        b = builder
+        v8f, v8d = ir.VectorType(ir.FloatType(), 8), ir.VectorType(ir.DoubleType(), 8)
+        intp = rows.type
+        bases = [b.add(b.load(b.inttoptr(b.add(rows, ir.Constant(intp, 8 * k)),
+                                         intp.as_pointer())), offset) for k in range(4)]
+
+        def load(k, j):
+            at = b.add(bases[k], b.mul(j, ir.Constant(intp, 32)))
+            return b.fpext(b.load(b.inttoptr(at, v8f.as_pointer()), align=4), v8d)
+
+        one = ir.Constant(intp, 1)
+        acc = [cgutils.alloca_once_value(b, load(k, ir.Constant(intp, 0))) for k in range(4)]
+        with cgutils.for_range(b, b.sub(vectors, one)) as loop:
+            j = b.add(loop.index, one)
+            for k in range(4):
+                b.store(b.fadd(b.load(acc[k]), load(k, j)), acc[k])
+        for k in range(4):
+            at = b.add(out, ir.Constant(intp, 64 * k))
+            b.store(b.load(acc[k]), b.inttoptr(at, v8d.as_pointer()), align=8)
+        return context.get_dummy_value()
+
+    return types.void(types.intp, types.intp, types.intp, types.intp), codegen
 
 
 def mean_rows(x2d: np.ndarray) -> np.ndarray:
