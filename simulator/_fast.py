@@ -404,6 +404,43 @@ def _eight_sums4(typingctx, rows, offset, vectors, out):
     return types.void(types.intp, types.intp, types.intp, types.intp), codegen
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _norm_rows(x, scale, bias, eps, channels, r0, r1, out):  # pragma: no cover - compiled
+    # rows r0...r1 of vector.norm_reference's float64 steps: the mean and the mean of the
+    # squared deviations as numpy's add.reduce (from +0.0, pairwise) over N, each
+    # deviation over sqrt(variance + eps), times the scale plus the bias (no fused
+    # multiply-add), rounded once
+    n = x.shape[1]
+    d = np.empty(n, np.float64)
+    dd = np.empty(n, np.float64)
+    for r in range(r0, r1):
+        row = x[r]
+        mu = (0.0 + _pairwise(row, n)) / n
+        for j in range(n):
+            d[j] = np.float64(row[j]) - mu
+        for j in range(n):
+            dd[j] = d[j] * d[j]
+        den = np.sqrt((0.0 + _pairwise(dd, n)) / n + eps)
+        o = out[r]
+        if channels:
+            s, b = np.float64(scale[r % channels]), np.float64(bias[r % channels])
+            for j in range(n):
+                o[j] = np.float32(d[j] / den * s + b)
+        else:
+            for j in range(n):
+                o[j] = np.float32(d[j] / den * np.float64(scale[j]) + np.float64(bias[j]))
+
+
+def norm_rows(x2d: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float,
+              channels: int) -> np.ndarray:
+    """:func:`npusim.simulator.vector.norm_reference`'s bits for a C-contiguous float32
+    ``[R, N]``, without its float64 copies; the threads share the rows."""
+    out = np.empty(x2d.shape, np.float32)
+    threads.run(lambda a, b: _norm_rows(x2d, scale, bias, float(eps), channels, a, b, out),
+                x2d.shape[0], grain=max(1, (1 << 15) // max(1, x2d.shape[1])))
+    return out
+
+
 def mean_rows(x2d: np.ndarray) -> np.ndarray:
     """``x2d.astype(float64).mean(axis=1).astype(float32)`` of a C-contiguous float32
     ``[R, N]``, bit for bit, with no float64 copy; the threads share the rows."""
