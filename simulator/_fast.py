@@ -441,6 +441,34 @@ def norm_rows(x2d: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float,
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def softmax_shift(x, z):  # pragma: no cover - compiled
+    """``z[r] = float64(x[r]) - max(float64(x[r]))`` per row of ``x [R, N]``, a NaN
+    anywhere in a row making its maximum NaN (numpy's ``max``); the sign of a zero
+    maximum does not matter here (only ``exp(z)`` is read)."""
+    for r in range(x.shape[0]):
+        row = x[r]
+        m = np.float64(row[0])
+        for j in range(1, row.size):
+            v = np.float64(row[j])
+            m = v if (v > m or v != v) and m == m else m
+        zr = z[r]
+        for j in range(row.size):
+            zr[j] = np.float64(row[j]) - m
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def softmax_scale(e, out):  # pragma: no cover - compiled
+    """``out[r] = fp32(e[r] / sum(e[r]))`` per row of ``e [R, N]`` float64, the sum as
+    numpy's add.reduce over the last axis (from +0.0, pairwise)."""
+    n = e.shape[1]
+    for r in range(e.shape[0]):
+        total = 0.0 + _pairwise(e[r], n)
+        er, o = e[r], out[r]
+        for j in range(n):
+            o[j] = np.float32(er[j] / total)
+
+
 def mean_rows(x2d: np.ndarray) -> np.ndarray:
     """``x2d.astype(float64).mean(axis=1).astype(float32)`` of a C-contiguous float32
     ``[R, N]``, bit for bit, with no float64 copy; the threads share the rows."""

@@ -248,6 +248,8 @@ def matmul_act(a: np.ndarray, b: np.ndarray, fmt: Format,
         wt = np.ascontiguousarray(np.swapaxes(b, 1, 2), np.float32)
         return dense_layers.matmul_batched(quantize(np.asarray(a, np.float32), fmt),
                                     quantize(wt, fmt))
+    if fmt.is_fp32:  # one fp32 GEMM per batch (their sums have no fixed order), the
+        return dense_layers.fp32_batched(a, b)  # batches shared between the threads
     out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.float32)
     for i in range(a.shape[0]):
         w = np.ascontiguousarray(b[i if b.shape[0] > 1 else 0].T, np.float32)
@@ -399,7 +401,38 @@ def max_step(running: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Computed in float64 and rounded once to fp32."""
+    """Computed in float64 and rounded once to fp32 (:func:`softmax_reference`'s bits):
+    over the last axis, a slice of rows at a time, the slices shared between the threads;
+    each row's maximum, shift, sum (numpy's pairwise order) and division compiled, its
+    exp numpy's own."""
+    x = np.asarray(x)
+    if axis not in (-1, x.ndim - 1) or x.ndim == 0 or x.size < SOFTMAX_SLICE:
+        return softmax_reference(x, axis)
+    cols = x.shape[-1]
+    rows = np.ascontiguousarray(x).reshape(-1, cols)
+    out = np.empty(rows.shape, np.float32)
+    step = max(1, SOFTMAX_SLICE // max(1, cols))
+
+    def share(r0: int, r1: int) -> None:
+        z = np.empty((min(step, r1 - r0), cols), np.float64)
+        for a in range(r0, r1, step):
+            b = min(r1, a + step)
+            zs = z[:b - a]
+            _fast.softmax_shift(rows[a:b], zs)  # the max and the shift compiled,
+            np.exp(zs, out=zs)  # numpy's own exp (its bits), then the sums and the
+            _fast.softmax_scale(zs, out[a:b])  # division compiled
+
+    threads.run(share, rows.shape[0], grain=step)
+    return out.reshape(x.shape)
+
+
+SOFTMAX_SLICE = 1 << 12
+"""Elements of a softmax's slice of rows (their float64 temporaries stay in cache); a
+smaller softmax runs the reference."""
+
+
+def softmax_reference(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """:func:`softmax` by numpy's float64 operations on the whole array."""
     z = x.astype(np.float64)
     z = np.exp(z - z.max(axis=axis, keepdims=True))
     return (z / z.sum(axis=axis, keepdims=True)).astype(np.float32)

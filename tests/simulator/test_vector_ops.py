@@ -393,6 +393,25 @@ def test_norm_is_the_float64_formula_bit_for_bit(rows: int, cols: int, channels:
         assert np.array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
 
 
+@pytest.mark.parametrize("shape", [(300, 49), (24, 197), (5, 1000), (2000, 3), (7, 6000),
+                                   (4, 5)])
+def test_softmax_is_the_float64_formula_bit_for_bit(shape: tuple[int, int]) -> None:
+    """The compiled maximum, shift, pairwise sum and division around numpy's exp give the
+    reference's bits: rows of every length around the pairwise blocks (8, 128), slices
+    shared between the threads, NaN, infinities, huge and tiny values."""
+    rng = np.random.default_rng(shape[0])
+    x = (rng.standard_normal(shape) * 5).astype(F32)
+    flat = x.reshape(-1)
+    flat[::97] = np.resize(inputs(2, 0), flat[::97].size)  # the special values
+    x[1] = 3e38
+    with np.errstate(all="ignore"):
+        want = kernels.softmax_reference(x)
+        got = kernels.softmax(x)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    assert np.array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
+
+
 # --- V_RESIZE -----------------------------------------------------------------------------
 
 COORDS = [c.name.lower() for c in isa.CoordMode]
