@@ -77,8 +77,9 @@ ConvNeXt's dense layers on one core, at about a third of onnxruntime's speed."""
 def fp32(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
          relu: bool, clip: tuple[float, float] | None) -> np.ndarray | None:
     """``epilogue(a @ w.T)`` for fp32 ``a [N, K]`` and ``w [O, K]`` when there are at least
-    ``FP32_ROWS`` rows (else None): each thread a slice of rows, its product by BLAS
-    (fp32 sums have no fixed order) and the epilogue's fp32 steps on it in cache, those of
+    ``FP32_ROWS`` rows (else None): each thread a slice of rows (or of the outputs, when
+    they outnumber the rows), its product by BLAS (fp32 sums have no fixed order) and
+    the epilogue's fp32 steps on it in cache, those of
     :func:`npusim.simulator.kernels.epilogue`."""
     n, k = a.shape
     if n < FP32_ROWS:
@@ -90,19 +91,30 @@ def fp32(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None, residual: np.nda
     b = None if bias is None else np.asarray(bias, np.float32)
     res = None if residual is None else np.asarray(residual, np.float32).reshape(n, o)
 
-    def share(r0: int, r1: int) -> None:
-        y = out[r0:r1]
-        np.matmul(a[r0:r1], wt, out=y)
+    def finish(y: np.ndarray, rows: slice, cols: slice) -> None:
         if b is not None:
-            np.add(y, b, out=y)
+            np.add(y, b[cols], out=y)
         if res is not None:
-            np.add(y, res[r0:r1], out=y)
+            np.add(y, res[rows, cols], out=y)
         if relu:
             np.maximum(y, np.float32(0), out=y)
         if clip is not None:
             np.minimum(np.maximum(y, np.float32(clip[0]), out=y), np.float32(clip[1]), out=y)
 
-    threads.run(share, n, grain=grain(o * k, "blas"))
+    if o > n:  # more weights than activations (ViT's 197 tokens by 768 x 3072): each
+        def by_columns(c0: int, c1: int) -> None:  # thread reads its share of the weights
+            y = out[:, c0:c1]
+            np.matmul(a, wt[:, c0:c1], out=y)
+            finish(y, slice(None), slice(c0, c1))
+
+        threads.run(by_columns, o, grain=grain(n * k, "blas"))
+        return out
+
+    def by_rows(r0: int, r1: int) -> None:
+        np.matmul(a[r0:r1], wt, out=out[r0:r1])
+        finish(out[r0:r1], slice(r0, r1), slice(None))
+
+    threads.run(by_rows, n, grain=grain(o * k, "blas"))
     return out
 
 

@@ -320,20 +320,21 @@ def test_small_dense_layers_match_reference(fmt: Format, rows: int, whole: bool,
     assert bool(calls) == whole
 
 
-@pytest.mark.parametrize("rows", [dense_products.FP32_ROWS, 301])
-def test_fp32_dense_of_many_rows_shares_them(rows: int, monkeypatch: pytest.MonkeyPatch
-                                            ) -> None:
-    """fp32 products of many rows (a transformer's tokens), their rows shared between the
-    threads: the product within fp32 of float64's, each epilogue's fp32 steps on its sums
-    bit for bit (NaN and infinities in the residual), leading axes kept."""
+@pytest.mark.parametrize("rows,o", [(dense_products.FP32_ROWS, 21), (301, 21), (70, 150)])
+def test_fp32_dense_of_many_rows_shares_them(rows: int, o: int,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 products of many rows (a transformer's tokens), their rows (or, when the
+    outputs outnumber them, the outputs) shared between the threads: the product within
+    fp32 of float64's, each epilogue's fp32 steps on its sums bit for bit (NaN and
+    infinities in the residual), leading axes kept."""
     from npusim.simulator.kernels import epilogue
 
     monkeypatch.setattr(conv_shares, "SHARE_MACS", dict.fromkeys(conv_shares.SHARE_MACS, 1))
     rng = np.random.default_rng(rows)
     a = rng.standard_normal((rows, 37)).astype(np.float32)
-    w = rng.standard_normal((21, 37)).astype(np.float32)
-    bias = rng.standard_normal(21).astype(np.float32)
-    res = rng.standard_normal((rows, 21)).astype(np.float32)
+    w = rng.standard_normal((o, 37)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    res = rng.standard_normal((rows, o)).astype(np.float32)
     res[::5, 3], res[::7, 4] = np.nan, -np.inf
     bare = dense(a, w, None, FP32)
     np.testing.assert_allclose(bare, a.astype(np.float64) @ w.T.astype(np.float64),
@@ -344,7 +345,7 @@ def test_fp32_dense_of_many_rows_shares_them(rows: int, monkeypatch: pytest.Monk
                            kw.get("clip"))
             assert same_bits(dense(a, w, bias, FP32, **kw), ref), kw
     three = dense(a.reshape(1, rows, 37), w, bias, FP32)
-    assert three.shape == (1, rows, 21) and same_bits(three[0], dense(a, w, bias, FP32))
+    assert three.shape == (1, rows, o) and same_bits(three[0], dense(a, w, bias, FP32))
 
 
 @pytest.mark.parametrize("fmt", DIFF_FORMATS + MX_FORMATS, ids=fid)
