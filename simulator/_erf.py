@@ -32,7 +32,7 @@ ERF_RANGE = 6.0
 ERF_TERMS = 18
 """Degree of each center's series (even: its even and odd terms run as two chains):
 within 2**-52 of erf relative over the range at a center's half-width of 1/4
-(``tests/simulator/test_vector_ops.py`` checks it against ``math.erf``)."""
+(``tests/simulator/test_vector_formulas.py`` checks it against ``math.erf``)."""
 ERF_MARGIN = 2.0**-44
 """Relative distance from a float32 rounding boundary inside which :func:`erf32` takes
 ``math.erf`` (and, for the GELU, an absolute one of ``|x| * 2**-47``): the table's

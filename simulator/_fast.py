@@ -512,7 +512,7 @@ def _sixth(v):  # pragma: no cover - compiled
     (which does not vectorize well): ``v * (1/6)`` corrected once by its exact remainder
     (a fused multiply-add), as IA-64 divides. Equal to the division for every such float32
     (checked over all 2**32 bit patterns; the uncorrected product differs on 724M of
-    them); ``tests/simulator/test_vector_ops.py`` checks a dense sample."""
+    them); ``tests/simulator/test_vector_formulas.py`` checks a dense sample."""
     q = v * _SIXTH
     return _fma64(_fma64(-q, 6.0, v), _SIXTH, q)
 

@@ -39,7 +39,7 @@ EXP_POLY = (2.6291527660381203e-07, 2.7634590960408026e-06, 2.4805246959454023e-
             1.0000000000000038, 1.0000000000000007)
 """exp(r) for ``|r| <= ln2 / 2`` as a polynomial of degree 10, highest power first: the
 interpolant at Chebyshev nodes (``numpy.polynomial.chebyshev.chebinterpolate``), within
-``2**-49`` of exp relative (``tests/simulator/test_vector_ops.py`` checks it)."""
+``2**-49`` of exp relative (``tests/simulator/test_vector_formulas.py`` checks it)."""
 
 
 def _logistic_vectors(silu: bool):

@@ -11,13 +11,13 @@ Example:
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 
 import numpy as np
 
-from npusim.simulator import _chain, isa, kernels, threads, vector_chains
+from npusim.simulator import isa, kernels, threads
 from npusim.simulator.config import DeviceConfig
+from npusim.simulator.fused import ELEMENTWISE_GRAIN, FusedPasses
 from npusim.simulator.host import HostKernel, HostOpError, host_kernel
 from npusim.simulator.kernels import ConvGeometry
 from npusim.simulator.numerics import FP32, BfpTensor, Rounding, unpack
@@ -25,13 +25,8 @@ from npusim.simulator.program import Program, ProgramError, TensorDesc
 from npusim.simulator.progress import task
 from npusim.simulator.schedule import program_work, schedule
 from npusim.simulator.stats import LayerStats, RunStats
-from npusim.simulator.timing import Operand
 
 __all__ = ["Device", "ExecutionError", "InputError", "LayerStats", "RunStats"]
-
-
-ELEMENTWISE_GRAIN = 1 << 18
-"""Elements of an element-wise instruction worth a thread of their own."""
 
 
 class InputError(ValueError):
@@ -60,26 +55,6 @@ def _alu_fn(op: int, rev: bool):
     return lambda a, b, out: kernels.alu(name, a, b, out)
 
 
-def silu_pairs(instructions: list[isa.Instruction]) -> dict[int, isa.VvAlu]:
-    """The sigmoids that the next instruction multiplies by their own input, element for
-    element, with the sigmoid's input, its result and the product each in memory of its
-    own or exactly the same as another's: by the sigmoid's index, that VV_ALU. The device
-    runs each pair as one pass (:func:`npusim.simulator.vector.sigmoid_and_product`),
-    which writes what the two would."""
-    pairs = {}
-    for k, (i, j) in enumerate(itertools.pairwise(instructions)):
-        if not (isinstance(i, isa.VUnary) and i.fn == isa.UnaryFn.SIGMOID
-                and isinstance(j, isa.VvAlu) and j.op == isa.AluOp.MUL
-                and j.length == i.length and j.div == 1 and j.mod == i.length
-                and i.src != i.dst and {j.src0, j.src1} == {i.src, i.dst}):
-            continue
-        n = 4 * i.length
-        if all(a == b or a + n <= b or b + n <= a
-               for a, b in itertools.combinations((i.src, i.dst, j.dst), 2)):
-            pairs[k] = j
-    return pairs
-
-
 SPARE_ARENA_BYTES = 1 << 26
 """A run's arena up to this size is kept for the next run of the same batch size."""
 
@@ -98,12 +73,10 @@ class Device:
         self._regions: dict[tuple[int, int], tuple[bool, int]] = {}  # checked ranges
         self._prepared: dict[tuple, object] = {}  # views and plans into the current arena
         self._host_mem: list[dict[str, object]] = []
-        self._pairs: dict[int, isa.VvAlu] = {}  # fused sigmoid-multiply pairs
-        self._bare_products: set[int] = set()  # of those, the pairs whose sigmoid is not read
-        self._chains: dict[int, vector_chains.Chain] = {}  # element-wise runs in one pass
+        self._fused: FusedPasses | None = None
         self.fuse = True
-        """Whether runs of element-wise instructions (:mod:`~npusim.simulator.vector_chains`)
-        and sigmoid-multiply pairs run as one pass each (the same bits either way)."""
+        """Whether runs of element-wise instructions and sigmoid-multiply pairs run as one
+        pass each (:mod:`~npusim.simulator.fused`; the same bits either way)."""
 
     def load(self, program: Program) -> None:
         """Load ``program``, replacing the one before; refuse one built for another target."""
@@ -133,13 +106,7 @@ class Device:
         self._spare, self._regions, self._prepared = None, {}, {}
         self._host = [self._host_kernel(k, h) for k, h in enumerate(program.host_ops)]
         works = program_work(program, self.config)
-        code = program.instructions
-        self._pairs = silu_pairs(code)
-        self._bare_products = {k for k, j in self._pairs.items() if code[k].dst != j.dst
-                               and not vector_chains.read_again(
-                                   works, k + 2, Operand(code[k].dst, 4 * code[k].length))}
-        self._chains = vector_chains.chains(code, works,
-                                            frozenset(self._pairs) | {k + 1 for k in self._pairs})
+        self._fused = FusedPasses(program.instructions, works)
         # the schedule depends only on the program and the device: price it once
         self.stats = schedule(program, self.config, works)
 
@@ -193,6 +160,27 @@ class Device:
             view = self._prepared[key] = self._bytes(addr, 4 * math.prod(shape), what).view(
                 np.float32).reshape(images, *shape)
         return view
+
+    # what a pass of several instructions (:mod:`~npusim.simulator.fused`) reads memory by
+    def prepared(self, key: tuple, make):
+        """``make()``, made once per arena (``()`` when it raises an ExecutionError)."""
+        plan = self._prepared.get(key)
+        if plan is None:
+            try:
+                plan = make()
+            except ExecutionError:
+                plan = ()
+            self._prepared[key] = plan
+        return plan
+
+    def in_arena(self, addr: int, nbytes: int) -> bool:
+        """Whether a byte range lies in the activation arena (ExecutionError when it is
+        outside device DRAM)."""
+        return self._region(addr, nbytes, "operand")[0]
+
+    def view(self, addr: int, shape: tuple[int, ...], what: str = "read") -> np.ndarray:
+        """``[images, *shape]`` float32 at ``addr`` (:meth:`_f32`)."""
+        return self._f32(addr, shape, what)
 
     def _read(self, t: TensorDesc) -> np.ndarray:
         images = self._arena.shape[0]
@@ -267,17 +255,13 @@ class Device:
                   threads.hold(),  # sleeping compute threads wake now, and sleep at the end
                   task("simulate", total=len(prog.instructions), unit="instr") as progress):
                 instructions, k = prog.instructions, 0
-                pairs, chains = (self._pairs, self._chains) if self.fuse else ({}, {})
+                fused = self._fused if self.fuse else None
                 while k < len(instructions):
                     i = instructions[k]
-                    if k in pairs and self._sigmoid_and_product(k, pairs[k]):
-                        k += 2
-                        progress.update(2)
-                        continue
-                    c = chains.get(k)
-                    if c is not None and self._chain(k, c):
-                        k += c.count
-                        progress.update(c.count)
+                    ran = fused.run(k, self) if fused is not None else 0
+                    if ran:
+                        k += ran
+                        progress.update(ran)
                         continue
                     self._execute(i, host_in, host_out, fmt, rounding)
                     k += 1
@@ -378,71 +362,6 @@ class Device:
                     raise ExecutionError("V_COPY destination is outside the activation arena")
                 views = self._prepared[key] = (src, dst)
             np.copyto(views[1], views[0])
-
-    def _sigmoid_and_product(self, k: int, j: isa.VvAlu) -> bool:
-        """Instruction ``k``, a sigmoid, and ``j`` after it, a pair of :func:`silu_pairs`,
-        in one pass (the sigmoid not stored where no later instruction reads it); False,
-        having done nothing, when the sigmoid or the product is not written into the
-        arena (the two then run apart, and say what is wrong)."""
-        i = self.program.instructions[k]
-        key = ("silu", i.src, i.dst, j.dst, i.length)
-        views = self._prepared.get(key)
-        if views is None:
-            shape, n = (i.length,), 4 * i.length
-            try:
-                ok = self._region(i.dst, n, "write")[0] and self._region(j.dst, n, "write")[0]
-                views = (self._f32(i.src, shape), self._f32(i.dst, shape, "write"),
-                         self._f32(j.dst, shape, "write")) if ok else ()
-            except ExecutionError:
-                views = ()
-            self._prepared[key] = views
-        if not views:
-            return False
-        bare = k in self._bare_products
-        for x, s, p in zip(*views, strict=True):  # each image
-            kernels.sigmoid_and_product(x, p if bare else s, p)
-        return True
-
-    def _chain(self, k: int, c: vector_chains.Chain) -> bool:
-        """The :class:`~npusim.simulator.vector_chains.Chain` that starts at instruction
-        ``k`` in one pass; False, having done nothing, when an operand is outside device
-        DRAM or a result outside the arena (the instructions then run one by one, and
-        say what is wrong)."""
-        key = ("chain", k)
-        plan = self._prepared.get(key)
-        if plan is None:
-            try:
-                plan = self._chain_plan(c)
-            except ExecutionError:
-                plan = ()
-            self._prepared[key] = plan
-        if not plan:
-            return False
-        xs, operands, outs = plan
-        n = c.length
-        for m in range(len(xs)):  # each image
-            ops = tuple(a[min(m, len(a) - 1)] for a in operands)
-            dst = tuple(o[m] for o in outs)
-            threads.run(lambda a, b, m=m, ops=ops, dst=dst: _chain.run(
-                xs[m], c.steps, ops, dst, a, b), n, grain=ELEMENTWISE_GRAIN)
-        return True
-
-    def _chain_plan(self, c: vector_chains.Chain):
-        """The views :meth:`_chain` runs on: ``x`` per image, each operand per image (one
-        copy of a constant), each result per image; ``()`` when a result is not in the
-        arena."""
-        n = c.length
-        if not all(self._region(d, 4 * n, "write")[0] for d in c.outs):
-            return ()
-        operands = []
-        for addr, m in c.operands:
-            view = self._f32(addr, (m,))
-            operands.append(view if self._region(addr, 4 * m, "read")[0]
-                            else np.array(view[:1]))  # the one copy all images share
-        x = self._f32(c.x, (n,))
-        if not self._region(c.x, 4 * n, "read")[0]:
-            x = np.array(x)
-        return x, operands, [self._f32(d, (n,), "write") for d in c.outs]
 
     def _host_call(self, i: isa.HostCall) -> None:
         """A host op: onnxruntime runs each image's call (host models are batch-1 graphs)."""

@@ -243,19 +243,16 @@ def matmul_act(a: np.ndarray, b: np.ndarray, fmt: Format,
     exactly as the compiler quantizes weights, and ``a``'s rows stream through it
     (:func:`numerics.matmul`), so the numerics are a dense layer's.
     """
-    if (not fmt.is_fp32 and Rounding(rounding) == Rounding.NEAREST_EVEN
-            and gemm.supported(fmt)):  # the whole batch at once, the same numbers
-        wt = np.ascontiguousarray(np.swapaxes(b, 1, 2), np.float32)
-        return dense_layers.matmul_batched(quantize(np.asarray(a, np.float32), fmt),
-                                    quantize(wt, fmt))
     if fmt.is_fp32:  # one fp32 GEMM per batch (their sums have no fixed order), the
         return dense_layers.fp32_batched(a, b)  # batches shared between the threads
+    if Rounding(rounding) == Rounding.NEAREST_EVEN and gemm.supported(fmt):
+        wt = np.ascontiguousarray(np.swapaxes(b, 1, 2), np.float32)  # the whole batch at
+        return dense_layers.matmul_batched(quantize(np.asarray(a, np.float32), fmt),
+                                           quantize(wt, fmt))  # once, the same numbers
     out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.float32)
     for i in range(a.shape[0]):
         w = np.ascontiguousarray(b[i if b.shape[0] > 1 else 0].T, np.float32)
-        if not fmt.is_fp32:
-            w = quantize(w, fmt, rounding, seed)
-        out[i] = matmul(a[i], w, fmt, rounding, seed)
+        out[i] = matmul(a[i], quantize(w, fmt, rounding, seed), fmt, rounding, seed)
     return out
 
 

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""What the convolution kernels' tests share: bit comparison, the fp32 epilogue check,
-the threads' forced split and the depthwise geometries two kernels' tests run."""
+"""What the convolution kernels' tests share: bit comparison, the fp32 and block-format
+epilogue checks, the threads' forced split and the depthwise geometries two kernels'
+tests run."""
 
 from __future__ import annotations
 
@@ -42,6 +43,20 @@ def check_fp32_epilogues(c: int, o: int, h: int, w: int, geom, seed: int) -> Non
         ref = conv2d_reference(x, wt, bias, geom, FP32, **kw)
         got = conv2d(x, wt, bias, geom, FP32, **kw)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def check_block_epilogues(x: np.ndarray, wq, geom, fmt, rng, name: str) -> None:
+    """A block-format convolution of ``x`` with quantized weights ``wq``, with each
+    epilogue (a seeded bias and residual drawn from ``rng``), bit for bit with the
+    reference."""
+    bias = rng.standard_normal(wq.shape[0]).astype(np.float32)
+    res = rng.standard_normal(conv2d_reference(x, wq, None, geom, fmt).shape).astype(
+        np.float32)
+    with np.errstate(all="ignore"):
+        for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)},
+                   {"relu": True, "clip": (-1.0, 0.5)}):
+            ref = conv2d_reference(x, wq, bias, geom, fmt, **kw)
+            assert same_bits(conv2d(x, wq, bias, geom, fmt, **kw), ref), (name, kw)
 
 
 FMA_DEPTHWISE = {

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Shared cases of the vector-unit tests: inputs with the special values, the parameters
-of each unary function, and a one-node onnxruntime run."""
+of each unary function, a one-node onnxruntime run and a bit comparison."""
 
 from __future__ import annotations
 
@@ -33,3 +33,10 @@ def inputs(seed: int = 0, n: int = 3000, scale: float = 4.0) -> np.ndarray:
                -0.5, 1.5, 2.5, -2.5, 88.8, -104.0, 3e38, -3e38, 1.0, -1.0]
     return np.concatenate([(rng.standard_normal(n) * scale).astype(np.float32),
                            np.array(special, np.float32)])
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal bits where ``b`` is a number, NaN where it is NaN."""
+    nan = np.isnan(b)
+    return np.array_equal(np.isnan(a), nan) and np.array_equal(a[~nan].view(np.int32),
+                                                               b[~nan].view(np.int32))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conv_cases import (
     FMA_DEPTHWISE,
+    check_block_epilogues,
     check_fp32_epilogues,
     every_layer_split,  # noqa: F401  (autouse: every product split)
-    same_bits,
 )
 from numerics_cases import DIFF_FORMATS, fid, nasty
 
@@ -149,15 +149,7 @@ def test_block_depthwise_on_row_vectors_matches_reference(
         # products with large weight scales are still normal numbers
         x[1, 0] = (rng.standard_normal((h, w)) * 2.0**-124).astype(np.float32)
         weights[0] *= np.float32(2.0**25)
-    wq = quantize(weights, fmt)
-    bias = rng.standard_normal(o).astype(np.float32)
-    res = rng.standard_normal(conv2d_reference(x, wq, None, geom, fmt).shape).astype(
-        np.float32)
-    with np.errstate(all="ignore"):
-        for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)},
-                   {"relu": True, "clip": (-1.0, 0.5)}):
-            ref = conv2d_reference(x, wq, bias, geom, fmt, **kw)
-            assert same_bits(conv2d(x, wq, bias, geom, fmt, **kw), ref), (name, kw)
+    check_block_epilogues(x, quantize(weights, fmt), geom, fmt, rng, name)
     assert sum(made) == 8 * o  # two images, four epilogues
     assert (sum(reruns) == 0) == (values == "finite")
 
@@ -197,15 +189,7 @@ def test_block_stem_on_row_vectors_matches_reference(
     else:
         x = nasty(rng, (2, 3, h, w), fmt, row_exp=(-30, 30))
         x[0, 0, 0, 0] = np.nan
-    wq = quantize(weights, fmt)
-    bias = rng.standard_normal(o).astype(np.float32)
-    res = rng.standard_normal(conv2d_reference(x, wq, None, geom, fmt).shape).astype(
-        np.float32)
-    with np.errstate(all="ignore"):
-        for kw in ({}, {"residual": res, "relu": True}, {"clip": (0.0, 6.0)},
-                   {"relu": True, "clip": (-1.0, 0.5)}):
-            ref = conv2d_reference(x, wq, bias, geom, fmt, **kw)
-            assert same_bits(conv2d(x, wq, bias, geom, fmt, **kw), ref), (name, kw)
+    check_block_epilogues(x, quantize(weights, fmt), geom, fmt, rng, name)
     assert outcomes  # the kernel ran; on finite values nothing went to the general path
     assert (not any(outcomes)) == (values == "finite")
     if o % _bfp_stem.OUTPUTS:  # a call reads whole groups: the caller pads them

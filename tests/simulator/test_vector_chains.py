@@ -99,7 +99,8 @@ def test_only_values_read_again_are_stored():
             isa.VCopy(sx, keep, 1, n // 2, n, n)]  # half of keep's first half overwritten
     dev = Device(TINY)
     dev.load(bench.program(*code))
-    first, second = (dev._chains[k] for k in sorted(dev._chains))
+    chains = dev._fused.chains
+    first, second = (chains[k] for k in sorted(chains))
     assert first.count == 3 and first.outs == (a,)
     assert second.count == 2 and second.outs == (keep, keep + 4 * n)
     works = [Work("vector", reads=(Operand(0, 8),)), Work("vector", writes=(Operand(8, 8),)),
@@ -162,7 +163,7 @@ def test_compiled_chains_match_the_instructions_apart(numerics, passes, monkeypa
     dev = device.Device(prog.target)
     dev.load(prog)
     got, _ = dev.run({"x": x})
-    assert passes and dev._chains
+    assert passes and dev._fused.chains
     _apart(monkeypatch)
     dev.load(prog)
     want, _ = dev.run({"x": x})

@@ -114,6 +114,7 @@ def test_device_runs_a_sigmoid_and_its_multiply_as_one_pass(monkeypatch):
     to memory of its own, over the sigmoid or over the input; pairs that are not that
     (a partial overlap, another operand, a broadcast) run apart."""
     from npusim.simulator import device as device_module
+    from npusim.simulator import fused as fused_passes
     calls = []
     fused = kernels.sigmoid_and_product
     monkeypatch.setattr(device_module.kernels, "sigmoid_and_product",
@@ -143,11 +144,11 @@ def test_device_runs_a_sigmoid_and_its_multiply_as_one_pass(monkeypatch):
     bench = Bench()  # a product that starts one element into the sigmoid: apart
     sx, s = bench.put(x), bench.out((2 * n,))
     code = (sigmoid(sx, s), isa.VvAlu(sx, s, s + 4, n, mul, 0, 1, n))
-    assert device_module.silu_pairs(list(code)) == {}
+    assert fused_passes.silu_pairs(list(code)) == {}
     (y,) = bench.run(*code)
     assert same_bits_nan([y[:1], y[1:n + 1]], [sig[:1], prod])
-    assert device_module.silu_pairs([sigmoid(sx, s), isa.VvAlu(sx, sx, s, n, mul, 0, 1, n)]) == {}
-    assert device_module.silu_pairs([sigmoid(sx, s), isa.VvAlu(sx, s, s, n, mul, 0, 1, 1)]) == {}
+    assert fused_passes.silu_pairs([sigmoid(sx, s), isa.VvAlu(sx, sx, s, n, mul, 0, 1, n)]) == {}
+    assert fused_passes.silu_pairs([sigmoid(sx, s), isa.VvAlu(sx, s, s, n, mul, 0, 1, 1)]) == {}
     assert len(calls) == 3
 
 
